@@ -1,0 +1,163 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "custos",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "custos-broker", targets: ["custos-broker"]),
+        .executable(name: "custos-connector", targets: ["custos-connector"]),
+        .executable(name: "custos", targets: ["custos"]),
+        .executable(name: "custos-synth", targets: ["custos-synth"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    ],
+    targets: [
+        // librdkafka >= 2.2, found through pkg-config (ops/install builds it when the system's is older).
+        .systemLibrary(
+            name: "CRdKafka",
+            pkgConfig: "rdkafka",
+            providers: [.apt(["librdkafka-dev"])]
+        ),
+
+        // Pure modules: no I/O, tested without services.
+        .target(name: "CustosCanonicalJSON", swiftSettings: swiftSettings),
+        .target(
+            name: "CustosModel",
+            dependencies: [
+                "CustosCanonicalJSON",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CustosEvidence",
+            dependencies: [
+                "CustosModel", "CustosCanonicalJSON",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // I/O modules.
+        .target(
+            name: "CustosKafka",
+            dependencies: [
+                "CRdKafka",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CustosRuntime",
+            dependencies: [
+                "CustosKafka",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CustosBroker",
+            dependencies: [
+                "CustosModel", "CustosEvidence", "CustosKafka", "CustosRuntime", "CustosCanonicalJSON",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CustosConnector",
+            dependencies: [
+                "CustosModel", "CustosEvidence", "CustosKafka", "CustosRuntime", "CustosCanonicalJSON",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "CustosClient",
+            dependencies: [
+                "CustosModel", "CustosEvidence",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // Executables.
+        .executableTarget(
+            name: "custos-broker",
+            dependencies: [
+                "CustosBroker", "CustosRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "custos-connector",
+            dependencies: [
+                "CustosConnector", "CustosRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "custos",
+            dependencies: [
+                "CustosClient", "CustosModel", "CustosRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "custos-synth",
+            dependencies: [
+                "CustosModel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // Tests.
+        .testTarget(
+            name: "CustosUnitTests",
+            dependencies: ["CustosCanonicalJSON", "CustosModel", "CustosEvidence", "CustosKafka", "CustosConnector", "CustosBroker"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CustosIntegrationTests",
+            dependencies: [
+                "CustosBroker", "CustosConnector", "CustosClient", "CustosKafka", "CustosModel", "CustosEvidence", "CustosRuntime",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,75 @@
+import CustosCanonicalJSON
+import CustosModel
+import Foundation
+
+/// Turns envelopes into signed bytes and back. Verification re-canonicalises exactly what
+/// arrived (less `signature`), so a signature covers unknown members too.
+public enum SignedEnvelope {
+    public static func encode<Body>(_ envelope: Envelope<Body>, signer: SigningKey) throws -> [UInt8] {
+        var signed = envelope
+        signed.signature = MessageSignature(alg: "ES256", keyId: signer.publicKey.keyId, value: try signer.sign(envelope.signedBytes()))
+        return try CanonicalJSON.encode(signed)
+    }
+
+    /// Why a message was not accepted. `description` never quotes message content.
+    public struct DecodeError: Error, Sendable, CustomStringConvertible {
+        public enum Code: String, Sendable {
+            case malformed, unsupportedVersion, badSignature, unknownSender, wrongDirection, badBody
+        }
+        public var code: Code
+        public var reason: String
+        public var description: String { "\(code.rawValue): \(reason)" }
+    }
+
+    /// Parses `bytes` as an envelope and returns its header, after checking the signature with
+    /// the key that `keyFor` returns for the sender.
+    public static func open<Bytes: Collection>(
+        _ bytes: Bytes, keyFor: (String) -> VerifyingKey?
+    ) throws(DecodeError) -> (header: EnvelopeHeader, json: JSONValue) where Bytes.Element == UInt8 {
+        let json: JSONValue
+        do { json = try JSONParser.parse(bytes) } catch {
+            throw DecodeError(code: .malformed, reason: error.description)
+        }
+        guard case .object(var members) = json else { throw DecodeError(code: .malformed, reason: "envelope is not a JSON object") }
+        let header: EnvelopeHeader
+        do {
+            header = try JSONDecoder().decode(EnvelopeHeader.self, from: Data(CanonicalJSON.serialize(json)))
+        } catch {
+            throw DecodeError(code: .malformed, reason: "envelope header: \(DecodingErrorDescription(error))")
+        }
+        guard header.version == 1 else { throw DecodeError(code: .unsupportedVersion, reason: "envelope version \(header.version) is not supported") }
+        guard let key = keyFor(header.sender) else { throw DecodeError(code: .unknownSender, reason: "sender is not registered") }
+        guard case .object(let sig)? = members.removeValue(forKey: "signature"),
+              sig["alg"]?.stringValue == "ES256", let value = sig["value"]?.stringValue
+        else { throw DecodeError(code: .badSignature, reason: "signature missing or not ES256") }
+        guard key.isValidSignature(value, for: CanonicalJSON.serialize(.object(members))) else {
+            throw DecodeError(code: .badSignature, reason: "signature does not verify with the sender's registered key")
+        }
+        return (header, json)
+    }
+
+    /// Decodes the typed envelope from JSON already opened by `open`.
+    public static func body<Body: Codable & Sendable>(_ type: Body.Type, from json: JSONValue) throws(DecodeError) -> Envelope<Body> {
+        do {
+            return try JSONDecoder().decode(Envelope<Body>.self, from: Data(CanonicalJSON.serialize(json)))
+        } catch {
+            throw DecodeError(code: .badBody, reason: DecodingErrorDescription(error))
+        }
+    }
+}
+
+/// A decoding error as a field path and a rule, without the offending value.
+public func DecodingErrorDescription(_ error: any Error) -> String {
+    func path(_ p: [any CodingKey]) -> String {
+        p.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().drop(while: { $0 == "." }).description
+    }
+    switch error {
+    case DecodingError.keyNotFound(let key, let ctx): return "\(path(ctx.codingPath + [key])): is required"
+    case DecodingError.typeMismatch(let t, let ctx): return "\(path(ctx.codingPath)): must be \(t)"
+    case DecodingError.valueNotFound(let t, let ctx): return "\(path(ctx.codingPath)): must be a \(t), not null"
+    case DecodingError.dataCorrupted(let ctx):
+        let p = path(ctx.codingPath)
+        return (p.isEmpty ? "" : "\(p): ") + "invalid value (\(ctx.debugDescription.prefix(120)))"
+    default: return "undecodable input"
+    }
+}

@@ -1,0 +1,78 @@
+/// librdkafka settings. Properties name their librdkafka key; anything else, such as
+/// `security.protocol`, `sasl.mechanisms`, `sasl.username`, `ssl.ca.location`, passes
+/// through `properties` unchanged, so a real Apache Kafka cluster is a configuration change.
+public struct KafkaConfiguration: Sendable {
+    /// `bootstrap.servers`: comma-separated host:port list.
+    public var bootstrapServers: String
+    /// `client.id`
+    public var clientId: String
+    /// Any other librdkafka property; these win over the defaults below.
+    public var properties: [String: String]
+
+    public init(bootstrapServers: String, clientId: String = "custos", properties: [String: String] = [:]) {
+        self.bootstrapServers = bootstrapServers
+        self.clientId = clientId
+        self.properties = properties
+    }
+
+    /// Producer defaults: no loss and no duplicates from retries (`enable.idempotence`
+    /// implies `acks=all`), a short linger for batching.
+    func producerProperties() -> [String: String] {
+        var p: [String: String] = [
+            "bootstrap.servers": bootstrapServers,
+            "client.id": clientId,
+            "enable.idempotence": "true",
+            "acks": "all",
+            "linger.ms": "5",
+            "message.timeout.ms": "300000",
+            "log.connection.close": "false",
+        ]
+        p.merge(properties) { _, new in new }
+        return p
+    }
+
+    /// Consumer defaults: offsets are stored only by the application after its own commit,
+    /// and librdkafka's auto-commit then commits only those stored offsets.
+    func consumerProperties(groupId: String) -> [String: String] {
+        var p: [String: String] = [
+            "bootstrap.servers": bootstrapServers,
+            "client.id": clientId,
+            "group.id": groupId,
+            "enable.auto.commit": "true",
+            "enable.auto.offset.store": "false",
+            "auto.commit.interval.ms": "1000",
+            "auto.offset.reset": "earliest",
+            "allow.auto.create.topics": "true",
+            "session.timeout.ms": "6000",
+            "heartbeat.interval.ms": "1000",
+            "topic.metadata.refresh.interval.ms": "10000",
+            "log.connection.close": "false",
+        ]
+        p.merge(properties) { _, new in new }
+        // These two are what makes "commit after the database commit" true; not overridable.
+        p["enable.auto.offset.store"] = "false"
+        p["group.id"] = groupId
+        return p
+    }
+
+    /// Parses `key=value` items, as given in config files and `CUSTOS_KAFKA_PROPERTIES`.
+    public static func parseProperties(_ items: [String]) throws -> [String: String] {
+        var out: [String: String] = [:]
+        for item in items where !item.isEmpty {
+            guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+                throw KafkaError(reason: "Kafka property must be key=value")
+            }
+            out[String(item[..<eq]).trimmingSpaces] = String(item[item.index(after: eq)...]).trimmingSpaces
+        }
+        return out
+    }
+}
+
+extension String {
+    var trimmingSpaces: String {
+        var s = Substring(self)
+        while s.first == " " { s.removeFirst() }
+        while s.last == " " { s.removeLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,157 @@
+import CRdKafka
+import Dispatch
+import Logging
+import Synchronization
+
+public struct KafkaMessage: Sendable {
+    public var topic: String
+    public var partition: Int32
+    public var offset: Int64
+    public var key: [UInt8]
+    public var value: [UInt8]
+    public var headers: [KafkaHeader]
+
+    public func header(_ key: String) -> [UInt8]? { headers.last { $0.key == key }?.value }
+}
+
+/// A group consumer read by pulling: `messages` is an `AsyncSequence` that polls librdkafka
+/// only when the caller asks for the next message, so a slow caller slows the consumer
+/// (natural back-pressure). Offsets are committed only for messages passed to `store(_:)`.
+public final class KafkaConsumer: Sendable {
+    private let client: RDKafkaClient
+    private let logger: Logger
+    /// Blocking librdkafka polls run here, never on the cooperative pool.
+    private let queue = DispatchQueue(label: "custos-kafka-consumer-poll")
+    private let state = Mutex(State())
+
+    private struct State {
+        var closed = false
+        var stored: [TopicPartition: Int64] = [:]
+    }
+
+    struct TopicPartition: Hashable { var topic: String; var partition: Int32 }
+
+    public init(configuration: KafkaConfiguration, groupId: String, topics: [String], logger: Logger) throws {
+        self.client = try RDKafkaClient(kind: .consumer, properties: configuration.consumerProperties(groupId: groupId))
+        self.logger = logger
+        let list = rd_kafka_topic_partition_list_new(Int32(topics.count))
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for t in topics { rd_kafka_topic_partition_list_add(list, t, -1) }
+        let err = rd_kafka_subscribe(client.handle, list)
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(err, "subscribe") }
+    }
+
+    public var messages: Messages { Messages(consumer: self) }
+
+    public struct Messages: AsyncSequence, Sendable {
+        let consumer: KafkaConsumer
+        public func makeAsyncIterator() -> Iterator { Iterator(consumer: consumer) }
+
+        public struct Iterator: AsyncIteratorProtocol {
+            let consumer: KafkaConsumer
+            /// Returns nil once the consumer is closed or the task is cancelled.
+            public mutating func next() async throws -> KafkaMessage? {
+                try await consumer.poll()
+            }
+        }
+    }
+
+    private func poll() async throws -> KafkaMessage? {
+        let cancelled = Atomic<Bool>(false)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<KafkaMessage?, any Error>) in
+                queue.async { [self] in
+                    while true {
+                        if cancelled.load(ordering: .relaxed) || state.withLock({ $0.closed }) {
+                            c.resume(returning: nil); return
+                        }
+                        guard let raw = rd_kafka_consumer_poll(client.handle, 100) else { continue }
+                        defer { rd_kafka_message_destroy(raw) }
+                        let m = raw.pointee
+                        if m.err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                            if m.err == RD_KAFKA_RESP_ERR__PARTITION_EOF { continue }
+                            let error = KafkaError(m.err, "consume")
+                            if rd_kafka_fatal_error(client.handle, nil, 0) != RD_KAFKA_RESP_ERR_NO_ERROR {
+                                c.resume(throwing: error); return
+                            }
+                            // Transient (broker down, topic not yet created): librdkafka retries.
+                            logger.debug("Kafka consumer notice", metadata: ["kafka.error": "\(error.reason)"])
+                            continue
+                        }
+                        c.resume(returning: Self.copy(raw)); return
+                    }
+                }
+            }
+        } onCancel: {
+            cancelled.store(true, ordering: .relaxed)
+        }
+    }
+
+    private static func copy(_ raw: UnsafeMutablePointer<rd_kafka_message_t>) -> KafkaMessage {
+        let m = raw.pointee
+        let bytes = { (p: UnsafeMutableRawPointer?, n: Int) -> [UInt8] in
+            guard let p, n > 0 else { return [] }
+            return Array(UnsafeRawBufferPointer(start: p, count: n))
+        }
+        var headers: [KafkaHeader] = []
+        var hdrs: OpaquePointer?
+        if rd_kafka_message_headers(raw, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
+            var i = 0
+            var name: UnsafePointer<CChar>?
+            var value: UnsafeRawPointer?
+            var size = 0
+            while rd_kafka_header_get_all(hdrs, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                let v = value.map { Array(UnsafeRawBufferPointer(start: $0, count: size)) } ?? []
+                headers.append(KafkaHeader(key: name.map { String(cString: $0) } ?? "", value: v))
+                i += 1
+            }
+        }
+        return KafkaMessage(
+            topic: m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "",
+            partition: m.partition, offset: m.offset,
+            key: bytes(m.key, m.key_len), value: bytes(m.payload, m.len), headers: headers)
+    }
+
+    /// Marks `message` as processed: its offset is committed by the next auto-commit (within
+    /// `auto.commit.interval.ms`), by `commit()`, or when the consumer closes. Call it only
+    /// after the message's effects are durable.
+    public func store(_ message: KafkaMessage) throws {
+        let list = rd_kafka_topic_partition_list_new(1)
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        let tp = rd_kafka_topic_partition_list_add(list, message.topic, message.partition)!
+        tp.pointee.offset = message.offset + 1
+        let err = rd_kafka_offsets_store(client.handle, list)
+        // _STATE means the partition was revoked meanwhile; whoever owns it now re-reads the
+        // message and finds it already processed (every message is idempotent by id).
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__STATE else { throw KafkaError(err, "store offset") }
+        state.withLock { $0.stored[TopicPartition(topic: message.topic, partition: message.partition)] = message.offset + 1 }
+    }
+
+    /// Commits the stored offsets now and waits for the broker's answer.
+    public func commit() throws {
+        let stored = state.withLock { $0.stored }
+        guard !stored.isEmpty else { return }
+        let list = rd_kafka_topic_partition_list_new(Int32(stored.count))
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for (tp, offset) in stored {
+            rd_kafka_topic_partition_list_add(list, tp.topic, tp.partition)!.pointee.offset = offset
+        }
+        let err = rd_kafka_commit(client.handle, list, 0)
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__NO_OFFSET else { throw KafkaError(err, "commit") }
+    }
+
+    /// Commits stored offsets, leaves the group and stops iteration. Idempotent.
+    public func close() {
+        let first = state.withLock { s -> Bool in
+            defer { s.closed = true }
+            return !s.closed
+        }
+        guard first else { return }
+        queue.sync {
+            try? commit()
+            rd_kafka_consumer_close(client.handle)
+        }
+    }
+
+    deinit { close() }
+}

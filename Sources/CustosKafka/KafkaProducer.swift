@@ -1,0 +1,164 @@
+import CRdKafka
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+public struct KafkaHeader: Sendable, Hashable {
+    public var key: String
+    public var value: [UInt8]
+    public init(key: String, value: [UInt8]) {
+        self.key = key
+        self.value = value
+    }
+}
+
+public struct OutgoingMessage: Sendable {
+    public var topic: String
+    public var key: [UInt8]
+    public var value: [UInt8]
+    public var headers: [KafkaHeader]
+
+    public init(topic: String, key: [UInt8], value: [UInt8], headers: [KafkaHeader] = []) {
+        self.topic = topic
+        self.key = key
+        self.value = value
+        self.headers = headers
+    }
+}
+
+/// An idempotent producer with `acks=all`. `send` returns when the broker has acknowledged
+/// the message (its delivery report), so a caller can commit its own state after that.
+/// Delivery reports are served by a dedicated thread, off the cooperative pool.
+public final class KafkaProducer: Sendable {
+    private let client: RDKafkaClient
+    private let logger: Logger
+    private let lifecycle = Lifecycle()
+    private let pollThreadDone = DispatchSemaphore(value: 0)
+
+    /// Shared with the poll thread, which must not retain the producer itself.
+    private final class Lifecycle: Sendable {
+        let closed = Atomic<Bool>(false)
+    }
+
+    public init(configuration: KafkaConfiguration, logger: Logger) throws {
+        self.client = try RDKafkaClient(kind: .producer, properties: configuration.producerProperties())
+        self.logger = logger
+        let thread = Thread { [client, lifecycle, pollThreadDone] in
+            // Poll until closed and nothing is in flight, so every continuation is resumed.
+            while true {
+                rd_kafka_poll(client.handle, 100)
+                if lifecycle.closed.load(ordering: .acquiring) && rd_kafka_outq_len(client.handle) == 0 { break }
+            }
+            pollThreadDone.signal()
+        }
+        thread.name = "custos-kafka-producer-poll"
+        thread.start()
+    }
+
+    /// Sends one message and waits for its delivery report.
+    @discardableResult
+    public func send(_ message: OutgoingMessage) async throws -> DeliveryReport {
+        try await enqueue(message).value
+    }
+
+    /// Sends the messages in order (so one key's messages keep their order) and waits for
+    /// every delivery report.
+    @discardableResult
+    public func send(batch: [OutgoingMessage]) async throws -> [DeliveryReport] {
+        let futures = try batch.map { try enqueue($0) }
+        var reports: [DeliveryReport] = []
+        for f in futures { reports.append(try await f.value) }
+        return reports
+    }
+
+    /// Hands one message to librdkafka and returns at once; the future completes with its
+    /// delivery report. When librdkafka's local queue is full this waits for it to drain
+    /// (back-pressure), blocking the calling thread briefly.
+    public func enqueue(_ message: OutgoingMessage) throws -> DeliveryFuture {
+        if lifecycle.closed.load(ordering: .acquiring) { throw KafkaError(reason: "producer is shut down") }
+        let future = DeliveryFuture()
+        let opaque = Unmanaged.passRetained(future).toOpaque()
+        var attempts = 0
+        while true {
+            guard let err = produce(message, opaque: opaque) else { return future }
+            let code = rd_kafka_error_code(err)
+            rd_kafka_error_destroy(err)
+            if code == RD_KAFKA_RESP_ERR__QUEUE_FULL && attempts < 3000 {
+                attempts += 1
+                usleep(10_000)
+                continue
+            }
+            Unmanaged<DeliveryFuture>.fromOpaque(opaque).release()
+            throw KafkaError(code, "produce to \(message.topic)")
+        }
+    }
+
+    private func produce(_ message: OutgoingMessage, opaque: UnsafeMutableRawPointer) -> OpaquePointer? {
+        message.topic.withCString { topic in
+            message.key.withUnsafeBytes { key in
+                message.value.withUnsafeBytes { value in
+                    var vus: [rd_kafka_vu_t] = []
+                    var v = rd_kafka_vu_t()
+                    v.vtype = RD_KAFKA_VTYPE_TOPIC; v.u.cstr = topic; vus.append(v)
+                    v = rd_kafka_vu_t()
+                    v.vtype = RD_KAFKA_VTYPE_KEY
+                    v.u.mem.ptr = UnsafeMutableRawPointer(mutating: key.baseAddress); v.u.mem.size = key.count; vus.append(v)
+                    v = rd_kafka_vu_t()
+                    v.vtype = RD_KAFKA_VTYPE_VALUE
+                    v.u.mem.ptr = UnsafeMutableRawPointer(mutating: value.baseAddress); v.u.mem.size = value.count; vus.append(v)
+                    v = rd_kafka_vu_t()
+                    v.vtype = RD_KAFKA_VTYPE_MSGFLAGS; v.u.i = RD_KAFKA_MSG_F_COPY; vus.append(v)
+                    v = rd_kafka_vu_t()
+                    v.vtype = RD_KAFKA_VTYPE_OPAQUE; v.u.ptr = opaque; vus.append(v)
+                    return withHeaders(message.headers, into: vus) { all in
+                        all.withUnsafeBufferPointer { rd_kafka_produceva(client.handle, $0.baseAddress, $0.count) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds header entries whose pointers stay valid for the duration of `body`
+    /// (librdkafka copies header names and values during the produce call).
+    private func withHeaders<R>(_ headers: [KafkaHeader], into vus: [rd_kafka_vu_t], _ body: ([rd_kafka_vu_t]) -> R) -> R {
+        guard let first = headers.first else { return body(vus) }
+        return first.key.withCString { name in
+            first.value.withUnsafeBytes { value in
+                var v = rd_kafka_vu_t()
+                v.vtype = RD_KAFKA_VTYPE_HEADER
+                v.u.header.name = name
+                v.u.header.val = value.baseAddress
+                v.u.header.size = value.count
+                return withHeaders(Array(headers.dropFirst()), into: vus + [v], body)
+            }
+        }
+    }
+
+    /// Waits for every message in flight, then stops the poll thread. Idempotent.
+    public func shutdown(timeout: Duration = .seconds(30)) {
+        guard !lifecycle.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let ms = Int32(timeout.components.seconds * 1000)
+        let err = rd_kafka_flush(client.handle, ms)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+            logger.warning("Kafka producer flush did not finish", metadata: ["kafka.error": "\(String(cString: rd_kafka_err2str(err)))"])
+            // Purge so that every waiting caller hears of the failure instead of hanging.
+            rd_kafka_purge(client.handle, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
+        }
+        pollThreadDone.wait()
+    }
+
+    deinit { shutdown(timeout: .seconds(5)) }
+}
+
+/// Runs a producer inside a `ServiceGroup`: on graceful shutdown it flushes.
+public struct KafkaProducerService: Service {
+    public let producer: KafkaProducer
+    public init(producer: KafkaProducer) { self.producer = producer }
+
+    public func run() async throws {
+        // Wait for the group to shut down (or be cancelled), then flush what is in flight.
+        try? await gracefulShutdown()
+        producer.shutdown()
+    }
+}

@@ -1,0 +1,207 @@
+import CustosCanonicalJSON
+import Foundation
+
+/// Kinds of message on the Kafka contract (DESIGN.md, "Kafka contract").
+public enum MessageType: String, Codable, Sendable, CaseIterable {
+    // broker → provider, on custos.to.<provider>
+    case request
+    case receipt
+    // provider → broker, on custos.from.<provider>
+    case ack
+    case status
+    case refusal
+    case manifest
+    case chunk
+    case complete
+
+    public var direction: Direction {
+        switch self {
+        case .request, .receipt: return .toProvider
+        case .ack, .status, .refusal, .manifest, .chunk, .complete: return .fromProvider
+        }
+    }
+
+    public enum Direction: Sendable { case toProvider, fromProvider }
+}
+
+public enum Topics {
+    public static func toProvider(_ providerId: String) -> String { "custos.to.\(providerId)" }
+    public static func toProviderUrgent(_ providerId: String) -> String { "custos.to.\(providerId).urgent" }
+    public static func fromProvider(_ providerId: String) -> String { "custos.from.\(providerId)" }
+
+    /// Kafka header that carries the envelope of a binary chunk message.
+    public static let envelopeHeader = "custos-envelope"
+    /// Largest chunk payload: with headers it stays below Kafka's default 1 MiB message limit.
+    public static let maximumChunkBytes = 512 * 1024
+}
+
+/// A detached signature over the canonical JSON of an envelope without its `signature` member.
+public struct MessageSignature: Codable, Sendable, Hashable {
+    /// Always `ES256` here: ECDSA P-256 with SHA-256, raw r‖s, base64.
+    public var alg: String
+    /// SHA-256 of the signer's SubjectPublicKeyInfo (DER), hex.
+    public var keyId: String
+    public var value: String
+
+    public init(alg: String, keyId: String, value: String) {
+        self.alg = alg
+        self.keyId = keyId
+        self.value = value
+    }
+}
+
+/// Every message on the Kafka contract is one of these. The schema lives in
+/// `schemas/messages/envelope.json`.
+public struct Envelope<Body: Codable & Sendable>: Codable, Sendable {
+    public static var currentVersion: Int { 1 }
+
+    public var version: Int
+    public var type: MessageType
+    public var id: UUID
+    public var requestId: UUID
+    public var sender: String
+    public var sentAt: String
+    public var body: Body
+    public var signature: MessageSignature?
+
+    public init(type: MessageType, id: UUID, requestId: UUID, sender: String, sentAt: String = Timestamp.now(), body: Body) {
+        self.version = Self.currentVersion
+        self.type = type
+        self.id = id
+        self.requestId = requestId
+        self.sender = sender
+        self.sentAt = sentAt
+        self.body = body
+        self.signature = nil
+    }
+
+    /// The bytes a signature covers: the canonical envelope without `signature`.
+    public func signedBytes() throws -> [UInt8] {
+        var unsigned = self
+        unsigned.signature = nil
+        return try CanonicalJSON.encode(unsigned)
+    }
+}
+
+/// The fields every envelope has, read before the body's type is known.
+public struct EnvelopeHeader: Codable, Sendable {
+    public var version: Int
+    public var type: MessageType
+    public var id: UUID
+    public var requestId: UUID
+    public var sender: String
+    public var sentAt: String
+}
+
+// MARK: - Bodies
+
+public struct RequestBody: Codable, Sendable, Hashable {
+    public var request: ApprovedRequest
+    public var requestHash: String
+
+    public init(request: ApprovedRequest, requestHash: String) {
+        self.request = request
+        self.requestHash = requestHash
+    }
+}
+
+public struct ReceiptBody: Codable, Sendable, Hashable {
+    public enum Outcome: String, Codable, Sendable { case accepted, rejected }
+    public var packageId: UUID
+    public var outcome: Outcome
+    public var manifestSha256: String
+    public var reasons: [String]
+    public var receivedAt: String
+
+    public init(packageId: UUID, outcome: Outcome, manifestSha256: String, reasons: [String], receivedAt: String) {
+        self.packageId = packageId
+        self.outcome = outcome
+        self.manifestSha256 = manifestSha256
+        self.reasons = reasons
+        self.receivedAt = receivedAt
+    }
+}
+
+public struct AckBody: Codable, Sendable, Hashable {
+    public var requestHash: String
+    public init(requestHash: String) { self.requestHash = requestHash }
+}
+
+public struct StatusBody: Codable, Sendable, Hashable {
+    public enum Phase: String, Codable, Sendable { case extracting, packaging, streaming }
+    public var phase: Phase
+    public var percent: Int
+    public init(phase: Phase, percent: Int) {
+        self.phase = phase
+        self.percent = percent
+    }
+}
+
+public struct RefusalBody: Codable, Sendable, Hashable {
+    public enum Reason: String, Codable, Sendable {
+        case notOurCustomer = "not-our-customer"
+        case dataNotRetained = "data-not-retained"
+        case legallyImpossible = "legally-impossible"
+        case needsClarification = "needs-clarification"
+        case invalidRequest = "invalid-request"
+        case extractionFailed = "extraction-failed"
+    }
+    public var reason: Reason
+    public var detail: String
+    public init(reason: Reason, detail: String) {
+        self.reason = reason
+        self.detail = detail
+    }
+}
+
+public struct ManifestBody: Codable, Sendable, Hashable {
+    public var manifest: Manifest
+    /// ECDSA P-256 signature (raw r‖s, base64) over the manifest's canonical JSON.
+    public var manifestSignature: String
+
+    public init(manifest: Manifest, manifestSignature: String) {
+        self.manifest = manifest
+        self.manifestSignature = manifestSignature
+    }
+}
+
+public struct ChunkBody: Codable, Sendable, Hashable {
+    public var packageId: UUID
+    public var index: Int
+    public var size: Int
+    public var sha256: String
+
+    public init(packageId: UUID, index: Int, size: Int, sha256: String) {
+        self.packageId = packageId
+        self.index = index
+        self.size = size
+        self.sha256 = sha256
+    }
+}
+
+public struct CompleteBody: Codable, Sendable, Hashable {
+    public var packageId: UUID
+    public var chunkCount: Int
+    public var manifestSha256: String
+
+    public init(packageId: UUID, chunkCount: Int, manifestSha256: String) {
+        self.packageId = packageId
+        self.chunkCount = chunkCount
+        self.manifestSha256 = manifestSha256
+    }
+}
+
+extension UUID {
+    /// A name-based UUID (version 8, RFC 9562 §5.8) from SHA-256, for message ids that must be
+    /// the same when a message is sent again after a crash.
+    public static func derived(_ parts: String...) -> UUID {
+        var bytes = Array(Digest.sha256Bytes(Array(parts.joined(separator: "\u{1F}").utf8)).prefix(16))
+        bytes[6] = (bytes[6] & 0x0F) | 0x80
+        bytes[8] = (bytes[8] & 0x3F) | 0x80
+        return UUID(uuid: (bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+                           bytes[8], bytes[9], bytes[10], bytes[11], bytes[12], bytes[13], bytes[14], bytes[15]))
+    }
+
+    /// Lower-case text form, as on the wire.
+    public var lowercased: String { uuidString.lowercased() }
+}

@@ -1,0 +1,209 @@
+import CustosCanonicalJSON
+import Crypto
+import Foundation
+
+/// Retained-data categories (after ETSI TS 102 657's service-specific details).
+public enum DataCategory: String, Codable, Sendable, CaseIterable, Hashable {
+    case subscriber
+    case traffic
+    case location
+    case ipSession = "ip-session"
+    case financial
+    case kycDocument = "kyc-document"
+}
+
+public enum TargetType: String, Codable, Sendable, CaseIterable, Hashable {
+    case msisdn, imsi, imei, ipv4, ipv6, email, account
+    case bankAccount = "bank-account"
+    case nationalId = "national-id"
+}
+
+public struct Target: Codable, Sendable, Hashable {
+    public var type: TargetType
+    public var value: String
+
+    public init(type: TargetType, value: String) {
+        self.type = type
+        self.value = value
+    }
+}
+
+public struct LegalBasis: Codable, Sendable, Hashable {
+    /// Number of the decision that authorises the request.
+    public var decisionNumber: String
+    public var issuingAuthority: String
+    /// Calendar date of the decision, `YYYY-MM-DD`.
+    public var issuedOn: String
+
+    public init(decisionNumber: String, issuingAuthority: String, issuedOn: String) {
+        self.decisionNumber = decisionNumber
+        self.issuingAuthority = issuingAuthority
+        self.issuedOn = issuedOn
+    }
+}
+
+public struct TimeWindow: Codable, Sendable, Hashable {
+    public var from: String
+    public var to: String
+
+    public init(from: String, to: String) {
+        self.from = from
+        self.to = to
+    }
+}
+
+public enum Priority: String, Codable, Sendable {
+    case normal
+}
+
+/// What an investigator submits.
+public struct RequestSpec: Codable, Sendable, Hashable {
+    public var caseId: UUID
+    public var providerId: String
+    public var legalBasis: LegalBasis
+    public var targets: [Target]
+    public var categories: [DataCategory]
+    public var window: TimeWindow
+    public var priority: Priority
+    public var notes: String?
+
+    public init(
+        caseId: UUID, providerId: String, legalBasis: LegalBasis, targets: [Target],
+        categories: [DataCategory], window: TimeWindow, priority: Priority = .normal, notes: String? = nil
+    ) {
+        self.caseId = caseId
+        self.providerId = providerId
+        self.legalBasis = legalBasis
+        self.targets = targets
+        self.categories = categories
+        self.window = window
+        self.priority = priority
+        self.notes = notes
+    }
+
+    public static let maximumTargets = 1_000
+
+    /// Checks every rule and reports every violation, each naming its field.
+    public func validate() throws(ValidationError) {
+        var v = Validator()
+        v.check(ProviderID.isValid(providerId), "providerId", "must match \(ProviderID.pattern)")
+        v.check(!legalBasis.decisionNumber.trimmed.isEmpty && legalBasis.decisionNumber.count <= 200,
+                "legalBasis.decisionNumber", "must be 1 to 200 characters")
+        v.check(!legalBasis.issuingAuthority.trimmed.isEmpty && legalBasis.issuingAuthority.count <= 500,
+                "legalBasis.issuingAuthority", "must be 1 to 500 characters")
+        v.check(Self.isCalendarDate(legalBasis.issuedOn), "legalBasis.issuedOn", "must be a date YYYY-MM-DD")
+        v.check(!targets.isEmpty, "targets", "must name at least one target")
+        v.check(targets.count <= Self.maximumTargets, "targets", "must name at most \(Self.maximumTargets) targets")
+        v.check(Set(targets).count == targets.count, "targets", "must not repeat a target")
+        for (i, t) in targets.enumerated() {
+            v.check(TargetFormat.isValid(t), "targets[\(i)].value", TargetFormat.rule(for: t.type))
+        }
+        v.check(!categories.isEmpty, "categories", "must name at least one category")
+        v.check(Set(categories).count == categories.count, "categories", "must not repeat a category")
+        let from = Timestamp.parse(window.from)
+        let to = Timestamp.parse(window.to)
+        v.check(from != nil, "window.from", "must be an RFC 3339 UTC time ending in Z")
+        v.check(to != nil, "window.to", "must be an RFC 3339 UTC time ending in Z")
+        if let from, let to { v.check(from < to, "window", "from must be before to") }
+        v.check((notes?.count ?? 0) <= 4_000, "notes", "must be at most 4000 characters")
+        try v.finish()
+    }
+
+    static func isCalendarDate(_ s: String) -> Bool {
+        guard s.count == 10 else { return false }
+        return Timestamp.parse(s + "T00:00:00Z") != nil
+    }
+}
+
+public enum ProviderID {
+    public static let pattern = "^[a-z0-9][a-z0-9-]{1,62}$"
+
+    /// Provider ids name Kafka topics (`custos.to.<id>`), so they are kept to a safe alphabet.
+    public static func isValid(_ id: String) -> Bool {
+        guard (2...63).contains(id.utf8.count), let first = id.utf8.first else { return false }
+        func ok(_ c: UInt8) -> Bool { (0x61...0x7A).contains(c) || (0x30...0x39).contains(c) }
+        return ok(first) && id.utf8.dropFirst().allSatisfy { ok($0) || $0 == UInt8(ascii: "-") }
+    }
+}
+
+/// Formats of target identifiers. The connector issue adds normalisation; here a value is
+/// accepted only in its canonical form.
+public enum TargetFormat {
+    public static func rule(for type: TargetType) -> String {
+        switch type {
+        case .msisdn: return "must be an E.164 number: + then 7 to 15 digits"
+        case .imsi: return "must be 15 digits"
+        case .imei: return "must be 15 or 16 digits"
+        case .ipv4: return "must be a dotted-quad IPv4 address"
+        case .ipv6: return "must be an IPv6 address in lower case"
+        case .email: return "must be an e-mail address"
+        case .account, .bankAccount, .nationalId: return "must be 1 to 128 printable characters"
+        }
+    }
+
+    public static func isValid(_ t: Target) -> Bool {
+        let v = t.value
+        let digits = { (s: Substring) in !s.isEmpty && s.utf8.allSatisfy { (0x30...0x39).contains($0) } }
+        switch t.type {
+        case .msisdn:
+            guard v.hasPrefix("+") else { return false }
+            let rest = v.dropFirst()
+            return (7...15).contains(rest.count) && digits(rest) && !rest.hasPrefix("0")
+        case .imsi: return v.count == 15 && digits(Substring(v))
+        case .imei: return (15...16).contains(v.count) && digits(Substring(v))
+        case .ipv4:
+            let parts = v.split(separator: ".", omittingEmptySubsequences: false)
+            return parts.count == 4 && parts.allSatisfy { p in
+                digits(p) && p.count <= 3 && (p == "0" || !p.hasPrefix("0")) && Int(p)! <= 255
+            }
+        case .ipv6:
+            let allowed = Set("0123456789abcdef:.")
+            return v.contains(":") && v.count <= 45 && v.allSatisfy { allowed.contains($0) }
+        case .email:
+            let parts = v.split(separator: "@", omittingEmptySubsequences: false)
+            return parts.count == 2 && !parts[0].isEmpty && parts[1].contains(".") && v.count <= 254
+                && !v.contains(where: { $0.isWhitespace })
+        case .account, .bankAccount, .nationalId:
+            return (1...128).contains(v.count) && v.allSatisfy { !$0.isNewline && $0 != "\u{0}" }
+        }
+    }
+}
+
+/// The request exactly as approved and sent to the provider. Its hash binds the package
+/// to it: the provider puts `requestHash` into the signed manifest.
+public struct ApprovedRequest: Codable, Sendable, Hashable {
+    public var requestId: UUID
+    public var caseId: UUID
+    public var providerId: String
+    public var legalBasis: LegalBasis
+    public var targets: [Target]
+    public var categories: [DataCategory]
+    public var window: TimeWindow
+    public var priority: Priority
+    public var submittedBy: String
+    public var approvedBy: String
+    public var approvedAt: String
+
+    public init(requestId: UUID, spec: RequestSpec, submittedBy: String, approvedBy: String, approvedAt: String) {
+        self.requestId = requestId
+        self.caseId = spec.caseId
+        self.providerId = spec.providerId
+        self.legalBasis = spec.legalBasis
+        self.targets = spec.targets
+        self.categories = spec.categories
+        self.window = spec.window
+        self.priority = spec.priority
+        self.submittedBy = submittedBy
+        self.approvedBy = approvedBy
+        self.approvedAt = approvedAt
+    }
+
+    /// SHA-256 over the RFC 8785 canonical JSON of the request, lower-case hex.
+    public func hash() throws -> String {
+        Digest.sha256Hex(try CanonicalJSON.encode(self))
+    }
+}
+
+extension String {
+    var trimmed: String { trimmingCharacters(in: .whitespacesAndNewlines) }
+}

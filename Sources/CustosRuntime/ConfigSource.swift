@@ -1,0 +1,91 @@
+import Configuration
+import CustosKafka
+import Foundation
+import Logging
+import SystemPackage
+
+/// Where settings come from, highest precedence first: `CUSTOS_*` environment variables
+/// (`CUSTOS_DATABASE_URL` is `database.url`), then the JSON config file, then the defaults
+/// declared next to each setting.
+public enum ConfigSource {
+    public static let environmentPrefix = "CUSTOS_"
+
+    public static func reader(configFile: String?, environment: [String: String] = ProcessInfo.processInfo.environment) async throws -> ConfigReader {
+        var scoped: [String: String] = [:]
+        for (k, v) in environment where k.hasPrefix(environmentPrefix) {
+            scoped[String(k.dropFirst(environmentPrefix.count))] = v
+        }
+        var providers: [any ConfigProvider] = [
+            EnvironmentVariablesProvider(
+                environmentVariables: scoped,
+                secretsSpecifier: .dynamic { key, _ in key.contains("PASSWORD") || key.contains("URL") || key.contains("PROPERTIES") })
+        ]
+        if let configFile {
+            guard FileManager.default.fileExists(atPath: configFile) else {
+                throw ConfigurationError(key: "--config", reason: "file \(configFile) does not exist")
+            }
+            do {
+                providers.append(try await FileProvider<JSONSnapshot>(filePath: FilePath(configFile)))
+            } catch {
+                throw ConfigurationError(key: "--config", reason: "\(configFile) is not a valid JSON config file")
+            }
+        }
+        return ConfigReader(providers: providers)
+    }
+}
+
+/// A setting that is missing or invalid. Names the key and the rule, never the value.
+public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
+    public var key: String
+    public var reason: String
+    public init(key: String, reason: String) {
+        self.key = key
+        self.reason = reason
+    }
+    public var description: String { "configuration \(key): \(reason)" }
+}
+
+extension ConfigReader {
+    /// A required string, with an error that names the key and its environment variable.
+    public func require(_ key: String) throws -> String {
+        guard let v = string(forKey: ConfigKey(key)), !v.isEmpty else {
+            throw ConfigurationError(key: key, reason: "is required (config file key \"\(key)\" or environment \(Self.environmentName(key)))")
+        }
+        return v
+    }
+
+    public static func environmentName(_ key: String) -> String {
+        var out = ConfigSource.environmentPrefix
+        var previousLower = false
+        for c in key {
+            if c == "." || c == "-" { out += "_"; previousLower = false; continue }
+            if c.isUppercase && previousLower { out += "_" }
+            out += c.uppercased()
+            previousLower = c.isLowercase || c.isNumber
+        }
+        return out
+    }
+
+    /// Kafka settings under `kafka.`: `brokers` (bootstrap.servers), `clientId`, and
+    /// `properties`, a list of librdkafka `key=value` items passed through unchanged
+    /// (SASL, TLS, timeouts...).
+    public func kafkaConfiguration(clientId: String) throws -> KafkaConfiguration {
+        let brokers = try require("kafka.brokers")
+        let properties = try KafkaConfiguration.parseProperties(stringArray(forKey: "kafka.properties", default: []))
+        return KafkaConfiguration(
+            bootstrapServers: brokers, clientId: string(forKey: "kafka.clientId", default: clientId), properties: properties)
+    }
+}
+
+public enum LogSetup {
+    /// Bootstraps swift-log once per process, to standard error, at the configured level.
+    public static func bootstrap(level: String?) -> Logger.Level {
+        let lvl = level.flatMap(Logger.Level.init(rawValue:)) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = lvl
+            return h
+        }
+        return lvl
+    }
+}
