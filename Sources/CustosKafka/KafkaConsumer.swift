@@ -34,6 +34,11 @@ public final class KafkaConsumer: Sendable {
     public init(configuration: KafkaConfiguration, groupId: String, topics: [String], logger: Logger) throws {
         self.client = try RDKafkaClient(kind: .consumer, properties: configuration.consumerProperties(groupId: groupId))
         self.logger = logger
+        try subscribe(topics: topics)
+    }
+
+    /// Replaces the subscription; the group rebalances.
+    public func subscribe(topics: [String]) throws {
         let list = rd_kafka_topic_partition_list_new(Int32(topics.count))
         defer { rd_kafka_topic_partition_list_destroy(list) }
         for t in topics { rd_kafka_topic_partition_list_add(list, t, -1) }

@@ -1,1 +1,124 @@
-print("x")
+import ArgumentParser
+import CustosBroker
+import CustosEvidence
+import CustosModel
+import CustosRuntime
+import Foundation
+import Hummingbird
+import Logging
+
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .long, help: "JSON config file. Every key can also come from the environment as CUSTOS_<KEY> (e.g. CUSTOS_DATABASE_URL), which wins over the file.")
+    var config: String?
+}
+
+@main
+struct BrokerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "custos-broker",
+        abstract: "Custos broker: HTTP API, workflow, Kafka outbox relay and response ingestion, package verification.",
+        subcommands: [Serve.self, Migrate.self, Users.self, Providers.self, Keys.self],
+        defaultSubcommand: Serve.self)
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the broker until SIGINT or SIGTERM. Applies pending migrations first.",
+        discussion: """
+            Settings (config file key / environment variable):
+              database.url / CUSTOS_DATABASE_URL        postgres://user:password@host:port/db (required)
+              database.schema / CUSTOS_DATABASE_SCHEMA  schema for Custos' tables (default custos)
+              kafka.brokers / CUSTOS_KAFKA_BROKERS      bootstrap servers (required)
+              kafka.properties / CUSTOS_KAFKA_PROPERTIES  librdkafka key=value items, e.g. security.protocol=SASL_SSL
+              signingKeyFile / CUSTOS_SIGNING_KEY_FILE  the broker's P-256 private key, PEM (required)
+              http.host, http.port                      listen address (default 127.0.0.1:8080; port 0 picks one)
+            """)
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        let reader = try await ConfigSource.reader(configFile: options.config)
+        _ = LogSetup.bootstrap(level: reader.string(forKey: "log.level"))
+        let logger = Logger(label: "custos-broker")
+        let configuration = try BrokerConfiguration(reader: reader)
+        let app = try buildApplication(configuration: configuration, logger: logger) { address in
+            // One line on stdout that scripts can wait for.
+            print("custos-broker listening on \(address)")
+            fflush(nil)
+        }
+        try await app.runService()
+    }
+}
+
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply pending database migrations and exit (harmless to repeat).")
+    @OptionGroup var options: ConfigOptions
+
+    func run() async throws {
+        let (db, logger) = try await adminSetup(options)
+        try await withBrokerStore(configuration: db, signingKeyFile: nil, logger: logger) { _ in }
+        print("migrations applied")
+    }
+}
+
+struct Users: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Manage users.", subcommands: [Add.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a user and print its bearer token (shown once; only its hash is stored).")
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "User name: letters, digits, '.', '_' or '-'.") var name: String
+        @Option(help: "Role: investigator, approver or admin.") var role: String
+
+        func run() async throws {
+            guard let role = Role(rawValue: role) else { throw ValidationError("--role must be investigator, approver or admin") }
+            let (db, logger) = try await adminSetup(options)
+            let token = try await withBrokerStore(configuration: db, signingKeyFile: nil, logger: logger) { store in
+                try await store.addUser(name: name, role: role).token
+            }
+            print(token)
+        }
+    }
+}
+
+struct Providers: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Manage providers.", subcommands: [Add.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Register a provider (or replace its key). The broker starts consuming custos.from.<id> within seconds.")
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "Provider id: lower-case letters, digits and '-'.") var id: String
+        @Option(help: "The provider's P-256 public key, PEM.") var publicKey: String
+
+        func run() async throws {
+            guard ProviderID.isValid(id) else { throw ValidationError("provider id must match \(ProviderID.pattern)") }
+            let key = try VerifyingKey.load(path: publicKey)
+            let (db, logger) = try await adminSetup(options)
+            try await withBrokerStore(configuration: db, signingKeyFile: nil, logger: logger) { store in
+                try await store.registerProvider(id: id, publicKey: key)
+            }
+            print("provider \(id) registered")
+        }
+    }
+}
+
+struct Keys: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Manage signing keys.", subcommands: [Generate.self])
+
+    struct Generate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write a new P-256 key pair as PEM files (private key mode 0600).")
+        @Option(help: "Where to write the private key.") var privateKey: String
+        @Option(help: "Where to write the public key.") var publicKey: String
+
+        func run() throws {
+            try SigningKey.generate().write(privatePath: privateKey, publicPath: publicKey)
+            print("wrote \(privateKey) and \(publicKey)")
+        }
+    }
+}
+
+func adminSetup(_ options: ConfigOptions) async throws -> (DatabaseConfiguration, Logger) {
+    let reader = try await ConfigSource.reader(configFile: options.config)
+    _ = LogSetup.bootstrap(level: reader.string(forKey: "log.level") ?? "warning")
+    return (try DatabaseConfiguration(url: try reader.require("database.url"), schema: reader.string(forKey: "database.schema", default: "custos")),
+            Logger(label: "custos-broker"))
+}

@@ -1,1 +1,74 @@
-print("x")
+import ArgumentParser
+import CustosConnector
+import CustosEvidence
+import CustosKafka
+import CustosRuntime
+import Foundation
+import Logging
+import ServiceLifecycle
+
+@main
+struct ConnectorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "custos-connector",
+        abstract: "Custos provider connector: receives approved requests over Kafka, extracts, packages, signs and streams evidence back.",
+        subcommands: [Run.self, Status.self, Keys.self],
+        defaultSubcommand: Run.self)
+}
+
+struct Options: ParsableArguments {
+    @Option(name: .long, help: "JSON config file (see deploy/connector.example.json). Keys can also come from CUSTOS_<KEY> environment variables.")
+    var config: String?
+}
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run until SIGINT or SIGTERM, resuming unfinished jobs from the state directory first.")
+    @OptionGroup var options: Options
+
+    func run() async throws {
+        let reader = try await ConfigSource.reader(configFile: options.config)
+        _ = LogSetup.bootstrap(level: reader.string(forKey: "log.level"))
+        let logger = Logger(label: "custos-connector")
+        let configuration = try ConnectorConfiguration(reader: reader)
+        let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
+        let connector = try ProviderConnector(configuration: configuration, producer: producer, logger: logger)
+        let group = ServiceGroup(
+            configuration: .init(services: [.init(service: connector), .init(service: KafkaProducerService(producer: producer))],
+                                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        print("custos-connector running for provider \(configuration.providerId)")
+        fflush(nil)
+        try await group.run()
+    }
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the jobs in the state directory with their phase and progress.")
+    @OptionGroup var options: Options
+
+    func run() async throws {
+        let reader = try await ConfigSource.reader(configFile: options.config)
+        let jobs = try JobStore(stateDirectory: try reader.require("stateDirectory"))
+        let ids = jobs.jobs()
+        if ids.isEmpty { print("no jobs"); return }
+        for id in ids {
+            let phase = jobs.phase(id)
+            let progress = phase == .packaged ? " (chunks acknowledged: \(jobs.progress(id)))" : ""
+            print("\(id.uuidString.lowercased())  \(phase.rawValue)\(progress)")
+        }
+    }
+}
+
+struct Keys: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Manage signing keys.", subcommands: [Generate.self])
+
+    struct Generate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write a new P-256 key pair as PEM files (private key mode 0600).")
+        @Option(help: "Where to write the private key.") var privateKey: String
+        @Option(help: "Where to write the public key.") var publicKey: String
+
+        func run() throws {
+            try SigningKey.generate().write(privatePath: privateKey, publicPath: publicKey)
+            print("wrote \(privateKey) and \(publicKey)")
+        }
+    }
+}

@@ -1,1 +1,212 @@
-print("x")
+import ArgumentParser
+import CustosClient
+import CustosModel
+import Foundation
+
+@main
+struct Custos: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "custos",
+        abstract: "Custos command line for investigators and approvers.",
+        discussion: "The broker's address comes from --url or CUSTOS_URL; your bearer token from --token or CUSTOS_TOKEN.",
+        subcommands: [WhoAmI.self, Case.self, Request.self, Package.self, Download.self])
+}
+
+struct Connection: ParsableArguments {
+    @Option(help: "Broker URL (default: CUSTOS_URL, else http://127.0.0.1:8080).") var url: String?
+    @Option(help: "Bearer token (default: CUSTOS_TOKEN).") var token: String?
+    @Flag(help: "Print JSON instead of text.") var json = false
+
+    var client: CustosClient {
+        let env = ProcessInfo.processInfo.environment
+        return CustosClient(baseURL: url ?? env["CUSTOS_URL"] ?? "http://127.0.0.1:8080", token: token ?? env["CUSTOS_TOKEN"])
+    }
+
+    func emit<T: Encodable>(_ value: T, text: () -> String) throws {
+        if json {
+            let e = JSONEncoder()
+            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try e.encode(value), as: UTF8.self))
+        } else {
+            print(text())
+        }
+    }
+}
+
+func parseID(_ text: String) throws -> UUID {
+    guard let id = UUID(uuidString: text) else { throw ValidationError("'\(text)' is not an id (UUID)") }
+    return id
+}
+
+struct WhoAmI: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "whoami", abstract: "Show the user the token belongs to.")
+    @OptionGroup var connection: Connection
+    func run() async throws {
+        let me = try await connection.client.me()
+        try connection.emit(me) { "\(me.name) (\(me.role.rawValue))" }
+    }
+}
+
+struct Case: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Cases.", subcommands: [Create.self])
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Open a case; prints its id.")
+        @OptionGroup var connection: Connection
+        @Option(help: "Case title.") var title: String
+        func run() async throws {
+            let c = try await connection.client.createCase(title: title)
+            try connection.emit(c) { c.id.lowercased }
+        }
+    }
+}
+
+struct Request: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Status.self])
+
+    struct Create: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Draft a request (and submit it with --submit); prints its id.")
+        @OptionGroup var connection: Connection
+        @Option(name: .customLong("case"), help: "Case id.") var caseId: String
+        @Option(help: "Provider id.") var provider: String
+        @Option(help: "Number of the decision that authorises the request.") var decisionNumber: String
+        @Option(help: "Authority that issued the decision.") var authority: String
+        @Option(help: "Date of the decision, YYYY-MM-DD.") var issuedOn: String
+        @Option(help: "Target as TYPE:VALUE, e.g. msisdn:+84912345678 (repeat for several). Types: \(TargetType.allCases.map(\.rawValue).joined(separator: ", ")).")
+        var target: [String]
+        @Option(help: "Data category (repeat for several): \(DataCategory.allCases.map(\.rawValue).joined(separator: ", ")).") var category: [String]
+        @Option(help: "Start of the time window, RFC 3339 UTC (…Z).") var from: String
+        @Option(help: "End of the time window, RFC 3339 UTC (…Z).") var to: String
+        @Option(help: "Notes for the approver and the provider.") var notes: String?
+        @Flag(help: "Submit for approval right away.") var submit = false
+
+        func run() async throws {
+            let targets = try target.map { t -> Target in
+                guard let colon = t.firstIndex(of: ":"), let type = TargetType(rawValue: String(t[..<colon])) else {
+                    throw ValidationError("--target must be TYPE:VALUE with TYPE one of \(TargetType.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return Target(type: type, value: String(t[t.index(after: colon)...]))
+            }
+            let categories = try category.map { c -> DataCategory in
+                guard let d = DataCategory(rawValue: c) else {
+                    throw ValidationError("--category must be one of \(DataCategory.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                return d
+            }
+            let spec = RequestSpec(caseId: try parseID(caseId), providerId: provider,
+                                   legalBasis: LegalBasis(decisionNumber: decisionNumber, issuingAuthority: authority, issuedOn: issuedOn),
+                                   targets: targets, categories: categories, window: TimeWindow(from: from, to: to), notes: notes)
+            var view = try await connection.client.createRequest(spec)
+            if submit { view = try await connection.client.submit(view.id) }
+            try connection.emit(view) { view.id.lowercased }
+        }
+    }
+
+    struct Submit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Submit a draft for approval.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        func run() async throws {
+            let v = try await connection.client.submit(try parseID(id))
+            try connection.emit(v) { "\(v.id.lowercased) \(v.state.rawValue)" }
+        }
+    }
+
+    struct Approve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Approve a submitted request (not your own); it is dispatched to the provider.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        func run() async throws {
+            let v = try await connection.client.approve(try parseID(id))
+            try connection.emit(v) { "\(v.id.lowercased) \(v.state.rawValue)" }
+        }
+    }
+
+    struct Reject: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Reject a submitted request.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        @Option(help: "Reason, for the record.") var reason: String?
+        func run() async throws {
+            let v = try await connection.client.reject(try parseID(id), reason: reason)
+            try connection.emit(v) { "\(v.id.lowercased) \(v.state.rawValue)" }
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a request's state, timeline and packages; --watch follows it live.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        @Flag(help: "Print each change until the request is verified, rejected or refused.") var watch = false
+        @Option(help: "With --watch: give up after this many seconds (exit status 3).") var timeout: Int = 3600
+
+        func run() async throws {
+            let requestId = try parseID(id)
+            let client = connection.client
+            if !watch {
+                let v = try await client.request(requestId)
+                try connection.emit(v) { Self.render(v) }
+                return
+            }
+            let deadline = ContinuousClock.now + .seconds(timeout)
+            var shown = 0
+            while true {
+                let v = try await client.request(requestId)
+                for e in v.timeline.dropFirst(shown) {
+                    print("\(e.at)  \(e.state.padding(toLength: 13, withPad: " ", startingAt: 0)) \(e.actor)\(e.note.map { "  — \($0)" } ?? "")")
+                }
+                fflush(nil)
+                shown = v.timeline.count
+                if [.verified, .rejected, .refused].contains(v.state) { return }
+                if ContinuousClock.now > deadline { throw ExitCode(3) }
+                try await Task.sleep(for: .milliseconds(500))
+            }
+        }
+
+        static func render(_ v: API.RequestView) -> String {
+            var lines = ["request \(v.id.lowercased): \(v.state.rawValue)",
+                         "  provider \(v.spec.providerId), \(v.spec.targets.count) target(s), categories \(v.spec.categories.map(\.rawValue).joined(separator: ","))"]
+            lines += v.timeline.map { "  \($0.at)  \($0.state)  \($0.actor)\($0.note.map { "  — \($0)" } ?? "")" }
+            lines += v.packages.map { "  package \($0.id.lowercased): \($0.state.rawValue), \($0.chunksReceived)/\($0.chunkCount) chunks, \($0.contentSize) bytes, sha256 \($0.contentSha256)" }
+            return lines.joined(separator: "\n")
+        }
+    }
+}
+
+struct Package: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Packages.", subcommands: [Show.self])
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a package's manifest summary and verification.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Package id.") var id: String
+        func run() async throws {
+            let p = try await connection.client.package(try parseID(id))
+            try connection.emit(p) {
+                var s = "package \(p.id.lowercased): \(p.state.rawValue)\n  request \(p.requestId.lowercased), provider \(p.providerId)\n"
+                s += "  \(p.manifest.content.recordCount) records, \(p.manifest.content.size) bytes in \(p.manifest.chunks.count) chunks\n"
+                s += "  content sha256 \(p.manifest.content.sha256)\n  manifest sha256 \(p.manifestSha256)"
+                if let v = p.verification { s += "\n  verification: \(v.valid ? "valid" : "INVALID") at \(v.checkedAt)" + v.failures.map { "\n    - \($0)" }.joined() }
+                return s
+            }
+        }
+    }
+}
+
+struct Download: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Download a verified package, checking every chunk and the whole against its manifest as it arrives.")
+    @OptionGroup var connection: Connection
+    @Argument(help: "Package id.") var id: String
+    @Option(help: "Directory to write into.") var out: String = "."
+    @Flag(help: "No progress on stderr.") var quiet = false
+
+    func run() async throws {
+        let quiet = self.quiet
+        let d = try await connection.client.download(try parseID(id), into: out) { done, total in
+            guard !quiet, total > 0 else { return }
+            FileHandle.standardError.write(Data("\rdownloading \(done * 100 / total)% (\(done)/\(total) bytes)".utf8))
+        }
+        if !quiet { FileHandle.standardError.write(Data("\n".utf8)) }
+        try connection.emit(["path": d.contentPath, "manifest": d.manifestPath, "sha256": d.sha256, "size": "\(d.size)", "records": "\(d.recordCount)"]) {
+            "\(d.contentPath)\n  \(d.recordCount) records, \(d.size) bytes, sha256 \(d.sha256) (matches the signed manifest)"
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import CustosEvidence
+import CustosKafka
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import PostgresNIO
+import ServiceLifecycle
+
+/// Assembles `custos-broker serve`: the HTTP API, the PostgreSQL pool, the outbox relay, the
+/// response ingestor and the Kafka producer, in one service group with signal handling.
+/// `onRunning` receives the address the HTTP server actually listens on.
+public func buildApplication(
+    configuration: BrokerConfiguration, logger: Logger,
+    onRunning: @escaping @Sendable (String) async -> Void = { _ in }
+) throws -> some ApplicationProtocol {
+    try LibRdKafka.checkVersion()
+    let signer = try SigningKey.load(path: configuration.signingKeyFile)
+    let postgres = configuration.database.makeClient(logger: logger)
+    let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
+    let store = BrokerStore(client: postgres, signer: signer, logger: logger)
+    let ready = Gate()
+    let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, ready: ready, logger: logger)
+    let ingestor = ResponseIngestor(store: store, kafka: configuration.kafka, groupId: configuration.consumerGroup,
+                                    refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)
+    var app = Application(
+        router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, logger: logger),
+        configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
+        services: [postgres, relay, ingestor, KafkaProducerService(producer: producer)],
+        onServerRunning: { channel in
+            let port = channel.localAddress?.port ?? configuration.httpPort
+            await onRunning("http://\(configuration.httpHost):\(port)")
+        },
+        logger: logger)
+    app.beforeServerStarts {
+        try await Migrator.migrate(client: postgres, schema: configuration.database.schema, logger: logger)
+        ready.open()
+    }
+    return app
+}
+
+/// Runs `body` with a started pool and migrated schema, for the admin commands.
+public func withBrokerStore<R: Sendable>(
+    configuration: DatabaseConfiguration, signingKeyFile: String?, logger: Logger,
+    _ body: @Sendable (BrokerStore) async throws -> R
+) async throws -> R {
+    let client = configuration.makeClient(logger: logger)
+    return try await withThrowingTaskGroup(of: R?.self) { group in
+        group.addTask { await client.run(); return nil }
+        defer { group.cancelAll() }
+        try await Migrator.migrate(client: client, schema: configuration.schema, logger: logger)
+        let signer = try signingKeyFile.map { try SigningKey.load(path: $0) } ?? SigningKey.generate()
+        return try await body(BrokerStore(client: client, signer: signer, logger: logger))
+    }
+}

@@ -1,0 +1,89 @@
+import Configuration
+import CustosKafka
+import CustosRuntime
+import Foundation
+
+/// Every setting of `custos-broker`. Config-file keys are shown; each also reads from the
+/// environment as `CUSTOS_` + the key in upper snake case (`http.port` is `CUSTOS_HTTP_PORT`).
+public struct BrokerConfiguration: Sendable {
+    /// `http.host`: address the HTTP API listens on.
+    public var httpHost: String = "127.0.0.1"
+    /// `http.port`: port of the HTTP API; 0 picks a free one.
+    public var httpPort: Int = 8080
+    /// `http.maxBodyBytes`: largest request body accepted.
+    public var maxBodyBytes: Int = 1 << 20
+    /// `database.*`: see `DatabaseConfiguration`.
+    public var database: DatabaseConfiguration
+    /// `kafka.*`: brokers, client id and librdkafka pass-through properties.
+    public var kafka: KafkaConfiguration
+    /// `kafka.groupId`: consumer group shared by all broker instances.
+    public var consumerGroup: String = "custos-broker"
+    /// `signingKeyFile`: the broker's P-256 private key (PEM), which signs every message it
+    /// sends to providers.
+    public var signingKeyFile: String
+    /// `outbox.pollMilliseconds`: how often the outbox relay looks for new rows when idle.
+    public var outboxPollInterval: Duration = .milliseconds(100)
+    /// `providers.refreshSeconds`: how often the list of registered providers (and so the
+    /// topics consumed) is re-read.
+    public var providerRefreshInterval: Duration = .seconds(5)
+
+    public init(database: DatabaseConfiguration, kafka: KafkaConfiguration, signingKeyFile: String) {
+        self.database = database
+        self.kafka = kafka
+        self.signingKeyFile = signingKeyFile
+    }
+
+    public init(reader: ConfigReader) throws {
+        database = try DatabaseConfiguration(reader: reader)
+        kafka = try reader.kafkaConfiguration(clientId: "custos-broker")
+        signingKeyFile = try reader.require("signingKeyFile")
+        httpHost = reader.string(forKey: "http.host", default: httpHost)
+        httpPort = reader.int(forKey: "http.port", default: httpPort)
+        maxBodyBytes = reader.int(forKey: "http.maxBodyBytes", default: maxBodyBytes)
+        consumerGroup = reader.string(forKey: "kafka.groupId", default: consumerGroup)
+        outboxPollInterval = .milliseconds(reader.int(forKey: "outbox.pollMilliseconds", default: 100))
+        providerRefreshInterval = .seconds(reader.int(forKey: "providers.refreshSeconds", default: 5))
+        guard (0...65535).contains(httpPort) else { throw ConfigurationError(key: "http.port", reason: "must be 0 to 65535") }
+    }
+}
+
+public struct DatabaseConfiguration: Sendable {
+    /// `database.url`: `postgres://user:password@host:port/database`.
+    public var host: String
+    public var port: Int
+    public var username: String
+    public var password: String?
+    public var database: String
+    /// `database.schema`: the schema Custos keeps its tables in; tests use one each.
+    public var schema: String = "custos"
+    /// `database.maxConnections`: size of the connection pool.
+    public var maxConnections: Int = 20
+    /// `database.tls`: `disable` or `require`.
+    public var requireTLS: Bool = false
+
+    public init(url: String, schema: String = "custos") throws {
+        guard let c = URLComponents(string: url), c.scheme == "postgres" || c.scheme == "postgresql", let host = c.host, !host.isEmpty else {
+            throw ConfigurationError(key: "database.url", reason: "must be postgres://user:password@host:port/database")
+        }
+        self.host = host
+        self.port = c.port ?? 5432
+        self.username = c.user ?? "postgres"
+        self.password = c.password?.removingPercentEncoding
+        let db = c.path.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
+        self.database = db.isEmpty ? self.username : db
+        self.schema = schema
+        try Self.checkSchemaName(schema)
+    }
+
+    init(reader: ConfigReader) throws {
+        try self.init(url: reader.require("database.url"), schema: reader.string(forKey: "database.schema", default: "custos"))
+        maxConnections = reader.int(forKey: "database.maxConnections", default: maxConnections)
+        requireTLS = reader.string(forKey: "database.tls", default: "disable") == "require"
+    }
+
+    static func checkSchemaName(_ s: String) throws {
+        let ok = !s.isEmpty && s.count <= 63 && s.allSatisfy { $0.isASCII && ($0.isLowercase || $0.isNumber || $0 == "_") }
+            && !(s.first!.isNumber)
+        guard ok else { throw ConfigurationError(key: "database.schema", reason: "must be lower-case letters, digits and _") }
+    }
+}

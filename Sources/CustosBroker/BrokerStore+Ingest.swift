@@ -1,0 +1,205 @@
+import Crypto
+import CustosCanonicalJSON
+import CustosEvidence
+import CustosKafka
+import CustosModel
+import Foundation
+import Logging
+import PostgresNIO
+
+/// A provider message that is well-formed but cannot be accepted (unknown request, a chunk
+/// that does not match its hash...). It goes to the dead-letter table with this reason.
+struct IngestRejection: Error, CustomStringConvertible {
+    var reason: String
+    var description: String { reason }
+}
+
+public enum IngestOutcome: Sendable, Equatable {
+    case applied(MessageType)
+    case duplicate
+    case deadLettered(String)
+}
+
+extension BrokerStore {
+    /// Applies one message from `custos.from.<provider>` in one transaction. The caller
+    /// stores the Kafka offset only after this returns; a message seen before (by id) has
+    /// no second effect, so redelivery after any crash is harmless.
+    public func ingest(_ message: KafkaMessage, providerKeys: [String: VerifyingKey]) async throws -> IngestOutcome {
+        let expectedSender = message.topic.hasPrefix("custos.from.") ? String(message.topic.dropFirst("custos.from.".count)) : ""
+        let envelopeBytes = message.header(Topics.envelopeHeader) ?? message.value
+        let opened: (header: EnvelopeHeader, json: JSONValue)
+        do {
+            opened = try SignedEnvelope.open(envelopeBytes) { sender in sender == expectedSender ? providerKeys[sender] : nil }
+        } catch {
+            return try await deadLetter(message, reason: error.description)
+        }
+        let header = opened.header
+        guard header.type.direction == .fromProvider else {
+            return try await deadLetter(message, reason: "wrongDirection: \(header.type.rawValue) is not a provider message")
+        }
+        guard (message.header(Topics.envelopeHeader) != nil) == (header.type == .chunk) else {
+            return try await deadLetter(message, reason: "malformed: only chunk messages carry their envelope in a header")
+        }
+        do {
+            return try await client.withTransaction(logger: logger) { conn in
+                let fresh = try await conn.query("""
+                    INSERT INTO inbox (message_id, message_type, request_id) VALUES (\(header.id), \(header.type.rawValue), \(header.requestId))
+                    ON CONFLICT DO NOTHING RETURNING 1
+                    """, logger: logger).decode(Int.self).first { _ in true } != nil
+                guard fresh else { return .duplicate }
+                try await apply(conn, header: header, json: opened.json, value: message.value, provider: expectedSender)
+                return .applied(header.type)
+            }
+        } catch let rejection as IngestRejection {
+            return try await deadLetter(message, reason: rejection.reason)
+        } catch let error as SignedEnvelope.DecodeError {
+            return try await deadLetter(message, reason: error.description)
+        }
+    }
+
+    private func deadLetter(_ m: KafkaMessage, reason: String) async throws -> IngestOutcome {
+        let payload = m.header(Topics.envelopeHeader) ?? m.value
+        try await client.query("""
+            INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, reason, payload)
+            VALUES (\(m.topic), \(Int(m.partition)), \(m.offset), \(reason), \(ByteBuffer(bytes: payload)))
+            ON CONFLICT DO NOTHING
+            """, logger: logger)
+        logger.warning("message dead-lettered", metadata: [
+            LogKey.topic: "\(m.topic)", LogKey.partition: "\(m.partition)", LogKey.offset: "\(m.offset)", LogKey.reason: "\(reason)",
+        ])
+        return .deadLettered(reason)
+    }
+
+    private func apply(_ conn: PostgresConnection, header: EnvelopeHeader, json: JSONValue, value: [UInt8], provider: String) async throws {
+        let row: RequestRow
+        do { row = try await Self.lockRequest(conn, header.requestId, logger: logger) } catch is BrokerError {
+            throw IngestRejection(reason: "unknown request")
+        }
+        guard row.providerId == provider else { throw IngestRejection(reason: "request was not addressed to this provider") }
+        guard row.state.rank >= RequestState.approved.rank, row.state != .rejected else {
+            throw IngestRejection(reason: "request is \(row.state.rawValue), not dispatched")
+        }
+        switch header.type {
+        case .ack:
+            let body = try SignedEnvelope.body(AckBody.self, from: json).body
+            guard body.requestHash == row.requestHash else { throw IngestRejection(reason: "acknowledged request hash differs from the request as approved") }
+            try await Self.advance(conn, header.requestId, to: .acknowledged, actor: provider, logger: logger)
+        case .status:
+            let body = try SignedEnvelope.body(StatusBody.self, from: json).body
+            try await Self.advance(conn, header.requestId, to: .inProgress, actor: provider, note: "\(body.phase.rawValue) \(body.percent)%", logger: logger)
+        case .refusal:
+            let body = try SignedEnvelope.body(RefusalBody.self, from: json).body
+            try await conn.query("UPDATE requests SET state = 'refused', updated_at = now() WHERE id = \(header.requestId) AND state <> 'verified'", logger: logger)
+            try await Self.event(conn, header.requestId, .refused, actor: provider, note: body.reason.rawValue, logger: logger)
+        case .manifest:
+            let body = try SignedEnvelope.body(ManifestBody.self, from: json).body
+            try await acceptManifest(conn, body, header: header, provider: provider)
+        case .chunk:
+            let body = try SignedEnvelope.body(ChunkBody.self, from: json).body
+            try await acceptChunk(conn, body, bytes: value, header: header)
+        case .complete:
+            let body = try SignedEnvelope.body(CompleteBody.self, from: json).body
+            let updated = try await conn.query("""
+                UPDATE packages SET complete_received = true
+                WHERE id = \(body.packageId) AND request_id = \(header.requestId) AND chunk_count = \(body.chunkCount)
+                  AND manifest_sha256 = \(body.manifestSha256)
+                RETURNING 1
+                """, logger: logger).decode(Int.self).first { _ in true } != nil
+            guard updated else { throw IngestRejection(reason: "completion does not match a received manifest") }
+            try await finalizeIfComplete(conn, packageId: body.packageId)
+        case .request, .receipt:
+            throw IngestRejection(reason: "not a provider message")
+        }
+    }
+
+    private func acceptManifest(_ conn: PostgresConnection, _ body: ManifestBody, header: EnvelopeHeader, provider: String) async throws {
+        let m = body.manifest
+        guard m.requestId == header.requestId else { throw IngestRejection(reason: "manifest names another request than its envelope") }
+        guard m.chunks.count <= 1_000_000, m.chunks.allSatisfy({ $0.size > 0 && $0.size <= Topics.maximumChunkBytes && Digest.isSHA256Hex($0.sha256) }) else {
+            throw IngestRejection(reason: "manifest chunk list is malformed")
+        }
+        let canonical = try CanonicalJSON.encode(m)
+        let manifestSha = Digest.sha256Hex(canonical)
+        try await conn.query("""
+            INSERT INTO packages (id, request_id, provider_id, manifest, manifest_signature, manifest_sha256, chunk_count, content_size, content_sha256)
+            VALUES (\(m.packageId), \(m.requestId), \(provider), \(String(decoding: canonical, as: UTF8.self)), \(body.manifestSignature),
+                    \(manifestSha), \(m.chunks.count), \(m.content.size), \(m.content.sha256))
+            ON CONFLICT (id) DO NOTHING
+            """, logger: logger)
+        try await Self.advance(conn, header.requestId, to: .inProgress, actor: provider, note: "manifest received: \(m.chunks.count) chunks", logger: logger)
+    }
+
+    private func acceptChunk(_ conn: PostgresConnection, _ body: ChunkBody, bytes: [UInt8], header: EnvelopeHeader) async throws {
+        guard bytes.count == body.size, bytes.count <= Topics.maximumChunkBytes else { throw IngestRejection(reason: "chunk size differs from its envelope") }
+        guard Digest.sha256Hex(bytes) == body.sha256 else { throw IngestRejection(reason: "chunk SHA-256 differs from its envelope") }
+        var known: (Int, String)?
+        for try await r in try await conn.query(
+            "SELECT chunk_count, state FROM packages WHERE id = \(body.packageId) AND request_id = \(header.requestId) FOR UPDATE",
+            logger: logger
+        ).decode((Int, String).self) { known = r }
+        guard let (count, state) = known else { throw IngestRejection(reason: "chunk for a package whose manifest was not received") }
+        guard (0..<count).contains(body.index) else { throw IngestRejection(reason: "chunk index outside the manifest's chunk list") }
+        guard state == PackageState.receiving.rawValue else { return }
+        try await conn.query("""
+            INSERT INTO package_chunks (package_id, idx, sha256, size, data) VALUES (\(body.packageId), \(body.index), \(body.sha256), \(body.size), \(ByteBuffer(bytes: bytes)))
+            ON CONFLICT DO NOTHING
+            """, logger: logger)
+        try await finalizeIfComplete(conn, packageId: body.packageId)
+    }
+
+    /// When the completion and every chunk are in, verifies the package against its signed
+    /// manifest and the request as approved, records the verdict, and queues a signed receipt.
+    func finalizeIfComplete(_ conn: PostgresConnection, packageId: UUID) async throws {
+        var row: (UUID, String, String, String, Int, Bool, String)?
+        for try await r in try await conn.query("""
+            SELECT request_id, provider_id, manifest, manifest_signature, chunk_count, complete_received, state FROM packages WHERE id = \(packageId)
+            """, logger: logger).decode((UUID, String, String, String, Int, Bool, String).self) { row = r }
+        guard let (requestId, provider, manifestJSON, signature, chunkCount, completeReceived, state) = row,
+              completeReceived, state == PackageState.receiving.rawValue
+        else { return }
+        let received = try await conn.query("SELECT count(*) FROM package_chunks WHERE package_id = \(packageId)", logger: logger)
+            .decode(Int.self).first { _ in true } ?? 0
+        guard received == chunkCount else { return }
+
+        // Stream the chunks once, in order, hashing as they pass: constant memory.
+        var whole = SHA256()
+        var size: Int64 = 0
+        var observed: [Int: (sha256: String, size: Int)] = [:]
+        for i in 0..<chunkCount {
+            for try await data in try await conn.query(
+                "SELECT data FROM package_chunks WHERE package_id = \(packageId) AND idx = \(i)", logger: logger
+            ).decode(ByteBuffer.self) {
+                data.withUnsafeReadableBytes { whole.update(bufferPointer: $0) }
+                observed[i] = (Digest.sha256Hex(data.readableBytesView), data.readableBytes)
+                size += Int64(data.readableBytes)
+            }
+        }
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(manifestJSON.utf8))
+        let keyPEM = try await conn.query("SELECT public_key_pem FROM providers WHERE id = \(provider)", logger: logger).decode(String.self).first { _ in true }
+        let requestHash = try await conn.query("SELECT request_hash FROM requests WHERE id = \(requestId)", logger: logger).decode(String?.self).first { _ in true } ?? nil
+        let verification = PackageVerifier.verify(
+            manifest: manifest, signature: signature, providerKey: try VerifyingKey(pem: keyPEM ?? ""),
+            expectedProvider: provider, expectedRequest: requestId, expectedRequestHash: requestHash ?? "",
+            observed: ObservedContent(chunkHashes: observed, contentSha256: whole.finalize().hexString, contentSize: size))
+        let verdict = String(decoding: try CanonicalJSON.encode(verification), as: UTF8.self)
+        let newState: PackageState = verification.valid ? .verified : .rejected
+        try await conn.query("""
+            UPDATE packages SET state = \(newState.rawValue), verification = \(verdict), verified_at = now() WHERE id = \(packageId)
+            """, logger: logger)
+        try await Self.advance(conn, requestId, to: .delivered, actor: provider, note: "package \(packageId.lowercased) complete", logger: logger)
+        if verification.valid {
+            try await Self.advance(conn, requestId, to: .verified, actor: "broker", note: "package \(packageId.lowercased) verified", logger: logger)
+        } else {
+            try await Self.event(conn, requestId, .delivered, actor: "broker",
+                                 note: "package \(packageId.lowercased) failed verification: " + verification.failures.map(\.code.rawValue).joined(separator: ","),
+                                 logger: logger)
+        }
+        let receipt = Envelope(
+            type: .receipt, id: UUID.derived("receipt", packageId.lowercased), requestId: requestId, sender: "broker",
+            body: ReceiptBody(packageId: packageId, outcome: verification.valid ? .accepted : .rejected,
+                              manifestSha256: verification.manifestSha256, reasons: verification.failures.map(\.description),
+                              receivedAt: Timestamp.now()))
+        try await Self.enqueue(conn, receipt, topic: Topics.toProvider(provider), signer: signer, logger: logger)
+        logger.info("package finalised", metadata: [LogKey.package: "\(packageId.lowercased)", LogKey.outcome: "\(newState.rawValue)"])
+    }
+}

@@ -1,0 +1,33 @@
+import CustosEvidence
+import CustosModel
+import Foundation
+import NIOCore
+import PostgresNIO
+
+extension BrokerStore {
+    public func package(_ id: UUID) async throws -> API.PackageView {
+        var row: (UUID, String, String, String, String, String, String?, Date)?
+        for try await r in try await client.query("""
+            SELECT request_id, provider_id, state, manifest, manifest_signature, manifest_sha256, verification, received_at
+            FROM packages WHERE id = \(id)
+            """, logger: logger).decode((UUID, String, String, String, String, String, String?, Date).self) { row = r }
+        guard let (requestId, provider, state, manifest, signature, sha, verification, receivedAt) = row else {
+            throw BrokerError(.notFound, "no such package")
+        }
+        let summary = try verification.map { v -> API.PackageVerificationSummary in
+            let pv = try JSONDecoder().decode(PackageVerification.self, from: Data(v.utf8))
+            return API.PackageVerificationSummary(valid: pv.valid, failures: pv.failures.map(\.description), checkedAt: pv.checkedAt)
+        }
+        return API.PackageView(
+            id: id, requestId: requestId, providerId: provider, state: PackageState(rawValue: state) ?? .receiving,
+            manifest: try JSONDecoder().decode(Manifest.self, from: Data(manifest.utf8)), manifestSignature: signature,
+            manifestSha256: sha, verification: summary, receivedAt: Timestamp.format(receivedAt))
+    }
+
+    public func chunk(package id: UUID, index: Int) async throws -> ByteBuffer {
+        for try await data in try await client.query(
+            "SELECT data FROM package_chunks WHERE package_id = \(id) AND idx = \(index)", logger: logger
+        ).decode(ByteBuffer.self) { return data }
+        throw BrokerError(.notFound, "chunk \(index) of the package is missing")
+    }
+}

@@ -1,0 +1,257 @@
+import Crypto
+import CustosCanonicalJSON
+import CustosEvidence
+import CustosModel
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+public struct AuthenticatedUser: Sendable, Hashable {
+    public var id: UUID
+    public var name: String
+    public var role: Role
+}
+
+/// Everything the broker keeps in PostgreSQL. Each method is one transaction.
+public struct BrokerStore: Sendable {
+    let client: PostgresClient
+    let logger: Logger
+    let signer: SigningKey
+
+    public init(client: PostgresClient, signer: SigningKey, logger: Logger) {
+        self.client = client
+        self.signer = signer
+        self.logger = logger
+    }
+
+    // MARK: Users
+
+    static func tokenHash(_ token: String) -> [UInt8] { Array(SHA256.hash(data: Array(token.utf8))) }
+
+    /// Creates a user and returns the bearer token, which is shown once and stored only as a hash.
+    public func addUser(name: String, role: Role) async throws -> (AuthenticatedUser, token: String) {
+        guard (1...100).contains(name.count), name.allSatisfy({ $0.isLetter || $0.isNumber || "._-".contains($0) }) else {
+            throw BrokerError(.invalid, "user name must be 1 to 100 letters, digits, '.', '_' or '-'")
+        }
+        var random = SystemRandomNumberGenerator()
+        let token = "ct_" + (0..<32).map { _ in UInt8.random(in: 0...255, using: &random) }.hexString
+        let id = UUID()
+        do {
+            try await client.query(
+                "INSERT INTO users (id, name, role, token_sha256) VALUES (\(id), \(name), \(role.rawValue), \(ByteBuffer(bytes: Self.tokenHash(token))))",
+                logger: logger)
+        } catch let e as PSQLError where e.serverInfo?[.sqlState] == "23505" {
+            throw BrokerError(.conflict, "a user with that name exists")
+        }
+        return (AuthenticatedUser(id: id, name: name, role: role), token)
+    }
+
+    public func user(token: String) async throws -> AuthenticatedUser? {
+        let rows = try await client.query("SELECT id, name, role FROM users WHERE token_sha256 = \(ByteBuffer(bytes: Self.tokenHash(token)))", logger: logger)
+        for try await (id, name, role) in rows.decode((UUID, String, String).self) {
+            return AuthenticatedUser(id: id, name: name, role: Role(rawValue: role) ?? .investigator)
+        }
+        return nil
+    }
+
+    // MARK: Providers
+
+    public func registerProvider(id: String, publicKey: VerifyingKey) async throws {
+        guard ProviderID.isValid(id) else { throw BrokerError(.invalid, "provider id must match \(ProviderID.pattern)") }
+        try await client.query("""
+            INSERT INTO providers (id, public_key_pem) VALUES (\(id), \(publicKey.pem))
+            ON CONFLICT (id) DO UPDATE SET public_key_pem = EXCLUDED.public_key_pem, updated_at = now()
+            """, logger: logger)
+    }
+
+    public func providers() async throws -> [String: VerifyingKey] {
+        var out: [String: VerifyingKey] = [:]
+        for try await (id, pem) in try await client.query("SELECT id, public_key_pem FROM providers", logger: logger).decode((String, String).self) {
+            out[id] = try VerifyingKey(pem: pem)
+        }
+        return out
+    }
+
+    // MARK: Cases
+
+    public func createCase(title: String, by user: AuthenticatedUser) async throws -> API.CaseView {
+        let t = title.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard (1...500).contains(t.count) else {
+            throw BrokerError(.invalid, "invalid case", violations: [FieldViolation(field: "title", rule: "must be 1 to 500 characters")])
+        }
+        let id = UUID()
+        let rows = try await client.query(
+            "INSERT INTO cases (id, title, created_by) VALUES (\(id), \(t), \(user.id)) RETURNING created_at", logger: logger)
+        var at = Date()
+        for try await d in rows.decode(Date.self) { at = d }
+        return API.CaseView(id: id, title: t, createdBy: user.name, createdAt: Timestamp.format(at))
+    }
+
+    // MARK: Requests
+
+    /// Creates a request in `draft`. The spec is validated field by field.
+    public func createRequest(_ spec: RequestSpec, by user: AuthenticatedUser) async throws -> UUID {
+        guard user.role == .investigator else { throw BrokerError(.forbidden, "only investigators create requests") }
+        do { try spec.validate() } catch { throw BrokerError(.invalid, "invalid request", violations: error.violations) }
+        let id = UUID()
+        let specJSON = String(decoding: try CanonicalJSON.encode(spec), as: UTF8.self)
+        try await client.withTransaction(logger: logger) { conn in
+            let caseExists = try await conn.query("SELECT 1 FROM cases WHERE id = \(spec.caseId)", logger: logger).decode(Int.self).first { _ in true } != nil
+            guard caseExists else {
+                throw BrokerError(.invalid, "invalid request", violations: [FieldViolation(field: "caseId", rule: "must name an existing case")])
+            }
+            let providerExists = try await conn.query("SELECT 1 FROM providers WHERE id = \(spec.providerId)", logger: logger).decode(Int.self).first { _ in true } != nil
+            guard providerExists else {
+                throw BrokerError(.invalid, "invalid request", violations: [FieldViolation(field: "providerId", rule: "must name a registered provider")])
+            }
+            try await conn.query("""
+                INSERT INTO requests (id, case_id, provider_id, spec, state, created_by)
+                VALUES (\(id), \(spec.caseId), \(spec.providerId), \(specJSON), 'draft', \(user.id))
+                """, logger: logger)
+            try await Self.event(conn, id, .draft, actor: user.name, note: nil, logger: logger)
+        }
+        return id
+    }
+
+    public func submit(_ id: UUID, by user: AuthenticatedUser) async throws {
+        try await client.withTransaction(logger: logger) { conn in
+            let row = try await Self.lockRequest(conn, id, logger: logger)
+            guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author submits it") }
+            guard row.state == .draft else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not draft") }
+            try await conn.query(
+                "UPDATE requests SET state = 'submitted', submitted_by = \(user.id), updated_at = now() WHERE id = \(id)", logger: logger)
+            try await Self.event(conn, id, .submitted, actor: user.name, note: nil, logger: logger)
+        }
+    }
+
+    /// Approves a submitted request and, in the same transaction, queues the signed request
+    /// message in the outbox. The approver must be another person than the submitter.
+    public func approve(_ id: UUID, by user: AuthenticatedUser) async throws {
+        guard user.role == .approver else { throw BrokerError(.forbidden, "only approvers approve requests") }
+        try await client.withTransaction(logger: logger) { conn in
+            let row = try await Self.lockRequest(conn, id, logger: logger)
+            guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
+            guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot approve it (four eyes)") }
+            let submitter = try await Self.userName(conn, row.submittedBy!, logger: logger)
+            let approved = ApprovedRequest(requestId: id, spec: row.spec, submittedBy: submitter, approvedBy: user.name, approvedAt: Timestamp.now())
+            let hash = try approved.hash()
+            let approvedJSON = String(decoding: try CanonicalJSON.encode(approved), as: UTF8.self)
+            try await conn.query("""
+                UPDATE requests SET state = 'approved', approved_by = \(user.id), approved_request = \(approvedJSON),
+                    request_hash = \(hash), updated_at = now() WHERE id = \(id)
+                """, logger: logger)
+            try await Self.event(conn, id, .approved, actor: user.name, note: nil, logger: logger)
+            let envelope = Envelope(type: .request, id: UUID.derived("request", id.lowercased), requestId: id, sender: "broker",
+                                    body: RequestBody(request: approved, requestHash: hash))
+            try await Self.enqueue(conn, envelope, topic: Topics.toProvider(row.spec.providerId), signer: signer, logger: logger)
+        }
+    }
+
+    public func reject(_ id: UUID, by user: AuthenticatedUser, reason: String?) async throws {
+        guard user.role == .approver else { throw BrokerError(.forbidden, "only approvers reject requests") }
+        guard (reason?.count ?? 0) <= 2000 else {
+            throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be at most 2000 characters")])
+        }
+        try await client.withTransaction(logger: logger) { conn in
+            let row = try await Self.lockRequest(conn, id, logger: logger)
+            guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
+            guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot decide on it (four eyes)") }
+            try await conn.query("UPDATE requests SET state = 'rejected', updated_at = now() WHERE id = \(id)", logger: logger)
+            try await Self.event(conn, id, .rejected, actor: user.name, note: reason, logger: logger)
+        }
+    }
+
+    public func request(_ id: UUID) async throws -> API.RequestView {
+        let rows = try await client.query("""
+            SELECT r.spec, r.state, s.name, a.name, r.request_hash, r.created_at
+            FROM requests r LEFT JOIN users s ON s.id = r.submitted_by LEFT JOIN users a ON a.id = r.approved_by
+            WHERE r.id = \(id)
+            """, logger: logger)
+        var found: (String, String, String?, String?, String?, Date)?
+        for try await r in rows.decode((String, String, String?, String?, String?, Date).self) { found = r }
+        guard let (specJSON, state, submittedBy, approvedBy, hash, createdAt) = found else {
+            throw BrokerError(.notFound, "no such request")
+        }
+        var timeline: [API.TimelineEntry] = []
+        for try await (at, st, actor, note) in try await client.query(
+            "SELECT at, state, actor, note FROM request_events WHERE request_id = \(id) ORDER BY id", logger: logger
+        ).decode((Date, String, String, String?).self) {
+            timeline.append(API.TimelineEntry(at: Timestamp.format(at), state: st, actor: actor, note: note))
+        }
+        var packages: [API.PackageSummary] = []
+        for try await (pid, pstate, count, size, sha, msha, received) in try await client.query("""
+            SELECT p.id, p.state, p.chunk_count, p.content_size, p.content_sha256, p.manifest_sha256,
+                   (SELECT count(*) FROM package_chunks c WHERE c.package_id = p.id)
+            FROM packages p WHERE p.request_id = \(id) ORDER BY p.received_at
+            """, logger: logger).decode((UUID, String, Int, Int64, String, String, Int).self) {
+            packages.append(API.PackageSummary(id: pid, state: PackageState(rawValue: pstate) ?? .receiving, chunkCount: count,
+                                               chunksReceived: received, contentSize: size, contentSha256: sha, manifestSha256: msha))
+        }
+        return API.RequestView(
+            id: id, state: RequestState(rawValue: state) ?? .draft,
+            spec: try JSONDecoder().decode(RequestSpec.self, from: Data(specJSON.utf8)),
+            submittedBy: submittedBy, approvedBy: approvedBy, requestHash: hash,
+            createdAt: Timestamp.format(createdAt), timeline: timeline, packages: packages)
+    }
+
+    // MARK: Shared pieces
+
+    struct RequestRow {
+        var state: RequestState
+        var spec: RequestSpec
+        var createdBy: UUID
+        var submittedBy: UUID?
+        var providerId: String
+        var requestHash: String?
+    }
+
+    static func lockRequest(_ conn: PostgresConnection, _ id: UUID, logger: Logger) async throws -> RequestRow {
+        let rows = try await conn.query(
+            "SELECT state, spec, created_by, submitted_by, provider_id, request_hash FROM requests WHERE id = \(id) FOR UPDATE",
+            logger: logger)
+        for try await (state, spec, createdBy, submittedBy, provider, hash) in rows.decode((String, String, UUID, UUID?, String, String?).self) {
+            return RequestRow(
+                state: RequestState(rawValue: state) ?? .draft,
+                spec: try JSONDecoder().decode(RequestSpec.self, from: Data(spec.utf8)),
+                createdBy: createdBy, submittedBy: submittedBy, providerId: provider, requestHash: hash)
+        }
+        throw BrokerError(.notFound, "no such request")
+    }
+
+    static func userName(_ conn: PostgresConnection, _ id: UUID, logger: Logger) async throws -> String {
+        for try await name in try await conn.query("SELECT name FROM users WHERE id = \(id)", logger: logger).decode(String.self) {
+            return name
+        }
+        throw BrokerError(.notFound, "no such user")
+    }
+
+    static func event(_ conn: PostgresConnection, _ id: UUID, _ state: RequestState, actor: String, note: String?, logger: Logger) async throws {
+        try await conn.query(
+            "INSERT INTO request_events (request_id, state, actor, note) VALUES (\(id), \(state.rawValue), \(actor), \(note))",
+            logger: logger)
+    }
+
+    /// Moves a request forward to `state` unless it is already there or further along; returns
+    /// whether it moved. Late or repeated provider messages thus never move a request back.
+    @discardableResult
+    static func advance(_ conn: PostgresConnection, _ id: UUID, to state: RequestState, actor: String, note: String? = nil, logger: Logger) async throws -> Bool {
+        let before = RequestState.allCases.filter { $0.rank < state.rank && $0 != .rejected && $0 != .refused }.map(\.rawValue)
+        let rows = try await conn.query(
+            "UPDATE requests SET state = \(state.rawValue), updated_at = now() WHERE id = \(id) AND state = ANY(\(before)) RETURNING 1",
+            logger: logger)
+        let moved = try await rows.decode(Int.self).first { _ in true } != nil
+        if moved { try await event(conn, id, state, actor: actor, note: note, logger: logger) }
+        return moved
+    }
+
+    /// Writes a signed message into the outbox, in the caller's transaction.
+    static func enqueue<Body>(_ conn: PostgresConnection, _ envelope: Envelope<Body>, topic: String, signer: SigningKey, logger: Logger) async throws {
+        let payload = try SignedEnvelope.encode(envelope, signer: signer)
+        try await conn.query("""
+            INSERT INTO outbox (message_id, message_type, request_id, topic, payload)
+            VALUES (\(envelope.id), \(envelope.type.rawValue), \(envelope.requestId), \(topic), \(ByteBuffer(bytes: payload)))
+            ON CONFLICT (message_id) DO NOTHING
+            """, logger: logger)
+    }
+}

@@ -1,0 +1,150 @@
+import CustosCanonicalJSON
+import CustosEvidence
+import CustosModel
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import PostgresNIO
+
+extension API.CaseView: ResponseEncodable {}
+extension API.RequestView: ResponseEncodable {}
+extension API.PackageView: ResponseEncodable {}
+extension API.UserView: ResponseEncodable {}
+
+/// The HTTP API. Tests call this same function with a test client; `buildApplication` wraps it.
+public func buildRouter(store: BrokerStore, maxBodyBytes: Int, logger: Logger) -> Router<BasicRequestContext> {
+    let router = Router()
+    router.add(middleware: ProblemMiddleware(logger: logger))
+    let api = BrokerAPI(store: store, maxBodyBytes: maxBodyBytes)
+
+    router.get("/health") { _, _ in "ok" }
+    let v1 = router.group("v1")
+    v1.get("me") { request, _ in
+        let u = try await api.user(request)
+        return API.UserView(id: u.id, name: u.name, role: u.role)
+    }
+    v1.post("cases") { request, context in
+        let user = try await api.user(request)
+        let body = try await api.decode(API.CreateCase.self, request, context)
+        return EditedResponse(status: .created, response: try await store.createCase(title: body.title, by: user))
+    }
+    v1.post("requests") { request, context in
+        let user = try await api.user(request)
+        let spec = try await api.decode(RequestSpec.self, request, context)
+        let id = try await store.createRequest(spec, by: user)
+        return EditedResponse(status: .created, headers: [.location: "/v1/requests/\(id.lowercased)"], response: try await store.request(id))
+    }
+    v1.get("requests/:id") { request, context in
+        _ = try await api.user(request)
+        return try await store.request(try api.id(context))
+    }
+    v1.post("requests/:id/submit") { request, context in
+        let user = try await api.user(request)
+        let id = try api.id(context)
+        try await store.submit(id, by: user)
+        return try await store.request(id)
+    }
+    v1.post("requests/:id/approve") { request, context in
+        let user = try await api.user(request)
+        let id = try api.id(context)
+        try await store.approve(id, by: user)
+        return try await store.request(id)
+    }
+    v1.post("requests/:id/reject") { request, context in
+        let user = try await api.user(request)
+        let id = try api.id(context)
+        let decision = try await api.decode(API.Decision.self, request, context)
+        try await store.reject(id, by: user, reason: decision.reason)
+        return try await store.request(id)
+    }
+    v1.get("packages/:id") { request, context in
+        _ = try await api.user(request)
+        return try await store.package(try api.id(context))
+    }
+    v1.get("packages/:id/content") { request, context in
+        _ = try await api.user(request)
+        let id = try api.id(context)
+        let package = try await store.package(id)
+        guard package.state == .verified else {
+            throw BrokerError(.conflict, "package is \(package.state.rawValue); only verified packages are released")
+        }
+        let sha = package.manifest.content.sha256
+        let digest = Data(hex: sha)?.base64EncodedString() ?? ""
+        let headers: HTTPFields = [
+            .contentType: package.manifest.content.mediaType,
+            .contentLength: "\(package.manifest.content.size)",
+            HTTPField.Name("Repr-Digest")!: "sha-256=:\(digest):",
+            HTTPField.Name("Custos-Content-SHA256")!: sha,
+        ]
+        let chunkCount = package.manifest.chunks.count
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            for i in 0..<chunkCount {
+                try await writer.write(try await store.chunk(package: id, index: i))
+            }
+            try await writer.finish(nil)
+        })
+    }
+    return router
+}
+
+struct BrokerAPI: Sendable {
+    let store: BrokerStore
+    let maxBodyBytes: Int
+
+    func user(_ request: Request) async throws -> AuthenticatedUser {
+        guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer "), auth.count > 7 else {
+            throw BrokerError(.unauthorized, "a bearer token is required")
+        }
+        guard let user = try await store.user(token: String(auth.dropFirst(7))) else {
+            throw BrokerError(.unauthorized, "the bearer token is not valid")
+        }
+        return user
+    }
+
+    func id(_ context: BasicRequestContext) throws -> UUID {
+        guard let text = context.parameters.get("id"), let id = UUID(uuidString: text) else {
+            throw BrokerError(.notFound, "the id in the path is not a UUID")
+        }
+        return id
+    }
+
+    func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
+        let buffer: ByteBuffer
+        do { buffer = try await request.body.collect(upTo: maxBodyBytes) } catch {
+            throw BrokerError(.tooLarge, "request body is larger than \(maxBodyBytes) bytes")
+        }
+        if buffer.readableBytes == 0, let empty = try? JSONDecoder().decode(T.self, from: Data("{}".utf8)) { return empty }
+        do {
+            _ = try JSONParser.parse(buffer.readableBytesView)
+        } catch {
+            throw BrokerError(.invalid, "request body is not valid JSON: \(error.description)")
+        }
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
+        } catch {
+            let d = DecodingErrorDescription(error)
+            let (field, rule) = d.split(separator: ":", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }.pair
+            throw BrokerError(.invalid, "request body does not match the schema", violations: [FieldViolation(field: field, rule: rule)])
+        }
+    }
+}
+
+extension Array where Element == String {
+    var pair: (String, String) { count >= 2 ? (self[0], self[1]) : ("(body)", first ?? "") }
+}
+
+extension Data {
+    init?(hex: String) {
+        guard hex.count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        var i = hex.startIndex
+        while i < hex.endIndex {
+            let j = hex.index(i, offsetBy: 2)
+            guard let b = UInt8(hex[i..<j], radix: 16) else { return nil }
+            bytes.append(b)
+            i = j
+        }
+        self.init(bytes)
+    }
+}

@@ -1,0 +1,133 @@
+import Foundation
+
+/// Versioned schema migrations, applied in order at start under an advisory lock, each in
+/// its own transaction; applying them again is harmless. Never edit a released migration:
+/// add the next one.
+struct Migration: Sendable {
+    let version: Int
+    let name: String
+    let sql: String
+
+    /// The statements one by one: the extended query protocol takes a single statement.
+    /// A statement ends with a line ending in `;` outside a `$$` body.
+    var statements: [String] {
+        var out: [String] = []
+        var current: [Substring] = []
+        var inDollarBody = false
+        for line in sql.split(separator: "\n", omittingEmptySubsequences: false) {
+            current.append(line)
+            if line.components(separatedBy: "$$").count % 2 == 0 { inDollarBody.toggle() }
+            if !inDollarBody && line.trimmingCharacters(in: .whitespaces).hasSuffix(";") {
+                out.append(current.joined(separator: "\n"))
+                current = []
+            }
+        }
+        let rest = current.joined(separator: "\n").trimmingCharacters(in: .whitespacesAndNewlines)
+        if !rest.isEmpty { out.append(rest) }
+        return out
+    }
+}
+
+enum Migrations {
+    static let all: [Migration] = [
+        Migration(version: 1, name: "foundation", sql: """
+            CREATE TABLE users (
+                id uuid PRIMARY KEY,
+                name text NOT NULL UNIQUE,
+                role text NOT NULL CHECK (role IN ('investigator', 'approver', 'admin')),
+                token_sha256 bytea NOT NULL UNIQUE,
+                created_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE TABLE providers (
+                id text PRIMARY KEY,
+                public_key_pem text NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE TABLE cases (
+                id uuid PRIMARY KEY,
+                title text NOT NULL,
+                created_by uuid NOT NULL REFERENCES users(id),
+                created_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE TABLE requests (
+                id uuid PRIMARY KEY,
+                case_id uuid NOT NULL REFERENCES cases(id),
+                provider_id text NOT NULL REFERENCES providers(id),
+                spec text NOT NULL,
+                state text NOT NULL,
+                created_by uuid NOT NULL REFERENCES users(id),
+                submitted_by uuid REFERENCES users(id),
+                approved_by uuid REFERENCES users(id),
+                approved_request text,
+                request_hash text,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                updated_at timestamptz NOT NULL DEFAULT now(),
+                -- Four eyes, enforced by the database as well as by the code.
+                CONSTRAINT four_eyes CHECK (approved_by IS NULL OR approved_by <> submitted_by)
+            );
+            CREATE TABLE request_events (
+                id bigserial PRIMARY KEY,
+                request_id uuid NOT NULL REFERENCES requests(id),
+                at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                state text NOT NULL,
+                actor text NOT NULL,
+                note text
+            );
+            CREATE INDEX request_events_by_request ON request_events(request_id, id);
+            -- Transactional outbox: written with the state change, relayed to Kafka afterwards.
+            CREATE TABLE outbox (
+                id bigserial PRIMARY KEY,
+                message_id uuid NOT NULL UNIQUE,
+                message_type text NOT NULL,
+                request_id uuid NOT NULL,
+                topic text NOT NULL,
+                payload bytea NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                sent_at timestamptz
+            );
+            CREATE INDEX outbox_unsent ON outbox(id) WHERE sent_at IS NULL;
+            -- Every consumed message id, so that a redelivered message has no second effect.
+            CREATE TABLE inbox (
+                message_id uuid PRIMARY KEY,
+                message_type text NOT NULL,
+                request_id uuid NOT NULL,
+                received_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE TABLE dead_letters (
+                id bigserial PRIMARY KEY,
+                topic text NOT NULL,
+                kafka_partition int NOT NULL,
+                kafka_offset bigint NOT NULL,
+                reason text NOT NULL,
+                payload bytea NOT NULL,
+                received_at timestamptz NOT NULL DEFAULT now(),
+                UNIQUE (topic, kafka_partition, kafka_offset)
+            );
+            CREATE TABLE packages (
+                id uuid PRIMARY KEY,
+                request_id uuid NOT NULL REFERENCES requests(id),
+                provider_id text NOT NULL REFERENCES providers(id),
+                manifest text NOT NULL,
+                manifest_signature text NOT NULL,
+                manifest_sha256 text NOT NULL,
+                chunk_count int NOT NULL,
+                content_size bigint NOT NULL,
+                content_sha256 text NOT NULL,
+                state text NOT NULL DEFAULT 'receiving',
+                complete_received boolean NOT NULL DEFAULT false,
+                verification text,
+                received_at timestamptz NOT NULL DEFAULT now(),
+                verified_at timestamptz
+            );
+            CREATE INDEX packages_by_request ON packages(request_id);
+            CREATE TABLE package_chunks (
+                package_id uuid NOT NULL REFERENCES packages(id),
+                idx int NOT NULL,
+                sha256 text NOT NULL,
+                size int NOT NULL,
+                data bytea NOT NULL,
+                PRIMARY KEY (package_id, idx)
+            );
+            """),
+    ]
+}

@@ -1,0 +1,61 @@
+import CustosKafka
+import CustosModel
+import Foundation
+import Logging
+import Metrics
+import PostgresNIO
+import ServiceLifecycle
+
+/// Relays outbox rows to Kafka. Rows are locked (`FOR UPDATE SKIP LOCKED`, so several broker
+/// instances share the work), produced in order, and marked sent in the same transaction
+/// once Kafka has acknowledged them. A crash between the two only sends a message again,
+/// under the same id, which the provider ignores.
+struct OutboxRelay: Service {
+    let client: PostgresClient
+    let producer: KafkaProducer
+    let pollInterval: Duration
+    let ready: Gate
+    let logger: Logger
+    let relayed = Counter(label: "custos.outbox.relayed.messages")
+
+    func run() async throws {
+        await ready.wait()
+        try await cancelWhenGracefulShutdown {
+            var failures = 0
+            while !Task.isCancelled {
+                do {
+                    let n = try await relayOnce()
+                    failures = 0
+                    if n == 0 { try await Task.sleep(for: pollInterval) }
+                } catch is CancellationError {
+                    return
+                } catch {
+                    failures += 1
+                    logger.error("outbox relay failed; retrying", metadata: [LogKey.error: "\(String(describing: error))"])
+                    try await Task.sleep(for: .milliseconds(min(5_000, 100 * (1 << min(failures, 6)))))
+                }
+            }
+        }
+    }
+
+    func relayOnce(limit: Int = 200) async throws -> Int {
+        try await client.withTransaction(logger: logger) { conn in
+            var rows: [(Int64, String, UUID, String, ByteBuffer)] = []
+            for try await r in try await conn.query("""
+                SELECT id, message_type, request_id, topic, payload FROM outbox
+                WHERE sent_at IS NULL ORDER BY id LIMIT \(limit) FOR UPDATE SKIP LOCKED
+                """, logger: logger).decode((Int64, String, UUID, String, ByteBuffer).self) { rows.append(r) }
+            guard !rows.isEmpty else { return 0 }
+            let messages = rows.map { _, _, requestId, topic, payload in
+                OutgoingMessage(topic: topic, key: Array(requestId.lowercased.utf8), value: Array(payload.readableBytesView))
+            }
+            try await producer.send(batch: messages)
+            try await conn.query("UPDATE outbox SET sent_at = now() WHERE id = ANY(\(rows.map(\.0)))", logger: logger)
+            for (_, type, requestId, _, _) in rows where type == MessageType.request.rawValue {
+                try await BrokerStore.advance(conn, requestId, to: .dispatched, actor: "broker", logger: logger)
+            }
+            relayed.increment(by: rows.count)
+            return rows.count
+        }
+    }
+}

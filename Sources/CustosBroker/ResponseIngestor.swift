@@ -1,0 +1,93 @@
+import CustosEvidence
+import CustosKafka
+import CustosModel
+import Foundation
+import Logging
+import Metrics
+import ServiceLifecycle
+import Synchronization
+
+/// Consumes `custos.from.<provider>` for every registered provider and applies each message
+/// through `BrokerStore.ingest`. A message's offset is stored only after its transaction has
+/// committed; while the database is unreachable the same message is retried, never skipped.
+struct ResponseIngestor: Service {
+    let store: BrokerStore
+    let kafka: KafkaConfiguration
+    let groupId: String
+    let refreshInterval: Duration
+    let ready: Gate
+    let logger: Logger
+    let ingested = Counter(label: "custos.ingest.messages")
+    let deadLettered = Counter(label: "custos.ingest.dead_letters")
+
+    final class Keys: Sendable {
+        let value = Mutex<[String: VerifyingKey]>([:])
+    }
+
+    func run() async throws {
+        await ready.wait()
+        let keys = Keys()
+        // No provider, no topic to consume: wait for the first registration.
+        var initial: [String: VerifyingKey] = [:]
+        while initial.isEmpty {
+            initial = (try? await store.providers()) ?? [:]
+            if initial.isEmpty {
+                guard (try? await gracefulSleep(refreshInterval)) != nil, !Task.isShuttingDownGracefully else { return }
+            }
+        }
+        keys.value.withLock { $0 = initial }
+        let consumer = try KafkaConsumer(configuration: kafka, groupId: groupId, topics: topics(initial), logger: logger)
+        logger.info("consuming provider topics", metadata: ["kafka.topics": "\(topics(initial).joined(separator: ","))"])
+
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await refreshProviders(keys: keys, consumer: consumer) }
+                group.addTask { try await consume(consumer: consumer, keys: keys) }
+                try await group.next()
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            consumer.close()
+        }
+        consumer.close()
+    }
+
+    private func topics(_ keys: [String: VerifyingKey]) -> [String] { keys.keys.sorted().map(Topics.fromProvider) }
+
+    private func consume(consumer: KafkaConsumer, keys: Keys) async throws {
+        for try await message in consumer.messages {
+            var attempt = 0
+            while true {
+                do {
+                    let outcome = try await store.ingest(message, providerKeys: keys.value.withLock { $0 })
+                    if case .deadLettered = outcome { deadLettered.increment() } else { ingested.increment() }
+                    break
+                } catch {
+                    attempt += 1
+                    if Task.isCancelled || Task.isShuttingDownGracefully { return }
+                    logger.error("ingest failed; retrying the same message", metadata: [
+                        LogKey.topic: "\(message.topic)", LogKey.offset: "\(message.offset)", LogKey.error: "\(String(describing: error))",
+                    ])
+                    try await Task.sleep(for: .milliseconds(min(5_000, 100 * (1 << min(attempt, 6)))))
+                }
+            }
+            try consumer.store(message)
+        }
+    }
+
+    private func refreshProviders(keys: Keys, consumer: KafkaConsumer) async throws {
+        while !Task.isCancelled {
+            try await Task.sleep(for: refreshInterval)
+            guard let fresh = try? await store.providers() else { continue }
+            let before = keys.value.withLock { s -> [String: VerifyingKey] in defer { s = fresh }; return s }
+            if Set(before.keys) != Set(fresh.keys) {
+                try consumer.subscribe(topics: topics(fresh))
+                logger.info("provider set changed; resubscribed", metadata: ["kafka.topics": "\(topics(fresh).joined(separator: ","))"])
+            }
+        }
+    }
+}
+
+func gracefulSleep(_ d: Duration) async throws {
+    try await cancelWhenGracefulShutdown { try await Task.sleep(for: d) }
+}

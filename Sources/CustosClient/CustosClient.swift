@@ -1,0 +1,133 @@
+import AsyncHTTPClient
+import Crypto
+import CustosModel
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+
+/// Talks to the broker's HTTP API. Non-2xx answers become `API.Problem` errors.
+public struct CustosClient: Sendable {
+    public let baseURL: String
+    public let token: String?
+    let http: HTTPClient
+
+    public init(baseURL: String, token: String?, http: HTTPClient = .shared) {
+        self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
+        self.token = token
+        self.http = http
+    }
+
+    public struct ClientError: Error, CustomStringConvertible, Sendable {
+        public var reason: String
+        public var description: String { reason }
+    }
+
+    func makeRequest(_ method: HTTPMethod, _ path: String) -> HTTPClientRequest {
+        var r = HTTPClientRequest(url: baseURL + path)
+        r.method = method
+        if let token { r.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        r.headers.add(name: "Accept", value: "application/json")
+        return r
+    }
+
+    func call<Response: Decodable>(_ method: HTTPMethod, _ path: String, body: (some Encodable)? = Optional<String>.none,
+                                   as: Response.Type = Response.self) async throws -> Response {
+        var request = makeRequest(method, path)
+        if let body {
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(data: try JSONEncoder().encode(body)))
+        }
+        let response: HTTPClientResponse
+        do { response = try await http.execute(request, timeout: .seconds(60)) } catch {
+            throw ClientError(reason: "cannot reach the broker at \(baseURL): \(error)")
+        }
+        let bytes = try await response.body.collect(upTo: 64 << 20)
+        guard (200..<300).contains(response.status.code) else { throw Self.problem(response.status, bytes) }
+        return try JSONDecoder().decode(Response.self, from: Data(buffer: bytes))
+    }
+
+    static func problem(_ status: HTTPResponseStatus, _ bytes: ByteBuffer) -> any Error {
+        (try? JSONDecoder().decode(API.Problem.self, from: Data(buffer: bytes)))
+            ?? API.Problem(type: "about:blank", title: status.reasonPhrase, status: Int(status.code))
+    }
+
+    public func me() async throws -> API.UserView { try await call(.GET, "/v1/me") }
+    public func createCase(title: String) async throws -> API.CaseView { try await call(.POST, "/v1/cases", body: API.CreateCase(title: title)) }
+    public func createRequest(_ spec: RequestSpec) async throws -> API.RequestView { try await call(.POST, "/v1/requests", body: spec) }
+    public func request(_ id: UUID) async throws -> API.RequestView { try await call(.GET, "/v1/requests/\(id.lowercased)") }
+    public func submit(_ id: UUID) async throws -> API.RequestView { try await call(.POST, "/v1/requests/\(id.lowercased)/submit", body: API.Decision()) }
+    public func approve(_ id: UUID) async throws -> API.RequestView { try await call(.POST, "/v1/requests/\(id.lowercased)/approve", body: API.Decision()) }
+    public func reject(_ id: UUID, reason: String?) async throws -> API.RequestView {
+        try await call(.POST, "/v1/requests/\(id.lowercased)/reject", body: API.Decision(reason: reason))
+    }
+    public func package(_ id: UUID) async throws -> API.PackageView { try await call(.GET, "/v1/packages/\(id.lowercased)") }
+
+    public struct Download: Sendable {
+        public var contentPath: String
+        public var manifestPath: String
+        public var size: Int64
+        public var sha256: String
+        public var recordCount: Int
+    }
+
+    /// Downloads a verified package into `directory`: `<id>.ndjson` (the records),
+    /// `<id>.manifest.json` and `<id>.manifest.sig`. Every chunk and the whole are checked
+    /// against the manifest as the bytes arrive; on any mismatch the partial file is removed.
+    public func download(_ id: UUID, into directory: String, progress: @Sendable (Int64, Int64) -> Void = { _, _ in }) async throws -> Download {
+        let package = try await package(id)
+        let manifest = package.manifest
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let base = (directory as NSString).appendingPathComponent(id.lowercased)
+        let contentPath = base + ".ndjson", partial = contentPath + ".partial"
+        let response = try await http.execute(makeRequest(.GET, "/v1/packages/\(id.lowercased)/content"), timeout: .hours(2))
+        guard response.status == .ok else { throw Self.problem(response.status, try await response.body.collect(upTo: 1 << 20)) }
+        guard FileManager.default.createFile(atPath: partial, contents: nil), let out = FileHandle(forWritingAtPath: partial) else {
+            throw ClientError(reason: "cannot write \(partial)")
+        }
+        var ok = false
+        defer {
+            try? out.close()
+            if !ok { try? FileManager.default.removeItem(atPath: partial) }
+        }
+        var whole = SHA256(), chunkHash = SHA256()
+        var chunkIndex = 0, inChunk = 0
+        var received: Int64 = 0
+        func closeChunk() throws {
+            guard chunkIndex < manifest.chunks.count, chunkHash.finalize().hexString == manifest.chunks[chunkIndex].sha256 else {
+                throw ClientError(reason: "chunk \(chunkIndex) does not match the manifest's SHA-256")
+            }
+            chunkIndex += 1; inChunk = 0; chunkHash = SHA256()
+        }
+        for try await buffer in response.body {
+            var view = buffer.readableBytesView[...]
+            while !view.isEmpty {
+                guard chunkIndex < manifest.chunks.count else { throw ClientError(reason: "more bytes than the manifest lists") }
+                let n = min(view.count, manifest.chunks[chunkIndex].size - inChunk)
+                let slice = view.prefix(n)
+                slice.withUnsafeBytes { chunkHash.update(bufferPointer: $0); whole.update(bufferPointer: $0) }
+                try out.write(contentsOf: Data(slice))
+                inChunk += n
+                view = view.dropFirst(n)
+                if inChunk == manifest.chunks[chunkIndex].size { try closeChunk() }
+            }
+            received += Int64(buffer.readableBytes)
+            progress(received, manifest.content.size)
+        }
+        guard chunkIndex == manifest.chunks.count, inChunk == 0 else { throw ClientError(reason: "download ended before the last chunk") }
+        let sha = whole.finalize().hexString
+        guard sha == manifest.content.sha256, received == manifest.content.size else {
+            throw ClientError(reason: "content SHA-256 does not match the manifest")
+        }
+        try out.synchronize()
+        try? FileManager.default.removeItem(atPath: contentPath)
+        try FileManager.default.moveItem(atPath: partial, toPath: contentPath)
+        ok = true
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try encoder.encode(manifest).write(to: URL(fileURLWithPath: base + ".manifest.json"))
+        try Data(package.manifestSignature.utf8).write(to: URL(fileURLWithPath: base + ".manifest.sig"))
+        return Download(contentPath: contentPath, manifestPath: base + ".manifest.json", size: received, sha256: sha,
+                        recordCount: manifest.content.recordCount)
+    }
+}

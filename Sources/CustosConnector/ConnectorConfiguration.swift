@@ -1,0 +1,68 @@
+import Configuration
+import CustosKafka
+import CustosModel
+import CustosRuntime
+import Foundation
+
+/// Every setting of `custos-connector`. Config-file keys are shown; each also reads from the
+/// environment as `CUSTOS_` + the key in upper snake case.
+public struct ConnectorConfiguration: Sendable {
+    /// `providerId`: this provider's id, as registered at the broker.
+    public var providerId: String
+    /// `kafka.*`: brokers, client id and librdkafka pass-through properties (SASL, TLS...).
+    public var kafka: KafkaConfiguration
+    /// `kafka.groupId`: defaults to `custos-connector-<providerId>`.
+    public var groupId: String
+    /// `signingKeyFile`: the provider's P-256 private key (PEM); signs manifests and messages.
+    public var signingKeyFile: String
+    /// `brokerPublicKeyFile`: the broker's public key (PEM); requests not signed by it are refused.
+    public var brokerPublicKeyFile: String
+    /// `stateDirectory`: durable job state; the connector resumes from it after a crash.
+    public var stateDirectory: String
+    /// `adapters.<category>.command`: the exec adapter (program and arguments) per category;
+    /// `adapters.default.command` serves categories without one of their own.
+    public var adapters: [DataCategory: [String]]
+    /// `adapters.timeoutSeconds`: an adapter running longer is stopped and the request refused.
+    public var adapterTimeout: Duration = .seconds(3600)
+    /// `concurrency`: requests processed at once.
+    public var concurrency: Int = 2
+    /// `streaming.inFlightChunks`: chunks handed to Kafka but not yet acknowledged, at most.
+    public var inFlightChunks: Int = 32
+
+    public init(providerId: String, kafka: KafkaConfiguration, signingKeyFile: String, brokerPublicKeyFile: String,
+                stateDirectory: String, adapters: [DataCategory: [String]]) {
+        self.providerId = providerId
+        self.kafka = kafka
+        self.groupId = "custos-connector-\(providerId)"
+        self.signingKeyFile = signingKeyFile
+        self.brokerPublicKeyFile = brokerPublicKeyFile
+        self.stateDirectory = stateDirectory
+        self.adapters = adapters
+    }
+
+    public init(reader: ConfigReader) throws {
+        providerId = try reader.require("providerId")
+        guard ProviderID.isValid(providerId) else { throw ConfigurationError(key: "providerId", reason: "must match \(ProviderID.pattern)") }
+        kafka = try reader.kafkaConfiguration(clientId: "custos-connector-\(providerId)")
+        groupId = reader.string(forKey: "kafka.groupId", default: "custos-connector-\(providerId)")
+        signingKeyFile = try reader.require("signingKeyFile")
+        brokerPublicKeyFile = try reader.require("brokerPublicKeyFile")
+        stateDirectory = try reader.require("stateDirectory")
+        var adapters: [DataCategory: [String]] = [:]
+        let fallback = reader.stringArray(forKey: "adapters.default.command", default: [])
+        for c in DataCategory.allCases {
+            let key = "adapters.\(c.rawValue.replacingOccurrences(of: "-", with: "_")).command"
+            let command = reader.stringArray(forKey: ConfigKey(key), default: fallback)
+            if !command.isEmpty { adapters[c] = command }
+        }
+        guard !adapters.isEmpty else {
+            throw ConfigurationError(key: "adapters", reason: "configure at least adapters.default.command or one adapters.<category>.command")
+        }
+        self.adapters = adapters
+        adapterTimeout = .seconds(reader.int(forKey: "adapters.timeoutSeconds", default: 3600))
+        concurrency = reader.int(forKey: "concurrency", default: 2)
+        inFlightChunks = reader.int(forKey: "streaming.inFlightChunks", default: 32)
+        guard concurrency >= 1 else { throw ConfigurationError(key: "concurrency", reason: "must be at least 1") }
+        guard (1...1024).contains(inFlightChunks) else { throw ConfigurationError(key: "streaming.inFlightChunks", reason: "must be 1 to 1024") }
+    }
+}

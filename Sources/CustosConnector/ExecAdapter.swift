@@ -1,0 +1,136 @@
+import CustosCanonicalJSON
+import CustosModel
+import Foundation
+
+/// Runs an extraction program: it gets `{"category": …, "request": …}` as JSON on stdin and
+/// writes records as JSON lines on stdout. Each line must be a JSON object with `category`
+/// and `target` (`{"type", "value"}`); lines outside the request's targets or category are
+/// not sent, only counted. Its stderr goes to a file in the job directory (it may name
+/// targets, so it is never logged).
+public struct ExecAdapter: Sendable {
+    public var command: [String]
+    public var timeout: Duration
+
+    public init(command: [String], timeout: Duration) {
+        self.command = command
+        self.timeout = timeout
+    }
+
+    public struct Failure: Error, CustomStringConvertible, Sendable {
+        public var reason: String
+        public var description: String { "adapter: \(reason)" }
+    }
+
+    public struct Output: Sendable {
+        public var counts: [Target: Int]
+        public var outOfScope: Int
+        public var bytes: Int64
+    }
+
+    /// Runs the adapter for one category, appending in-scope lines to `spool`.
+    public func run(request: ApprovedRequest, category: DataCategory, spool: FileHandle, stderrFile: URL) async throws -> Output {
+        let input = try CanonicalJSON.encode(AdapterInput(category: category, request: request))
+        return try await withCheckedThrowingContinuation { continuation in
+            // The adapter's pipes are read with blocking calls: keep them off the cooperative pool.
+            let thread = Thread {
+                continuation.resume(with: Result { try runBlocking(input: input, request: request, category: category, spool: spool, stderrFile: stderrFile) })
+            }
+            thread.name = "custos-exec-adapter"
+            thread.start()
+        }
+    }
+
+    struct AdapterInput: Codable {
+        var category: DataCategory
+        var request: ApprovedRequest
+    }
+
+    private func runBlocking(input: [UInt8], request: ApprovedRequest, category: DataCategory, spool: FileHandle, stderrFile: URL) throws -> Output {
+        guard let program = command.first, let executable = Self.resolve(program) else {
+            throw Failure(reason: "program \(command.first ?? "(none)") not found")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = Array(command.dropFirst())
+        let stdin = Pipe(), stdout = Pipe()
+        _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
+        process.standardInput = stdin
+        process.standardOutput = stdout
+        process.standardError = try FileHandle(forWritingTo: stderrFile)
+        try process.run()
+        let deadline = DispatchTime.now() + .seconds(Int(timeout.components.seconds))
+        let timer = DispatchSource.makeTimerSource()
+        timer.schedule(deadline: deadline)
+        timer.setEventHandler { if process.isRunning { process.terminate() } }
+        timer.resume()
+        defer { timer.cancel() }
+
+        // Feed stdin from its own thread, so a program that writes before reading cannot deadlock.
+        let writer = Thread {
+            try? stdin.fileHandleForWriting.write(contentsOf: input)
+            try? stdin.fileHandleForWriting.close()
+        }
+        writer.start()
+
+        let targets = Set(request.targets)
+        var counts: [Target: Int] = [:]
+        var outOfScope = 0
+        var bytes: Int64 = 0
+        var pending: [UInt8] = []
+        var lineNumber = 0
+        var failure: Failure?
+        let reader = stdout.fileHandleForReading
+        while true {
+            let data = reader.availableData
+            if data.isEmpty { break }
+            if failure != nil { continue }  // drain so the program can exit
+            pending.append(contentsOf: data)
+            var start = 0
+            var out: [UInt8] = []
+            while let nl = pending[start...].firstIndex(of: 0x0A) {
+                let line = pending[start..<nl]
+                start = nl + 1
+                lineNumber += 1
+                if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) { continue }
+                guard case .object(let record)? = try? JSONParser.parse(line),
+                      let cat = record["category"]?.stringValue.flatMap(DataCategory.init(rawValue:)),
+                      let t = record["target"], let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)),
+                      let value = t["value"]?.stringValue
+                else {
+                    failure = Failure(reason: "output line \(lineNumber) is not a record object with category and target")
+                    break
+                }
+                let target = Target(type: type, value: value)
+                guard cat == category, targets.contains(target) else { outOfScope += 1; continue }
+                counts[target, default: 0] += 1
+                out.append(contentsOf: line)
+                out.append(0x0A)
+            }
+            pending.removeFirst(start)
+            if !out.isEmpty {
+                try spool.write(contentsOf: out)
+                bytes += Int64(out.count)
+            }
+        }
+        process.waitUntilExit()
+        if let failure { throw failure }
+        if !pending.isEmpty && !pending.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) {
+            throw Failure(reason: "output does not end with a newline")
+        }
+        guard process.terminationReason == .exit, process.terminationStatus == 0 else {
+            let how = process.terminationReason == .exit ? "exited with status \(process.terminationStatus)" : "was stopped (signal \(process.terminationStatus)), possibly by its time-out"
+            throw Failure(reason: "program \(how); its stderr is in the job directory")
+        }
+        return Output(counts: counts, outOfScope: outOfScope, bytes: bytes)
+    }
+
+    /// A bare program name is looked up on PATH, as a shell would.
+    static func resolve(_ program: String) -> String? {
+        if program.contains("/") { return FileManager.default.isExecutableFile(atPath: program) ? program : nil }
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":") {
+            let path = "\(dir)/\(program)"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,89 @@
+import CustosModel
+import Foundation
+
+/// Durable per-request state under `<stateDirectory>/jobs/<request id>/`. Every file is
+/// written whole (temporary file, fsync, rename), so after a crash a file is either absent
+/// or complete, and the phase of a job is read off which files exist:
+///
+/// | file | written when |
+/// | --- | --- |
+/// | `request.json` | the request arrived (before its Kafka offset is stored) |
+/// | `records.ndjson`, `extraction.json` | the adapters finished; the spool is final |
+/// | `manifest.json`, `manifest.sig` | the package was built and signed |
+/// | `progress` | every chunk below this index is acknowledged by Kafka |
+/// | `sent` | manifest, chunks and completion are all acknowledged |
+/// | `receipt.json` | the broker's signed receipt arrived |
+public struct JobStore: Sendable {
+    public let root: URL
+
+    public init(stateDirectory: String) throws {
+        root = URL(fileURLWithPath: stateDirectory).appendingPathComponent("jobs")
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+    }
+
+    public func directory(_ id: UUID) -> URL { root.appendingPathComponent(id.lowercased) }
+    public func file(_ id: UUID, _ name: String) -> URL { directory(id).appendingPathComponent(name) }
+    public func exists(_ id: UUID, _ name: String) -> Bool { FileManager.default.fileExists(atPath: file(id, name).path) }
+
+    public func read(_ id: UUID, _ name: String) throws -> Data { try Data(contentsOf: file(id, name)) }
+
+    /// Atomically replaces `name` with `data`, durably.
+    public func write(_ id: UUID, _ name: String, _ data: Data) throws {
+        try FileManager.default.createDirectory(at: directory(id), withIntermediateDirectories: true)
+        let tmp = file(id, name + ".tmp")
+        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw JobStoreError(reason: "cannot create \(name) (errno \(errno))") }
+        let ok = data.withUnsafeBytes { buf -> Bool in
+            var off = 0
+            while off < buf.count {
+                let n = Foundation.write(fd, buf.baseAddress! + off, buf.count - off)
+                if n <= 0 { return false }
+                off += n
+            }
+            return fsync(fd) == 0
+        }
+        close(fd)
+        guard ok else { throw JobStoreError(reason: "cannot write \(name)") }
+        guard rename(tmp.path, file(id, name).path) == 0 else { throw JobStoreError(reason: "cannot rename \(name)") }
+        let dirfd = open(directory(id).path, O_RDONLY)
+        if dirfd >= 0 { fsync(dirfd); close(dirfd) }
+    }
+
+    public func remove(_ id: UUID, _ name: String) {
+        try? FileManager.default.removeItem(at: file(id, name))
+    }
+
+    /// Every job whose request was accepted, oldest first.
+    public func jobs() -> [UUID] {
+        let entries = (try? FileManager.default.contentsOfDirectory(at: root, includingPropertiesForKeys: [.creationDateKey])) ?? []
+        return entries
+            .compactMap { url -> (UUID, Date)? in
+                guard let id = UUID(uuidString: url.lastPathComponent), FileManager.default.fileExists(atPath: url.appendingPathComponent("request.json").path) else { return nil }
+                let date = (try? url.resourceValues(forKeys: [.creationDateKey]).creationDate) ?? .distantPast
+                return (id, date)
+            }
+            .sorted { $0.1 < $1.1 }
+            .map(\.0)
+    }
+
+    public enum Phase: String, Sendable, Codable {
+        case received, extracted, packaged, sent, done
+    }
+
+    public func phase(_ id: UUID) -> Phase {
+        if exists(id, "receipt.json") { return .done }
+        if exists(id, "sent") { return .sent }
+        if exists(id, "manifest.json") { return .packaged }
+        if exists(id, "extraction.json") { return .extracted }
+        return .received
+    }
+
+    public func progress(_ id: UUID) -> Int {
+        (try? read(id, "progress")).flatMap { Int(String(decoding: $0, as: UTF8.self)) } ?? 0
+    }
+}
+
+public struct JobStoreError: Error, CustomStringConvertible, Sendable {
+    public var reason: String
+    public var description: String { "state directory: \(reason)" }
+}

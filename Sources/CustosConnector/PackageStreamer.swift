@@ -1,0 +1,114 @@
+import CustosCanonicalJSON
+import CustosEvidence
+import CustosKafka
+import CustosModel
+import Foundation
+import Logging
+
+/// Builds the package from a finished spool and streams it: the manifest, every chunk (each
+/// at most 512 KiB, read from disk as it goes, so memory stays constant), then completion.
+/// At most `inFlight` chunks wait for Kafka at once; `progress` records the first chunk
+/// not yet acknowledged, so a restarted connector resumes there.
+struct PackageStreamer: Sendable {
+    let jobs: JobStore
+    let producer: KafkaProducer
+    let signer: SigningKey
+    let providerId: String
+    let inFlight: Int
+    let logger: Logger
+
+    /// Hashes the spool into chunks and writes the signed manifest, once.
+    func buildPackage(_ request: ApprovedRequest, requestHash: String, extraction: Extraction) throws {
+        var chunker = ChunkAccumulator()
+        let handle = try FileHandle(forReadingFrom: jobs.file(request.requestId, "records.ndjson"))
+        defer { try? handle.close() }
+        while let data = try handle.read(upToCount: 1 << 20), !data.isEmpty {
+            data.withUnsafeBytes { chunker.append($0) }
+        }
+        let (chunks, sha, size) = chunker.finish()
+        let results = request.targets.flatMap { target in
+            request.categories.map { category -> Manifest.Result in
+                if let reason = extraction.cannotExecute[category.rawValue] {
+                    return Manifest.Result(target: target, category: category, status: .cannotExecute, recordCount: 0, reason: reason)
+                }
+                let n = extraction.counts.first { $0.target == target && $0.category == category }?.count ?? 0
+                return Manifest.Result(target: target, category: category, status: n > 0 ? .data : .noData, recordCount: n)
+            }
+        }
+        let manifest = Manifest(
+            packageId: UUID(), requestId: request.requestId, requestHash: requestHash, providerId: providerId,
+            asOf: extraction.asOf, createdAt: Timestamp.now(), results: results,
+            content: .init(size: size, sha256: sha, recordCount: results.reduce(0) { $0 + $1.recordCount }), chunks: chunks)
+        let signature = try signer.sign(try CanonicalJSON.encode(manifest))
+        try jobs.write(request.requestId, "manifest.sig", Data(signature.utf8))
+        try jobs.write(request.requestId, "manifest.json", Data(try CanonicalJSON.encode(manifest)))
+    }
+
+    func loadManifest(_ id: UUID) throws -> (Manifest, String) {
+        let manifest = try JSONDecoder().decode(Manifest.self, from: try jobs.read(id, "manifest.json"))
+        let signature = String(decoding: try jobs.read(id, "manifest.sig"), as: UTF8.self)
+        return (manifest, signature)
+    }
+
+    func stream(_ id: UUID, onProgress: @Sendable (Int) async -> Void = { _ in }) async throws {
+        let (manifest, signature) = try loadManifest(id)
+        let key = Array(id.lowercased.utf8)
+        let topic = Topics.fromProvider(providerId)
+        let manifestSha = Digest.sha256Hex(try CanonicalJSON.encode(manifest))
+
+        // The manifest goes (again) first: the broker ignores it if it has it already.
+        let manifestEnvelope = Envelope(type: .manifest, id: .derived("manifest", manifest.packageId.lowercased), requestId: id,
+                                        sender: providerId, body: ManifestBody(manifest: manifest, manifestSignature: signature))
+        try await producer.send(OutgoingMessage(topic: topic, key: key, value: try SignedEnvelope.encode(manifestEnvelope, signer: signer)))
+
+        let handle = try FileHandle(forReadingFrom: jobs.file(id, "records.ndjson"))
+        defer { try? handle.close() }
+        var next = jobs.progress(id)
+        var window: [(index: Int, future: DeliveryFuture)] = []
+        var offset = manifest.chunks.prefix(next).reduce(Int64(0)) { $0 + Int64($1.size) }
+        try handle.seek(toOffset: UInt64(offset))
+        var lastReported = -1
+        for chunk in manifest.chunks.dropFirst(next) {
+            guard let data = try handle.read(upToCount: chunk.size), data.count == chunk.size else {
+                throw JobStoreError(reason: "spool is shorter than its manifest")
+            }
+            offset += Int64(chunk.size)
+            let envelope = Envelope(
+                type: .chunk, id: .derived("chunk", manifest.packageId.lowercased, String(chunk.index)), requestId: id, sender: providerId,
+                body: ChunkBody(packageId: manifest.packageId, index: chunk.index, size: chunk.size, sha256: chunk.sha256))
+            let message = OutgoingMessage(
+                topic: topic, key: key, value: Array(data),
+                headers: [KafkaHeader(key: Topics.envelopeHeader, value: try SignedEnvelope.encode(envelope, signer: signer))])
+            window.append((chunk.index, try producer.enqueue(message)))
+            // Back-pressure: wait for the oldest chunk once the window is full.
+            while window.count >= inFlight || (chunk.index == manifest.chunks.count - 1 && !window.isEmpty) {
+                _ = try await window.removeFirst().future.value
+                next = window.first?.index ?? chunk.index + 1
+                try jobs.write(id, "progress", Data(String(next).utf8))
+                let percent = manifest.chunks.isEmpty ? 100 : next * 100 / manifest.chunks.count
+                if percent / 10 != lastReported / 10 {
+                    lastReported = percent
+                    await onProgress(percent)
+                }
+            }
+        }
+        let complete = Envelope(type: .complete, id: .derived("complete", manifest.packageId.lowercased), requestId: id, sender: providerId,
+                                body: CompleteBody(packageId: manifest.packageId, chunkCount: manifest.chunks.count, manifestSha256: manifestSha))
+        try await producer.send(OutgoingMessage(topic: topic, key: key, value: try SignedEnvelope.encode(complete, signer: signer)))
+        try jobs.write(id, "sent", Data())
+    }
+}
+
+/// What the adapters produced, written once they have all finished.
+struct Extraction: Codable, Sendable {
+    struct Count: Codable, Sendable {
+        var target: Target
+        var category: DataCategory
+        var count: Int
+    }
+    var asOf: String
+    var counts: [Count]
+    var outOfScope: Int
+    /// Categories no adapter could serve, with the reason.
+    var cannotExecute: [String: String]
+}

@@ -1,0 +1,221 @@
+import CustosCanonicalJSON
+import CustosEvidence
+import CustosKafka
+import CustosModel
+import Foundation
+import Logging
+import Metrics
+import ServiceLifecycle
+import Synchronization
+
+/// `custos-connector run`: consumes this provider's request topic, keeps every accepted
+/// request in the state directory before storing its Kafka offset, and works through the
+/// jobs — extraction, packaging, streaming — up to `concurrency` at once. On start it
+/// resumes every job that was not fully sent.
+public struct ProviderConnector: Service {
+    let configuration: ConnectorConfiguration
+    let jobs: JobStore
+    let producer: KafkaProducer
+    let signer: SigningKey
+    let brokerKey: VerifyingKey
+    let logger: Logger
+    let requestsReceived = Counter(label: "custos.connector.requests")
+    let packagesSent = Counter(label: "custos.connector.packages.sent")
+
+    public init(configuration: ConnectorConfiguration, producer: KafkaProducer, logger: Logger) throws {
+        try LibRdKafka.checkVersion()
+        self.configuration = configuration
+        self.jobs = try JobStore(stateDirectory: configuration.stateDirectory)
+        self.producer = producer
+        self.signer = try SigningKey.load(path: configuration.signingKeyFile)
+        self.brokerKey = try VerifyingKey.load(path: configuration.brokerPublicKeyFile)
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let consumer = try KafkaConsumer(configuration: configuration.kafka, groupId: configuration.groupId,
+                                         topics: [Topics.toProvider(configuration.providerId)], logger: logger)
+        let queue = JobQueue()
+        let schedule: @Sendable (UUID) -> Void = { queue.schedule($0) }
+        for id in jobs.jobs() where [.received, .extracted, .packaged].contains(jobs.phase(id)) {
+            logger.info("resuming job", metadata: [LogKey.request: "\(id.lowercased)", LogKey.phase: "\(jobs.phase(id).rawValue)"])
+            schedule(id)
+        }
+        try await withGracefulShutdownHandler {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await consume(consumer, schedule: schedule) }
+                group.addTask {
+                    // Workers pull from one queue, so at most `concurrency` jobs run at once.
+                    try await withThrowingTaskGroup(of: Void.self) { workers in
+                        for _ in 0..<configuration.concurrency {
+                            workers.addTask {
+                                for await id in queue.stream {
+                                    await process(id)
+                                    queue.done(id)
+                                }
+                            }
+                        }
+                        try await workers.waitForAll()
+                    }
+                }
+                try await group.next()
+                queue.finish()
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            consumer.close()
+            queue.finish()
+        }
+        consumer.close()
+    }
+
+    private func consume(_ consumer: KafkaConsumer, schedule: @Sendable (UUID) -> Void) async throws {
+        for try await message in consumer.messages {
+            do {
+                try await handle(message, schedule: schedule)
+            } catch {
+                // Nothing about this message is kept; it is reported and skipped.
+                logger.warning("request message refused", metadata: [
+                    LogKey.offset: "\(message.offset)", LogKey.reason: "\(String(describing: error))",
+                ])
+            }
+            try consumer.store(message)
+        }
+    }
+
+    private func handle(_ message: KafkaMessage, schedule: @Sendable (UUID) -> Void) async throws {
+        let (header, json) = try SignedEnvelope.open(message.value) { $0 == "broker" ? brokerKey : nil }
+        switch header.type {
+        case .request:
+            let body = try SignedEnvelope.body(RequestBody.self, from: json).body
+            let id = body.request.requestId
+            guard id == header.requestId, body.request.providerId == configuration.providerId else {
+                throw ConnectorError(reason: "request is addressed to another provider or id")
+            }
+            guard try body.request.hash() == body.requestHash else { throw ConnectorError(reason: "request hash does not match the request") }
+            if !jobs.exists(id, "request.json") {
+                try jobs.write(id, "request.json", Data(try CanonicalJSON.encode(body)))
+                requestsReceived.increment()
+                logger.info("request accepted", metadata: [LogKey.request: "\(id.lowercased)"])
+            }
+            try await send(.ack, id: .derived("ack", id.lowercased), request: id, body: AckBody(requestHash: body.requestHash))
+            if [.received, .extracted, .packaged].contains(jobs.phase(id)) { schedule(id) }
+        case .receipt:
+            let body = try SignedEnvelope.body(ReceiptBody.self, from: json).body
+            guard jobs.exists(header.requestId, "request.json") else { throw ConnectorError(reason: "receipt for an unknown request") }
+            try jobs.write(header.requestId, "receipt.json", Data(try CanonicalJSON.encode(body)))
+            if body.outcome == .accepted { jobs.remove(header.requestId, "records.ndjson") }
+            logger.info("receipt received", metadata: [LogKey.request: "\(header.requestId.lowercased)", LogKey.outcome: "\(body.outcome.rawValue)"])
+        default:
+            throw ConnectorError(reason: "\(header.type.rawValue) is not a message for providers")
+        }
+    }
+
+    private func send<Body: Codable & Sendable>(_ type: MessageType, id: UUID, request: UUID, body: Body) async throws {
+        let envelope = Envelope(type: type, id: id, requestId: request, sender: configuration.providerId, body: body)
+        try await producer.send(OutgoingMessage(topic: Topics.fromProvider(configuration.providerId), key: Array(request.lowercased.utf8),
+                                                value: try SignedEnvelope.encode(envelope, signer: signer)))
+    }
+
+    /// Takes one job as far as it goes. Failures are logged and the job stays where it was;
+    /// the next start resumes it.
+    func process(_ id: UUID) async {
+        var meta: Logger.Metadata = [LogKey.request: "\(id.lowercased)"]
+        do {
+            let body = try JSONDecoder().decode(RequestBody.self, from: try jobs.read(id, "request.json"))
+            let streamer = PackageStreamer(jobs: jobs, producer: producer, signer: signer, providerId: configuration.providerId,
+                                           inFlight: configuration.inFlightChunks, logger: logger)
+            if jobs.phase(id) == .received {
+                try await send(.status, id: .derived("status", id.lowercased, "extracting"), request: id, body: StatusBody(phase: .extracting, percent: 0))
+                let started = ContinuousClock.now
+                do {
+                    try await extract(body.request)
+                } catch let failure as ExecAdapter.Failure {
+                    meta[LogKey.reason] = "\(failure.reason)"
+                    logger.error("extraction failed; refusing the request", metadata: meta)
+                    try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
+                                   body: RefusalBody(reason: .extractionFailed, detail: failure.reason))
+                    try jobs.write(id, "sent", Data())
+                    return
+                }
+                meta["custos.duration_ms"] = "\((ContinuousClock.now - started).components.seconds * 1000)"
+                logger.info("extraction finished", metadata: meta)
+            }
+            if jobs.phase(id) == .extracted {
+                let extraction = try JSONDecoder().decode(Extraction.self, from: try jobs.read(id, "extraction.json"))
+                try streamer.buildPackage(body.request, requestHash: body.requestHash, extraction: extraction)
+            }
+            if jobs.phase(id) == .packaged {
+                try await send(.status, id: .derived("status", id.lowercased, "streaming"), request: id, body: StatusBody(phase: .streaming, percent: 0))
+                try await streamer.stream(id)
+                packagesSent.increment()
+                logger.info("package sent", metadata: meta)
+            }
+        } catch {
+            meta[LogKey.reason] = "\(String(describing: error))"
+            logger.error("job stopped; it resumes on the next start", metadata: meta)
+        }
+    }
+
+    /// Runs each requested category's adapter into a fresh spool, then records the result.
+    private func extract(_ request: ApprovedRequest) async throws {
+        let id = request.requestId
+        let spoolURL = jobs.file(id, "records.ndjson")
+        _ = FileManager.default.createFile(atPath: spoolURL.path, contents: nil)  // a rerun starts from empty
+        let spool = try FileHandle(forWritingTo: spoolURL)
+        defer { try? spool.close() }
+        let asOf = Timestamp.now()
+        var counts: [Extraction.Count] = []
+        var outOfScope = 0
+        var cannotExecute: [String: String] = [:]
+        for category in request.categories {
+            guard let command = configuration.adapters[category] else {
+                cannotExecute[category.rawValue] = "no adapter configured for this category"
+                continue
+            }
+            let adapter = ExecAdapter(command: command, timeout: configuration.adapterTimeout)
+            let output = try await adapter.run(request: request, category: category, spool: spool,
+                                               stderrFile: jobs.file(id, "adapter-\(category.rawValue).stderr"))
+            counts += output.counts.map { Extraction.Count(target: $0.key, category: category, count: $0.value) }
+            outOfScope += output.outOfScope
+        }
+        try spool.synchronize()
+        if outOfScope > 0 {
+            logger.warning("adapter returned out-of-scope records; they are not sent", metadata: [
+                LogKey.request: "\(id.lowercased)", "custos.out_of_scope": "\(outOfScope)",
+            ])
+        }
+        let extraction = Extraction(asOf: asOf, counts: counts.sorted { ($0.target.value, $0.category.rawValue) < ($1.target.value, $1.category.rawValue) },
+                                    outOfScope: outOfScope, cannotExecute: cannotExecute)
+        try jobs.write(id, "extraction.json", Data(try CanonicalJSON.encode(extraction)))
+    }
+}
+
+/// Jobs waiting for a worker; a job already queued or running is not queued twice.
+final class JobQueue: Sendable {
+    let stream: AsyncStream<UUID>
+    private let continuation: AsyncStream<UUID>.Continuation
+    private let queued = Mutex<Set<UUID>>([])
+
+    init() { (stream, continuation) = AsyncStream.makeStream(of: UUID.self) }
+
+    func schedule(_ id: UUID) {
+        if queued.withLock({ $0.insert(id).inserted }) { continuation.yield(id) }
+    }
+
+    func done(_ id: UUID) { queued.withLock { _ = $0.remove(id) } }
+    func finish() { continuation.finish() }
+}
+
+public struct ConnectorError: Error, CustomStringConvertible, Sendable {
+    public var reason: String
+    public var description: String { reason }
+}
+
+enum LogKey {
+    static let request = "custos.request_id"
+    static let phase = "custos.phase"
+    static let outcome = "custos.outcome"
+    static let reason = "custos.reason"
+    static let offset = "kafka.offset"
+}

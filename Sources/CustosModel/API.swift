@@ -1,0 +1,190 @@
+import Foundation
+
+/// Bodies of the HTTP API (`/v1/...`), shared by the broker, the client and the CLI.
+public enum API {
+    public struct CreateCase: Codable, Sendable {
+        public var title: String
+        public init(title: String) { self.title = title }
+    }
+
+    public struct CaseView: Codable, Sendable {
+        public var id: UUID
+        public var title: String
+        public var createdBy: String
+        public var createdAt: String
+
+        public init(id: UUID, title: String, createdBy: String, createdAt: String) {
+            self.id = id
+            self.title = title
+            self.createdBy = createdBy
+            self.createdAt = createdAt
+        }
+    }
+
+    public struct Decision: Codable, Sendable {
+        public var reason: String?
+        public init(reason: String? = nil) { self.reason = reason }
+    }
+
+    public struct TimelineEntry: Codable, Sendable, Hashable {
+        public var at: String
+        public var state: String
+        public var actor: String
+        public var note: String?
+
+        public init(at: String, state: String, actor: String, note: String?) {
+            self.at = at
+            self.state = state
+            self.actor = actor
+            self.note = note
+        }
+    }
+
+    public struct RequestView: Codable, Sendable {
+        public var id: UUID
+        public var state: RequestState
+        public var spec: RequestSpec
+        public var submittedBy: String?
+        public var approvedBy: String?
+        public var requestHash: String?
+        public var createdAt: String
+        public var timeline: [TimelineEntry]
+        public var packages: [PackageSummary]
+
+        public init(id: UUID, state: RequestState, spec: RequestSpec, submittedBy: String?, approvedBy: String?, requestHash: String?, createdAt: String, timeline: [TimelineEntry], packages: [PackageSummary]) {
+            self.id = id
+            self.state = state
+            self.spec = spec
+            self.submittedBy = submittedBy
+            self.approvedBy = approvedBy
+            self.requestHash = requestHash
+            self.createdAt = createdAt
+            self.timeline = timeline
+            self.packages = packages
+        }
+    }
+
+    public struct PackageSummary: Codable, Sendable, Hashable {
+        public var id: UUID
+        public var state: PackageState
+        public var chunkCount: Int
+        public var chunksReceived: Int
+        public var contentSize: Int64
+        public var contentSha256: String
+        public var manifestSha256: String
+
+        public init(id: UUID, state: PackageState, chunkCount: Int, chunksReceived: Int, contentSize: Int64, contentSha256: String, manifestSha256: String) {
+            self.id = id
+            self.state = state
+            self.chunkCount = chunkCount
+            self.chunksReceived = chunksReceived
+            self.contentSize = contentSize
+            self.contentSha256 = contentSha256
+            self.manifestSha256 = manifestSha256
+        }
+    }
+
+    public struct PackageView: Codable, Sendable {
+        public var id: UUID
+        public var requestId: UUID
+        public var providerId: String
+        public var state: PackageState
+        public var manifest: Manifest
+        public var manifestSignature: String
+        public var manifestSha256: String
+        public var verification: PackageVerificationSummary?
+        public var receivedAt: String
+
+        public init(id: UUID, requestId: UUID, providerId: String, state: PackageState, manifest: Manifest, manifestSignature: String, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String) {
+            self.id = id
+            self.requestId = requestId
+            self.providerId = providerId
+            self.state = state
+            self.manifest = manifest
+            self.manifestSignature = manifestSignature
+            self.manifestSha256 = manifestSha256
+            self.verification = verification
+            self.receivedAt = receivedAt
+        }
+    }
+
+    public struct PackageVerificationSummary: Codable, Sendable {
+        public var valid: Bool
+        public var failures: [String]
+        public var checkedAt: String
+
+        public init(valid: Bool, failures: [String], checkedAt: String) {
+            self.valid = valid
+            self.failures = failures
+            self.checkedAt = checkedAt
+        }
+    }
+
+    public struct UserView: Codable, Sendable {
+        public var id: UUID
+        public var name: String
+        public var role: Role
+
+        public init(id: UUID, name: String, role: Role) {
+            self.id = id
+            self.name = name
+            self.role = role
+        }
+    }
+
+    /// RFC 9457 problem details.
+    public struct Problem: Codable, Sendable, Error, CustomStringConvertible {
+        public var type: String
+        public var title: String
+        public var status: Int
+        public var detail: String?
+        public var violations: [FieldViolation]?
+
+        public init(type: String, title: String, status: Int, detail: String? = nil, violations: [FieldViolation]? = nil) {
+            self.type = type
+            self.title = title
+            self.status = status
+            self.detail = detail
+            self.violations = violations
+        }
+
+        public var description: String {
+            var s = "\(status) \(title)"
+            if let detail { s += ": \(detail)" }
+            if let violations, !violations.isEmpty { s += "\n" + violations.map { "  - \($0)" }.joined(separator: "\n") }
+            return s
+        }
+    }
+}
+
+public enum Role: String, Codable, Sendable, CaseIterable {
+    case investigator, approver, admin
+}
+
+/// Request states, after ETSI TS 103 120's task life cycle (DESIGN.md). Each is set by the
+/// party that owns it: people set draft…rejected; the broker sets dispatched; the provider's
+/// messages set acknowledged, in-progress and refused; the broker's checks set delivered and
+/// verified.
+public enum RequestState: String, Codable, Sendable, CaseIterable {
+    case draft, submitted, approved, rejected, dispatched, acknowledged
+    case inProgress = "in-progress"
+    case delivered, verified, refused
+
+    /// Order along the happy path, so that late or repeated messages never move a request back.
+    public var rank: Int {
+        switch self {
+        case .draft: 0
+        case .submitted: 1
+        case .approved, .rejected: 2
+        case .dispatched: 3
+        case .acknowledged: 4
+        case .inProgress: 5
+        case .delivered, .refused: 6
+        case .verified: 7
+        }
+    }
+}
+
+public enum PackageState: String, Codable, Sendable {
+    case receiving, verified, rejected
+}
