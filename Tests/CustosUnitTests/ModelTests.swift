@@ -1,0 +1,75 @@
+import CustosModel
+import Foundation
+import Testing
+
+@Suite("Request validation and hashing")
+struct ModelTests {
+    static func spec() -> RequestSpec {
+        RequestSpec(
+            caseId: UUID(), providerId: "viettel-test",
+            legalBasis: LegalBasis(decisionNumber: "QD-1/2026", issuingAuthority: "Authority", issuedOn: "2026-11-01"),
+            targets: [Target(type: .msisdn, value: "+84912345678"), Target(type: .ipv4, value: "203.0.113.7")],
+            categories: [.traffic, .location],
+            window: TimeWindow(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z"))
+    }
+
+    @Test func aValidSpecPasses() throws {
+        try Self.spec().validate()
+    }
+
+    @Test(arguments: [
+        ("providerId", { @Sendable (s: inout RequestSpec) in s.providerId = "Bad_Provider" }),
+        ("legalBasis.decisionNumber", { @Sendable (s: inout RequestSpec) in s.legalBasis.decisionNumber = " " }),
+        ("legalBasis.issuedOn", { @Sendable (s: inout RequestSpec) in s.legalBasis.issuedOn = "2026-13-45" }),
+        ("targets", { @Sendable (s: inout RequestSpec) in s.targets = [] }),
+        ("targets", { @Sendable (s: inout RequestSpec) in s.targets = [s.targets[0], s.targets[0]] }),
+        ("targets[0].value", { @Sendable (s: inout RequestSpec) in s.targets[0].value = "0912345678" }),
+        ("targets[1].value", { @Sendable (s: inout RequestSpec) in s.targets[1].value = "203.0.113.256" }),
+        ("categories", { @Sendable (s: inout RequestSpec) in s.categories = [] }),
+        ("window.from", { @Sendable (s: inout RequestSpec) in s.window.from = "2026-10-01 00:00" }),
+        ("window", { @Sendable (s: inout RequestSpec) in s.window = TimeWindow(from: "2026-11-02T00:00:00Z", to: "2026-11-01T00:00:00Z") }),
+    ] as [(String, @Sendable (inout RequestSpec) -> Void)])
+    func eachRuleNamesItsField(field: String, breakIt: @Sendable (inout RequestSpec) -> Void) {
+        var s = Self.spec()
+        breakIt(&s)
+        #expect {
+            try s.validate()
+        } throws: { error in
+            guard let v = error as? ValidationError else { return false }
+            // The field is named, and the value is never echoed back.
+            return v.violations.contains { $0.field == field } && !v.description.contains("0912345678")
+        }
+    }
+
+    @Test func everyViolationIsReportedAtOnce() {
+        var s = Self.spec()
+        s.providerId = "X"
+        s.categories = []
+        s.targets[0].value = "nope"
+        #expect(throws: ValidationError.self) { try s.validate() }
+        do { try s.validate() } catch { #expect(error.violations.count == 3) }
+    }
+
+    @Test func requestHashIsStableAndSensitive() throws {
+        let spec = Self.spec()
+        let id = UUID()
+        let a = ApprovedRequest(requestId: id, spec: spec, submittedBy: "alice", approvedBy: "bob", approvedAt: "2026-11-25T00:00:00.000Z")
+        var b = a
+        #expect(try a.hash() == b.hash())
+        #expect(try Digest.isSHA256Hex(a.hash()))
+        b.targets[0].value = "+84912345679"
+        #expect(try a.hash() != b.hash())
+    }
+
+    @Test func derivedIdsAreStableVersion8UUIDs() {
+        let a = UUID.derived("chunk", "p", "1"), b = UUID.derived("chunk", "p", "1"), c = UUID.derived("chunk", "p", "2")
+        #expect(a == b)
+        #expect(a != c)
+        #expect(a.uuidString.dropFirst(14).first == "8")
+    }
+
+    @Test func statesNeverRankBackwardsAlongTheHappyPath() {
+        let path: [RequestState] = [.draft, .submitted, .approved, .dispatched, .acknowledged, .inProgress, .delivered, .verified]
+        #expect(zip(path, path.dropFirst()).allSatisfy { $0.rank < $1.rank })
+    }
+}
