@@ -41,7 +41,7 @@ extension BrokerStore {
             return try await deadLetter(message, reason: "malformed: only chunk messages carry their envelope in a header")
         }
         do {
-            return try await client.withTransaction(logger: logger) { conn in
+            return try await client.transaction(logger: logger) { conn in
                 let fresh = try await conn.query("""
                     INSERT INTO inbox (message_id, message_type, request_id) VALUES (\(header.id), \(header.type.rawValue), \(header.requestId))
                     ON CONFLICT DO NOTHING RETURNING 1

@@ -96,7 +96,7 @@ public struct BrokerStore: Sendable {
         do { try spec.validate() } catch { throw BrokerError(.invalid, "invalid request", violations: error.violations) }
         let id = UUID()
         let specJSON = String(decoding: try CanonicalJSON.encode(spec), as: UTF8.self)
-        try await client.withTransaction(logger: logger) { conn in
+        try await client.transaction(logger: logger) { conn in
             let caseExists = try await conn.query("SELECT 1 FROM cases WHERE id = \(spec.caseId)", logger: logger).decode(Int.self).first { _ in true } != nil
             guard caseExists else {
                 throw BrokerError(.invalid, "invalid request", violations: [FieldViolation(field: "caseId", rule: "must name an existing case")])
@@ -115,7 +115,7 @@ public struct BrokerStore: Sendable {
     }
 
     public func submit(_ id: UUID, by user: AuthenticatedUser) async throws {
-        try await client.withTransaction(logger: logger) { conn in
+        try await client.transaction(logger: logger) { conn in
             let row = try await Self.lockRequest(conn, id, logger: logger)
             guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author submits it") }
             guard row.state == .draft else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not draft") }
@@ -129,7 +129,7 @@ public struct BrokerStore: Sendable {
     /// message in the outbox. The approver must be another person than the submitter.
     public func approve(_ id: UUID, by user: AuthenticatedUser) async throws {
         guard user.role == .approver else { throw BrokerError(.forbidden, "only approvers approve requests") }
-        try await client.withTransaction(logger: logger) { conn in
+        try await client.transaction(logger: logger) { conn in
             let row = try await Self.lockRequest(conn, id, logger: logger)
             guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
             guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot approve it (four eyes)") }
@@ -153,7 +153,7 @@ public struct BrokerStore: Sendable {
         guard (reason?.count ?? 0) <= 2000 else {
             throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be at most 2000 characters")])
         }
-        try await client.withTransaction(logger: logger) { conn in
+        try await client.transaction(logger: logger) { conn in
             let row = try await Self.lockRequest(conn, id, logger: logger)
             guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
             guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot decide on it (four eyes)") }

@@ -17,7 +17,7 @@ extension DatabaseConfiguration {
 enum Migrator {
     /// Creates the schema if needed and applies the migrations not yet applied.
     static func migrate(client: PostgresClient, schema: String, logger: Logger) async throws {
-        try await client.withTransaction(logger: logger) { conn in
+        try await client.transaction(logger: logger) { conn in
             // Serialises concurrent starts of several broker instances.
             try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\(schema)))", logger: logger)
             try await conn.query(PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \"\(schema)\""), logger: logger)

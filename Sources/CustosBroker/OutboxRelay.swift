@@ -39,7 +39,7 @@ struct OutboxRelay: Service {
     }
 
     func relayOnce(limit: Int = 200) async throws -> Int {
-        try await client.withTransaction(logger: logger) { conn in
+        try await client.transaction(logger: logger) { conn in
             var rows: [(Int64, String, UUID, String, ByteBuffer)] = []
             for try await r in try await conn.query("""
                 SELECT id, message_type, request_id, topic, payload FROM outbox

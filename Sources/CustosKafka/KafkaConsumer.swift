@@ -11,6 +11,15 @@ public struct KafkaMessage: Sendable {
     public var value: [UInt8]
     public var headers: [KafkaHeader]
 
+    public init(topic: String, partition: Int32, offset: Int64, key: [UInt8], value: [UInt8], headers: [KafkaHeader] = []) {
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.headers = headers
+    }
+
     public func header(_ key: String) -> [UInt8]? { headers.last { $0.key == key }?.value }
 }
 

@@ -1,0 +1,65 @@
+@testable import CustosBroker
+import CustosEvidence
+import CustosKafka
+import Foundation
+import Logging
+import PostgresNIO
+import Testing
+
+/// The real services the tests run against: whatever `CUSTOS_DATABASE_URL` and
+/// `CUSTOS_KAFKA_BROKERS` name, else the ones `ops/services up` started (its env file).
+enum TestServices {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let binDirectory = root.appendingPathComponent(".build/debug")
+
+    static let environment: [String: String] = {
+        var env: [String: String] = [:]
+        let file = root.appendingPathComponent(".custos/services.env")
+        if let text = try? String(contentsOf: file, encoding: .utf8) {
+            for line in text.split(separator: "\n") where line.hasPrefix("export ") {
+                let kv = line.dropFirst("export ".count)
+                if let eq = kv.firstIndex(of: "=") { env[String(kv[..<eq])] = String(kv[kv.index(after: eq)...]) }
+            }
+        }
+        for (k, v) in ProcessInfo.processInfo.environment where k.hasPrefix("CUSTOS_") { env[k] = v }
+        return env
+    }()
+
+    static func databaseURL() throws -> String {
+        try #require(environment["CUSTOS_DATABASE_URL"], "no CUSTOS_DATABASE_URL: run ops/services up, or set it")
+    }
+
+    static func kafka() throws -> KafkaConfiguration {
+        let brokers = try #require(environment["CUSTOS_KAFKA_BROKERS"], "no CUSTOS_KAFKA_BROKERS: run ops/services up, or set it")
+        return KafkaConfiguration(bootstrapServers: brokers, clientId: "custos-tests")
+    }
+
+    static func unique(_ prefix: String) -> String {
+        prefix + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "").prefix(12)
+    }
+
+    static var logger: Logger {
+        var l = Logger(label: "custos-tests")
+        l.logLevel = .warning
+        return l
+    }
+
+    /// A migrated schema of its own for one test, dropped afterwards.
+    static func withStore<R: Sendable>(signer: SigningKey = .generate(), _ body: @Sendable (BrokerStore, PostgresClient, DatabaseConfiguration) async throws -> R) async throws -> R {
+        let db = try DatabaseConfiguration(url: databaseURL(), schema: unique("t_"))
+        let client = db.makeClient(logger: logger)
+        return try await withThrowingTaskGroup(of: R?.self) { group in
+            group.addTask { await client.run(); return nil }
+            defer { group.cancelAll() }
+            try await Migrator.migrate(client: client, schema: db.schema, logger: logger)
+            do {
+                let r = try await body(BrokerStore(client: client, signer: signer, logger: logger), client, db)
+                try await client.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \"\(db.schema)\" CASCADE"))
+                return r
+            } catch {
+                _ = try? await client.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \"\(db.schema)\" CASCADE"))
+                throw error
+            }
+        }
+    }
+}
