@@ -1,0 +1,175 @@
+@testable import CustosBroker
+import CustosCanonicalJSON
+import CustosEvidence
+import CustosKafka
+import CustosModel
+import Foundation
+import NIOCore
+import PostgresNIO
+import Testing
+
+/// `BrokerStore.ingest` — what the response consumer applies for each Kafka message — against
+/// a real PostgreSQL: idempotency by message id, dead letters, and verification.
+@Suite("Ingesting provider messages", .timeLimit(.minutes(2)))
+struct IngestTests {
+    let provider = SigningKey.generate()
+    let topic = "custos.from.prov-a"
+
+    struct Approved {
+        var id: UUID
+        var hash: String
+    }
+
+    func approvedRequest(_ store: BrokerStore) async throws -> Approved {
+        try await store.registerProvider(id: "prov-a", publicKey: provider.publicKey)
+        let inv = try await store.addUser(name: "inv", role: .investigator).0
+        let appr = try await store.addUser(name: "appr", role: .approver).0
+        let c = try await store.createCase(title: "c", by: inv)
+        let id = try await store.createRequest(BrokerAPITests.spec(caseId: c.id), by: inv)
+        try await store.submit(id, by: inv)
+        try await store.approve(id, by: appr)
+        return Approved(id: id, hash: try #require(try await store.request(id).requestHash))
+    }
+
+    var offset = Offsets()
+    final class Offsets: @unchecked Sendable {  // test-local counter, used from one task
+        var next: Int64 = 0
+    }
+
+    func message<Body: Codable & Sendable>(_ type: MessageType, _ request: UUID, _ body: Body, id: UUID = UUID(), signer: SigningKey? = nil, chunk: [UInt8]? = nil) throws -> KafkaMessage {
+        let bytes = try SignedEnvelope.encode(Envelope(type: type, id: id, requestId: request, sender: "prov-a", body: body), signer: signer ?? provider)
+        offset.next += 1
+        if let chunk {
+            return KafkaMessage(topic: topic, partition: 0, offset: offset.next, key: [], value: chunk, headers: [KafkaHeader(key: Topics.envelopeHeader, value: bytes)])
+        }
+        return KafkaMessage(topic: topic, partition: 0, offset: offset.next, key: [], value: bytes)
+    }
+
+    struct Package {
+        var manifest: Manifest
+        var signature: String
+        var chunks: [[UInt8]]
+    }
+
+    func package(for r: Approved, content: [UInt8], chunkSize: Int = 700, tamper: ((inout [[UInt8]]) -> Void)? = nil) throws -> Package {
+        var acc = ChunkAccumulator(chunkSize: chunkSize)
+        acc.append(content)
+        let (chunks, sha, size) = acc.finish()
+        let manifest = Manifest(
+            packageId: UUID(), requestId: r.id, requestHash: r.hash, providerId: "prov-a", asOf: Timestamp.now(), createdAt: Timestamp.now(),
+            results: [.init(target: Target(type: .msisdn, value: "+84912345678"), category: .traffic, status: .data, recordCount: 40)],
+            content: .init(size: size, sha256: sha, recordCount: 40), chunks: chunks)
+        var slices = stride(from: 0, to: content.count, by: chunkSize).map { Array(content[$0..<min($0 + chunkSize, content.count)]) }
+        tamper?(&slices)
+        return Package(manifest: manifest, signature: try provider.sign(CanonicalJSON.encode(manifest)), chunks: slices)
+    }
+
+    func messages(_ p: Package, _ r: Approved) throws -> (manifest: KafkaMessage, chunks: [KafkaMessage], complete: KafkaMessage) {
+        let pid = p.manifest.packageId
+        let m = try message(.manifest, r.id, ManifestBody(manifest: p.manifest, manifestSignature: p.signature), id: .derived("m", pid.lowercased))
+        let cs = try p.chunks.enumerated().map { i, bytes in
+            try message(.chunk, r.id, ChunkBody(packageId: pid, index: i, size: bytes.count, sha256: Digest.sha256Hex(bytes)),
+                        id: .derived("c", pid.lowercased, "\(i)"), chunk: bytes)
+        }
+        let done = try message(.complete, r.id, CompleteBody(packageId: pid, chunkCount: p.chunks.count, manifestSha256: Digest.sha256Hex(try CanonicalJSON.encode(p.manifest))),
+                               id: .derived("done", pid.lowercased))
+        return (m, cs, done)
+    }
+
+    static let content = Array((0..<40).map { "{\"category\":\"traffic\",\"n\":\($0),\"pad\":\"\(String(repeating: "z", count: 50))\"}\n" }.joined().utf8)
+
+    @Test func aWholePackageIsVerifiedOnceEvenWhenEveryMessageArrivesTwice() async throws {
+        try await TestServices.withStore { store, client, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            #expect(try await store.ingest(try message(.ack, r.id, AckBody(requestHash: r.hash), id: .derived("ack")), providerKeys: keys) == .applied(.ack))
+            let p = try package(for: r, content: Self.content)
+            let (m, chunks, done) = try messages(p, r)
+            // Completion first, then chunks in reverse: finalisation waits for the last piece.
+            for msg in [m, done] + chunks.reversed() {
+                #expect(try await store.ingest(msg, providerKeys: keys) == .applied(try #require(try SignedEnvelope.open(msg.header(Topics.envelopeHeader) ?? msg.value) { _ in provider.publicKey }.header.type)))
+            }
+            // Redelivery of everything: no second effect.
+            for msg in [m] + chunks + [done] {
+                #expect(try await store.ingest(msg, providerKeys: keys) == .duplicate)
+            }
+            let view = try await store.request(r.id)
+            #expect(view.state == .verified)
+            #expect(view.packages.count == 1)
+            #expect(view.packages[0].chunksReceived == p.chunks.count)
+            let stored = try await client.query("SELECT count(*) FROM package_chunks").collect()[0].decode(Int.self)
+            #expect(stored == p.chunks.count)
+            let receipts = try await client.query("SELECT count(*) FROM outbox WHERE message_type = 'receipt'").collect()[0].decode(Int.self)
+            #expect(receipts == 1)
+            let pkg = try await store.package(p.manifest.packageId)
+            #expect(pkg.verification?.valid == true)
+        }
+    }
+
+    @Test func badMessagesGoToDeadLettersWithAReasonAndTheConsumerMovesOn() async throws {
+        try await TestServices.withStore { store, client, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            var garbage = KafkaMessage(topic: topic, partition: 0, offset: 9001, key: [], value: Array("{not json".utf8))
+            guard case .deadLettered(let why) = try await store.ingest(garbage, providerKeys: keys) else { Issue.record("garbage accepted"); return }
+            #expect(why.hasPrefix("malformed"))
+            let forged = try message(.ack, r.id, AckBody(requestHash: r.hash), signer: SigningKey.generate())
+            #expect(try await store.ingest(forged, providerKeys: keys) == .deadLettered("badSignature: signature does not verify with the sender's registered key"))
+            let unknown = try message(.ack, UUID(), AckBody(requestHash: r.hash))
+            #expect(try await store.ingest(unknown, providerKeys: keys) == .deadLettered("unknown request"))
+            let wrongHash = try message(.ack, r.id, AckBody(requestHash: String(repeating: "0", count: 64)))
+            guard case .deadLettered = try await store.ingest(wrongHash, providerKeys: keys) else { Issue.record("wrong hash accepted"); return }
+            var wrongTopic = try message(.ack, r.id, AckBody(requestHash: r.hash))
+            wrongTopic.topic = "custos.from.someone-else"
+            #expect(try await store.ingest(wrongTopic, providerKeys: keys) == .deadLettered("unknownSender: sender is not registered"))
+            // A chunk whose bytes differ from its own envelope's hash.
+            let p = try package(for: r, content: Self.content)
+            var (m, chunks, _) = try messages(p, r)
+            #expect(try await store.ingest(m, providerKeys: keys) == .applied(.manifest))
+            chunks[0].value[0] ^= 0x01
+            #expect(try await store.ingest(chunks[0], providerKeys: keys) == .deadLettered("chunk SHA-256 differs from its envelope"))
+            // The same offset redelivered dead-letters once; a good message afterwards is applied.
+            garbage.offset = 9001
+            _ = try await store.ingest(garbage, providerKeys: keys)
+            #expect(try await store.ingest(try message(.ack, r.id, AckBody(requestHash: r.hash)), providerKeys: keys) == .applied(.ack))
+            let letters = try await client.query("SELECT reason FROM dead_letters ORDER BY id").collect().map { try $0.decode(String.self) }
+            #expect(letters.count == 6)
+            #expect(letters.allSatisfy { !$0.contains("+849") })
+        }
+    }
+
+    @Test func aPackageWhoseContentDiffersFromItsSignedManifestIsRejectedWithReasons() async throws {
+        try await TestServices.withStore { store, client, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            // Each chunk is consistent with its own envelope, but not with the signed manifest.
+            let p = try package(for: r, content: Self.content) { $0[1][3] ^= 0x20 }
+            let (m, chunks, done) = try messages(p, r)
+            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let pkg = try await store.package(p.manifest.packageId)
+            #expect(pkg.state == .rejected)
+            #expect(pkg.verification?.failures.contains { $0.hasPrefix("chunk-hash") } == true)
+            #expect(pkg.verification?.failures.contains { $0.hasPrefix("content-hash") } == true)
+            #expect(try await store.request(r.id).state == .delivered)
+            let receipt = try await client.query("SELECT payload FROM outbox WHERE message_type = 'receipt'").collect()[0].decode(ByteBuffer.self)
+            let opened = try SignedEnvelope.open(Array(receipt.readableBytesView)) { _ in store.signer.publicKey }
+            let body = try SignedEnvelope.body(ReceiptBody.self, from: opened.json).body
+            #expect(body.outcome == .rejected && !body.reasons.isEmpty)
+        }
+    }
+
+    @Test func aManifestBoundToAnotherRequestHashIsRejected() async throws {
+        try await TestServices.withStore { store, _, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            var other = r
+            other.hash = String(repeating: "e", count: 64)
+            let p = try package(for: other, content: Self.content)
+            let (m, chunks, done) = try messages(p, r)
+            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let pkg = try await store.package(p.manifest.packageId)
+            #expect(pkg.state == .rejected)
+            #expect(pkg.verification?.failures.contains { $0.hasPrefix("request-hash") } == true)
+        }
+    }
+}
