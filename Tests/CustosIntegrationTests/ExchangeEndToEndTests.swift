@@ -1,0 +1,187 @@
+import CustosKafka
+import CustosModel
+import Foundation
+import Synchronization
+import Testing
+
+/// `custos-broker` and `custos-connector` as separate processes, driven through the `custos`
+/// CLI, over the real Kafka and PostgreSQL.
+@Suite("End-to-end exchange", .serialized, .timeLimit(.minutes(10)))
+struct ExchangeEndToEndTests {
+    static let synth = TestServices.binDirectory.appendingPathComponent("custos-synth").path
+
+    func json(_ text: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    @Test func aRequestTravelsToTheProviderAndComesBackAsAVerifiedPackage() async throws {
+        let d = try Deployment(adapter: [Self.synth, "--records-per-target", "300", "--out-of-scope", "7"])
+        defer { d.stop() }
+        // A category whose adapter fails, to see the provider's refusal.
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: d.path("connector.json")))) as! [String: Any]
+        config["adapters"] = ["default": ["command": [Self.synth, "--records-per-target", "300", "--out-of-scope", "7"]],
+                              "kyc_document": ["command": ["/bin/sh", "-c", "cat >/dev/null; echo broken >&2; exit 3"]]]
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: d.path("connector.json")))
+        try d.setUp()
+        try await d.startBroker()
+        try await d.startConnector()
+
+        let request = try d.submitRequest()
+        let own = try d.cli(d.investigator, ["request", "approve", request])
+        #expect(own.status != 0 && own.stderr.contains("403"))
+        _ = try d.cliOK(d.approver, ["request", "approve", request])
+        let watched = try d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
+        #expect(watched.status == 0, "status --watch: \(watched.stderr)\nbroker: \(d.broker!.output.suffix(2000))\nconnector: \(d.connector!.output.suffix(2000))")
+        for state in ["submitted", "approved", "dispatched", "acknowledged", "in-progress", "delivered", "verified"] {
+            #expect(watched.stdout.contains(state), "timeline lacks \(state)")
+        }
+
+        let view = try json(try d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        #expect(view["state"] as? String == "verified")
+        let packages = try #require(view["packages"] as? [[String: Any]])
+        #expect(packages.count == 1)
+        let packageId = try #require(packages.first?["id"] as? String)
+
+        let out = d.path("downloads")
+        let downloaded = try json(try d.cliOK(d.investigator, ["download", packageId, "--out", out, "--quiet", "--json"]))
+        let file = try #require(downloaded["path"] as? String)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        #expect(Digest.sha256Hex(bytes) == downloaded["sha256"] as? String)
+        #expect(packages.first?["contentSha256"] as? String == downloaded["sha256"] as? String)
+        let lines = bytes.split(separator: UInt8(ascii: "\n"))
+        #expect(lines.count == 600)  // 2 targets × 300; the 7 out-of-scope records were not sent
+        #expect(lines.allSatisfy { line in
+            let s = String(decoding: line, as: UTF8.self)
+            return s.contains("+84912345678") || s.contains("+84987654321")
+        })
+
+        // A request whose only adapter fails is refused by the provider, with a reason.
+        let refusedRequest = try d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["kyc-document"])
+        _ = try d.cliOK(d.approver, ["request", "approve", refusedRequest])
+        let refusedWatch = try d.cli(d.investigator, ["request", "status", refusedRequest, "--watch", "--timeout", "120"])
+        #expect(refusedWatch.stdout.contains("refused") && refusedWatch.stdout.contains("extraction-failed"))
+
+        // Every message the broker and the connector emitted validates against schemas/messages.
+        let envelopes = try await collectEnvelopes(topics: [Topics.toProvider(d.provider), Topics.fromProvider(d.provider)],
+                                                   mustSee: [.request, .receipt, .ack, .status, .refusal, .manifest, .chunk, .complete])
+        let report = try validate(envelopes)
+        #expect(report.status == 0, "schema violations:\n\(report.output)")
+        #expect(report.output.contains("\(envelopes.count) valid, 0 invalid"))
+    }
+
+    @Test func killedConnectorAndBrokerResumeAndThePackageIsStoredExactlyOnce() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent(TestServices.unique("custos-adapter-"))
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let runs = dir.appendingPathComponent("runs").path
+        let script = dir.appendingPathComponent("adapter.sh").path
+        // About 68 MB of records for one target: ~130 chunks.
+        try "#!/bin/sh\necho run >> \(runs)\nexec \(Self.synth) --records-per-target 120000 --padding 330\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+
+        let d = try Deployment(adapter: [script], inFlightChunks: 2)
+        defer { d.stop() }
+        try d.setUp()
+        try await d.startBroker()
+        try await d.startConnector()
+        let request = try d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["traffic"])
+        _ = try d.cliOK(d.approver, ["request", "approve", request])
+
+        // 1. kill -9 the connector in the middle of streaming.
+        let progressFile = d.path("state/jobs/\(request)/progress")
+        let manifestFile = d.path("state/jobs/\(request)/manifest.json")
+        var progress = 0
+        let deadline = ContinuousClock.now + .seconds(240)
+        while progress < 15 && ContinuousClock.now < deadline {
+            progress = (try? String(contentsOfFile: progressFile, encoding: .utf8)).flatMap { Int($0) } ?? 0
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        d.connector!.kill9()
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: manifestFile)))
+        let chunkCount = manifest.chunks.count
+        #expect(manifest.content.size >= 50_000_000)
+        #expect(progress >= 15 && progress < chunkCount, "connector was not killed mid-stream (\(progress)/\(chunkCount))")
+
+        // 2. Restart it, then kill -9 the broker in the middle of ingesting.
+        try await d.startConnector()
+        var received = 0
+        while received < progress + 20 && ContinuousClock.now < deadline {
+            let view = try json(try d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+            received = ((view["packages"] as? [[String: Any]])?.first?["chunksReceived"] as? Int) ?? 0
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        d.broker!.kill9()
+        #expect(received > progress && received < chunkCount, "broker was not killed mid-ingest (\(received)/\(chunkCount))")
+
+        // 3. Restart the broker: the package completes, verifies, and is stored once.
+        try await d.startBroker()
+        let watched = try d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "300"])
+        #expect(watched.status == 0, "broker: \(d.broker!.output.suffix(2000))\nconnector: \(d.connector!.output.suffix(2000))")
+        let view = try json(try d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        #expect(view["state"] as? String == "verified")
+        let packages = try #require(view["packages"] as? [[String: Any]])
+        #expect(packages.count == 1)
+        #expect(packages.first?["chunksReceived"] as? Int == chunkCount)
+        #expect(packages.first?["chunkCount"] as? Int == chunkCount)
+        #expect(packages.first?["state"] as? String == "verified")
+        // The adapter ran once: the restarted connector resumed from its state, not from scratch.
+        #expect(try String(contentsOfFile: runs, encoding: .utf8).split(separator: "\n").count == 1)
+        let downloaded = try json(try d.cliOK(d.investigator, ["download", packages[0]["id"] as! String, "--out", d.path("dl"), "--quiet", "--json"]))
+        #expect(downloaded["sha256"] as? String == manifest.content.sha256)
+    }
+
+    /// Reads the topics from the start with a fresh group until every listed type was seen and
+    /// nothing new arrives for two seconds; returns the envelopes (chunk envelopes from their header).
+    func collectEnvelopes(topics: [String], mustSee: Set<MessageType>) async throws -> [[UInt8]] {
+        let consumer = try KafkaConsumer(configuration: try TestServices.kafka(), groupId: TestServices.unique("custos-schema-"),
+                                         topics: topics, logger: TestServices.logger)
+        defer { consumer.close() }
+        let collected = Collected()
+        let reader = Task { for try await m in consumer.messages { collected.add(m) } }
+        defer { reader.cancel() }
+        let deadline = ContinuousClock.now + .seconds(60)
+        while ContinuousClock.now < deadline {
+            let (seen, quiet) = collected.state
+            if seen.isSuperset(of: mustSee) && quiet > .seconds(2) { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let (envelopes, seen) = collected.result
+        #expect(seen.isSuperset(of: mustSee), "types never seen: \(mustSee.subtracting(seen))")
+        return envelopes
+    }
+
+    final class Collected: Sendable {
+        private let state_ = Mutex<(envelopes: [[UInt8]], seen: Set<MessageType>, last: ContinuousClock.Instant)>(([], [], .now))
+
+        func add(_ m: KafkaMessage) {
+            let envelope = m.header(Topics.envelopeHeader) ?? m.value
+            let type = (try? JSONDecoder().decode(EnvelopeHeader.self, from: Data(envelope)))?.type
+            state_.withLock { s in
+                s.envelopes.append(envelope)
+                if let type { s.seen.insert(type) }
+                s.last = .now
+            }
+        }
+
+        var state: (Set<MessageType>, Duration) { state_.withLock { ($0.seen, ContinuousClock.now - $0.last) } }
+        var result: ([[UInt8]], Set<MessageType>) { state_.withLock { ($0.envelopes, $0.seen) } }
+    }
+
+    func validate(_ envelopes: [[UInt8]]) throws -> (status: Int32, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", TestServices.root.appendingPathComponent("schemas/validate.py").path]
+        let input = Pipe(), output = Pipe()
+        p.standardInput = input
+        p.standardOutput = output
+        p.standardError = output
+        try p.run()
+        var all = Data()
+        for e in envelopes { all.append(contentsOf: e); all.append(0x0A) }
+        try input.fileHandleForWriting.write(contentsOf: all)
+        try input.fileHandleForWriting.close()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+}

@@ -1,0 +1,157 @@
+import CustosEvidence
+import Foundation
+import Testing
+
+/// A child process of the test, with stdout and stderr in files.
+final class ChildProcess: @unchecked Sendable {  // used from one test task at a time
+    let process = Process()
+    let log: URL
+
+    init(_ executable: String, _ arguments: [String], environment: [String: String], log: URL) throws {
+        self.log = log
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        handle.seekToEndOfFile()
+        process.executableURL = TestServices.binDirectory.appendingPathComponent(executable)
+        process.arguments = arguments
+        process.environment = environment
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    var output: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+    func waitFor(_ text: String, timeout: Duration = .seconds(60)) async throws -> String {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let line = output.split(separator: "\n").first(where: { $0.contains(text) }) { return String(line) }
+            if !process.isRunning { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        Issue.record("\(process.executableURL!.lastPathComponent) did not print '\(text)'; its output:\n\(output.suffix(3000))")
+        throw CancellationError()
+    }
+
+    func kill9() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    func stop() {
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+    }
+}
+
+/// Runs one of the project's executables to completion and returns its stdout.
+func run(_ executable: String, _ arguments: [String], environment: [String: String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    let p = Process()
+    p.executableURL = TestServices.binDirectory.appendingPathComponent(executable)
+    p.arguments = arguments
+    p.environment = environment
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines),
+            String(decoding: e, as: UTF8.self))
+}
+
+/// One broker and one connector as separate processes, each test with its own schema,
+/// provider id (so its own topics), state directory and users.
+final class Deployment: @unchecked Sendable {  // used from one test task at a time
+    let dir: URL
+    let provider: String
+    let env: [String: String]
+    var broker: ChildProcess?
+    var connector: ChildProcess?
+    var url = ""
+    var investigator = ""
+    var approver = ""
+
+    init(adapter: [String], inFlightChunks: Int = 32) throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent(TestServices.unique("custos-e2e-"))
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        provider = TestServices.unique("prov-")
+        var env = ProcessInfo.processInfo.environment
+        env["CUSTOS_DATABASE_URL"] = try TestServices.databaseURL()
+        env["CUSTOS_KAFKA_BROKERS"] = try TestServices.kafka().bootstrapServers
+        env["CUSTOS_DATABASE_SCHEMA"] = TestServices.unique("e2e_")
+        env["CUSTOS_KAFKA_GROUP_ID"] = TestServices.unique("custos-broker-")
+        env["CUSTOS_LOG_LEVEL"] = "info"
+        self.env = env
+        try SigningKey.generate().write(privatePath: path("broker.key"), publicPath: path("broker.pub"))
+        try SigningKey.generate().write(privatePath: path("provider.key"), publicPath: path("provider.pub"))
+        let broker: [String: Any] = ["signingKeyFile": path("broker.key"), "http": ["host": "127.0.0.1", "port": 0],
+                                     "providers": ["refreshSeconds": 1]]
+        let connector: [String: Any] = [
+            "providerId": provider, "signingKeyFile": path("provider.key"), "brokerPublicKeyFile": path("broker.pub"),
+            "stateDirectory": path("state"), "adapters": ["default": ["command": adapter]],
+            "streaming": ["inFlightChunks": inFlightChunks],
+        ]
+        try JSONSerialization.data(withJSONObject: broker).write(to: URL(fileURLWithPath: path("broker.json")))
+        try JSONSerialization.data(withJSONObject: connector).write(to: URL(fileURLWithPath: path("connector.json")))
+    }
+
+    func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
+
+    func admin(_ args: [String]) throws -> String {
+        let r = try run("custos-broker", args + ["--config", path("broker.json")], environment: env)
+        try #require(r.status == 0, "custos-broker \(args.joined(separator: " ")) failed: \(r.stderr)")
+        return r.stdout
+    }
+
+    func setUp() throws {
+        _ = try admin(["migrate"])
+        _ = try admin(["providers", "add", provider, "--public-key", path("provider.pub")])
+        investigator = try admin(["users", "add", TestServices.unique("inv-"), "--role", "investigator"])
+        approver = try admin(["users", "add", TestServices.unique("appr-"), "--role", "approver"])
+    }
+
+    func startBroker() async throws {
+        broker = try ChildProcess("custos-broker", ["serve", "--config", path("broker.json")], environment: env, log: dir.appendingPathComponent("broker.log"))
+        let line = try await broker!.waitFor("custos-broker listening on http")
+        url = String(line.split(separator: " ").last!)
+    }
+
+    func startConnector() async throws {
+        connector = try ChildProcess("custos-connector", ["run", "--config", path("connector.json")], environment: env, log: dir.appendingPathComponent("connector.log"))
+        _ = try await connector!.waitFor("custos-connector running")
+    }
+
+    /// Runs the `custos` CLI as `token`'s user.
+    func cli(_ token: String, _ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        var e = env
+        e["CUSTOS_URL"] = url
+        e["CUSTOS_TOKEN"] = token
+        return try run("custos", args, environment: e)
+    }
+
+    func cliOK(_ token: String, _ args: [String]) throws -> String {
+        let r = try cli(token, args)
+        try #require(r.status == 0, "custos \(args.joined(separator: " ")) failed: \(r.stderr)")
+        return r.stdout
+    }
+
+    /// Opens a case and submits a request as the investigator; returns the request id.
+    func submitRequest(targets: [String] = ["msisdn:+84912345678", "msisdn:+84987654321"], categories: [String] = ["traffic"]) throws -> String {
+        let caseId = try cliOK(investigator, ["case", "create", "--title", "E2E case"])
+        return try cliOK(investigator, ["request", "create", "--case", caseId, "--provider", provider,
+                                        "--decision-number", "QD-9/2026", "--authority", "Test Authority", "--issued-on", "2026-11-20",
+                                        "--from", "2026-11-01T00:00:00Z", "--to", "2026-11-20T00:00:00Z", "--submit"]
+                         + targets.flatMap { ["--target", $0] } + categories.flatMap { ["--category", $0] })
+    }
+
+    func stop() {
+        connector?.stop()
+        broker?.stop()
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(at: dir)
+    }
+}
