@@ -148,7 +148,7 @@ let package = Package(
         // Tests.
         .testTarget(
             name: "CustosUnitTests",
-            dependencies: ["CustosCanonicalJSON", "CustosModel", "CustosEvidence", "CustosKafka", "CustosConnector", "CustosBroker"],
+            dependencies: ["CustosCanonicalJSON", "CustosModel", "CustosEvidence", "CustosKafka", "CustosConnector", "CustosBroker", "CustosRuntime"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

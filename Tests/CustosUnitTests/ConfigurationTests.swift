@@ -1,0 +1,50 @@
+import CustosBroker
+import CustosConnector
+import CustosModel
+import CustosRuntime
+import Foundation
+import Testing
+
+@Suite("Configuration")
+struct ConfigurationTests {
+    static let deploy = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("deploy")
+
+    @Test func theBrokerExampleInDeployIsValid() async throws {
+        let reader = try await ConfigSource.reader(configFile: Self.deploy.appendingPathComponent("broker.example.json").path, environment: [:])
+        let c = try BrokerConfiguration(reader: reader)
+        #expect(c.database.host == "db.internal" && c.database.requireTLS)
+        #expect(c.kafka.properties["security.protocol"] == "SASL_SSL")
+        #expect(c.httpPort == 8080)
+    }
+
+    @Test func theConnectorExampleInDeployIsValid() async throws {
+        let reader = try await ConfigSource.reader(configFile: Self.deploy.appendingPathComponent("connector.example.json").path, environment: [:])
+        let c = try ConnectorConfiguration(reader: reader)
+        #expect(c.providerId == "example-telco")
+        #expect(c.adapters[.traffic]?.first == "/opt/example-telco/bin/cdr-export")
+        #expect(c.adapters[.location]?.first == "/opt/example-telco/bin/extract-for-custos")  // the default
+        #expect(c.kafka.properties["sasl.mechanisms"] == "SCRAM-SHA-512")
+    }
+
+    @Test func theEnvironmentOverridesTheFile() async throws {
+        let env = ["CUSTOS_DATABASE_URL": "postgres://x:y@other:1/z", "CUSTOS_HTTP_PORT": "9999",
+                   "CUSTOS_KAFKA_PROPERTIES": "security.protocol=SSL,ssl.ca.location=/x"]
+        let reader = try await ConfigSource.reader(configFile: Self.deploy.appendingPathComponent("broker.example.json").path, environment: env)
+        let c = try BrokerConfiguration(reader: reader)
+        #expect(c.database.host == "other" && c.httpPort == 9999)
+        #expect(c.kafka.properties == ["security.protocol": "SSL", "ssl.ca.location": "/x"])
+    }
+
+    @Test func aMissingSettingNamesItsKeyAndVariable() async throws {
+        let reader = try await ConfigSource.reader(configFile: nil, environment: ["CUSTOS_KAFKA_BROKERS": "k:9092"])
+        #expect { try BrokerConfiguration(reader: reader) } throws: {
+            String(describing: $0).contains("database.url") && String(describing: $0).contains("CUSTOS_DATABASE_URL")
+        }
+        let missing = try await ConfigSource.reader(configFile: nil, environment: [:])
+        #expect { try ConnectorConfiguration(reader: missing) } throws: { String(describing: $0).contains("providerId") }
+        await #expect { _ = try await ConfigSource.reader(configFile: "/nonexistent.json") } throws: {
+            String(describing: $0).contains("does not exist")
+        }
+    }
+}
