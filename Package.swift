@@ -111,11 +111,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        .target(
+            name: "CustosCommandLine",
+            dependencies: ["CustosEvidence", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: swiftSettings
+        ),
+
         // Executables.
         .executableTarget(
             name: "custos-broker",
             dependencies: [
-                "CustosBroker", "CustosRuntime",
+                "CustosBroker", "CustosRuntime", "CustosCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -123,7 +129,7 @@ let package = Package(
         .executableTarget(
             name: "custos-connector",
             dependencies: [
-                "CustosConnector", "CustosRuntime",
+                "CustosConnector", "CustosRuntime", "CustosCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -21,7 +21,7 @@ public func buildApplication(
     let store = BrokerStore(client: postgres, signer: signer, logger: logger)
     let ready = Gate()
     let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, ready: ready, logger: logger)
-    let ingestor = ResponseIngestor(store: store, kafka: configuration.kafka, groupId: configuration.consumerGroup,
+    let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
                                     refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)
     var app = Application(
         router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, logger: logger),
@@ -44,7 +44,11 @@ public func withBrokerStore<R: Sendable>(
     configuration: DatabaseConfiguration, signingKeyFile: String?, logger: Logger,
     _ body: @Sendable (BrokerStore) async throws -> R
 ) async throws -> R {
-    let client = configuration.makeClient(logger: logger)
+    // The pool's run() task starts concurrently with the first query; PostgresNIO warns about
+    // that race although the query simply waits. Only the pool's own errors are worth showing here.
+    var poolLogger = logger
+    poolLogger.logLevel = .error
+    let client = configuration.makeClient(logger: poolLogger)
     return try await withThrowingTaskGroup(of: R?.self) { group in
         group.addTask { await client.run(); return nil }
         defer { group.cancelAll() }

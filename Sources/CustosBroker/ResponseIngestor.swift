@@ -12,6 +12,7 @@ import Synchronization
 /// committed; while the database is unreachable the same message is retried, never skipped.
 struct ResponseIngestor: Service {
     let store: BrokerStore
+    let producer: KafkaProducer
     let kafka: KafkaConfiguration
     let groupId: String
     let refreshInterval: Duration
@@ -36,6 +37,7 @@ struct ResponseIngestor: Service {
             }
         }
         keys.value.withLock { $0 = initial }
+        await ensureTopics(initial)
         let consumer = try KafkaConsumer(configuration: kafka, groupId: groupId, topics: topics(initial), logger: logger)
         logger.info("consuming provider topics", metadata: ["kafka.topics": "\(topics(initial).joined(separator: ","))"])
 
@@ -50,6 +52,20 @@ struct ResponseIngestor: Service {
             consumer.close()
         }
         consumer.close()
+    }
+
+    /// Creates both topics of every provider if they are missing, so that neither side waits
+    /// for a metadata refresh to see them. Where the cluster does not allow it, operators
+    /// create them beforehand, and this only warns.
+    private func ensureTopics(_ keys: [String: VerifyingKey]) async {
+        let names = keys.keys.sorted().flatMap { [Topics.toProvider($0), Topics.fromProvider($0)] }
+        do {
+            for (topic, reason) in try await producer.ensureTopics(names) {
+                logger.warning("could not create topic", metadata: [LogKey.topic: "\(topic)", LogKey.reason: "\(reason)"])
+            }
+        } catch {
+            logger.warning("could not create topics", metadata: [LogKey.error: "\(error)"])
+        }
     }
 
     private func topics(_ keys: [String: VerifyingKey]) -> [String] { keys.keys.sorted().map(Topics.fromProvider) }
@@ -81,6 +97,7 @@ struct ResponseIngestor: Service {
             guard let fresh = try? await store.providers() else { continue }
             let before = keys.value.withLock { s -> [String: VerifyingKey] in defer { s = fresh }; return s }
             if Set(before.keys) != Set(fresh.keys) {
+                await ensureTopics(fresh)
                 try consumer.subscribe(topics: topics(fresh))
                 logger.info("provider set changed; resubscribed", metadata: ["kafka.topics": "\(topics(fresh).joined(separator: ","))"])
             }

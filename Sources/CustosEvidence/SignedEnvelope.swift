@@ -68,8 +68,9 @@ public func DecodingErrorDescription(_ error: any Error) -> String {
     case DecodingError.typeMismatch(let t, let ctx): return "\(path(ctx.codingPath)): must be \(t)"
     case DecodingError.valueNotFound(let t, let ctx): return "\(path(ctx.codingPath)): must be a \(t), not null"
     case DecodingError.dataCorrupted(let ctx):
+        // Foundation's debugDescription can quote the value; only the path is reported.
         let p = path(ctx.codingPath)
-        return (p.isEmpty ? "" : "\(p): ") + "invalid value (\(ctx.debugDescription.prefix(120)))"
+        return (p.isEmpty ? "(body)" : p) + ": is not an allowed value for this field"
     default: return "undecodable input"
     }
 }

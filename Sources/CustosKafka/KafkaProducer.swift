@@ -31,7 +31,7 @@ public struct OutgoingMessage: Sendable {
 /// the message (its delivery report), so a caller can commit its own state after that.
 /// Delivery reports are served by a dedicated thread, off the cooperative pool.
 public final class KafkaProducer: Sendable {
-    private let client: RDKafkaClient
+    let client: RDKafkaClient
     private let logger: Logger
     private let lifecycle = Lifecycle()
     private let pollThreadDone = DispatchSemaphore(value: 0)

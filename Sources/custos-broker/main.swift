@@ -1,5 +1,6 @@
 import ArgumentParser
 import CustosBroker
+import CustosCommandLine
 import CustosEvidence
 import CustosModel
 import CustosRuntime
@@ -17,7 +18,7 @@ struct BrokerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos-broker",
         abstract: "Custos broker: HTTP API, workflow, Kafka outbox relay and response ingestion, package verification.",
-        subcommands: [Serve.self, Migrate.self, Users.self, Providers.self, Keys.self],
+        subcommands: [Serve.self, Migrate.self, Users.self, Providers.self, KeysCommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -97,21 +98,6 @@ struct Providers: AsyncParsableCommand {
                 try await store.registerProvider(id: id, publicKey: key)
             }
             print("provider \(id) registered")
-        }
-    }
-}
-
-struct Keys: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Manage signing keys.", subcommands: [Generate.self])
-
-    struct Generate: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Write a new P-256 key pair as PEM files (private key mode 0600).")
-        @Option(help: "Where to write the private key.") var privateKey: String
-        @Option(help: "Where to write the public key.") var publicKey: String
-
-        func run() throws {
-            try SigningKey.generate().write(privatePath: privateKey, publicPath: publicKey)
-            print("wrote \(privateKey) and \(publicKey)")
         }
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CustosConnector
+import CustosCommandLine
 import CustosEvidence
 import CustosKafka
 import CustosRuntime
@@ -12,7 +13,7 @@ struct ConnectorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos-connector",
         abstract: "Custos provider connector: receives approved requests over Kafka, extracts, packages, signs and streams evidence back.",
-        subcommands: [Run.self, Status.self, Keys.self],
+        subcommands: [Run.self, Status.self, KeysCommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -58,17 +59,3 @@ struct Status: AsyncParsableCommand {
     }
 }
 
-struct Keys: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Manage signing keys.", subcommands: [Generate.self])
-
-    struct Generate: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Write a new P-256 key pair as PEM files (private key mode 0600).")
-        @Option(help: "Where to write the private key.") var privateKey: String
-        @Option(help: "Where to write the public key.") var publicKey: String
-
-        func run() throws {
-            try SigningKey.generate().write(privatePath: privateKey, publicPath: publicKey)
-            print("wrote \(privateKey) and \(publicKey)")
-        }
-    }
-}

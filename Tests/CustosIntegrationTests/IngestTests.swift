@@ -87,7 +87,8 @@ struct IngestTests {
             let (m, chunks, done) = try messages(p, r)
             // Completion first, then chunks in reverse: finalisation waits for the last piece.
             for msg in [m, done] + chunks.reversed() {
-                #expect(try await store.ingest(msg, providerKeys: keys) == .applied(try #require(try SignedEnvelope.open(msg.header(Topics.envelopeHeader) ?? msg.value) { _ in provider.publicKey }.header.type)))
+                let type = try SignedEnvelope.open(msg.header(Topics.envelopeHeader) ?? msg.value) { _ in provider.publicKey }.header.type
+                #expect(try await store.ingest(msg, providerKeys: keys) == .applied(type))
             }
             // Redelivery of everything: no second effect.
             for msg in [m] + chunks + [done] {

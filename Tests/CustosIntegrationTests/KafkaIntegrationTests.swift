@@ -63,6 +63,14 @@ struct KafkaIntegrationTests {
         producer.shutdown()
     }
 
+    @Test func topicsAreCreatedOnceAndExistingOnesAreNotAnError() async throws {
+        let producer = try KafkaProducer(configuration: try TestServices.kafka(), logger: TestServices.logger)
+        let names = [TestServices.unique("custos.test.create."), TestServices.unique("custos.test.create.")]
+        #expect(try await producer.ensureTopics(names) == [:])
+        #expect(try await producer.ensureTopics(names) == [:])
+        producer.shutdown()
+    }
+
     @Test func aProducerWithBadSettingsFailsWithAClearError() {
         var kafka = KafkaConfiguration(bootstrapServers: "127.0.0.1:1")
         kafka.properties["no.such.property"] = "1"
