@@ -32,7 +32,7 @@ struct OutboxRelay: Service {
                 } catch {
                     failures += 1
                     logger.error("outbox relay failed; retrying", metadata: [LogKey.error: "\(String(describing: error))"])
-                    try await Task.sleep(for: .milliseconds(min(5_000, 100 * (1 << min(failures, 6)))))
+                    try await Task.sleep(for: Backoff.delay(attempt: failures))
                 }
             }
         }
@@ -57,5 +57,13 @@ struct OutboxRelay: Service {
             relayed.increment(by: rows.count)
             return rows.count
         }
+    }
+}
+
+/// Retry delays for background work whose dependency (PostgreSQL, Kafka) is away:
+/// 200 ms doubling up to 5 s.
+enum Backoff {
+    static func delay(attempt: Int) -> Duration {
+        .milliseconds(min(5_000, 100 * (1 << min(max(attempt, 1), 6))))
     }
 }

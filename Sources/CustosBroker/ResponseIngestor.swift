@@ -58,14 +58,7 @@ struct ResponseIngestor: Service {
     /// for a metadata refresh to see them. Where the cluster does not allow it, operators
     /// create them beforehand, and this only warns.
     private func ensureTopics(_ keys: [String: VerifyingKey]) async {
-        let names = keys.keys.sorted().flatMap { [Topics.toProvider($0), Topics.fromProvider($0)] }
-        do {
-            for (topic, reason) in try await producer.ensureTopics(names) {
-                logger.warning("could not create topic", metadata: [LogKey.topic: "\(topic)", LogKey.reason: "\(reason)"])
-            }
-        } catch {
-            logger.warning("could not create topics", metadata: [LogKey.error: "\(error)"])
-        }
+        await producer.ensureTopicsOrWarn(keys.keys.sorted().flatMap { [Topics.toProvider($0), Topics.fromProvider($0)] }, logger: logger)
     }
 
     private func topics(_ keys: [String: VerifyingKey]) -> [String] { keys.keys.sorted().map(Topics.fromProvider) }
@@ -84,7 +77,7 @@ struct ResponseIngestor: Service {
                     logger.error("ingest failed; retrying the same message", metadata: [
                         LogKey.topic: "\(message.topic)", LogKey.offset: "\(message.offset)", LogKey.error: "\(String(describing: error))",
                     ])
-                    try await Task.sleep(for: .milliseconds(min(5_000, 100 * (1 << min(attempt, 6)))))
+                    try await Task.sleep(for: Backoff.delay(attempt: attempt))
                 }
             }
             try consumer.store(message)

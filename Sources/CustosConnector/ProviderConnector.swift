@@ -34,14 +34,7 @@ public struct ProviderConnector: Service {
 
     public func run() async throws {
         // Both topics exist before anyone waits on them (where the cluster allows creating them).
-        let topics = [Topics.toProvider(configuration.providerId), Topics.fromProvider(configuration.providerId)]
-        do {
-            for (topic, reason) in try await producer.ensureTopics(topics) {
-                logger.warning("could not create topic", metadata: ["kafka.topic": "\(topic)", LogKey.reason: "\(reason)"])
-            }
-        } catch {
-            logger.warning("could not create topics", metadata: [LogKey.reason: "\(error)"])
-        }
+        await producer.ensureTopicsOrWarn([Topics.toProvider(configuration.providerId), Topics.fromProvider(configuration.providerId)], logger: logger)
         let consumer = try KafkaConsumer(configuration: configuration.kafka, groupId: configuration.groupId,
                                          topics: [Topics.toProvider(configuration.providerId)], logger: logger)
         let queue = JobQueue()

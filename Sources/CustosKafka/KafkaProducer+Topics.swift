@@ -1,5 +1,6 @@
 import CRdKafka
 import Dispatch
+import Logging
 
 extension KafkaProducer {
     /// Creates the topics that do not exist yet (CreateTopics, through this client's
@@ -17,6 +18,18 @@ extension KafkaProducer {
             DispatchQueue.global().async {
                 continuation.resume(with: Result { try Self.createTopics(client.handle, names, partitions, replicationFactor, ms) })
             }
+        }
+    }
+
+    /// `ensureTopics`, for start-up: topics that cannot be created (the cluster may forbid it,
+    /// with operators creating them beforehand) are logged as warnings, not thrown.
+    public func ensureTopicsOrWarn(_ names: [String], logger: Logger) async {
+        do {
+            for (topic, reason) in try await ensureTopics(names) {
+                logger.warning("could not create topic", metadata: ["kafka.topic": "\(topic)", "kafka.reason": "\(reason)"])
+            }
+        } catch {
+            logger.warning("could not create topics", metadata: ["kafka.error": "\(error)"])
         }
     }
 
