@@ -26,22 +26,35 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the broker until SIGINT or SIGTERM. Applies pending migrations first.",
         discussion: """
-            Settings (config file key / environment variable); the environment wins over the file:
-              database.url / CUSTOS_DATABASE_URL                  postgres://user:password@host:port/db (required)
-              database.schema / CUSTOS_DATABASE_SCHEMA            schema for Custos' tables (default custos)
-              database.tls / CUSTOS_DATABASE_TLS                  require or disable (default disable)
-              database.maxConnections / CUSTOS_DATABASE_MAX_CONNECTIONS  pool size (default 20)
-              kafka.brokers / CUSTOS_KAFKA_BROKERS                bootstrap servers (required)
-              kafka.properties / CUSTOS_KAFKA_PROPERTIES          librdkafka key=value items (comma-separated in the
-                                                                  environment), e.g. security.protocol=SASL_SSL
-              kafka.groupId / CUSTOS_KAFKA_GROUP_ID               consumer group of all broker instances (default custos-broker)
-              kafka.clientId / CUSTOS_KAFKA_CLIENT_ID             (default custos-broker)
-              signingKeyFile / CUSTOS_SIGNING_KEY_FILE            the broker's P-256 private key, PEM (required)
-              http.host, http.port / CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT   listen address (default 127.0.0.1:8080; port 0 picks one)
-              http.maxBodyBytes / CUSTOS_HTTP_MAX_BODY_BYTES      largest request body (default 1048576)
-              outbox.pollMilliseconds / CUSTOS_OUTBOX_POLL_MILLISECONDS   idle outbox poll interval (default 100)
-              providers.refreshSeconds / CUSTOS_PROVIDERS_REFRESH_SECONDS how often new providers are picked up (default 5)
-              log.level / CUSTOS_LOG_LEVEL                        trace, debug, info, notice, warning, error (default info)
+            Settings: config file key (environment variable); the environment wins over the file.
+              database.url (CUSTOS_DATABASE_URL)
+                  postgres://user:password@host:port/db (required)
+              database.schema (CUSTOS_DATABASE_SCHEMA)
+                  schema for Custos' tables (default custos)
+              database.tls (CUSTOS_DATABASE_TLS)
+                  require or disable (default disable)
+              database.maxConnections (CUSTOS_DATABASE_MAX_CONNECTIONS)
+                  pool size (default 20)
+              kafka.brokers (CUSTOS_KAFKA_BROKERS)
+                  bootstrap servers (required)
+              kafka.properties (CUSTOS_KAFKA_PROPERTIES)
+                  librdkafka key=value items (comma-separated in the environment), e.g. security.protocol=SASL_SSL
+              kafka.groupId (CUSTOS_KAFKA_GROUP_ID)
+                  consumer group of all broker instances (default custos-broker)
+              kafka.clientId (CUSTOS_KAFKA_CLIENT_ID)
+                  (default custos-broker)
+              signingKeyFile (CUSTOS_SIGNING_KEY_FILE)
+                  the broker's P-256 private key, PEM (required)
+              http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
+                  listen address (default 127.0.0.1:8080; port 0 picks one)
+              http.maxBodyBytes (CUSTOS_HTTP_MAX_BODY_BYTES)
+                  largest request body (default 1048576)
+              outbox.pollMilliseconds (CUSTOS_OUTBOX_POLL_MILLISECONDS)
+                  idle outbox poll interval (default 100)
+              providers.refreshSeconds (CUSTOS_PROVIDERS_REFRESH_SECONDS)
+                  how often newly registered providers are picked up (default 5)
+              log.level (CUSTOS_LOG_LEVEL)
+                  trace, debug, info, notice, warning, error (default info)
             On start it prints one line, "custos-broker listening on http://HOST:PORT".
             """)
     @OptionGroup var options: ConfigOptions

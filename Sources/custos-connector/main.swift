@@ -26,21 +26,33 @@ struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run until SIGINT or SIGTERM, resuming unfinished jobs from the state directory first.",
         discussion: """
-            Settings (config file key / environment variable); the environment wins over the file:
-              providerId / CUSTOS_PROVIDER_ID                     this provider's id, as registered at the broker (required)
-              kafka.brokers / CUSTOS_KAFKA_BROKERS                bootstrap servers (required)
-              kafka.properties / CUSTOS_KAFKA_PROPERTIES          librdkafka key=value items, e.g. sasl.mechanisms=SCRAM-SHA-512
-              kafka.groupId / CUSTOS_KAFKA_GROUP_ID               (default custos-connector-<providerId>)
-              signingKeyFile / CUSTOS_SIGNING_KEY_FILE            the provider's P-256 private key, PEM (required)
-              brokerPublicKeyFile / CUSTOS_BROKER_PUBLIC_KEY_FILE the broker's public key; unsigned requests are refused (required)
-              stateDirectory / CUSTOS_STATE_DIRECTORY             durable job state, resumed after a crash (required)
-              adapters.default.command                            exec adapter (program and arguments) for every category
-              adapters.<category>.command                         per category: subscriber, traffic, location, ip_session,
-                                                                  financial, kyc_document
-              adapters.timeoutSeconds                             an adapter running longer is stopped (default 3600)
-              concurrency / CUSTOS_CONCURRENCY                    requests processed at once (default 2)
-              streaming.inFlightChunks                            chunks awaiting Kafka's acknowledgement at once (default 32)
-              log.level / CUSTOS_LOG_LEVEL                        (default info)
+            Settings: config file key (environment variable); the environment wins over the file.
+              providerId (CUSTOS_PROVIDER_ID)
+                  this provider's id, as registered at the broker (required)
+              kafka.brokers (CUSTOS_KAFKA_BROKERS)
+                  bootstrap servers (required)
+              kafka.properties (CUSTOS_KAFKA_PROPERTIES)
+                  librdkafka key=value items, e.g. sasl.mechanisms=SCRAM-SHA-512
+              kafka.groupId (CUSTOS_KAFKA_GROUP_ID)
+                  (default custos-connector-<providerId>)
+              signingKeyFile (CUSTOS_SIGNING_KEY_FILE)
+                  the provider's P-256 private key, PEM (required)
+              brokerPublicKeyFile (CUSTOS_BROKER_PUBLIC_KEY_FILE)
+                  the broker's public key; requests it did not sign are refused (required)
+              stateDirectory (CUSTOS_STATE_DIRECTORY)
+                  durable job state, resumed after a crash (required)
+              adapters.default.command
+                  exec adapter (program and arguments) for every category
+              adapters.<category>.command
+                  per category: subscriber, traffic, location, ip_session, financial, kyc_document
+              adapters.timeoutSeconds
+                  an adapter running longer is stopped (default 3600)
+              concurrency (CUSTOS_CONCURRENCY)
+                  requests processed at once (default 2)
+              streaming.inFlightChunks
+                  chunks awaiting Kafka's acknowledgement at once (default 32)
+              log.level (CUSTOS_LOG_LEVEL)
+                  (default info)
             An adapter gets {"category": ..., "request": ...} as JSON on stdin and writes one JSON record per line on
             stdout, each with "category" and "target" ({"type", "value"}). Records outside the request are dropped.
             """)

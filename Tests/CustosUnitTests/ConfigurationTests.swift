@@ -1,6 +1,7 @@
 import CustosBroker
 import CustosConnector
 import CustosModel
+import Configuration
 import CustosRuntime
 import Foundation
 import Testing
@@ -28,11 +29,12 @@ struct ConfigurationTests {
     }
 
     @Test func theEnvironmentOverridesTheFile() async throws {
-        let env = ["CUSTOS_DATABASE_URL": "postgres://x:y@other:1/z", "CUSTOS_HTTP_PORT": "9999",
+        let env = ["CUSTOS_DATABASE_URL": "postgres://x:y@other:1/z", "CUSTOS_HTTP_PORT": "9999", "CUSTOS_HTTP_MAX_BODY_BYTES": "123",
                    "CUSTOS_KAFKA_PROPERTIES": "security.protocol=SSL,ssl.ca.location=/x"]
         let reader = try await ConfigSource.reader(configFile: Self.deploy.appendingPathComponent("broker.example.json").path, environment: env)
         let c = try BrokerConfiguration(reader: reader)
-        #expect(c.database.host == "other" && c.httpPort == 9999)
+        #expect(c.database.host == "other" && c.httpPort == 9999 && c.maxBodyBytes == 123)
+        #expect(ConfigReader.environmentName("http.maxBodyBytes") == "CUSTOS_HTTP_MAX_BODY_BYTES")
         #expect(c.kafka.properties == ["security.protocol": "SSL", "ssl.ca.location": "/x"])
     }
 
