@@ -35,6 +35,12 @@ let package = Package(
             providers: [.apt(["librdkafka-dev"])]
         ),
 
+        // OpenSSL 3 (libssl-dev) for CMS, RFC 3161 and X.509: the only C code of Custos' own.
+        .target(
+            name: "CCustosOpenSSL",
+            linkerSettings: [.linkedLibrary("crypto")]
+        ),
+
         // Pure modules: no I/O, tested without services.
         .target(name: "CustosCanonicalJSON", swiftSettings: swiftSettings),
         .target(
@@ -45,6 +51,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(name: "CustosPKI", dependencies: ["CCustosOpenSSL"], swiftSettings: swiftSettings),
         .target(
             name: "CustosEvidence",
             dependencies: [
@@ -156,6 +163,7 @@ let package = Package(
             name: "CustosUnitTests",
             dependencies: [
                 "CustosCanonicalJSON", "CustosModel", "CustosEvidence", "CustosKafka", "CustosConnector", "CustosBroker", "CustosRuntime",
+                "CustosPKI",
                 .product(name: "Configuration", package: "swift-configuration"),
             ],
             swiftSettings: swiftSettings
