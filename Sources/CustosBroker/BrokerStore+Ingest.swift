@@ -121,9 +121,9 @@ extension BrokerStore {
         let canonical = try CanonicalJSON.encode(m)
         let manifestSha = Digest.sha256Hex(canonical)
         try await conn.query("""
-            INSERT INTO packages (id, request_id, provider_id, manifest, manifest_signature, manifest_sha256, chunk_count, content_size, content_sha256)
+            INSERT INTO packages (id, request_id, provider_id, manifest, manifest_signature, manifest_sha256, chunk_count, content_size, chunks_root)
             VALUES (\(m.packageId), \(m.requestId), \(provider), \(String(decoding: canonical, as: UTF8.self)), \(body.manifestSignature),
-                    \(manifestSha), \(m.chunks.count), \(m.content.size), \(m.content.sha256))
+                    \(manifestSha), \(m.chunks.count), \(m.content.size), \(m.chunksRoot))
             ON CONFLICT (id) DO NOTHING
             """, logger: logger)
         try await Self.advance(conn, header.requestId, to: .inProgress, actor: provider, note: "manifest received: \(m.chunks.count) chunks", logger: logger)
@@ -161,26 +161,25 @@ extension BrokerStore {
             .decode(Int.self).first { _ in true } ?? 0
         guard received == chunkCount else { return }
 
-        // Stream the chunks once, in order, hashing as they pass: constant memory.
-        var whole = SHA256()
-        var size: Int64 = 0
-        var observed: [Int: (sha256: String, size: Int)] = [:]
+        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(manifestJSON.utf8))
+        let keyPEM = try await conn.query("SELECT public_key_pem FROM providers WHERE id = \(provider)", logger: logger).decode(String.self).first { _ in true }
+        let requestHash = try await conn.query("SELECT request_hash FROM requests WHERE id = \(requestId)", logger: logger).decode(String?.self).first { _ in true } ?? nil
+        var failures = PackageVerifier.checkManifest(manifest, expectedProvider: provider, expectedRequest: requestId, expectedRequestHash: requestHash ?? "")
+        let manifestBytes = try CanonicalJSON.encode(manifest)
+        if !(try VerifyingKey(pem: keyPEM ?? "")).isValidSignature(signature, for: manifestBytes) {
+            failures.append(.init(code: .signature, detail: "manifest signature does not verify with the provider's registered key"))
+        }
+        // Stream the chunks once, in order, through the content checks: constant memory.
+        var content = ContentVerifier(manifest: manifest)
         for i in 0..<chunkCount {
             for try await data in try await conn.query(
                 "SELECT data FROM package_chunks WHERE package_id = \(packageId) AND idx = \(i)", logger: logger
             ).decode(ByteBuffer.self) {
-                data.withUnsafeReadableBytes { whole.update(bufferPointer: $0) }
-                observed[i] = (Digest.sha256Hex(data.readableBytesView), data.readableBytes)
-                size += Int64(data.readableBytes)
+                data.withUnsafeReadableBytes { content.consume($0) }
             }
         }
-        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(manifestJSON.utf8))
-        let keyPEM = try await conn.query("SELECT public_key_pem FROM providers WHERE id = \(provider)", logger: logger).decode(String.self).first { _ in true }
-        let requestHash = try await conn.query("SELECT request_hash FROM requests WHERE id = \(requestId)", logger: logger).decode(String?.self).first { _ in true } ?? nil
-        let verification = PackageVerifier.verify(
-            manifest: manifest, signature: signature, providerKey: try VerifyingKey(pem: keyPEM ?? ""),
-            expectedProvider: provider, expectedRequest: requestId, expectedRequestHash: requestHash ?? "",
-            observed: ObservedContent(chunkHashes: observed, contentSha256: whole.finalize().hexString, contentSize: size))
+        failures += content.finish()
+        let verification = PackageVerification(failures: failures, manifestSha256: Digest.sha256Hex(manifestBytes), checkedAt: Timestamp.now())
         let verdict = String(decoding: try CanonicalJSON.encode(verification), as: UTF8.self)
         let newState: PackageState = verification.valid ? .verified : .rejected
         try await conn.query("""

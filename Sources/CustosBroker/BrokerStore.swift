@@ -181,12 +181,12 @@ public struct BrokerStore: Sendable {
         }
         var packages: [API.PackageSummary] = []
         for try await (pid, pstate, count, size, sha, msha, received) in try await client.query("""
-            SELECT p.id, p.state, p.chunk_count, p.content_size, p.content_sha256, p.manifest_sha256,
+            SELECT p.id, p.state, p.chunk_count, p.content_size, p.chunks_root, p.manifest_sha256,
                    (SELECT count(*) FROM package_chunks c WHERE c.package_id = p.id)
             FROM packages p WHERE p.request_id = \(id) ORDER BY p.received_at
             """, logger: logger).decode((UUID, String, Int, Int64, String, String, Int).self) {
             packages.append(API.PackageSummary(id: pid, state: PackageState(rawValue: pstate) ?? .receiving, chunkCount: count,
-                                               chunksReceived: received, contentSize: size, contentSha256: sha, manifestSha256: msha))
+                                               chunksReceived: received, contentSize: size, chunksRoot: sha, manifestSha256: msha))
         }
         return API.RequestView(
             id: id, state: RequestState(rawValue: state) ?? .draft,

@@ -69,13 +69,10 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, logger: Logger) -
         guard package.state == .verified else {
             throw BrokerError(.conflict, "package is \(package.state.rawValue); only verified packages are released")
         }
-        let sha = package.manifest.content.sha256
-        let digest = Data(hex: sha)?.base64EncodedString() ?? ""
         let headers: HTTPFields = [
             .contentType: package.manifest.content.mediaType,
             .contentLength: "\(package.manifest.content.size)",
-            HTTPField.Name("Repr-Digest")!: "sha-256=:\(digest):",
-            HTTPField.Name("Custos-Content-SHA256")!: sha,
+            HTTPField.Name("Custos-Chunks-Root")!: package.manifest.chunksRoot,
         ]
         let chunkCount = package.manifest.chunks.count
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
@@ -132,19 +129,4 @@ struct BrokerAPI: Sendable {
 
 extension Array where Element == String {
     var pair: (String, String) { count >= 2 ? (self[0], self[1]) : ("(body)", first ?? "") }
-}
-
-extension Data {
-    init?(hex: String) {
-        guard hex.count % 2 == 0 else { return nil }
-        var bytes: [UInt8] = []
-        var i = hex.startIndex
-        while i < hex.endIndex {
-            let j = hex.index(i, offsetBy: 2)
-            guard let b = UInt8(hex[i..<j], radix: 16) else { return nil }
-            bytes.append(b)
-            i = j
-        }
-        self.init(bytes)
-    }
 }

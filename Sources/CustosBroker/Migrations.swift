@@ -112,7 +112,7 @@ enum Migrations {
                 manifest_sha256 text NOT NULL,
                 chunk_count int NOT NULL,
                 content_size bigint NOT NULL,
-                content_sha256 text NOT NULL,
+                chunks_root text NOT NULL,
                 state text NOT NULL DEFAULT 'receiving',
                 complete_received boolean NOT NULL DEFAULT false,
                 verification text,

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Crypto
+import CustosEvidence
 import CustosModel
 import Foundation
 import NIOCore
@@ -67,8 +68,10 @@ public struct CustosClient: Sendable {
         public var contentPath: String
         public var manifestPath: String
         public var size: Int64
+        /// SHA-256 of the downloaded file, as `sha256sum` prints it.
         public var sha256: String
         public var recordCount: Int
+        public var chunksRoot: String
     }
 
     /// Downloads a verified package into `directory`: `<id>.ndjson` (the records),
@@ -90,35 +93,23 @@ public struct CustosClient: Sendable {
             try? out.close()
             if !ok { try? FileManager.default.removeItem(atPath: partial) }
         }
-        var whole = SHA256(), chunkHash = SHA256()
-        var chunkIndex = 0, inChunk = 0
+        // Every chunk, the chunks' Merkle root and every result's records root are checked as the
+        // bytes arrive; the SHA-256 of the whole file is computed for the user alongside.
+        var checker = ContentVerifier(manifest: manifest)
+        var whole = SHA256()
         var received: Int64 = 0
-        func closeChunk() throws {
-            guard chunkIndex < manifest.chunks.count, chunkHash.finalize().hexString == manifest.chunks[chunkIndex].sha256 else {
-                throw ClientError(reason: "chunk \(chunkIndex) does not match the manifest's SHA-256")
-            }
-            chunkIndex += 1; inChunk = 0; chunkHash = SHA256()
-        }
         for try await buffer in response.body {
-            var view = buffer.readableBytesView[...]
-            while !view.isEmpty {
-                guard chunkIndex < manifest.chunks.count else { throw ClientError(reason: "more bytes than the manifest lists") }
-                let n = min(view.count, manifest.chunks[chunkIndex].size - inChunk)
-                let slice = view.prefix(n)
-                slice.withUnsafeBytes { chunkHash.update(bufferPointer: $0); whole.update(bufferPointer: $0) }
-                try out.write(contentsOf: Data(slice))
-                inChunk += n
-                view = view.dropFirst(n)
-                if inChunk == manifest.chunks[chunkIndex].size { try closeChunk() }
-            }
+            buffer.withUnsafeReadableBytes { checker.consume($0); whole.update(bufferPointer: $0) }
+            try out.write(contentsOf: buffer.readableBytesView)
             received += Int64(buffer.readableBytes)
+            guard received <= manifest.content.size else { throw ClientError(reason: "more bytes than the manifest lists") }
             progress(received, manifest.content.size)
         }
-        guard chunkIndex == manifest.chunks.count, inChunk == 0 else { throw ClientError(reason: "download ended before the last chunk") }
-        let sha = whole.finalize().hexString
-        guard sha == manifest.content.sha256, received == manifest.content.size else {
-            throw ClientError(reason: "content SHA-256 does not match the manifest")
+        let failures = checker.finish()
+        guard failures.isEmpty else {
+            throw ClientError(reason: "the package does not match its signed manifest: " + failures.map(\.description).joined(separator: "; "))
         }
+        let sha = whole.finalize().hexString
         try out.synchronize()
         try? FileManager.default.removeItem(atPath: contentPath)
         try FileManager.default.moveItem(atPath: partial, toPath: contentPath)
@@ -128,6 +119,6 @@ public struct CustosClient: Sendable {
         try encoder.encode(manifest).write(to: URL(fileURLWithPath: base + ".manifest.json"))
         try Data(package.manifestSignature.utf8).write(to: URL(fileURLWithPath: base + ".manifest.sig"))
         return Download(contentPath: contentPath, manifestPath: base + ".manifest.json", size: received, sha256: sha,
-                        recordCount: manifest.content.recordCount)
+                        recordCount: manifest.content.recordCount, chunksRoot: manifest.chunksRoot)
     }
 }

@@ -22,18 +22,20 @@ public struct ExecAdapter: Sendable {
     }
 
     public struct Output: Sendable {
-        public var counts: [Target: Int]
         public var outOfScope: Int
-        public var bytes: Int64
     }
 
-    /// Runs the adapter for one category, appending in-scope lines to `spool`.
-    public func run(request: ApprovedRequest, category: DataCategory, spool: FileHandle, stderrFile: URL) async throws -> Output {
+    /// Receives each in-scope record (its bytes without the newline) with its target, on the
+    /// adapter's reading thread.
+    public typealias Sink = @Sendable (Target, UnsafeRawBufferPointer) throws -> Void
+
+    /// Runs the adapter for one category, handing every in-scope record to `sink`.
+    public func run(request: ApprovedRequest, category: DataCategory, sink: @escaping Sink, stderrFile: URL) async throws -> Output {
         let input = try CanonicalJSON.encode(AdapterInput(category: category, request: request))
         return try await withCheckedThrowingContinuation { continuation in
             // The adapter's pipes are read with blocking calls: keep them off the cooperative pool.
             let thread = Thread {
-                continuation.resume(with: Result { try runBlocking(input: input, request: request, category: category, spool: spool, stderrFile: stderrFile) })
+                continuation.resume(with: Result { try runBlocking(input: input, request: request, category: category, sink: sink, stderrFile: stderrFile) })
             }
             thread.name = "custos-exec-adapter"
             thread.start()
@@ -45,7 +47,7 @@ public struct ExecAdapter: Sendable {
         var request: ApprovedRequest
     }
 
-    private func runBlocking(input: [UInt8], request: ApprovedRequest, category: DataCategory, spool: FileHandle, stderrFile: URL) throws -> Output {
+    private func runBlocking(input: [UInt8], request: ApprovedRequest, category: DataCategory, sink: Sink, stderrFile: URL) throws -> Output {
         guard let program = command.first, let executable = Self.resolve(program) else {
             throw Failure(reason: "program \(command.first ?? "(none)") not found")
         }
@@ -73,9 +75,7 @@ public struct ExecAdapter: Sendable {
         writer.start()
 
         let targets = Set(request.targets)
-        var counts: [Target: Int] = [:]
         var outOfScope = 0
-        var bytes: Int64 = 0
         var pending: [UInt8] = []
         var lineNumber = 0
         var failure: Failure?
@@ -86,7 +86,6 @@ public struct ExecAdapter: Sendable {
             if failure != nil { continue }  // drain so the program can exit
             pending.append(contentsOf: data)
             var start = 0
-            var out: [UInt8] = []
             while let nl = pending[start...].firstIndex(of: 0x0A) {
                 let line = pending[start..<nl]
                 start = nl + 1
@@ -102,15 +101,9 @@ public struct ExecAdapter: Sendable {
                 }
                 let target = Target(type: type, value: value)
                 guard cat == category, targets.contains(target) else { outOfScope += 1; continue }
-                counts[target, default: 0] += 1
-                out.append(contentsOf: line)
-                out.append(0x0A)
+                try pending.withUnsafeBytes { try sink(target, UnsafeRawBufferPointer(rebasing: $0[line.startIndex..<line.endIndex])) }
             }
             pending.removeFirst(start)
-            if !out.isEmpty {
-                try spool.write(contentsOf: out)
-                bytes += Int64(out.count)
-            }
         }
         process.waitUntilExit()
         if let failure { throw failure }
@@ -121,7 +114,7 @@ public struct ExecAdapter: Sendable {
             let how = process.terminationReason == .exit ? "exited with status \(process.terminationStatus)" : "was stopped (signal \(process.terminationStatus)), possibly by its time-out"
             throw Failure(reason: "program \(how); its stderr is in the job directory")
         }
-        return Output(counts: counts, outOfScope: outOfScope, bytes: bytes)
+        return Output(outOfScope: outOfScope)
     }
 
     /// A bare program name is looked up on PATH, as a shell would.

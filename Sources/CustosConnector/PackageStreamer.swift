@@ -17,7 +17,7 @@ struct PackageStreamer: Sendable {
     let inFlight: Int
     let logger: Logger
 
-    /// Hashes the spool into chunks and writes the signed manifest, once.
+    /// Hashes the content into chunks and writes the signed manifest, once.
     func buildPackage(_ request: ApprovedRequest, requestHash: String, extraction: Extraction) throws {
         var chunker = ChunkAccumulator()
         let handle = try FileHandle(forReadingFrom: jobs.file(request.requestId, "records.ndjson"))
@@ -25,20 +25,24 @@ struct PackageStreamer: Sendable {
         while let data = try handle.read(upToCount: 1 << 20), !data.isEmpty {
             data.withUnsafeBytes { chunker.append($0) }
         }
-        let (chunks, sha, size) = chunker.finish()
-        let results = request.targets.flatMap { target in
-            request.categories.map { category -> Manifest.Result in
+        let (chunks, chunksRoot, size) = chunker.finish()
+        var results: [Manifest.Result] = []
+        for target in request.targets {
+            for category in request.categories {
+                let summary = extraction.results[results.count]
                 if let reason = extraction.cannotExecute[category.rawValue] {
-                    return Manifest.Result(target: target, category: category, status: .cannotExecute, recordCount: 0, reason: reason)
+                    results.append(Manifest.Result(target: target, category: category, status: .cannotExecute, recordCount: 0, size: 0,
+                                                   recordsRoot: summary.recordsRoot, reason: reason))
+                } else {
+                    results.append(Manifest.Result(target: target, category: category, status: summary.recordCount > 0 ? .data : .noData,
+                                                   recordCount: summary.recordCount, size: summary.size, recordsRoot: summary.recordsRoot))
                 }
-                let n = extraction.counts.first { $0.target == target && $0.category == category }?.count ?? 0
-                return Manifest.Result(target: target, category: category, status: n > 0 ? .data : .noData, recordCount: n)
             }
         }
         let manifest = Manifest(
             packageId: UUID(), requestId: request.requestId, requestHash: requestHash, providerId: providerId,
             asOf: extraction.asOf, createdAt: Timestamp.now(), results: results,
-            content: .init(size: size, sha256: sha, recordCount: results.reduce(0) { $0 + $1.recordCount }), chunks: chunks)
+            content: .init(size: size, recordCount: results.reduce(0) { $0 + $1.recordCount }), chunks: chunks, chunksRoot: chunksRoot)
         let signature = try signer.sign(try CanonicalJSON.encode(manifest))
         try jobs.write(request.requestId, "manifest.sig", Data(signature.utf8))
         try jobs.write(request.requestId, "manifest.json", Data(try CanonicalJSON.encode(manifest)))
@@ -101,13 +105,14 @@ struct PackageStreamer: Sendable {
 
 /// What the adapters produced, written once they have all finished.
 struct Extraction: Codable, Sendable {
-    struct Count: Codable, Sendable {
-        var target: Target
-        var category: DataCategory
-        var count: Int
+    /// Per result, in manifest order (target by target, category by category).
+    struct ResultSummary: Codable, Sendable {
+        var recordCount: Int
+        var size: Int64
+        var recordsRoot: String
     }
     var asOf: String
-    var counts: [Count]
+    var results: [ResultSummary]
     var outOfScope: Int
     /// Categories no adapter could serve, with the reason.
     var cannotExecute: [String: String]

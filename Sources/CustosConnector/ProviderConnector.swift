@@ -159,15 +159,12 @@ public struct ProviderConnector: Service {
         }
     }
 
-    /// Runs each requested category's adapter into a fresh spool, then records the result.
+    /// Runs each requested category's adapter, grouping records per result, then writes the
+    /// content file and the extraction summary.
     private func extract(_ request: ApprovedRequest) async throws {
         let id = request.requestId
-        let spoolURL = jobs.file(id, "records.ndjson")
-        _ = FileManager.default.createFile(atPath: spoolURL.path, contents: nil)  // a rerun starts from empty
-        let spool = try FileHandle(forWritingTo: spoolURL)
-        defer { try? spool.close() }
+        let spools = try ResultSpools(directory: jobs.file(id, "results"), request: request)
         let asOf = Timestamp.now()
-        var counts: [Extraction.Count] = []
         var outOfScope = 0
         var cannotExecute: [String: String] = [:]
         for category in request.categories {
@@ -176,19 +173,21 @@ public struct ProviderConnector: Service {
                 continue
             }
             let adapter = ExecAdapter(command: command, timeout: configuration.adapterTimeout)
-            let output = try await adapter.run(request: request, category: category, spool: spool,
+            let output = try await adapter.run(request: request, category: category,
+                                               sink: { target, record in try spools.append(target: target, category: category, record: record) },
                                                stderrFile: jobs.file(id, "adapter-\(category.rawValue).stderr"))
-            counts += output.counts.map { Extraction.Count(target: $0.key, category: category, count: $0.value) }
             outOfScope += output.outOfScope
         }
-        try spool.synchronize()
+        try spools.concatenate(into: jobs.file(id, "records.ndjson"))
         if outOfScope > 0 {
             logger.warning("adapter returned out-of-scope records; they are not sent", metadata: [
                 LogKey.request: "\(id.lowercased)", "custos.out_of_scope": "\(outOfScope)",
             ])
         }
-        let extraction = Extraction(asOf: asOf, counts: counts.sorted { ($0.target.value, $0.category.rawValue) < ($1.target.value, $1.category.rawValue) },
-                                    outOfScope: outOfScope, cannotExecute: cannotExecute)
+        let results = spools.trees.enumerated().map { i, tree in
+            Extraction.ResultSummary(recordCount: tree.count, size: tree.size, recordsRoot: tree.root)
+        }
+        let extraction = Extraction(asOf: asOf, results: results, outOfScope: outOfScope, cannotExecute: cannotExecute)
         try jobs.write(id, "extraction.json", Data(try CanonicalJSON.encode(extraction)))
     }
 }

@@ -2,12 +2,12 @@ import Crypto
 import CustosModel
 
 /// Cuts a byte stream into chunks of `chunkSize` bytes as it passes, hashing each chunk and
-/// the whole, in constant memory. Feed it the package content in any slices.
+/// building the Merkle root over them, in constant memory. Feed it the content in any slices.
 public struct ChunkAccumulator: Sendable {
     public let chunkSize: Int
-    private var whole = SHA256()
     private var current = SHA256()
     private var currentSize = 0
+    private var tree = MerkleTree.Builder()
     public private(set) var chunks: [Manifest.Chunk] = []
     public private(set) var totalSize: Int64 = 0
 
@@ -17,7 +17,6 @@ public struct ChunkAccumulator: Sendable {
     }
 
     public mutating func append(_ bytes: UnsafeRawBufferPointer) {
-        whole.update(bufferPointer: bytes)
         totalSize += Int64(bytes.count)
         var offset = 0
         while offset < bytes.count {
@@ -34,14 +33,38 @@ public struct ChunkAccumulator: Sendable {
     }
 
     private mutating func closeChunk() {
-        chunks.append(Manifest.Chunk(index: chunks.count, size: currentSize, sha256: current.finalize().hexString))
+        let digest = Array(current.finalize())
+        chunks.append(Manifest.Chunk(index: chunks.count, size: currentSize, sha256: digest.hexString))
+        tree.append(leafHash: MerkleTree.leafHash(digest))
         current = SHA256()
         currentSize = 0
     }
 
-    /// Closes the last partial chunk and returns the chunk list and the SHA-256 of the whole.
-    public mutating func finish() -> (chunks: [Manifest.Chunk], sha256: String, size: Int64) {
+    /// Closes the last partial chunk; returns the chunk list, their Merkle root and the size.
+    public mutating func finish() -> (chunks: [Manifest.Chunk], chunksRoot: String, size: Int64) {
         if currentSize > 0 { closeChunk() }
-        return (chunks, whole.finalize().hexString, totalSize)
+        return (chunks, tree.root.hexString, totalSize)
     }
+}
+
+/// Builds one result's record count, size and records Merkle root from JSON lines.
+public struct RecordTree: Sendable {
+    private var tree = MerkleTree.Builder()
+    public private(set) var size: Int64 = 0
+
+    public init() {}
+
+    /// Adds one record: its bytes without the newline.
+    public mutating func append(record: UnsafeRawBufferPointer) {
+        tree.append(leafHash: MerkleTree.leafHash(record))
+        size += Int64(record.count + 1)
+    }
+
+    mutating func appendHashed(_ leaf: [UInt8], size: Int64) {
+        tree.append(leafHash: leaf)
+        self.size += size
+    }
+
+    public var count: Int { Int(tree.count) }
+    public var root: String { tree.root.hexString }
 }

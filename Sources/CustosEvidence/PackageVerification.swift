@@ -1,82 +1,208 @@
+import Crypto
 import CustosCanonicalJSON
 import CustosModel
 import Foundation
 
-/// The outcome of checking a package: a value with every failure found, not a thrown error.
+/// The outcome of checking a package: a value listing every failure found, not a thrown error.
 public struct PackageVerification: Codable, Sendable, Hashable {
     public struct Failure: Codable, Sendable, Hashable, CustomStringConvertible {
         public enum Code: String, Codable, Sendable {
             case manifestFormat = "manifest-format"
             case signature
+            case timeStamp = "time-stamp"
             case wrongProvider = "wrong-provider"
             case wrongRequest = "wrong-request"
             case requestHash = "request-hash"
             case chunkMissing = "chunk-missing"
             case chunkHash = "chunk-hash"
             case chunkSize = "chunk-size"
-            case contentHash = "content-hash"
+            case chunksRoot = "chunks-root"
+            case trailingData = "trailing-data"
             case contentSize = "content-size"
+            case resultSize = "result-size"
+            case resultCount = "result-count"
+            case recordsRoot = "records-root"
             case resultCounts = "result-counts"
         }
         public var code: Code
         public var detail: String
         public var description: String { "\(code.rawValue): \(detail)" }
+
+        public init(code: Code, detail: String) {
+            self.code = code
+            self.detail = detail
+        }
     }
 
     public var valid: Bool { failures.isEmpty }
     public var failures: [Failure]
     public var manifestSha256: String
     public var checkedAt: String
+
+    public init(failures: [Failure], manifestSha256: String, checkedAt: String) {
+        self.failures = failures
+        self.manifestSha256 = manifestSha256
+        self.checkedAt = checkedAt
+    }
 }
 
-/// What the verifier saw of the chunks, gathered in constant memory by streaming them.
-public struct ObservedContent: Sendable {
-    public var chunkHashes: [Int: (sha256: String, size: Int)]
-    public var contentSha256: String
-    public var contentSize: Int64
+/// Checks a package's content against its manifest while the bytes stream past, in constant
+/// memory: every chunk's size and SHA-256, the Merkle root over the chunks, and for every
+/// result its size, record count and records Merkle root. Feed it the content in order, in
+/// slices of any size, then call `finish()`.
+public struct ContentVerifier: Sendable {
+    public let manifest: Manifest
+    private var failures: [PackageVerification.Failure] = []
+    private var received: Int64 = 0
+    // Chunks
+    private var chunkIndex = 0
+    private var inChunk = 0
+    private var chunkHash = SHA256()
+    private var chunkTree = MerkleTree.Builder()
+    // Results and records
+    private var resultIndex = 0
+    private var resultRemaining: Int64 = 0
+    private var records = RecordTree()
+    private var recordHash = SHA256()
+    private var recordLength = 0
 
-    public init(chunkHashes: [Int: (sha256: String, size: Int)], contentSha256: String, contentSize: Int64) {
-        self.chunkHashes = chunkHashes
-        self.contentSha256 = contentSha256
-        self.contentSize = contentSize
+    public init(manifest: Manifest) {
+        self.manifest = manifest
+        recordHash.update(data: [0x00])
+        enterResult()
+    }
+
+    private mutating func fail(_ code: PackageVerification.Failure.Code, _ detail: String) {
+        if failures.count < 1000 { failures.append(.init(code: code, detail: detail)) }
+    }
+
+    public mutating func consume(_ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        while offset < bytes.count {
+            guard chunkIndex < manifest.chunks.count else {
+                fail(.trailingData, "content continues past the last chunk of the manifest")
+                received += Int64(bytes.count - offset)
+                return
+            }
+            let n = min(manifest.chunks[chunkIndex].size - inChunk, bytes.count - offset)
+            let slice = UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + n])
+            chunkHash.update(bufferPointer: slice)
+            consumeRecords(slice)
+            inChunk += n
+            offset += n
+            received += Int64(n)
+            if inChunk == manifest.chunks[chunkIndex].size { closeChunk() }
+        }
+    }
+
+    public mutating func consume(_ bytes: [UInt8]) { bytes.withUnsafeBytes { consume($0) } }
+
+    private mutating func closeChunk() {
+        let digest = Array(chunkHash.finalize())
+        if digest.hexString != manifest.chunks[chunkIndex].sha256 {
+            fail(.chunkHash, "chunk \(chunkIndex) SHA-256 differs from the manifest")
+        }
+        chunkTree.append(leafHash: MerkleTree.leafHash(digest))
+        chunkHash = SHA256()
+        inChunk = 0
+        chunkIndex += 1
+    }
+
+    /// Moves to the next result that has bytes, closing empty ones on the way.
+    private mutating func enterResult() {
+        while resultIndex < manifest.results.count && manifest.results[resultIndex].size == 0 {
+            closeResult()
+        }
+        resultRemaining = resultIndex < manifest.results.count ? manifest.results[resultIndex].size : 0
+    }
+
+    private mutating func closeResult() {
+        let r = manifest.results[resultIndex]
+        if recordLength != 0 { fail(.resultSize, "result \(resultIndex) does not end with a newline") }
+        if records.count != r.recordCount { fail(.resultCount, "result \(resultIndex) holds another number of records than declared") }
+        if records.root != r.recordsRoot { fail(.recordsRoot, "result \(resultIndex) records Merkle root differs from the manifest") }
+        records = RecordTree()
+        resetRecord()
+        resultIndex += 1
+    }
+
+    private mutating func resetRecord() {
+        recordHash = SHA256()
+        recordHash.update(data: [0x00])
+        recordLength = 0
+    }
+
+    private mutating func consumeRecords(_ bytes: UnsafeRawBufferPointer) {
+        var start = 0
+        while start < bytes.count {
+            guard resultIndex < manifest.results.count else { return }  // the size checks report it
+            let limit = start + Int(min(resultRemaining, Int64(bytes.count - start)))
+            var i = start
+            while i < limit && bytes[i] != 0x0A { i += 1 }
+            recordHash.update(bufferPointer: UnsafeRawBufferPointer(rebasing: bytes[start..<i]))
+            recordLength += i - start
+            if i < limit {  // a newline: the record is complete
+                let leaf = Array(recordHash.finalize())
+                records.appendLeaf(leaf, length: recordLength)
+                resetRecord()
+                i += 1
+            }
+            resultRemaining -= Int64(i - start)
+            start = i
+            if resultRemaining == 0 {
+                closeResult()
+                enterResult()
+            }
+        }
+    }
+
+    /// Every failure found, after the last byte.
+    public mutating func finish() -> [PackageVerification.Failure] {
+        if chunkIndex < manifest.chunks.count {
+            fail(.chunkMissing, "content ended in chunk \(chunkIndex) of \(manifest.chunks.count)")
+        } else if chunkTree.root.hexString != manifest.chunksRoot {
+            fail(.chunksRoot, "Merkle root over the chunks differs from the manifest")
+        }
+        if received != manifest.content.size { fail(.contentSize, "content size differs from the manifest") }
+        if resultIndex < manifest.results.count && received == manifest.content.size {
+            fail(.resultSize, "result sizes do not add up to the content")
+        }
+        return failures
+    }
+}
+
+extension RecordTree {
+    /// Adds a record whose leaf hash was computed incrementally.
+    mutating func appendLeaf(_ leaf: [UInt8], length: Int) {
+        appendHashed(leaf, size: Int64(length + 1))
     }
 }
 
 public enum PackageVerifier {
-    /// Checks the manifest's signature with the provider's registered key, its binding to the
-    /// request as approved, and the observed chunks against the manifest.
-    public static func verify(
-        manifest: Manifest, signature: String, providerKey: VerifyingKey,
-        expectedProvider: String, expectedRequest: UUID, expectedRequestHash: String,
-        observed: ObservedContent, now: Date = Date()
-    ) -> PackageVerification {
+    /// Checks what the manifest says of itself and of the request: format, provider, request,
+    /// request hash, and that its declared totals agree. Content and signature are checked
+    /// by `ContentVerifier` and by the signature check of the caller's trust model.
+    public static func checkManifest(
+        _ manifest: Manifest, expectedProvider: String, expectedRequest: UUID, expectedRequestHash: String
+    ) -> [PackageVerification.Failure] {
         var failures: [PackageVerification.Failure] = []
         func fail(_ c: PackageVerification.Failure.Code, _ d: String) { failures.append(.init(code: c, detail: d)) }
-
-        let manifestBytes = (try? CanonicalJSON.encode(manifest)) ?? []
         if manifest.format != Manifest.currentFormat { fail(.manifestFormat, "format is not \(Manifest.currentFormat)") }
-        if !providerKey.isValidSignature(signature, for: manifestBytes) {
-            fail(.signature, "manifest signature does not verify with the provider's registered key")
-        }
         if manifest.providerId != expectedProvider { fail(.wrongProvider, "manifest names another provider than the one addressed") }
         if manifest.requestId != expectedRequest { fail(.wrongRequest, "manifest names another request") }
         if manifest.requestHash != expectedRequestHash { fail(.requestHash, "manifest's request hash differs from the request as approved") }
-
-        for chunk in manifest.chunks {
-            guard let seen = observed.chunkHashes[chunk.index] else {
-                fail(.chunkMissing, "chunk \(chunk.index) was not received"); continue
-            }
-            if seen.sha256 != chunk.sha256 { fail(.chunkHash, "chunk \(chunk.index) SHA-256 differs from the manifest") }
-            if seen.size != chunk.size { fail(.chunkSize, "chunk \(chunk.index) size differs from the manifest") }
+        if manifest.chunks.map(\.index) != Array(0..<manifest.chunks.count) {
+            fail(.manifestFormat, "chunk indices are not 0..<\(manifest.chunks.count) in order")
         }
-        let indices = manifest.chunks.map(\.index)
-        if indices != Array(0..<manifest.chunks.count) { fail(.manifestFormat, "chunk indices are not 0..<\(manifest.chunks.count) in order") }
-        if observed.chunkHashes.count > manifest.chunks.count { fail(.manifestFormat, "more chunks received than the manifest lists") }
-        if observed.contentSha256 != manifest.content.sha256 { fail(.contentHash, "content SHA-256 differs from the manifest") }
-        if observed.contentSize != manifest.content.size { fail(.contentSize, "content size differs from the manifest") }
+        if manifest.chunks.reduce(Int64(0), { $0 + Int64($1.size) }) != manifest.content.size {
+            fail(.contentSize, "chunk sizes do not add up to the content size")
+        }
+        if manifest.results.reduce(Int64(0), { $0 + $1.size }) != manifest.content.size {
+            fail(.resultSize, "result sizes do not add up to the content size")
+        }
         if manifest.results.reduce(0, { $0 + $1.recordCount }) != manifest.content.recordCount {
             fail(.resultCounts, "per-result record counts do not add up to the content's record count")
         }
-        return PackageVerification(failures: failures, manifestSha256: Digest.sha256Hex(manifestBytes), checkedAt: Timestamp.format(now))
+        return failures
     }
 }

@@ -70,16 +70,16 @@ public enum API {
         public var chunkCount: Int
         public var chunksReceived: Int
         public var contentSize: Int64
-        public var contentSha256: String
+        public var chunksRoot: String
         public var manifestSha256: String
 
-        public init(id: UUID, state: PackageState, chunkCount: Int, chunksReceived: Int, contentSize: Int64, contentSha256: String, manifestSha256: String) {
+        public init(id: UUID, state: PackageState, chunkCount: Int, chunksReceived: Int, contentSize: Int64, chunksRoot: String, manifestSha256: String) {
             self.id = id
             self.state = state
             self.chunkCount = chunkCount
             self.chunksReceived = chunksReceived
             self.contentSize = contentSize
-            self.contentSha256 = contentSha256
+            self.chunksRoot = chunksRoot
             self.manifestSha256 = manifestSha256
         }
     }

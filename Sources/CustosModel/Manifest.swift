@@ -1,5 +1,10 @@
-/// The package manifest, version 1 of the foundation format. It is signed as RFC 8785
-/// canonical JSON; `schemas/package/manifest.json` specifies it.
+import Foundation
+
+/// The package manifest, format `custos.manifest.v1`; `schemas/package/manifest.json` and
+/// `schemas/package/SPEC.md` specify it. The provider signs its RFC 8785 canonical JSON.
+///
+/// The content is the in-scope records as JSON lines, grouped by result in the order of
+/// `results`. It is cut into chunks of at most 512 KiB.
 public struct Manifest: Codable, Sendable, Hashable {
     public static var currentFormat: String { "custos.manifest.v1" }
 
@@ -12,13 +17,15 @@ public struct Manifest: Codable, Sendable, Hashable {
     /// When extraction ran: the data reflect the provider's systems at this time.
     public var asOf: String
     public var createdAt: String
+    /// One per (target × category) of the request, in content order.
     public var results: [Result]
-    /// The records, as JSON lines, concatenated over all results.
     public var content: Content
     public var chunks: [Chunk]
+    /// RFC 9162 Merkle root over the chunks, each leaf being the chunk's SHA-256.
+    public var chunksRoot: String
 
     public init(packageId: UUID, requestId: UUID, requestHash: String, providerId: String, asOf: String,
-                createdAt: String, results: [Result], content: Content, chunks: [Chunk]) {
+                createdAt: String, results: [Result], content: Content, chunks: [Chunk], chunksRoot: String) {
         self.format = Self.currentFormat
         self.packageId = packageId
         self.requestId = requestId
@@ -29,6 +36,7 @@ public struct Manifest: Codable, Sendable, Hashable {
         self.results = results
         self.content = content
         self.chunks = chunks
+        self.chunksRoot = chunksRoot
     }
 
     /// One (target × category) outcome.
@@ -38,13 +46,20 @@ public struct Manifest: Codable, Sendable, Hashable {
         public var category: DataCategory
         public var status: Status
         public var recordCount: Int
+        /// Bytes of content this result's records take, newlines included.
+        public var size: Int64
+        /// RFC 9162 Merkle root over this result's records, each leaf being one record's bytes
+        /// without its newline; the empty tree's root when there are none.
+        public var recordsRoot: String
         public var reason: String?
 
-        public init(target: Target, category: DataCategory, status: Status, recordCount: Int, reason: String? = nil) {
+        public init(target: Target, category: DataCategory, status: Status, recordCount: Int, size: Int64, recordsRoot: String, reason: String? = nil) {
             self.target = target
             self.category = category
             self.status = status
             self.recordCount = recordCount
+            self.size = size
+            self.recordsRoot = recordsRoot
             self.reason = reason
         }
     }
@@ -52,13 +67,11 @@ public struct Manifest: Codable, Sendable, Hashable {
     public struct Content: Codable, Sendable, Hashable {
         public var mediaType: String
         public var size: Int64
-        public var sha256: String
         public var recordCount: Int
 
-        public init(mediaType: String = "application/x-ndjson", size: Int64, sha256: String, recordCount: Int) {
+        public init(mediaType: String = "application/x-ndjson", size: Int64, recordCount: Int) {
             self.mediaType = mediaType
             self.size = size
-            self.sha256 = sha256
             self.recordCount = recordCount
         }
     }
@@ -75,5 +88,3 @@ public struct Manifest: Codable, Sendable, Hashable {
         }
     }
 }
-
-import Foundation

@@ -166,7 +166,7 @@ struct Request: AsyncParsableCommand {
             var lines = ["request \(v.id.lowercased): \(v.state.rawValue)",
                          "  provider \(v.spec.providerId), \(v.spec.targets.count) target(s), categories \(v.spec.categories.map(\.rawValue).joined(separator: ","))"]
             lines += v.timeline.map { "  \($0.at)  \($0.state)  \($0.actor)\($0.note.map { "  — \($0)" } ?? "")" }
-            lines += v.packages.map { "  package \($0.id.lowercased): \($0.state.rawValue), \($0.chunksReceived)/\($0.chunkCount) chunks, \($0.contentSize) bytes, sha256 \($0.contentSha256)" }
+            lines += v.packages.map { "  package \($0.id.lowercased): \($0.state.rawValue), \($0.chunksReceived)/\($0.chunkCount) chunks, \($0.contentSize) bytes, chunks root \($0.chunksRoot)" }
             return lines.joined(separator: "\n")
         }
     }
@@ -183,7 +183,7 @@ struct Package: AsyncParsableCommand {
             try connection.emit(p) {
                 var s = "package \(p.id.lowercased): \(p.state.rawValue)\n  request \(p.requestId.lowercased), provider \(p.providerId)\n"
                 s += "  \(p.manifest.content.recordCount) records, \(p.manifest.content.size) bytes in \(p.manifest.chunks.count) chunks\n"
-                s += "  content sha256 \(p.manifest.content.sha256)\n  manifest sha256 \(p.manifestSha256)"
+                s += "  chunks Merkle root \(p.manifest.chunksRoot)\n  manifest sha256 \(p.manifestSha256)"
                 if let v = p.verification { s += "\n  verification: \(v.valid ? "valid" : "INVALID") at \(v.checkedAt)" + v.failures.map { "\n    - \($0)" }.joined() }
                 return s
             }
@@ -205,8 +205,9 @@ struct Download: AsyncParsableCommand {
             FileHandle.standardError.write(Data("\rdownloading \(done * 100 / total)% (\(done)/\(total) bytes)".utf8))
         }
         if !quiet { FileHandle.standardError.write(Data("\n".utf8)) }
-        try connection.emit(["path": d.contentPath, "manifest": d.manifestPath, "sha256": d.sha256, "size": "\(d.size)", "records": "\(d.recordCount)"]) {
-            "\(d.contentPath)\n  \(d.recordCount) records, \(d.size) bytes, sha256 \(d.sha256) (matches the signed manifest)"
+        try connection.emit(["path": d.contentPath, "manifest": d.manifestPath, "sha256": d.sha256, "size": "\(d.size)",
+                             "records": "\(d.recordCount)", "chunksRoot": d.chunksRoot]) {
+            "\(d.contentPath)\n  \(d.recordCount) records, \(d.size) bytes; every chunk and record matches the signed manifest\n  sha256 \(d.sha256)"
         }
     }
 }

@@ -47,7 +47,7 @@ struct ExchangeEndToEndTests {
         let file = try #require(downloaded["path"] as? String)
         let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
         #expect(Digest.sha256Hex(bytes) == downloaded["sha256"] as? String)
-        #expect(packages.first?["contentSha256"] as? String == downloaded["sha256"] as? String)
+        #expect(packages.first?["chunksRoot"] as? String == downloaded["chunksRoot"] as? String)
         let lines = bytes.split(separator: UInt8(ascii: "\n"))
         #expect(lines.count == 600)  // 2 targets × 300; the 7 out-of-scope records were not sent
         #expect(lines.allSatisfy { line in
@@ -127,7 +127,7 @@ struct ExchangeEndToEndTests {
         // The adapter ran once: the restarted connector resumed from its state, not from scratch.
         #expect(try String(contentsOfFile: runs, encoding: .utf8).split(separator: "\n").count == 1)
         let downloaded = try json(try d.cliOK(d.investigator, ["download", packages[0]["id"] as! String, "--out", d.path("dl"), "--quiet", "--json"]))
-        #expect(downloaded["sha256"] as? String == manifest.content.sha256)
+        #expect(downloaded["chunksRoot"] as? String == manifest.chunksRoot)
     }
 
     /// Reads the topics from the start with a fresh group until every listed type was seen and

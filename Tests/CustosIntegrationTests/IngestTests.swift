@@ -51,14 +51,22 @@ struct IngestTests {
         var chunks: [[UInt8]]
     }
 
-    func package(for r: Approved, content: [UInt8], chunkSize: Int = 700, tamper: ((inout [[UInt8]]) -> Void)? = nil) throws -> Package {
+    func package(for r: Approved, chunkSize: Int = 700, tamper: ((inout [[UInt8]]) -> Void)? = nil) throws -> Package {
+        var tree = RecordTree()
+        var content: [UInt8] = []
+        for n in 0..<40 {
+            let line = Array("{\"category\":\"traffic\",\"n\":\(n),\"pad\":\"\(String(repeating: "z", count: 50))\"}".utf8)
+            line.withUnsafeBytes { tree.append(record: $0) }
+            content += line + [0x0A]
+        }
         var acc = ChunkAccumulator(chunkSize: chunkSize)
         acc.append(content)
-        let (chunks, sha, size) = acc.finish()
+        let (chunks, root, size) = acc.finish()
         let manifest = Manifest(
             packageId: UUID(), requestId: r.id, requestHash: r.hash, providerId: "prov-a", asOf: Timestamp.now(), createdAt: Timestamp.now(),
-            results: [.init(target: Target(type: .msisdn, value: "+84912345678"), category: .traffic, status: .data, recordCount: 40)],
-            content: .init(size: size, sha256: sha, recordCount: 40), chunks: chunks)
+            results: [.init(target: Target(type: .msisdn, value: "+84912345678"), category: .traffic, status: .data, recordCount: 40,
+                            size: tree.size, recordsRoot: tree.root)],
+            content: .init(size: size, recordCount: 40), chunks: chunks, chunksRoot: root)
         var slices = stride(from: 0, to: content.count, by: chunkSize).map { Array(content[$0..<min($0 + chunkSize, content.count)]) }
         tamper?(&slices)
         return Package(manifest: manifest, signature: try provider.sign(CanonicalJSON.encode(manifest)), chunks: slices)
@@ -76,14 +84,13 @@ struct IngestTests {
         return (m, cs, done)
     }
 
-    static let content = Array((0..<40).map { "{\"category\":\"traffic\",\"n\":\($0),\"pad\":\"\(String(repeating: "z", count: 50))\"}\n" }.joined().utf8)
 
     @Test func aWholePackageIsVerifiedOnceEvenWhenEveryMessageArrivesTwice() async throws {
         try await TestServices.withStore { store, client, _ in
             let r = try await approvedRequest(store)
             let keys = try await store.providers()
             #expect(try await store.ingest(try message(.ack, r.id, AckBody(requestHash: r.hash), id: .derived("ack")), providerKeys: keys) == .applied(.ack))
-            let p = try package(for: r, content: Self.content)
+            let p = try package(for: r)
             let (m, chunks, done) = try messages(p, r)
             // Completion first, then chunks in reverse: finalisation waits for the last piece.
             for msg in [m, done] + chunks.reversed() {
@@ -124,7 +131,7 @@ struct IngestTests {
             wrongTopic.topic = "custos.from.someone-else"
             #expect(try await store.ingest(wrongTopic, providerKeys: keys) == .deadLettered("unknownSender: sender is not registered"))
             // A chunk whose bytes differ from its own envelope's hash.
-            let p = try package(for: r, content: Self.content)
+            let p = try package(for: r)
             var (m, chunks, _) = try messages(p, r)
             #expect(try await store.ingest(m, providerKeys: keys) == .applied(.manifest))
             chunks[0].value[0] ^= 0x01
@@ -144,13 +151,13 @@ struct IngestTests {
             let r = try await approvedRequest(store)
             let keys = try await store.providers()
             // Each chunk is consistent with its own envelope, but not with the signed manifest.
-            let p = try package(for: r, content: Self.content) { $0[1][3] ^= 0x20 }
+            let p = try package(for: r) { $0[1][3] ^= 0x20 }
             let (m, chunks, done) = try messages(p, r)
             for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
             let pkg = try await store.package(p.manifest.packageId)
             #expect(pkg.state == .rejected)
             #expect(pkg.verification?.failures.contains { $0.hasPrefix("chunk-hash") } == true)
-            #expect(pkg.verification?.failures.contains { $0.hasPrefix("content-hash") } == true)
+            #expect(pkg.verification?.failures.contains { $0.hasPrefix("records-root") } == true)
             #expect(try await store.request(r.id).state == .delivered)
             let receipt = try await client.query("SELECT payload FROM outbox WHERE message_type = 'receipt'").collect()[0].decode(ByteBuffer.self)
             let opened = try SignedEnvelope.open(Array(receipt.readableBytesView)) { _ in store.signer.publicKey }
@@ -165,7 +172,7 @@ struct IngestTests {
             let keys = try await store.providers()
             var other = r
             other.hash = String(repeating: "e", count: 64)
-            let p = try package(for: other, content: Self.content)
+            let p = try package(for: other)
             let (m, chunks, done) = try messages(p, r)
             for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
             let pkg = try await store.package(p.manifest.packageId)

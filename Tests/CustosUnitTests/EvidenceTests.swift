@@ -71,65 +71,112 @@ struct ChunkTests {
         while i < data.count { let n = min(7 + i % 300, data.count - i); sliced.append(Array(data[i..<i + n])); i += n }
         let a = whole.finish(), b = sliced.finish()
         #expect(a.chunks == b.chunks)
-        #expect(a.sha256 == b.sha256)
+        #expect(a.chunksRoot == b.chunksRoot)
         #expect(a.size == Int64(length))
         #expect(a.chunks.count == (length + 1023) / 1024)
         #expect(a.chunks.allSatisfy { $0.size <= 1024 && $0.size > 0 })
-        #expect(a.sha256 == Digest.sha256Hex(data))
         if let first = a.chunks.first { #expect(first.sha256 == Digest.sha256Hex(data.prefix(1024))) }
+        let leaves = a.chunks.map { MerkleTree.leafHash(Data(hex: $0.sha256)!) }
+        #expect(a.chunksRoot == MerkleTree.root(leafHashes: leaves[...]).hexString)
     }
 }
 
-@Suite("Package verification")
-struct PackageVerifierTests {
-    let provider = SigningKey.generate()
-    let requestId = UUID()
-    let requestHash = String(repeating: "b", count: 64)
-    let content: [UInt8] = Array(String(repeating: "{\"category\":\"traffic\"}\n", count: 200).utf8)
+/// A package built the way the connector builds one: records grouped by result.
+struct SamplePackage {
+    var manifest: Manifest
+    var content: [UInt8]
 
-    func build() throws -> (Manifest, String, ObservedContent) {
-        var acc = ChunkAccumulator(chunkSize: 1000)
+    static let targets = [Target(type: .msisdn, value: "+84912345678"), Target(type: .msisdn, value: "+84987654321")]
+
+    init(requestId: UUID = UUID(), requestHash: String = String(repeating: "b", count: 64), provider: String = "prov",
+         recordsPerResult: [Int] = [40, 0, 25, 7], chunkSize: Int = 1000) {
+        var content: [UInt8] = []
+        var results: [Manifest.Result] = []
+        var n = 0
+        for target in Self.targets {
+            for category in [DataCategory.traffic, .location] {
+                var tree = RecordTree()
+                for _ in 0..<recordsPerResult[n] {
+                    let line = Array("{\"category\":\"\(category.rawValue)\",\"target\":{\"type\":\"msisdn\",\"value\":\"\(target.value)\"},\"n\":\(content.count)}".utf8)
+                    line.withUnsafeBytes { tree.append(record: $0) }
+                    content += line + [0x0A]
+                }
+                results.append(.init(target: target, category: category, status: tree.count > 0 ? .data : .noData,
+                                     recordCount: tree.count, size: tree.size, recordsRoot: tree.root))
+                n += 1
+            }
+        }
+        var acc = ChunkAccumulator(chunkSize: chunkSize)
         acc.append(content)
-        let (chunks, sha, size) = acc.finish()
-        let manifest = Manifest(
-            packageId: UUID(), requestId: requestId, requestHash: requestHash, providerId: "prov", asOf: Timestamp.now(), createdAt: Timestamp.now(),
-            results: [.init(target: Target(type: .msisdn, value: "+84912345678"), category: .traffic, status: .data, recordCount: 200)],
-            content: .init(size: size, sha256: sha, recordCount: 200), chunks: chunks)
-        var observed: [Int: (sha256: String, size: Int)] = [:]
-        for (i, c) in chunks.enumerated() { observed[i] = (c.sha256, c.size) }
-        return (manifest, try provider.sign(CanonicalJSON.encode(manifest)), ObservedContent(chunkHashes: observed, contentSha256: sha, contentSize: size))
+        let (chunks, root, size) = acc.finish()
+        manifest = Manifest(packageId: UUID(), requestId: requestId, requestHash: requestHash, providerId: provider, asOf: Timestamp.now(),
+                            createdAt: Timestamp.now(), results: results, content: .init(size: size, recordCount: results.reduce(0) { $0 + $1.recordCount }),
+                            chunks: chunks, chunksRoot: root)
+        self.content = content
     }
 
-    func verify(_ m: Manifest, _ sig: String, _ o: ObservedContent, key: VerifyingKey? = nil, hash: String? = nil) -> PackageVerification {
-        PackageVerifier.verify(manifest: m, signature: sig, providerKey: key ?? provider.publicKey, expectedProvider: "prov",
-                               expectedRequest: requestId, expectedRequestHash: hash ?? requestHash, observed: o)
+    func check(_ content: [UInt8]? = nil, manifest: Manifest? = nil, slice: Int = 333) -> Set<PackageVerification.Failure.Code> {
+        var v = ContentVerifier(manifest: manifest ?? self.manifest)
+        let bytes = content ?? self.content
+        var i = 0
+        while i < bytes.count { let n = min(slice, bytes.count - i); v.consume(Array(bytes[i..<i + n])); i += n }
+        return Set(v.finish().map(\.code))
+    }
+}
+
+@Suite("Package content verification")
+struct ContentVerifierTests {
+    let sample = SamplePackage()
+
+    @Test(arguments: [1, 7, 333, 1000, 100_000])
+    func aGoodPackageVerifiesWhateverTheSlicing(slice: Int) {
+        #expect(sample.check(slice: slice).isEmpty)
+        #expect(PackageVerifier.checkManifest(sample.manifest, expectedProvider: "prov", expectedRequest: sample.manifest.requestId,
+                                              expectedRequestHash: sample.manifest.requestHash).isEmpty)
     }
 
-    @Test func aGoodPackageVerifies() throws {
-        let (m, s, o) = try build()
-        #expect(verify(m, s, o).valid)
+    @Test func mutationsAreEachCaughtWithTheirOwnReason() {
+        var flipped = sample.content
+        flipped[1500] ^= 0x01
+        #expect(sample.check(flipped).isSuperset(of: [.chunkHash, .recordsRoot]))
+        let missingChunk = Array(sample.content[..<1000] + sample.content[2000...])
+        #expect(sample.check(missingChunk).contains(.chunkHash))
+        #expect(sample.check(missingChunk).contains(.contentSize))
+        let reordered = Array(sample.content[1000..<2000] + sample.content[..<1000] + sample.content[2000...])
+        #expect(sample.check(reordered).contains(.chunkHash))
+        #expect(sample.check(sample.content + Array("garbage".utf8)) == [.trailingData, .contentSize])
+        #expect(sample.check(Array(sample.content.dropLast(10))).contains(.chunkMissing))
+        var swapped = sample.manifest
+        swapped.results[0].recordsRoot = sample.manifest.results[2].recordsRoot
+        #expect(sample.check(manifest: swapped) == [.recordsRoot])
+        var badRoot = sample.manifest
+        badRoot.chunksRoot = String(repeating: "0", count: 64)
+        #expect(sample.check(manifest: badRoot) == [.chunksRoot])
+        var miscounted = sample.manifest
+        miscounted.results[2].recordCount += 1
+        #expect(sample.check(manifest: miscounted) == [.resultCount])
     }
 
-    @Test func mutationsAreEachCaught() throws {
-        let (m, s, o) = try build()
-        var missing = o; missing.chunkHashes[2] = nil
-        #expect(verify(m, s, missing).failures.map(\.code).contains(.chunkMissing))
-        var flipped = o; flipped.chunkHashes[1] = (String(repeating: "0", count: 64), 1000)
-        #expect(verify(m, s, flipped).failures.map(\.code).contains(.chunkHash))
-        var content = o; content.contentSha256 = String(repeating: "1", count: 64)
-        #expect(verify(m, s, content).failures.map(\.code).contains(.contentHash))
-        var edited = m; edited.content.recordCount += 1
-        #expect(verify(edited, s, o).failures.map(\.code).contains(.signature))
-        #expect(verify(m, s, o, key: SigningKey.generate().publicKey).failures.map(\.code) == [.signature])
-        #expect(verify(m, s, o, hash: String(repeating: "c", count: 64)).failures.map(\.code) == [.requestHash])
+    @Test func theManifestIsCheckedAgainstTheRequest() {
+        let m = sample.manifest
+        let codes = PackageVerifier.checkManifest(m, expectedProvider: "other", expectedRequest: UUID(), expectedRequestHash: "c").map(\.code)
+        #expect(Set(codes) == [.wrongProvider, .wrongRequest, .requestHash])
+        var inconsistent = m
+        inconsistent.content.recordCount += 1
+        #expect(PackageVerifier.checkManifest(inconsistent, expectedProvider: "prov", expectedRequest: m.requestId, expectedRequestHash: m.requestHash)
+            .map(\.code) == [.resultCounts])
     }
+}
 
-    @Test func everyFailureIsReportedNotJustTheFirst() throws {
-        let (m, s, o) = try build()
-        var bad = o
-        bad.chunkHashes[0] = nil
-        bad.contentSha256 = String(repeating: "1", count: 64)
-        let codes = Set(verify(m, s, bad, key: SigningKey.generate().publicKey).failures.map(\.code))
-        #expect(codes.isSuperset(of: [.chunkMissing, .contentHash, .signature]))
+extension Data {
+    init?(hex: String) {
+        var bytes: [UInt8] = []
+        var i = hex.startIndex
+        while i < hex.endIndex {
+            guard let j = hex.index(i, offsetBy: 2, limitedBy: hex.endIndex), let b = UInt8(hex[i..<j], radix: 16) else { return nil }
+            bytes.append(b)
+            i = j
+        }
+        self.init(bytes)
     }
 }
