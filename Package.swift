@@ -55,7 +55,7 @@ let package = Package(
         .target(
             name: "CustosEvidence",
             dependencies: [
-                "CustosModel", "CustosCanonicalJSON",
+                "CustosModel", "CustosCanonicalJSON", "CustosPKI",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -84,7 +84,7 @@ let package = Package(
         .target(
             name: "CustosBroker",
             dependencies: [
-                "CustosModel", "CustosEvidence", "CustosKafka", "CustosRuntime", "CustosCanonicalJSON",
+                "CustosModel", "CustosEvidence", "CustosKafka", "CustosRuntime", "CustosCanonicalJSON", "CustosPKI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -97,7 +97,7 @@ let package = Package(
         .target(
             name: "CustosConnector",
             dependencies: [
-                "CustosModel", "CustosEvidence", "CustosKafka", "CustosRuntime", "CustosCanonicalJSON",
+                "CustosModel", "CustosEvidence", "CustosKafka", "CustosRuntime", "CustosCanonicalJSON", "CustosPKI", "CustosClient",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -108,7 +108,7 @@ let package = Package(
         .target(
             name: "CustosClient",
             dependencies: [
-                "CustosModel", "CustosEvidence",
+                "CustosModel", "CustosEvidence", "CustosPKI", "CustosCanonicalJSON",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOFoundationCompat", package: "swift-nio"),
@@ -120,7 +120,7 @@ let package = Package(
 
         .target(
             name: "CustosCommandLine",
-            dependencies: ["CustosEvidence", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["CustosEvidence", "CustosPKI", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
 
@@ -130,6 +130,7 @@ let package = Package(
             dependencies: [
                 "CustosBroker", "CustosRuntime", "CustosCommandLine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -158,12 +159,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // Shared by the test targets: a throw-away PKI made at run time (no keys committed).
+        .target(name: "CustosTestSupport", dependencies: ["CustosPKI"], swiftSettings: swiftSettings),
+
         // Tests.
         .testTarget(
             name: "CustosUnitTests",
             dependencies: [
                 "CustosCanonicalJSON", "CustosModel", "CustosEvidence", "CustosKafka", "CustosConnector", "CustosBroker", "CustosRuntime",
-                "CustosPKI",
+                "CustosPKI", "CustosTestSupport",
                 .product(name: "Configuration", package: "swift-configuration"),
             ],
             swiftSettings: swiftSettings
@@ -172,6 +176,7 @@ let package = Package(
             name: "CustosIntegrationTests",
             dependencies: [
                 "CustosBroker", "CustosConnector", "CustosClient", "CustosKafka", "CustosModel", "CustosEvidence", "CustosRuntime",
+                "CustosPKI", "CustosTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],

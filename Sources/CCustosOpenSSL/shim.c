@@ -158,7 +158,8 @@ static int64_t asn1_time_to_unix(const ASN1_TIME *t) {
 }
 
 int custos_x509_info(const unsigned char *cert, size_t cert_len, char *common_name, size_t cn_len,
-                     int64_t *not_before, int64_t *not_after, custos_buf *out_der, char *err, size_t errlen) {
+                     int64_t *not_before, int64_t *not_after, custos_buf *out_der, custos_buf *out_spki,
+                     char *err, size_t errlen) {
     X509 *x = read_cert(cert, cert_len);
     if (!x) { fail(err, errlen, "not a certificate"); return -1; }
     if (common_name && cn_len) {
@@ -167,12 +168,15 @@ int custos_x509_info(const unsigned char *cert, size_t cert_len, char *common_na
     }
     *not_before = asn1_time_to_unix(X509_get0_notBefore(x));
     *not_after = asn1_time_to_unix(X509_get0_notAfter(x));
-    unsigned char *der = NULL;
+    unsigned char *der = NULL, *spki = NULL;
     int n = i2d_X509(x, &der);
+    int m = i2d_PUBKEY(X509_get0_pubkey(x), &spki);
     X509_free(x);
-    if (n <= 0) { fail(err, errlen, "cannot encode the certificate"); return -1; }
+    if (n <= 0 || m <= 0) { OPENSSL_free(der); OPENSSL_free(spki); fail(err, errlen, "cannot encode the certificate"); return -1; }
     out_der->data = der;
     out_der->len = (size_t)n;
+    out_spki->data = spki;
+    out_spki->len = (size_t)m;
     return 1;
 }
 

@@ -1,5 +1,7 @@
 import CustosEvidence
 import CustosKafka
+import CustosPKI
+import CustosRuntime
 import Foundation
 import Hummingbird
 import Logging
@@ -16,15 +18,23 @@ public func buildApplication(
 ) throws -> some ApplicationProtocol {
     try LibRdKafka.checkVersion()
     let signer = try SigningKey.load(path: configuration.signingKeyFile)
+    let tsaTrust = try readFile(configuration.tsaTrustFile, key: "tsa.trustFile")
+    let authority = try configuration.tsaCertificateFile.map { cert in
+        TimeStamp.Authority(certificate: try readFile(cert, key: "tsa.certificateFile"), key: try readFile(configuration.tsaKeyFile!, key: "tsa.keyFile"),
+                            chain: try configuration.tsaChainFile.map { try readFile($0, key: "tsa.chainFile") } ?? "", policy: configuration.tsaPolicy)
+    }
+    if let authority {  // fail at start, not at the first request, when the TSA identity is broken
+        _ = try authority.respond(to: TimeStamp.request(sha256: Array(repeating: 0, count: 32), nonce: [1]), serial: 1)
+    }
     let postgres = configuration.database.makeClient(logger: logger)
     let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
-    let store = BrokerStore(client: postgres, signer: signer, logger: logger)
+    let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, logger: logger)
     let ready = Gate()
     let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, ready: ready, logger: logger)
     let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
                                     refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)
     var app = Application(
-        router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, logger: logger),
+        router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, timeStampAuthority: authority, logger: logger),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
         services: [postgres, relay, ingestor, KafkaProducerService(producer: producer)],
         onServerRunning: { channel in
@@ -54,6 +64,13 @@ public func withBrokerStore<R: Sendable>(
         defer { group.cancelAll() }
         try await Migrator.migrate(client: client, schema: configuration.schema, logger: logger)
         let signer = try signingKeyFile.map { try SigningKey.load(path: $0) } ?? SigningKey.generate()
-        return try await body(BrokerStore(client: client, signer: signer, logger: logger))
+        return try await body(BrokerStore(client: client, signer: signer, tsaTrust: "", logger: logger))
     }
+}
+
+func readFile(_ path: String, key: String) throws -> String {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+        throw ConfigurationError(key: key, reason: "cannot read \(path)")
+    }
+    return text
 }

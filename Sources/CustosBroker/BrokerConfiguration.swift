@@ -21,22 +21,41 @@ public struct BrokerConfiguration: Sendable {
     /// `signingKeyFile`: the broker's P-256 private key (PEM), which signs every message it
     /// sends to providers.
     public var signingKeyFile: String
+    /// `tsa.trustFile`: CA certificates (PEM) that the time-stamping authorities of providers'
+    /// packages must chain to.
+    public var tsaTrustFile: String
+    /// `tsa.certificateFile`, `tsa.keyFile`, `tsa.chainFile`, `tsa.policy`: when set, the broker
+    /// also serves RFC 3161 time-stamps at `POST /tsa` with this identity (self-hosted and tests;
+    /// an external TSA is a configuration change at the connector).
+    public var tsaCertificateFile: String?
+    public var tsaKeyFile: String?
+    public var tsaChainFile: String?
+    public var tsaPolicy: String = "1.3.6.1.4.1.55555.1.1"
     /// `outbox.pollMilliseconds`: how often the outbox relay looks for new rows when idle.
     public var outboxPollInterval: Duration = .milliseconds(100)
     /// `providers.refreshSeconds`: how often the list of registered providers (and so the
     /// topics consumed) is re-read.
     public var providerRefreshInterval: Duration = .seconds(5)
 
-    public init(database: DatabaseConfiguration, kafka: KafkaConfiguration, signingKeyFile: String) {
+    public init(database: DatabaseConfiguration, kafka: KafkaConfiguration, signingKeyFile: String, tsaTrustFile: String) {
         self.database = database
         self.kafka = kafka
         self.signingKeyFile = signingKeyFile
+        self.tsaTrustFile = tsaTrustFile
     }
 
     public init(reader: ConfigReader) throws {
         database = try DatabaseConfiguration(reader: reader)
         kafka = try reader.kafkaConfiguration(clientId: "custos-broker")
         signingKeyFile = try reader.require("signingKeyFile")
+        tsaTrustFile = try reader.require("tsa.trustFile")
+        tsaCertificateFile = reader.string(forKey: "tsa.certificateFile")
+        tsaKeyFile = reader.string(forKey: "tsa.keyFile")
+        tsaChainFile = reader.string(forKey: "tsa.chainFile")
+        tsaPolicy = reader.string(forKey: "tsa.policy", default: tsaPolicy)
+        guard (tsaCertificateFile == nil) == (tsaKeyFile == nil) else {
+            throw ConfigurationError(key: "tsa.certificateFile", reason: "tsa.certificateFile and tsa.keyFile go together")
+        }
         httpHost = reader.string(forKey: "http.host", default: httpHost)
         httpPort = reader.int(forKey: "http.port", default: httpPort)
         maxBodyBytes = reader.int(forKey: "http.maxBodyBytes", default: maxBodyBytes)

@@ -118,12 +118,15 @@ extension BrokerStore {
         guard m.chunks.count <= 1_000_000, m.chunks.allSatisfy({ $0.size > 0 && $0.size <= Topics.maximumChunkBytes && Digest.isSHA256Hex($0.sha256) }) else {
             throw IngestRejection(reason: "manifest chunk list is malformed")
         }
+        guard let signature = Data(base64Encoded: body.signature), let timeStamp = Data(base64Encoded: body.timeStamp),
+              !signature.isEmpty, !timeStamp.isEmpty, signature.count < 1 << 20, timeStamp.count < 1 << 20
+        else { throw IngestRejection(reason: "manifest signature or time-stamp is not base64 DER") }
         let canonical = try CanonicalJSON.encode(m)
         let manifestSha = Digest.sha256Hex(canonical)
         try await conn.query("""
-            INSERT INTO packages (id, request_id, provider_id, manifest, manifest_signature, manifest_sha256, chunk_count, content_size, chunks_root)
-            VALUES (\(m.packageId), \(m.requestId), \(provider), \(String(decoding: canonical, as: UTF8.self)), \(body.manifestSignature),
-                    \(manifestSha), \(m.chunks.count), \(m.content.size), \(m.chunksRoot))
+            INSERT INTO packages (id, request_id, provider_id, manifest, manifest_signature, time_stamp, manifest_sha256, chunk_count, content_size, chunks_root)
+            VALUES (\(m.packageId), \(m.requestId), \(provider), \(String(decoding: canonical, as: UTF8.self)), \(ByteBuffer(data: signature)),
+                    \(ByteBuffer(data: timeStamp)), \(manifestSha), \(m.chunks.count), \(m.content.size), \(m.chunksRoot))
             ON CONFLICT (id) DO NOTHING
             """, logger: logger)
         try await Self.advance(conn, header.requestId, to: .inProgress, actor: provider, note: "manifest received: \(m.chunks.count) chunks", logger: logger)
@@ -150,11 +153,11 @@ extension BrokerStore {
     /// When the completion and every chunk are in, verifies the package against its signed
     /// manifest and the request as approved, records the verdict, and queues a signed receipt.
     func finalizeIfComplete(_ conn: PostgresConnection, packageId: UUID) async throws {
-        var row: (UUID, String, String, String, Int, Bool, String)?
+        var row: (UUID, String, String, ByteBuffer, ByteBuffer, Int, Bool, String)?
         for try await r in try await conn.query("""
-            SELECT request_id, provider_id, manifest, manifest_signature, chunk_count, complete_received, state FROM packages WHERE id = \(packageId)
-            """, logger: logger).decode((UUID, String, String, String, Int, Bool, String).self) { row = r }
-        guard let (requestId, provider, manifestJSON, signature, chunkCount, completeReceived, state) = row,
+            SELECT request_id, provider_id, manifest, manifest_signature, time_stamp, chunk_count, complete_received, state FROM packages WHERE id = \(packageId)
+            """, logger: logger).decode((UUID, String, String, ByteBuffer, ByteBuffer, Int, Bool, String).self) { row = r }
+        guard let (requestId, provider, manifestJSON, signatureBuffer, timeStampBuffer, chunkCount, completeReceived, state) = row,
               completeReceived, state == PackageState.receiving.rawValue
         else { return }
         let received = try await conn.query("SELECT count(*) FROM package_chunks WHERE package_id = \(packageId)", logger: logger)
@@ -162,13 +165,16 @@ extension BrokerStore {
         guard received == chunkCount else { return }
 
         let manifest = try JSONDecoder().decode(Manifest.self, from: Data(manifestJSON.utf8))
-        let keyPEM = try await conn.query("SELECT public_key_pem FROM providers WHERE id = \(provider)", logger: logger).decode(String.self).first { _ in true }
+        var providerRow: (String, String)?
+        for try await r in try await conn.query("SELECT ca_certificate_pem, certificate_pem FROM providers WHERE id = \(provider)", logger: logger)
+            .decode((String, String).self) { providerRow = r }
         let requestHash = try await conn.query("SELECT request_hash FROM requests WHERE id = \(requestId)", logger: logger).decode(String?.self).first { _ in true } ?? nil
         var failures = PackageVerifier.checkManifest(manifest, expectedProvider: provider, expectedRequest: requestId, expectedRequestHash: requestHash ?? "")
         let manifestBytes = try CanonicalJSON.encode(manifest)
-        if !(try VerifyingKey(pem: keyPEM ?? "")).isValidSignature(signature, for: manifestBytes) {
-            failures.append(.init(code: .signature, detail: "manifest signature does not verify with the provider's registered key"))
-        }
+        let signatureCheck = PackageSignatureVerifier.verify(
+            manifest: manifestBytes, signature: Array(signatureBuffer.readableBytesView), timeStamp: Array(timeStampBuffer.readableBytesView),
+            providerId: provider, providerTrust: providerRow?.0 ?? "", tsaTrust: tsaTrust)
+        failures += signatureCheck.failures
         // Stream the chunks once, in order, through the content checks: constant memory.
         var content = ContentVerifier(manifest: manifest)
         for i in 0..<chunkCount {
@@ -183,7 +189,9 @@ extension BrokerStore {
         let verdict = String(decoding: try CanonicalJSON.encode(verification), as: UTF8.self)
         let newState: PackageState = verification.valid ? .verified : .rejected
         try await conn.query("""
-            UPDATE packages SET state = \(newState.rawValue), verification = \(verdict), verified_at = now() WHERE id = \(packageId)
+            UPDATE packages SET state = \(newState.rawValue), verification = \(verdict), verified_at = now(),
+                time_stamped_at = \(signatureCheck.genTime), signer = \(signatureCheck.signer?.commonName)
+            WHERE id = \(packageId)
             """, logger: logger)
         try await Self.advance(conn, requestId, to: .delivered, actor: provider, note: "package \(packageId.lowercased) complete", logger: logger)
         if verification.valid {

@@ -2,6 +2,7 @@ import Crypto
 import CustosCanonicalJSON
 import CustosEvidence
 import CustosModel
+import CustosPKI
 import Foundation
 import Logging
 import NIOCore
@@ -18,10 +19,13 @@ public struct BrokerStore: Sendable {
     let client: PostgresClient
     let logger: Logger
     let signer: SigningKey
+    /// CA certificates (PEM) that providers' time-stamping authorities must chain to.
+    let tsaTrust: String
 
-    public init(client: PostgresClient, signer: SigningKey, logger: Logger) {
+    public init(client: PostgresClient, signer: SigningKey, tsaTrust: String, logger: Logger) {
         self.client = client
         self.signer = signer
+        self.tsaTrust = tsaTrust
         self.logger = logger
     }
 
@@ -57,11 +61,24 @@ public struct BrokerStore: Sendable {
 
     // MARK: Providers
 
-    public func registerProvider(id: String, publicKey: VerifyingKey) async throws {
+    /// Registers a provider (or replaces its certificates): its signing certificate, whose
+    /// common name must be the provider id and whose P-256 key signs its messages, and the CA
+    /// its package signatures must chain to.
+    public func registerProvider(id: String, certificate: String, caCertificate: String) async throws {
         guard ProviderID.isValid(id) else { throw BrokerError(.invalid, "provider id must match \(ProviderID.pattern)") }
+        let info: CertificateInfo
+        do {
+            info = try CertificateInfo(pem: certificate)
+            _ = try CertificateInfo(pem: caCertificate)
+        } catch { throw BrokerError(.invalid, "not a PEM certificate: \(error.reason)") }
+        guard info.commonName == id else { throw BrokerError(.invalid, "the certificate names \(info.commonName), not \(id)") }
+        let key: VerifyingKey
+        do { key = try VerifyingKey(certificate: info) } catch { throw BrokerError(.invalid, error.reason) }
         try await client.query("""
-            INSERT INTO providers (id, public_key_pem) VALUES (\(id), \(publicKey.pem))
-            ON CONFLICT (id) DO UPDATE SET public_key_pem = EXCLUDED.public_key_pem, updated_at = now()
+            INSERT INTO providers (id, certificate_pem, ca_certificate_pem, public_key_pem)
+            VALUES (\(id), \(certificate), \(caCertificate), \(key.pem))
+            ON CONFLICT (id) DO UPDATE SET certificate_pem = EXCLUDED.certificate_pem, ca_certificate_pem = EXCLUDED.ca_certificate_pem,
+                public_key_pem = EXCLUDED.public_key_pem, updated_at = now()
             """, logger: logger)
     }
 

@@ -1,6 +1,7 @@
 import CustosCanonicalJSON
 import CustosEvidence
 import CustosModel
+import CustosPKI
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -13,12 +14,27 @@ extension API.PackageView: ResponseEncodable {}
 extension API.UserView: ResponseEncodable {}
 
 /// The HTTP API. Tests call this same function with a test client; `buildApplication` wraps it.
-public func buildRouter(store: BrokerStore, maxBodyBytes: Int, logger: Logger) -> Router<BasicRequestContext> {
+public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, logger: Logger) -> Router<BasicRequestContext> {
     let router = Router()
     router.add(middleware: ProblemMiddleware(logger: logger))
     let api = BrokerAPI(store: store, maxBodyBytes: maxBodyBytes)
 
     router.get("/health") { _, _ in "ok" }
+    if let authority = timeStampAuthority {
+        // RFC 3161 §3.4, time-stamp protocol via HTTP. Answers even a malformed request with a
+        // signed rejection status, as the RFC asks; only a wrong media type is refused outright.
+        router.post("/tsa") { request, _ in
+            guard request.headers[.contentType]?.lowercased().hasPrefix("application/timestamp-query") == true else {
+                throw BrokerError(.invalid, "a time-stamp request is sent as application/timestamp-query")
+            }
+            let body: ByteBuffer
+            do { body = try await request.body.collect(upTo: 64 * 1024) } catch {
+                throw BrokerError(.tooLarge, "a time-stamp request is at most 64 KiB")
+            }
+            let answer = try authority.respond(to: Array(body.readableBytesView), serial: Int64.random(in: 1...Int64.max))
+            return Response(status: .ok, headers: [.contentType: "application/timestamp-reply"], body: .init(byteBuffer: ByteBuffer(bytes: answer)))
+        }
+    }
     let v1 = router.group("v1")
     v1.get("me") { request, _ in
         let u = try await api.user(request)

@@ -40,6 +40,9 @@ enum Migrations {
             );
             CREATE TABLE providers (
                 id text PRIMARY KEY,
+                -- The signing certificate (its key signs messages) and the CA it must chain to.
+                certificate_pem text NOT NULL,
+                ca_certificate_pem text NOT NULL,
                 public_key_pem text NOT NULL,
                 updated_at timestamptz NOT NULL DEFAULT now()
             );
@@ -108,7 +111,10 @@ enum Migrations {
                 request_id uuid NOT NULL REFERENCES requests(id),
                 provider_id text NOT NULL REFERENCES providers(id),
                 manifest text NOT NULL,
-                manifest_signature text NOT NULL,
+                manifest_signature bytea NOT NULL,
+                time_stamp bytea NOT NULL,
+                time_stamped_at timestamptz,
+                signer text,
                 manifest_sha256 text NOT NULL,
                 chunk_count int NOT NULL,
                 content_size bigint NOT NULL,

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Crypto
+import CustosCanonicalJSON
 import CustosEvidence
 import CustosModel
 import Foundation
@@ -75,7 +76,8 @@ public struct CustosClient: Sendable {
     }
 
     /// Downloads a verified package into `directory`: `<id>.ndjson` (the records),
-    /// `<id>.manifest.json` and `<id>.manifest.sig`. Every chunk and the whole are checked
+    /// `<id>.manifest.json` (canonical, as signed), `<id>.manifest.p7s` (CMS signature, DER) and
+    /// `<id>.manifest.tsr` (RFC 3161 time-stamp response, DER). Every chunk and the whole are checked
     /// against the manifest as the bytes arrive; on any mismatch the partial file is removed.
     public func download(_ id: UUID, into directory: String, progress: @Sendable (Int64, Int64) -> Void = { _, _ in }) async throws -> Download {
         let package = try await package(id)
@@ -114,10 +116,10 @@ public struct CustosClient: Sendable {
         try? FileManager.default.removeItem(atPath: contentPath)
         try FileManager.default.moveItem(atPath: partial, toPath: contentPath)
         ok = true
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        try encoder.encode(manifest).write(to: URL(fileURLWithPath: base + ".manifest.json"))
-        try Data(package.manifestSignature.utf8).write(to: URL(fileURLWithPath: base + ".manifest.sig"))
+        // Exactly the bytes that were signed and time-stamped, so that stock openssl can check them.
+        try Data(try CanonicalJSON.encode(manifest)).write(to: URL(fileURLWithPath: base + ".manifest.json"))
+        try (Data(base64Encoded: package.signature) ?? Data()).write(to: URL(fileURLWithPath: base + ".manifest.p7s"))
+        try (Data(base64Encoded: package.timeStamp) ?? Data()).write(to: URL(fileURLWithPath: base + ".manifest.tsr"))
         return Download(contentPath: contentPath, manifestPath: base + ".manifest.json", size: received, sha256: sha,
                         recordCount: manifest.content.recordCount, chunksRoot: manifest.chunksRoot)
     }

@@ -13,8 +13,18 @@ public struct ConnectorConfiguration: Sendable {
     public var kafka: KafkaConfiguration
     /// `kafka.groupId`: defaults to `custos-connector-<providerId>`.
     public var groupId: String
-    /// `signingKeyFile`: the provider's P-256 private key (PEM); signs manifests and messages.
+    /// `signingKeyFile`: the private key (PEM) of the provider's signing certificate; signs
+    /// manifests (CMS) and every message (ES256).
     public var signingKeyFile: String
+    /// `certificateFile`: the provider's signing certificate (PEM); its common name is the
+    /// provider id, and it chains to the CA registered for the provider at the broker.
+    public var certificateFile: String
+    /// `certificateChainFile`: intermediate CA certificates (PEM), carried in every signature.
+    public var certificateChainFile: String?
+    /// `tsa.url`: the RFC 3161 time-stamping authority (the broker serves one at /tsa).
+    public var tsaURL: String
+    /// `tsa.trustFile`: CA certificates (PEM) the TSA's certificate must chain to.
+    public var tsaTrustFile: String
     /// `brokerPublicKeyFile`: the broker's public key (PEM); requests not signed by it are refused.
     public var brokerPublicKeyFile: String
     /// `stateDirectory`: durable job state; the connector resumes from it after a crash.
@@ -29,12 +39,16 @@ public struct ConnectorConfiguration: Sendable {
     /// `streaming.inFlightChunks`: chunks handed to Kafka but not yet acknowledged, at most.
     public var inFlightChunks: Int = 32
 
-    public init(providerId: String, kafka: KafkaConfiguration, signingKeyFile: String, brokerPublicKeyFile: String,
+    public init(providerId: String, kafka: KafkaConfiguration, signingKeyFile: String, certificateFile: String,
+                tsaURL: String, tsaTrustFile: String, brokerPublicKeyFile: String,
                 stateDirectory: String, adapters: [DataCategory: [String]]) {
         self.providerId = providerId
         self.kafka = kafka
         self.groupId = "custos-connector-\(providerId)"
         self.signingKeyFile = signingKeyFile
+        self.certificateFile = certificateFile
+        self.tsaURL = tsaURL
+        self.tsaTrustFile = tsaTrustFile
         self.brokerPublicKeyFile = brokerPublicKeyFile
         self.stateDirectory = stateDirectory
         self.adapters = adapters
@@ -46,6 +60,10 @@ public struct ConnectorConfiguration: Sendable {
         kafka = try reader.kafkaConfiguration(clientId: "custos-connector-\(providerId)")
         groupId = reader.string(forKey: "kafka.groupId", default: "custos-connector-\(providerId)")
         signingKeyFile = try reader.require("signingKeyFile")
+        certificateFile = try reader.require("certificateFile")
+        certificateChainFile = reader.string(forKey: "certificateChainFile")
+        tsaURL = try reader.require("tsa.url")
+        tsaTrustFile = try reader.require("tsa.trustFile")
         brokerPublicKeyFile = try reader.require("brokerPublicKeyFile")
         stateDirectory = try reader.require("stateDirectory")
         var adapters: [DataCategory: [String]] = [:]

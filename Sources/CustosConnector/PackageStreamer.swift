@@ -2,6 +2,7 @@ import CustosCanonicalJSON
 import CustosEvidence
 import CustosKafka
 import CustosModel
+import CustosPKI
 import Foundation
 import Logging
 
@@ -13,6 +14,7 @@ struct PackageStreamer: Sendable {
     let jobs: JobStore
     let producer: KafkaProducer
     let signer: SigningKey
+    let identity: SignerIdentity
     let providerId: String
     let inFlight: Int
     let logger: Logger
@@ -43,26 +45,28 @@ struct PackageStreamer: Sendable {
             packageId: UUID(), requestId: request.requestId, requestHash: requestHash, providerId: providerId,
             asOf: extraction.asOf, createdAt: Timestamp.now(), results: results,
             content: .init(size: size, recordCount: results.reduce(0) { $0 + $1.recordCount }), chunks: chunks, chunksRoot: chunksRoot)
-        let signature = try signer.sign(try CanonicalJSON.encode(manifest))
-        try jobs.write(request.requestId, "manifest.sig", Data(signature.utf8))
-        try jobs.write(request.requestId, "manifest.json", Data(try CanonicalJSON.encode(manifest)))
+        let canonical = try CanonicalJSON.encode(manifest)
+        let signature = try CMS.sign(canonical, certificate: identity.certificate, key: identity.key, chain: identity.chain)
+        try jobs.write(request.requestId, "manifest.p7s", Data(signature))
+        try jobs.write(request.requestId, "manifest.json", Data(canonical))
     }
 
-    func loadManifest(_ id: UUID) throws -> (Manifest, String) {
+    func loadManifest(_ id: UUID) throws -> (Manifest, ManifestBody) {
         let manifest = try JSONDecoder().decode(Manifest.self, from: try jobs.read(id, "manifest.json"))
-        let signature = String(decoding: try jobs.read(id, "manifest.sig"), as: UTF8.self)
-        return (manifest, signature)
+        let body = ManifestBody(manifest: manifest, signature: try jobs.read(id, "manifest.p7s").base64EncodedString(),
+                                timeStamp: try jobs.read(id, "manifest.tsr").base64EncodedString())
+        return (manifest, body)
     }
 
     func stream(_ id: UUID, onProgress: @Sendable (Int) async -> Void = { _ in }) async throws {
-        let (manifest, signature) = try loadManifest(id)
+        let (manifest, body) = try loadManifest(id)
         let key = Array(id.lowercased.utf8)
         let topic = Topics.fromProvider(providerId)
         let manifestSha = Digest.sha256Hex(try CanonicalJSON.encode(manifest))
 
         // The manifest goes (again) first: the broker ignores it if it has it already.
         let manifestEnvelope = Envelope(type: .manifest, id: .derived("manifest", manifest.packageId.lowercased), requestId: id,
-                                        sender: providerId, body: ManifestBody(manifest: manifest, manifestSignature: signature))
+                                        sender: providerId, body: body)
         try await producer.send(OutgoingMessage(topic: topic, key: key, value: try SignedEnvelope.encode(manifestEnvelope, signer: signer)))
 
         let handle = try FileHandle(forReadingFrom: jobs.file(id, "records.ndjson"))

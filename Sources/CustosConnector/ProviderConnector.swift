@@ -1,7 +1,9 @@
 import CustosCanonicalJSON
 import CustosEvidence
 import CustosKafka
+import CustosClient
 import CustosModel
+import CustosPKI
 import Foundation
 import Logging
 import Metrics
@@ -17,6 +19,8 @@ public struct ProviderConnector: Service {
     let jobs: JobStore
     let producer: KafkaProducer
     let signer: SigningKey
+    let identity: SignerIdentity
+    let timeStamps: TimeStampClient
     let brokerKey: VerifyingKey
     let logger: Logger
     let requestsReceived = Counter(label: "custos.connector.requests")
@@ -28,6 +32,8 @@ public struct ProviderConnector: Service {
         self.jobs = try JobStore(stateDirectory: configuration.stateDirectory)
         self.producer = producer
         self.signer = try SigningKey.load(path: configuration.signingKeyFile)
+        self.identity = try SignerIdentity(configuration: configuration)
+        self.timeStamps = TimeStampClient(url: configuration.tsaURL, trust: try String(contentsOfFile: configuration.tsaTrustFile, encoding: .utf8))
         self.brokerKey = try VerifyingKey.load(path: configuration.brokerPublicKeyFile)
         self.logger = logger
     }
@@ -125,7 +131,7 @@ public struct ProviderConnector: Service {
         var meta: Logger.Metadata = [LogKey.request: "\(id.lowercased)"]
         do {
             let body = try JSONDecoder().decode(RequestBody.self, from: try jobs.read(id, "request.json"))
-            let streamer = PackageStreamer(jobs: jobs, producer: producer, signer: signer, providerId: configuration.providerId,
+            let streamer = PackageStreamer(jobs: jobs, producer: producer, signer: signer, identity: identity, providerId: configuration.providerId,
                                            inFlight: configuration.inFlightChunks, logger: logger)
             if jobs.phase(id) == .received {
                 try await send(.status, id: .derived("status", id.lowercased, "extracting"), request: id, body: StatusBody(phase: .extracting, percent: 0))
@@ -147,6 +153,9 @@ public struct ProviderConnector: Service {
                 let extraction = try JSONDecoder().decode(Extraction.self, from: try jobs.read(id, "extraction.json"))
                 try streamer.buildPackage(body.request, requestHash: body.requestHash, extraction: extraction)
             }
+            if jobs.phase(id) == .packaged && !jobs.exists(id, "manifest.tsr") {
+                try await timeStamp(id)
+            }
             if jobs.phase(id) == .packaged {
                 try await send(.status, id: .derived("status", id.lowercased, "streaming"), request: id, body: StatusBody(phase: .streaming, percent: 0))
                 try await streamer.stream(id)
@@ -156,6 +165,25 @@ public struct ProviderConnector: Service {
         } catch {
             meta[LogKey.reason] = "\(String(describing: error))"
             logger.error("job stopped; it resumes on the next start", metadata: meta)
+        }
+    }
+
+    /// Gets an RFC 3161 time-stamp over the package signature, retrying while the TSA is away.
+    private func timeStamp(_ id: UUID) async throws {
+        let signature = [UInt8](try jobs.read(id, "manifest.p7s"))
+        var attempt = 0
+        while true {
+            do {
+                let (response, token) = try await timeStamps.timeStamp(sha256: Digest.sha256Bytes(signature))
+                try jobs.write(id, "manifest.tsr", Data(response))
+                logger.info("package time-stamped", metadata: [LogKey.request: "\(id.lowercased)", "custos.gen_time": "\(Timestamp.format(token.genTime))"])
+                return
+            } catch {
+                attempt += 1
+                if attempt >= 6 { throw error }
+                logger.warning("time-stamp failed; retrying", metadata: [LogKey.request: "\(id.lowercased)", LogKey.reason: "\(error)"])
+                try await Task.sleep(for: .seconds(1 << attempt))
+            }
         }
     }
 
@@ -206,6 +234,30 @@ final class JobQueue: Sendable {
 
     func done(_ id: UUID) { queued.withLock { _ = $0.remove(id) } }
     func finish() { continuation.finish() }
+}
+
+/// The provider's signing certificate, its chain and key, checked at start: the certificate
+/// must name this provider and belong to the key.
+struct SignerIdentity: Sendable {
+    let certificate: String
+    let chain: String
+    let key: String
+
+    init(configuration: ConnectorConfiguration) throws {
+        func read(_ path: String, _ what: String) throws -> String {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ConnectorError(reason: "cannot read \(what) \(path)") }
+            return text
+        }
+        certificate = try read(configuration.certificateFile, "certificateFile")
+        chain = try configuration.certificateChainFile.map { try read($0, "certificateChainFile") } ?? ""
+        key = try read(configuration.signingKeyFile, "signingKeyFile")
+        let info = try CertificateInfo(pem: certificate)
+        guard info.commonName == configuration.providerId else {
+            throw ConnectorError(reason: "certificateFile names \(info.commonName), not this provider (\(configuration.providerId))")
+        }
+        guard info.isValid(at: Date()) else { throw ConnectorError(reason: "certificateFile is not valid now") }
+        _ = try CMS.sign([0], certificate: certificate, key: key, chain: chain)  // the key belongs to the certificate
+    }
 }
 
 public struct ConnectorError: Error, CustomStringConvertible, Sendable {

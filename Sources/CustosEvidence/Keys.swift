@@ -1,5 +1,6 @@
 import Crypto
 import CustosModel
+import CustosPKI
 import Foundation
 
 /// An ECDSA P-256 signing key. The package-format issue moves package signatures to CMS with
@@ -38,6 +39,13 @@ public struct VerifyingKey: Sendable, Hashable {
     }
 
     public var pem: String { publicKey.pemRepresentation }
+
+    /// The public key of a P-256 certificate: the key a provider signs its messages with.
+    public init(certificate: CertificateInfo) throws(KeyError) {
+        do { publicKey = try P256.Signing.PublicKey(derRepresentation: certificate.publicKeyDER) } catch {
+            throw KeyError(reason: "the certificate's key is not a P-256 public key")
+        }
+    }
 
     /// SHA-256 of the SubjectPublicKeyInfo, hex: names the key in signatures.
     public var keyId: String { Digest.sha256Hex(publicKey.derRepresentation) }

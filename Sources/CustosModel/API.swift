@@ -90,18 +90,27 @@ public enum API {
         public var providerId: String
         public var state: PackageState
         public var manifest: Manifest
-        public var manifestSignature: String
+        /// CMS SignedData over the manifest's canonical JSON, DER, base64.
+        public var signature: String
+        /// RFC 3161 TimeStampResp over the signature, DER, base64.
+        public var timeStamp: String
+        public var timeStampedAt: String?
+        public var signer: String?
         public var manifestSha256: String
         public var verification: PackageVerificationSummary?
         public var receivedAt: String
 
-        public init(id: UUID, requestId: UUID, providerId: String, state: PackageState, manifest: Manifest, manifestSignature: String, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String) {
+        public init(id: UUID, requestId: UUID, providerId: String, state: PackageState, manifest: Manifest, signature: String, timeStamp: String,
+                    timeStampedAt: String?, signer: String?, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String) {
             self.id = id
             self.requestId = requestId
             self.providerId = providerId
             self.state = state
             self.manifest = manifest
-            self.manifestSignature = manifestSignature
+            self.signature = signature
+            self.timeStamp = timeStamp
+            self.timeStampedAt = timeStampedAt
+            self.signer = signer
             self.manifestSha256 = manifestSha256
             self.verification = verification
             self.receivedAt = receivedAt

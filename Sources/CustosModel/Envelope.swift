@@ -156,12 +156,16 @@ public struct RefusalBody: Codable, Sendable, Hashable {
 
 public struct ManifestBody: Codable, Sendable, Hashable {
     public var manifest: Manifest
-    /// ECDSA P-256 signature (raw r‖s, base64) over the manifest's canonical JSON.
-    public var manifestSignature: String
+    /// CMS SignedData (RFC 5652), detached, over the manifest's canonical JSON, carrying the
+    /// provider's certificate chain: DER, base64.
+    public var signature: String
+    /// RFC 3161 TimeStampResp over the SHA-256 of the signature's DER bytes: DER, base64.
+    public var timeStamp: String
 
-    public init(manifest: Manifest, manifestSignature: String) {
+    public init(manifest: Manifest, signature: String, timeStamp: String) {
         self.manifest = manifest
-        self.manifestSignature = manifestSignature
+        self.signature = signature
+        self.timeStamp = timeStamp
     }
 }
 

@@ -41,15 +41,20 @@ public struct CertificateInfo: Sendable, Hashable {
     public var notAfter: Date
     /// DER encoding.
     public var der: [UInt8]
+    /// The subject's public key, SubjectPublicKeyInfo DER.
+    public var publicKeyDER: [UInt8]
 
     /// Parses a PEM or DER certificate.
     public init(_ certificate: [UInt8]) throws(PKIError) {
         var cn = [CChar](repeating: 0, count: 256)
         var nb: Int64 = 0, na: Int64 = 0
+        var spki = custos_buf(data: nil, len: 0)
+        defer { custos_buf_free(&spki) }
         let out = cn.withUnsafeMutableBufferPointer { c in
-            Shim.call { out, err, n in certificate.withPointer { p, len in custos_x509_info(p, len, c.baseAddress, c.count, &nb, &na, out, err, n) } }
+            Shim.call { out, err, n in certificate.withPointer { p, len in custos_x509_info(p, len, c.baseAddress, c.count, &nb, &na, out, &spki, err, n) } }
         }
         der = try Shim.required(out)
+        publicKeyDER = Array(UnsafeBufferPointer(start: spki.data, count: spki.len))
         commonName = String(decoding: cn.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         notBefore = Date(timeIntervalSince1970: TimeInterval(nb))
         notAfter = Date(timeIntervalSince1970: TimeInterval(na))

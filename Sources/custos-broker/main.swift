@@ -7,6 +7,7 @@ import CustosRuntime
 import Foundation
 import Hummingbird
 import Logging
+import PostgresNIO
 
 struct ConfigOptions: ParsableArguments {
     @Option(name: .long, help: "JSON config file. Every key can also come from the environment as CUSTOS_<KEY> (e.g. CUSTOS_DATABASE_URL), which wins over the file.")
@@ -18,7 +19,7 @@ struct BrokerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos-broker",
         abstract: "Custos broker: HTTP API, workflow, Kafka outbox relay and response ingestion, package verification.",
-        subcommands: [Serve.self, Migrate.self, Users.self, Providers.self, KeysCommand.self],
+        subcommands: [Serve.self, Migrate.self, Users.self, Providers.self, KeysCommand.self, PKICommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -45,6 +46,10 @@ struct Serve: AsyncParsableCommand {
                   (default custos-broker)
               signingKeyFile (CUSTOS_SIGNING_KEY_FILE)
                   the broker's P-256 private key, PEM (required)
+              tsa.trustFile (CUSTOS_TSA_TRUST_FILE)
+                  CA certificates, PEM, that providers' time-stamping authorities must chain to (required)
+              tsa.certificateFile, tsa.keyFile, tsa.chainFile, tsa.policy
+                  when set, the broker also serves RFC 3161 time-stamps at POST /tsa with this identity
               http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
                   listen address (default 127.0.0.1:8080; port 0 picks one)
               http.maxBodyBytes (CUSTOS_HTTP_MAX_BODY_BYTES)
@@ -78,8 +83,7 @@ struct Migrate: AsyncParsableCommand {
     @OptionGroup var options: ConfigOptions
 
     func run() async throws {
-        let (db, logger) = try await adminSetup(options)
-        try await withBrokerStore(configuration: db, signingKeyFile: nil, logger: logger) { _ in }
+        try await withAdminStore(options) { _ in }
         print("migrations applied")
     }
 }
@@ -95,8 +99,7 @@ struct Users: AsyncParsableCommand {
 
         func run() async throws {
             guard let role = Role(rawValue: role) else { throw ValidationError("--role must be investigator, approver or admin") }
-            let (db, logger) = try await adminSetup(options)
-            let token = try await withBrokerStore(configuration: db, signingKeyFile: nil, logger: logger) { store in
+            let token = try await withAdminStore(options) { store in
                 try await store.addUser(name: name, role: role).token
             }
             print(token)
@@ -108,21 +111,43 @@ struct Providers: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Manage providers.", subcommands: [Add.self])
 
     struct Add: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Register a provider (or replace its key). The broker starts consuming custos.from.<id> within seconds.")
+        static let configuration = CommandConfiguration(
+            abstract: "Register a provider (or replace its certificates). The broker starts consuming custos.from.<id> within seconds.")
         @OptionGroup var options: ConfigOptions
         @Argument(help: "Provider id: lower-case letters, digits and '-'.") var id: String
-        @Option(help: "The provider's P-256 public key, PEM.") var publicKey: String
+        @Option(help: "The provider's signing certificate, PEM: its common name is the provider id; its P-256 key signs the provider's messages.")
+        var certificate: String
+        @Option(help: "The CA certificate, PEM, that the provider's package signatures must chain to.") var caCertificate: String
 
         func run() async throws {
             guard ProviderID.isValid(id) else { throw ValidationError("provider id must match \(ProviderID.pattern)") }
-            let key = try VerifyingKey.load(path: publicKey)
-            let (db, logger) = try await adminSetup(options)
-            try await withBrokerStore(configuration: db, signingKeyFile: nil, logger: logger) { store in
-                try await store.registerProvider(id: id, publicKey: key)
+            let cert = try String(contentsOfFile: certificate, encoding: .utf8)
+            let ca = try String(contentsOfFile: caCertificate, encoding: .utf8)
+            try await withAdminStore(options) { store in
+                try await store.registerProvider(id: id, certificate: cert, caCertificate: ca)
             }
             print("provider \(id) registered")
         }
     }
+}
+
+/// Runs an admin command against the database. PostgresNIO's errors are generic on purpose
+/// (they may sit in logs); an operator at a terminal gets the server's message and SQLSTATE.
+func withAdminStore<R: Sendable>(_ options: ConfigOptions, _ body: @Sendable (BrokerStore) async throws -> R) async throws -> R {
+    let (db, logger) = try await adminSetup(options)
+    do {
+        return try await withBrokerStore(configuration: db, signingKeyFile: nil, logger: logger, body)
+    } catch let error as PSQLError {
+        let message = error.serverInfo?[.message] ?? "\(error.code)"
+        let state = error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""
+        throw AdminError(description: "database: \(message)\(state)")
+    } catch let error as BrokerError {
+        throw AdminError(description: error.reason)
+    }
+}
+
+struct AdminError: Error, CustomStringConvertible {
+    var description: String
 }
 
 func adminSetup(_ options: ConfigOptions) async throws -> (DatabaseConfiguration, Logger) {

@@ -13,7 +13,7 @@ struct ConnectorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos-connector",
         abstract: "Custos provider connector: receives approved requests over Kafka, extracts, packages, signs and streams evidence back.",
-        subcommands: [Run.self, Status.self, KeysCommand.self],
+        subcommands: [Run.self, Status.self, KeysCommand.self, PKICommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -36,7 +36,15 @@ struct Run: AsyncParsableCommand {
               kafka.groupId (CUSTOS_KAFKA_GROUP_ID)
                   (default custos-connector-<providerId>)
               signingKeyFile (CUSTOS_SIGNING_KEY_FILE)
-                  the provider's P-256 private key, PEM (required)
+                  the private key of the provider's signing certificate, PEM (required)
+              certificateFile (CUSTOS_CERTIFICATE_FILE)
+                  the signing certificate, PEM; its common name is the provider id (required)
+              certificateChainFile (CUSTOS_CERTIFICATE_CHAIN_FILE)
+                  intermediate CA certificates, PEM, carried in every signature
+              tsa.url (CUSTOS_TSA_URL)
+                  the RFC 3161 time-stamping authority, e.g. the broker's http://HOST:PORT/tsa (required)
+              tsa.trustFile (CUSTOS_TSA_TRUST_FILE)
+                  CA certificates, PEM, the TSA must chain to (required)
               brokerPublicKeyFile (CUSTOS_BROKER_PUBLIC_KEY_FILE)
                   the broker's public key; requests it did not sign are refused (required)
               stateDirectory (CUSTOS_STATE_DIRECTORY)

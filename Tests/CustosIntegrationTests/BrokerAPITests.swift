@@ -2,6 +2,7 @@
 import CustosCanonicalJSON
 import CustosEvidence
 import CustosModel
+import CustosTestSupport
 import Foundation
 import Hummingbird
 import HummingbirdTesting
@@ -17,7 +18,6 @@ struct BrokerAPITests {
         var investigator: String
         var investigator2: String
         var approver: String
-        var providerKey: SigningKey
         var caseId: UUID
     }
 
@@ -29,13 +29,13 @@ struct BrokerAPITests {
     }
 
     static func setUp(_ store: BrokerStore) async throws -> World {
-        let provider = SigningKey.generate()
-        try await store.registerProvider(id: "prov-a", publicKey: provider.publicKey)
+        let pki = try TestPKI(signerName: "prov-a")
+        try await store.registerProvider(id: "prov-a", certificate: pki.signer, caCertificate: pki.providerCA)
         let inv = try await store.addUser(name: "inv", role: .investigator)
         let inv2 = try await store.addUser(name: "inv2", role: .investigator)
         let appr = try await store.addUser(name: "appr", role: .approver)
         let c = try await store.createCase(title: "Case", by: inv.0)
-        return World(investigator: inv.token, investigator2: inv2.token, approver: appr.token, providerKey: provider, caseId: c.id)
+        return World(investigator: inv.token, investigator2: inv2.token, approver: appr.token, caseId: c.id)
     }
 
     func withApp(_ body: @escaping @Sendable (BrokerStore, PostgresClient, World, any TestClientProtocol) async throws -> Void) async throws {
@@ -159,6 +159,18 @@ struct BrokerAPITests {
                 #expect(v.timeline.last?.note == "insufficient grounds")
             }
             #expect(try await client.query("SELECT 1 FROM outbox").collect().isEmpty)
+        }
+    }
+
+    @Test func aProviderCertificateMustNameTheProvider() async throws {
+        try await TestServices.withStore { store, _, _ in
+            let pki = try TestPKI(signerName: "someone-else")
+            await #expect { try await store.registerProvider(id: "prov-b", certificate: pki.signer, caCertificate: pki.providerCA) } throws: {
+                ($0 as? BrokerError)?.code == .invalid && String(describing: $0).contains("someone-else")
+            }
+            await #expect { try await store.registerProvider(id: "prov-b", certificate: "junk", caCertificate: pki.providerCA) } throws: {
+                ($0 as? BrokerError)?.code == .invalid
+            }
         }
     }
 

@@ -18,10 +18,8 @@ struct ExchangeEndToEndTests {
         let d = try Deployment(adapter: [Self.synth, "--records-per-target", "300", "--out-of-scope", "7"])
         defer { d.stop() }
         // A category whose adapter fails, to see the provider's refusal.
-        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: d.path("connector.json")))) as! [String: Any]
-        config["adapters"] = ["default": ["command": [Self.synth, "--records-per-target", "300", "--out-of-scope", "7"]],
-                              "kyc_document": ["command": ["/bin/sh", "-c", "cat >/dev/null; echo broken >&2; exit 3"]]]
-        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: d.path("connector.json")))
+        d.connectorConfig["adapters"] = ["default": ["command": [Self.synth, "--records-per-target", "300", "--out-of-scope", "7"]],
+                                         "kyc_document": ["command": ["/bin/sh", "-c", "cat >/dev/null; echo broken >&2; exit 3"]]]
         try d.setUp()
         try await d.startBroker()
         try await d.startConnector()
@@ -40,7 +38,7 @@ struct ExchangeEndToEndTests {
         #expect(view["state"] as? String == "verified")
         let packages = try #require(view["packages"] as? [[String: Any]])
         #expect(packages.count == 1)
-        let packageId = try #require(packages.first?["id"] as? String)
+        let packageId = try #require(packages.first?["id"] as? String).lowercased()
 
         let out = d.path("downloads")
         let downloaded = try json(try d.cliOK(d.investigator, ["download", packageId, "--out", out, "--quiet", "--json"]))
@@ -48,6 +46,11 @@ struct ExchangeEndToEndTests {
         let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
         #expect(Digest.sha256Hex(bytes) == downloaded["sha256"] as? String)
         #expect(packages.first?["chunksRoot"] as? String == downloaded["chunksRoot"] as? String)
+        // What the investigator holds is checked by stock openssl, with no Custos code.
+        let base = "\(out)/\(packageId)"
+        #expect(try openssl(["cms", "-verify", "-binary", "-inform", "DER", "-in", "\(base).manifest.p7s", "-content", "\(base).manifest.json",
+                             "-CAfile", d.path("provider-ca.pem"), "-out", "/dev/null"]) == 0)
+        #expect(try openssl(["ts", "-verify", "-in", "\(base).manifest.tsr", "-data", "\(base).manifest.p7s", "-CAfile", d.path("tsa-ca.pem")]) == 0)
         let lines = bytes.split(separator: UInt8(ascii: "\n"))
         #expect(lines.count == 600)  // 2 targets × 300; the 7 out-of-scope records were not sent
         #expect(lines.allSatisfy { line in
@@ -165,6 +168,17 @@ struct ExchangeEndToEndTests {
 
         var state: (Set<MessageType>, Duration) { state_.withLock { ($0.seen, ContinuousClock.now - $0.last) } }
         var result: ([[UInt8]], Set<MessageType>) { state_.withLock { ($0.envelopes, $0.seen) } }
+    }
+
+    func openssl(_ args: [String]) throws -> Int32 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        return p.terminationStatus
     }
 
     func validate(_ envelopes: [[UInt8]]) throws -> (status: Int32, output: String) {

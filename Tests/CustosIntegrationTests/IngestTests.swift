@@ -3,6 +3,8 @@ import CustosCanonicalJSON
 import CustosEvidence
 import CustosKafka
 import CustosModel
+import CustosPKI
+import CustosTestSupport
 import Foundation
 import NIOCore
 import PostgresNIO
@@ -12,7 +14,13 @@ import Testing
 /// a real PostgreSQL: idempotency by message id, dead letters, and verification.
 @Suite("Ingesting provider messages", .timeLimit(.minutes(2)))
 struct IngestTests {
-    let provider = SigningKey.generate()
+    let pki: TestPKI
+    let provider: SigningKey
+
+    init() throws {
+        pki = try TestPKI(signerName: "prov-a")
+        provider = try SigningKey(pem: pki.signerKey)
+    }
     let topic = "custos.from.prov-a"
 
     struct Approved {
@@ -21,7 +29,7 @@ struct IngestTests {
     }
 
     func approvedRequest(_ store: BrokerStore) async throws -> Approved {
-        try await store.registerProvider(id: "prov-a", publicKey: provider.publicKey)
+        try await store.registerProvider(id: "prov-a", certificate: pki.signer, caCertificate: pki.providerCA)
         let inv = try await store.addUser(name: "inv", role: .investigator).0
         let appr = try await store.addUser(name: "appr", role: .approver).0
         let c = try await store.createCase(title: "c", by: inv)
@@ -47,8 +55,15 @@ struct IngestTests {
 
     struct Package {
         var manifest: Manifest
-        var signature: String
+        var body: ManifestBody
         var chunks: [[UInt8]]
+    }
+
+    /// Signs the manifest as a provider does: CMS over its canonical JSON, time-stamped.
+    func signed(_ manifest: Manifest, by pki: TestPKI) throws -> ManifestBody {
+        let signature = try CMS.sign(try CanonicalJSON.encode(manifest), certificate: pki.signer, key: pki.signerKey)
+        let tsr = try pki.tsa.respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(signature), nonce: TimeStamp.makeNonce()), serial: 7)
+        return ManifestBody(manifest: manifest, signature: Data(signature).base64EncodedString(), timeStamp: Data(tsr).base64EncodedString())
     }
 
     func package(for r: Approved, chunkSize: Int = 700, tamper: ((inout [[UInt8]]) -> Void)? = nil) throws -> Package {
@@ -69,12 +84,12 @@ struct IngestTests {
             content: .init(size: size, recordCount: 40), chunks: chunks, chunksRoot: root)
         var slices = stride(from: 0, to: content.count, by: chunkSize).map { Array(content[$0..<min($0 + chunkSize, content.count)]) }
         tamper?(&slices)
-        return Package(manifest: manifest, signature: try provider.sign(CanonicalJSON.encode(manifest)), chunks: slices)
+        return Package(manifest: manifest, body: try signed(manifest, by: pki), chunks: slices)
     }
 
     func messages(_ p: Package, _ r: Approved) throws -> (manifest: KafkaMessage, chunks: [KafkaMessage], complete: KafkaMessage) {
         let pid = p.manifest.packageId
-        let m = try message(.manifest, r.id, ManifestBody(manifest: p.manifest, manifestSignature: p.signature), id: .derived("m", pid.lowercased))
+        let m = try message(.manifest, r.id, p.body, id: .derived("m", pid.lowercased))
         let cs = try p.chunks.enumerated().map { i, bytes in
             try message(.chunk, r.id, ChunkBody(packageId: pid, index: i, size: bytes.count, sha256: Digest.sha256Hex(bytes)),
                         id: .derived("c", pid.lowercased, "\(i)"), chunk: bytes)
@@ -86,7 +101,7 @@ struct IngestTests {
 
 
     @Test func aWholePackageIsVerifiedOnceEvenWhenEveryMessageArrivesTwice() async throws {
-        try await TestServices.withStore { store, client, _ in
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
             let r = try await approvedRequest(store)
             let keys = try await store.providers()
             #expect(try await store.ingest(try message(.ack, r.id, AckBody(requestHash: r.hash), id: .derived("ack")), providerKeys: keys) == .applied(.ack))
@@ -111,11 +126,48 @@ struct IngestTests {
             #expect(receipts == 1)
             let pkg = try await store.package(p.manifest.packageId)
             #expect(pkg.verification?.valid == true)
+            #expect(pkg.signer == "prov-a" && pkg.timeStampedAt != nil)
+        }
+    }
+
+    @Test func signaturesByAnotherCAOrTimeStampsFromAnUntrustedTSAAreRejected() async throws {
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, _, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            // Same provider name, but a certificate from another CA and another TSA.
+            let impostor = try TestPKI(signerName: "prov-a")
+            var p = try package(for: r)
+            p.body = try signed(p.manifest, by: impostor)
+            let (m, chunks, done) = try messages(p, r)
+            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let pkg = try await store.package(p.manifest.packageId)
+            #expect(pkg.state == .rejected)
+            let codes = Set(pkg.verification?.failures.map { String($0.prefix { $0 != ":" }) } ?? [])
+            #expect(codes == ["signature", "time-stamp"])
+        }
+    }
+
+    @Test func aSignatureByAnotherProvidersCertificateIsRejected() async throws {
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, _, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            var p = try package(for: r)
+            // A certificate from the same CA, issued to another provider.
+            let otherKey = try X509.generateKey()
+            let other = try X509.issue(commonName: "prov-z", subjectKey: otherKey, issuerCertificate: pki.providerCA, issuerKey: pki.providerCAKey,
+                                       notBefore: Date(timeIntervalSinceNow: -60), notAfter: Date(timeIntervalSinceNow: 86_400), serial: 9, role: .signer)
+            let signature = try CMS.sign(try CanonicalJSON.encode(p.manifest), certificate: other, key: otherKey)
+            let tsr = try pki.tsa.respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(signature), nonce: TimeStamp.makeNonce()), serial: 8)
+            p.body = ManifestBody(manifest: p.manifest, signature: Data(signature).base64EncodedString(), timeStamp: Data(tsr).base64EncodedString())
+            let (m, chunks, done) = try messages(p, r)
+            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let pkg = try await store.package(p.manifest.packageId)
+            #expect(pkg.verification?.failures.contains { $0.hasPrefix("wrong-provider") } == true)
         }
     }
 
     @Test func badMessagesGoToDeadLettersWithAReasonAndTheConsumerMovesOn() async throws {
-        try await TestServices.withStore { store, client, _ in
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
             let r = try await approvedRequest(store)
             let keys = try await store.providers()
             var garbage = KafkaMessage(topic: topic, partition: 0, offset: 9001, key: [], value: Array("{not json".utf8))
@@ -147,7 +199,7 @@ struct IngestTests {
     }
 
     @Test func aPackageWhoseContentDiffersFromItsSignedManifestIsRejectedWithReasons() async throws {
-        try await TestServices.withStore { store, client, _ in
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
             let r = try await approvedRequest(store)
             let keys = try await store.providers()
             // Each chunk is consistent with its own envelope, but not with the signed manifest.
@@ -167,7 +219,7 @@ struct IngestTests {
     }
 
     @Test func aManifestBoundToAnotherRequestHashIsRejected() async throws {
-        try await TestServices.withStore { store, _, _ in
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, _, _ in
             let r = try await approvedRequest(store)
             let keys = try await store.providers()
             var other = r

@@ -1,4 +1,5 @@
 import CustosEvidence
+import CustosTestSupport
 import Foundation
 import Testing
 
@@ -72,6 +73,8 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
     var investigator = ""
     var approver = ""
 
+    var connectorConfig: [String: Any] = [:]
+
     init(adapter: [String], inFlightChunks: Int = 32) throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent(TestServices.unique("custos-e2e-"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -84,16 +87,22 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
         env["CUSTOS_LOG_LEVEL"] = "info"
         self.env = env
         try SigningKey.generate().write(privatePath: path("broker.key"), publicPath: path("broker.pub"))
-        try SigningKey.generate().write(privatePath: path("provider.key"), publicPath: path("provider.pub"))
-        let broker: [String: Any] = ["signingKeyFile": path("broker.key"), "http": ["host": "127.0.0.1", "port": 0],
-                                     "providers": ["refreshSeconds": 1]]
-        let connector: [String: Any] = [
-            "providerId": provider, "signingKeyFile": path("provider.key"), "brokerPublicKeyFile": path("broker.pub"),
-            "stateDirectory": path("state"), "adapters": ["default": ["command": adapter]],
+        // The provider's CA and signing certificate, and the broker's TSA, as files.
+        let pki = try TestPKI(signerName: provider)
+        for (name, text) in [("provider-ca.pem", pki.providerCA), ("provider.pem", pki.signer), ("provider.key", pki.signerKey),
+                             ("tsa-ca.pem", pki.tsaCA), ("tsa.pem", pki.tsa.certificate), ("tsa.key", pki.tsa.key)] {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path(name)))
+        }
+        let broker: [String: Any] = [
+            "signingKeyFile": path("broker.key"), "http": ["host": "127.0.0.1", "port": 0], "providers": ["refreshSeconds": 1],
+            "tsa": ["trustFile": path("tsa-ca.pem"), "certificateFile": path("tsa.pem"), "keyFile": path("tsa.key")],
+        ]
+        connectorConfig = [
+            "providerId": provider, "signingKeyFile": path("provider.key"), "certificateFile": path("provider.pem"),
+            "brokerPublicKeyFile": path("broker.pub"), "stateDirectory": path("state"), "adapters": ["default": ["command": adapter]],
             "streaming": ["inFlightChunks": inFlightChunks],
         ]
         try JSONSerialization.data(withJSONObject: broker).write(to: URL(fileURLWithPath: path("broker.json")))
-        try JSONSerialization.data(withJSONObject: connector).write(to: URL(fileURLWithPath: path("connector.json")))
     }
 
     func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
@@ -106,7 +115,7 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
 
     func setUp() throws {
         _ = try admin(["migrate"])
-        _ = try admin(["providers", "add", provider, "--public-key", path("provider.pub")])
+        _ = try admin(["providers", "add", provider, "--certificate", path("provider.pem"), "--ca-certificate", path("provider-ca.pem")])
         investigator = try admin(["users", "add", TestServices.unique("inv-"), "--role", "investigator"])
         approver = try admin(["users", "add", TestServices.unique("appr-"), "--role", "approver"])
     }
@@ -117,7 +126,11 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
         url = String(line.split(separator: " ").last!)
     }
 
+    /// Starts the connector, time-stamping with the broker's built-in TSA.
     func startConnector() async throws {
+        var config = connectorConfig
+        config["tsa"] = ["url": url + "/tsa", "trustFile": path("tsa-ca.pem")]
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: path("connector.json")))
         connector = try ChildProcess("custos-connector", ["run", "--config", path("connector.json")], environment: env, log: dir.appendingPathComponent("connector.log"))
         _ = try await connector!.waitFor("custos-connector running")
     }

@@ -45,7 +45,7 @@ enum TestServices {
     }
 
     /// A migrated schema of its own for one test, dropped afterwards.
-    static func withStore<R: Sendable>(signer: SigningKey = .generate(), _ body: @Sendable (BrokerStore, PostgresClient, DatabaseConfiguration) async throws -> R) async throws -> R {
+    static func withStore<R: Sendable>(signer: SigningKey = .generate(), tsaTrust: String = "", _ body: @Sendable (BrokerStore, PostgresClient, DatabaseConfiguration) async throws -> R) async throws -> R {
         let db = try DatabaseConfiguration(url: databaseURL(), schema: unique("t_"))
         let client = db.makeClient(logger: logger)
         return try await withThrowingTaskGroup(of: R?.self) { group in
@@ -53,7 +53,7 @@ enum TestServices {
             defer { group.cancelAll() }
             try await Migrator.migrate(client: client, schema: db.schema, logger: logger)
             do {
-                let r = try await body(BrokerStore(client: client, signer: signer, logger: logger), client, db)
+                let r = try await body(BrokerStore(client: client, signer: signer, tsaTrust: tsaTrust, logger: logger), client, db)
                 try await client.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \"\(db.schema)\" CASCADE"))
                 return r
             } catch {

@@ -1,32 +1,8 @@
 import CustosModel
 import CustosPKI
+import CustosTestSupport
 import Foundation
 import Testing
-
-/// A throw-away PKI made inside the tests: a provider CA and a signer, a TSA CA and a TSA.
-struct TestPKI {
-    let providerCA: String, providerCAKey: String
-    let signer: String, signerKey: String
-    let tsaCA: String, tsaCAKey: String
-    let tsa: TimeStamp.Authority
-
-    init(signerValidity: ClosedRange<Date> = Date(timeIntervalSinceNow: -86_400)...Date(timeIntervalSinceNow: 365 * 86_400)) throws {
-        let year = Date(timeIntervalSinceNow: 365 * 86_400), past = Date(timeIntervalSinceNow: -86_400)
-        providerCAKey = try X509.generateKey()
-        providerCA = try X509.issue(commonName: "Test Provider CA", subjectKey: providerCAKey, issuerCertificate: nil, issuerKey: providerCAKey,
-                                    notBefore: past, notAfter: year, serial: 1, role: .certificateAuthority)
-        signerKey = try X509.generateKey()
-        signer = try X509.issue(commonName: "prov-a", organization: "Test Telco", subjectKey: signerKey, issuerCertificate: providerCA,
-                                issuerKey: providerCAKey, notBefore: signerValidity.lowerBound, notAfter: signerValidity.upperBound, serial: 2, role: .signer)
-        tsaCAKey = try X509.generateKey()
-        tsaCA = try X509.issue(commonName: "Test TSA CA", subjectKey: tsaCAKey, issuerCertificate: nil, issuerKey: tsaCAKey,
-                               notBefore: past, notAfter: year, serial: 1, role: .certificateAuthority)
-        let tsaKey = try X509.generateKey()
-        let tsaCert = try X509.issue(commonName: "Test TSA", subjectKey: tsaKey, issuerCertificate: tsaCA, issuerKey: tsaCAKey,
-                                     notBefore: past, notAfter: year, serial: 2, role: .timeStamping)
-        tsa = TimeStamp.Authority(certificate: tsaCert, key: tsaKey)
-    }
-}
 
 @Suite("CMS, RFC 3161 and X.509 through OpenSSL")
 struct PKITests {

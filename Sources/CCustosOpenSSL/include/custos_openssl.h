@@ -26,9 +26,11 @@ int custos_x509_issue(const char *common_name, const char *organization,
                       int64_t not_before, int64_t not_after, int64_t serial,
                       int is_ca, int timestamping, custos_buf *out_pem, char *err, size_t errlen);
 
-/* Reads a certificate (PEM or DER): subject CN, validity, and its DER encoding. */
+/* Reads a certificate (PEM or DER): subject CN, validity, its DER encoding and its public key
+ * (SubjectPublicKeyInfo, DER). */
 int custos_x509_info(const unsigned char *cert, size_t cert_len, char *common_name, size_t cn_len,
-                     int64_t *not_before, int64_t *not_after, custos_buf *out_der, char *err, size_t errlen);
+                     int64_t *not_before, int64_t *not_after, custos_buf *out_der, custos_buf *out_spki,
+                     char *err, size_t errlen);
 
 /* CMS SignedData, detached, over data; carries the signer certificate and chain_pem's certificates. DER. */
 int custos_cms_sign(const unsigned char *cert_pem, size_t cert_len, const unsigned char *key_pem, size_t key_len,

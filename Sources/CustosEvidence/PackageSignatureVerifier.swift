@@ -1,0 +1,44 @@
+import CustosModel
+import CustosPKI
+import Foundation
+
+/// What the package signature and its time-stamp prove, as a value.
+public struct SignatureCheck: Sendable {
+    public var failures: [PackageVerification.Failure]
+    /// The time-stamp's genTime, when the time-stamp verifies.
+    public var genTime: Date?
+    public var accuracyMicroseconds: Int64?
+    /// The signing certificate, when the signature verifies.
+    public var signer: CertificateInfo?
+}
+
+public enum PackageSignatureVerifier {
+    /// Checks, with trust anchors given by the caller only:
+    /// 1. the RFC 3161 time-stamp: granted, by a TSA chaining to `tsaTrust`, over SHA-256 of
+    ///    the signature's DER bytes;
+    /// 2. the CMS signature over the canonical manifest, by a certificate chaining to
+    ///    `providerTrust` and valid at the time-stamp's time (now, when there is no valid one);
+    /// 3. that the signer is the provider the manifest is for (its common name).
+    public static func verify(manifest: [UInt8], signature: [UInt8], timeStamp: [UInt8], providerId: String,
+                              providerTrust: String, tsaTrust: String) -> SignatureCheck {
+        var check = SignatureCheck(failures: [], genTime: nil, accuracyMicroseconds: nil, signer: nil)
+        switch TimeStamp.verify(response: timeStamp, sha256: Digest.sha256Bytes(signature), trust: tsaTrust) {
+        case .valid(let token):
+            check.genTime = token.genTime
+            check.accuracyMicroseconds = token.accuracyMicroseconds
+        case .invalid(let why):
+            check.failures.append(.init(code: .timeStamp, detail: "time-stamp does not verify over the signature: \(why)"))
+        }
+        switch CMS.verify(signature: signature, data: manifest, trust: providerTrust, at: check.genTime) {
+        case .valid(let signer):
+            check.signer = signer
+            if signer.commonName != providerId {
+                check.failures.append(.init(code: .wrongProvider, detail: "signed by \(signer.commonName), not by the provider \(providerId)"))
+            }
+        case .invalid(let why):
+            let when = check.genTime.map { " at the time-stamp's time \(Timestamp.format($0))" } ?? ""
+            check.failures.append(.init(code: .signature, detail: "manifest signature does not verify with the trusted provider CA\(when): \(why)"))
+        }
+        return check
+    }
+}
