@@ -8,11 +8,12 @@ import Foundation
 /// | file | written when |
 /// | --- | --- |
 /// | `request.json` | the request arrived (before its Kafka offset is stored) |
-/// | `records.ndjson`, `extraction.json` | the adapters finished; the spool is final |
-/// | `manifest.json`, `manifest.sig` | the package was built and signed |
+/// | `records.ndjson`, `extraction.json` | the adapters finished; the content is final |
+/// | `manifest.json`, `manifest.p7s` | the package was built and signed (CMS, DER) |
+/// | `manifest.tsr` | the signature was time-stamped (RFC 3161 response, DER) |
 /// | `progress` | every chunk below this index is acknowledged by Kafka |
 /// | `sent` | manifest, chunks and completion are all acknowledged |
-/// | `receipt.json` | the broker's signed receipt arrived |
+/// | `receipt.json` | the broker's signed receipt arrived (the message as received) |
 public struct JobStore: Sendable {
     public let root: URL
 

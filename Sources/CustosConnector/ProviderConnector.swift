@@ -111,7 +111,8 @@ public struct ProviderConnector: Service {
         case .receipt:
             let body = try SignedEnvelope.body(ReceiptBody.self, from: json).body
             guard jobs.exists(header.requestId, "request.json") else { throw ConnectorError(reason: "receipt for an unknown request") }
-            try jobs.write(header.requestId, "receipt.json", Data(try CanonicalJSON.encode(body)))
+            // The signed message itself, as received: the provider's proof of delivery (or of the rejection and why).
+            try jobs.write(header.requestId, "receipt.json", Data(message.value))
             if body.outcome == .accepted { jobs.remove(header.requestId, "records.ndjson") }
             logger.info("receipt received", metadata: [LogKey.request: "\(header.requestId.lowercased)", LogKey.outcome: "\(body.outcome.rawValue)"])
         default:

@@ -1,3 +1,4 @@
+import CustosEvidence
 import CustosKafka
 import CustosModel
 import Foundation
@@ -57,6 +58,15 @@ struct ExchangeEndToEndTests {
             let s = String(decoding: line, as: UTF8.self)
             return s.contains("+84912345678") || s.contains("+84987654321")
         })
+
+        // The connector keeps the broker's signed receipt, as received: proof of acceptance.
+        let receiptFile = d.path("state/jobs/\(request)/receipt.json")
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !FileManager.default.fileExists(atPath: receiptFile) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(200)) }
+        let brokerKey = try VerifyingKey.load(path: d.path("broker.pub"))
+        let opened = try SignedEnvelope.open(Array(try Data(contentsOf: URL(fileURLWithPath: receiptFile)))) { $0 == "broker" ? brokerKey : nil }
+        let receipt = try SignedEnvelope.body(ReceiptBody.self, from: opened.json).body
+        #expect(receipt.outcome == .accepted && receipt.packageId.uuidString.lowercased() == packageId)
 
         // A request whose only adapter fails is refused by the provider, with a reason.
         let refusedRequest = try d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["kyc-document"])
