@@ -145,7 +145,7 @@ let package = Package(
         .executableTarget(
             name: "custos",
             dependencies: [
-                "CustosClient", "CustosModel", "CustosRuntime",
+                "CustosClient", "CustosModel", "CustosRuntime", "CustosEvidence",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -33,3 +33,22 @@ extension BrokerStore {
         throw BrokerError(.notFound, "chunk \(index) of the package is missing")
     }
 }
+
+extension BrokerStore {
+    /// What an export bundle needs besides the manifest and the chunks.
+    public struct BundleParts: Sendable {
+        public var request: [UInt8]
+        public var signerPEM: String
+        public var verification: [UInt8]
+    }
+
+    public func bundleParts(_ id: UUID) async throws -> BundleParts {
+        for try await (request, signer, verification) in try await client.query("""
+            SELECT r.approved_request, p.signer_certificate, p.verification FROM packages p JOIN requests r ON r.id = p.request_id
+            WHERE p.id = \(id)
+            """, logger: logger).decode((String?, String?, String?).self) {
+            return BundleParts(request: Array((request ?? "").utf8), signerPEM: signer ?? "", verification: Array((verification ?? "").utf8))
+        }
+        throw BrokerError(.notFound, "no such package")
+    }
+}

@@ -40,12 +40,12 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         case let e as HTTPError:
             problem = API.Problem(type: "about:blank", title: e.status.reasonPhrase, status: e.status.code, detail: e.body)
         case is PSQLError, is PostgresError:
-            logger.error("database unavailable", metadata: [LogKey.error: "\(String(describing: error))"])
+            logger.error("database unavailable", metadata: [LogKey.error: "\(loggable(error))"])
             problem = API.Problem(type: "urn:custos:problem:unavailable", title: "Service Unavailable", status: 503,
                                   detail: "the database is unavailable; try again shortly")
             headers[.retryAfter] = "5"
         default:
-            logger.error("unexpected error", metadata: [LogKey.error: "\(String(describing: error))", "http.path": "\(path)"])
+            logger.error("unexpected error", metadata: [LogKey.error: "\(loggable(error))", "http.path": "\(path)"])
             problem = API.Problem(type: "about:blank", title: "Internal Server Error", status: 500)
         }
         let body = (try? JSONEncoder().encode(problem)) ?? Data()

@@ -98,6 +98,32 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
             try await writer.finish(nil)
         })
     }
+    v1.get("packages/:id/bundle") { request, context in
+        _ = try await api.user(request)
+        let id = try api.id(context)
+        let package = try await store.package(id)
+        guard package.state != .receiving else { throw BrokerError(.conflict, "package is still being received") }
+        let parts = try await store.bundleParts(id)
+        let m = package.manifest
+        let head = EvidenceBundle.head(
+            manifest: try CanonicalJSON.encode(m), request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
+            timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
+            packageId: id, contentSize: m.content.size,
+            readme: EvidenceBundle.readme(manifest: m, signer: package.signer, timeStampedAt: package.timeStampedAt))
+        let tail = EvidenceBundle.tail(contentSize: m.content.size)
+        let length = Int64(head.count) + m.content.size + Int64(tail.count)
+        let headers: HTTPFields = [
+            .contentType: "application/x-tar",
+            .contentLength: "\(length)",
+            .contentDisposition: "attachment; filename=\"\(EvidenceBundle.folder(id)).tar\"",
+        ]
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            try await writer.write(ByteBuffer(bytes: head))
+            for i in 0..<m.chunks.count { try await writer.write(try await store.chunk(package: id, index: i)) }
+            try await writer.write(ByteBuffer(bytes: tail))
+            try await writer.finish(nil)
+        })
+    }
     return router
 }
 

@@ -11,3 +11,15 @@ enum LogKey {
     static let offset = "kafka.offset"
     static let error = "error"
 }
+
+import PostgresNIO
+
+/// An error as it may be logged: PostgreSQL's SQLSTATE and message (never its detail, which
+/// can quote values), or the error's own description, which Custos keeps free of payload.
+func loggable(_ error: any Error) -> String {
+    if let e = error as? PSQLError {
+        if let state = e.serverInfo?[.sqlState] { return "PostgreSQL SQLSTATE \(state): \(e.serverInfo?[.message] ?? "")" }
+        return "PostgreSQL \(e.code)"
+    }
+    return String(describing: error)
+}

@@ -115,6 +115,7 @@ enum Migrations {
                 time_stamp bytea NOT NULL,
                 time_stamped_at timestamptz,
                 signer text,
+                signer_certificate text,
                 manifest_sha256 text NOT NULL,
                 chunk_count int NOT NULL,
                 content_size bigint NOT NULL,

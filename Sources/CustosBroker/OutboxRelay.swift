@@ -31,7 +31,7 @@ struct OutboxRelay: Service {
                     return
                 } catch {
                     failures += 1
-                    logger.error("outbox relay failed; retrying", metadata: [LogKey.error: "\(String(describing: error))"])
+                    logger.error("outbox relay failed; retrying", metadata: [LogKey.error: "\(loggable(error))"])
                     try await Task.sleep(for: Backoff.delay(attempt: failures))
                 }
             }

@@ -75,7 +75,7 @@ struct ResponseIngestor: Service {
                     attempt += 1
                     if Task.isCancelled || Task.isShuttingDownGracefully { return }
                     logger.error("ingest failed; retrying the same message", metadata: [
-                        LogKey.topic: "\(message.topic)", LogKey.offset: "\(message.offset)", LogKey.error: "\(String(describing: error))",
+                        LogKey.topic: "\(message.topic)", LogKey.offset: "\(message.offset)", LogKey.error: "\(loggable(error))",
                     ])
                     try await Task.sleep(for: Backoff.delay(attempt: attempt))
                 }

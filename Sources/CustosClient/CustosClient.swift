@@ -65,6 +65,38 @@ public struct CustosClient: Sendable {
     }
     public func package(_ id: UUID) async throws -> API.PackageView { try await call(.GET, "/v1/packages/\(id.lowercased)") }
 
+    /// Streams a package's export bundle into `path` (written under a temporary name first).
+    public func exportBundle(_ id: UUID, to path: String, progress: @Sendable (Int64, Int64) -> Void = { _, _ in }) async throws -> Int64 {
+        let response = try await http.execute(makeRequest(.GET, "/v1/packages/\(id.lowercased)/bundle"), timeout: .hours(2))
+        guard response.status == .ok else { throw Self.problem(response.status, try await response.body.collect(upTo: 1 << 20)) }
+        let total = response.headers.first(name: "Content-Length").flatMap { Int64($0) } ?? 0
+        let partial = path + ".partial"
+        guard FileManager.default.createFile(atPath: partial, contents: nil), let out = FileHandle(forWritingAtPath: partial) else {
+            throw ClientError(reason: "cannot write \(partial)")
+        }
+        var written: Int64 = 0
+        do {
+            for try await buffer in response.body {
+                try out.write(contentsOf: buffer.readableBytesView)
+                written += Int64(buffer.readableBytes)
+                progress(written, total)
+            }
+            try out.synchronize()
+            try out.close()
+        } catch {
+            try? out.close()
+            try? FileManager.default.removeItem(atPath: partial)
+            throw error
+        }
+        guard total == 0 || written == total else {
+            try? FileManager.default.removeItem(atPath: partial)
+            throw ClientError(reason: "the bundle ended after \(written) of \(total) bytes")
+        }
+        try? FileManager.default.removeItem(atPath: path)
+        try FileManager.default.moveItem(atPath: partial, toPath: path)
+        return written
+    }
+
     public struct Download: Sendable {
         public var contentPath: String
         public var manifestPath: String

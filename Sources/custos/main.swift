@@ -1,5 +1,6 @@
 import ArgumentParser
 import CustosClient
+import CustosEvidence
 import CustosModel
 import Foundation
 
@@ -9,7 +10,7 @@ struct Custos: AsyncParsableCommand {
         commandName: "custos",
         abstract: "Custos command line for investigators and approvers.",
         discussion: "The broker's address comes from --url or CUSTOS_URL; your bearer token from --token or CUSTOS_TOKEN.",
-        subcommands: [WhoAmI.self, Case.self, Request.self, Package.self, Download.self])
+        subcommands: [WhoAmI.self, Case.self, Request.self, Package.self, Download.self, Export.self, Verify.self])
 }
 
 struct Connection: ParsableArguments {
@@ -209,5 +210,92 @@ struct Download: AsyncParsableCommand {
                              "records": "\(d.recordCount)", "chunksRoot": d.chunksRoot]) {
             "\(d.contentPath)\n  \(d.recordCount) records, \(d.size) bytes; every chunk and record matches the signed manifest\n  sha256 \(d.sha256)"
         }
+    }
+}
+
+struct Export: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a package's export bundle: one tar file with the records, the signed manifest, its time-stamp and a README for a court's expert.")
+    @OptionGroup var connection: Connection
+    @Argument(help: "Package id.") var id: String
+    @Option(help: "The bundle file to write (default: custos-<id>.tar).") var out: String?
+    @Flag(help: "No progress on stderr.") var quiet = false
+
+    func run() async throws {
+        let packageId = try parseID(id)
+        let path = out ?? "custos-\(packageId.lowercased).tar"
+        let quiet = self.quiet
+        let size = try await connection.client.exportBundle(packageId, to: path) { done, total in
+            guard !quiet, total > 0 else { return }
+            FileHandle.standardError.write(Data("\rexporting \(done * 100 / total)%".utf8))
+        }
+        if !quiet { FileHandle.standardError.write(Data("\n".utf8)) }
+        try connection.emit(["path": path, "size": "\(size)"]) { "\(path) (\(size) bytes); check it with: custos verify \(path) --trust DIR" }
+    }
+}
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check an export bundle offline: signature, time-stamp, request binding, every chunk and record, both Merkle roots.",
+        discussion: """
+            Trust anchors come only from --trust, never from the bundle: a folder holding provider-ca.pem (the provider's \
+            CA certificates) and tsa-ca.pem (the time-stamping authority's CA certificates). Every failure is reported, \
+            not only the first. Exit status: 0 valid, 1 invalid, 2 unusable input (unreadable file, not a bundle, missing \
+            trust anchors).
+            """)
+    @Argument(help: "The bundle file (custos export writes one).") var bundle: String
+    @Option(help: "Folder with provider-ca.pem and tsa-ca.pem.") var trust: String
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func run() throws {
+        func unusable(_ why: String) throws -> Never {
+            if json {
+                let report = BundleReport(outcome: .unusable, format: EvidenceBundle.format, checks: [:], failures: [], unusable: why)
+                try printJSON(report)
+            } else {
+                FileHandle.standardError.write(Data("custos verify: UNUSABLE: \(why)\n".utf8))
+            }
+            throw ExitCode(2)
+        }
+        guard let providerTrust = try? String(contentsOfFile: trust + "/provider-ca.pem", encoding: .utf8) else {
+            try unusable("cannot read \(trust)/provider-ca.pem")
+        }
+        guard let tsaTrust = try? String(contentsOfFile: trust + "/tsa-ca.pem", encoding: .utf8) else {
+            try unusable("cannot read \(trust)/tsa-ca.pem")
+        }
+        guard let handle = FileHandle(forReadingAtPath: bundle) else { try unusable("cannot read \(bundle)") }
+        var verifier = BundleVerifier(providerTrust: providerTrust, tsaTrust: tsaTrust)
+        while let block = try handle.read(upToCount: 4 << 20), !block.isEmpty {
+            block.withUnsafeBytes { verifier.consume($0) }
+        }
+        let report = verifier.finish()
+        if json { try printJSON(report) } else { print(Self.render(report)) }
+        switch report.outcome {
+        case .valid: return
+        case .invalid: throw ExitCode(1)
+        case .unusable: throw ExitCode(2)
+        }
+    }
+
+    func printJSON(_ report: BundleReport) throws {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: try e.encode(report), as: UTF8.self))
+    }
+
+    static func render(_ r: BundleReport) -> String {
+        var lines = ["custos verify: \(r.outcome.rawValue.uppercased())"]
+        if let u = r.unusable { lines.append("  \(u)"); return lines.joined(separator: "\n") }
+        lines.append("  package     \(r.packageId ?? "?")")
+        lines.append("  request     \(r.requestId ?? "?")")
+        lines.append("  provider    \(r.providerId ?? "?")\(r.signer.map { ", signed by \"\($0)\"" } ?? "")")
+        lines.append("  time-stamp  \(r.timeStampedAt ?? "not verified")   (extracted as of \(r.asOf ?? "?"))")
+        lines.append("  content     \(r.recordCount ?? 0) records, \(r.contentSize ?? 0) bytes, \(r.chunkCount ?? 0) chunks")
+        for (name, passed) in r.checks.sorted(by: { $0.key < $1.key }) { lines.append("  [\(passed ? "ok" : "FAILED")] \(name)") }
+        if !r.failures.isEmpty {
+            lines.append("  failures:")
+            lines += r.failures.map { "    - \($0)" }
+        }
+        return lines.joined(separator: "\n")
     }
 }

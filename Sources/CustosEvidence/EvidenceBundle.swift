@@ -1,0 +1,273 @@
+import CustosCanonicalJSON
+import CustosModel
+import Foundation
+
+/// The export bundle, format `custos.bundle.v1`: one ustar file whose entries sit in a folder
+/// `custos-<package id>/`, in this order, the content last:
+///
+/// | entry | what |
+/// | --- | --- |
+/// | `README.txt` | for a court's expert: what is here and how to check it with stock openssl |
+/// | `request.json` | the request as approved (RFC 8785 canonical JSON); its SHA-256 is the manifest's `requestHash` |
+/// | `manifest.json` | the manifest, exactly the bytes that were signed |
+/// | `manifest.p7s` | CMS SignedData, detached, over `manifest.json`, with the provider's certificates (DER) |
+/// | `manifest.tsr` | RFC 3161 TimeStampResp over the SHA-256 of `manifest.p7s` (DER) |
+/// | `signer.pem` | the signing certificate, for reading (trust never comes from the bundle) |
+/// | `verification.json` | the broker's verdict when it received the package, for reading |
+/// | `content.ndjson` | the records; chunk *i* is the slice after chunks 0…*i*−1 |
+public enum EvidenceBundle {
+    public static let format = "custos.bundle.v1"
+
+    public enum Entry: String, CaseIterable, Sendable {
+        case readme = "README.txt"
+        case request = "request.json"
+        case manifest = "manifest.json"
+        case signature = "manifest.p7s"
+        case timeStamp = "manifest.tsr"
+        case signer = "signer.pem"
+        case verification = "verification.json"
+        case content = "content.ndjson"
+    }
+
+    public static func folder(_ packageId: UUID) -> String { "custos-\(packageId.lowercased)" }
+
+    /// Everything before the content's bytes: the small entries, then the content's header.
+    public static func head(
+        manifest: [UInt8], request: [UInt8], signature: [UInt8], timeStamp: [UInt8], signerPEM: String,
+        verification: [UInt8], packageId: UUID, contentSize: Int64, readme: String
+    ) -> [UInt8] {
+        let dir = folder(packageId)
+        var out: [UInt8] = []
+        for (entry, bytes) in [(Entry.readme, Array(readme.utf8)), (.request, request), (.manifest, manifest), (.signature, signature),
+                               (.timeStamp, timeStamp), (.signer, Array(signerPEM.utf8)), (.verification, verification)] {
+            out += Tar.file("\(dir)/\(entry.rawValue)", bytes)
+        }
+        out += Tar.header(name: "\(dir)/\(Entry.content.rawValue)", size: contentSize)
+        return out
+    }
+
+    /// Everything after the content's bytes.
+    public static func tail(contentSize: Int64) -> [UInt8] { Tar.padding(after: contentSize) + Tar.end }
+
+    /// The README for a court's expert. The openssl commands are run as written by the tests.
+    public static func readme(manifest: Manifest, signer: String?, timeStampedAt: String?) -> String {
+        """
+        CUSTOS EVIDENCE BUNDLE (\(format))
+
+        Package   \(manifest.packageId.lowercased)
+        Request   \(manifest.requestId.lowercased)
+        Provider  \(manifest.providerId)\(signer.map { ", signed by the certificate \"\($0)\"" } ?? "")
+        Extracted \(manifest.asOf) (as-of time declared by the provider)
+        Stamped   \(timeStampedAt ?? "see manifest.tsr") (RFC 3161 time-stamp over the signature)
+        Content   \(manifest.content.recordCount) records, \(manifest.content.size) bytes, \(manifest.chunks.count) chunks
+
+        WHAT IS HERE
+          request.json       the request as approved, RFC 8785 canonical JSON. Its SHA-256 is the
+                             manifest's "requestHash", which binds the package to this request.
+          manifest.json      the provider's manifest, exactly the bytes it signed.
+          manifest.p7s       the provider's signature: CMS SignedData (RFC 5652), detached, DER,
+                             carrying its certificate chain.
+          manifest.tsr       an RFC 3161 time-stamp response over the SHA-256 of manifest.p7s.
+          content.ndjson     the records, one JSON object per line, grouped per (target x
+                             category) result in the order of the manifest's "results".
+          signer.pem, verification.json
+                             for reading only: the signing certificate, and the broker's verdict.
+
+        Nothing in this bundle is to be trusted on its own: the checks below use trust anchors
+        that you obtain independently (the provider's CA certificate and the time-stamping
+        authority's CA certificate), here called $TRUST/provider-ca.pem and $TRUST/tsa-ca.pem.
+
+        CHECKING WITH STOCK OPENSSL (run inside this folder)
+          1. The signature covers manifest.json and chains to the provider's CA:
+        openssl cms -verify -binary -inform DER -in manifest.p7s -content manifest.json -CAfile "$TRUST/provider-ca.pem" -out /dev/null
+          2. The time-stamp covers manifest.p7s and comes from the trusted TSA:
+        openssl ts -verify -in manifest.tsr -data manifest.p7s -CAfile "$TRUST/tsa-ca.pem"
+          3. The time it attests (genTime):
+        openssl ts -reply -in manifest.tsr -text
+          4. The request binding: this must print the manifest's "requestHash":
+        sha256sum request.json
+
+        THE CONTENT
+          The manifest lists every chunk with its size and SHA-256; chunk i is the slice of
+          content.ndjson after chunks 0..i-1. With every chunk but the last of the same size S,
+          chunk i is: dd if=content.ndjson bs=S skip=i count=1 | sha256sum
+          "chunksRoot" is the RFC 9162 Merkle root over the chunks (leaf = SHA-256(0x00 ||
+          chunk SHA-256), node = SHA-256(0x01 || left || right)); each result's "recordsRoot"
+          is the Merkle root over its records (leaf data: one line without its newline).
+
+        CHECKING EVERYTHING AT ONCE
+          custos verify <this bundle file> --trust <folder with provider-ca.pem and tsa-ca.pem>
+          checks all of the above, every chunk, both kinds of Merkle root and every result, and
+          prints every failure it finds. Exit status: 0 valid, 1 invalid, 2 unusable input.
+
+        """
+    }
+}
+
+/// The outcome of `custos verify`: every failure found, and what the bundle claims.
+public struct BundleReport: Codable, Sendable {
+    public enum Outcome: String, Codable, Sendable { case valid, invalid, unusable }
+    public var outcome: Outcome
+    public var format: String
+    public var packageId: String?
+    public var requestId: String?
+    public var providerId: String?
+    public var signer: String?
+    public var timeStampedAt: String?
+    public var asOf: String?
+    public var recordCount: Int?
+    public var contentSize: Int64?
+    public var chunkCount: Int?
+    /// Named checks and whether each passed.
+    public var checks: [String: Bool]
+    public var failures: [PackageVerification.Failure]
+    /// Why the bundle could not be checked at all (exit status 2).
+    public var unusable: String?
+
+    public init(outcome: Outcome, format: String, checks: [String: Bool], failures: [PackageVerification.Failure], unusable: String?) {
+        self.outcome = outcome
+        self.format = format
+        self.checks = checks
+        self.failures = failures
+        self.unusable = unusable
+    }
+}
+
+/// Checks a bundle while its bytes stream past: constant memory whatever the content's size.
+/// Trust anchors come only from the caller, never from the bundle.
+public struct BundleVerifier: Sendable {
+    public let providerTrust: String
+    public let tsaTrust: String
+    private var tar = Tar.Reader()
+    private var current: (entry: EvidenceBundle.Entry?, name: String, bytes: [UInt8])?
+    private var files: [EvidenceBundle.Entry: [UInt8]] = [:]
+    private var seen: Set<String> = []
+    private var content: ContentVerifier?
+    private var manifest: Manifest?
+    private var failures: [PackageVerification.Failure] = []
+    private var unusable: String?
+    private var folder: String?
+
+    /// Small entries larger than this make a bundle unusable (the content has no limit).
+    public static let maximumSmallEntry = 64 << 20
+
+    public init(providerTrust: String, tsaTrust: String) {
+        self.providerTrust = providerTrust
+        self.tsaTrust = tsaTrust
+    }
+
+    public mutating func consume(_ bytes: UnsafeRawBufferPointer) {
+        guard unusable == nil else { return }
+        do {
+            var events: [Tar.Event] = []
+            try tar.consume(bytes) { events.append($0) }
+            for e in events { try handle(e) }
+        } catch let e as Tar.FormatError {
+            unusable = e.description
+        } catch {
+            unusable = String(describing: error)
+        }
+    }
+
+    private mutating func handle(_ event: Tar.Event) throws {
+        switch event {
+        case .begin(let name, let size):
+            let parts = name.split(separator: "/", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw Unusable("entry \(name) is not inside the bundle's folder") }
+            if folder == nil { folder = parts[0] }
+            guard folder == parts[0] else { throw Unusable("entries of more than one folder") }
+            guard seen.insert(parts[1]).inserted else { throw Unusable("entry \(parts[1]) appears twice") }
+            let entry = EvidenceBundle.Entry(rawValue: parts[1])
+            if entry == nil { failures.append(.init(code: .manifestFormat, detail: "unexpected entry \(parts[1]) in the bundle")) }
+            if entry == .content {
+                guard let manifest else { throw Unusable("content.ndjson comes before manifest.json") }
+                content = ContentVerifier(manifest: manifest)
+            } else if size > Int64(Self.maximumSmallEntry) {
+                throw Unusable("entry \(parts[1]) is larger than \(Self.maximumSmallEntry) bytes")
+            }
+            current = (entry, parts[1], [])
+        case .data(let bytes):
+            if current?.entry == .content {
+                bytes.withUnsafeBytes { content!.consume($0) }
+            } else if current?.entry != nil {
+                current!.bytes += bytes
+            }
+        case .endOfFile:
+            if let c = current, let entry = c.entry, entry != .content {
+                files[entry] = c.bytes
+                if entry == .manifest {
+                    do { manifest = try JSONDecoder().decode(Manifest.self, from: Data(c.bytes)) } catch {
+                        throw Unusable("manifest.json is not a manifest: \(DecodingErrorDescription(error))")
+                    }
+                }
+            }
+            current = nil
+        case .trailingData(let n):
+            failures.append(.init(code: .trailingData, detail: "\(n) bytes after the end of the archive"))
+        }
+    }
+
+    struct Unusable: Error, CustomStringConvertible {
+        var description: String
+        init(_ d: String) { description = d }
+    }
+
+    /// Every check, once the last byte is in.
+    public mutating func finish() -> BundleReport {
+        var report = BundleReport(outcome: .unusable, format: EvidenceBundle.format, checks: [:], failures: [], unusable: unusable)
+        if unusable == nil && !tar.finished { report.unusable = "the archive ends before its end-of-archive marker" }
+        for required in [EvidenceBundle.Entry.request, .manifest, .signature, .timeStamp, .content] where report.unusable == nil {
+            if required == .content ? content == nil : files[required] == nil { report.unusable = "\(required.rawValue) is missing" }
+        }
+        guard report.unusable == nil, let manifest, var content else { return report }
+
+        var all = failures
+        // The request binding.
+        let requestBytes = files[.request]!
+        var request: ApprovedRequest?
+        var requestHash = ""
+        do {
+            requestHash = Digest.sha256Hex(try CanonicalJSON.canonicalize(requestBytes))
+            request = try JSONDecoder().decode(ApprovedRequest.self, from: Data(requestBytes))
+        } catch {
+            all.append(.init(code: .requestHash, detail: "request.json is not an approved request"))
+        }
+        all += PackageVerifier.checkManifest(manifest, expectedProvider: request?.providerId ?? manifest.providerId,
+                                             expectedRequest: request?.requestId ?? manifest.requestId, expectedRequestHash: requestHash)
+        // The signature, its time-stamp, the signer.
+        let manifestBytes = files[.manifest]!
+        if (try? CanonicalJSON.canonicalize(manifestBytes)) != manifestBytes {
+            all.append(.init(code: .manifestFormat, detail: "manifest.json is not in RFC 8785 canonical form"))
+        }
+        let signatures = PackageSignatureVerifier.verify(
+            manifest: manifestBytes, signature: files[.signature]!, timeStamp: files[.timeStamp]!,
+            providerId: manifest.providerId, providerTrust: providerTrust, tsaTrust: tsaTrust)
+        all += signatures.failures
+        // The content.
+        let contentFailures = content.finish()
+        all += contentFailures
+
+        let codes = Set(all.map(\.code))
+        report.checks = [
+            "request binding": codes.isDisjoint(with: [.requestHash, .wrongRequest, .wrongProvider]),
+            "time-stamp": !codes.contains(.timeStamp),
+            "signature and signer": codes.isDisjoint(with: [.signature, .wrongProvider]),
+            "chunks": codes.isDisjoint(with: [.chunkHash, .chunkMissing, .chunkSize, .contentSize, .trailingData]),
+            "chunks Merkle root": !codes.contains(.chunksRoot),
+            "results and records Merkle roots": codes.isDisjoint(with: [.resultSize, .resultCount, .recordsRoot, .resultCounts]),
+            "manifest format": !codes.contains(.manifestFormat),
+        ]
+        report.failures = all
+        report.outcome = all.isEmpty ? .valid : .invalid
+        report.packageId = manifest.packageId.lowercased
+        report.requestId = manifest.requestId.lowercased
+        report.providerId = manifest.providerId
+        report.signer = signatures.signer?.commonName
+        report.timeStampedAt = signatures.genTime.map(Timestamp.format)
+        report.asOf = manifest.asOf
+        report.recordCount = manifest.content.recordCount
+        report.contentSize = manifest.content.size
+        report.chunkCount = manifest.chunks.count
+        return report
+    }
+}
