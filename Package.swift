@@ -160,7 +160,17 @@ let package = Package(
         ),
 
         // Shared by the test targets: a throw-away PKI made at run time (no keys committed).
-        .target(name: "CustosTestSupport", dependencies: ["CustosPKI"], swiftSettings: swiftSettings),
+        .target(
+            name: "CustosTestSupport",
+            dependencies: ["CustosPKI", "CustosEvidence", "CustosModel", "CustosCanonicalJSON"],
+            swiftSettings: swiftSettings
+        ),
+        // Writes schemas/package/vectors/ (valid and invalid bundles, trust anchors).
+        .executableTarget(
+            name: "custos-vectors",
+            dependencies: ["CustosTestSupport", "CustosPKI"],
+            swiftSettings: swiftSettings
+        ),
 
         // Tests.
         .testTarget(

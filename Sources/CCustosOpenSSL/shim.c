@@ -206,18 +206,18 @@ done:
 }
 
 int custos_cms_verify(const unsigned char *cms_der, size_t cms_len, const unsigned char *data, size_t data_len,
-                      const unsigned char *trust_pem, size_t trust_len, int64_t at_time,
+                      const unsigned char *trust_pem, size_t trust_len, int64_t at_time, int check_chain,
                       custos_buf *out_signer_der, char *err, size_t errlen) {
     int result = -1;
     const unsigned char *p = cms_der;
     CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)cms_len);
-    X509_STORE *store = anchor_store(trust_pem, trust_len, at_time);
+    X509_STORE *store = check_chain ? anchor_store(trust_pem, trust_len, at_time) : X509_STORE_new();
     BIO *content = BIO_new_mem_buf(data, (int)data_len);
     STACK_OF(X509) *signers = NULL;
     if (!cms || p != cms_der + cms_len) { fail(err, errlen, "signature is not a DER CMS structure"); goto done; }
     if (!store) { fail(err, errlen, "no trust anchors"); goto done; }
     if (!content) { fail(err, errlen, "out of memory"); goto done; }
-    if (CMS_verify(cms, NULL, store, content, NULL, CMS_BINARY) != 1) {
+    if (CMS_verify(cms, NULL, store, content, NULL, CMS_BINARY | (check_chain ? 0 : CMS_NO_SIGNER_CERT_VERIFY)) != 1) {
         fail(err, errlen, "CMS signature does not verify");
         result = 0;
         goto done;

@@ -251,7 +251,7 @@ public struct BundleVerifier: Sendable {
         report.checks = [
             "request binding": codes.isDisjoint(with: [.requestHash, .wrongRequest, .wrongProvider]),
             "time-stamp": !codes.contains(.timeStamp),
-            "signature and signer": codes.isDisjoint(with: [.signature, .wrongProvider]),
+            "signature and signer": codes.isDisjoint(with: [.signature, .wrongProvider, .certificateExpired, .untrustedSigner]),
             "chunks": codes.isDisjoint(with: [.chunkHash, .chunkMissing, .chunkSize, .contentSize, .trailingData]),
             "chunks Merkle root": !codes.contains(.chunksRoot),
             "results and records Merkle roots": codes.isDisjoint(with: [.resultSize, .resultCount, .recordsRoot, .resultCounts]),

@@ -36,8 +36,17 @@ public enum PackageSignatureVerifier {
                 check.failures.append(.init(code: .wrongProvider, detail: "signed by \(signer.commonName), not by the provider \(providerId)"))
             }
         case .invalid(let why):
-            let when = check.genTime.map { " at the time-stamp's time \(Timestamp.format($0))" } ?? ""
-            check.failures.append(.init(code: .signature, detail: "manifest signature does not verify with the trusted provider CA\(when): \(why)"))
+            // Tell an altered manifest from a certificate problem, and expiry from an unknown CA.
+            let when = check.genTime ?? Date()
+            let at = check.genTime.map { "the time-stamp's time \(Timestamp.format($0))" } ?? "now (no valid time-stamp)"
+            switch CMS.verifyIntegrity(signature: signature, data: manifest) {
+            case .invalid:
+                check.failures.append(.init(code: .signature, detail: "the signature does not cover this manifest (altered after signing, or not a signature): \(why)"))
+            case .valid(let signer) where !signer.isValid(at: when):
+                check.failures.append(.init(code: .certificateExpired, detail: "the signing certificate \(signer.commonName) was not valid at \(at)"))
+            case .valid(let signer):
+                check.failures.append(.init(code: .untrustedSigner, detail: "the signing certificate \(signer.commonName) does not chain to a trusted provider CA at \(at): \(why)"))
+            }
         }
         return check
     }

@@ -9,6 +9,8 @@ public struct PackageVerification: Codable, Sendable, Hashable {
         public enum Code: String, Codable, Sendable {
             case manifestFormat = "manifest-format"
             case signature
+            case certificateExpired = "certificate-expired"
+            case untrustedSigner = "untrusted-signer"
             case timeStamp = "time-stamp"
             case wrongProvider = "wrong-provider"
             case wrongRequest = "wrong-request"

@@ -25,11 +25,21 @@ public enum CMS {
     /// Verifies a detached signature. Trust anchors come only from `trust` (PEM bundle);
     /// the chain is checked at `time` (nil: now). Unusable input is `.invalid` too.
     public static func verify(signature: [UInt8], data: [UInt8], trust: String, at time: Date?) -> Verification {
+        verify(signature: signature, data: data, trust: trust, at: time, checkChain: true)
+    }
+
+    /// Checks only that the signature covers `data` (no trust anchors, no chain): how an
+    /// altered document is told apart from an untrusted or expired certificate.
+    public static func verifyIntegrity(signature: [UInt8], data: [UInt8]) -> Verification {
+        verify(signature: signature, data: data, trust: "", at: nil, checkChain: false)
+    }
+
+    static func verify(signature: [UInt8], data: [UInt8], trust: String, at time: Date?, checkChain: Bool) -> Verification {
         let t = trust.bytes
         let at = time.map { Int64($0.timeIntervalSince1970) } ?? -1
         let out = Shim.call { out, err, n in
             signature.withPointer { s, sn in data.withPointer { d, dn in t.withPointer { tp, tn in
-                custos_cms_verify(s, sn, d, dn, tp, tn, at, out, err, n)
+                custos_cms_verify(s, sn, d, dn, tp, tn, at, checkChain ? 1 : 0, out, err, n)
             } } }
         }
         guard out.status == 1 else { return .invalid(out.error) }

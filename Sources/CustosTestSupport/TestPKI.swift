@@ -8,8 +8,9 @@ public struct TestPKI: Sendable {
     public let tsaCA: String, tsaCAKey: String
     public let tsa: TimeStamp.Authority
 
-    public init(signerName: String = "prov-a", signerValidity: ClosedRange<Date> = Date(timeIntervalSinceNow: -86_400)...Date(timeIntervalSinceNow: 365 * 86_400)) throws {
-        let year = Date(timeIntervalSinceNow: 365 * 86_400), past = Date(timeIntervalSinceNow: -86_400)
+    public init(signerName: String = "prov-a", signerValidity: ClosedRange<Date> = Date(timeIntervalSinceNow: -86_400)...Date(timeIntervalSinceNow: 365 * 86_400),
+                caYears: Double = 1) throws {
+        let year = Date(timeIntervalSinceNow: caYears * 365 * 86_400), past = Date(timeIntervalSinceNow: -86_400)
         providerCAKey = try X509.generateKey()
         providerCA = try X509.issue(commonName: "Test Provider CA", subjectKey: providerCAKey, issuerCertificate: nil, issuerKey: providerCAKey,
                                     notBefore: past, notAfter: year, serial: 1, role: .certificateAuthority)

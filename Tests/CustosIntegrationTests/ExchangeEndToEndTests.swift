@@ -59,6 +59,47 @@ struct ExchangeEndToEndTests {
             return s.contains("+84912345678") || s.contains("+84987654321")
         })
 
+        // The export bundle verifies offline with trust anchors given apart, and its README's
+        // openssl commands pass as written.
+        let trust = d.path("trust")
+        try FileManager.default.createDirectory(atPath: trust, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: d.path("provider-ca.pem"), toPath: trust + "/provider-ca.pem")
+        try FileManager.default.copyItem(atPath: d.path("tsa-ca.pem"), toPath: trust + "/tsa-ca.pem")
+        let bundle = d.path("bundle.tar")
+        _ = try d.cliOK(d.investigator, ["export", packageId, "--out", bundle, "--quiet"])
+        let verified = try run("custos", ["verify", bundle, "--trust", trust, "--json"], environment: d.env)
+        #expect(verified.status == 0, "custos verify: \(verified.stdout)")
+        let verifyReport = try json(verified.stdout)
+        #expect(verifyReport["outcome"] as? String == "valid" && verifyReport["signer"] as? String == d.provider)
+        var corrupted = try Data(contentsOf: URL(fileURLWithPath: bundle))
+        let contentSize = try #require(verifyReport["contentSize"] as? Int)
+        corrupted[corrupted.count - 1024 - (512 - contentSize % 512) % 512 - 5] ^= 0x01  // inside the content, before tar's padding and end
+        try corrupted.write(to: URL(fileURLWithPath: d.path("corrupted.tar")))
+        #expect(try run("custos", ["verify", d.path("corrupted.tar"), "--trust", trust], environment: d.env).status == 1)
+        try Data("not a bundle".utf8).write(to: URL(fileURLWithPath: d.path("garbage.tar")))
+        #expect(try run("custos", ["verify", d.path("garbage.tar"), "--trust", trust], environment: d.env).status == 2)
+        let extracted = d.path("extracted")
+        try FileManager.default.createDirectory(atPath: extracted, withIntermediateDirectories: true)
+        let untar = Process()
+        untar.executableURL = URL(fileURLWithPath: "/bin/tar")
+        untar.arguments = ["-xf", bundle, "-C", extracted]
+        try untar.run()
+        untar.waitUntilExit()
+        let folder = extracted + "/custos-\(packageId)"
+        let readme = try String(contentsOfFile: folder + "/README.txt", encoding: .utf8)
+        for command in readme.split(separator: "\n").filter({ $0.hasPrefix("openssl ") }) {
+            let sh = Process()
+            sh.executableURL = URL(fileURLWithPath: "/bin/sh")
+            sh.arguments = ["-c", String(command)]
+            sh.currentDirectoryURL = URL(fileURLWithPath: folder)
+            sh.environment = ["TRUST": trust, "PATH": "/usr/bin:/bin"]
+            sh.standardOutput = FileHandle.nullDevice
+            sh.standardError = FileHandle.nullDevice
+            try sh.run()
+            sh.waitUntilExit()
+            #expect(sh.terminationStatus == 0, "\(command)")
+        }
+
         // The connector keeps the broker's signed receipt, as received: proof of acceptance.
         let receiptFile = d.path("state/jobs/\(request)/receipt.json")
         let deadline = ContinuousClock.now + .seconds(60)

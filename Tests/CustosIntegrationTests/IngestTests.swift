@@ -143,7 +143,7 @@ struct IngestTests {
             let pkg = try await store.package(p.manifest.packageId)
             #expect(pkg.state == .rejected)
             let codes = Set(pkg.verification?.failures.map { String($0.prefix { $0 != ":" }) } ?? [])
-            #expect(codes == ["signature", "time-stamp"])
+            #expect(codes == ["untrusted-signer", "time-stamp"])
         }
     }
 

@@ -38,9 +38,11 @@ int custos_cms_sign(const unsigned char *cert_pem, size_t cert_len, const unsign
                     custos_buf *out_der, char *err, size_t errlen);
 
 /* Verifies a detached CMS signature over data, with trust anchors only from trust_pem, the chain
- * checked at at_time (Unix seconds; < 0 means now). On success out_signer_der is the signer's certificate. */
+ * checked at at_time (Unix seconds; < 0 means now). With check_chain 0 only the signature over
+ * the data is checked (no anchors needed): that tells an altered document from a certificate
+ * problem. On success out_signer_der is the signer's certificate. */
 int custos_cms_verify(const unsigned char *cms_der, size_t cms_len, const unsigned char *data, size_t data_len,
-                      const unsigned char *trust_pem, size_t trust_len, int64_t at_time,
+                      const unsigned char *trust_pem, size_t trust_len, int64_t at_time, int check_chain,
                       custos_buf *out_signer_der, char *err, size_t errlen);
 
 /* An RFC 3161 TimeStampReq for a SHA-256 digest, with a nonce, asking for the TSA's certificate. DER. */

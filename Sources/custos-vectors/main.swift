@@ -1,0 +1,29 @@
+import CustosTestSupport
+import Foundation
+
+/// Writes the package test vectors: `valid/` (bundles that verify), `invalid/` (one bundle per
+/// defect, named after it, with `EXPECTED.json` mapping each to the failure it must raise) and
+/// `trust/` (the CA certificates to verify them with; no private key is written).
+/// Usage: custos-vectors [DIRECTORY]   (default: schemas/package/vectors)
+let root = URL(fileURLWithPath: CommandLine.arguments.dropFirst().first ?? "schemas/package/vectors")
+let fm = FileManager.default
+for dir in ["valid", "invalid", "trust"] {
+    try? fm.removeItem(at: root.appendingPathComponent(dir))
+    try fm.createDirectory(at: root.appendingPathComponent(dir), withIntermediateDirectories: true)
+}
+// Long-lived CAs, so the vectors keep verifying for decades.
+let factory = try BundleFactory(caYears: 50)
+func write(_ path: String, _ bytes: [UInt8]) throws { try Data(bytes).write(to: root.appendingPathComponent(path)) }
+try write("trust/provider-ca.pem", Array(factory.pki.providerCA.utf8))
+try write("trust/tsa-ca.pem", Array(factory.pki.tsaCA.utf8))
+try write("valid/standard.tar", try factory.bundle(.standard))
+try write("valid/cannot-execute.tar", try factory.bundle(.withCannotExecute))
+var expected: [String: String] = [:]
+for defect in BundleFactory.Defect.allCases {
+    try write("invalid/\(defect.rawValue).tar", try factory.bundle(.standard, defect: defect))
+    expected[defect.rawValue] = defect.expected.rawValue
+}
+let encoder = JSONEncoder()
+encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+try write("invalid/EXPECTED.json", Array(try encoder.encode(expected)) + [0x0A])
+print("wrote \(2 + BundleFactory.Defect.allCases.count) bundles and the trust anchors to \(root.path)")
