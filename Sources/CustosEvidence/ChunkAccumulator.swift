@@ -33,9 +33,11 @@ public struct ChunkAccumulator: Sendable {
     }
 
     private mutating func closeChunk() {
-        let digest = Array(current.finalize())
+        let digest = current.finalize()
         chunks.append(Manifest.Chunk(index: chunks.count, size: currentSize, sha256: digest.hexString))
-        tree.append(leafHash: MerkleTree.leafHash(digest))
+        var leaf = MerkleTree.leafHasher()
+        digest.withUnsafeBytes { leaf.update(bufferPointer: $0) }
+        tree.append(leafDigest: leaf.finalize())
         current = SHA256()
         currentSize = 0
     }
@@ -56,13 +58,16 @@ public struct RecordTree: Sendable {
 
     /// Adds one record: its bytes without the newline.
     public mutating func append(record: UnsafeRawBufferPointer) {
-        tree.append(leafHash: MerkleTree.leafHash(record))
+        var leaf = MerkleTree.leafHasher()
+        leaf.update(bufferPointer: record)
+        tree.append(leafDigest: leaf.finalize())
         size += Int64(record.count + 1)
     }
 
-    mutating func appendHashed(_ leaf: [UInt8], size: Int64) {
-        tree.append(leafHash: leaf)
-        self.size += size
+    /// Adds a record whose leaf hash was computed incrementally.
+    mutating func appendLeaf(_ leaf: SHA256Digest, length: Int) {
+        tree.append(leafDigest: leaf)
+        size += Int64(length + 1)
     }
 
     public var count: Int { Int(tree.count) }

@@ -45,18 +45,23 @@ public enum MerkleTree {
 
     /// Builds the same root while leaves stream past, in O(log n) memory: complete subtrees are
     /// merged as soon as two of equal size meet, and the remainder is folded right to left at
-    /// the end, which matches the split at the largest power of two.
+    /// the end, which matches the split at the largest power of two. Digests stay fixed-size
+    /// values (no heap allocation per leaf), since this runs once per record.
     public struct Builder: Sendable {
-        private var stack: [(size: UInt64, hash: [UInt8])] = []
+        private var stack: [(size: UInt64, hash: SHA256Digest)] = []
         public private(set) var count: UInt64 = 0
 
         public init() {}
 
         public mutating func append(leafHash: [UInt8]) {
-            var node = (size: UInt64(1), hash: leafHash)
+            append(leafDigest: leafHash.withUnsafeBytes { SHA256Digest(copying: $0) })
+        }
+
+        public mutating func append(leafDigest: SHA256Digest) {
+            var node = (size: UInt64(1), hash: leafDigest)
             while let top = stack.last, top.size == node.size {
                 stack.removeLast()
-                node = (top.size * 2, MerkleTree.nodeHash(top.hash, node.hash))
+                node = (top.size &* 2, MerkleTree.node(top.hash, node.hash))
             }
             stack.append(node)
             count += 1
@@ -64,8 +69,40 @@ public enum MerkleTree {
 
         public var root: [UInt8] {
             guard var acc = stack.last?.hash else { return MerkleTree.emptyRoot }
-            for node in stack.dropLast().reversed() { acc = MerkleTree.nodeHash(node.hash, acc) }
-            return acc
+            for node in stack.dropLast().reversed() { acc = MerkleTree.node(node.hash, acc) }
+            return Array(acc)
+        }
+    }
+
+    private static let leafPrefix: UInt8 = 0x00
+    private static let nodePrefix: UInt8 = 0x01
+
+    static func node(_ left: SHA256Digest, _ right: SHA256Digest) -> SHA256Digest {
+        var h = SHA256()
+        withUnsafeBytes(of: nodePrefix) { h.update(bufferPointer: $0) }
+        left.withUnsafeBytes { h.update(bufferPointer: $0) }
+        right.withUnsafeBytes { h.update(bufferPointer: $0) }
+        return h.finalize()
+    }
+
+    /// A hasher already fed the leaf prefix: update it with the leaf data, then finalize.
+    public static func leafHasher() -> SHA256 {
+        var h = SHA256()
+        withUnsafeBytes(of: leafPrefix) { h.update(bufferPointer: $0) }
+        return h
+    }
+}
+
+extension SHA256Digest {
+    /// A digest from 32 raw bytes (a leaf hash computed elsewhere).
+    init(copying bytes: UnsafeRawBufferPointer) {
+        precondition(bytes.count == 32 && MemoryLayout<SHA256Digest>.size == 32)
+        // Hashing is the only public way to make a digest; recover one by reinterpreting the
+        // 32 bytes, which is how the type lays them out.
+        self = withUnsafeTemporaryAllocation(of: SHA256Digest.self, capacity: 1) { slot in
+            let raw = UnsafeMutableRawPointer(slot.baseAddress!)
+            raw.copyMemory(from: bytes.baseAddress!, byteCount: 32)
+            return slot.baseAddress!.pointee
         }
     }
 }

@@ -70,7 +70,7 @@ public struct ContentVerifier: Sendable {
 
     public init(manifest: Manifest) {
         self.manifest = manifest
-        recordHash.update(data: [0x00])
+        recordHash = MerkleTree.leafHasher()
         enterResult()
     }
 
@@ -100,11 +100,13 @@ public struct ContentVerifier: Sendable {
     public mutating func consume(_ bytes: [UInt8]) { bytes.withUnsafeBytes { consume($0) } }
 
     private mutating func closeChunk() {
-        let digest = Array(chunkHash.finalize())
+        let digest = chunkHash.finalize()
         if digest.hexString != manifest.chunks[chunkIndex].sha256 {
             fail(.chunkHash, "chunk \(chunkIndex) SHA-256 differs from the manifest")
         }
-        chunkTree.append(leafHash: MerkleTree.leafHash(digest))
+        var leaf = MerkleTree.leafHasher()
+        digest.withUnsafeBytes { leaf.update(bufferPointer: $0) }
+        chunkTree.append(leafDigest: leaf.finalize())
         chunkHash = SHA256()
         inChunk = 0
         chunkIndex += 1
@@ -129,8 +131,7 @@ public struct ContentVerifier: Sendable {
     }
 
     private mutating func resetRecord() {
-        recordHash = SHA256()
-        recordHash.update(data: [0x00])
+        recordHash = MerkleTree.leafHasher()
         recordLength = 0
     }
 
@@ -139,13 +140,13 @@ public struct ContentVerifier: Sendable {
         while start < bytes.count {
             guard resultIndex < manifest.results.count else { return }  // the size checks report it
             let limit = start + Int(min(resultRemaining, Int64(bytes.count - start)))
-            var i = start
-            while i < limit && bytes[i] != 0x0A { i += 1 }
-            recordHash.update(bufferPointer: UnsafeRawBufferPointer(rebasing: bytes[start..<i]))
+            let base = bytes.baseAddress!
+            var i = limit
+            if let nl = memchr(base + start, 0x0A, limit - start) { i = base.distance(to: UnsafeRawPointer(nl)) }
+            recordHash.update(bufferPointer: UnsafeRawBufferPointer(start: base + start, count: i - start))
             recordLength += i - start
             if i < limit {  // a newline: the record is complete
-                let leaf = Array(recordHash.finalize())
-                records.appendLeaf(leaf, length: recordLength)
+                records.appendLeaf(recordHash.finalize(), length: recordLength)
                 resetRecord()
                 i += 1
             }
@@ -173,12 +174,6 @@ public struct ContentVerifier: Sendable {
     }
 }
 
-extension RecordTree {
-    /// Adds a record whose leaf hash was computed incrementally.
-    mutating func appendLeaf(_ leaf: [UInt8], length: Int) {
-        appendHashed(leaf, size: Int64(length + 1))
-    }
-}
 
 public enum PackageVerifier {
     /// Checks what the manifest says of itself and of the request: format, provider, request,

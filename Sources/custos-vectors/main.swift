@@ -5,6 +5,16 @@ import Foundation
 /// defect, named after it, with `EXPECTED.json` mapping each to the failure it must raise) and
 /// `trust/` (the CA certificates to verify them with; no private key is written).
 /// Usage: custos-vectors [DIRECTORY]   (default: schemas/package/vectors)
+///        custos-vectors --large MIB FILE TRUSTDIR   (one valid bundle of MIB MiB of CDR-like records, for ops/bench)
+if CommandLine.arguments.dropFirst().first == "--large" {
+    let args = Array(CommandLine.arguments.dropFirst(2))
+    guard args.count == 3, let mib = Int(args[0]), mib > 0 else {
+        FileHandle.standardError.write(Data("usage: custos-vectors --large MIB FILE TRUSTDIR\n".utf8))
+        exit(2)
+    }
+    try LargeBundle.write(mebibytes: mib, to: args[1], trustDirectory: args[2])
+    exit(0)
+}
 let root = URL(fileURLWithPath: CommandLine.arguments.dropFirst().first ?? "schemas/package/vectors")
 let fm = FileManager.default
 for dir in ["valid", "invalid", "trust"] {
