@@ -190,7 +190,8 @@ extension BrokerStore {
         let newState: PackageState = verification.valid ? .verified : .rejected
         try await conn.query("""
             UPDATE packages SET state = \(newState.rawValue), verification = \(verdict), verified_at = now(),
-                time_stamped_at = \(signatureCheck.genTime), signer = \(signatureCheck.signer?.commonName),
+                time_stamped_at = \(signatureCheck.genTime), time_stamp_accuracy_us = \(signatureCheck.accuracyMicroseconds),
+                signer = \(signatureCheck.signer?.commonName),
                 signer_certificate = \(signatureCheck.signer?.pem)
             WHERE id = \(packageId)
             """, logger: logger)

@@ -114,6 +114,7 @@ enum Migrations {
                 manifest_signature bytea NOT NULL,
                 time_stamp bytea NOT NULL,
                 time_stamped_at timestamptz,
+                time_stamp_accuracy_us bigint,
                 signer text,
                 signer_certificate text,
                 manifest_sha256 text NOT NULL,

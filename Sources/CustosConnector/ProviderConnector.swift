@@ -177,7 +177,10 @@ public struct ProviderConnector: Service {
             do {
                 let (response, token) = try await timeStamps.timeStamp(sha256: Digest.sha256Bytes(signature))
                 try jobs.write(id, "manifest.tsr", Data(response))
-                logger.info("package time-stamped", metadata: [LogKey.request: "\(id.lowercased)", "custos.gen_time": "\(Timestamp.format(token.genTime))"])
+                logger.info("package time-stamped", metadata: [
+                    LogKey.request: "\(id.lowercased)", "custos.gen_time": "\(Timestamp.format(token.genTime))",
+                    "custos.accuracy_us": "\(token.accuracyMicroseconds.map(String.init) ?? "unstated")",
+                ])
                 return
             } catch {
                 attempt += 1

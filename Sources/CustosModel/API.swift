@@ -95,13 +95,15 @@ public enum API {
         /// RFC 3161 TimeStampResp over the signature, DER, base64.
         public var timeStamp: String
         public var timeStampedAt: String?
+        /// The accuracy the TSA states for `timeStampedAt`, in microseconds.
+        public var timeStampAccuracyMicroseconds: Int64?
         public var signer: String?
         public var manifestSha256: String
         public var verification: PackageVerificationSummary?
         public var receivedAt: String
 
         public init(id: UUID, requestId: UUID, providerId: String, state: PackageState, manifest: Manifest, signature: String, timeStamp: String,
-                    timeStampedAt: String?, signer: String?, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String) {
+                    timeStampedAt: String?, timeStampAccuracyMicroseconds: Int64?, signer: String?, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String) {
             self.id = id
             self.requestId = requestId
             self.providerId = providerId
@@ -110,6 +112,7 @@ public enum API {
             self.signature = signature
             self.timeStamp = timeStamp
             self.timeStampedAt = timeStampedAt
+            self.timeStampAccuracyMicroseconds = timeStampAccuracyMicroseconds
             self.signer = signer
             self.manifestSha256 = manifestSha256
             self.verification = verification

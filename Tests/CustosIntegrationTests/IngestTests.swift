@@ -127,6 +127,7 @@ struct IngestTests {
             let pkg = try await store.package(p.manifest.packageId)
             #expect(pkg.verification?.valid == true)
             #expect(pkg.signer == "prov-a" && pkg.timeStampedAt != nil)
+            #expect(pkg.timeStampAccuracyMicroseconds == 1_000_000)
         }
     }
 
