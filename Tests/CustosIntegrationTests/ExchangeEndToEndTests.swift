@@ -1,5 +1,6 @@
 import CustosEvidence
 import CustosKafka
+import CustosTestSupport
 import CustosModel
 import Foundation
 import Synchronization
@@ -80,24 +81,13 @@ struct ExchangeEndToEndTests {
         #expect(try run("custos", ["verify", d.path("garbage.tar"), "--trust", trust], environment: d.env).status == 2)
         let extracted = d.path("extracted")
         try FileManager.default.createDirectory(atPath: extracted, withIntermediateDirectories: true)
-        let untar = Process()
-        untar.executableURL = URL(fileURLWithPath: "/bin/tar")
-        untar.arguments = ["-xf", bundle, "-C", extracted]
-        try untar.run()
-        untar.waitUntilExit()
+        #expect(try runQuietly("/bin/tar", ["-xf", bundle, "-C", extracted]) == 0)
         let folder = extracted + "/custos-\(packageId)"
         let readme = try String(contentsOfFile: folder + "/README.txt", encoding: .utf8)
         for command in readme.split(separator: "\n").filter({ $0.hasPrefix("openssl ") }) {
-            let sh = Process()
-            sh.executableURL = URL(fileURLWithPath: "/bin/sh")
-            sh.arguments = ["-c", String(command)]
-            sh.currentDirectoryURL = URL(fileURLWithPath: folder)
-            sh.environment = ["TRUST": trust, "PATH": "/usr/bin:/bin"]
-            sh.standardOutput = FileHandle.nullDevice
-            sh.standardError = FileHandle.nullDevice
-            try sh.run()
-            sh.waitUntilExit()
-            #expect(sh.terminationStatus == 0, "\(command)")
+            let status = try runQuietly("/bin/sh", ["-c", String(command)], in: URL(fileURLWithPath: folder),
+                                        environment: ["TRUST": trust, "PATH": "/usr/bin:/bin"])
+            #expect(status == 0, "\(command)")
         }
 
         // The connector keeps the broker's signed receipt, as received: proof of acceptance.
@@ -222,14 +212,7 @@ struct ExchangeEndToEndTests {
     }
 
     func openssl(_ args: [String]) throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        return p.terminationStatus
+        try runQuietly("/usr/bin/openssl", args)
     }
 
     func validate(_ envelopes: [[UInt8]]) throws -> (status: Int32, output: String) {

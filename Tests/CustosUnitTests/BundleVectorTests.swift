@@ -103,15 +103,6 @@ struct BundleVectorTests {
     }
 
     func shell(_ command: String, in dir: URL, trust: String = "") throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/sh")
-        p.arguments = ["-c", command]
-        p.currentDirectoryURL = dir
-        p.environment = ["TRUST": trust, "PATH": "/usr/bin:/bin"]
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        return p.terminationStatus
+        try runQuietly("/bin/sh", ["-c", command], in: dir, environment: ["TRUST": trust, "PATH": "/usr/bin:/bin"])
     }
 }

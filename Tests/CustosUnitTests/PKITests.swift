@@ -91,14 +91,6 @@ struct PKITests {
     }
 
     func openssl(_ args: [String], in dir: URL) throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        p.arguments = args
-        p.currentDirectoryURL = dir
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        return p.terminationStatus
+        try runQuietly("/usr/bin/openssl", args, in: dir)
     }
 }
