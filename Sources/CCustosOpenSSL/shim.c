@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <openssl/ts.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -352,4 +353,82 @@ done:
     TS_VERIFY_CTX_free(ctx);
     TS_RESP_free(resp);
     return result;
+}
+
+int custos_rsa_key_generate(int bits, custos_buf *out_pem, char *err, size_t errlen) {
+    EVP_PKEY *key = EVP_RSA_gen((unsigned int)bits);
+    BIO *bio = BIO_new(BIO_s_mem());
+    int ok = key && bio && PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) && bio_to_buf(bio, out_pem);
+    if (!ok) fail(err, errlen, "cannot generate an RSA key");
+    BIO_free(bio);
+    EVP_PKEY_free(key);
+    return ok ? 1 : -1;
+}
+
+int custos_spki_kind(const unsigned char *spki_der, size_t spki_len, int *out_bits) {
+    const unsigned char *p = spki_der;
+    EVP_PKEY *key = d2i_PUBKEY(NULL, &p, (long)spki_len);
+    if (!key) { ERR_clear_error(); return -1; }
+    int kind = 0;
+    *out_bits = EVP_PKEY_get_bits(key);
+    if (EVP_PKEY_is_a(key, "RSA")) {
+        kind = 2;
+    } else if (EVP_PKEY_is_a(key, "EC")) {
+        char group[64] = "";
+        size_t len = 0;
+        if (EVP_PKEY_get_group_name(key, group, sizeof group, &len) && strcmp(group, "prime256v1") == 0) kind = 1;
+    }
+    EVP_PKEY_free(key);
+    return kind;
+}
+
+/* PSS with SHA-256 and a salt as long as the digest, on a digest context. */
+static int set_pss(EVP_PKEY_CTX *pctx) {
+    return EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) > 0 && EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, 32) > 0
+        && EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_sha256()) > 0;
+}
+
+int custos_ps256_sign(const unsigned char *key_pem, size_t key_len, const unsigned char *data, size_t data_len,
+                      custos_buf *out_sig, char *err, size_t errlen) {
+    int ok = 0;
+    EVP_PKEY *key = read_key(key_pem, key_len);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    size_t len = 0;
+    if (!key || !md || !EVP_PKEY_is_a(key, "RSA")) { fail(err, errlen, "not an RSA private key"); goto done; }
+    if (EVP_DigestSignInit(md, &pctx, EVP_sha256(), NULL, key) != 1 || !set_pss(pctx)
+        || EVP_DigestSign(md, NULL, &len, data, data_len) != 1) { fail(err, errlen, "cannot sign"); goto done; }
+    out_sig->data = OPENSSL_malloc(len);
+    if (!out_sig->data || EVP_DigestSign(md, out_sig->data, &len, data, data_len) != 1) { fail(err, errlen, "cannot sign"); goto done; }
+    out_sig->len = len;
+    ok = 1;
+done:
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(key);
+    return ok ? 1 : -1;
+}
+
+int custos_ps256_verify(const unsigned char *spki_der, size_t spki_len, const unsigned char *data, size_t data_len,
+                        const unsigned char *sig, size_t sig_len) {
+    const unsigned char *p = spki_der;
+    EVP_PKEY *key = d2i_PUBKEY(NULL, &p, (long)spki_len);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    int ok = key && md && EVP_PKEY_is_a(key, "RSA") && EVP_DigestVerifyInit(md, &pctx, EVP_sha256(), NULL, key) == 1 && set_pss(pctx)
+        && EVP_DigestVerify(md, sig, sig_len, data, data_len) == 1;
+    ERR_clear_error();
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(key);
+    return ok ? 1 : 0;
+}
+
+int custos_public_key_of(const unsigned char *key_pem, size_t key_len, custos_buf *out_spki, char *err, size_t errlen) {
+    EVP_PKEY *key = read_key(key_pem, key_len);
+    unsigned char *der = NULL;
+    int n = key ? i2d_PUBKEY(key, &der) : 0;
+    EVP_PKEY_free(key);
+    if (n <= 0) { fail(err, errlen, "not a private key"); return -1; }
+    out_spki->data = der;
+    out_spki->len = (size_t)n;
+    return 1;
 }

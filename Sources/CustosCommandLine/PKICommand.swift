@@ -40,6 +40,7 @@ public struct PKICommand: ParsableCommand {
         @Option(help: "Where to write the new certificate.") var certificateOut: String
         @Option(help: "Organization name to put in the certificate.") var organization: String?
         @Option(help: "Validity in days.") var days: Int = 825
+        @Option(help: "Key type of the new certificate: p256 (ECDSA) or rsa (3072 bits).") var keyType: String = "p256"
         public init() {}
 
         public func run() throws {
@@ -51,7 +52,12 @@ public struct PKICommand: ParsableCommand {
             }
             let caCert = try String(contentsOfFile: caCertificate, encoding: .utf8)
             let caKeyPEM = try String(contentsOfFile: caKey, encoding: .utf8)
-            let key = try X509.generateKey()
+            let key: String
+            switch keyType {
+            case "p256": key = try X509.generateKey()
+            case "rsa": key = try X509.generateRSAKey(bits: 3072)
+            default: throw ValidationError("--key-type must be p256 or rsa")
+            }
             let cert = try X509.issue(commonName: name, organization: organization, subjectKey: key, issuerCertificate: caCert, issuerKey: caKeyPEM,
                                       notBefore: Date(timeIntervalSinceNow: -300), notAfter: Date(timeIntervalSinceNow: Double(days) * 86_400),
                                       serial: Int64.random(in: 1...Int64.max), role: r)

@@ -7,7 +7,7 @@ import Foundation
 public enum SignedEnvelope {
     public static func encode<Body>(_ envelope: Envelope<Body>, signer: SigningKey) throws -> [UInt8] {
         var signed = envelope
-        signed.signature = MessageSignature(alg: "ES256", keyId: signer.publicKey.keyId, value: try signer.sign(envelope.signedBytes()))
+        signed.signature = MessageSignature(alg: signer.algorithm, keyId: signer.publicKey.keyId, value: try signer.sign(envelope.signedBytes()))
         return try CanonicalJSON.encode(signed)
     }
 
@@ -40,8 +40,8 @@ public enum SignedEnvelope {
         guard header.version == 1 else { throw DecodeError(code: .unsupportedVersion, reason: "envelope version \(header.version) is not supported") }
         guard let key = keyFor(header.sender) else { throw DecodeError(code: .unknownSender, reason: "sender is not registered") }
         guard case .object(let sig)? = members.removeValue(forKey: "signature"),
-              sig["alg"]?.stringValue == "ES256", let value = sig["value"]?.stringValue
-        else { throw DecodeError(code: .badSignature, reason: "signature missing or not ES256") }
+              sig["alg"]?.stringValue == key.algorithm, let value = sig["value"]?.stringValue
+        else { throw DecodeError(code: .badSignature, reason: "signature missing, or not \(key.algorithm) as the sender's key requires") }
         guard key.isValidSignature(value, for: CanonicalJSON.serialize(.object(members))) else {
             throw DecodeError(code: .badSignature, reason: "signature does not verify with the sender's registered key")
         }

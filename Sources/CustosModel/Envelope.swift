@@ -37,7 +37,7 @@ public enum Topics {
 
 /// A detached signature over the canonical JSON of an envelope without its `signature` member.
 public struct MessageSignature: Codable, Sendable, Hashable {
-    /// Always `ES256` here: ECDSA P-256 with SHA-256, raw r‖s, base64.
+    /// `ES256` (ECDSA P-256 with SHA-256, raw r‖s) or `PS256` (RSASSA-PSS with SHA-256), base64.
     public var alg: String
     /// SHA-256 of the signer's SubjectPublicKeyInfo (DER), hex.
     public var keyId: String

@@ -9,6 +9,11 @@ public enum X509 {
         String(decoding: try Shim.required(Shim.call { out, err, n in custos_ec_key_generate(out, err, n) }), as: UTF8.self)
     }
 
+    /// A new RSA private key (for providers whose PKI uses RSA), PKCS#8 PEM.
+    public static func generateRSAKey(bits: Int32 = 2048) throws(PKIError) -> String {
+        String(decoding: try Shim.required(Shim.call { out, err, n in custos_rsa_key_generate(bits, out, err, n) }), as: UTF8.self)
+    }
+
     public enum Role: Sendable { case certificateAuthority, signer, timeStamping }
 
     /// Issues a certificate for `subjectKey`'s public key. With no issuer it is self-signed

@@ -9,12 +9,12 @@ public struct TestPKI: Sendable {
     public let tsa: TimeStamp.Authority
 
     public init(signerName: String = "prov-a", signerValidity: ClosedRange<Date> = Date(timeIntervalSinceNow: -86_400)...Date(timeIntervalSinceNow: 365 * 86_400),
-                caYears: Double = 1) throws {
+                caYears: Double = 1, rsaSigner: Bool = false) throws {
         let year = Date(timeIntervalSinceNow: caYears * 365 * 86_400), past = Date(timeIntervalSinceNow: -86_400)
         providerCAKey = try X509.generateKey()
         providerCA = try X509.issue(commonName: "Test Provider CA", subjectKey: providerCAKey, issuerCertificate: nil, issuerKey: providerCAKey,
                                     notBefore: past, notAfter: year, serial: 1, role: .certificateAuthority)
-        signerKey = try X509.generateKey()
+        signerKey = rsaSigner ? try X509.generateRSAKey() : try X509.generateKey()
         signer = try X509.issue(commonName: signerName, organization: "Test Telco", subjectKey: signerKey, issuerCertificate: providerCA,
                                 issuerKey: providerCAKey, notBefore: signerValidity.lowerBound, notAfter: signerValidity.upperBound, serial: 2, role: .signer)
         tsaCAKey = try X509.generateKey()

@@ -18,7 +18,11 @@ struct IngestTests {
     let provider: SigningKey
 
     init() throws {
-        pki = try TestPKI(signerName: "prov-a")
+        try self.init(pki: TestPKI(signerName: "prov-a"))
+    }
+
+    init(pki: TestPKI) throws {
+        self.pki = pki
         provider = try SigningKey(pem: pki.signerKey)
     }
     let topic = "custos.from.prov-a"
@@ -128,6 +132,19 @@ struct IngestTests {
             #expect(pkg.verification?.valid == true)
             #expect(pkg.signer == "prov-a" && pkg.timeStampedAt != nil)
             #expect(pkg.timeStampAccuracyMicroseconds == 1_000_000)
+        }
+    }
+
+    @Test func aProviderWithAnRSACertificateDeliversAVerifiedPackage() async throws {
+        let rsa = try IngestTests(pki: TestPKI(signerName: "prov-a", rsaSigner: true))
+        try await TestServices.withStore(tsaTrust: rsa.pki.tsaCA) { store, _, _ in
+            let r = try await rsa.approvedRequest(store)
+            let keys = try await store.providers()
+            let p = try rsa.package(for: r)
+            let (m, chunks, done) = try rsa.messages(p, r)
+            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let pkg = try await store.package(p.manifest.packageId)
+            #expect(pkg.state == .verified, "\(pkg.verification?.failures ?? [])")
         }
     }
 

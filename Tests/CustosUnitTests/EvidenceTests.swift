@@ -1,6 +1,8 @@
 import CustosCanonicalJSON
 import CustosEvidence
 import CustosModel
+import CustosPKI
+import CustosTestSupport
 import Foundation
 import Testing
 
@@ -47,6 +49,26 @@ struct EnvelopeTests {
         guard case .object(var members) = try JSONParser.parse(try sample()) else { Issue.record("not an object"); return }
         members["signature"] = nil
         #expect { try open(CanonicalJSON.serialize(.object(members))) } throws: { ($0 as? SignedEnvelope.DecodeError)?.code == .badSignature }
+    }
+
+    @Test func rsaProvidersSignWithPS256AndAlgorithmsCannotBeSwapped() throws {
+        let pki = try TestPKI(rsaSigner: true)
+        let rsa = try SigningKey(pem: pki.signerKey)
+        #expect(rsa.algorithm == "PS256")
+        let fromCertificate = try VerifyingKey(certificate: try CertificateInfo(pem: pki.signer))
+        #expect(fromCertificate == rsa.publicKey)
+        #expect(try VerifyingKey(pem: fromCertificate.pem) == fromCertificate)
+        let envelope = Envelope(type: .ack, id: UUID(), requestId: UUID(), sender: "prov-a", body: AckBody(requestHash: String(repeating: "a", count: 64)))
+        let bytes = try SignedEnvelope.encode(envelope, signer: rsa)
+        #expect(try SignedEnvelope.open(bytes) { _ in fromCertificate }.header.type == .ack)
+        // An RSA-signed message is not accepted where a P-256 key is registered, nor the reverse.
+        #expect { try SignedEnvelope.open(bytes) { _ in broker.publicKey } } throws: { ($0 as? SignedEnvelope.DecodeError)?.code == .badSignature }
+        #expect { try SignedEnvelope.open(try sample()) { _ in fromCertificate } } throws: { ($0 as? SignedEnvelope.DecodeError)?.code == .badSignature }
+        // CMS with an RSA signer verifies like P-256.
+        let data = Array("manifest".utf8)
+        let sig = try CMS.sign(data, certificate: pki.signer, key: pki.signerKey)
+        guard case .valid = CMS.verify(signature: sig, data: data, trust: pki.providerCA, at: nil) else { Issue.record("RSA CMS refused"); return }
+        #expect(throws: KeyError.self) { try SigningKey(pem: try X509.generateRSAKey(bits: 1024)) }
     }
 
     @Test func reorderedMembersStillVerify() throws {

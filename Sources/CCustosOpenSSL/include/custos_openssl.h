@@ -62,4 +62,22 @@ int custos_ts_verify(const unsigned char *response_der, size_t response_len, con
                      const unsigned char *trust_pem, size_t trust_len,
                      int64_t *gen_time, int64_t *accuracy_micros, custos_buf *out_nonce, char *err, size_t errlen);
 
+/* A new RSA private key of `bits` bits as PKCS#8 PEM: for test PKIs (providers may sign with RSA). */
+int custos_rsa_key_generate(int bits, custos_buf *out_pem, char *err, size_t errlen);
+
+/* The public key (SubjectPublicKeyInfo DER) of a private key (PEM). */
+int custos_public_key_of(const unsigned char *key_pem, size_t key_len, custos_buf *out_spki, char *err, size_t errlen);
+
+/* The kind of a public key (SubjectPublicKeyInfo DER): 1 EC P-256, 2 RSA (out_bits set), 0 other, -1 unreadable. */
+int custos_spki_kind(const unsigned char *spki_der, size_t spki_len, int *out_bits);
+
+/* PS256 (RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length 32) with an RSA private key (PEM): the
+ * message signature of providers whose certificate holds an RSA key. */
+int custos_ps256_sign(const unsigned char *key_pem, size_t key_len, const unsigned char *data, size_t data_len,
+                      custos_buf *out_sig, char *err, size_t errlen);
+
+/* Checks a PS256 signature with an RSA public key (SubjectPublicKeyInfo DER). 1 valid, 0 not. */
+int custos_ps256_verify(const unsigned char *spki_der, size_t spki_len, const unsigned char *data, size_t data_len,
+                        const unsigned char *sig, size_t sig_len);
+
 #endif
