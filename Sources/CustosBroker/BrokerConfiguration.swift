@@ -37,13 +37,6 @@ public struct BrokerConfiguration: Sendable {
     /// topics consumed) is re-read.
     public var providerRefreshInterval: Duration = .seconds(5)
 
-    public init(database: DatabaseConfiguration, kafka: KafkaConfiguration, signingKeyFile: String, tsaTrustFile: String) {
-        self.database = database
-        self.kafka = kafka
-        self.signingKeyFile = signingKeyFile
-        self.tsaTrustFile = tsaTrustFile
-    }
-
     public init(reader: ConfigReader) throws {
         database = try DatabaseConfiguration(reader: reader)
         kafka = try reader.kafkaConfiguration(clientId: "custos-broker")

@@ -162,13 +162,7 @@ struct BrokerAPI: Sendable {
         do {
             return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))
         } catch {
-            let d = DecodingErrorDescription(error)
-            let (field, rule) = d.split(separator: ":", maxSplits: 1).map { String($0).trimmingCharacters(in: .whitespaces) }.pair
-            throw BrokerError(.invalid, "request body does not match the schema", violations: [FieldViolation(field: field, rule: rule)])
+            throw BrokerError(.invalid, "request body does not match the schema", violations: [decodingViolation(error)])
         }
     }
-}
-
-extension Array where Element == String {
-    var pair: (String, String) { count >= 2 ? (self[0], self[1]) : ("(body)", first ?? "") }
 }

@@ -39,21 +39,6 @@ public struct ConnectorConfiguration: Sendable {
     /// `streaming.inFlightChunks`: chunks handed to Kafka but not yet acknowledged, at most.
     public var inFlightChunks: Int = 32
 
-    public init(providerId: String, kafka: KafkaConfiguration, signingKeyFile: String, certificateFile: String,
-                tsaURL: String, tsaTrustFile: String, brokerPublicKeyFile: String,
-                stateDirectory: String, adapters: [DataCategory: [String]]) {
-        self.providerId = providerId
-        self.kafka = kafka
-        self.groupId = "custos-connector-\(providerId)"
-        self.signingKeyFile = signingKeyFile
-        self.certificateFile = certificateFile
-        self.tsaURL = tsaURL
-        self.tsaTrustFile = tsaTrustFile
-        self.brokerPublicKeyFile = brokerPublicKeyFile
-        self.stateDirectory = stateDirectory
-        self.adapters = adapters
-    }
-
     public init(reader: ConfigReader) throws {
         providerId = try reader.require("providerId")
         guard ProviderID.isValid(providerId) else { throw ConfigurationError(key: "providerId", reason: "must match \(ProviderID.pattern)") }

@@ -4,7 +4,6 @@ import CustosKafka
 import CustosModel
 import CustosPKI
 import Foundation
-import Logging
 
 /// Builds the package from a finished spool and streams it: the manifest, every chunk (each
 /// at most 512 KiB, read from disk as it goes, so memory stays constant), then completion.
@@ -17,7 +16,6 @@ struct PackageStreamer: Sendable {
     let identity: SignerIdentity
     let providerId: String
     let inFlight: Int
-    let logger: Logger
 
     /// Hashes the content into chunks and writes the signed manifest, once.
     func buildPackage(_ request: ApprovedRequest, requestHash: String, extraction: Extraction) throws {

@@ -133,7 +133,7 @@ public struct ProviderConnector: Service {
         do {
             let body = try JSONDecoder().decode(RequestBody.self, from: try jobs.read(id, "request.json"))
             let streamer = PackageStreamer(jobs: jobs, producer: producer, signer: signer, identity: identity, providerId: configuration.providerId,
-                                           inFlight: configuration.inFlightChunks, logger: logger)
+                                           inFlight: configuration.inFlightChunks)
             if jobs.phase(id) == .received {
                 try await send(.status, id: .derived("status", id.lowercased, "extracting"), request: id, body: StatusBody(phase: .extracting, percent: 0))
                 let started = ContinuousClock.now
@@ -216,7 +216,7 @@ public struct ProviderConnector: Service {
                 LogKey.request: "\(id.lowercased)", "custos.out_of_scope": "\(outOfScope)",
             ])
         }
-        let results = spools.trees.enumerated().map { i, tree in
+        let results = spools.trees.map { tree in
             Extraction.ResultSummary(recordCount: tree.count, size: tree.size, recordsRoot: tree.root)
         }
         let extraction = Extraction(asOf: asOf, results: results, outOfScope: outOfScope, cannotExecute: cannotExecute)

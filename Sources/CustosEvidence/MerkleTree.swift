@@ -13,13 +13,6 @@ public enum MerkleTree {
         return Array(h.finalize())
     }
 
-    public static func leafHash(_ data: UnsafeRawBufferPointer) -> [UInt8] {
-        var h = SHA256()
-        h.update(data: [0x00])
-        h.update(bufferPointer: data)
-        return Array(h.finalize())
-    }
-
     public static func nodeHash(_ left: [UInt8], _ right: [UInt8]) -> [UInt8] {
         var h = SHA256()
         h.update(data: [0x01])

@@ -188,6 +188,9 @@ public enum PackageVerifier {
         if manifest.providerId != expectedProvider { fail(.wrongProvider, "manifest names another provider than the one addressed") }
         if manifest.requestId != expectedRequest { fail(.wrongRequest, "manifest names another request") }
         if manifest.requestHash != expectedRequestHash { fail(.requestHash, "manifest's request hash differs from the request as approved") }
+        if let bad = manifest.chunks.first(where: { $0.size < 1 || $0.size > Topics.maximumChunkBytes }) {
+            fail(.chunkSize, "chunk \(bad.index) is empty or larger than \(Topics.maximumChunkBytes) bytes")
+        }
         if manifest.chunks.map(\.index) != Array(0..<manifest.chunks.count) {
             fail(.manifestFormat, "chunk indices are not 0..<\(manifest.chunks.count) in order")
         }

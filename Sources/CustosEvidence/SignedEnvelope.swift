@@ -59,18 +59,21 @@ public enum SignedEnvelope {
 }
 
 /// A decoding error as a field path and a rule, without the offending value.
-public func DecodingErrorDescription(_ error: any Error) -> String {
+public func decodingViolation(_ error: any Error) -> FieldViolation {
     func path(_ p: [any CodingKey]) -> String {
-        p.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().drop(while: { $0 == "." }).description
+        let text = p.map { $0.intValue.map { "[\($0)]" } ?? ".\($0.stringValue)" }.joined().drop(while: { $0 == "." })
+        return text.isEmpty ? "(body)" : String(text)
     }
     switch error {
-    case DecodingError.keyNotFound(let key, let ctx): return "\(path(ctx.codingPath + [key])): is required"
-    case DecodingError.typeMismatch(let t, let ctx): return "\(path(ctx.codingPath)): must be \(t)"
-    case DecodingError.valueNotFound(let t, let ctx): return "\(path(ctx.codingPath)): must be a \(t), not null"
+    case DecodingError.keyNotFound(let key, let ctx): return FieldViolation(field: path(ctx.codingPath + [key]), rule: "is required")
+    case DecodingError.typeMismatch(let t, let ctx): return FieldViolation(field: path(ctx.codingPath), rule: "must be \(t)")
+    case DecodingError.valueNotFound(let t, let ctx): return FieldViolation(field: path(ctx.codingPath), rule: "must be a \(t), not null")
     case DecodingError.dataCorrupted(let ctx):
         // Foundation's debugDescription can quote the value; only the path is reported.
-        let p = path(ctx.codingPath)
-        return (p.isEmpty ? "(body)" : p) + ": is not an allowed value for this field"
-    default: return "undecodable input"
+        return FieldViolation(field: path(ctx.codingPath), rule: "is not an allowed value for this field")
+    default: return FieldViolation(field: "(body)", rule: "undecodable input")
     }
 }
+
+/// `decodingViolation` as text, for messages that are not HTTP problems.
+public func DecodingErrorDescription(_ error: any Error) -> String { decodingViolation(error).description }

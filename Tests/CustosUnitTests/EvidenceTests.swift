@@ -183,6 +183,10 @@ struct ContentVerifierTests {
         let m = sample.manifest
         let codes = PackageVerifier.checkManifest(m, expectedProvider: "other", expectedRequest: UUID(), expectedRequestHash: "c").map(\.code)
         #expect(Set(codes) == [.wrongProvider, .wrongRequest, .requestHash])
+        var oversized = m
+        oversized.chunks[0].size = Topics.maximumChunkBytes + 1
+        #expect(PackageVerifier.checkManifest(oversized, expectedProvider: "prov", expectedRequest: m.requestId, expectedRequestHash: m.requestHash)
+            .map(\.code).contains(.chunkSize))
         var inconsistent = m
         inconsistent.content.recordCount += 1
         #expect(PackageVerifier.checkManifest(inconsistent, expectedProvider: "prov", expectedRequest: m.requestId, expectedRequestHash: m.requestHash)
