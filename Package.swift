@@ -52,10 +52,25 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "CustosPKI", dependencies: ["CCustosOpenSSL"], swiftSettings: swiftSettings),
+        // RFC 9162 hashing, inclusion and consistency proofs, and the tile layout: no storage.
+        .target(
+            name: "CustosMerkle",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
+        // Custody events, checkpoints and the offline check of a bundle's custody proofs.
+        .target(
+            name: "CustosCustody",
+            dependencies: [
+                "CustosMerkle", "CustosModel", "CustosCanonicalJSON", "CustosPKI",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "CustosEvidence",
             dependencies: [
-                "CustosModel", "CustosCanonicalJSON", "CustosPKI",
+                "CustosModel", "CustosCanonicalJSON", "CustosPKI", "CustosMerkle", "CustosCustody",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -85,6 +100,7 @@ let package = Package(
             name: "CustosBroker",
             dependencies: [
                 "CustosModel", "CustosEvidence", "CustosKafka", "CustosRuntime", "CustosCanonicalJSON", "CustosPKI",
+                "CustosMerkle", "CustosCustody", "CustosClient",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -162,7 +178,7 @@ let package = Package(
         // Shared by the test targets: a throw-away PKI made at run time (no keys committed).
         .target(
             name: "CustosTestSupport",
-            dependencies: ["CustosPKI", "CustosEvidence", "CustosModel", "CustosCanonicalJSON"],
+            dependencies: ["CustosPKI", "CustosEvidence", "CustosModel", "CustosCanonicalJSON", "CustosMerkle", "CustosCustody"],
             swiftSettings: swiftSettings
         ),
         // Writes schemas/package/vectors/ (valid and invalid bundles, trust anchors).
@@ -177,7 +193,7 @@ let package = Package(
             name: "CustosUnitTests",
             dependencies: [
                 "CustosCanonicalJSON", "CustosModel", "CustosEvidence", "CustosKafka", "CustosConnector", "CustosBroker", "CustosRuntime",
-                "CustosPKI", "CustosTestSupport",
+                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody",
                 .product(name: "Configuration", package: "swift-configuration"),
             ],
             swiftSettings: swiftSettings
@@ -186,7 +202,7 @@ let package = Package(
             name: "CustosIntegrationTests",
             dependencies: [
                 "CustosBroker", "CustosConnector", "CustosClient", "CustosKafka", "CustosModel", "CustosEvidence", "CustosRuntime",
-                "CustosPKI", "CustosTestSupport",
+                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],

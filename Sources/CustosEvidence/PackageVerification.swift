@@ -1,3 +1,4 @@
+import CustosMerkle
 import Crypto
 import CustosCanonicalJSON
 import CustosModel

@@ -6,6 +6,7 @@ import Foundation
 /// `trust/` (the CA certificates to verify them with; no private key is written).
 /// Usage: custos-vectors [DIRECTORY]   (default: schemas/package/vectors)
 ///        custos-vectors --large MIB FILE TRUSTDIR   (one valid bundle of MIB MiB of CDR-like records, for ops/bench)
+///        custos-vectors --custody [DIRECTORY]      (Merkle proof vectors; default: schemas/custody/vectors)
 if CommandLine.arguments.dropFirst().first == "--large" {
     let args = Array(CommandLine.arguments.dropFirst(2))
     guard args.count == 3, let mib = Int(args[0]), mib > 0 else {
@@ -13,6 +14,14 @@ if CommandLine.arguments.dropFirst().first == "--large" {
         exit(2)
     }
     try LargeBundle.write(mebibytes: mib, to: args[1], trustDirectory: args[2])
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "--custody" {
+    let dir = URL(fileURLWithPath: CommandLine.arguments.dropFirst(2).first ?? "schemas/custody/vectors")
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    try Data(MerkleVectors.json(MerkleVectors.inclusion())).write(to: dir.appendingPathComponent("inclusion.json"))
+    try Data(MerkleVectors.json(MerkleVectors.consistency())).write(to: dir.appendingPathComponent("consistency.json"))
+    print("wrote inclusion.json and consistency.json to \(dir.path)")
     exit(0)
 }
 let root = URL(fileURLWithPath: CommandLine.arguments.dropFirst().first ?? "schemas/package/vectors")

@@ -1,3 +1,4 @@
+import CustosMerkle
 import CustosCanonicalJSON
 import CustosEvidence
 import CustosModel

@@ -1,3 +1,4 @@
+import CustosMerkle
 import CustosEvidence
 import CustosModel
 import Testing

@@ -1,5 +1,4 @@
 import Crypto
-import CustosModel
 import Foundation
 
 /// RFC 9162 §2.1.1 Merkle tree hashing, with leaf and node domain separation:
@@ -70,7 +69,7 @@ public enum MerkleTree {
     private static let leafPrefix: UInt8 = 0x00
     private static let nodePrefix: UInt8 = 0x01
 
-    static func node(_ left: SHA256Digest, _ right: SHA256Digest) -> SHA256Digest {
+    public static func node(_ left: SHA256Digest, _ right: SHA256Digest) -> SHA256Digest {
         var h = SHA256()
         withUnsafeBytes(of: nodePrefix) { h.update(bufferPointer: $0) }
         left.withUnsafeBytes { h.update(bufferPointer: $0) }
@@ -88,7 +87,7 @@ public enum MerkleTree {
 
 extension SHA256Digest {
     /// A digest from 32 raw bytes (a leaf hash computed elsewhere).
-    init(copying bytes: UnsafeRawBufferPointer) {
+    public init(copying bytes: UnsafeRawBufferPointer) {
         precondition(bytes.count == 32 && MemoryLayout<SHA256Digest>.size == 32)
         // Hashing is the only public way to make a digest; recover one by reinterpreting the
         // 32 bytes, which is how the type lays them out.
@@ -98,4 +97,12 @@ extension SHA256Digest {
             return slot.baseAddress!.pointee
         }
     }
+
+    /// A digest from 32 bytes, or nil for any other length.
+    public init?<Bytes: Collection<UInt8>>(bytes: Bytes) {
+        guard bytes.count == 32 else { return nil }
+        self = Array(bytes).withUnsafeBytes { SHA256Digest(copying: $0) }
+    }
+
+    public var bytes: [UInt8] { Array(self) }
 }

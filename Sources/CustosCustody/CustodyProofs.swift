@@ -1,0 +1,169 @@
+import CustosCanonicalJSON
+import CustosMerkle
+import CustosModel
+import CustosPKI
+import Crypto
+import Foundation
+
+/// The custody part of an export bundle (`custody.json`): a package's custody events, each
+/// with its inclusion proof into the checkpoint that travels beside it (`checkpoint.txt`,
+/// `checkpoint.p7s`, `checkpoint.tsr`), and the witnesses' co-signatures of that checkpoint.
+public struct CustodyProofs: Codable, Sendable, Equatable {
+    public static let currentFormat = "custos.custody.v1"
+
+    public struct Event: Codable, Sendable, Equatable {
+        /// The event's position in the log (its leaf index).
+        public var index: UInt64
+        /// The log entry, exactly: RFC 8785 canonical JSON of the event.
+        public var entry: String
+        /// RFC 9162 audit path to the checkpoint's root, base64 hashes, leaf side first.
+        public var proof: [String]
+
+        public init(index: UInt64, entry: String, proof: [String]) {
+            self.index = index
+            self.entry = entry
+            self.proof = proof
+        }
+    }
+
+    public var format: String
+    public var events: [Event]
+    public var cosignatures: [Cosignature]
+
+    public init(events: [Event], cosignatures: [Cosignature]) {
+        format = Self.currentFormat
+        self.events = events
+        self.cosignatures = cosignatures
+    }
+}
+
+/// What the custody part of a bundle proves, as a value: every failure, and what was shown.
+public struct CustodyCheck: Sendable {
+    public enum Code: String, Sendable, CaseIterable {
+        case format = "custody-format"
+        case event = "custody-event"
+        case proof = "custody-proof"
+        case checkpointSignature = "checkpoint-signature"
+        case checkpointTimeStamp = "checkpoint-time-stamp"
+        case cosignature
+    }
+
+    public struct Witness: Sendable, Equatable {
+        public var name: String
+        /// The signing certificate's common name, when the co-signature covers the checkpoint.
+        public var signer: String?
+        /// Whether that certificate is one the verifier was told to trust.
+        public var trusted: Bool
+    }
+
+    public var failures: [(code: Code, detail: String)] = []
+    public var checkpoint: Checkpoint?
+    public var logSigner: String?
+    public var timeStampedAt: Date?
+    public var events: [CustodyEvent] = []
+    public var witnesses: [Witness] = []
+}
+
+public enum CustodyVerifier {
+    /// The event kinds a delivered package's history must contain.
+    public static let requiredKinds: [CustodyEvent.Kind] = [.request("approved"), .packageCompleted, .verdict]
+
+    /// Checks, with trust anchors from the caller only:
+    /// 1. the checkpoint text, its CMS signature by a log certificate chaining to `logTrust`,
+    ///    and the RFC 3161 time-stamp over that signature (TSA chaining to `tsaTrust`);
+    /// 2. every event: canonical entry, about this package or its request, and its inclusion
+    ///    proof leading to the checkpoint's root;
+    /// 3. that the history holds the approval, the completion and the verdict;
+    /// 4. each co-signature covers the checkpoint; a witness counts as trusted only when its
+    ///    certificate is one of `witnessCertificates`.
+    public static func verify(
+        checkpoint checkpointBytes: [UInt8], signature: [UInt8], timeStamp: [UInt8], proofs proofBytes: [UInt8],
+        logTrust: String, tsaTrust: String, witnessCertificates: [CertificateInfo],
+        packageId: UUID, requestId: UUID
+    ) -> CustodyCheck {
+        var check = CustodyCheck()
+        func fail(_ c: CustodyCheck.Code, _ d: String) { check.failures.append((c, d)) }
+
+        let checkpoint: Checkpoint
+        do { checkpoint = try Checkpoint(text: checkpointBytes) } catch {
+            fail(.format, "checkpoint.txt: \(error)")
+            return check
+        }
+        check.checkpoint = checkpoint
+        switch TimeStamp.verify(response: timeStamp, sha256: Digest.sha256Bytes(signature), trust: tsaTrust) {
+        case .valid(let token): check.timeStampedAt = token.genTime
+        case .invalid(let why): fail(.checkpointTimeStamp, "the checkpoint's time-stamp does not verify over its signature: \(why)")
+        }
+        switch CMS.verify(signature: signature, data: checkpointBytes, trust: logTrust, at: check.timeStampedAt) {
+        case .valid(let signer): check.logSigner = signer.commonName
+        case .invalid(let why): fail(.checkpointSignature, "the checkpoint's signature does not verify against the custody log's CA: \(why)")
+        }
+
+        let proofs: CustodyProofs
+        do {
+            _ = try JSONParser.parse(proofBytes)
+            proofs = try JSONDecoder().decode(CustodyProofs.self, from: Data(proofBytes))
+        } catch {
+            fail(.format, "custody.json is not a custody proof document")
+            return check
+        }
+        guard proofs.format == CustodyProofs.currentFormat else {
+            fail(.format, "custody.json format is not \(CustodyProofs.currentFormat)")
+            return check
+        }
+        var lastIndex: UInt64?
+        for e in proofs.events {
+            if let last = lastIndex, e.index <= last { fail(.format, "events are not in increasing log order at index \(e.index)") }
+            lastIndex = e.index
+            let entry = Array(e.entry.utf8)
+            let event: CustodyEvent
+            do { event = try CustodyEvent.decode(entry: entry) } catch {
+                fail(.event, "event \(e.index): \(error)")
+                continue
+            }
+            if event.subject.packageId != packageId && !(event.subject.packageId == nil && event.subject.requestId == requestId) {
+                fail(.event, "event \(e.index) is about another package or request")
+            }
+            let path = e.proof.compactMap { Data(base64Encoded: $0).flatMap { SHA256Digest(bytes: $0) } }
+            guard path.count == e.proof.count else {
+                fail(.proof, "event \(e.index): proof holds something other than base64 SHA-256 hashes")
+                continue
+            }
+            do {
+                try MerkleProof.verifyInclusion(leafHash: CustodyEvent.leafHash(entry: entry), index: e.index, size: checkpoint.size,
+                                                proof: path, root: checkpoint.root)
+                check.events.append(event)
+            } catch {
+                fail(.proof, "event \(e.index) (\(event.kind)): \(error)")
+            }
+        }
+        let kinds = Set(check.events.filter { $0.subject.packageId == packageId || $0.subject.packageId == nil }.map(\.kind))
+        for required in requiredKinds where !kinds.contains(required) {
+            fail(.event, "the history lacks a proven \(required) event")
+        }
+
+        for c in proofs.cosignatures {
+            guard let der = Data(base64Encoded: c.signature) else {
+                fail(.cosignature, "co-signature of \(c.witness) is not base64")
+                continue
+            }
+            switch CMS.verifyIntegrity(signature: Array(der), data: checkpointBytes) {
+            case .valid(let signer):
+                let trusted = witnessCertificates.contains { $0.der == signer.der }
+                check.witnesses.append(.init(name: c.witness, signer: signer.commonName, trusted: trusted))
+            case .invalid(let why):
+                fail(.cosignature, "co-signature of \(c.witness) does not cover this checkpoint: \(why)")
+                check.witnesses.append(.init(name: c.witness, signer: nil, trusted: false))
+            }
+        }
+        return check
+    }
+
+    /// Splits a PEM bundle into certificates; text that is not a certificate is an error.
+    public static func certificates(pem: String) throws -> [CertificateInfo] {
+        let marker = "-----BEGIN CERTIFICATE-----"
+        return try pem.components(separatedBy: marker).dropFirst().map { part in
+            try CertificateInfo(pem: marker + part)
+        }
+    }
+}
