@@ -144,7 +144,7 @@ let package = Package(
         .executableTarget(
             name: "custos-broker",
             dependencies: [
-                "CustosBroker", "CustosRuntime", "CustosCommandLine",
+                "CustosBroker", "CustosRuntime", "CustosCommandLine", "CustosCustody", "CustosMerkle", "CustosPKI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
@@ -161,7 +161,7 @@ let package = Package(
         .executableTarget(
             name: "custos",
             dependencies: [
-                "CustosClient", "CustosModel", "CustosRuntime", "CustosEvidence",
+                "CustosClient", "CustosModel", "CustosRuntime", "CustosEvidence", "CustosCustody", "CustosMerkle", "CustosPKI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -1,4 +1,9 @@
+import Crypto
+import CustosClient
+import CustosCustody
 import CustosEvidence
+import CustosMerkle
+import CustosModel
 import CustosKafka
 import CustosPKI
 import CustosRuntime
@@ -26,17 +31,30 @@ public func buildApplication(
     if let authority {  // fail at start, not at the first request, when the TSA identity is broken
         _ = try authority.respond(to: TimeStamp.request(sha256: Array(repeating: 0, count: 32), nonce: [1]), serial: 1)
     }
+    let checkpointSigner = CheckpointSigner(
+        origin: configuration.custodyOrigin,
+        certificate: try readFile(configuration.custodyCertificateFile, key: "custody.certificateFile"),
+        key: try readFile(configuration.custodyKeyFile, key: "custody.keyFile"),
+        chain: try configuration.custodyChainFile.map { try readFile($0, key: "custody.chainFile") } ?? "",
+        timeStamp: try configuration.custodyTSAURL.map { url in
+            let client = TimeStampClient(url: url, trust: tsaTrust)
+            return { sha256 in try await client.timeStamp(sha256: sha256).response }
+        } ?? CheckpointSigner.stamping(with: authority!))
+    // Fail at start, not at the first checkpoint, when the log's identity is broken.
+    _ = try Checkpoint(origin: configuration.custodyOrigin, size: 0, root: SHA256Digest(bytes: MerkleTree.emptyRoot)!, time: Timestamp.now())
+        .sign(certificate: checkpointSigner.certificate, key: checkpointSigner.key, chain: checkpointSigner.chain)
     let postgres = configuration.database.makeClient(logger: logger)
     let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
     let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, logger: logger)
     let ready = Gate()
     let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, ready: ready, logger: logger)
+    let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
     let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
                                     refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)
     var app = Application(
         router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, timeStampAuthority: authority, logger: logger),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
-        services: [postgres, relay, ingestor, KafkaProducerService(producer: producer)],
+        services: [postgres, relay, ingestor, integrator, KafkaProducerService(producer: producer)],
         onServerRunning: { channel in
             let port = channel.localAddress?.port ?? configuration.httpPort
             await onRunning("http://\(configuration.httpHost):\(port)")
@@ -44,6 +62,10 @@ public func buildApplication(
         logger: logger)
     app.beforeServerStarts {
         try await Migrator.migrate(client: postgres, schema: configuration.database.schema, logger: logger)
+        try await store.recordKeyChanges([
+            "message-signing": signer.publicKey.keyId,
+            "custody-log": Digest.sha256Hex(try CertificateInfo(pem: checkpointSigner.certificate).der),
+        ].merging(try authority.map { ["time-stamping": Digest.sha256Hex(try CertificateInfo(pem: $0.certificate).der)] } ?? [:]) { a, _ in a })
         ready.open()
     }
     return app

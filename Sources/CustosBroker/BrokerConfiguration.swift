@@ -1,4 +1,5 @@
 import Configuration
+import CustosCustody
 import CustosKafka
 import CustosRuntime
 import Foundation
@@ -36,6 +37,20 @@ public struct BrokerConfiguration: Sendable {
     /// `providers.refreshSeconds`: how often the list of registered providers (and so the
     /// topics consumed) is re-read.
     public var providerRefreshInterval: Duration = .seconds(5)
+    /// `custody.origin`: the name of this custody log, the first line of every checkpoint;
+    /// witnesses tell logs apart by it.
+    public var custodyOrigin: String = "custos.local/custody"
+    /// `custody.certificateFile`, `custody.keyFile`, `custody.chainFile`: the log's signing
+    /// identity (PEM); checkpoints are CMS-signed with it. Auditors trust its CA.
+    public var custodyCertificateFile: String
+    public var custodyKeyFile: String
+    public var custodyChainFile: String?
+    /// `custody.tsaURL`: the RFC 3161 TSA that time-stamps checkpoints (its answers must chain
+    /// to `tsa.trustFile`). Unset: the built-in TSA (`tsa.certificateFile`), called in process.
+    public var custodyTSAURL: String?
+    /// `custody.checkpointMilliseconds`: a checkpoint is issued at least this often while there
+    /// are new events.
+    public var checkpointInterval: Duration = .seconds(1)
 
     public init(reader: ConfigReader) throws {
         database = try DatabaseConfiguration(reader: reader)
@@ -55,6 +70,22 @@ public struct BrokerConfiguration: Sendable {
         consumerGroup = reader.string(forKey: "kafka.groupId", default: consumerGroup)
         outboxPollInterval = .milliseconds(reader.int(forKey: "outbox.pollMilliseconds", default: 100))
         providerRefreshInterval = .seconds(reader.int(forKey: "providers.refreshSeconds", default: 5))
+        custodyOrigin = reader.string(forKey: "custody.origin", default: custodyOrigin)
+        custodyCertificateFile = try reader.require("custody.certificateFile")
+        custodyKeyFile = try reader.require("custody.keyFile")
+        custodyChainFile = reader.string(forKey: "custody.chainFile")
+        custodyTSAURL = reader.string(forKey: "custody.tsaURL")
+        let checkpointMilliseconds = reader.int(forKey: "custody.checkpointMilliseconds", default: 1000)
+        guard (10...3_600_000).contains(checkpointMilliseconds) else {
+            throw ConfigurationError(key: "custody.checkpointMilliseconds", reason: "must be 10 to 3600000")
+        }
+        checkpointInterval = .milliseconds(checkpointMilliseconds)
+        guard Checkpoint.isValidOrigin(custodyOrigin) else {
+            throw ConfigurationError(key: "custody.origin", reason: "must be 1 to 200 printable ASCII characters without spaces")
+        }
+        guard custodyTSAURL != nil || tsaCertificateFile != nil else {
+            throw ConfigurationError(key: "custody.tsaURL", reason: "checkpoints need a TSA: set custody.tsaURL, or tsa.certificateFile and tsa.keyFile for the built-in one")
+        }
         guard (0...65535).contains(httpPort) else { throw ConfigurationError(key: "http.port", reason: "must be 0 to 65535") }
     }
 }

@@ -1,5 +1,6 @@
 import Crypto
 import CustosCanonicalJSON
+import CustosCustody
 import CustosEvidence
 import CustosKafka
 import CustosModel
@@ -41,13 +42,13 @@ extension BrokerStore {
             return try await deadLetter(message, reason: "malformed: only chunk messages carry their envelope in a header")
         }
         do {
-            return try await client.transaction(logger: logger) { conn in
+            return try await client.custodyTransaction(logger: logger) { conn, custody in
                 let fresh = try await conn.query("""
                     INSERT INTO inbox (message_id, message_type, request_id) VALUES (\(header.id), \(header.type.rawValue), \(header.requestId))
                     ON CONFLICT DO NOTHING RETURNING 1
                     """, logger: logger).decode(Int.self).first { _ in true } != nil
                 guard fresh else { return .duplicate }
-                try await apply(conn, header: header, json: opened.json, value: message.value, provider: expectedSender)
+                try await apply(conn, header: header, json: opened.json, value: message.value, provider: expectedSender, custody: custody)
                 return .applied(header.type)
             }
         } catch let rejection as IngestRejection {
@@ -70,33 +71,37 @@ extension BrokerStore {
         return .deadLettered(reason)
     }
 
-    private func apply(_ conn: PostgresConnection, header: EnvelopeHeader, json: JSONValue, value: [UInt8], provider: String) async throws {
+    private func apply(_ conn: PostgresConnection, header: EnvelopeHeader, json: JSONValue, value: [UInt8], provider: String,
+                       custody: CustodyRecorder) async throws {
+        let actor = CustodyEvent.Actor(type: .provider, id: provider)
         let row: RequestRow
         do { row = try await Self.lockRequest(conn, header.requestId, logger: logger) } catch is BrokerError {
             throw IngestRejection(reason: "unknown request")
         }
         guard row.providerId == provider else { throw IngestRejection(reason: "request was not addressed to this provider") }
-        guard row.state.rank >= RequestState.approved.rank, row.state != .rejected else {
+        guard row.state.rank >= RequestState.approved.rank, row.state != .rejected, row.state != .withdrawn else {
             throw IngestRejection(reason: "request is \(row.state.rawValue), not dispatched")
         }
         switch header.type {
         case .ack:
             let body = try SignedEnvelope.body(AckBody.self, from: json).body
             guard body.requestHash == row.requestHash else { throw IngestRejection(reason: "acknowledged request hash differs from the request as approved") }
-            try await Self.advance(conn, header.requestId, to: .acknowledged, actor: provider, logger: logger)
+            try await Self.advance(conn, header.requestId, to: .acknowledged, actor: actor, custody: custody, logger: logger)
         case .status:
             let body = try SignedEnvelope.body(StatusBody.self, from: json).body
-            try await Self.advance(conn, header.requestId, to: .inProgress, actor: provider, note: "\(body.phase.rawValue) \(body.percent)%", logger: logger)
+            try await Self.advance(conn, header.requestId, to: .inProgress, actor: actor, note: "\(body.phase.rawValue) \(body.percent)%", custody: custody,
+                                   details: ["phase": body.phase.rawValue, "percent": "\(body.percent)"], logger: logger)
         case .refusal:
             let body = try SignedEnvelope.body(RefusalBody.self, from: json).body
             try await conn.query("UPDATE requests SET state = 'refused', updated_at = now() WHERE id = \(header.requestId) AND state <> 'verified'", logger: logger)
-            try await Self.event(conn, header.requestId, .refused, actor: provider, note: body.reason.rawValue, logger: logger)
+            try await Self.event(conn, header.requestId, .refused, actor: actor, note: body.reason.rawValue, custody: custody,
+                                 details: ["reason": body.reason.rawValue], logger: logger)
         case .manifest:
             let body = try SignedEnvelope.body(ManifestBody.self, from: json).body
-            try await acceptManifest(conn, body, header: header, provider: provider)
+            try await acceptManifest(conn, body, header: header, provider: provider, custody: custody)
         case .chunk:
             let body = try SignedEnvelope.body(ChunkBody.self, from: json).body
-            try await acceptChunk(conn, body, bytes: value, header: header)
+            try await acceptChunk(conn, body, bytes: value, header: header, provider: provider, custody: custody)
         case .complete:
             let body = try SignedEnvelope.body(CompleteBody.self, from: json).body
             let updated = try await conn.query("""
@@ -106,13 +111,14 @@ extension BrokerStore {
                 RETURNING 1
                 """, logger: logger).decode(Int.self).first { _ in true } != nil
             guard updated else { throw IngestRejection(reason: "completion does not match a received manifest") }
-            try await finalizeIfComplete(conn, packageId: body.packageId)
+            try await finalizeIfComplete(conn, packageId: body.packageId, custody: custody)
         case .request, .receipt:
             throw IngestRejection(reason: "not a provider message")
         }
     }
 
-    private func acceptManifest(_ conn: PostgresConnection, _ body: ManifestBody, header: EnvelopeHeader, provider: String) async throws {
+    private func acceptManifest(_ conn: PostgresConnection, _ body: ManifestBody, header: EnvelopeHeader, provider: String,
+                                custody: CustodyRecorder) async throws {
         let m = body.manifest
         guard m.requestId == header.requestId else { throw IngestRejection(reason: "manifest names another request than its envelope") }
         guard m.chunks.count <= 1_000_000, m.chunks.allSatisfy({ $0.size > 0 && $0.size <= Topics.maximumChunkBytes && Digest.isSHA256Hex($0.sha256) }) else {
@@ -123,16 +129,25 @@ extension BrokerStore {
         else { throw IngestRejection(reason: "manifest signature or time-stamp is not base64 DER") }
         let canonical = try CanonicalJSON.encode(m)
         let manifestSha = Digest.sha256Hex(canonical)
-        try await conn.query("""
+        let actor = CustodyEvent.Actor(type: .provider, id: provider)
+        let inserted = try await conn.query("""
             INSERT INTO packages (id, request_id, provider_id, manifest, manifest_signature, time_stamp, manifest_sha256, chunk_count, content_size, chunks_root)
             VALUES (\(m.packageId), \(m.requestId), \(provider), \(String(decoding: canonical, as: UTF8.self)), \(ByteBuffer(data: signature)),
                     \(ByteBuffer(data: timeStamp)), \(manifestSha), \(m.chunks.count), \(m.content.size), \(m.chunksRoot))
-            ON CONFLICT (id) DO NOTHING
-            """, logger: logger)
-        try await Self.advance(conn, header.requestId, to: .inProgress, actor: provider, note: "manifest received: \(m.chunks.count) chunks", logger: logger)
+            ON CONFLICT (id) DO NOTHING RETURNING 1
+            """, logger: logger).decode(Int.self).first { _ in true } != nil
+        if inserted {
+            custody.record(CustodyEvent(
+                kind: .manifestReceived, at: Timestamp.now(), actor: actor, subject: .init(requestId: m.requestId, packageId: m.packageId),
+                objects: ["manifestSha256": manifestSha, "signatureSha256": Digest.sha256Hex(signature), "timeStampSha256": Digest.sha256Hex(timeStamp)],
+                details: ["chunks": "\(m.chunks.count)", "size": "\(m.content.size)"]))
+        }
+        try await Self.advance(conn, header.requestId, to: .inProgress, actor: actor, note: "manifest received: \(m.chunks.count) chunks",
+                               custody: custody, packageId: m.packageId, logger: logger)
     }
 
-    private func acceptChunk(_ conn: PostgresConnection, _ body: ChunkBody, bytes: [UInt8], header: EnvelopeHeader) async throws {
+    private func acceptChunk(_ conn: PostgresConnection, _ body: ChunkBody, bytes: [UInt8], header: EnvelopeHeader, provider: String,
+                             custody: CustodyRecorder) async throws {
         guard bytes.count == body.size, bytes.count <= Topics.maximumChunkBytes else { throw IngestRejection(reason: "chunk size differs from its envelope") }
         guard Digest.sha256Hex(bytes) == body.sha256 else { throw IngestRejection(reason: "chunk SHA-256 differs from its envelope") }
         var known: (Int, String)?
@@ -143,16 +158,22 @@ extension BrokerStore {
         guard let (count, state) = known else { throw IngestRejection(reason: "chunk for a package whose manifest was not received") }
         guard (0..<count).contains(body.index) else { throw IngestRejection(reason: "chunk index outside the manifest's chunk list") }
         guard state == PackageState.receiving.rawValue else { return }
-        try await conn.query("""
+        let inserted = try await conn.query("""
             INSERT INTO package_chunks (package_id, idx, sha256, size, data) VALUES (\(body.packageId), \(body.index), \(body.sha256), \(body.size), \(ByteBuffer(bytes: bytes)))
-            ON CONFLICT DO NOTHING
-            """, logger: logger)
-        try await finalizeIfComplete(conn, packageId: body.packageId)
+            ON CONFLICT DO NOTHING RETURNING 1
+            """, logger: logger).decode(Int.self).first { _ in true } != nil
+        if inserted {
+            custody.record(CustodyEvent(
+                kind: .chunkReceived, at: Timestamp.now(), actor: .init(type: .provider, id: provider),
+                subject: .init(requestId: header.requestId, packageId: body.packageId, chunk: body.index),
+                objects: ["chunkSha256": body.sha256], details: ["size": "\(body.size)"]))
+        }
+        try await finalizeIfComplete(conn, packageId: body.packageId, custody: custody)
     }
 
     /// When the completion and every chunk are in, verifies the package against its signed
     /// manifest and the request as approved, records the verdict, and queues a signed receipt.
-    func finalizeIfComplete(_ conn: PostgresConnection, packageId: UUID) async throws {
+    func finalizeIfComplete(_ conn: PostgresConnection, packageId: UUID, custody: CustodyRecorder) async throws {
         var row: (UUID, String, String, ByteBuffer, ByteBuffer, Int, Bool, String)?
         for try await r in try await conn.query("""
             SELECT request_id, provider_id, manifest, manifest_signature, time_stamp, chunk_count, complete_received, state FROM packages WHERE id = \(packageId)
@@ -165,6 +186,11 @@ extension BrokerStore {
         guard received == chunkCount else { return }
 
         let manifest = try JSONDecoder().decode(Manifest.self, from: Data(manifestJSON.utf8))
+        let subject = CustodyEvent.Subject(requestId: requestId, packageId: packageId)
+        let providerActor = CustodyEvent.Actor(type: .provider, id: provider)
+        custody.record(CustodyEvent(kind: .packageCompleted, at: Timestamp.now(), actor: providerActor, subject: subject,
+                                    objects: ["manifestSha256": Digest.sha256Hex(Array(manifestJSON.utf8)), "chunksRoot": manifest.chunksRoot],
+                                    details: ["chunks": "\(chunkCount)", "size": "\(manifest.content.size)"]))
         var providerRow: (String, String)?
         for try await r in try await conn.query("SELECT ca_certificate_pem, certificate_pem FROM providers WHERE id = \(provider)", logger: logger)
             .decode((String, String).self) { providerRow = r }
@@ -188,6 +214,9 @@ extension BrokerStore {
         let verification = PackageVerification(failures: failures, manifestSha256: Digest.sha256Hex(manifestBytes), checkedAt: Timestamp.now())
         let verdict = String(decoding: try CanonicalJSON.encode(verification), as: UTF8.self)
         let newState: PackageState = verification.valid ? .verified : .rejected
+        custody.record(CustodyEvent(kind: .verdict, at: Timestamp.now(), actor: .broker, subject: subject,
+                                    objects: ["verdictSha256": Digest.sha256Hex(Array(verdict.utf8)), "manifestSha256": verification.manifestSha256],
+                                    details: ["outcome": newState.rawValue, "failures": Set(verification.failures.map(\.code.rawValue)).sorted().joined(separator: ",")]))
         try await conn.query("""
             UPDATE packages SET state = \(newState.rawValue), verification = \(verdict), verified_at = now(),
                 time_stamped_at = \(signatureCheck.genTime), time_stamp_accuracy_us = \(signatureCheck.accuracyMicroseconds),
@@ -195,13 +224,15 @@ extension BrokerStore {
                 signer_certificate = \(signatureCheck.signer?.pem)
             WHERE id = \(packageId)
             """, logger: logger)
-        try await Self.advance(conn, requestId, to: .delivered, actor: provider, note: "package \(packageId.lowercased) complete", logger: logger)
+        try await Self.advance(conn, requestId, to: .delivered, actor: providerActor, note: "package \(packageId.lowercased) complete",
+                               custody: custody, packageId: packageId, logger: logger)
         if verification.valid {
-            try await Self.advance(conn, requestId, to: .verified, actor: "broker", note: "package \(packageId.lowercased) verified", logger: logger)
+            try await Self.advance(conn, requestId, to: .verified, actor: .broker, note: "package \(packageId.lowercased) verified",
+                                   custody: custody, packageId: packageId, logger: logger)
         } else {
-            try await Self.event(conn, requestId, .delivered, actor: "broker",
+            try await Self.event(conn, requestId, .delivered, actor: .broker,
                                  note: "package \(packageId.lowercased) failed verification: " + verification.failures.map(\.code.rawValue).joined(separator: ","),
-                                 logger: logger)
+                                 custody: custody, packageId: packageId, logger: logger)
         }
         let receipt = Envelope(
             type: .receipt, id: UUID.derived("receipt", packageId.lowercased), requestId: requestId, sender: "broker",

@@ -1,5 +1,6 @@
 import Crypto
 import CustosCanonicalJSON
+import CustosCustody
 import CustosEvidence
 import CustosModel
 import CustosPKI
@@ -12,6 +13,21 @@ public struct AuthenticatedUser: Sendable, Hashable {
     public var id: UUID
     public var name: String
     public var role: Role
+    /// The client it came from (address without port, user agent), for the custody log.
+    public var address: String?
+    public var agent: String?
+
+    public init(id: UUID, name: String, role: Role, address: String? = nil, agent: String? = nil) {
+        self.id = id
+        self.name = name
+        self.role = role
+        self.address = address
+        self.agent = agent
+    }
+
+    public var actor: CustodyEvent.Actor {
+        CustodyEvent.Actor(type: role == .witness ? .witness : .user, id: name, address: address, agent: agent)
+    }
 }
 
 /// Everything the broker keeps in PostgreSQL. Each method is one transaction.
@@ -21,12 +37,22 @@ public struct BrokerStore: Sendable {
     let signer: SigningKey
     /// CA certificates (PEM) that providers' time-stamping authorities must chain to.
     let tsaTrust: String
+    /// Appends the custody events that change no state (views, downloads, exports).
+    public let custody: CustodyAppender
 
     public init(client: PostgresClient, signer: SigningKey, tsaTrust: String, logger: Logger) {
         self.client = client
         self.signer = signer
         self.tsaTrust = tsaTrust
         self.logger = logger
+        self.custody = CustodyAppender(client: client, logger: logger)
+    }
+
+    /// Records an access (a view, a download, an export) durably before it is served.
+    @discardableResult
+    public func recordAccess(_ kind: CustodyEvent.Kind, by user: AuthenticatedUser, subject: CustodyEvent.Subject,
+                             objects: [String: String] = [:]) async throws -> Int64 {
+        try await custody.append(CustodyEvent(kind: kind, at: Timestamp.now(), actor: user.actor, subject: subject, objects: objects))
     }
 
     // MARK: Users
@@ -34,21 +60,39 @@ public struct BrokerStore: Sendable {
     static func tokenHash(_ token: String) -> [UInt8] { Array(SHA256.hash(data: Array(token.utf8))) }
 
     /// Creates a user and returns the bearer token, which is shown once and stored only as a hash.
-    public func addUser(name: String, role: Role) async throws -> (AuthenticatedUser, token: String) {
+    public func addUser(name: String, role: Role, by actor: CustodyEvent.Actor) async throws -> (AuthenticatedUser, token: String) {
+        try await client.custodyTransaction(logger: logger) { conn, custody in
+            try await Self.addUser(conn, name: name, role: role, by: actor, custody: custody, logger: logger)
+        }
+    }
+
+    static func addUser(_ conn: PostgresConnection, name: String, role: Role, by actor: CustodyEvent.Actor, custody: CustodyRecorder,
+                        logger: Logger) async throws -> (AuthenticatedUser, token: String) {
         guard (1...100).contains(name.count), name.allSatisfy({ $0.isLetter || $0.isNumber || "._-".contains($0) }) else {
             throw BrokerError(.invalid, "user name must be 1 to 100 letters, digits, '.', '_' or '-'")
         }
         var random = SystemRandomNumberGenerator()
         let token = "ct_" + (0..<32).map { _ in UInt8.random(in: 0...255, using: &random) }.hexString
         let id = UUID()
-        do {
-            try await client.query(
-                "INSERT INTO users (id, name, role, token_sha256) VALUES (\(id), \(name), \(role.rawValue), \(ByteBuffer(bytes: Self.tokenHash(token))))",
-                logger: logger)
-        } catch let e as PSQLError where e.serverInfo?[.sqlState] == "23505" {
-            throw BrokerError(.conflict, "a user with that name exists")
-        }
+        let inserted = try await conn.query(
+            "INSERT INTO users (id, name, role, token_sha256) VALUES (\(id), \(name), \(role.rawValue), \(ByteBuffer(bytes: Self.tokenHash(token)))) ON CONFLICT DO NOTHING RETURNING 1",
+            logger: logger).decode(Int.self).first { _ in true } != nil
+        guard inserted else { throw BrokerError(.conflict, "a user with that name exists") }
+        custody.record(CustodyEvent(kind: .userAdded, at: Timestamp.now(), actor: actor, subject: .init(user: name), details: ["role": role.rawValue]))
         return (AuthenticatedUser(id: id, name: name, role: role), token)
+    }
+
+    /// Gives a user another role.
+    public func setRole(name: String, role: Role, by actor: CustodyEvent.Actor) async throws {
+        try await client.custodyTransaction(logger: logger) { conn, custody in
+            var old: String?
+            for try await r in try await conn.query("SELECT role FROM users WHERE name = \(name) FOR UPDATE", logger: logger).decode(String.self) { old = r }
+            guard let old else { throw BrokerError(.notFound, "no such user") }
+            guard old != role.rawValue else { return }
+            try await conn.query("UPDATE users SET role = \(role.rawValue) WHERE name = \(name)", logger: logger)
+            custody.record(CustodyEvent(kind: .userRoleChanged, at: Timestamp.now(), actor: actor, subject: .init(user: name),
+                                        details: ["role": role.rawValue, "previousRole": old]))
+        }
     }
 
     public func user(token: String) async throws -> AuthenticatedUser? {
@@ -64,7 +108,7 @@ public struct BrokerStore: Sendable {
     /// Registers a provider (or replaces its certificates): its signing certificate, whose
     /// common name must be the provider id and whose P-256 key signs its messages, and the CA
     /// its package signatures must chain to.
-    public func registerProvider(id: String, certificate: String, caCertificate: String) async throws {
+    public func registerProvider(id: String, certificate: String, caCertificate: String, by actor: CustodyEvent.Actor) async throws {
         guard ProviderID.isValid(id) else { throw BrokerError(.invalid, "provider id must match \(ProviderID.pattern)") }
         let info: CertificateInfo
         do {
@@ -74,12 +118,31 @@ public struct BrokerStore: Sendable {
         guard info.commonName == id else { throw BrokerError(.invalid, "the certificate names \(info.commonName), not \(id)") }
         let key: VerifyingKey
         do { key = try VerifyingKey(certificate: info) } catch { throw BrokerError(.invalid, error.reason) }
-        try await client.query("""
-            INSERT INTO providers (id, certificate_pem, ca_certificate_pem, public_key_pem)
-            VALUES (\(id), \(certificate), \(caCertificate), \(key.pem))
-            ON CONFLICT (id) DO UPDATE SET certificate_pem = EXCLUDED.certificate_pem, ca_certificate_pem = EXCLUDED.ca_certificate_pem,
-                public_key_pem = EXCLUDED.public_key_pem, updated_at = now()
-            """, logger: logger)
+        let caInfo = try CertificateInfo(pem: caCertificate)
+        try await client.custodyTransaction(logger: logger) { conn, custody in
+            try await conn.query("""
+                INSERT INTO providers (id, certificate_pem, ca_certificate_pem, public_key_pem)
+                VALUES (\(id), \(certificate), \(caCertificate), \(key.pem))
+                ON CONFLICT (id) DO UPDATE SET certificate_pem = EXCLUDED.certificate_pem, ca_certificate_pem = EXCLUDED.ca_certificate_pem,
+                    public_key_pem = EXCLUDED.public_key_pem, updated_at = now()
+                """, logger: logger)
+            custody.record(CustodyEvent(kind: .providerRegistered, at: Timestamp.now(), actor: actor, subject: .init(provider: id),
+                                        objects: ["certificateSha256": Digest.sha256Hex(info.der), "caCertificateSha256": Digest.sha256Hex(caInfo.der)]))
+        }
+    }
+
+    /// Registers an outside witness: its certificate (which must sign its co-signatures) and a
+    /// user of role `witness` under the same name, whose bearer token is returned.
+    public func registerWitness(name: String, certificate: String, by actor: CustodyEvent.Actor) async throws -> String {
+        let info: CertificateInfo
+        do { info = try CertificateInfo(pem: certificate) } catch { throw BrokerError(.invalid, "not a PEM certificate: \(error.reason)") }
+        return try await client.custodyTransaction(logger: logger) { conn, custody in
+            let token = try await Self.addUser(conn, name: name, role: .witness, by: actor, custody: custody, logger: logger).token
+            try await conn.query("INSERT INTO witnesses (name, certificate_pem) VALUES (\(name), \(info.pem))", logger: logger)
+            custody.record(CustodyEvent(kind: .witnessRegistered, at: Timestamp.now(), actor: actor, subject: .init(witness: name),
+                                        objects: ["certificateSha256": Digest.sha256Hex(info.der)]))
+            return token
+        }
     }
 
     public func providers() async throws -> [String: VerifyingKey] {
@@ -98,10 +161,15 @@ public struct BrokerStore: Sendable {
             throw BrokerError(.invalid, "invalid case", violations: [FieldViolation(field: "title", rule: "must be 1 to 500 characters")])
         }
         let id = UUID()
-        let rows = try await client.query(
-            "INSERT INTO cases (id, title, created_by) VALUES (\(id), \(t), \(user.id)) RETURNING created_at", logger: logger)
-        var at = Date()
-        for try await d in rows.decode(Date.self) { at = d }
+        let at = try await client.custodyTransaction(logger: logger) { conn, custody in
+            var at = Date()
+            for try await d in try await conn.query(
+                "INSERT INTO cases (id, title, created_by) VALUES (\(id), \(t), \(user.id)) RETURNING created_at", logger: logger
+            ).decode(Date.self) { at = d }
+            custody.record(CustodyEvent(kind: .caseCreated, at: Timestamp.format(at), actor: user.actor, subject: .init(caseId: id),
+                                        objects: ["titleSha256": Digest.sha256Hex(Array(t.utf8))]))
+            return at
+        }
         return API.CaseView(id: id, title: t, createdBy: user.name, createdAt: Timestamp.format(at))
     }
 
@@ -113,7 +181,7 @@ public struct BrokerStore: Sendable {
         do { try spec.validate() } catch { throw BrokerError(.invalid, "invalid request", violations: error.violations) }
         let id = UUID()
         let specJSON = String(decoding: try CanonicalJSON.encode(spec), as: UTF8.self)
-        try await client.transaction(logger: logger) { conn in
+        try await client.custodyTransaction(logger: logger) { conn, custody in
             let caseExists = try await conn.query("SELECT 1 FROM cases WHERE id = \(spec.caseId)", logger: logger).decode(Int.self).first { _ in true } != nil
             guard caseExists else {
                 throw BrokerError(.invalid, "invalid request", violations: [FieldViolation(field: "caseId", rule: "must name an existing case")])
@@ -126,19 +194,36 @@ public struct BrokerStore: Sendable {
                 INSERT INTO requests (id, case_id, provider_id, spec, state, created_by)
                 VALUES (\(id), \(spec.caseId), \(spec.providerId), \(specJSON), 'draft', \(user.id))
                 """, logger: logger)
-            try await Self.event(conn, id, .draft, actor: user.name, note: nil, logger: logger)
+            try await Self.event(conn, id, .draft, actor: user.actor, note: nil, custody: custody, caseId: spec.caseId,
+                                 objects: ["specSha256": Digest.sha256Hex(Array(specJSON.utf8))], logger: logger)
         }
         return id
     }
 
     public func submit(_ id: UUID, by user: AuthenticatedUser) async throws {
-        try await client.transaction(logger: logger) { conn in
+        try await client.custodyTransaction(logger: logger) { conn, custody in
             let row = try await Self.lockRequest(conn, id, logger: logger)
             guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author submits it") }
             guard row.state == .draft else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not draft") }
             try await conn.query(
                 "UPDATE requests SET state = 'submitted', submitted_by = \(user.id), updated_at = now() WHERE id = \(id)", logger: logger)
-            try await Self.event(conn, id, .submitted, actor: user.name, note: nil, logger: logger)
+            try await Self.event(conn, id, .submitted, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId, logger: logger)
+        }
+    }
+
+    /// The author withdraws a request that no approver has decided on yet.
+    public func withdraw(_ id: UUID, by user: AuthenticatedUser, reason: String?) async throws {
+        guard (reason?.count ?? 0) <= 2000 else {
+            throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be at most 2000 characters")])
+        }
+        try await client.custodyTransaction(logger: logger) { conn, custody in
+            let row = try await Self.lockRequest(conn, id, logger: logger)
+            guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author withdraws it") }
+            guard row.state == .draft || row.state == .submitted else {
+                throw BrokerError(.conflict, "request is \(row.state.rawValue); only a draft or submitted request can be withdrawn")
+            }
+            try await conn.query("UPDATE requests SET state = 'withdrawn', updated_at = now() WHERE id = \(id)", logger: logger)
+            try await Self.event(conn, id, .withdrawn, actor: user.actor, note: reason, custody: custody, caseId: row.spec.caseId, logger: logger)
         }
     }
 
@@ -146,7 +231,7 @@ public struct BrokerStore: Sendable {
     /// message in the outbox. The approver must be another person than the submitter.
     public func approve(_ id: UUID, by user: AuthenticatedUser) async throws {
         guard user.role == .approver else { throw BrokerError(.forbidden, "only approvers approve requests") }
-        try await client.transaction(logger: logger) { conn in
+        try await client.custodyTransaction(logger: logger) { conn, custody in
             let row = try await Self.lockRequest(conn, id, logger: logger)
             guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
             guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot approve it (four eyes)") }
@@ -158,7 +243,8 @@ public struct BrokerStore: Sendable {
                 UPDATE requests SET state = 'approved', approved_by = \(user.id), approved_request = \(approvedJSON),
                     request_hash = \(hash), updated_at = now() WHERE id = \(id)
                 """, logger: logger)
-            try await Self.event(conn, id, .approved, actor: user.name, note: nil, logger: logger)
+            try await Self.event(conn, id, .approved, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId,
+                                 objects: ["requestHash": hash], logger: logger)
             let envelope = Envelope(type: .request, id: UUID.derived("request", id.lowercased), requestId: id, sender: "broker",
                                     body: RequestBody(request: approved, requestHash: hash))
             try await Self.enqueue(conn, envelope, topic: Topics.toProvider(row.spec.providerId), signer: signer, logger: logger)
@@ -170,12 +256,12 @@ public struct BrokerStore: Sendable {
         guard (reason?.count ?? 0) <= 2000 else {
             throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be at most 2000 characters")])
         }
-        try await client.transaction(logger: logger) { conn in
+        try await client.custodyTransaction(logger: logger) { conn, custody in
             let row = try await Self.lockRequest(conn, id, logger: logger)
             guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
             guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot decide on it (four eyes)") }
             try await conn.query("UPDATE requests SET state = 'rejected', updated_at = now() WHERE id = \(id)", logger: logger)
-            try await Self.event(conn, id, .rejected, actor: user.name, note: reason, logger: logger)
+            try await Self.event(conn, id, .rejected, actor: user.actor, note: reason, custody: custody, caseId: row.spec.caseId, logger: logger)
         }
     }
 
@@ -243,22 +329,33 @@ public struct BrokerStore: Sendable {
         throw BrokerError(.notFound, "no such user")
     }
 
-    static func event(_ conn: PostgresConnection, _ id: UUID, _ state: RequestState, actor: String, note: String?, logger: Logger) async throws {
+    /// A step in the request's timeline, and its custody event (kind `request.<state>`). The
+    /// note stays in the timeline; the custody log gets only its hash (it may be free text).
+    static func event(_ conn: PostgresConnection, _ id: UUID, _ state: RequestState, actor: CustodyEvent.Actor, note: String?,
+                      custody: CustodyRecorder, caseId: UUID? = nil, packageId: UUID? = nil,
+                      objects: [String: String] = [:], details: [String: String] = [:], logger: Logger) async throws {
         try await conn.query(
-            "INSERT INTO request_events (request_id, state, actor, note) VALUES (\(id), \(state.rawValue), \(actor), \(note))",
+            "INSERT INTO request_events (request_id, state, actor, note) VALUES (\(id), \(state.rawValue), \(actor.id), \(note))",
             logger: logger)
+        var objects = objects
+        if let note { objects["noteSha256"] = Digest.sha256Hex(Array(note.utf8)) }
+        custody.record(CustodyEvent(kind: .request(state.rawValue), at: Timestamp.now(), actor: actor,
+                                    subject: .init(caseId: caseId, requestId: id, packageId: packageId), objects: objects, details: details))
     }
 
     /// Moves a request forward to `state` unless it is already there or further along; returns
     /// whether it moved. Late or repeated provider messages thus never move a request back.
     @discardableResult
-    static func advance(_ conn: PostgresConnection, _ id: UUID, to state: RequestState, actor: String, note: String? = nil, logger: Logger) async throws -> Bool {
-        let before = RequestState.allCases.filter { $0.rank < state.rank && $0 != .rejected && $0 != .refused }.map(\.rawValue)
+    static func advance(_ conn: PostgresConnection, _ id: UUID, to state: RequestState, actor: CustodyEvent.Actor, note: String? = nil,
+                        custody: CustodyRecorder, packageId: UUID? = nil, details: [String: String] = [:], logger: Logger) async throws -> Bool {
+        let before = RequestState.allCases.filter { $0.rank < state.rank && ![.rejected, .refused, .withdrawn].contains($0) }.map(\.rawValue)
         let rows = try await conn.query(
             "UPDATE requests SET state = \(state.rawValue), updated_at = now() WHERE id = \(id) AND state = ANY(\(before)) RETURNING 1",
             logger: logger)
         let moved = try await rows.decode(Int.self).first { _ in true } != nil
-        if moved { try await event(conn, id, state, actor: actor, note: note, logger: logger) }
+        if moved {
+            try await event(conn, id, state, actor: actor, note: note, custody: custody, packageId: packageId, details: details, logger: logger)
+        }
         return moved
     }
 

@@ -2,10 +2,12 @@ import Synchronization
 
 /// Opens once; everything waiting on it resumes then. Background services wait on it until
 /// the migrations have run.
-final class Gate: Sendable {
-    private let state = Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+public final class Gate: Sendable {
+    private let state: Mutex<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>
 
-    func open() {
+    public init(open: Bool = false) { state = Mutex((open, [])) }
+
+    public func open() {
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.open = true
             defer { s.waiters = [] }
@@ -14,7 +16,7 @@ final class Gate: Sendable {
         waiters.forEach { $0.resume() }
     }
 
-    func wait() async {
+    public func wait() async {
         await withCheckedContinuation { c in
             let ready = state.withLock { s -> Bool in
                 if s.open { return true }

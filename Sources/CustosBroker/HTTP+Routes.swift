@@ -12,10 +12,27 @@ extension API.CaseView: ResponseEncodable {}
 extension API.RequestView: ResponseEncodable {}
 extension API.PackageView: ResponseEncodable {}
 extension API.UserView: ResponseEncodable {}
+extension API.CheckpointView: ResponseEncodable {}
+extension API.CustodyEventView: ResponseEncodable {}
+extension API.CustodyEventList: ResponseEncodable {}
+extension API.InclusionProofView: ResponseEncodable {}
+extension API.ConsistencyProofView: ResponseEncodable {}
+
+/// The request context of the broker's routes: Hummingbird's basics plus the client's address,
+/// which the custody log records for every access.
+public struct BrokerRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+}
 
 /// The HTTP API. Tests call this same function with a test client; `buildApplication` wraps it.
-public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, logger: Logger) -> Router<BasicRequestContext> {
-    let router = Router()
+public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, logger: Logger) -> Router<BrokerRequestContext> {
+    let router = Router(context: BrokerRequestContext.self)
     router.add(middleware: ProblemMiddleware(logger: logger))
     let api = BrokerAPI(store: store, maxBodyBytes: maxBodyBytes)
 
@@ -36,55 +53,84 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         }
     }
     let v1 = router.group("v1")
-    v1.get("me") { request, _ in
-        let u = try await api.user(request)
+    v1.get("me") { request, context in
+        let u = try await api.user(request, context)
         return API.UserView(id: u.id, name: u.name, role: u.role)
     }
     v1.post("cases") { request, context in
-        let user = try await api.user(request)
+        let user = try await api.staff(request, context)
         let body = try await api.decode(API.CreateCase.self, request, context)
         return EditedResponse(status: .created, response: try await store.createCase(title: body.title, by: user))
     }
     v1.post("requests") { request, context in
-        let user = try await api.user(request)
+        let user = try await api.staff(request, context)
         let spec = try await api.decode(RequestSpec.self, request, context)
         let id = try await store.createRequest(spec, by: user)
         return EditedResponse(status: .created, headers: [.location: "/v1/requests/\(id.lowercased)"], response: try await store.request(id))
     }
     v1.get("requests/:id") { request, context in
-        _ = try await api.user(request)
-        return try await store.request(try api.id(context))
+        let user = try await api.staff(request, context)
+        let id = try api.id(context)
+        let view = try await store.request(id)
+        try await store.recordAccess(.requestViewed, by: user, subject: .init(caseId: view.spec.caseId, requestId: id))
+        return view
+    }
+    v1.post("requests/:id/withdraw") { request, context in
+        let user = try await api.staff(request, context)
+        let id = try api.id(context)
+        let decision = try await api.decode(API.Decision.self, request, context)
+        try await store.withdraw(id, by: user, reason: decision.reason)
+        return try await store.request(id)
     }
     v1.post("requests/:id/submit") { request, context in
-        let user = try await api.user(request)
+        let user = try await api.staff(request, context)
         let id = try api.id(context)
         try await store.submit(id, by: user)
         return try await store.request(id)
     }
     v1.post("requests/:id/approve") { request, context in
-        let user = try await api.user(request)
+        let user = try await api.staff(request, context)
         let id = try api.id(context)
         try await store.approve(id, by: user)
         return try await store.request(id)
     }
     v1.post("requests/:id/reject") { request, context in
-        let user = try await api.user(request)
+        let user = try await api.staff(request, context)
         let id = try api.id(context)
         let decision = try await api.decode(API.Decision.self, request, context)
         try await store.reject(id, by: user, reason: decision.reason)
         return try await store.request(id)
     }
     v1.get("packages/:id") { request, context in
-        _ = try await api.user(request)
-        return try await store.package(try api.id(context))
+        let user = try await api.staff(request, context)
+        let id = try api.id(context)
+        let view = try await store.package(id)
+        try await store.recordAccess(.packageViewed, by: user, subject: .init(requestId: view.requestId, packageId: id))
+        return view
+    }
+    for (path, sealed) in [("packages/:id/seal", true), ("packages/:id/unseal", false)] {
+        v1.post(RouterPath(path)) { request, context in
+            let user = try await api.staff(request, context)
+            let id = try api.id(context)
+            let body = try await api.decode(API.Seal.self, request, context)
+            try await store.setSealed(sealed, package: id, reason: body.reason, by: user)
+            return try await store.package(id)
+        }
+    }
+    v1.get("packages/:id/custody") { request, context in
+        _ = try await api.user(request, context)
+        return API.CustodyEventList(events: try await store.custodyEvents(package: try api.id(context)))
     }
     v1.get("packages/:id/content") { request, context in
-        _ = try await api.user(request)
+        let user = try await api.staff(request, context)
         let id = try api.id(context)
         let package = try await store.package(id)
         guard package.state == .verified else {
             throw BrokerError(.conflict, "package is \(package.state.rawValue); only verified packages are released")
         }
+        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed; its content is not released") }
+        try await store.recordAccess(.packageDownloaded, by: user, subject: .init(requestId: package.requestId, packageId: id),
+                                     objects: ["manifestSha256": package.manifestSha256, "chunksRoot": package.manifest.chunksRoot])
         let headers: HTTPFields = [
             .contentType: package.manifest.content.mediaType,
             .contentLength: "\(package.manifest.content.size)",
@@ -99,16 +145,24 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         })
     }
     v1.get("packages/:id/bundle") { request, context in
-        _ = try await api.user(request)
+        let user = try await api.staff(request, context)
         let id = try api.id(context)
         let package = try await store.package(id)
         guard package.state != .receiving else { throw BrokerError(.conflict, "package is still being received") }
+        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed; it is not exported") }
         let parts = try await store.bundleParts(id)
+        // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
+        let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),
+                                                       objects: ["manifestSha256": package.manifestSha256])
+        let (checkpoint, proofs) = try await store.custodyProofs(package: id, including: exportIndex)
+        let custody = EvidenceBundle.Custody(
+            checkpoint: Array(checkpoint.text.utf8), signature: Array(Data(base64Encoded: checkpoint.signature) ?? Data()),
+            timeStamp: Array(Data(base64Encoded: checkpoint.timeStamp) ?? Data()), proofs: try CanonicalJSON.encode(proofs))
         let m = package.manifest
         let head = EvidenceBundle.head(
             manifest: try CanonicalJSON.encode(m), request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
-            packageId: id, contentSize: m.content.size,
+            custody: custody, packageId: id, contentSize: m.content.size,
             readme: EvidenceBundle.readme(manifest: m, signer: package.signer, timeStampedAt: package.timeStampedAt))
         let tail = EvidenceBundle.tail(contentSize: m.content.size)
         let length = Int64(head.count) + m.content.size + Int64(tail.count)
@@ -124,6 +178,42 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
             try await writer.finish(nil)
         })
     }
+
+    // The custody log: checkpoints, events and proofs for auditors and witnesses.
+    v1.get("custody/checkpoint") { request, context in
+        _ = try await api.user(request, context)
+        guard let c = try await store.latestCheckpoint() else { throw BrokerError(.notFound, "no checkpoint yet") }
+        return c
+    }
+    v1.get("custody/checkpoints/:size") { request, context in
+        _ = try await api.user(request, context)
+        return try await store.checkpoint(size: try api.number(context, "size"))
+    }
+    v1.post("custody/checkpoints/:size/cosignatures") { request, context in
+        let user = try await api.user(request, context)
+        let size = try api.number(context, "size")
+        let body = try await api.decode(API.Cosign.self, request, context)
+        return EditedResponse(status: .created, response: try await store.cosign(size: size, signature: body.signature, by: user))
+    }
+    v1.get("custody/events/:index") { request, context in
+        _ = try await api.user(request, context)
+        return try await store.custodyEvent(index: try api.number(context, "index"))
+    }
+    v1.get("custody/events/:index/proof") { request, context in
+        _ = try await api.user(request, context)
+        let size = try request.uri.queryParameters.get("size").map { text -> UInt64 in
+            guard let n = UInt64(text) else { throw BrokerError(.invalid, "size must be a whole number") }
+            return n
+        }
+        return try await store.inclusionProof(index: try api.number(context, "index"), size: size)
+    }
+    v1.get("custody/consistency") { request, context in
+        _ = try await api.user(request, context)
+        guard let from = request.uri.queryParameters.get("from").flatMap({ UInt64($0) }),
+              let to = request.uri.queryParameters.get("to").flatMap({ UInt64($0) })
+        else { throw BrokerError(.invalid, "from and to must be checkpoint sizes") }
+        return try await store.consistencyProof(from: from, to: to)
+    }
     return router
 }
 
@@ -131,24 +221,41 @@ struct BrokerAPI: Sendable {
     let store: BrokerStore
     let maxBodyBytes: Int
 
-    func user(_ request: Request) async throws -> AuthenticatedUser {
+    /// The authenticated caller, with the client it came from (for the custody log).
+    func user(_ request: Request, _ context: BrokerRequestContext) async throws -> AuthenticatedUser {
         guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer "), auth.count > 7 else {
             throw BrokerError(.unauthorized, "a bearer token is required")
         }
-        guard let user = try await store.user(token: String(auth.dropFirst(7))) else {
+        guard var user = try await store.user(token: String(auth.dropFirst(7))) else {
             throw BrokerError(.unauthorized, "the bearer token is not valid")
         }
+        user.address = context.remoteAddress?.ipAddress
+        user.agent = request.headers[.userAgent].map { String($0.prefix(200)) }
         return user
     }
 
-    func id(_ context: BasicRequestContext) throws -> UUID {
+    /// A caller who works on cases: anyone but an outside witness, who only sees the custody log.
+    func staff(_ request: Request, _ context: BrokerRequestContext) async throws -> AuthenticatedUser {
+        let user = try await user(request, context)
+        guard user.role != .witness else { throw BrokerError(.forbidden, "witnesses see only the custody log") }
+        return user
+    }
+
+    func id(_ context: BrokerRequestContext) throws -> UUID {
         guard let text = context.parameters.get("id"), let id = UUID(uuidString: text) else {
             throw BrokerError(.notFound, "the id in the path is not a UUID")
         }
         return id
     }
 
-    func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BasicRequestContext) async throws -> T {
+    func number(_ context: BrokerRequestContext, _ name: String) throws -> UInt64 {
+        guard let text = context.parameters.get(name), let n = UInt64(text) else {
+            throw BrokerError(.notFound, "the \(name) in the path is not a whole number")
+        }
+        return n
+    }
+
+    func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: BrokerRequestContext) async throws -> T {
         let buffer: ByteBuffer
         do { buffer = try await request.body.collect(upTo: maxBodyBytes) } catch {
             throw BrokerError(.tooLarge, "request body is larger than \(maxBodyBytes) bytes")

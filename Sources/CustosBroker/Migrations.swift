@@ -137,5 +137,80 @@ enum Migrations {
                 PRIMARY KEY (package_id, idx)
             );
             """),
+        Migration(version: 2, name: "custody log", sql: """
+            -- The custody log. Events are sequenced densely from 0 by one counter row (its lock
+            -- is held to commit, so committed events are always a gap-free prefix).
+            CREATE TABLE custody_sequence (id int PRIMARY KEY CHECK (id = 1), next_index bigint NOT NULL);
+            INSERT INTO custody_sequence VALUES (1, 0);
+            CREATE TABLE custody_events (
+                idx bigint PRIMARY KEY,
+                kind text NOT NULL,
+                request_id uuid,
+                package_id uuid,
+                -- RFC 8785 canonical JSON of the event: the Merkle leaf is SHA-256(0x00 || entry).
+                entry bytea NOT NULL
+            );
+            CREATE INDEX custody_events_by_request ON custody_events(request_id) WHERE request_id IS NOT NULL;
+            CREATE INDEX custody_events_by_package ON custody_events(package_id) WHERE package_id IS NOT NULL;
+            CREATE INDEX custody_events_key_changes ON custody_events(idx) WHERE kind = 'admin.key-changed';
+            -- The integrated tree: its size, and its hashes in tiles of 256 (C2SP tlog-tiles layout).
+            -- Tiles are derived data (the audit recomputes them); the rightmost of a level grows.
+            CREATE TABLE custody_tree (id int PRIMARY KEY CHECK (id = 1), size bigint NOT NULL);
+            INSERT INTO custody_tree VALUES (1, 0);
+            CREATE TABLE custody_tiles (
+                level int NOT NULL,
+                idx bigint NOT NULL,
+                hashes bytea NOT NULL,
+                PRIMARY KEY (level, idx)
+            );
+            -- Signed tree heads: the checkpoint text, its CMS signature, and the RFC 3161
+            -- time-stamp over that signature.
+            CREATE TABLE custody_checkpoints (
+                size bigint PRIMARY KEY,
+                root bytea NOT NULL,
+                body text NOT NULL,
+                signature bytea NOT NULL,
+                time_stamp bytea NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+            );
+            CREATE TABLE witnesses (
+                name text PRIMARY KEY,
+                certificate_pem text NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE TABLE custody_cosignatures (
+                checkpoint_size bigint NOT NULL REFERENCES custody_checkpoints(size),
+                witness text NOT NULL REFERENCES witnesses(name),
+                signature bytea NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                PRIMARY KEY (checkpoint_size, witness)
+            );
+            -- Append-only, whoever asks: the broker's own role loses UPDATE, DELETE and TRUNCATE
+            -- (below), and these triggers refuse them even to an owner or superuser.
+            CREATE FUNCTION custody_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'the custody log is append-only: % on % refused', TG_OP, TG_TABLE_NAME
+                    USING ERRCODE = 'integrity_constraint_violation';
+            END;
+            $$;
+            CREATE TRIGGER custody_events_append_only BEFORE UPDATE OR DELETE ON custody_events
+                FOR EACH ROW EXECUTE FUNCTION custody_refuse_change();
+            CREATE TRIGGER custody_events_no_truncate BEFORE TRUNCATE ON custody_events
+                FOR EACH STATEMENT EXECUTE FUNCTION custody_refuse_change();
+            CREATE TRIGGER custody_checkpoints_append_only BEFORE UPDATE OR DELETE ON custody_checkpoints
+                FOR EACH ROW EXECUTE FUNCTION custody_refuse_change();
+            CREATE TRIGGER custody_checkpoints_no_truncate BEFORE TRUNCATE ON custody_checkpoints
+                FOR EACH STATEMENT EXECUTE FUNCTION custody_refuse_change();
+            CREATE TRIGGER custody_cosignatures_append_only BEFORE UPDATE OR DELETE ON custody_cosignatures
+                FOR EACH ROW EXECUTE FUNCTION custody_refuse_change();
+            CREATE TRIGGER custody_cosignatures_no_truncate BEFORE TRUNCATE ON custody_cosignatures
+                FOR EACH STATEMENT EXECUTE FUNCTION custody_refuse_change();
+            REVOKE UPDATE, DELETE, TRUNCATE ON custody_events, custody_checkpoints, custody_cosignatures FROM PUBLIC, CURRENT_USER;
+            -- Roles that read the log and co-sign checkpoints.
+            ALTER TABLE users DROP CONSTRAINT users_role_check;
+            ALTER TABLE users ADD CONSTRAINT users_role_check CHECK (role IN ('investigator', 'approver', 'admin', 'auditor', 'witness'));
+            -- Sealed packages are kept but not released.
+            ALTER TABLE packages ADD COLUMN sealed boolean NOT NULL DEFAULT false;
+            """),
     ]
 }

@@ -1,3 +1,4 @@
+import CustosCustody
 import CustosKafka
 import CustosModel
 import Foundation
@@ -39,7 +40,7 @@ struct OutboxRelay: Service {
     }
 
     func relayOnce(limit: Int = 200) async throws -> Int {
-        try await client.transaction(logger: logger) { conn in
+        try await client.custodyTransaction(logger: logger) { conn, custody in
             var rows: [(Int64, String, UUID, String, ByteBuffer)] = []
             for try await r in try await conn.query("""
                 SELECT id, message_type, request_id, topic, payload FROM outbox
@@ -52,7 +53,7 @@ struct OutboxRelay: Service {
             try await producer.send(batch: messages)
             try await conn.query("UPDATE outbox SET sent_at = now() WHERE id = ANY(\(rows.map(\.0)))", logger: logger)
             for (_, type, requestId, _, _) in rows where type == MessageType.request.rawValue {
-                try await BrokerStore.advance(conn, requestId, to: .dispatched, actor: "broker", logger: logger)
+                try await BrokerStore.advance(conn, requestId, to: .dispatched, actor: .broker, custody: custody, logger: logger)
             }
             relayed.increment(by: rows.count)
             return rows.count

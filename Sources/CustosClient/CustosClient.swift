@@ -63,7 +63,28 @@ public struct CustosClient: Sendable {
     public func reject(_ id: UUID, reason: String?) async throws -> API.RequestView {
         try await call(.POST, "/v1/requests/\(id.lowercased)/reject", body: API.Decision(reason: reason))
     }
+    public func withdraw(_ id: UUID, reason: String?) async throws -> API.RequestView {
+        try await call(.POST, "/v1/requests/\(id.lowercased)/withdraw", body: API.Decision(reason: reason))
+    }
     public func package(_ id: UUID) async throws -> API.PackageView { try await call(.GET, "/v1/packages/\(id.lowercased)") }
+    public func setSealed(_ sealed: Bool, package id: UUID, reason: String) async throws -> API.PackageView {
+        try await call(.POST, "/v1/packages/\(id.lowercased)/\(sealed ? "seal" : "unseal")", body: API.Seal(reason: reason))
+    }
+
+    // The custody log.
+    public func packageCustody(_ id: UUID) async throws -> API.CustodyEventList { try await call(.GET, "/v1/packages/\(id.lowercased)/custody") }
+    public func latestCheckpoint() async throws -> API.CheckpointView { try await call(.GET, "/v1/custody/checkpoint") }
+    public func checkpoint(size: UInt64) async throws -> API.CheckpointView { try await call(.GET, "/v1/custody/checkpoints/\(size)") }
+    public func custodyEvent(_ index: UInt64) async throws -> API.CustodyEventView { try await call(.GET, "/v1/custody/events/\(index)") }
+    public func inclusionProof(_ index: UInt64, size: UInt64? = nil) async throws -> API.InclusionProofView {
+        try await call(.GET, "/v1/custody/events/\(index)/proof" + (size.map { "?size=\($0)" } ?? ""))
+    }
+    public func consistencyProof(from: UInt64, to: UInt64) async throws -> API.ConsistencyProofView {
+        try await call(.GET, "/v1/custody/consistency?from=\(from)&to=\(to)")
+    }
+    public func cosign(size: UInt64, signature: [UInt8]) async throws -> API.CheckpointView {
+        try await call(.POST, "/v1/custody/checkpoints/\(size)/cosignatures", body: API.Cosign(signature: Data(signature).base64EncodedString()))
+    }
 
     /// Streams a package's export bundle into `path` (written under a temporary name first).
     public func exportBundle(_ id: UUID, to path: String, progress: @Sendable (Int64, Int64) -> Void = { _, _ in }) async throws -> Int64 {

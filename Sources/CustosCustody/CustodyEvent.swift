@@ -25,6 +25,7 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         /// A request entering `state` (drafted, submitted, approved, rejected, withdrawn,
         /// dispatched, acknowledged, in-progress, refused, delivered, verified, closed, expired).
         public static func request(_ state: String) -> Kind { Kind("request.\(state)") }
+        public static let caseCreated = Kind("case.created")
         public static let requestViewed = Kind("request.viewed")
         public static let manifestReceived = Kind("package.manifest-received")
         public static let chunkReceived = Kind("package.chunk-received")

@@ -64,6 +64,37 @@ public struct CustodyCheck: Sendable {
     public var witnesses: [Witness] = []
 }
 
+/// A checkpoint as the log serves it: text, CMS signature and RFC 3161 time-stamp.
+public enum CheckpointVerifier {
+    public struct Result: Sendable {
+        public var checkpoint: Checkpoint?
+        public var signer: String?
+        public var genTime: Date?
+        public var failures: [(code: CustodyCheck.Code, detail: String)]
+        public var valid: Bool { checkpoint != nil && failures.isEmpty }
+    }
+
+    /// Checks the text's format, the time-stamp over the signature (TSA chaining to
+    /// `tsaTrust`) and the signature over the text by a certificate chaining to `logTrust`,
+    /// valid at the time-stamp's time.
+    public static func verify(text: [UInt8], signature: [UInt8], timeStamp: [UInt8], logTrust: String, tsaTrust: String) -> Result {
+        var r = Result(checkpoint: nil, signer: nil, genTime: nil, failures: [])
+        do { r.checkpoint = try Checkpoint(text: text) } catch {
+            r.failures.append((.format, "checkpoint: \(error)"))
+            return r
+        }
+        switch TimeStamp.verify(response: timeStamp, sha256: Digest.sha256Bytes(signature), trust: tsaTrust) {
+        case .valid(let token): r.genTime = token.genTime
+        case .invalid(let why): r.failures.append((.checkpointTimeStamp, "the checkpoint's time-stamp does not verify over its signature: \(why)"))
+        }
+        switch CMS.verify(signature: signature, data: text, trust: logTrust, at: r.genTime) {
+        case .valid(let signer): r.signer = signer.commonName
+        case .invalid(let why): r.failures.append((.checkpointSignature, "the checkpoint's signature does not verify against the custody log's CA: \(why)"))
+        }
+        return r
+    }
+}
+
 public enum CustodyVerifier {
     /// The event kinds a delivered package's history must contain.
     public static let requiredKinds: [CustodyEvent.Kind] = [.request("approved"), .packageCompleted, .verdict]
@@ -84,20 +115,12 @@ public enum CustodyVerifier {
         var check = CustodyCheck()
         func fail(_ c: CustodyCheck.Code, _ d: String) { check.failures.append((c, d)) }
 
-        let checkpoint: Checkpoint
-        do { checkpoint = try Checkpoint(text: checkpointBytes) } catch {
-            fail(.format, "checkpoint.txt: \(error)")
-            return check
-        }
+        let head = CheckpointVerifier.verify(text: checkpointBytes, signature: signature, timeStamp: timeStamp, logTrust: logTrust, tsaTrust: tsaTrust)
+        check.failures += head.failures
+        check.logSigner = head.signer
+        check.timeStampedAt = head.genTime
+        guard let checkpoint = head.checkpoint else { return check }
         check.checkpoint = checkpoint
-        switch TimeStamp.verify(response: timeStamp, sha256: Digest.sha256Bytes(signature), trust: tsaTrust) {
-        case .valid(let token): check.timeStampedAt = token.genTime
-        case .invalid(let why): fail(.checkpointTimeStamp, "the checkpoint's time-stamp does not verify over its signature: \(why)")
-        }
-        switch CMS.verify(signature: signature, data: checkpointBytes, trust: logTrust, at: check.timeStampedAt) {
-        case .valid(let signer): check.logSigner = signer.commonName
-        case .invalid(let why): fail(.checkpointSignature, "the checkpoint's signature does not verify against the custody log's CA: \(why)")
-        }
 
         let proofs: CustodyProofs
         do {

@@ -1,4 +1,6 @@
 import CustosCanonicalJSON
+import CustosCustody
+import CustosPKI
 import CustosModel
 import Foundation
 
@@ -14,6 +16,10 @@ import Foundation
 /// | `manifest.tsr` | RFC 3161 TimeStampResp over the SHA-256 of `manifest.p7s` (DER) |
 /// | `signer.pem` | the signing certificate, for reading (trust never comes from the bundle) |
 /// | `verification.json` | the broker's verdict when it received the package, for reading |
+/// | `checkpoint.txt` | the custody log's checkpoint (C2SP tlog-checkpoint body with a time line) |
+/// | `checkpoint.p7s` | CMS SignedData, detached, over `checkpoint.txt`, with the log's certificate (DER) |
+/// | `checkpoint.tsr` | RFC 3161 TimeStampResp over the SHA-256 of `checkpoint.p7s` (DER) |
+/// | `custody.json` | the package's custody events, each with its inclusion proof into the checkpoint, and the witnesses' co-signatures |
 /// | `content.ndjson` | the records; chunk *i* is the slice after chunks 0…*i*−1 |
 public enum EvidenceBundle {
     public static let format = "custos.bundle.v1"
@@ -26,7 +32,26 @@ public enum EvidenceBundle {
         case timeStamp = "manifest.tsr"
         case signer = "signer.pem"
         case verification = "verification.json"
+        case checkpoint = "checkpoint.txt"
+        case checkpointSignature = "checkpoint.p7s"
+        case checkpointTimeStamp = "checkpoint.tsr"
+        case custody = "custody.json"
         case content = "content.ndjson"
+    }
+
+    /// The custody entries of a bundle.
+    public struct Custody: Sendable {
+        public var checkpoint: [UInt8]
+        public var signature: [UInt8]
+        public var timeStamp: [UInt8]
+        public var proofs: [UInt8]
+
+        public init(checkpoint: [UInt8], signature: [UInt8], timeStamp: [UInt8], proofs: [UInt8]) {
+            self.checkpoint = checkpoint
+            self.signature = signature
+            self.timeStamp = timeStamp
+            self.proofs = proofs
+        }
     }
 
     public static func folder(_ packageId: UUID) -> String { "custos-\(packageId.lowercased)" }
@@ -34,12 +59,14 @@ public enum EvidenceBundle {
     /// Everything before the content's bytes: the small entries, then the content's header.
     public static func head(
         manifest: [UInt8], request: [UInt8], signature: [UInt8], timeStamp: [UInt8], signerPEM: String,
-        verification: [UInt8], packageId: UUID, contentSize: Int64, readme: String
+        verification: [UInt8], custody: Custody, packageId: UUID, contentSize: Int64, readme: String
     ) -> [UInt8] {
         let dir = folder(packageId)
         var out: [UInt8] = []
         for (entry, bytes) in [(Entry.readme, Array(readme.utf8)), (.request, request), (.manifest, manifest), (.signature, signature),
-                               (.timeStamp, timeStamp), (.signer, Array(signerPEM.utf8)), (.verification, verification)] {
+                               (.timeStamp, timeStamp), (.signer, Array(signerPEM.utf8)), (.verification, verification),
+                               (.checkpoint, custody.checkpoint), (.checkpointSignature, custody.signature),
+                               (.checkpointTimeStamp, custody.timeStamp), (.custody, custody.proofs)] {
             out += Tar.file("\(dir)/\(entry.rawValue)", bytes)
         }
         out += Tar.header(name: "\(dir)/\(Entry.content.rawValue)", size: contentSize)
@@ -72,10 +99,20 @@ public enum EvidenceBundle {
                              category) result in the order of the manifest's "results".
           signer.pem, verification.json
                              for reading only: the signing certificate, and the broker's verdict.
+          checkpoint.txt     a checkpoint of the broker's custody log: log name, tree size,
+                             Merkle root (base64) and time.
+          checkpoint.p7s     the log's signature over checkpoint.txt (CMS, detached, DER).
+          checkpoint.tsr     an RFC 3161 time-stamp response over the SHA-256 of checkpoint.p7s.
+          custody.json       the chain of custody: every event of this package and of its
+                             request (approval, each chunk received, completion, verdict, every
+                             view, download and export...), each the exact log entry with its
+                             RFC 9162 inclusion proof into checkpoint.txt's root, and the
+                             co-signatures of outside witnesses over checkpoint.txt.
 
         Nothing in this bundle is to be trusted on its own: the checks below use trust anchors
-        that you obtain independently (the provider's CA certificate and the time-stamping
-        authority's CA certificate), here called $TRUST/provider-ca.pem and $TRUST/tsa-ca.pem.
+        that you obtain independently (the provider's CA certificate, the time-stamping
+        authority's CA certificate and the custody log's CA certificate), here called
+        $TRUST/provider-ca.pem, $TRUST/tsa-ca.pem and $TRUST/custody-ca.pem.
 
         CHECKING WITH STOCK OPENSSL (run inside this folder)
           1. The signature covers manifest.json and chains to the provider's CA:
@@ -86,6 +123,12 @@ public enum EvidenceBundle {
         openssl ts -reply -in manifest.tsr -text
           4. The request binding: this must print the manifest's "requestHash":
         sha256sum request.json
+          5. The custody checkpoint is signed by the custody log and time-stamped:
+        openssl cms -verify -binary -inform DER -in checkpoint.p7s -content checkpoint.txt -CAfile "$TRUST/custody-ca.pem" -out /dev/null
+        openssl ts -verify -in checkpoint.tsr -data checkpoint.p7s -CAfile "$TRUST/tsa-ca.pem"
+          6. Each witness's co-signature is base64 DER in custody.json ("cosignatures"). Decode
+             one to witness.p7s, check it with the certificate the witness published:
+               openssl cms -verify -binary -inform DER -in witness.p7s -content checkpoint.txt -CAfile witness.pem -partial_chain -out /dev/null
 
         THE CONTENT
           The manifest lists every chunk with its size and SHA-256; chunk i is the slice of
@@ -96,9 +139,11 @@ public enum EvidenceBundle {
           is the Merkle root over its records (leaf data: one line without its newline).
 
         CHECKING EVERYTHING AT ONCE
-          custos verify <this bundle file> --trust <folder with provider-ca.pem and tsa-ca.pem>
-          checks all of the above, every chunk, both kinds of Merkle root and every result, and
-          prints every failure it finds. Exit status: 0 valid, 1 invalid, 2 unusable input.
+          custos verify <this bundle file> --trust <folder with provider-ca.pem, tsa-ca.pem,
+          custody-ca.pem and, optionally, witnesses.pem>
+          checks all of the above, every chunk, both kinds of Merkle root, every result, every
+          custody event's inclusion proof and every co-signature, and prints every failure it
+          finds. Exit status: 0 valid, 1 invalid, 2 unusable input.
 
         """
     }
@@ -118,6 +163,8 @@ public struct BundleReport: Codable, Sendable {
     public var recordCount: Int?
     public var contentSize: Int64?
     public var chunkCount: Int?
+    /// What the custody part shows, when it could be read.
+    public var custody: CustodySummary?
     /// Named checks and whether each passed.
     public var checks: [String: Bool]
     public var failures: [PackageVerification.Failure]
@@ -133,11 +180,30 @@ public struct BundleReport: Codable, Sendable {
     }
 }
 
+public struct CustodySummary: Codable, Sendable {
+    public struct Witness: Codable, Sendable {
+        public var name: String
+        public var signer: String?
+        /// The co-signing certificate is one of those in the verifier's witnesses.pem.
+        public var trusted: Bool
+    }
+    public var origin: String
+    public var checkpointSize: UInt64
+    public var checkpointTime: String
+    public var logSigner: String?
+    public var timeStampedAt: String?
+    /// Proven events, in log order: index, kind, time, actor.
+    public var events: [String]
+    public var witnesses: [Witness]
+}
+
 /// Checks a bundle while its bytes stream past: constant memory whatever the content's size.
 /// Trust anchors come only from the caller, never from the bundle.
 public struct BundleVerifier: Sendable {
     public let providerTrust: String
     public let tsaTrust: String
+    public let custodyTrust: String
+    public let witnesses: [CertificateInfo]
     private var tar = Tar.Reader()
     private var current: (entry: EvidenceBundle.Entry?, name: String, bytes: [UInt8])?
     private var files: [EvidenceBundle.Entry: [UInt8]] = [:]
@@ -151,9 +217,13 @@ public struct BundleVerifier: Sendable {
     /// Small entries larger than this make a bundle unusable (the content has no limit).
     public static let maximumSmallEntry = 64 << 20
 
-    public init(providerTrust: String, tsaTrust: String) {
+    /// `custodyTrust`: the custody log's CA certificates; `witnesses`: the certificates of the
+    /// witnesses the caller trusts (a co-signature by any other is reported, not counted).
+    public init(providerTrust: String, tsaTrust: String, custodyTrust: String, witnesses: [CertificateInfo] = []) {
         self.providerTrust = providerTrust
         self.tsaTrust = tsaTrust
+        self.custodyTrust = custodyTrust
+        self.witnesses = witnesses
     }
 
     public mutating func consume(_ bytes: UnsafeRawBufferPointer) {
@@ -216,7 +286,8 @@ public struct BundleVerifier: Sendable {
     public mutating func finish() -> BundleReport {
         var report = BundleReport(outcome: .unusable, format: EvidenceBundle.format, checks: [:], failures: [], unusable: unusable)
         if unusable == nil && !tar.finished { report.unusable = "the archive ends before its end-of-archive marker" }
-        for required in [EvidenceBundle.Entry.request, .manifest, .signature, .timeStamp, .content] where report.unusable == nil {
+        for required in [EvidenceBundle.Entry.request, .manifest, .signature, .timeStamp, .checkpoint, .checkpointSignature,
+                         .checkpointTimeStamp, .custody, .content] where report.unusable == nil {
             if required == .content ? content == nil : files[required] == nil { report.unusable = "\(required.rawValue) is missing" }
         }
         guard report.unusable == nil, let manifest, var content else { return report }
@@ -246,6 +317,19 @@ public struct BundleVerifier: Sendable {
         // The content.
         let contentFailures = content.finish()
         all += contentFailures
+        // The chain of custody.
+        let custody = CustodyVerifier.verify(
+            checkpoint: files[.checkpoint]!, signature: files[.checkpointSignature]!, timeStamp: files[.checkpointTimeStamp]!,
+            proofs: files[.custody]!, logTrust: custodyTrust, tsaTrust: tsaTrust, witnessCertificates: witnesses,
+            packageId: manifest.packageId, requestId: manifest.requestId)
+        all += custody.failures.map { .init(code: PackageVerification.Failure.Code(rawValue: $0.code.rawValue)!, detail: $0.detail) }
+        if let cp = custody.checkpoint {
+            report.custody = CustodySummary(
+                origin: cp.origin, checkpointSize: cp.size, checkpointTime: cp.time, logSigner: custody.logSigner,
+                timeStampedAt: custody.timeStampedAt.map(Timestamp.format),
+                events: custody.events.map { "\($0.at)  \($0.kind)  \($0.actor.type.rawValue) \($0.actor.id)" },
+                witnesses: custody.witnesses.map { .init(name: $0.name, signer: $0.signer, trusted: $0.trusted) })
+        }
 
         let codes = Set(all.map(\.code))
         report.checks = [
@@ -256,6 +340,9 @@ public struct BundleVerifier: Sendable {
             "chunks Merkle root": !codes.contains(.chunksRoot),
             "results and records Merkle roots": codes.isDisjoint(with: [.resultSize, .resultCount, .recordsRoot, .resultCounts]),
             "manifest format": !codes.contains(.manifestFormat),
+            "custody events and inclusion proofs": codes.isDisjoint(with: [.custodyFormat, .custodyEvent, .custodyProof]),
+            "custody checkpoint signature and time-stamp": codes.isDisjoint(with: [.checkpointSignature, .checkpointTimeStamp]),
+            "witness co-signatures": !codes.contains(.cosignature),
         ]
         report.failures = all
         report.outcome = all.isEmpty ? .valid : .invalid

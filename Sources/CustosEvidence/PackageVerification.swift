@@ -26,6 +26,13 @@ public struct PackageVerification: Codable, Sendable, Hashable {
             case resultCount = "result-count"
             case recordsRoot = "records-root"
             case resultCounts = "result-counts"
+            // The custody part of a bundle (CustodyCheck.Code, same names).
+            case custodyFormat = "custody-format"
+            case custodyEvent = "custody-event"
+            case custodyProof = "custody-proof"
+            case checkpointSignature = "checkpoint-signature"
+            case checkpointTimeStamp = "checkpoint-time-stamp"
+            case cosignature
         }
         public var code: Code
         public var detail: String

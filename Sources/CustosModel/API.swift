@@ -101,9 +101,13 @@ public enum API {
         public var manifestSha256: String
         public var verification: PackageVerificationSummary?
         public var receivedAt: String
+        /// A sealed package is kept but neither its content nor its bundle is released.
+        public var sealed: Bool
 
         public init(id: UUID, requestId: UUID, providerId: String, state: PackageState, manifest: Manifest, signature: String, timeStamp: String,
-                    timeStampedAt: String?, timeStampAccuracyMicroseconds: Int64?, signer: String?, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String) {
+                    timeStampedAt: String?, timeStampAccuracyMicroseconds: Int64?, signer: String?, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String,
+                    sealed: Bool = false) {
+            self.sealed = sealed
             self.id = id
             self.requestId = requestId
             self.providerId = providerId
@@ -171,6 +175,10 @@ public enum API {
 
 public enum Role: String, Codable, Sendable, CaseIterable {
     case investigator, approver, admin
+    /// Reads the custody log and its proofs.
+    case auditor
+    /// An outside witness (e.g. the procuracy): reads checkpoints and co-signs them.
+    case witness
 }
 
 /// Request states, after ETSI TS 103 120's task life cycle (DESIGN.md). Each is set by the
@@ -178,7 +186,7 @@ public enum Role: String, Codable, Sendable, CaseIterable {
 /// messages set acknowledged, in-progress and refused; the broker's checks set delivered and
 /// verified.
 public enum RequestState: String, Codable, Sendable, CaseIterable {
-    case draft, submitted, approved, rejected, dispatched, acknowledged
+    case draft, submitted, approved, rejected, withdrawn, dispatched, acknowledged
     case inProgress = "in-progress"
     case delivered, verified, refused
 
@@ -187,7 +195,7 @@ public enum RequestState: String, Codable, Sendable, CaseIterable {
         switch self {
         case .draft: 0
         case .submitted: 1
-        case .approved, .rejected: 2
+        case .approved, .rejected, .withdrawn: 2
         case .dispatched: 3
         case .acknowledged: 4
         case .inProgress: 5

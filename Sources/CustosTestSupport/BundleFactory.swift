@@ -28,6 +28,9 @@ public struct BundleFactory: Sendable {
         case expiredCertificate = "expired-certificate"
         case untrustedCA = "untrusted-ca"
         case timeStampOverOtherData = "time-stamp-over-other-data"
+        case custodyEventEdited = "custody-event-edited"
+        case checkpointSignedByStranger = "checkpoint-signed-by-stranger"
+        case verdictEventLeftOut = "verdict-event-left-out"
 
         /// The failure each defect must be reported with.
         public var expected: PackageVerification.Failure.Code {
@@ -41,6 +44,9 @@ public struct BundleFactory: Sendable {
             case .untrustedCA: .untrustedSigner
             case .wrongSigner: .wrongProvider
             case .timeStampOverOtherData: .timeStamp
+            case .custodyEventEdited: .custodyProof
+            case .checkpointSignedByStranger: .checkpointSignature
+            case .verdictEventLeftOut: .custodyEvent
             }
         }
     }
@@ -139,9 +145,19 @@ public struct BundleFactory: Sendable {
         case .reorderedChunks: body = Array(body[c..<2 * c] + body[..<c] + body[(2 * c)...])
         default: break
         }
+        let verification = Array("{}".utf8)
+        var log = TestCustodyLog()
+        try log.recordHistory(of: manifest, verification: verification)
+        let custodyDefect: TestCustodyLog.Defect? = switch defect {
+        case .custodyEventEdited: .eventEditedAfterProof
+        case .checkpointSignedByStranger: .checkpointSignedByStranger
+        case .verdictEventLeftOut: .verdictEventLeftOut
+        default: nil
+        }
+        let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: stranger, defect: custodyDefect)
         let readme = EvidenceBundle.readme(manifest: manifest, signer: try CertificateInfo(pem: signerCert).commonName, timeStampedAt: nil)
         var out = EvidenceBundle.head(manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp,
-                                      signerPEM: signerCert, verification: Array("{}".utf8), packageId: manifest.packageId,
+                                      signerPEM: signerCert, verification: verification, custody: custody, packageId: manifest.packageId,
                                       contentSize: Int64(body.count), readme: readme)
         out += body + EvidenceBundle.tail(contentSize: Int64(body.count))
         if defect == .trailingGarbage { out += Array("TRAILING GARBAGE".utf8) }

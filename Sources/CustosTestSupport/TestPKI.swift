@@ -7,6 +7,10 @@ public struct TestPKI: Sendable {
     public let signer: String, signerKey: String
     public let tsaCA: String, tsaCAKey: String
     public let tsa: TimeStamp.Authority
+    /// The custody log's CA and its checkpoint-signing certificate.
+    public let custodyCA: String, custodyCertificate: String, custodyKey: String
+    /// An outside witness's self-issued certificate.
+    public let witnessCertificate: String, witnessKey: String
 
     public init(signerName: String = "prov-a", signerValidity: ClosedRange<Date> = Date(timeIntervalSinceNow: -86_400)...Date(timeIntervalSinceNow: 365 * 86_400),
                 caYears: Double = 1, rsaSigner: Bool = false) throws {
@@ -24,6 +28,15 @@ public struct TestPKI: Sendable {
         let tsaCert = try X509.issue(commonName: "Test TSA", subjectKey: tsaKey, issuerCertificate: tsaCA, issuerKey: tsaCAKey,
                                      notBefore: past, notAfter: year, serial: 2, role: .timeStamping)
         tsa = TimeStamp.Authority(certificate: tsaCert, key: tsaKey)
+        let custodyCAKey = try X509.generateKey()
+        custodyCA = try X509.issue(commonName: "Test Custody CA", subjectKey: custodyCAKey, issuerCertificate: nil, issuerKey: custodyCAKey,
+                                   notBefore: past, notAfter: year, serial: 1, role: .certificateAuthority)
+        custodyKey = try X509.generateKey()
+        custodyCertificate = try X509.issue(commonName: "Test Custody Log", subjectKey: custodyKey, issuerCertificate: custodyCA, issuerKey: custodyCAKey,
+                                            notBefore: past, notAfter: year, serial: 2, role: .signer)
+        witnessKey = try X509.generateKey()
+        witnessCertificate = try X509.issue(commonName: "Test Witness", subjectKey: witnessKey, issuerCertificate: nil, issuerKey: witnessKey,
+                                            notBefore: past, notAfter: year, serial: 1, role: .signer)
     }
 }
 

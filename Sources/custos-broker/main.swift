@@ -1,6 +1,7 @@
 import ArgumentParser
 import CustosBroker
 import CustosCommandLine
+import CustosCustody
 import CustosEvidence
 import CustosModel
 import CustosRuntime
@@ -19,7 +20,7 @@ struct BrokerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos-broker",
         abstract: "Custos broker: HTTP API, workflow, Kafka outbox relay and response ingestion, package verification.",
-        subcommands: [Serve.self, Migrate.self, Users.self, Providers.self, KeysCommand.self, PKICommand.self],
+        subcommands: [Serve.self, Migrate.self, Users.self, Providers.self, Witnesses.self, Audit.self, KeysCommand.self, PKICommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -50,6 +51,16 @@ struct Serve: AsyncParsableCommand {
                   CA certificates, PEM, that providers' time-stamping authorities must chain to (required)
               tsa.certificateFile, tsa.keyFile, tsa.chainFile, tsa.policy
                   when set, the broker also serves RFC 3161 time-stamps at POST /tsa with this identity
+              custody.certificateFile, custody.keyFile (CUSTOS_CUSTODY_CERTIFICATE_FILE, CUSTOS_CUSTODY_KEY_FILE)
+                  the custody log's signing certificate and key, PEM; checkpoints are CMS-signed with them (required)
+              custody.chainFile (CUSTOS_CUSTODY_CHAIN_FILE)
+                  intermediate certificates to include in checkpoint signatures
+              custody.origin (CUSTOS_CUSTODY_ORIGIN)
+                  the log's name, first line of each checkpoint (default custos.local/custody)
+              custody.tsaURL (CUSTOS_CUSTODY_TSA_URL)
+                  RFC 3161 TSA for checkpoints (answers must chain to tsa.trustFile); default: the built-in TSA
+              custody.checkpointMilliseconds (CUSTOS_CUSTODY_CHECKPOINT_MILLISECONDS)
+                  a new checkpoint at least this often while there are new events (default 1000)
               http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
                   listen address (default 127.0.0.1:8080; port 0 picks one)
               http.maxBodyBytes (CUSTOS_HTTP_MAX_BODY_BYTES)
@@ -89,20 +100,36 @@ struct Migrate: AsyncParsableCommand {
 }
 
 struct Users: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Manage users.", subcommands: [Add.self])
+    static let configuration = CommandConfiguration(abstract: "Manage users.", subcommands: [Add.self, SetRole.self])
 
     struct Add: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a user and print its bearer token (shown once; only its hash is stored).")
+        static let configuration = CommandConfiguration(
+            abstract: "Create a user and print its bearer token (shown once; only its hash is stored). Recorded in the custody log.")
         @OptionGroup var options: ConfigOptions
         @Argument(help: "User name: letters, digits, '.', '_' or '-'.") var name: String
-        @Option(help: "Role: investigator, approver or admin.") var role: String
+        @Option(help: "Role: \(roleNames).") var role: String
 
         func run() async throws {
-            guard let role = Role(rawValue: role) else { throw ValidationError("--role must be investigator, approver or admin") }
+            guard let role = Role(rawValue: role), role != .witness else {
+                throw ValidationError("--role must be \(roleNames) (witnesses are added with custos-broker witnesses add)")
+            }
             let token = try await withAdminStore(options) { store in
-                try await store.addUser(name: name, role: role).token
+                try await store.addUser(name: name, role: role, by: adminActor).token
             }
             print(token)
+        }
+    }
+
+    struct SetRole: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Give a user another role. Recorded in the custody log.")
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "User name.") var name: String
+        @Option(help: "Role: \(roleNames).") var role: String
+
+        func run() async throws {
+            guard let role = Role(rawValue: role), role != .witness else { throw ValidationError("--role must be \(roleNames)") }
+            try await withAdminStore(options) { store in try await store.setRole(name: name, role: role, by: adminActor) }
+            print("\(name) is now \(role.rawValue)")
         }
     }
 }
@@ -124,12 +151,87 @@ struct Providers: AsyncParsableCommand {
             let cert = try String(contentsOfFile: certificate, encoding: .utf8)
             let ca = try String(contentsOfFile: caCertificate, encoding: .utf8)
             try await withAdminStore(options) { store in
-                try await store.registerProvider(id: id, certificate: cert, caCertificate: ca)
+                try await store.registerProvider(id: id, certificate: cert, caCertificate: ca, by: adminActor)
             }
             print("provider \(id) registered")
         }
     }
 }
+
+struct Witnesses: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Manage outside witnesses of the custody log.", subcommands: [Add.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Register a witness (e.g. the procuracy) and print its bearer token: it may read checkpoints and proofs and co-sign checkpoints.",
+            discussion: "Its co-signatures must be CMS signatures by the certificate given here (custos witness cosign makes them). Recorded in the custody log.")
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "Witness name: letters, digits, '.', '_' or '-'.") var name: String
+        @Option(help: "The witness's signing certificate, PEM.") var certificate: String
+
+        func run() async throws {
+            let pem = try String(contentsOfFile: certificate, encoding: .utf8)
+            let token = try await withAdminStore(options) { store in
+                try await store.registerWitness(name: name, certificate: pem, by: adminActor)
+            }
+            print(token)
+        }
+    }
+}
+
+struct Audit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Recompute the custody log's Merkle tree from the stored events and report the first divergence from any signed checkpoint.",
+        discussion: """
+            Every checkpoint the log signed is checked, and so is each checkpoint given with --checkpoint (for instance the \
+            one a witness last co-signed: custos witness cosign keeps it in its state file), which catches a log whose \
+            newest events and checkpoints were deleted. Reads custody.certificateFile from the configuration to check \
+            checkpoint signatures. Exit status: 0 consistent, 1 divergence or other problems found.
+            """)
+    @OptionGroup var options: ConfigOptions
+    @Option(name: .customLong("checkpoint"), help: "A checkpoint held elsewhere: JSON as custos custody checkpoint --json prints it (repeatable).")
+    var checkpoints: [String] = []
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func run() async throws {
+        let reader = try await ConfigSource.reader(configFile: options.config)
+        let certificatePath = try reader.require("custody.certificateFile")
+        guard let certificate = try? String(contentsOfFile: certificatePath, encoding: .utf8) else {
+            throw ValidationError("cannot read custody.certificateFile \(certificatePath)")
+        }
+        let held = try checkpoints.map { path -> CustodyAudit.SignedCheckpoint in
+            guard let data = FileManager.default.contents(atPath: path),
+                  let view = try? JSONDecoder().decode(API.CheckpointView.self, from: data),
+                  let signature = Data(base64Encoded: view.signature)
+            else { throw ValidationError("\(path) is not a checkpoint (JSON as custos custody checkpoint --json prints)") }
+            return .init(text: Array(view.text.utf8), signature: Array(signature), source: "witness-held (\(path))")
+        }
+        let report = try await withAdminStore(options) { store in
+            try await store.audit(logCertificate: certificate, witnessCheckpoints: held)
+        }
+        if json {
+            let e = JSONEncoder()
+            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try e.encode(report), as: UTF8.self))
+        } else {
+            print("custody audit: \(report.ok ? "CONSISTENT" : "DIVERGENT")")
+            print("  \(report.events) events, \(report.checkpoints) signed checkpoints, \(report.witnessCheckpoints) held elsewhere")
+            if let d = report.firstDivergence {
+                print("  first divergence: checkpoint \(d.checkpointSize) (\(d.source)): \(d.reason)")
+                print("    signed root     \(d.signedRoot)")
+                print("    recomputed root \(d.recomputedRoot ?? "(the log is shorter)")")
+                if let e = d.firstChangedEvent { print("    first event whose hash differs from the one integrated: \(e)") }
+            }
+            for p in report.problems { print("  - \(p)") }
+        }
+        if !report.ok { throw ExitCode(1) }
+    }
+}
+
+let roleNames = Role.allCases.filter { $0 != .witness }.map(\.rawValue).joined(separator: ", ")
+
+/// Who runs an admin command, for the custody log: the operating-system account.
+let adminActor = CustodyEvent.Actor(type: .admin, id: ProcessInfo.processInfo.environment["SUDO_USER"] ?? ProcessInfo.processInfo.userName)
 
 /// Runs an admin command against the database. PostgresNIO's errors are generic on purpose
 /// (they may sit in logs); an operator at a terminal gets the server's message and SQLSTATE.

@@ -55,11 +55,16 @@ enum LargeBundle {
         let signature = try CMS.sign(manifestBytes, certificate: pki.signer, key: pki.signerKey)
         let timeStamp = try pki.tsa.respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(signature), nonce: TimeStamp.makeNonce()), serial: 1)
 
+        var log = TestCustodyLog()
+        let verification = Array("{}".utf8)
+        try log.recordHistory(of: manifest, verification: verification)
+        let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: pki)
+
         _ = FileManager.default.createFile(atPath: path, contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         try out.write(contentsOf: EvidenceBundle.head(
             manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp, signerPEM: pki.signer,
-            verification: Array("{}".utf8), packageId: manifest.packageId, contentSize: size,
+            verification: verification, custody: custody, packageId: manifest.packageId, contentSize: size,
             readme: EvidenceBundle.readme(manifest: manifest, signer: BundleFactory.provider, timeStampedAt: nil)))
         let input = try FileHandle(forReadingFrom: URL(fileURLWithPath: contentPath))
         while let data = try input.read(upToCount: 8 << 20), !data.isEmpty { try out.write(contentsOf: data) }
@@ -70,6 +75,8 @@ enum LargeBundle {
         try FileManager.default.createDirectory(atPath: trustDirectory, withIntermediateDirectories: true)
         try Data(pki.providerCA.utf8).write(to: URL(fileURLWithPath: trustDirectory + "/provider-ca.pem"))
         try Data(pki.tsaCA.utf8).write(to: URL(fileURLWithPath: trustDirectory + "/tsa-ca.pem"))
+        try Data(pki.custodyCA.utf8).write(to: URL(fileURLWithPath: trustDirectory + "/custody-ca.pem"))
+        try Data(pki.witnessCertificate.utf8).write(to: URL(fileURLWithPath: trustDirectory + "/witnesses.pem"))
         print("wrote \(path): \(tree.count) records, \(size) bytes of content in \(chunks.count) chunks")
     }
 }

@@ -35,6 +35,8 @@ let factory = try BundleFactory(caYears: 50)
 func write(_ path: String, _ bytes: [UInt8]) throws { try Data(bytes).write(to: root.appendingPathComponent(path)) }
 try write("trust/provider-ca.pem", Array(factory.pki.providerCA.utf8))
 try write("trust/tsa-ca.pem", Array(factory.pki.tsaCA.utf8))
+try write("trust/custody-ca.pem", Array(factory.pki.custodyCA.utf8))
+try write("trust/witnesses.pem", Array(factory.pki.witnessCertificate.utf8))
 try write("valid/standard.tar", try factory.bundle(.standard))
 try write("valid/cannot-execute.tar", try factory.bundle(.withCannotExecute))
 var expected: [String: String] = [:]

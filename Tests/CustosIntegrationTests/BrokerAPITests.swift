@@ -30,10 +30,10 @@ struct BrokerAPITests {
 
     static func setUp(_ store: BrokerStore) async throws -> World {
         let pki = try TestPKI(signerName: "prov-a")
-        try await store.registerProvider(id: "prov-a", certificate: pki.signer, caCertificate: pki.providerCA)
-        let inv = try await store.addUser(name: "inv", role: .investigator)
-        let inv2 = try await store.addUser(name: "inv2", role: .investigator)
-        let appr = try await store.addUser(name: "appr", role: .approver)
+        try await store.registerProvider(id: "prov-a", certificate: pki.signer, caCertificate: pki.providerCA, by: .testAdmin)
+        let inv = try await store.addUser(name: "inv", role: .investigator, by: .testAdmin)
+        let inv2 = try await store.addUser(name: "inv2", role: .investigator, by: .testAdmin)
+        let appr = try await store.addUser(name: "appr", role: .approver, by: .testAdmin)
         let c = try await store.createCase(title: "Case", by: inv.0)
         return World(investigator: inv.token, investigator2: inv2.token, approver: appr.token, caseId: c.id)
     }
@@ -165,10 +165,10 @@ struct BrokerAPITests {
     @Test func aProviderCertificateMustNameTheProvider() async throws {
         try await TestServices.withStore { store, _, _ in
             let pki = try TestPKI(signerName: "someone-else")
-            await #expect { try await store.registerProvider(id: "prov-b", certificate: pki.signer, caCertificate: pki.providerCA) } throws: {
+            await #expect { try await store.registerProvider(id: "prov-b", certificate: pki.signer, caCertificate: pki.providerCA, by: .testAdmin) } throws: {
                 ($0 as? BrokerError)?.code == .invalid && String(describing: $0).contains("someone-else")
             }
-            await #expect { try await store.registerProvider(id: "prov-b", certificate: "junk", caCertificate: pki.providerCA) } throws: {
+            await #expect { try await store.registerProvider(id: "prov-b", certificate: "junk", caCertificate: pki.providerCA, by: .testAdmin) } throws: {
                 ($0 as? BrokerError)?.code == .invalid
             }
         }

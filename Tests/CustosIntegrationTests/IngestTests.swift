@@ -33,9 +33,9 @@ struct IngestTests {
     }
 
     func approvedRequest(_ store: BrokerStore) async throws -> Approved {
-        try await store.registerProvider(id: "prov-a", certificate: pki.signer, caCertificate: pki.providerCA)
-        let inv = try await store.addUser(name: "inv", role: .investigator).0
-        let appr = try await store.addUser(name: "appr", role: .approver).0
+        try await store.registerProvider(id: "prov-a", certificate: pki.signer, caCertificate: pki.providerCA, by: .testAdmin)
+        let inv = try await store.addUser(name: "inv", role: .investigator, by: .testAdmin).0
+        let appr = try await store.addUser(name: "appr", role: .approver, by: .testAdmin).0
         let c = try await store.createCase(title: "c", by: inv)
         let id = try await store.createRequest(BrokerAPITests.spec(caseId: c.id), by: inv)
         try await store.submit(id, by: inv)

@@ -1,4 +1,5 @@
 @testable import CustosBroker
+import CustosCustody
 import CustosEvidence
 import CustosKafka
 import Foundation
@@ -62,4 +63,8 @@ enum TestServices {
             }
         }
     }
+}
+
+extension CustodyEvent.Actor {
+    static let testAdmin = CustodyEvent.Actor(type: .admin, id: "tests")
 }

@@ -1,4 +1,6 @@
+import CustosCustody
 import CustosEvidence
+import CustosPKI
 import CustosTestSupport
 import Foundation
 import Testing
@@ -16,15 +18,17 @@ struct BundleVectorTests {
             .filter { $0.pathExtension == "tar" }.sorted { $0.path < $1.path }
     }
 
-    static func verify(_ bytes: [UInt8], providerTrust: String, tsaTrust: String, slice: Int = 4096) -> BundleReport {
-        var v = BundleVerifier(providerTrust: providerTrust, tsaTrust: tsaTrust)
+    static func verify(_ bytes: [UInt8], providerTrust: String, tsaTrust: String, custodyTrust: String, witnesses: [CertificateInfo] = [],
+                       slice: Int = 4096) -> BundleReport {
+        var v = BundleVerifier(providerTrust: providerTrust, tsaTrust: tsaTrust, custodyTrust: custodyTrust, witnesses: witnesses)
         var i = 0
         while i < bytes.count { let n = min(slice, bytes.count - i); Array(bytes[i..<i + n]).withUnsafeBytes { v.consume($0) }; i += n }
         return v.finish()
     }
 
     static func verifyFile(_ url: URL) throws -> BundleReport {
-        verify(Array(try Data(contentsOf: url)), providerTrust: try trust("provider-ca.pem"), tsaTrust: try trust("tsa-ca.pem"))
+        verify(Array(try Data(contentsOf: url)), providerTrust: try trust("provider-ca.pem"), tsaTrust: try trust("tsa-ca.pem"),
+               custodyTrust: try trust("custody-ca.pem"), witnesses: try CustodyVerifier.certificates(pem: try trust("witnesses.pem")))
     }
 
     @Test func everyValidVectorVerifies() throws {
@@ -34,6 +38,10 @@ struct BundleVectorTests {
             let r = try Self.verifyFile(url)
             #expect(r.outcome == .valid, "\(url.lastPathComponent): \(r.failures) \(r.unusable ?? "")")
             #expect(r.checks.values.allSatisfy { $0 })
+            // The chain of custody: approval, dispatch, manifest, every chunk, completion, verdict and export, proven; the witness trusted.
+            let custody = try #require(r.custody)
+            #expect(custody.events.count == 6 + (r.chunkCount ?? 0))
+            #expect(custody.witnesses.map(\.trusted) == [true])
         }
     }
 
@@ -57,7 +65,9 @@ struct BundleVectorTests {
 
     @Test func freshBundlesBehaveLikeTheCommittedVectors() throws {
         let factory = try BundleFactory()
-        let check = { (bytes: [UInt8]) in Self.verify(bytes, providerTrust: factory.pki.providerCA, tsaTrust: factory.pki.tsaCA, slice: 777) }
+        let check = { (bytes: [UInt8]) in
+            Self.verify(bytes, providerTrust: factory.pki.providerCA, tsaTrust: factory.pki.tsaCA, custodyTrust: factory.pki.custodyCA, slice: 777)
+        }
         #expect(check(try factory.bundle(.standard)).outcome == .valid)
         #expect(check(try factory.bundle(.withCannotExecute)).outcome == .valid)
         for defect in BundleFactory.Defect.allCases {
@@ -69,19 +79,22 @@ struct BundleVectorTests {
     @Test func trustComesOnlyFromTheCaller() throws {
         let bytes = Array(try Data(contentsOf: try Self.files("valid")[0]))
         let other = try BundleFactory()
-        let r = Self.verify(bytes, providerTrust: other.pki.providerCA, tsaTrust: other.pki.tsaCA)
-        #expect(Set(r.failures.map(\.code)) == [.untrustedSigner, .timeStamp])
+        let r = Self.verify(bytes, providerTrust: other.pki.providerCA, tsaTrust: other.pki.tsaCA, custodyTrust: other.pki.custodyCA,
+                            witnesses: [try CertificateInfo(pem: other.pki.witnessCertificate)])
+        #expect(Set(r.failures.map(\.code)) == [.untrustedSigner, .timeStamp, .checkpointSignature, .checkpointTimeStamp])
+        // A co-signature by a witness the caller does not trust is shown, not counted.
+        #expect(r.custody?.witnesses.map(\.trusted) == [false])
     }
 
     @Test func unusableInputIsReportedAsSuch() throws {
         let good = Array(try Data(contentsOf: try Self.files("valid")[0]))
-        let p = try Self.trust("provider-ca.pem"), t = try Self.trust("tsa-ca.pem")
-        #expect(Self.verify([], providerTrust: p, tsaTrust: t).outcome == .unusable)
-        #expect(Self.verify(Array("this is not a bundle at all".utf8) + [UInt8](repeating: 1, count: 600), providerTrust: p, tsaTrust: t).outcome == .unusable)
-        #expect(Self.verify(Array(good.prefix(good.count / 2)), providerTrust: p, tsaTrust: t).outcome == .unusable)
+        let p = try Self.trust("provider-ca.pem"), t = try Self.trust("tsa-ca.pem"), c = try Self.trust("custody-ca.pem")
+        #expect(Self.verify([], providerTrust: p, tsaTrust: t, custodyTrust: c).outcome == .unusable)
+        #expect(Self.verify(Array("this is not a bundle at all".utf8) + [UInt8](repeating: 1, count: 600), providerTrust: p, tsaTrust: t, custodyTrust: c).outcome == .unusable)
+        #expect(Self.verify(Array(good.prefix(good.count / 2)), providerTrust: p, tsaTrust: t, custodyTrust: c).outcome == .unusable)
         var badChecksum = good
         badChecksum[10] ^= 1  // inside the first header's name
-        #expect(Self.verify(badChecksum, providerTrust: p, tsaTrust: t).unusable?.contains("checksum") == true)
+        #expect(Self.verify(badChecksum, providerTrust: p, tsaTrust: t, custodyTrust: c).unusable?.contains("checksum") == true)
     }
 
     /// The README's openssl commands, exactly as written, on every valid vector.
@@ -95,7 +108,7 @@ struct BundleVectorTests {
             let bundleDir = dir.appendingPathComponent(folder)
             let readme = try String(contentsOf: bundleDir.appendingPathComponent("README.txt"), encoding: .utf8)
             let commands = readme.split(separator: "\n").filter { $0.hasPrefix("openssl ") }.map(String.init)
-            #expect(commands.count == 3)
+            #expect(commands.count == 5)
             for command in commands {
                 #expect(try shell(command, in: bundleDir, trust: Self.vectors.appendingPathComponent("trust").path) == 0, "\(command)")
             }

@@ -1,6 +1,8 @@
 import ArgumentParser
 import CustosClient
+import CustosCustody
 import CustosEvidence
+import CustosPKI
 import CustosModel
 import Foundation
 
@@ -8,9 +10,9 @@ import Foundation
 struct Custos: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos",
-        abstract: "Custos command line for investigators and approvers.",
+        abstract: "Custos command line for investigators, approvers, auditors and witnesses.",
         discussion: "The broker's address comes from --url or CUSTOS_URL; your bearer token from --token or CUSTOS_TOKEN.",
-        subcommands: [WhoAmI.self, Case.self, Request.self, Package.self, Download.self, Export.self, Verify.self])
+        subcommands: [WhoAmI.self, Case.self, Request.self, Package.self, Download.self, Export.self, Verify.self, Custody.self, Witness.self])
 }
 
 struct Connection: ParsableArguments {
@@ -236,15 +238,17 @@ struct Export: AsyncParsableCommand {
 
 struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check an export bundle offline: signature, time-stamp, request binding, every chunk and record, both Merkle roots.",
+        abstract: "Check an export bundle offline: signature, time-stamp, request binding, every chunk and record, both Merkle roots, the chain of custody.",
         discussion: """
             Trust anchors come only from --trust, never from the bundle: a folder holding provider-ca.pem (the provider's \
-            CA certificates) and tsa-ca.pem (the time-stamping authority's CA certificates). Every failure is reported, \
-            not only the first. Exit status: 0 valid, 1 invalid, 2 unusable input (unreadable file, not a bundle, missing \
-            trust anchors).
+            CA certificates), tsa-ca.pem (the time-stamping authority's CA certificates), custody-ca.pem (the CA of the \
+            broker's custody log) and, optionally, witnesses.pem (the certificates of the outside witnesses you trust; \
+            other co-signatures are shown as untrusted). Every custody event is checked against its inclusion proof and \
+            the signed, time-stamped checkpoint. Every failure is reported, not only the first. Exit status: 0 valid, \
+            1 invalid, 2 unusable input (unreadable file, not a bundle, missing trust anchors).
             """)
     @Argument(help: "The bundle file (custos export writes one).") var bundle: String
-    @Option(help: "Folder with provider-ca.pem and tsa-ca.pem.") var trust: String
+    @Option(help: "Folder with provider-ca.pem, tsa-ca.pem, custody-ca.pem and optionally witnesses.pem.") var trust: String
     @Flag(help: "Print the report as JSON.") var json = false
 
     func run() throws {
@@ -263,8 +267,15 @@ struct Verify: ParsableCommand {
         guard let tsaTrust = try? String(contentsOfFile: trust + "/tsa-ca.pem", encoding: .utf8) else {
             try unusable("cannot read \(trust)/tsa-ca.pem")
         }
+        guard let custodyTrust = try? String(contentsOfFile: trust + "/custody-ca.pem", encoding: .utf8) else {
+            try unusable("cannot read \(trust)/custody-ca.pem")
+        }
+        var witnesses: [CertificateInfo] = []
+        if let pem = try? String(contentsOfFile: trust + "/witnesses.pem", encoding: .utf8) {
+            do { witnesses = try CustodyVerifier.certificates(pem: pem) } catch { try unusable("\(trust)/witnesses.pem holds something other than certificates") }
+        }
         guard let handle = FileHandle(forReadingAtPath: bundle) else { try unusable("cannot read \(bundle)") }
-        var verifier = BundleVerifier(providerTrust: providerTrust, tsaTrust: tsaTrust)
+        var verifier = BundleVerifier(providerTrust: providerTrust, tsaTrust: tsaTrust, custodyTrust: custodyTrust, witnesses: witnesses)
         while let block = try handle.read(upToCount: 4 << 20), !block.isEmpty {
             block.withUnsafeBytes { verifier.consume($0) }
         }
@@ -291,6 +302,12 @@ struct Verify: ParsableCommand {
         lines.append("  provider    \(r.providerId ?? "?")\(r.signer.map { ", signed by \"\($0)\"" } ?? "")")
         lines.append("  time-stamp  \(r.timeStampedAt ?? "not verified")   (extracted as of \(r.asOf ?? "?"))")
         lines.append("  content     \(r.recordCount ?? 0) records, \(r.contentSize ?? 0) bytes, \(r.chunkCount ?? 0) chunks")
+        if let c = r.custody {
+            lines.append("  custody     \(c.events.count) events proven in checkpoint \(c.origin) #\(c.checkpointSize) of \(c.checkpointTime)" +
+                         "\(c.logSigner.map { ", signed by \"\($0)\"" } ?? ""), time-stamped \(c.timeStampedAt ?? "(not verified)")")
+            lines += c.events.map { "    \($0)" }
+            lines += c.witnesses.map { "  witness     \($0.name): co-signed\($0.signer.map { " by \"\($0)\"" } ?? " (INVALID)")\($0.trusted ? ", trusted" : ", not in witnesses.pem")" }
+        }
         for (name, passed) in r.checks.sorted(by: { $0.key < $1.key }) { lines.append("  [\(passed ? "ok" : "FAILED")] \(name)") }
         if !r.failures.isEmpty {
             lines.append("  failures:")

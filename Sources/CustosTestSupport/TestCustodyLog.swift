@@ -1,0 +1,82 @@
+import Crypto
+import CustosCanonicalJSON
+import CustosCustody
+import CustosEvidence
+import CustosMerkle
+import CustosModel
+import CustosPKI
+import Foundation
+
+/// A custody log in memory, for bundles made without a broker: append events, then prove a
+/// package's events into a signed, time-stamped and co-signed checkpoint.
+public struct TestCustodyLog: Sendable {
+    public private(set) var entries: [[UInt8]] = []
+
+    public init() {}
+
+    @discardableResult
+    public mutating func append(_ event: CustodyEvent) throws -> UInt64 {
+        entries.append(try event.entry())
+        return UInt64(entries.count - 1)
+    }
+
+    public enum Defect: Sendable { case eventEditedAfterProof, checkpointSignedByStranger, verdictEventLeftOut }
+
+    /// The custody entries of a bundle for `packageId` (and its request's events).
+    public func custody(packageId: UUID, requestId: UUID, pki: TestPKI, stranger: TestPKI, cosigned: Bool = true,
+                        defect: Defect? = nil) throws -> EvidenceBundle.Custody {
+        let leaves = entries.map { CustodyEvent.leafHash(entry: $0) }
+        let size = UInt64(leaves.count)
+        let tiles = Tiles.integrate(size: 0, leafHashes: leaves, edge: [:])
+        func hash(_ node: NodeID) -> SHA256Digest { Tiles.hash(of: node, in: tiles)! }
+        let root = MerkleProof.rootPlan(size: size).build(hash)[0]
+        let checkpoint = Checkpoint(origin: "test.custos/custody", size: size, root: root, time: Timestamp.now())
+        let signer = defect == .checkpointSignedByStranger ? stranger : pki
+        let signature = try checkpoint.sign(certificate: signer.custodyCertificate, key: signer.custodyKey)
+        let timeStamp = try pki.tsa.respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(signature), nonce: TimeStamp.makeNonce()), serial: 9)
+        var events: [CustodyProofs.Event] = []
+        for (i, entry) in entries.enumerated() {
+            let event = try CustodyEvent.decode(entry: entry)
+            guard event.subject.packageId == packageId || (event.subject.packageId == nil && event.subject.requestId == requestId) else { continue }
+            if defect == .verdictEventLeftOut && event.kind == .verdict { continue }
+            let proof = try MerkleProof.inclusionPlan(index: UInt64(i), size: size).build(hash).map { Data($0.bytes).base64EncodedString() }
+            var text = String(decoding: entry, as: UTF8.self)
+            if defect == .eventEditedAfterProof && event.kind == .packageCompleted {
+                var edited = event
+                edited.at = "2026-01-01T00:00:00.000Z"
+                text = String(decoding: try edited.entry(), as: UTF8.self)
+            }
+            events.append(.init(index: UInt64(i), entry: text, proof: proof))
+        }
+        let cosignatures = cosigned
+            ? [Cosignature(witness: "test-witness", signature: Data(try checkpoint.sign(certificate: pki.witnessCertificate, key: pki.witnessKey)).base64EncodedString(),
+                           at: Timestamp.now())]
+            : []
+        return EvidenceBundle.Custody(checkpoint: checkpoint.bytes, signature: signature, timeStamp: timeStamp,
+                                      proofs: try CanonicalJSON.encode(CustodyProofs(events: events, cosignatures: cosignatures)))
+    }
+
+    /// The history of one package as the broker records it, between unrelated events.
+    public mutating func recordHistory(of manifest: Manifest, verification: [UInt8]) throws {
+        let provider = CustodyEvent.Actor(type: .provider, id: manifest.providerId)
+        let request = CustodyEvent.Subject(requestId: manifest.requestId)
+        let package = CustodyEvent.Subject(requestId: manifest.requestId, packageId: manifest.packageId)
+        let manifestSha = Digest.sha256Hex(try CanonicalJSON.encode(manifest))
+        try append(.init(kind: .caseCreated, at: Timestamp.now(), actor: .init(type: .user, id: "someone-else"), subject: .init(caseId: UUID())))
+        try append(.init(kind: .request("approved"), at: Timestamp.now(), actor: .init(type: .user, id: "approver"), subject: request,
+                         objects: ["requestHash": manifest.requestHash]))
+        try append(.init(kind: .request("dispatched"), at: Timestamp.now(), actor: .broker, subject: request))
+        try append(.init(kind: .manifestReceived, at: Timestamp.now(), actor: provider, subject: package, objects: ["manifestSha256": manifestSha]))
+        for c in manifest.chunks {
+            try append(.init(kind: .chunkReceived, at: Timestamp.now(), actor: provider,
+                             subject: .init(requestId: manifest.requestId, packageId: manifest.packageId, chunk: c.index), objects: ["chunkSha256": c.sha256]))
+            if c.index % 3 == 1 { try append(.init(kind: .request("viewed"), at: Timestamp.now(), actor: .init(type: .user, id: "other"), subject: .init(requestId: UUID()))) }
+        }
+        try append(.init(kind: .packageCompleted, at: Timestamp.now(), actor: provider, subject: package,
+                         objects: ["manifestSha256": manifestSha, "chunksRoot": manifest.chunksRoot]))
+        try append(.init(kind: .verdict, at: Timestamp.now(), actor: .broker, subject: package,
+                         objects: ["verdictSha256": Digest.sha256Hex(verification), "manifestSha256": manifestSha], details: ["outcome": "verified"]))
+        try append(.init(kind: .packageExported, at: Timestamp.now(), actor: .init(type: .user, id: "investigator", address: "192.0.2.10", agent: "custos"),
+                         subject: package))
+    }
+}
