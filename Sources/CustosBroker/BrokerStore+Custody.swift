@@ -169,7 +169,21 @@ extension BrokerStore {
                 return h
             }.map(Self.b64))
         }
-        return (cp, CustodyProofs(events: proven, cosignatures: cp.cosignatures.map { Cosignature(witness: $0.witness, signature: $0.signature, at: $0.at) }))
+        // The newest earlier checkpoint that witnesses co-signed, and the proof that this one extends it.
+        var witnessed: CustodyProofs.Witnessed?
+        let witnessedSize = try await client.query(
+            "SELECT max(checkpoint_size) FROM custody_cosignatures WHERE checkpoint_size < \(Int64(cp.size))", logger: logger
+        ).decode(Int64?.self).first { _ in true } ?? nil
+        if let witnessedSize {
+            let w = try await self.checkpoint(size: UInt64(witnessedSize))
+            witnessed = .init(checkpoint: w.text, signature: w.signature, cosignatures: w.cosignatures.map(Self.cosignature),
+                              consistency: try await build(try MerkleProof.consistencyPlan(from: w.size, to: cp.size)).map(Self.b64))
+        }
+        return (cp, CustodyProofs(events: proven, cosignatures: cp.cosignatures.map(Self.cosignature), witnessed: witnessed))
+    }
+
+    static func cosignature(_ c: API.CosignatureView) -> Cosignature {
+        Cosignature(witness: c.witness, signature: c.signature, at: c.at)
     }
 
     /// Seals or unseals a package: it stays stored, but while sealed neither its content nor

@@ -22,9 +22,9 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         }
         public var description: String { rawValue }
 
-        /// A request entering `state` (drafted, submitted, approved, rejected, withdrawn,
-        /// dispatched, acknowledged, in-progress, refused, delivered, verified, closed, expired).
-        public static func request(_ state: String) -> Kind { Kind("request.\(state)") }
+        /// A request entering `state`: request.drafted, .submitted, .approved, .rejected,
+        /// .withdrawn, .dispatched, .acknowledged, .in-progress, .refused, .delivered, .verified.
+        public static func request(_ state: String) -> Kind { Kind("request.\(state == "draft" ? "drafted" : state)") }
         public static let caseCreated = Kind("case.created")
         public static let requestViewed = Kind("request.viewed")
         public static let manifestReceived = Kind("package.manifest-received")

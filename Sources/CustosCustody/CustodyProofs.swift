@@ -26,14 +26,38 @@ public struct CustodyProofs: Codable, Sendable, Equatable {
         }
     }
 
+    /// An earlier checkpoint that witnesses co-signed, and the RFC 9162 consistency proof from
+    /// it to the bundle's checkpoint: the witnesses vouch for the log up to its size, and the
+    /// proof shows the bundle's checkpoint only appends to it. (A checkpoint made for an export
+    /// is too new for anyone to have co-signed it yet.)
+    public struct Witnessed: Codable, Sendable, Equatable {
+        /// The checkpoint text, exactly as signed.
+        public var checkpoint: String
+        /// The log's CMS signature over it, base64 DER.
+        public var signature: String
+        public var cosignatures: [Cosignature]
+        /// Base64 hashes.
+        public var consistency: [String]
+
+        public init(checkpoint: String, signature: String, cosignatures: [Cosignature], consistency: [String]) {
+            self.checkpoint = checkpoint
+            self.signature = signature
+            self.cosignatures = cosignatures
+            self.consistency = consistency
+        }
+    }
+
     public var format: String
     public var events: [Event]
+    /// Co-signatures of the bundle's own checkpoint.
     public var cosignatures: [Cosignature]
+    public var witnessed: Witnessed?
 
-    public init(events: [Event], cosignatures: [Cosignature]) {
+    public init(events: [Event], cosignatures: [Cosignature], witnessed: Witnessed? = nil) {
         format = Self.currentFormat
         self.events = events
         self.cosignatures = cosignatures
+        self.witnessed = witnessed
     }
 }
 
@@ -50,6 +74,8 @@ public struct CustodyCheck: Sendable {
 
     public struct Witness: Sendable, Equatable {
         public var name: String
+        /// The size of the checkpoint it co-signed.
+        public var checkpointSize: UInt64
         /// The signing certificate's common name, when the co-signature covers the checkpoint.
         public var signer: String?
         /// Whether that certificate is one the verifier was told to trust.
@@ -165,19 +191,41 @@ public enum CustodyVerifier {
             fail(.event, "the history lacks a proven \(required) event")
         }
 
-        for c in proofs.cosignatures {
-            guard let der = Data(base64Encoded: c.signature) else {
-                fail(.cosignature, "co-signature of \(c.witness) is not base64")
-                continue
+        func checkCosignatures(_ list: [Cosignature], over text: [UInt8], size: UInt64) {
+            for c in list {
+                guard let der = Data(base64Encoded: c.signature) else {
+                    fail(.cosignature, "co-signature of \(c.witness) is not base64")
+                    continue
+                }
+                switch CMS.verifyIntegrity(signature: Array(der), data: text) {
+                case .valid(let signer):
+                    let trusted = witnessCertificates.contains { $0.der == signer.der }
+                    check.witnesses.append(.init(name: c.witness, checkpointSize: size, signer: signer.commonName, trusted: trusted))
+                case .invalid(let why):
+                    fail(.cosignature, "co-signature of \(c.witness) does not cover checkpoint \(size): \(why)")
+                    check.witnesses.append(.init(name: c.witness, checkpointSize: size, signer: nil, trusted: false))
+                }
             }
-            switch CMS.verifyIntegrity(signature: Array(der), data: checkpointBytes) {
-            case .valid(let signer):
-                let trusted = witnessCertificates.contains { $0.der == signer.der }
-                check.witnesses.append(.init(name: c.witness, signer: signer.commonName, trusted: trusted))
-            case .invalid(let why):
-                fail(.cosignature, "co-signature of \(c.witness) does not cover this checkpoint: \(why)")
-                check.witnesses.append(.init(name: c.witness, signer: nil, trusted: false))
+        }
+        checkCosignatures(proofs.cosignatures, over: checkpointBytes, size: checkpoint.size)
+        if let w = proofs.witnessed {
+            let text = Array(w.checkpoint.utf8)
+            guard let earlier = try? Checkpoint(text: text) else {
+                fail(.format, "the witnessed checkpoint is not a checkpoint")
+                return check
             }
+            if earlier.origin != checkpoint.origin { fail(.cosignature, "the witnessed checkpoint belongs to another log (\(earlier.origin))") }
+            if case .invalid(let why) = CMS.verify(signature: Array(Data(base64Encoded: w.signature) ?? Data()), data: text, trust: logTrust, at: nil) {
+                fail(.cosignature, "the witnessed checkpoint \(earlier.size) is not signed by the custody log: \(why)")
+            }
+            let path = w.consistency.compactMap { Data(base64Encoded: $0).flatMap { SHA256Digest(bytes: $0) } }
+            do {
+                guard path.count == w.consistency.count else { throw ProofError("the consistency proof holds something other than base64 SHA-256 hashes") }
+                try MerkleProof.verifyConsistency(oldSize: earlier.size, newSize: checkpoint.size, oldRoot: earlier.root, newRoot: checkpoint.root, proof: path)
+            } catch {
+                fail(.cosignature, "the bundle's checkpoint is not consistent with the witnessed checkpoint \(earlier.size): \(error)")
+            }
+            checkCosignatures(w.cosignatures, over: text, size: earlier.size)
         }
         return check
     }

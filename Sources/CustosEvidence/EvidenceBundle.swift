@@ -183,6 +183,8 @@ public struct BundleReport: Codable, Sendable {
 public struct CustodySummary: Codable, Sendable {
     public struct Witness: Codable, Sendable {
         public var name: String
+        /// The checkpoint it co-signed: the bundle's, or an earlier one the bundle's extends.
+        public var checkpointSize: UInt64
         public var signer: String?
         /// The co-signing certificate is one of those in the verifier's witnesses.pem.
         public var trusted: Bool
@@ -328,7 +330,7 @@ public struct BundleVerifier: Sendable {
                 origin: cp.origin, checkpointSize: cp.size, checkpointTime: cp.time, logSigner: custody.logSigner,
                 timeStampedAt: custody.timeStampedAt.map(Timestamp.format),
                 events: custody.events.map { "\($0.at)  \($0.kind)  \($0.actor.type.rawValue) \($0.actor.id)" },
-                witnesses: custody.witnesses.map { .init(name: $0.name, signer: $0.signer, trusted: $0.trusted) })
+                witnesses: custody.witnesses.map { .init(name: $0.name, checkpointSize: $0.checkpointSize, signer: $0.signer, trusted: $0.trusted) })
         }
 
         let codes = Set(all.map(\.code))

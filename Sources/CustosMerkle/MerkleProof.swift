@@ -41,7 +41,7 @@ public struct ProofPlan: Sendable, Equatable {
 /// caller can show what did not hold.
 public struct ProofError: Error, Equatable, Sendable, CustomStringConvertible {
     public var description: String
-    init(_ d: String) { description = d }
+    public init(_ d: String) { description = d }
 }
 
 /// RFC 9162 §2.1.3 inclusion proofs and §2.1.4 consistency proofs: generation (as a plan over

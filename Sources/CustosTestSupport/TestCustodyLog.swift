@@ -48,12 +48,21 @@ public struct TestCustodyLog: Sendable {
             }
             events.append(.init(index: UInt64(i), entry: text, proof: proof))
         }
-        let cosignatures = cosigned
-            ? [Cosignature(witness: "test-witness", signature: Data(try checkpoint.sign(certificate: pki.witnessCertificate, key: pki.witnessKey)).base64EncodedString(),
-                           at: Timestamp.now())]
-            : []
+        // A witness co-signed an earlier checkpoint (before the verdict and the export); the
+        // bundle's checkpoint is proven consistent with it.
+        var witnessed: CustodyProofs.Witnessed?
+        if cosigned {
+            let earlierSize = size - 2
+            let earlier = Checkpoint(origin: checkpoint.origin, size: earlierSize, root: MerkleProof.rootPlan(size: earlierSize).build(hash)[0],
+                                     time: Timestamp.now())
+            let cosignature = Cosignature(witness: "test-witness", signature: Data(try earlier.sign(certificate: pki.witnessCertificate, key: pki.witnessKey)).base64EncodedString(),
+                                          at: Timestamp.now())
+            witnessed = .init(checkpoint: earlier.text, signature: Data(try earlier.sign(certificate: signer.custodyCertificate, key: signer.custodyKey)).base64EncodedString(),
+                              cosignatures: [cosignature],
+                              consistency: try MerkleProof.consistencyPlan(from: earlierSize, to: size).build(hash).map { Data($0.bytes).base64EncodedString() })
+        }
         return EvidenceBundle.Custody(checkpoint: checkpoint.bytes, signature: signature, timeStamp: timeStamp,
-                                      proofs: try CanonicalJSON.encode(CustodyProofs(events: events, cosignatures: cosignatures)))
+                                      proofs: try CanonicalJSON.encode(CustodyProofs(events: events, cosignatures: [], witnessed: witnessed)))
     }
 
     /// The history of one package as the broker records it, between unrelated events.

@@ -181,7 +181,7 @@ struct Witness: AsyncParsableCommand {
                 let e = JSONEncoder()
                 e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
                 try e.encode(stored).write(to: URL(fileURLWithPath: state + ".tmp"))
-                _ = try FileManager.default.replaceItemAt(URL(fileURLWithPath: state), withItemAt: URL(fileURLWithPath: state + ".tmp"))
+                guard rename(state + ".tmp", state) == 0 else { throw ValidationError("cannot write the state file \(state)") }
                 try connection.emit(stored) {
                     "co-signed checkpoint \(new.origin) #\(new.size)" + (previous.map { ", consistent with #\($0.size)" } ?? " (first one seen)")
                 }

@@ -306,7 +306,10 @@ struct Verify: ParsableCommand {
             lines.append("  custody     \(c.events.count) events proven in checkpoint \(c.origin) #\(c.checkpointSize) of \(c.checkpointTime)" +
                          "\(c.logSigner.map { ", signed by \"\($0)\"" } ?? ""), time-stamped \(c.timeStampedAt ?? "(not verified)")")
             lines += c.events.map { "    \($0)" }
-            lines += c.witnesses.map { "  witness     \($0.name): co-signed\($0.signer.map { " by \"\($0)\"" } ?? " (INVALID)")\($0.trusted ? ", trusted" : ", not in witnesses.pem")" }
+            lines += c.witnesses.map {
+                "  witness     \($0.name): co-signed checkpoint #\($0.checkpointSize)\($0.signer.map { " as \"\($0)\"" } ?? " (INVALID)")"
+                    + ($0.trusted ? ", a trusted witness" : ", NOT in witnesses.pem")
+            }
         }
         for (name, passed) in r.checks.sorted(by: { $0.key < $1.key }) { lines.append("  [\(passed ? "ok" : "FAILED")] \(name)") }
         if !r.failures.isEmpty {

@@ -60,18 +60,52 @@ struct ExchangeEndToEndTests {
             return s.contains("+84912345678") || s.contains("+84987654321")
         })
 
-        // The export bundle verifies offline with trust anchors given apart, and its README's
-        // openssl commands pass as written.
+        // Trust anchors, given apart from anything the broker sends.
         let trust = d.path("trust")
         try FileManager.default.createDirectory(atPath: trust, withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: d.path("provider-ca.pem"), toPath: trust + "/provider-ca.pem")
-        try FileManager.default.copyItem(atPath: d.path("tsa-ca.pem"), toPath: trust + "/tsa-ca.pem")
+        for (from, to) in [("provider-ca.pem", "provider-ca.pem"), ("tsa-ca.pem", "tsa-ca.pem"), ("custody-ca.pem", "custody-ca.pem"), ("witness.pem", "witnesses.pem")] {
+            try FileManager.default.copyItem(atPath: d.path(from), toPath: trust + "/" + to)
+        }
+
+        // An outside witness co-signs the log's checkpoint, after checking it; then the log grows
+        // (the export), and the bundle proves its checkpoint extends the witnessed one.
+        let witness = try d.admin(["witnesses", "add", "procuracy", "--certificate", d.path("witness.pem")])
+        let cosign = ["witness", "cosign", "--trust", trust, "--key", d.path("witness.key"), "--certificate", d.path("witness.pem"),
+                      "--state", d.path("witness-state.json")]
+        #expect(try d.cliOK(witness, cosign).contains("co-signed checkpoint tests.custos/custody #"))
+        #expect(try d.cli(witness, ["request", "status", request]).stderr.contains("403"))  // a witness sees only the custody log
+        let held = try json(String(decoding: try Data(contentsOf: URL(fileURLWithPath: d.path("witness-state.json"))), as: UTF8.self))
+        #expect((held["cosignatures"] as? [[String: Any]])?.first?["witness"] as? String == "procuracy")
+
+        // The export bundle verifies offline, custody included, and its README's openssl
+        // commands pass as written.
         let bundle = d.path("bundle.tar")
         _ = try d.cliOK(d.investigator, ["export", packageId, "--out", bundle, "--quiet"])
         let verified = try run("custos", ["verify", bundle, "--trust", trust, "--json"], environment: d.env)
         #expect(verified.status == 0, "custos verify: \(verified.stdout)")
         let verifyReport = try json(verified.stdout)
         #expect(verifyReport["outcome"] as? String == "valid" && verifyReport["signer"] as? String == d.provider)
+        let custody = try #require(verifyReport["custody"] as? [String: Any])
+        let kinds = (custody["events"] as? [String] ?? []).map { $0.split(separator: " ", omittingEmptySubsequences: true)[1] }
+        for kind in ["request.drafted", "request.submitted", "request.approved", "request.dispatched", "request.acknowledged", "package.manifest-received",
+                     "package.chunk-received", "package.completed", "package.verdict", "request.verified", "request.viewed", "package.downloaded",
+                     "package.exported"] {
+            #expect(kinds.contains(Substring(kind)), "the bundle's custody history lacks \(kind): \(kinds)")
+        }
+        let witnesses = try #require(custody["witnesses"] as? [[String: Any]])
+        #expect(witnesses.count == 1 && witnesses[0]["name"] as? String == "procuracy" && witnesses[0]["trusted"] as? Bool == true)
+
+        // Proofs checked by the CLI, offline, against the trust anchors: an event's inclusion, and
+        // the witnessed checkpoint's consistency with the newest.
+        let events = try json(try d.cliOK(d.investigator, ["custody", "events", "--package", packageId, "--json"]))["events"] as? [[String: Any]] ?? []
+        let firstIndex = try #require(events.first?["index"] as? Int)
+        #expect(try d.cliOK(d.investigator, ["custody", "prove", "\(firstIndex)", "--trust", trust]).hasPrefix("PROVEN: event \(firstIndex)"))
+        let latest = try json(try d.cliOK(d.investigator, ["custody", "checkpoint", "--json", "--trust", trust]))
+        let witnessedSize = try #require(held["size"] as? Int), latestSize = try #require(latest["size"] as? Int)
+        #expect(try d.cliOK(d.investigator, ["custody", "consistency", "\(witnessedSize)", "\(latestSize)", "--trust", trust]).hasPrefix("CONSISTENT"))
+        #expect(try d.cliOK(witness, cosign).contains("consistent with #\(witnessedSize)"))
+        // The log audits clean against its own checkpoints and the one the witness holds.
+        #expect(try d.admin(["audit", "--checkpoint", d.path("witness-state.json")]).hasPrefix("custody audit: CONSISTENT"))
         var corrupted = try Data(contentsOf: URL(fileURLWithPath: bundle))
         let contentSize = try #require(verifyReport["contentSize"] as? Int)
         corrupted[corrupted.count - 1024 - (512 - contentSize % 512) % 512 - 5] ^= 0x01  // inside the content, before tar's padding and end

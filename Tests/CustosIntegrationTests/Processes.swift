@@ -90,12 +90,15 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
         // The provider's CA and signing certificate, and the broker's TSA, as files.
         let pki = try TestPKI(signerName: provider)
         for (name, text) in [("provider-ca.pem", pki.providerCA), ("provider.pem", pki.signer), ("provider.key", pki.signerKey),
-                             ("tsa-ca.pem", pki.tsaCA), ("tsa.pem", pki.tsa.certificate), ("tsa.key", pki.tsa.key)] {
+                             ("tsa-ca.pem", pki.tsaCA), ("tsa.pem", pki.tsa.certificate), ("tsa.key", pki.tsa.key),
+                             ("custody-ca.pem", pki.custodyCA), ("custody.pem", pki.custodyCertificate), ("custody.key", pki.custodyKey),
+                             ("witness.pem", pki.witnessCertificate), ("witness.key", pki.witnessKey)] {
             try Data(text.utf8).write(to: URL(fileURLWithPath: path(name)))
         }
         let broker: [String: Any] = [
             "signingKeyFile": path("broker.key"), "http": ["host": "127.0.0.1", "port": 0], "providers": ["refreshSeconds": 1],
             "tsa": ["trustFile": path("tsa-ca.pem"), "certificateFile": path("tsa.pem"), "keyFile": path("tsa.key")],
+            "custody": ["certificateFile": path("custody.pem"), "keyFile": path("custody.key"), "origin": "tests.custos/custody"],
         ]
         connectorConfig = [
             "providerId": provider, "signingKeyFile": path("provider.key"), "certificateFile": path("provider.pem"),

@@ -30,6 +30,12 @@ enum TestServices {
         try #require(environment["CUSTOS_DATABASE_URL"], "no CUSTOS_DATABASE_URL: run ops/services up, or set it")
     }
 
+    /// A superuser's URL, for the tests that tamper with the custody log on purpose:
+    /// `CUSTOS_DATABASE_ADMIN_URL`, else `CUSTOS_DATABASE_URL` (which must then be a superuser's).
+    static func adminDatabaseURL() throws -> String {
+        try environment["CUSTOS_DATABASE_ADMIN_URL"] ?? databaseURL()
+    }
+
     static func kafka() throws -> KafkaConfiguration {
         let brokers = try #require(environment["CUSTOS_KAFKA_BROKERS"], "no CUSTOS_KAFKA_BROKERS: run ops/services up, or set it")
         return KafkaConfiguration(bootstrapServers: brokers, clientId: "custos-tests")

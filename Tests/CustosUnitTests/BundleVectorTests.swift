@@ -81,7 +81,7 @@ struct BundleVectorTests {
         let other = try BundleFactory()
         let r = Self.verify(bytes, providerTrust: other.pki.providerCA, tsaTrust: other.pki.tsaCA, custodyTrust: other.pki.custodyCA,
                             witnesses: [try CertificateInfo(pem: other.pki.witnessCertificate)])
-        #expect(Set(r.failures.map(\.code)) == [.untrustedSigner, .timeStamp, .checkpointSignature, .checkpointTimeStamp])
+        #expect(Set(r.failures.map(\.code)) == [.untrustedSigner, .timeStamp, .checkpointSignature, .checkpointTimeStamp, .cosignature])
         // A co-signature by a witness the caller does not trust is shown, not counted.
         #expect(r.custody?.witnesses.map(\.trusted) == [false])
     }
