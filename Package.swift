@@ -188,6 +188,18 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // ops/bench custody: the custody log's throughput, latency, proof time and storage.
+        .executableTarget(
+            name: "custos-bench",
+            dependencies: [
+                "CustosBroker", "CustosCustody", "CustosEvidence", "CustosMerkle", "CustosModel", "CustosTestSupport",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // Tests.
         .testTarget(
             name: "CustosUnitTests",

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Validates Custos messages against schemas/messages/envelope.json (JSON Schema 2020-12).
+"""Validates Custos documents against the schemas in this folder (JSON Schema 2020-12).
 
-Reads one JSON document per line on stdin (an envelope as sent on Kafka). Prints one line
-per invalid document, with the JSON path and the rule it breaks, and exits 1 if any is
-invalid, 2 on unusable input. Message contents are never printed.
+Usage: validate.py [SCHEMA]   (default: messages/envelope.json; e.g. custody/proofs.json,
+custody/event.json). Reads one JSON document per line on stdin (for messages: an envelope as
+sent on Kafka). Prints one line per invalid document, with the JSON path and the rule it
+breaks, and exits 1 if any is invalid, 2 on unusable input. Contents are never printed.
 """
 import json, pathlib, sys
 from jsonschema import Draft202012Validator
@@ -13,14 +14,17 @@ root = pathlib.Path(__file__).resolve().parent
 registry = Registry()
 schemas = {}
 for path in sorted(root.glob("*/*.json")):
-    if path.parent.name in ("messages", "package"):
+    if path.parent.name in ("messages", "package", "custody"):
         doc = json.loads(path.read_text())
         schemas[path] = doc
         registry = registry.with_resource(doc["$id"], Resource.from_contents(doc))
 for doc in schemas.values():
     Draft202012Validator.check_schema(doc)
-envelope = schemas[root / "messages" / "envelope.json"]
-validator = Draft202012Validator(envelope, registry=registry)
+chosen = root / (sys.argv[1] if len(sys.argv) > 1 else "messages/envelope.json")
+if chosen not in schemas:
+    print(f"no schema {chosen.relative_to(root)}")
+    sys.exit(2)
+validator = Draft202012Validator(schemas[chosen], registry=registry)
 
 bad = 0
 count = 0

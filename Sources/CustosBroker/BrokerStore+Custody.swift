@@ -77,7 +77,8 @@ extension BrokerStore {
         try await client.withConnection { try await TileStore.read(ids, on: $0, logger: logger) }
     }
 
-    func build(_ plan: ProofPlan) async throws -> [SHA256Digest] {
+    /// A proof's hashes from the tiles: one query, then hashing.
+    public func build(_ plan: ProofPlan) async throws -> [SHA256Digest] {
         let tiles = try await tiles(Tiles.tiles(for: plan.nodes))
         return try plan.build { node in
             guard let h = Tiles.hash(of: node, in: tiles) else { throw BrokerError(.unavailable, "the custody tree is not integrated that far") }

@@ -46,17 +46,20 @@ public struct CustodyIntegrator: Service {
     let maximumBatch: Int
     let ready: Gate
     let logger: Logger
+    /// Called after each checkpoint is committed (the benchmark measures inclusion latency with it).
+    let onCheckpoint: @Sendable (Outcome) -> Void
     private let integrated = Counter(label: "custos.custody.integrated.events")
     private let duration = Timer(label: "custos.custody.checkpoint.duration")
 
     public init(client: PostgresClient, signer: CheckpointSigner, interval: Duration = .seconds(1), maximumBatch: Int = 200_000,
-                ready: Gate = Gate(open: true), logger: Logger) {
+                ready: Gate = Gate(open: true), logger: Logger, onCheckpoint: @escaping @Sendable (Outcome) -> Void = { _ in }) {
         self.client = client
         self.signer = signer
         self.interval = interval
         self.maximumBatch = maximumBatch
         self.ready = ready
         self.logger = logger
+        self.onCheckpoint = onCheckpoint
     }
 
     public func run() async throws {
@@ -142,6 +145,7 @@ public struct CustodyIntegrator: Service {
             return Outcome(checkpoint: checkpoint, integrated: leaves.count, more: leaves.count == maximumBatch)
         }
         if let outcome {
+            onCheckpoint(outcome)
             integrated.increment(by: outcome.integrated)
             duration.record(duration: ContinuousClock.now - start)
         }

@@ -11,10 +11,10 @@ import Synchronization
 /// and its custody event commit or vanish together. Indices come from one counter row whose
 /// lock is held until commit, which makes the committed events a gap-free prefix at every
 /// instant; the Merkle tree integrates them afterwards, in batches (`CustodyIntegrator`).
-enum CustodyLog {
+public enum CustodyLog {
     /// Appends entries (canonical event JSON) and returns their indices. Take it last in a
     /// transaction: the counter lock then lives only until the commit that follows.
-    static func append(_ events: [(CustodyEvent, entry: [UInt8])], on conn: PostgresConnection, logger: Logger) async throws -> Range<Int64> {
+    public static func append(_ events: [(CustodyEvent, entry: [UInt8])], on conn: PostgresConnection, logger: Logger) async throws -> Range<Int64> {
         guard !events.isEmpty else { return 0..<0 }
         let n = Int64(events.count)
         let end = try await conn.query(

@@ -5,7 +5,7 @@ extension PostgresClient {
     /// `withTransaction`, rethrowing the closure's own error as it was thrown: PostgresNIO wraps
     /// it in `PostgresTransactionError`, which would turn a refusal (403, 409, a dead letter)
     /// into an internal error. Failures of BEGIN, COMMIT or ROLLBACK stay wrapped.
-    func transaction<Result: Sendable>(
+    public func transaction<Result: Sendable>(
         logger: Logger, file: String = #file, line: Int = #line,
         isolation: isolated (any Actor)? = #isolation,
         _ body: (PostgresConnection) async throws -> sending Result

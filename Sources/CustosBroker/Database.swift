@@ -4,7 +4,7 @@ import PostgresNIO
 
 extension DatabaseConfiguration {
     /// A pool whose sessions all work in `schema`.
-    func makeClient(logger: Logger) -> PostgresClient {
+    public func makeClient(logger: Logger) -> PostgresClient {
         var c = PostgresClient.Configuration(
             host: host, port: port, username: username, password: password, database: database,
             tls: requireTLS ? .require(.clientDefault) : .disable)
@@ -14,9 +14,9 @@ extension DatabaseConfiguration {
     }
 }
 
-enum Migrator {
+public enum Migrator {
     /// Creates the schema if needed and applies the migrations not yet applied.
-    static func migrate(client: PostgresClient, schema: String, logger: Logger) async throws {
+    public static func migrate(client: PostgresClient, schema: String, logger: Logger) async throws {
         try await client.transaction(logger: logger) { conn in
             // Serialises concurrent starts of several broker instances.
             try await conn.query("SELECT pg_advisory_xact_lock(hashtext(\(schema)))", logger: logger)

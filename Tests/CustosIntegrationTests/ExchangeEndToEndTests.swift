@@ -123,6 +123,13 @@ struct ExchangeEndToEndTests {
                                         environment: ["TRUST": trust, "PATH": "/usr/bin:/bin"])
             #expect(status == 0, "\(command)")
         }
+        // The bundle's custody document and every entry in it match schemas/custody.
+        let custodyDocument = Array(try Data(contentsOf: URL(fileURLWithPath: folder + "/custody.json")))
+        let proofsCheck = try validate([custodyDocument], schema: "custody/proofs.json")
+        #expect(proofsCheck.status == 0, "custody.json: \(proofsCheck.output)")
+        let entries = (try json(String(decoding: custodyDocument, as: UTF8.self))["events"] as? [[String: Any]] ?? []).compactMap { $0["entry"] as? String }
+        let entriesCheck = try validate(entries.map { Array($0.utf8) }, schema: "custody/event.json")
+        #expect(entriesCheck.status == 0 && entriesCheck.output.contains("\(entries.count) valid, 0 invalid"), "custody entries: \(entriesCheck.output)")
 
         // The connector keeps the broker's signed receipt, as received: proof of acceptance.
         let receiptFile = d.path("state/jobs/\(request)/receipt.json")
@@ -249,10 +256,10 @@ struct ExchangeEndToEndTests {
         try runQuietly("/usr/bin/openssl", args)
     }
 
-    func validate(_ envelopes: [[UInt8]]) throws -> (status: Int32, output: String) {
+    func validate(_ envelopes: [[UInt8]], schema: String = "messages/envelope.json") throws -> (status: Int32, output: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", TestServices.root.appendingPathComponent("schemas/validate.py").path]
+        p.arguments = ["python3", TestServices.root.appendingPathComponent("schemas/validate.py").path, schema]
         let input = Pipe(), output = Pipe()
         p.standardInput = input
         p.standardOutput = output
