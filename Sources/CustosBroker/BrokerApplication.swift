@@ -45,16 +45,17 @@ public func buildApplication(
         .sign(certificate: checkpointSigner.certificate, key: checkpointSigner.key, chain: checkpointSigner.chain)
     let postgres = configuration.database.makeClient(logger: logger)
     let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
-    let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, logger: logger)
+    let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, clocks: configuration.clocks, logger: logger)
     let ready = Gate()
     let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, ready: ready, logger: logger)
+    let clockWatcher = LegalClockWatcher(client: postgres, interval: configuration.clockCheckInterval, ready: ready, logger: logger)
     let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
     let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
                                     refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)
     var app = Application(
         router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, timeStampAuthority: authority, logger: logger),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
-        services: [postgres, relay, ingestor, integrator, KafkaProducerService(producer: producer)],
+        services: [postgres, relay, ingestor, integrator, clockWatcher, KafkaProducerService(producer: producer)],
         onServerRunning: { channel in
             let port = channel.localAddress?.port ?? configuration.httpPort
             await onRunning("http://\(configuration.httpHost):\(port)")

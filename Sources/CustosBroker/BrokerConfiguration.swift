@@ -51,6 +51,10 @@ public struct BrokerConfiguration: Sendable {
     /// `custody.checkpointMilliseconds`: a checkpoint is issued at least this often while there
     /// are new events.
     public var checkpointInterval: Duration = .seconds(1)
+    /// `clocks.*`: see `LegalClock.Settings`.
+    public var clocks = LegalClock.Settings()
+    /// `clocks.checkMilliseconds`: how often due clocks are looked for (a clock fires within this).
+    public var clockCheckInterval: Duration = .seconds(1)
 
     public init(reader: ConfigReader) throws {
         database = try DatabaseConfiguration(reader: reader)
@@ -80,6 +84,16 @@ public struct BrokerConfiguration: Sendable {
             throw ConfigurationError(key: "custody.checkpointMilliseconds", reason: "must be 10 to 3600000")
         }
         checkpointInterval = .milliseconds(checkpointMilliseconds)
+        func seconds(_ key: String, _ value: Duration) throws -> Duration {
+            let n = reader.int(forKey: ConfigKey(key), default: Int(value.components.seconds))
+            guard n > 0 else { throw ConfigurationError(key: key, reason: "must be a positive number of seconds") }
+            return .seconds(n)
+        }
+        clocks.acknowledgement = try seconds("clocks.acknowledgementSeconds", clocks.acknowledgement)
+        clocks.delivery = try seconds("clocks.deliverySeconds", clocks.delivery)
+        clocks.escalateAfter = try seconds("clocks.escalateAfterSeconds", clocks.escalateAfter)
+        clocks.expireAfter = try seconds("clocks.expireAfterSeconds", clocks.expireAfter)
+        clockCheckInterval = .milliseconds(max(10, reader.int(forKey: "clocks.checkMilliseconds", default: 1000)))
         guard Checkpoint.isValidOrigin(custodyOrigin) else {
             throw ConfigurationError(key: "custody.origin", reason: "must be 1 to 200 printable ASCII characters without spaces")
         }

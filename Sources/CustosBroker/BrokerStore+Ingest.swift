@@ -94,6 +94,7 @@ extension BrokerStore {
         case .refusal:
             let body = try SignedEnvelope.body(RefusalBody.self, from: json).body
             try await conn.query("UPDATE requests SET state = 'refused', updated_at = now() WHERE id = \(header.requestId) AND state <> 'verified'", logger: logger)
+            try await LegalClock.stop(conn, header.requestId, reaching: .refused, logger: logger)
             try await Self.event(conn, header.requestId, .refused, actor: actor, note: body.reason.rawValue, custody: custody,
                                  details: ["reason": body.reason.rawValue], logger: logger)
         case .manifest:

@@ -39,11 +39,14 @@ public struct BrokerStore: Sendable {
     let tsaTrust: String
     /// Appends the custody events that change no state (views, downloads, exports).
     public let custody: CustodyAppender
+    /// The legal clocks' durations.
+    public let clocks: LegalClock.Settings
 
-    public init(client: PostgresClient, signer: SigningKey, tsaTrust: String, logger: Logger) {
+    public init(client: PostgresClient, signer: SigningKey, tsaTrust: String, clocks: LegalClock.Settings = .init(), logger: Logger) {
         self.client = client
         self.signer = signer
         self.tsaTrust = tsaTrust
+        self.clocks = clocks
         self.logger = logger
         self.custody = CustodyAppender(client: client, logger: logger)
     }
@@ -248,6 +251,7 @@ public struct BrokerStore: Sendable {
             let envelope = Envelope(type: .request, id: UUID.derived("request", id.lowercased), requestId: id, sender: "broker",
                                     body: RequestBody(request: approved, requestHash: hash))
             try await Self.enqueue(conn, envelope, topic: Topics.toProvider(row.spec.providerId), signer: signer, logger: logger)
+            try await LegalClock.start(conn, id, settings: clocks, logger: logger)
         }
     }
 
@@ -348,13 +352,14 @@ public struct BrokerStore: Sendable {
     @discardableResult
     static func advance(_ conn: PostgresConnection, _ id: UUID, to state: RequestState, actor: CustodyEvent.Actor, note: String? = nil,
                         custody: CustodyRecorder, packageId: UUID? = nil, details: [String: String] = [:], logger: Logger) async throws -> Bool {
-        let before = RequestState.allCases.filter { $0.rank < state.rank && ![.rejected, .refused, .withdrawn].contains($0) }.map(\.rawValue)
+        let before = RequestState.allCases.filter { $0.rank < state.rank && ![.rejected, .refused, .withdrawn, .expired].contains($0) }.map(\.rawValue)
         let rows = try await conn.query(
             "UPDATE requests SET state = \(state.rawValue), updated_at = now() WHERE id = \(id) AND state = ANY(\(before)) RETURNING 1",
             logger: logger)
         let moved = try await rows.decode(Int.self).first { _ in true } != nil
         if moved {
             try await event(conn, id, state, actor: actor, note: note, custody: custody, packageId: packageId, details: details, logger: logger)
+            try await LegalClock.stop(conn, id, reaching: state, logger: logger)
         }
         return moved
     }

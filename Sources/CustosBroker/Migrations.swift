@@ -214,5 +214,25 @@ enum Migrations {
             -- Sealed packages are kept but not released.
             ALTER TABLE packages ADD COLUMN sealed boolean NOT NULL DEFAULT false;
             """),
+        Migration(version: 3, name: "legal clocks", sql: """
+            -- Legal clocks live here, not in timers, so they survive restarts. A clock runs from
+            -- its start until the state it waits for is reached (stopped_at); the watcher marks
+            -- it late at its deadline, escalated at escalate_at and, for the delivery clock,
+            -- expires the request at expire_at.
+            CREATE TABLE request_clocks (
+                request_id uuid NOT NULL REFERENCES requests(id),
+                clock text NOT NULL CHECK (clock IN ('acknowledgement', 'delivery')),
+                started_at timestamptz NOT NULL,
+                deadline timestamptz NOT NULL,
+                escalate_at timestamptz NOT NULL,
+                expire_at timestamptz,
+                stopped_at timestamptz,
+                late_at timestamptz,
+                escalated_at timestamptz,
+                expired_at timestamptz,
+                PRIMARY KEY (request_id, clock)
+            );
+            CREATE INDEX request_clocks_running ON request_clocks (deadline) WHERE stopped_at IS NULL;
+            """),
     ]
 }

@@ -189,6 +189,8 @@ public enum RequestState: String, Codable, Sendable, CaseIterable {
     case draft, submitted, approved, rejected, withdrawn, dispatched, acknowledged
     case inProgress = "in-progress"
     case delivered, verified, refused
+    /// Its delivery clock ran out (and the grace after it): set by the broker's legal clock.
+    case expired
 
     /// Order along the happy path, so that late or repeated messages never move a request back.
     public var rank: Int {
@@ -199,7 +201,7 @@ public enum RequestState: String, Codable, Sendable, CaseIterable {
         case .dispatched: 3
         case .acknowledged: 4
         case .inProgress: 5
-        case .delivered, .refused: 6
+        case .delivered, .refused, .expired: 6
         case .verified: 7
         }
     }

@@ -61,6 +61,12 @@ struct Serve: AsyncParsableCommand {
                   RFC 3161 TSA for checkpoints (answers must chain to tsa.trustFile); default: the built-in TSA
               custody.checkpointMilliseconds (CUSTOS_CUSTODY_CHECKPOINT_MILLISECONDS)
                   a new checkpoint at least this often while there are new events (default 1000)
+              clocks.acknowledgementSeconds, clocks.deliverySeconds (CUSTOS_CLOCKS_ACKNOWLEDGEMENT_SECONDS, ...)
+                  legal clocks from approval (defaults 86400 and 864000: 24 hours, 10 days)
+              clocks.escalateAfterSeconds, clocks.expireAfterSeconds
+                  a late clock escalates after (default 3600) and a request expires after its delivery deadline (default 864000)
+              clocks.checkMilliseconds (CUSTOS_CLOCKS_CHECK_MILLISECONDS)
+                  how often due clocks are looked for (default 1000)
               http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
                   listen address (default 127.0.0.1:8080; port 0 picks one)
               http.maxBodyBytes (CUSTOS_HTTP_MAX_BODY_BYTES)

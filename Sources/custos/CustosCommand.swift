@@ -139,7 +139,7 @@ struct Request: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a request's state, timeline and packages; --watch follows it live.")
         @OptionGroup var connection: Connection
         @Argument(help: "Request id.") var id: String
-        @Flag(help: "Print each change until the request is verified, rejected or refused.") var watch = false
+        @Flag(help: "Print each change until the request is verified, rejected, refused, withdrawn or expired.") var watch = false
         @Option(help: "With --watch: give up after this many seconds (exit status 3).") var timeout: Int = 3600
 
         func run() async throws {
@@ -159,7 +159,7 @@ struct Request: AsyncParsableCommand {
                 }
                 fflush(nil)
                 shown = v.timeline.count
-                if [.verified, .rejected, .refused].contains(v.state) { return }
+                if [.verified, .rejected, .refused, .withdrawn, .expired].contains(v.state) { return }
                 if ContinuousClock.now > deadline { throw ExitCode(3) }
                 try await Task.sleep(for: .milliseconds(500))
             }

@@ -1,0 +1,96 @@
+@testable import CustosBroker
+import CustosCustody
+import CustosModel
+import CustosTestSupport
+import Foundation
+import NIOCore
+import PostgresNIO
+import Testing
+
+/// Legal clocks in PostgreSQL: late, escalated and expired, each recorded once as a custody
+/// event, stopped by the state they wait for, fired by a watcher with an injectable clock.
+@Suite("Legal clocks", .timeLimit(.minutes(2)))
+struct LegalClockTests {
+    static func clocks() -> LegalClock.Settings {
+        var s = LegalClock.Settings()
+        s.acknowledgement = .seconds(60)
+        s.delivery = .seconds(120)
+        s.escalateAfter = .seconds(30)
+        s.expireAfter = .seconds(60)
+        return s
+    }
+
+    static func approved(_ store: BrokerStore, _ pki: TestPKI, _ n: Int) async throws -> UUID {
+        if n == 0 { try await store.registerProvider(id: "prov-a", certificate: pki.signer, caCertificate: pki.providerCA, by: .testAdmin) }
+        let (inv, _) = try await store.addUser(name: "inv\(n)", role: .investigator, by: .testAdmin)
+        let (appr, _) = try await store.addUser(name: "appr\(n)", role: .approver, by: .testAdmin)
+        let c = try await store.createCase(title: "c", by: inv)
+        let id = try await store.createRequest(BrokerAPITests.spec(caseId: c.id), by: inv)
+        try await store.submit(id, by: inv)
+        try await store.approve(id, by: appr)
+        return id
+    }
+
+    static func clockEvents(_ client: PostgresClient, _ id: UUID) async throws -> [String] {
+        var out: [String] = []
+        for try await (kind, entry) in try await client.query(
+            "SELECT kind, entry FROM custody_events WHERE request_id = \(id) AND (kind LIKE 'clock.%' OR kind = 'request.expired') ORDER BY idx",
+            logger: TestServices.logger
+        ).decode((String, ByteBuffer).self) {
+            let e = try CustodyEvent.decode(entry: Array(entry.readableBytesView))
+            out.append(kind + (e.details["clock"].map { ":" + $0 } ?? ""))
+        }
+        return out
+    }
+
+    @Test func clocksRunLateEscalateAndExpireOnceEach() async throws {
+        let pki = try TestPKI(signerName: "prov-a")
+        try await TestServices.withStore { baseStore, client, _ in
+            let store = BrokerStore(client: client, signer: .generate(), tsaTrust: "", clocks: Self.clocks(), logger: TestServices.logger)
+            let start = Date()
+            let silent = try await Self.approved(store, pki, 0)
+            let acknowledged = try await Self.approved(store, pki, 1)
+            try await client.custodyTransaction(logger: TestServices.logger) { conn, custody in
+                try await BrokerStore.advance(conn, acknowledged, to: .acknowledged, actor: .init(type: .provider, id: "prov-a"), custody: custody, logger: TestServices.logger)
+            }
+            let watcher = LegalClockWatcher(client: client, logger: TestServices.logger)
+            #expect(try await watcher.fire(at: start.addingTimeInterval(55)) == 0)
+            try await watcher.fire(at: start.addingTimeInterval(65))
+            #expect(try await Self.clockEvents(client, silent) == ["clock.late:acknowledgement"])
+            #expect(try await Self.clockEvents(client, acknowledged).isEmpty)  // its acknowledgement stopped that clock
+            try await watcher.fire(at: start.addingTimeInterval(95))
+            try await watcher.fire(at: start.addingTimeInterval(96))  // nothing fires twice
+            #expect(try await Self.clockEvents(client, silent) == ["clock.late:acknowledgement", "clock.escalated:acknowledgement"])
+            try await watcher.fire(at: start.addingTimeInterval(200))
+            #expect(try await Self.clockEvents(client, silent) == ["clock.late:acknowledgement", "clock.escalated:acknowledgement",
+                                                                  "clock.late:delivery", "clock.escalated:delivery", "clock.expired:delivery", "request.expired"])
+            #expect(try await Self.clockEvents(client, acknowledged) == ["clock.late:delivery", "clock.escalated:delivery", "clock.expired:delivery", "request.expired"])
+            #expect(try await store.request(silent).state == .expired)
+            #expect(try await watcher.fire(at: start.addingTimeInterval(10_000)) == 0)  // expired clocks are stopped
+            _ = baseStore
+        }
+    }
+
+    @Test func theWatcherFiresWithinASecondOfTheDeadline() async throws {
+        let pki = try TestPKI(signerName: "prov-a")
+        try await TestServices.withStore { _, client, _ in
+            var settings = Self.clocks()
+            settings.acknowledgement = .seconds(2)
+            let store = BrokerStore(client: client, signer: .generate(), tsaTrust: "", clocks: settings, logger: TestServices.logger)
+            let id = try await Self.approved(store, pki, 0)
+            var deadline = Date()
+            for try await d in try await client.query("SELECT deadline FROM request_clocks WHERE request_id = \(id) AND clock = 'acknowledgement'",
+                                                      logger: TestServices.logger).decode(Date.self) { deadline = d }
+            let watcher = Task { try await LegalClockWatcher(client: client, interval: .seconds(1), logger: TestServices.logger).run() }
+            defer { watcher.cancel() }
+            var firedAt: Date?
+            while firedAt == nil && Date() < deadline.addingTimeInterval(5) {
+                if try await Self.clockEvents(client, id).contains("clock.late:acknowledgement") { firedAt = Date() }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let fired = try #require(firedAt, "the acknowledgement clock did not fire")
+            // One check interval (1 s), plus this loop's own polling.
+            #expect(fired >= deadline && fired.timeIntervalSince(deadline) < 1.3, "fired \(fired.timeIntervalSince(deadline)) s after the deadline")
+        }
+    }
+}
