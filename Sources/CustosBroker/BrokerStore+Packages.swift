@@ -6,13 +6,13 @@ import PostgresNIO
 
 extension BrokerStore {
     public func package(_ id: UUID) async throws -> API.PackageView {
-        var row: (UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date)?
+        var row: (UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date, Bool)?
         for try await r in try await client.query("""
             SELECT request_id, provider_id, state, manifest, manifest_signature, time_stamp, time_stamped_at, time_stamp_accuracy_us, signer,
-                   manifest_sha256, verification, received_at
+                   manifest_sha256, verification, received_at, sealed
             FROM packages WHERE id = \(id)
-            """, logger: logger).decode((UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date).self) { row = r }
-        guard let (requestId, provider, state, manifest, signature, timeStamp, stampedAt, accuracy, signer, sha, verification, receivedAt) = row else {
+            """, logger: logger).decode((UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date, Bool).self) { row = r }
+        guard let (requestId, provider, state, manifest, signature, timeStamp, stampedAt, accuracy, signer, sha, verification, receivedAt, sealed) = row else {
             throw BrokerError(.notFound, "no such package")
         }
         let summary = try verification.map { v -> API.PackageVerificationSummary in
@@ -24,7 +24,7 @@ extension BrokerStore {
             manifest: try JSONDecoder().decode(Manifest.self, from: Data(manifest.utf8)),
             signature: Data(signature.readableBytesView).base64EncodedString(), timeStamp: Data(timeStamp.readableBytesView).base64EncodedString(),
             timeStampedAt: stampedAt.map(Timestamp.format), timeStampAccuracyMicroseconds: accuracy, signer: signer,
-            manifestSha256: sha, verification: summary, receivedAt: Timestamp.format(receivedAt))
+            manifestSha256: sha, verification: summary, receivedAt: Timestamp.format(receivedAt), sealed: sealed)
     }
 
     public func chunk(package id: UUID, index: Int) async throws -> ByteBuffer {

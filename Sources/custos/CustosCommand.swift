@@ -64,7 +64,7 @@ struct Case: AsyncParsableCommand {
 }
 
 struct Request: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Status.self])
+    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Status.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Draft a request (and submit it with --submit); prints its id.")
@@ -135,6 +135,17 @@ struct Request: AsyncParsableCommand {
         }
     }
 
+    struct Withdraw: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Withdraw your own request while it is a draft or awaiting approval.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        @Option(help: "Reason, for the record (kept in the timeline; the custody log keeps its hash).") var reason: String?
+        func run() async throws {
+            let v = try await connection.client.withdraw(try parseID(id), reason: reason)
+            try connection.emit(v) { "\(v.id.lowercased) \(v.state.rawValue)" }
+        }
+    }
+
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a request's state, timeline and packages; --watch follows it live.")
         @OptionGroup var connection: Connection
@@ -176,7 +187,27 @@ struct Request: AsyncParsableCommand {
 }
 
 struct Package: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Packages.", subcommands: [Show.self])
+    static let configuration = CommandConfiguration(abstract: "Packages.", subcommands: [Show.self, Seal.self, Unseal.self])
+    struct Seal: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Seal a package (approvers and admins): it stays stored, but its content and bundle are refused until unsealed.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Package id.") var id: String
+        @Option(help: "Why (kept in the timeline; the custody log keeps its hash).") var reason: String
+        func run() async throws {
+            let p = try await connection.client.setSealed(true, package: try parseID(id), reason: reason)
+            try connection.emit(p) { "package \(p.id.lowercased) sealed" }
+        }
+    }
+    struct Unseal: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Unseal a sealed package (approvers and admins).")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Package id.") var id: String
+        @Option(help: "Why (kept in the timeline; the custody log keeps its hash).") var reason: String
+        func run() async throws {
+            let p = try await connection.client.setSealed(false, package: try parseID(id), reason: reason)
+            try connection.emit(p) { "package \(p.id.lowercased) unsealed" }
+        }
+    }
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a package's manifest summary and verification.")
         @OptionGroup var connection: Connection

@@ -104,6 +104,15 @@ struct ExchangeEndToEndTests {
         let witnessedSize = try #require(held["size"] as? Int), latestSize = try #require(latest["size"] as? Int)
         #expect(try d.cliOK(d.investigator, ["custody", "consistency", "\(witnessedSize)", "\(latestSize)", "--trust", trust]).hasPrefix("CONSISTENT"))
         #expect(try d.cliOK(witness, cosign).contains("consistent with #\(witnessedSize)"))
+        // A sealed package is kept but not released; sealing and unsealing are custody events.
+        _ = try d.cliOK(d.approver, ["package", "seal", packageId, "--reason", "post-hoc review pending"])
+        let refusedDownload = try d.cli(d.investigator, ["download", packageId, "--out", d.path("sealed"), "--quiet"])
+        #expect(refusedDownload.status != 0 && refusedDownload.stderr.contains("sealed"))
+        #expect(try d.cli(d.investigator, ["export", packageId, "--out", d.path("sealed.tar"), "--quiet"]).status != 0)
+        #expect(try d.cli(d.investigator, ["package", "seal", packageId, "--reason", "x"]).stderr.contains("403"))
+        _ = try d.cliOK(d.approver, ["package", "unseal", packageId, "--reason", "review confirmed"])
+        let history = try d.cliOK(d.investigator, ["custody", "events", "--package", packageId])
+        #expect(history.contains("package.sealed") && history.contains("package.unsealed"))
         // The log audits clean against its own checkpoints and the one the witness holds.
         #expect(try d.admin(["audit", "--checkpoint", d.path("witness-state.json")]).hasPrefix("custody audit: CONSISTENT"))
         var corrupted = try Data(contentsOf: URL(fileURLWithPath: bundle))
