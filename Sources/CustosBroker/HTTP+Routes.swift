@@ -31,7 +31,10 @@ public struct BrokerRequestContext: RequestContext, RemoteAddressRequestContext 
 }
 
 /// The HTTP API. Tests call this same function with a test client; `buildApplication` wraps it.
-public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, logger: Logger) -> Router<BrokerRequestContext> {
+/// `exportWait`: how long an export may wait for the checkpoint that includes it (a few
+/// checkpoint intervals).
+public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, exportWait: Duration = .seconds(10),
+                        logger: Logger) -> Router<BrokerRequestContext> {
     let router = Router(context: BrokerRequestContext.self)
     router.add(middleware: ProblemMiddleware(logger: logger))
     let api = BrokerAPI(store: store, maxBodyBytes: maxBodyBytes)
@@ -154,7 +157,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
         let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),
                                                        objects: ["manifestSha256": package.manifestSha256])
-        let (checkpoint, proofs) = try await store.custodyProofs(package: id, including: exportIndex)
+        let (checkpoint, proofs) = try await store.custodyProofs(package: id, including: exportIndex, timeout: exportWait)
         let custody = EvidenceBundle.Custody(
             checkpoint: Array(checkpoint.text.utf8), signature: Array(Data(base64Encoded: checkpoint.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: checkpoint.timeStamp) ?? Data()), proofs: try CanonicalJSON.encode(proofs))

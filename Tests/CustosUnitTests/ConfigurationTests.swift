@@ -17,6 +17,23 @@ struct ConfigurationTests {
         #expect(c.database.host == "db.internal" && c.database.requireTLS)
         #expect(c.kafka.properties["security.protocol"] == "SASL_SSL")
         #expect(c.httpPort == 8080)
+        #expect(c.custodyOrigin == "custos.authority.internal/custody" && c.custodyCertificateFile == "/etc/custos/custody.pem")
+        #expect(c.checkpointInterval == .seconds(1) && c.clocks.delivery == .seconds(864_000) && c.clocks.escalateAfter == .seconds(3600))
+    }
+
+    @Test func custodyAndClockSettingsAreChecked() async throws {
+        let file = Self.deploy.appendingPathComponent("broker.example.json").path
+        for (key, value, named) in [("CUSTOS_CUSTODY_ORIGIN", "has spaces", "custody.origin"),
+                                    ("CUSTOS_CUSTODY_CHECKPOINT_MILLISECONDS", "0", "custody.checkpointMilliseconds"),
+                                    ("CUSTOS_CLOCKS_DELIVERY_SECONDS", "-5", "clocks.deliverySeconds")] {
+            let reader = try await ConfigSource.reader(configFile: file, environment: [key: value])
+            #expect { try BrokerConfiguration(reader: reader) } throws: { String(describing: $0).contains(named) }
+        }
+        // Checkpoints need a TSA: the built-in one, or custody.tsaURL.
+        let noTSA = try await ConfigSource.reader(configFile: nil, environment: [
+            "CUSTOS_DATABASE_URL": "postgres://x@h/d", "CUSTOS_KAFKA_BROKERS": "k:9092", "CUSTOS_SIGNING_KEY_FILE": "/k", "CUSTOS_TSA_TRUST_FILE": "/t",
+            "CUSTOS_CUSTODY_CERTIFICATE_FILE": "/c", "CUSTOS_CUSTODY_KEY_FILE": "/k"])
+        #expect { try BrokerConfiguration(reader: noTSA) } throws: { String(describing: $0).contains("custody.tsaURL") }
     }
 
     @Test func theConnectorExampleInDeployIsValid() async throws {
