@@ -37,8 +37,8 @@ public struct CheckpointSigner: Sendable {
 /// Integrates sequenced events into the Merkle tree and issues checkpoints: every
 /// `interval`, when there are new events, it hashes them into the tiles, signs the new tree
 /// head, has the signature time-stamped, and stores all of it in one transaction (a
-/// checkpoint never exists without its time-stamp). Several broker instances may run it; a
-/// row lock lets one at a time work.
+/// checkpoint never exists without its time-stamp). Several broker instances may run it; an
+/// advisory lock lets one at a time work.
 public struct CustodyIntegrator: Service {
     let client: PostgresClient
     let signer: CheckpointSigner
@@ -99,7 +99,10 @@ public struct CustodyIntegrator: Service {
     public func integrateOnce() async throws -> Outcome? {
         let start = ContinuousClock.now
         let outcome: Outcome? = try await client.transaction(logger: logger) { conn in
-            let size = UInt64(try await conn.query("SELECT size FROM custody_tree WHERE id = 1 FOR UPDATE", logger: logger)
+            // One integrator at a time; every pass ends in a checkpoint, so the newest one's size
+            // is how far the tree is integrated.
+            try await conn.query("SELECT pg_advisory_xact_lock(hashtext('custos.custody.integrate'))", logger: logger)
+            let size = UInt64(try await conn.query("SELECT coalesce(max(size), 0) FROM custody_checkpoints", logger: logger)
                 .decode(Int64.self).first { _ in true } ?? 0)
             var leaves: [SHA256Digest] = []
             var expected = Int64(size)
@@ -117,7 +120,7 @@ public struct CustodyIntegrator: Service {
             let edgeIDs = Tiles.edge(size: size)
             let edge = try await TileStore.read(edgeIDs, on: conn, logger: logger)
             guard edgeIDs.allSatisfy({ edge[$0] != nil }) else { throw BrokerError(.unavailable, "custody tiles are missing at the tree's edge") }
-            let changed = Tiles.integrate(size: size, leafHashes: leaves, edge: edge)
+            let changed = try Tiles.integrate(size: size, leafHashes: leaves, edge: edge)
             let ids = Array(changed.keys)
             try await conn.query("""
                 INSERT INTO custody_tiles (level, idx, hashes)
@@ -141,7 +144,6 @@ public struct CustodyIntegrator: Service {
                 INSERT INTO custody_checkpoints (size, root, body, signature, time_stamp)
                 VALUES (\(Int64(newSize)), \(ByteBuffer(bytes: root.bytes)), \(checkpoint.text), \(ByteBuffer(bytes: signature)), \(ByteBuffer(bytes: timeStamp)))
                 """, logger: logger)
-            try await conn.query("UPDATE custody_tree SET size = \(Int64(newSize)) WHERE id = 1", logger: logger)
             return Outcome(checkpoint: checkpoint, integrated: leaves.count, more: leaves.count == maximumBatch)
         }
         if let outcome {

@@ -153,10 +153,9 @@ enum Migrations {
             CREATE INDEX custody_events_by_request ON custody_events(request_id) WHERE request_id IS NOT NULL;
             CREATE INDEX custody_events_by_package ON custody_events(package_id) WHERE package_id IS NOT NULL;
             CREATE INDEX custody_events_key_changes ON custody_events(idx) WHERE kind = 'admin.key-changed';
-            -- The integrated tree: its size, and its hashes in tiles of 256 (C2SP tlog-tiles layout).
-            -- Tiles are derived data (the audit recomputes them); the rightmost of a level grows.
-            CREATE TABLE custody_tree (id int PRIMARY KEY CHECK (id = 1), size bigint NOT NULL);
-            INSERT INTO custody_tree VALUES (1, 0);
+            -- The integrated tree's hashes in tiles of 256 (C2SP tlog-tiles layout); its size is
+            -- the newest checkpoint's. Tiles are derived data (the audit recomputes them); the
+            -- rightmost of a level grows.
             CREATE TABLE custody_tiles (
                 level int NOT NULL,
                 idx bigint NOT NULL,

@@ -67,7 +67,9 @@ public enum Tiles {
 
     /// Appends leaf hashes to a tree of `size` whose edge tiles are given, and returns every
     /// tile that changed (to be written back). Pure: the store does the reading and writing.
-    public static func integrate(size: UInt64, leafHashes: [SHA256Digest], edge: [TileID: [SHA256Digest]]) -> [TileID: [SHA256Digest]] {
+    /// Entries an edge tile holds beyond `size` are stale (a log cut back by hand) and are
+    /// replaced; an edge tile with fewer entries than `size` implies is an error.
+    public static func integrate(size: UInt64, leafHashes: [SHA256Digest], edge: [TileID: [SHA256Digest]]) throws(ProofError) -> [TileID: [SHA256Digest]] {
         var changed: [TileID: [SHA256Digest]] = [:]
         var entries = leafHashes
         var start = size  // index of the first new entry at this level
@@ -78,7 +80,9 @@ public enum Tiles {
             while i < entries.count {
                 let id = TileID(level: level, index: position / width)
                 var tile = changed[id] ?? edge[id] ?? []
-                precondition(UInt64(tile.count) == position % width, "edge \(id) holds \(tile.count) entries, expected \(position % width)")
+                let expected = Int(position % width)
+                guard tile.count >= expected else { throw ProofError("\(id) holds \(tile.count) entries, \(expected) expected: the tiles are behind the tree") }
+                tile.removeLast(tile.count - expected)
                 let take = min(Int(width) - tile.count, entries.count - i)
                 tile += entries[i..<i + take]
                 changed[id] = tile

@@ -27,7 +27,7 @@ public struct TestCustodyLog: Sendable {
                         defect: Defect? = nil) throws -> EvidenceBundle.Custody {
         let leaves = entries.map { CustodyEvent.leafHash(entry: $0) }
         let size = UInt64(leaves.count)
-        let tiles = Tiles.integrate(size: 0, leafHashes: leaves, edge: [:])
+        let tiles = try Tiles.integrate(size: 0, leafHashes: leaves, edge: [:])
         func hash(_ node: NodeID) -> SHA256Digest { Tiles.hash(of: node, in: tiles)! }
         let root = MerkleProof.rootPlan(size: size).build(hash)[0]
         let checkpoint = Checkpoint(origin: "test.custos/custody", size: size, root: root, time: Timestamp.now())

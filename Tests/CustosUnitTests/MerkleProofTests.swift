@@ -103,7 +103,7 @@ struct MerkleProofTests {
         while size < UInt64(total) {
             let n = min(batch, total - Int(size))
             let edgeIDs = Tiles.edge(size: size)
-            let changed = Tiles.integrate(size: size, leafHashes: Array(h[Int(size)..<Int(size) + n]),
+            let changed = try Tiles.integrate(size: size, leafHashes: Array(h[Int(size)..<Int(size) + n]),
                                           edge: Dictionary(uniqueKeysWithValues: edgeIDs.map { ($0, tiles[$0]!) }))
             for (id, hashes) in changed {
                 if let before = tiles[id] { #expect(before.count < Int(Tiles.width) && hashes.starts(with: before), "\(id) rewritten") }
