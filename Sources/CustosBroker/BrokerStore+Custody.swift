@@ -49,17 +49,29 @@ extension BrokerStore {
         return out
     }
 
-    public func custodyEvent(index: UInt64) async throws -> API.CustodyEventView {
-        for try await entry in try await client.query("SELECT entry FROM custody_events WHERE idx = \(Int64(index))", logger: logger).decode(ByteBuffer.self) {
+    /// One entry. Auditors, witnesses and admins read any; others only those about their own
+    /// agency's requests (anything else is "not found", so its existence does not leak).
+    public func custodyEvent(index: UInt64, viewer: AuthenticatedUser?) async throws -> API.CustodyEventView {
+        let agency = viewer.map { $0.readsWholeCustodyLog ? nil : $0.agency } ?? nil
+        for try await entry in try await client.query("""
+            SELECT e.entry FROM custody_events e
+            WHERE e.idx = \(Int64(index)) AND (\(agency)::text IS NULL OR EXISTS (
+                SELECT 1 FROM requests r JOIN cases c ON c.id = r.case_id WHERE r.id = e.request_id AND c.agency = \(agency)))
+            """, logger: logger).decode(ByteBuffer.self) {
             return API.CustodyEventView(index: index, entry: String(decoding: entry.readableBytesView, as: UTF8.self))
         }
         throw BrokerError(.notFound, "no custody event \(index)")
     }
 
-    /// A package's events (and those of its request that name no package), in log order.
-    public func custodyEvents(package id: UUID, upTo size: UInt64 = .max) async throws -> [API.CustodyEventView] {
+    /// A package's events (and those of its request that name no package), in log order; for
+    /// a viewer, only a package of its own agency.
+    public func custodyEvents(package id: UUID, viewer: AuthenticatedUser? = nil, upTo size: UInt64 = .max) async throws -> [API.CustodyEventView] {
+        let agency = viewer?.agency
         var requestId: UUID?
-        for try await r in try await client.query("SELECT request_id FROM packages WHERE id = \(id)", logger: logger).decode(UUID.self) { requestId = r }
+        for try await r in try await client.query("""
+            SELECT p.request_id FROM packages p JOIN requests r ON r.id = p.request_id JOIN cases c ON c.id = r.case_id
+            WHERE p.id = \(id) AND (\(agency)::text IS NULL OR c.agency = \(agency))
+            """, logger: logger).decode(UUID.self) { requestId = r }
         guard let requestId else { throw BrokerError(.notFound, "no such package") }
         var out: [API.CustodyEventView] = []
         for try await (idx, entry) in try await client.query("""
@@ -88,8 +100,8 @@ extension BrokerStore {
 
     /// The audit path of event `index` into the checkpoint of `size` (default: the smallest
     /// checkpoint that includes it).
-    public func inclusionProof(index: UInt64, size: UInt64?) async throws -> API.InclusionProofView {
-        let event = try await custodyEvent(index: index)
+    public func inclusionProof(index: UInt64, size: UInt64?, viewer: AuthenticatedUser? = nil) async throws -> API.InclusionProofView {
+        let event = try await custodyEvent(index: index, viewer: viewer)
         let checkpoint: API.CheckpointView
         if let size {
             checkpoint = try await self.checkpoint(size: size)
@@ -197,8 +209,10 @@ extension BrokerStore {
         }
         try await client.custodyTransaction(logger: logger) { conn, custody in
             var found: (UUID, Bool)?
-            for try await row in try await conn.query("SELECT request_id, sealed FROM packages WHERE id = \(id) FOR UPDATE", logger: logger)
-                .decode((UUID, Bool).self) { found = row }
+            for try await row in try await conn.query("""
+                SELECT p.request_id, p.sealed FROM packages p JOIN requests r ON r.id = p.request_id JOIN cases c ON c.id = r.case_id
+                WHERE p.id = \(id) AND c.agency = \(user.agency) FOR UPDATE OF p
+                """, logger: logger).decode((UUID, Bool).self) { found = row }
             guard let (requestId, current) = found else { throw BrokerError(.notFound, "no such package") }
             guard current != sealed else { throw BrokerError(.conflict, "package is already \(sealed ? "sealed" : "unsealed")") }
             try await conn.query("UPDATE packages SET sealed = \(sealed) WHERE id = \(id)", logger: logger)

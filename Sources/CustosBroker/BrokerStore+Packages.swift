@@ -5,12 +5,15 @@ import NIOCore
 import PostgresNIO
 
 extension BrokerStore {
-    public func package(_ id: UUID) async throws -> API.PackageView {
+    /// A package as `viewer` may see it: one of its own agency's (nil: internal use, any).
+    public func package(_ id: UUID, viewer: AuthenticatedUser?) async throws -> API.PackageView {
+        let agency = viewer?.agency
         var row: (UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date, Bool)?
         for try await r in try await client.query("""
-            SELECT request_id, provider_id, state, manifest, manifest_signature, time_stamp, time_stamped_at, time_stamp_accuracy_us, signer,
-                   manifest_sha256, verification, received_at, sealed
-            FROM packages WHERE id = \(id)
+            SELECT p.request_id, p.provider_id, p.state, p.manifest, p.manifest_signature, p.time_stamp, p.time_stamped_at, p.time_stamp_accuracy_us,
+                   p.signer, p.manifest_sha256, p.verification, p.received_at, p.sealed
+            FROM packages p JOIN requests r ON r.id = p.request_id JOIN cases c ON c.id = r.case_id
+            WHERE p.id = \(id) AND (\(agency)::text IS NULL OR c.agency = \(agency))
             """, logger: logger).decode((UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date, Bool).self) { row = r }
         guard let (requestId, provider, state, manifest, signature, timeStamp, stampedAt, accuracy, signer, sha, verification, receivedAt, sealed) = row else {
             throw BrokerError(.notFound, "no such package")

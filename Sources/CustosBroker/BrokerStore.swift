@@ -13,17 +13,26 @@ public struct AuthenticatedUser: Sendable, Hashable {
     public var id: UUID
     public var name: String
     public var role: Role
+    /// The agency it belongs to: it sees only that agency's cases.
+    public var agency: String
     /// The client it came from (address without port, user agent), for the custody log.
     public var address: String?
     public var agent: String?
 
-    public init(id: UUID, name: String, role: Role, address: String? = nil, agent: String? = nil) {
+    public init(id: UUID, name: String, role: Role, agency: String = AuthenticatedUser.defaultAgency, address: String? = nil, agent: String? = nil) {
         self.id = id
         self.name = name
         self.role = role
+        self.agency = agency
         self.address = address
         self.agent = agent
     }
+
+    /// The agency of users created without naming one (and of data from before agencies).
+    public static let defaultAgency = "default"
+
+    /// Roles that read the whole custody log, whichever agency an event concerns.
+    public var readsWholeCustodyLog: Bool { role == .auditor || role == .witness || role == .admin }
 
     public var actor: CustodyEvent.Actor {
         CustodyEvent.Actor(type: role == .witness ? .witness : .user, id: name, address: address, agent: agent)
@@ -63,26 +72,45 @@ public struct BrokerStore: Sendable {
     static func tokenHash(_ token: String) -> [UInt8] { Array(SHA256.hash(data: Array(token.utf8))) }
 
     /// Creates a user and returns the bearer token, which is shown once and stored only as a hash.
-    public func addUser(name: String, role: Role, by actor: CustodyEvent.Actor) async throws -> (AuthenticatedUser, token: String) {
+    public func addUser(name: String, role: Role, agency: String = AuthenticatedUser.defaultAgency, by actor: CustodyEvent.Actor) async throws
+        -> (AuthenticatedUser, token: String)
+    {
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            try await Self.addUser(conn, name: name, role: role, by: actor, custody: custody, logger: logger)
+            try await Self.addUser(conn, name: name, role: role, agency: agency, by: actor, custody: custody, logger: logger)
         }
     }
 
-    static func addUser(_ conn: PostgresConnection, name: String, role: Role, by actor: CustodyEvent.Actor, custody: CustodyRecorder,
-                        logger: Logger) async throws -> (AuthenticatedUser, token: String) {
+    static func addUser(_ conn: PostgresConnection, name: String, role: Role, agency: String = AuthenticatedUser.defaultAgency,
+                        by actor: CustodyEvent.Actor, custody: CustodyRecorder, logger: Logger) async throws -> (AuthenticatedUser, token: String) {
         guard (1...100).contains(name.count), name.allSatisfy({ $0.isLetter || $0.isNumber || "._-".contains($0) }) else {
             throw BrokerError(.invalid, "user name must be 1 to 100 letters, digits, '.', '_' or '-'")
         }
         var random = SystemRandomNumberGenerator()
         let token = "ct_" + (0..<32).map { _ in UInt8.random(in: 0...255, using: &random) }.hexString
         let id = UUID()
-        let inserted = try await conn.query(
-            "INSERT INTO users (id, name, role, token_sha256) VALUES (\(id), \(name), \(role.rawValue), \(ByteBuffer(bytes: Self.tokenHash(token)))) ON CONFLICT DO NOTHING RETURNING 1",
-            logger: logger).decode(Int.self).first { _ in true } != nil
+        let agencyExists = try await conn.query("SELECT 1 FROM agencies WHERE id = \(agency)", logger: logger).decode(Int.self).first { _ in true } != nil
+        guard agencyExists else { throw BrokerError(.invalid, "no agency \(agency): add it first (custos-broker agencies add)") }
+        let inserted = try await conn.query("""
+            INSERT INTO users (id, name, role, token_sha256, agency) VALUES (\(id), \(name), \(role.rawValue), \(ByteBuffer(bytes: Self.tokenHash(token))), \(agency))
+            ON CONFLICT DO NOTHING RETURNING 1
+            """, logger: logger).decode(Int.self).first { _ in true } != nil
         guard inserted else { throw BrokerError(.conflict, "a user with that name exists") }
-        custody.record(CustodyEvent(kind: .userAdded, at: Timestamp.now(), actor: actor, subject: .init(user: name), details: ["role": role.rawValue]))
-        return (AuthenticatedUser(id: id, name: name, role: role), token)
+        custody.record(CustodyEvent(kind: .userAdded, at: Timestamp.now(), actor: actor, subject: .init(user: name, agency: agency), details: ["role": role.rawValue]))
+        return (AuthenticatedUser(id: id, name: name, role: role, agency: agency), token)
+    }
+
+    /// Adds an agency, whose users see only its cases.
+    public func addAgency(id: String, name: String, by actor: CustodyEvent.Actor) async throws {
+        guard ProviderID.isValid(id) else { throw BrokerError(.invalid, "agency id must match \(ProviderID.pattern)") }
+        let n = name.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard (1...200).contains(n.count) else { throw BrokerError(.invalid, "agency name must be 1 to 200 characters") }
+        try await client.custodyTransaction(logger: logger) { conn, custody in
+            let inserted = try await conn.query("INSERT INTO agencies (id, name) VALUES (\(id), \(n)) ON CONFLICT DO NOTHING RETURNING 1", logger: logger)
+                .decode(Int.self).first { _ in true } != nil
+            guard inserted else { throw BrokerError(.conflict, "an agency with that id exists") }
+            custody.record(CustodyEvent(kind: .agencyAdded, at: Timestamp.now(), actor: actor, subject: .init(agency: id),
+                                        objects: ["nameSha256": Digest.sha256Hex(Array(n.utf8))]))
+        }
     }
 
     /// Gives a user another role.
@@ -99,9 +127,9 @@ public struct BrokerStore: Sendable {
     }
 
     public func user(token: String) async throws -> AuthenticatedUser? {
-        let rows = try await client.query("SELECT id, name, role FROM users WHERE token_sha256 = \(ByteBuffer(bytes: Self.tokenHash(token)))", logger: logger)
-        for try await (id, name, role) in rows.decode((UUID, String, String).self) {
-            return AuthenticatedUser(id: id, name: name, role: Role(rawValue: role) ?? .investigator)
+        let rows = try await client.query("SELECT id, name, role, agency FROM users WHERE token_sha256 = \(ByteBuffer(bytes: Self.tokenHash(token)))", logger: logger)
+        for try await (id, name, role, agency) in rows.decode((UUID, String, String, String).self) {
+            return AuthenticatedUser(id: id, name: name, role: Role(rawValue: role) ?? .investigator, agency: agency)
         }
         return nil
     }
@@ -167,7 +195,7 @@ public struct BrokerStore: Sendable {
         let at = try await client.custodyTransaction(logger: logger) { conn, custody in
             var at = Date()
             for try await d in try await conn.query(
-                "INSERT INTO cases (id, title, created_by) VALUES (\(id), \(t), \(user.id)) RETURNING created_at", logger: logger
+                "INSERT INTO cases (id, title, created_by, agency) VALUES (\(id), \(t), \(user.id), \(user.agency)) RETURNING created_at", logger: logger
             ).decode(Date.self) { at = d }
             custody.record(CustodyEvent(kind: .caseCreated, at: Timestamp.format(at), actor: user.actor, subject: .init(caseId: id),
                                         objects: ["titleSha256": Digest.sha256Hex(Array(t.utf8))]))
@@ -185,7 +213,8 @@ public struct BrokerStore: Sendable {
         let id = UUID()
         let specJSON = String(decoding: try CanonicalJSON.encode(spec), as: UTF8.self)
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            let caseExists = try await conn.query("SELECT 1 FROM cases WHERE id = \(spec.caseId)", logger: logger).decode(Int.self).first { _ in true } != nil
+            let caseExists = try await conn.query("SELECT 1 FROM cases WHERE id = \(spec.caseId) AND agency = \(user.agency)", logger: logger)
+                .decode(Int.self).first { _ in true } != nil
             guard caseExists else {
                 throw BrokerError(.invalid, "invalid request", violations: [FieldViolation(field: "caseId", rule: "must name an existing case")])
             }
@@ -205,7 +234,7 @@ public struct BrokerStore: Sendable {
 
     public func submit(_ id: UUID, by user: AuthenticatedUser) async throws {
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            let row = try await Self.lockRequest(conn, id, logger: logger)
+            let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
             guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author submits it") }
             guard row.state == .draft else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not draft") }
             try await conn.query(
@@ -220,7 +249,7 @@ public struct BrokerStore: Sendable {
             throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be at most 2000 characters")])
         }
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            let row = try await Self.lockRequest(conn, id, logger: logger)
+            let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
             guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author withdraws it") }
             guard row.state == .draft || row.state == .submitted else {
                 throw BrokerError(.conflict, "request is \(row.state.rawValue); only a draft or submitted request can be withdrawn")
@@ -235,7 +264,7 @@ public struct BrokerStore: Sendable {
     public func approve(_ id: UUID, by user: AuthenticatedUser) async throws {
         guard user.role == .approver else { throw BrokerError(.forbidden, "only approvers approve requests") }
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            let row = try await Self.lockRequest(conn, id, logger: logger)
+            let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
             guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
             guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot approve it (four eyes)") }
             let submitter = try await Self.userName(conn, row.submittedBy!, logger: logger)
@@ -261,7 +290,7 @@ public struct BrokerStore: Sendable {
             throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be at most 2000 characters")])
         }
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            let row = try await Self.lockRequest(conn, id, logger: logger)
+            let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
             guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
             guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot decide on it (four eyes)") }
             try await conn.query("UPDATE requests SET state = 'rejected', updated_at = now() WHERE id = \(id)", logger: logger)
@@ -269,11 +298,14 @@ public struct BrokerStore: Sendable {
         }
     }
 
-    public func request(_ id: UUID) async throws -> API.RequestView {
+    /// A request as `viewer` may see it: one of its own agency's (nil: internal use, any).
+    public func request(_ id: UUID, viewer: AuthenticatedUser?) async throws -> API.RequestView {
+        let agency = viewer?.agency
         let rows = try await client.query("""
             SELECT r.spec, r.state, s.name, a.name, r.request_hash, r.created_at
-            FROM requests r LEFT JOIN users s ON s.id = r.submitted_by LEFT JOIN users a ON a.id = r.approved_by
-            WHERE r.id = \(id)
+            FROM requests r JOIN cases c ON c.id = r.case_id
+                 LEFT JOIN users s ON s.id = r.submitted_by LEFT JOIN users a ON a.id = r.approved_by
+            WHERE r.id = \(id) AND (\(agency)::text IS NULL OR c.agency = \(agency))
             """, logger: logger)
         var found: (String, String, String?, String?, String?, Date)?
         for try await r in rows.decode((String, String, String?, String?, String?, Date).self) { found = r }
@@ -313,10 +345,13 @@ public struct BrokerStore: Sendable {
         var requestHash: String?
     }
 
-    static func lockRequest(_ conn: PostgresConnection, _ id: UUID, logger: Logger) async throws -> RequestRow {
-        let rows = try await conn.query(
-            "SELECT state, spec, created_by, submitted_by, provider_id, request_hash FROM requests WHERE id = \(id) FOR UPDATE",
-            logger: logger)
+    /// Locks a request for a change; with `agency`, only one of that agency's (else not found).
+    static func lockRequest(_ conn: PostgresConnection, _ id: UUID, agency: String? = nil, logger: Logger) async throws -> RequestRow {
+        let rows = try await conn.query("""
+            SELECT r.state, r.spec, r.created_by, r.submitted_by, r.provider_id, r.request_hash
+            FROM requests r JOIN cases c ON c.id = r.case_id
+            WHERE r.id = \(id) AND (\(agency)::text IS NULL OR c.agency = \(agency)) FOR UPDATE OF r
+            """, logger: logger)
         for try await (state, spec, createdBy, submittedBy, provider, hash) in rows.decode((String, String, UUID, UUID?, String, String?).self) {
             return RequestRow(
                 state: RequestState(rawValue: state) ?? .draft,

@@ -69,12 +69,12 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         let user = try await api.staff(request, context)
         let spec = try await api.decode(RequestSpec.self, request, context)
         let id = try await store.createRequest(spec, by: user)
-        return EditedResponse(status: .created, headers: [.location: "/v1/requests/\(id.lowercased)"], response: try await store.request(id))
+        return EditedResponse(status: .created, headers: [.location: "/v1/requests/\(id.lowercased)"], response: try await store.request(id, viewer: user))
     }
     v1.get("requests/:id") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)
-        let view = try await store.request(id)
+        let view = try await store.request(id, viewer: user)
         try await store.recordAccess(.requestViewed, by: user, subject: .init(caseId: view.spec.caseId, requestId: id))
         return view
     }
@@ -83,31 +83,31 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         let id = try api.id(context)
         let decision = try await api.decode(API.Decision.self, request, context)
         try await store.withdraw(id, by: user, reason: decision.reason)
-        return try await store.request(id)
+        return try await store.request(id, viewer: user)
     }
     v1.post("requests/:id/submit") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)
         try await store.submit(id, by: user)
-        return try await store.request(id)
+        return try await store.request(id, viewer: user)
     }
     v1.post("requests/:id/approve") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)
         try await store.approve(id, by: user)
-        return try await store.request(id)
+        return try await store.request(id, viewer: user)
     }
     v1.post("requests/:id/reject") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)
         let decision = try await api.decode(API.Decision.self, request, context)
         try await store.reject(id, by: user, reason: decision.reason)
-        return try await store.request(id)
+        return try await store.request(id, viewer: user)
     }
     v1.get("packages/:id") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)
-        let view = try await store.package(id)
+        let view = try await store.package(id, viewer: user)
         try await store.recordAccess(.packageViewed, by: user, subject: .init(requestId: view.requestId, packageId: id))
         return view
     }
@@ -117,17 +117,17 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
             let id = try api.id(context)
             let body = try await api.decode(API.Seal.self, request, context)
             try await store.setSealed(sealed, package: id, reason: body.reason, by: user)
-            return try await store.package(id)
+            return try await store.package(id, viewer: user)
         }
     }
     v1.get("packages/:id/custody") { request, context in
-        _ = try await api.user(request, context)
-        return API.CustodyEventList(events: try await store.custodyEvents(package: try api.id(context)))
+        let user = try await api.staff(request, context)
+        return API.CustodyEventList(events: try await store.custodyEvents(package: try api.id(context), viewer: user))
     }
     v1.get("packages/:id/content") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)
-        let package = try await store.package(id)
+        let package = try await store.package(id, viewer: user)
         guard package.state == .verified else {
             throw BrokerError(.conflict, "package is \(package.state.rawValue); only verified packages are released")
         }
@@ -150,7 +150,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
     v1.get("packages/:id/bundle") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)
-        let package = try await store.package(id)
+        let package = try await store.package(id, viewer: user)
         guard package.state != .receiving else { throw BrokerError(.conflict, "package is still being received") }
         guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed; it is not exported") }
         let parts = try await store.bundleParts(id)
@@ -199,16 +199,16 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         return EditedResponse(status: .created, response: try await store.cosign(size: size, signature: body.signature, by: user))
     }
     v1.get("custody/events/:index") { request, context in
-        _ = try await api.user(request, context)
-        return try await store.custodyEvent(index: try api.number(context, "index"))
+        let user = try await api.user(request, context)
+        return try await store.custodyEvent(index: try api.number(context, "index"), viewer: user)
     }
     v1.get("custody/events/:index/proof") { request, context in
-        _ = try await api.user(request, context)
+        let user = try await api.user(request, context)
         let size = try request.uri.queryParameters.get("size").map { text -> UInt64 in
             guard let n = UInt64(text) else { throw BrokerError(.invalid, "size must be a whole number") }
             return n
         }
-        return try await store.inclusionProof(index: try api.number(context, "index"), size: size)
+        return try await store.inclusionProof(index: try api.number(context, "index"), size: size, viewer: user)
     }
     v1.get("custody/consistency") { request, context in
         _ = try await api.user(request, context)

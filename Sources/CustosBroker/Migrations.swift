@@ -233,5 +233,18 @@ enum Migrations {
             );
             CREATE INDEX request_clocks_running ON request_clocks (deadline) WHERE stopped_at IS NULL;
             """),
+        Migration(version: 4, name: "agencies", sql: """
+            -- Cases belong to an agency, and people see only their own agency's cases, requests
+            -- and packages: every query that serves them filters on it.
+            CREATE TABLE agencies (
+                id text PRIMARY KEY CHECK (id ~ '^[a-z0-9][a-z0-9-]{1,62}$'),
+                name text NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            );
+            INSERT INTO agencies (id, name) VALUES ('default', 'Default agency');
+            ALTER TABLE users ADD COLUMN agency text NOT NULL DEFAULT 'default' REFERENCES agencies(id);
+            ALTER TABLE cases ADD COLUMN agency text NOT NULL DEFAULT 'default' REFERENCES agencies(id);
+            CREATE INDEX cases_by_agency ON cases(agency);
+            """),
     ]
 }

@@ -43,6 +43,7 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         public static let userRoleChanged = Kind("admin.user-role-changed")
         public static let providerRegistered = Kind("admin.provider-registered")
         public static let witnessRegistered = Kind("admin.witness-registered")
+        public static let agencyAdded = Kind("admin.agency-added")
         public static let keyChanged = Kind("admin.key-changed")
     }
 
@@ -74,9 +75,11 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         public var user: String?
         public var provider: String?
         public var witness: String?
+        public var agency: String?
 
         public init(caseId: UUID? = nil, requestId: UUID? = nil, packageId: UUID? = nil, chunk: Int? = nil,
-                    user: String? = nil, provider: String? = nil, witness: String? = nil) {
+                    user: String? = nil, provider: String? = nil, witness: String? = nil, agency: String? = nil) {
+            self.agency = agency
             self.caseId = caseId
             self.requestId = requestId
             self.packageId = packageId
@@ -86,7 +89,7 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
             self.witness = witness
         }
 
-        enum CodingKeys: String, CodingKey { case caseId, requestId, packageId, chunk, user, provider, witness }
+        enum CodingKeys: String, CodingKey { case caseId, requestId, packageId, chunk, user, provider, witness, agency }
 
         // Ids in lower case, as everywhere in what Custos hashes.
         public func encode(to encoder: any Encoder) throws {
@@ -98,6 +101,7 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
             try c.encodeIfPresent(user, forKey: .user)
             try c.encodeIfPresent(provider, forKey: .provider)
             try c.encodeIfPresent(witness, forKey: .witness)
+            try c.encodeIfPresent(agency, forKey: .agency)
         }
     }
 

@@ -20,7 +20,7 @@ struct BrokerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos-broker",
         abstract: "Custos broker: HTTP API, workflow, Kafka outbox relay and response ingestion, package verification.",
-        subcommands: [Serve.self, Migrate.self, Users.self, Providers.self, Witnesses.self, Audit.self, KeysCommand.self, PKICommand.self],
+        subcommands: [Serve.self, Migrate.self, Agencies.self, Users.self, Providers.self, Witnesses.self, Audit.self, KeysCommand.self, PKICommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -114,13 +114,14 @@ struct Users: AsyncParsableCommand {
         @OptionGroup var options: ConfigOptions
         @Argument(help: "User name: letters, digits, '.', '_' or '-'.") var name: String
         @Option(help: "Role: \(roleNames).") var role: String
+        @Option(help: "The agency the user belongs to; it sees only that agency's cases.") var agency: String = AuthenticatedUser.defaultAgency
 
         func run() async throws {
             guard let role = Role(rawValue: role), role != .witness else {
                 throw ValidationError("--role must be \(roleNames) (witnesses are added with custos-broker witnesses add)")
             }
             let token = try await withAdminStore(options) { store in
-                try await store.addUser(name: name, role: role, by: adminActor).token
+                try await store.addUser(name: name, role: role, agency: agency, by: adminActor).token
             }
             print(token)
         }
@@ -160,6 +161,23 @@ struct Providers: AsyncParsableCommand {
                 try await store.registerProvider(id: id, certificate: cert, caCertificate: ca, by: adminActor)
             }
             print("provider \(id) registered")
+        }
+    }
+}
+
+struct Agencies: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Manage agencies: each user belongs to one and sees only its cases.", subcommands: [Add.self])
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add an agency (the agency \"\(AuthenticatedUser.defaultAgency)\" always exists). Recorded in the custody log.")
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "Agency id: lower-case letters, digits and '-'.") var id: String
+        @Option(help: "Its name.") var name: String
+
+        func run() async throws {
+            try await withAdminStore(options) { store in try await store.addAgency(id: id, name: name, by: adminActor) }
+            print("agency \(id) added")
         }
     }
 }

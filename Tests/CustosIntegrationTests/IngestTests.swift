@@ -40,7 +40,7 @@ struct IngestTests {
         let id = try await store.createRequest(BrokerAPITests.spec(caseId: c.id), by: inv)
         try await store.submit(id, by: inv)
         try await store.approve(id, by: appr)
-        return Approved(id: id, hash: try #require(try await store.request(id).requestHash))
+        return Approved(id: id, hash: try #require(try await store.request(id, viewer: nil).requestHash))
     }
 
     var offset = Offsets()
@@ -120,7 +120,7 @@ struct IngestTests {
             for msg in [m] + chunks + [done] {
                 #expect(try await store.ingest(msg, providerKeys: keys) == .duplicate)
             }
-            let view = try await store.request(r.id)
+            let view = try await store.request(r.id, viewer: nil)
             #expect(view.state == .verified)
             #expect(view.packages.count == 1)
             #expect(view.packages[0].chunksReceived == p.chunks.count)
@@ -128,7 +128,7 @@ struct IngestTests {
             #expect(stored == p.chunks.count)
             let receipts = try await client.query("SELECT count(*) FROM outbox WHERE message_type = 'receipt'").collect()[0].decode(Int.self)
             #expect(receipts == 1)
-            let pkg = try await store.package(p.manifest.packageId)
+            let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.verification?.valid == true)
             #expect(pkg.signer == "prov-a" && pkg.timeStampedAt != nil)
             #expect(pkg.timeStampAccuracyMicroseconds == 1_000_000)
@@ -143,7 +143,7 @@ struct IngestTests {
             let p = try rsa.package(for: r)
             let (m, chunks, done) = try rsa.messages(p, r)
             for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
-            let pkg = try await store.package(p.manifest.packageId)
+            let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.state == .verified, "\(pkg.verification?.failures ?? [])")
         }
     }
@@ -158,7 +158,7 @@ struct IngestTests {
             p.body = try signed(p.manifest, by: impostor)
             let (m, chunks, done) = try messages(p, r)
             for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
-            let pkg = try await store.package(p.manifest.packageId)
+            let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.state == .rejected)
             let codes = Set(pkg.verification?.failures.map { String($0.prefix { $0 != ":" }) } ?? [])
             #expect(codes == ["untrusted-signer", "time-stamp"])
@@ -179,7 +179,7 @@ struct IngestTests {
             p.body = ManifestBody(manifest: p.manifest, signature: Data(signature).base64EncodedString(), timeStamp: Data(tsr).base64EncodedString())
             let (m, chunks, done) = try messages(p, r)
             for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
-            let pkg = try await store.package(p.manifest.packageId)
+            let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.verification?.failures.contains { $0.hasPrefix("wrong-provider") } == true)
         }
     }
@@ -224,11 +224,11 @@ struct IngestTests {
             let p = try package(for: r) { $0[1][3] ^= 0x20 }
             let (m, chunks, done) = try messages(p, r)
             for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
-            let pkg = try await store.package(p.manifest.packageId)
+            let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.state == .rejected)
             #expect(pkg.verification?.failures.contains { $0.hasPrefix("chunk-hash") } == true)
             #expect(pkg.verification?.failures.contains { $0.hasPrefix("records-root") } == true)
-            #expect(try await store.request(r.id).state == .delivered)
+            #expect(try await store.request(r.id, viewer: nil).state == .delivered)
             let receipt = try await client.query("SELECT payload FROM outbox WHERE message_type = 'receipt'").collect()[0].decode(ByteBuffer.self)
             let opened = try SignedEnvelope.open(Array(receipt.readableBytesView)) { _ in store.signer.publicKey }
             let body = try SignedEnvelope.body(ReceiptBody.self, from: opened.json).body
@@ -245,7 +245,7 @@ struct IngestTests {
             let p = try package(for: other)
             let (m, chunks, done) = try messages(p, r)
             for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
-            let pkg = try await store.package(p.manifest.packageId)
+            let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.state == .rejected)
             #expect(pkg.verification?.failures.contains { $0.hasPrefix("request-hash") } == true)
         }

@@ -65,7 +65,7 @@ struct LegalClockTests {
             #expect(try await Self.clockEvents(client, silent) == ["clock.late:acknowledgement", "clock.escalated:acknowledgement",
                                                                   "clock.late:delivery", "clock.escalated:delivery", "clock.expired:delivery", "request.expired"])
             #expect(try await Self.clockEvents(client, acknowledged) == ["clock.late:delivery", "clock.escalated:delivery", "clock.expired:delivery", "request.expired"])
-            #expect(try await store.request(silent).state == .expired)
+            #expect(try await store.request(silent, viewer: nil).state == .expired)
             #expect(try await watcher.fire(at: start.addingTimeInterval(10_000)) == 0)  // expired clocks are stopped
             _ = baseStore
         }
