@@ -43,6 +43,12 @@ public func buildApplication(
     // Fail at start, not at the first checkpoint, when the log's identity is broken.
     _ = try Checkpoint(origin: configuration.custodyOrigin, size: 0, root: SHA256Digest(bytes: MerkleTree.emptyRoot)!, time: Timestamp.now())
         .sign(certificate: checkpointSigner.certificate, key: checkpointSigner.key, chain: checkpointSigner.chain)
+    let jwt = try configuration.jwtPublicKeyFile.map { path in
+        do {
+            return JWTSettings(keys: [try VerifyingKey(pem: try readFile(path, key: "auth.jwt.publicKeyFile"))],
+                               audience: configuration.jwtAudience, issuer: configuration.jwtIssuer)
+        } catch let e as KeyError { throw ConfigurationError(key: "auth.jwt.publicKeyFile", reason: e.reason) }
+    }
     let postgres = configuration.database.makeClient(logger: logger)
     let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
     let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, clocks: configuration.clocks, logger: logger)
@@ -54,7 +60,7 @@ public func buildApplication(
                                     refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)
     var app = Application(
         router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, timeStampAuthority: authority,
-                            exportWait: max(.seconds(10), configuration.checkpointInterval * 3), logger: logger),
+                            exportWait: max(.seconds(10), configuration.checkpointInterval * 3), jwt: jwt, logger: logger),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
         services: [postgres, relay, ingestor, integrator, clockWatcher, KafkaProducerService(producer: producer)],
         onServerRunning: { channel in

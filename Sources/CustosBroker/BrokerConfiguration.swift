@@ -51,6 +51,12 @@ public struct BrokerConfiguration: Sendable {
     /// `custody.checkpointMilliseconds`: a checkpoint is issued at least this often while there
     /// are new events.
     public var checkpointInterval: Duration = .seconds(1)
+    /// `auth.jwt.publicKeyFile`, `auth.jwt.audience`, `auth.jwt.issuer`: accept JWT bearer
+    /// tokens signed by this identity provider's key (see `JWTSettings`); unset, only tokens
+    /// from `custos-broker users add`.
+    public var jwtPublicKeyFile: String?
+    public var jwtAudience: String = "custos"
+    public var jwtIssuer: String?
     /// `clocks.*`: see `LegalClock.Settings`.
     public var clocks = LegalClock.Settings()
     /// `clocks.checkMilliseconds`: how often due clocks are looked for (a clock fires within this).
@@ -84,6 +90,9 @@ public struct BrokerConfiguration: Sendable {
             throw ConfigurationError(key: "custody.checkpointMilliseconds", reason: "must be 10 to 3600000")
         }
         checkpointInterval = .milliseconds(checkpointMilliseconds)
+        jwtPublicKeyFile = reader.string(forKey: "auth.jwt.publicKeyFile")
+        jwtAudience = reader.string(forKey: "auth.jwt.audience", default: jwtAudience)
+        jwtIssuer = reader.string(forKey: "auth.jwt.issuer")
         func seconds(_ key: String, _ value: Duration) throws -> Duration {
             let n = reader.int(forKey: ConfigKey(key), default: Int(value.components.seconds))
             guard n > 0 else { throw ConfigurationError(key: key, reason: "must be a positive number of seconds") }

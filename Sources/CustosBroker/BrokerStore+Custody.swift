@@ -131,7 +131,7 @@ extension BrokerStore {
     /// Stores a witness's co-signature of a checkpoint after checking it: CMS over the
     /// checkpoint's exact text, signed by the certificate registered for that witness.
     public func cosign(size: UInt64, signature: String, by user: AuthenticatedUser) async throws -> API.CheckpointView {
-        guard user.role == .witness else { throw BrokerError(.forbidden, "only witnesses co-sign checkpoints") }
+        guard user.roles.contains(.witness) else { throw BrokerError(.forbidden, "only witnesses co-sign checkpoints") }
         let checkpoint = try await self.checkpoint(size: size)
         guard let der = Data(base64Encoded: signature), !der.isEmpty, der.count < 1 << 16 else {
             throw BrokerError(.invalid, "invalid co-signature", violations: [FieldViolation(field: "signature", rule: "must be base64 DER, under 64 KiB")])
@@ -202,7 +202,7 @@ extension BrokerStore {
     /// Seals or unseals a package: it stays stored, but while sealed neither its content nor
     /// its bundle is released. The reason goes to the timeline; the log gets its hash.
     public func setSealed(_ sealed: Bool, package id: UUID, reason: String, by user: AuthenticatedUser) async throws {
-        guard user.role == .admin || user.role == .approver else { throw BrokerError(.forbidden, "only approvers and admins seal or unseal packages") }
+        guard !user.roles.isDisjoint(with: [.admin, .approver]) else { throw BrokerError(.forbidden, "only approvers and admins seal or unseal packages") }
         let r = reason.trimmingCharacters(in: .whitespacesAndNewlines)
         guard (1...2000).contains(r.count) else {
             throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be 1 to 2000 characters")])

@@ -12,7 +12,10 @@ import PostgresNIO
 public struct AuthenticatedUser: Sendable, Hashable {
     public var id: UUID
     public var name: String
+    /// Its role as stored (for people created with `users add`, its only one).
     public var role: Role
+    /// Every role it holds: the stored one, or those a JWT names.
+    public var roles: Set<Role>
     /// The agency it belongs to: it sees only that agency's cases.
     public var agency: String
     /// The client it came from (address without port, user agent), for the custody log.
@@ -23,6 +26,7 @@ public struct AuthenticatedUser: Sendable, Hashable {
         self.id = id
         self.name = name
         self.role = role
+        self.roles = [role]
         self.agency = agency
         self.address = address
         self.agent = agent
@@ -32,10 +36,13 @@ public struct AuthenticatedUser: Sendable, Hashable {
     public static let defaultAgency = "default"
 
     /// Roles that read the whole custody log, whichever agency an event concerns.
-    public var readsWholeCustodyLog: Bool { role == .auditor || role == .witness || role == .admin }
+    public var readsWholeCustodyLog: Bool { !roles.isDisjoint(with: [.auditor, .witness, .admin]) }
+
+    /// Only an outside witness: it sees the custody log and nothing else.
+    public var isOnlyWitness: Bool { roles == [.witness] }
 
     public var actor: CustodyEvent.Actor {
-        CustodyEvent.Actor(type: role == .witness ? .witness : .user, id: name, address: address, agent: agent)
+        CustodyEvent.Actor(type: isOnlyWitness ? .witness : .user, id: name, address: address, agent: agent)
     }
 }
 
@@ -208,7 +215,7 @@ public struct BrokerStore: Sendable {
 
     /// Creates a request in `draft`. The spec is validated field by field.
     public func createRequest(_ spec: RequestSpec, by user: AuthenticatedUser) async throws -> UUID {
-        guard user.role == .investigator else { throw BrokerError(.forbidden, "only investigators create requests") }
+        guard user.roles.contains(.investigator) else { throw BrokerError(.forbidden, "only investigators create requests") }
         do { try spec.validate() } catch { throw BrokerError(.invalid, "invalid request", violations: error.violations) }
         let id = UUID()
         let specJSON = String(decoding: try CanonicalJSON.encode(spec), as: UTF8.self)
@@ -262,7 +269,7 @@ public struct BrokerStore: Sendable {
     /// Approves a submitted request and, in the same transaction, queues the signed request
     /// message in the outbox. The approver must be another person than the submitter.
     public func approve(_ id: UUID, by user: AuthenticatedUser) async throws {
-        guard user.role == .approver else { throw BrokerError(.forbidden, "only approvers approve requests") }
+        guard user.roles.contains(.approver) else { throw BrokerError(.forbidden, "only approvers approve requests") }
         try await client.custodyTransaction(logger: logger) { conn, custody in
             let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
             guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
@@ -285,7 +292,7 @@ public struct BrokerStore: Sendable {
     }
 
     public func reject(_ id: UUID, by user: AuthenticatedUser, reason: String?) async throws {
-        guard user.role == .approver else { throw BrokerError(.forbidden, "only approvers reject requests") }
+        guard user.roles.contains(.approver) else { throw BrokerError(.forbidden, "only approvers reject requests") }
         guard (reason?.count ?? 0) <= 2000 else {
             throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be at most 2000 characters")])
         }

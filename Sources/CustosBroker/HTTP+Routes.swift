@@ -33,11 +33,12 @@ public struct BrokerRequestContext: RequestContext, RemoteAddressRequestContext 
 /// The HTTP API. Tests call this same function with a test client; `buildApplication` wraps it.
 /// `exportWait`: how long an export may wait for the checkpoint that includes it (a few
 /// checkpoint intervals).
+/// `jwt`: when set, bearer tokens may also be JWTs from that identity provider.
 public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, exportWait: Duration = .seconds(10),
-                        logger: Logger) -> Router<BrokerRequestContext> {
+                        jwt: JWTSettings? = nil, logger: Logger) -> Router<BrokerRequestContext> {
     let router = Router(context: BrokerRequestContext.self)
     router.add(middleware: ProblemMiddleware(logger: logger))
-    let api = BrokerAPI(store: store, maxBodyBytes: maxBodyBytes)
+    let api = BrokerAPI(store: store, maxBodyBytes: maxBodyBytes, jwt: jwt)
 
     router.get("/health") { _, _ in "ok" }
     if let authority = timeStampAuthority {
@@ -58,7 +59,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
     let v1 = router.group("v1")
     v1.get("me") { request, context in
         let u = try await api.user(request, context)
-        return API.UserView(id: u.id, name: u.name, role: u.role)
+        return API.UserView(id: u.id, name: u.name, role: u.role, roles: Role.allCases.filter(u.roles.contains), agency: u.agency)
     }
     v1.post("cases") { request, context in
         let user = try await api.staff(request, context)
@@ -223,14 +224,25 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
 struct BrokerAPI: Sendable {
     let store: BrokerStore
     let maxBodyBytes: Int
+    let jwt: JWTSettings?
 
     /// The authenticated caller, with the client it came from (for the custody log).
     func user(_ request: Request, _ context: BrokerRequestContext) async throws -> AuthenticatedUser {
         guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer "), auth.count > 7 else {
             throw BrokerError(.unauthorized, "a bearer token is required")
         }
-        guard var user = try await store.user(token: String(auth.dropFirst(7))) else {
-            throw BrokerError(.unauthorized, "the bearer token is not valid")
+        let token = String(auth.dropFirst(7))
+        var user: AuthenticatedUser
+        if token.split(separator: ".", omittingEmptySubsequences: false).count == 3 {
+            guard let jwt else { throw BrokerError(.unauthorized, "this broker accepts no JWTs") }
+            let claims: JSONWebToken.Claims
+            do { claims = try JSONWebToken.verify(token, keys: jwt.keys, audience: jwt.audience, issuer: jwt.issuer) } catch {
+                throw BrokerError(.unauthorized, error.description)
+            }
+            user = try await store.user(claims: claims)
+        } else {
+            guard let known = try await store.user(token: token) else { throw BrokerError(.unauthorized, "the bearer token is not valid") }
+            user = known
         }
         user.address = context.remoteAddress?.ipAddress
         user.agent = request.headers[.userAgent].map { String($0.prefix(200)) }
@@ -240,7 +252,7 @@ struct BrokerAPI: Sendable {
     /// A caller who works on cases: anyone but an outside witness, who only sees the custody log.
     func staff(_ request: Request, _ context: BrokerRequestContext) async throws -> AuthenticatedUser {
         let user = try await user(request, context)
-        guard user.role != .witness else { throw BrokerError(.forbidden, "witnesses see only the custody log") }
+        guard !user.isOnlyWitness else { throw BrokerError(.forbidden, "witnesses see only the custody log") }
         return user
     }
 

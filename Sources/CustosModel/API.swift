@@ -140,11 +140,16 @@ public enum API {
         public var id: UUID
         public var name: String
         public var role: Role
+        /// Every role held (a JWT may name several); `role` is the first of them.
+        public var roles: [Role]
+        public var agency: String
 
-        public init(id: UUID, name: String, role: Role) {
+        public init(id: UUID, name: String, role: Role, roles: [Role]? = nil, agency: String) {
             self.id = id
             self.name = name
             self.role = role
+            self.roles = roles ?? [role]
+            self.agency = agency
         }
     }
 

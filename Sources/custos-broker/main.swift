@@ -61,6 +61,10 @@ struct Serve: AsyncParsableCommand {
                   RFC 3161 TSA for checkpoints (answers must chain to tsa.trustFile); default: the built-in TSA
               custody.checkpointMilliseconds (CUSTOS_CUSTODY_CHECKPOINT_MILLISECONDS)
                   a new checkpoint at least this often while there are new events (default 1000)
+              auth.jwt.publicKeyFile (CUSTOS_AUTH_JWT_PUBLIC_KEY_FILE)
+                  accept JWT bearer tokens (claims sub, agency, roles, aud, exp) signed by this public key (P-256: ES256, RSA: PS256)
+              auth.jwt.audience, auth.jwt.issuer
+                  the aud a token must name (default custos), and the iss it must carry (when set)
               clocks.acknowledgementSeconds, clocks.deliverySeconds (CUSTOS_CLOCKS_ACKNOWLEDGEMENT_SECONDS, ...)
                   legal clocks from approval (defaults 86400 and 864000: 24 hours, 10 days)
               clocks.escalateAfterSeconds, clocks.expireAfterSeconds
