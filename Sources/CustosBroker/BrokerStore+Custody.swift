@@ -91,11 +91,7 @@ extension BrokerStore {
 
     /// A proof's hashes from the tiles: one query, then hashing.
     public func build(_ plan: ProofPlan) async throws -> [SHA256Digest] {
-        let tiles = try await tiles(Tiles.tiles(for: plan.nodes))
-        return try plan.build { node in
-            guard let h = Tiles.hash(of: node, in: tiles) else { throw BrokerError(.unavailable, "the custody tree is not integrated that far") }
-            return h
-        }
+        try TileStore.build(plan, from: try await tiles(Tiles.tiles(for: plan.nodes)))
     }
 
     /// The audit path of event `index` into the checkpoint of `size` (default: the smallest
@@ -177,10 +173,7 @@ extension BrokerStore {
         let plans = try events.map { try MerkleProof.inclusionPlan(index: $0.index, size: cp.size) }
         let tiles = try await tiles(Tiles.tiles(for: plans.flatMap(\.nodes)))
         let proven = try zip(events, plans).map { event, plan in
-            CustodyProofs.Event(index: event.index, entry: event.entry, proof: try plan.build { node in
-                guard let h = Tiles.hash(of: node, in: tiles) else { throw BrokerError(.unavailable, "the custody tree is not integrated that far") }
-                return h
-            }.map(Self.b64))
+            CustodyProofs.Event(index: event.index, entry: event.entry, proof: try TileStore.build(plan, from: tiles).map(Self.b64))
         }
         // The newest earlier checkpoint that witnesses co-signed, and the proof that this one extends it.
         var witnessed: CustodyProofs.Witnessed?

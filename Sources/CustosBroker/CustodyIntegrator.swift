@@ -133,10 +133,7 @@ public struct CustodyIntegrator: Service {
             var known = changed
             let missing = Tiles.tiles(for: rootPlan.nodes).filter { known[$0] == nil }
             for (id, hashes) in try await TileStore.read(missing, on: conn, logger: logger) { known[id] = hashes }
-            let root = try rootPlan.build { node in
-                guard let h = Tiles.hash(of: node, in: known) else { throw BrokerError(.unavailable, "custody tiles are missing for the root") }
-                return h
-            }[0]
+            let root = try TileStore.build(rootPlan, from: known)[0]
             let checkpoint = Checkpoint(origin: signer.origin, size: newSize, root: root, time: Timestamp.now())
             let signature = try checkpoint.sign(certificate: signer.certificate, key: signer.key, chain: signer.chain)
             let timeStamp = try await signer.timeStamp(Digest.sha256Bytes(signature))
@@ -167,6 +164,15 @@ enum TileStore {
             out[TileID(level: level, index: UInt64(idx))] = digests(hashes)
         }
         return out
+    }
+
+    /// A plan's hashes from tiles already read; a tile short of a node means the store is
+    /// behind the size asked about.
+    static func build(_ plan: ProofPlan, from tiles: [TileID: [SHA256Digest]]) throws -> [SHA256Digest] {
+        try plan.build { node in
+            guard let h = Tiles.hash(of: node, in: tiles) else { throw BrokerError(.unavailable, "the custody tree is not integrated that far") }
+            return h
+        }
     }
 
     static func digests(_ buffer: ByteBuffer) -> [SHA256Digest] {

@@ -45,7 +45,7 @@ struct LegalClockTests {
 
     @Test func clocksRunLateEscalateAndExpireOnceEach() async throws {
         let pki = try TestPKI(signerName: "prov-a")
-        try await TestServices.withStore { baseStore, client, _ in
+        try await TestServices.withStore { _, client, _ in
             let store = BrokerStore(client: client, signer: .generate(), tsaTrust: "", clocks: Self.clocks(), logger: TestServices.logger)
             let start = Date()
             let silent = try await Self.approved(store, pki, 0)
@@ -67,7 +67,6 @@ struct LegalClockTests {
             #expect(try await Self.clockEvents(client, acknowledged) == ["clock.late:delivery", "clock.escalated:delivery", "clock.expired:delivery", "request.expired"])
             #expect(try await store.request(silent, viewer: nil).state == .expired)
             #expect(try await watcher.fire(at: start.addingTimeInterval(10_000)) == 0)  // expired clocks are stopped
-            _ = baseStore
         }
     }
 
