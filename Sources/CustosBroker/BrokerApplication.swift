@@ -53,8 +53,8 @@ public func buildApplication(
     let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
     let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, clocks: configuration.clocks, logger: logger)
     let ready = Gate()
-    let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, ready: ready, logger: logger)
-    let clockWatcher = LegalClockWatcher(client: postgres, interval: configuration.clockCheckInterval, ready: ready, logger: logger)
+    let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, wakeup: store.outboxWakeup, ready: ready, logger: logger)
+    let clockWatcher = LegalClockWatcher(store: store, interval: configuration.clockCheckInterval, ready: ready, logger: logger)
     let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
     let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
                                     refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)

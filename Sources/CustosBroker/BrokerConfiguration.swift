@@ -102,6 +102,10 @@ public struct BrokerConfiguration: Sendable {
         clocks.delivery = try seconds("clocks.deliverySeconds", clocks.delivery)
         clocks.escalateAfter = try seconds("clocks.escalateAfterSeconds", clocks.escalateAfter)
         clocks.expireAfter = try seconds("clocks.expireAfterSeconds", clocks.expireAfter)
+        clocks.emergencyAcknowledgement = try seconds("clocks.emergencyAcknowledgementSeconds", clocks.emergencyAcknowledgement)
+        clocks.emergencyDelivery = try seconds("clocks.emergencyDeliverySeconds", clocks.emergencyDelivery)
+        clocks.emergencyEscalateAfter = try seconds("clocks.emergencyEscalateAfterSeconds", clocks.emergencyEscalateAfter)
+        clocks.review = try seconds("clocks.reviewSeconds", clocks.review)
         clockCheckInterval = .milliseconds(max(10, reader.int(forKey: "clocks.checkMilliseconds", default: 1000)))
         guard Checkpoint.isValidOrigin(custodyOrigin) else {
             throw ConfigurationError(key: "custody.origin", reason: "must be 1 to 200 printable ASCII characters without spaces")

@@ -201,14 +201,17 @@ extension BrokerStore {
             throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be 1 to 2000 characters")])
         }
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            var found: (UUID, Bool)?
+            var found: (UUID, Bool, String?)?
             for try await row in try await conn.query("""
-                SELECT p.request_id, p.sealed FROM packages p JOIN requests r ON r.id = p.request_id JOIN cases c ON c.id = r.case_id
+                SELECT p.request_id, p.sealed, r.review FROM packages p JOIN requests r ON r.id = p.request_id JOIN cases c ON c.id = r.case_id
                 WHERE p.id = \(id) AND c.agency = \(user.agency) FOR UPDATE OF p
-                """, logger: logger).decode((UUID, Bool).self) { found = row }
-            guard let (requestId, current) = found else { throw BrokerError(.notFound, "no such package") }
+                """, logger: logger).decode((UUID, Bool, String?).self) { found = row }
+            guard let (requestId, current, review) = found else { throw BrokerError(.notFound, "no such package") }
             guard current != sealed else { throw BrokerError(.conflict, "package is already \(sealed ? "sealed" : "unsealed")") }
-            try await conn.query("UPDATE packages SET sealed = \(sealed) WHERE id = \(id)", logger: logger)
+            if !sealed, let review, let outcome = Emergency.Outcome(rawValue: review), outcome != .confirmed {
+                throw BrokerError(.forbidden, "package stays sealed: \(outcome.sealReason)")
+            }
+            try await conn.query("UPDATE packages SET sealed = \(sealed), seal_reason = \(sealed ? r : nil) WHERE id = \(id)", logger: logger)
             try await conn.query("""
                 INSERT INTO request_events (request_id, state, actor, note)
                 SELECT \(requestId), state, \(user.name), \("package \(id.lowercased) \(sealed ? "sealed" : "unsealed"): \(r)") FROM requests WHERE id = \(requestId)

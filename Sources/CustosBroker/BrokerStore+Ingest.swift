@@ -113,7 +113,7 @@ extension BrokerStore {
                 """, logger: logger).decode(Int.self).first { _ in true } != nil
             guard updated else { throw IngestRejection(reason: "completion does not match a received manifest") }
             try await finalizeIfComplete(conn, packageId: body.packageId, custody: custody)
-        case .request, .receipt:
+        case .request, .receipt, .revocation:
             throw IngestRejection(reason: "not a provider message")
         }
     }
@@ -131,10 +131,13 @@ extension BrokerStore {
         let canonical = try CanonicalJSON.encode(m)
         let manifestSha = Digest.sha256Hex(canonical)
         let actor = CustodyEvent.Actor(type: .provider, id: provider)
+        // A package for a revoked or lapsed emergency is kept, but sealed from the start.
+        let sealReason = try await Emergency.sealOnArrival(conn, request: m.requestId, logger: logger)
         let inserted = try await conn.query("""
-            INSERT INTO packages (id, request_id, provider_id, manifest, manifest_signature, time_stamp, manifest_sha256, chunk_count, content_size, chunks_root)
+            INSERT INTO packages (id, request_id, provider_id, manifest, manifest_signature, time_stamp, manifest_sha256, chunk_count, content_size, chunks_root,
+                                  sealed, seal_reason)
             VALUES (\(m.packageId), \(m.requestId), \(provider), \(String(decoding: canonical, as: UTF8.self)), \(ByteBuffer(data: signature)),
-                    \(ByteBuffer(data: timeStamp)), \(manifestSha), \(m.chunks.count), \(m.content.size), \(m.chunksRoot))
+                    \(ByteBuffer(data: timeStamp)), \(manifestSha), \(m.chunks.count), \(m.content.size), \(m.chunksRoot), \(sealReason != nil), \(sealReason))
             ON CONFLICT (id) DO NOTHING RETURNING 1
             """, logger: logger).decode(Int.self).first { _ in true } != nil
         if inserted {
@@ -142,6 +145,10 @@ extension BrokerStore {
                 kind: .manifestReceived, at: Timestamp.now(), actor: actor, subject: .init(requestId: m.requestId, packageId: m.packageId),
                 objects: ["manifestSha256": manifestSha, "signatureSha256": Digest.sha256Hex(signature), "timeStampSha256": Digest.sha256Hex(timeStamp)],
                 details: ["chunks": "\(m.chunks.count)", "size": "\(m.content.size)"]))
+            if let sealReason {
+                custody.record(CustodyEvent(kind: .packageSealed, at: Timestamp.now(), actor: .broker, subject: .init(requestId: m.requestId, packageId: m.packageId),
+                                            objects: ["noteSha256": Digest.sha256Hex(Array(sealReason.utf8))], details: ["onArrival": "true"]))
+            }
         }
         try await Self.advance(conn, header.requestId, to: .inProgress, actor: actor, note: "manifest received: \(m.chunks.count) chunks",
                                custody: custody, packageId: m.packageId, logger: logger)

@@ -57,6 +57,8 @@ public struct BrokerStore: Sendable {
     public let custody: CustodyAppender
     /// The legal clocks' durations.
     public let clocks: LegalClock.Settings
+    /// Signalled after a transaction queues an urgent message; the outbox relay waits on it.
+    public let outboxWakeup = Wakeup()
 
     public init(client: PostgresClient, signer: SigningKey, tsaTrust: String, clocks: LegalClock.Settings = .init(), logger: Logger) {
         self.client = client
@@ -267,11 +269,19 @@ public struct BrokerStore: Sendable {
     }
 
     /// Approves a submitted request and, in the same transaction, queues the signed request
-    /// message in the outbox. The approver must be another person than the submitter.
+    /// message in the outbox. A normal request needs an approver, an emergency a duty
+    /// approver (the fast track: urgent topic, short clocks, a review after the fact); either
+    /// way another person than the submitter.
     public func approve(_ id: UUID, by user: AuthenticatedUser) async throws {
-        guard user.roles.contains(.approver) else { throw BrokerError(.forbidden, "only approvers approve requests") }
-        try await client.custodyTransaction(logger: logger) { conn, custody in
+        guard !user.roles.isDisjoint(with: [.approver, .dutyApprover]) else { throw BrokerError(.forbidden, "only approvers approve requests") }
+        let urgent = try await client.custodyTransaction(logger: logger) { conn, custody in
             let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
+            let emergency = row.spec.priority == .emergency
+            if emergency {
+                guard user.roles.contains(.dutyApprover) else { throw BrokerError(.forbidden, "emergency requests are approved by a duty approver") }
+            } else {
+                guard user.roles.contains(.approver) else { throw BrokerError(.forbidden, "normal requests are approved by an approver, not on the fast track") }
+            }
             guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
             guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot approve it (four eyes)") }
             let submitter = try await Self.userName(conn, row.submittedBy!, logger: logger)
@@ -280,15 +290,18 @@ public struct BrokerStore: Sendable {
             let approvedJSON = String(decoding: try CanonicalJSON.encode(approved), as: UTF8.self)
             try await conn.query("""
                 UPDATE requests SET state = 'approved', approved_by = \(user.id), approved_request = \(approvedJSON),
-                    request_hash = \(hash), updated_at = now() WHERE id = \(id)
+                    request_hash = \(hash), review = \(emergency ? "pending" : nil), updated_at = now() WHERE id = \(id)
                 """, logger: logger)
             try await Self.event(conn, id, .approved, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId,
-                                 objects: ["requestHash": hash], logger: logger)
+                                 objects: ["requestHash": hash], details: ["priority": row.spec.priority.rawValue], logger: logger)
             let envelope = Envelope(type: .request, id: UUID.derived("request", id.lowercased), requestId: id, sender: "broker",
                                     body: RequestBody(request: approved, requestHash: hash))
-            try await Self.enqueue(conn, envelope, topic: Topics.toProvider(row.spec.providerId), signer: signer, logger: logger)
-            try await LegalClock.start(conn, id, settings: clocks, logger: logger)
+            try await Self.enqueue(conn, envelope, topic: emergency ? Topics.toProviderUrgent(row.spec.providerId) : Topics.toProvider(row.spec.providerId),
+                                   urgent: emergency, signer: signer, logger: logger)
+            try await LegalClock.start(conn, id, priority: row.spec.priority, settings: clocks, logger: logger)
+            return emergency
         }
+        if urgent { outboxWakeup.signal() }
     }
 
     public func reject(_ id: UUID, by user: AuthenticatedUser, reason: String?) async throws {
@@ -309,22 +322,17 @@ public struct BrokerStore: Sendable {
     public func request(_ id: UUID, viewer: AuthenticatedUser?) async throws -> API.RequestView {
         let agency = viewer?.agency
         let rows = try await client.query("""
-            SELECT r.spec, r.state, s.name, a.name, r.request_hash, r.created_at
+            SELECT r.spec, r.state, s.name, a.name, r.request_hash, r.created_at, r.review, v.name, r.reviewed_at
             FROM requests r JOIN cases c ON c.id = r.case_id
-                 LEFT JOIN users s ON s.id = r.submitted_by LEFT JOIN users a ON a.id = r.approved_by
+                 LEFT JOIN users s ON s.id = r.submitted_by LEFT JOIN users a ON a.id = r.approved_by LEFT JOIN users v ON v.id = r.reviewed_by
             WHERE r.id = \(id) AND (\(agency)::text IS NULL OR c.agency = \(agency))
             """, logger: logger)
-        var found: (String, String, String?, String?, String?, Date)?
-        for try await r in rows.decode((String, String, String?, String?, String?, Date).self) { found = r }
-        guard let (specJSON, state, submittedBy, approvedBy, hash, createdAt) = found else {
+        var found: (String, String, String?, String?, String?, Date, String?, String?, Date?)?
+        for try await r in rows.decode((String, String, String?, String?, String?, Date, String?, String?, Date?).self) { found = r }
+        guard let (specJSON, state, submittedBy, approvedBy, hash, createdAt, review, reviewedBy, reviewedAt) = found else {
             throw BrokerError(.notFound, "no such request")
         }
-        var timeline: [API.TimelineEntry] = []
-        for try await (at, st, actor, note) in try await client.query(
-            "SELECT at, state, actor, note FROM request_events WHERE request_id = \(id) ORDER BY id", logger: logger
-        ).decode((Date, String, String, String?).self) {
-            timeline.append(API.TimelineEntry(at: Timestamp.format(at), state: st, actor: actor, note: note))
-        }
+        let timeline = try await timelineEntries(id)
         var packages: [API.PackageSummary] = []
         for try await (pid, pstate, count, size, sha, msha, received) in try await client.query("""
             SELECT p.id, p.state, p.chunk_count, p.content_size, p.chunks_root, p.manifest_sha256,
@@ -334,11 +342,44 @@ public struct BrokerStore: Sendable {
             packages.append(API.PackageSummary(id: pid, state: PackageState(rawValue: pstate) ?? .receiving, chunkCount: count,
                                                chunksReceived: received, contentSize: size, chunksRoot: sha, manifestSha256: msha))
         }
+        var clocks: [API.ClockView] = []
+        for try await (clock, started, deadline, stopped, late, escalated, expired) in try await client.query("""
+            SELECT clock, started_at, deadline, stopped_at, late_at, escalated_at, expired_at FROM request_clocks WHERE request_id = \(id) ORDER BY deadline
+            """, logger: logger).decode((String, Date, Date, Date?, Date?, Date?, Date?).self) {
+            clocks.append(API.ClockView(clock: clock, startedAt: Timestamp.format(started), deadline: Timestamp.format(deadline),
+                                        stoppedAt: stopped.map(Timestamp.format), lateAt: late.map(Timestamp.format),
+                                        escalatedAt: escalated.map(Timestamp.format), expiredAt: expired.map(Timestamp.format)))
+        }
+        let reviewView = review.flatMap(API.ReviewView.State.init(rawValue:)).map { s in
+            API.ReviewView(state: s, dueAt: clocks.first { $0.clock == LegalClock.Kind.review.rawValue }?.deadline,
+                           reviewedBy: reviewedBy, reviewedAt: reviewedAt.map(Timestamp.format))
+        }
         return API.RequestView(
             id: id, state: RequestState(rawValue: state) ?? .draft,
             spec: try JSONDecoder().decode(RequestSpec.self, from: Data(specJSON.utf8)),
             submittedBy: submittedBy, approvedBy: approvedBy, requestHash: hash,
-            createdAt: Timestamp.format(createdAt), timeline: timeline, packages: packages)
+            createdAt: Timestamp.format(createdAt), timeline: timeline, packages: packages, clocks: clocks, review: reviewView)
+    }
+
+    /// A request's timeline as `viewer` may see it: every transition, decision and provider
+    /// response, oldest first.
+    public func timeline(_ id: UUID, viewer: AuthenticatedUser) async throws -> API.Timeline {
+        var state: String?
+        for try await s in try await client.query("""
+            SELECT r.state FROM requests r JOIN cases c ON c.id = r.case_id WHERE r.id = \(id) AND c.agency = \(viewer.agency)
+            """, logger: logger).decode(String.self) { state = s }
+        guard let state else { throw BrokerError(.notFound, "no such request") }
+        return API.Timeline(requestId: id, state: RequestState(rawValue: state) ?? .draft, timeline: try await timelineEntries(id))
+    }
+
+    private func timelineEntries(_ id: UUID) async throws -> [API.TimelineEntry] {
+        var timeline: [API.TimelineEntry] = []
+        for try await (at, st, actor, note) in try await client.query(
+            "SELECT at, state, actor, note FROM request_events WHERE request_id = \(id) ORDER BY id", logger: logger
+        ).decode((Date, String, String, String?).self) {
+            timeline.append(API.TimelineEntry(at: Timestamp.format(at), state: st, actor: actor, note: note))
+        }
+        return timeline
     }
 
     // MARK: Shared pieces
@@ -394,7 +435,7 @@ public struct BrokerStore: Sendable {
     @discardableResult
     static func advance(_ conn: PostgresConnection, _ id: UUID, to state: RequestState, actor: CustodyEvent.Actor, note: String? = nil,
                         custody: CustodyRecorder, packageId: UUID? = nil, details: [String: String] = [:], logger: Logger) async throws -> Bool {
-        let before = RequestState.allCases.filter { $0.rank < state.rank && ![.rejected, .refused, .withdrawn, .expired].contains($0) }.map(\.rawValue)
+        let before = RequestState.allCases.filter { $0.rank < state.rank && !RequestState.ended.contains($0) }.map(\.rawValue)
         let rows = try await conn.query(
             "UPDATE requests SET state = \(state.rawValue), updated_at = now() WHERE id = \(id) AND state = ANY(\(before)) RETURNING 1",
             logger: logger)
@@ -406,12 +447,14 @@ public struct BrokerStore: Sendable {
         return moved
     }
 
-    /// Writes a signed message into the outbox, in the caller's transaction.
-    static func enqueue<Body>(_ conn: PostgresConnection, _ envelope: Envelope<Body>, topic: String, signer: SigningKey, logger: Logger) async throws {
+    /// Writes a signed message into the outbox, in the caller's transaction. Urgent messages
+    /// are relayed before all others.
+    static func enqueue<Body>(_ conn: PostgresConnection, _ envelope: Envelope<Body>, topic: String, urgent: Bool = false, signer: SigningKey,
+                              logger: Logger) async throws {
         let payload = try SignedEnvelope.encode(envelope, signer: signer)
         try await conn.query("""
-            INSERT INTO outbox (message_id, message_type, request_id, topic, payload)
-            VALUES (\(envelope.id), \(envelope.type.rawValue), \(envelope.requestId), \(topic), \(ByteBuffer(bytes: payload)))
+            INSERT INTO outbox (message_id, message_type, request_id, topic, payload, urgent)
+            VALUES (\(envelope.id), \(envelope.type.rawValue), \(envelope.requestId), \(topic), \(ByteBuffer(bytes: payload)), \(urgent))
             ON CONFLICT (message_id) DO NOTHING
             """, logger: logger)
     }

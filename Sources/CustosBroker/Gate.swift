@@ -27,3 +27,63 @@ public final class Gate: Sendable {
         }
     }
 }
+
+/// Wakes one waiter early: the outbox relay sleeps on it between polls, and a transaction
+/// that queued an urgent message signals it after committing, so the message leaves at once
+/// instead of at the next poll. A signal with nobody waiting is kept for the next wait.
+public final class Wakeup: Sendable {
+    private struct State {
+        var signalled = false
+        var waiter: CheckedContinuation<Void, Never>?
+        var generation = 0
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public func signal() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            guard let w = s.waiter else { s.signalled = true; return nil }
+            s.waiter = nil
+            return w
+        }
+        waiter?.resume()
+    }
+
+    /// Returns when signalled (at once if a signal came since the last wait), after `timeout`,
+    /// or when the task is cancelled. One waiter at a time.
+    public func wait(timeout: Duration) async {
+        let generation = state.withLock { s -> Int in s.generation += 1; return s.generation }
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            self.expire(generation)
+        }
+        defer { timer.cancel() }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = state.withLock { s -> Bool in
+                    if s.signalled || s.generation != generation || Task.isCancelled {
+                        s.signalled = false
+                        return true
+                    }
+                    s.waiter = c
+                    return false
+                }
+                if now { c.resume() }
+            }
+        } onCancel: {
+            self.expire(generation)
+        }
+    }
+
+    /// Ends the wait of `generation`: resumes it if it is waiting, or makes it return at once.
+    private func expire(_ generation: Int) {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            guard s.generation == generation else { return nil }
+            guard let w = s.waiter else { s.generation += 1; return nil }
+            s.waiter = nil
+            return w
+        }
+        waiter?.resume()
+    }
+}

@@ -10,6 +10,7 @@ import PostgresNIO
 
 extension API.CaseView: ResponseEncodable {}
 extension API.RequestView: ResponseEncodable {}
+extension API.Timeline: ResponseEncodable {}
 extension API.PackageView: ResponseEncodable {}
 extension API.UserView: ResponseEncodable {}
 extension API.CheckpointView: ResponseEncodable {}
@@ -79,6 +80,20 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         try await store.recordAccess(.requestViewed, by: user, subject: .init(caseId: view.spec.caseId, requestId: id))
         return view
     }
+    v1.get("requests/:id/timeline") { request, context in
+        let user = try await api.staff(request, context)
+        let id = try api.id(context)
+        let timeline = try await store.timeline(id, viewer: user)
+        try await store.recordAccess(.requestViewed, by: user, subject: .init(requestId: id))
+        return timeline
+    }
+    v1.post("requests/:id/review") { request, context in
+        let user = try await api.staff(request, context)
+        let id = try api.id(context)
+        let body = try await api.decode(API.Review.self, request, context)
+        try await store.review(id, decision: body.decision, reason: body.reason, by: user)
+        return try await store.request(id, viewer: user)
+    }
     v1.post("requests/:id/withdraw") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)
@@ -132,7 +147,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         guard package.state == .verified else {
             throw BrokerError(.conflict, "package is \(package.state.rawValue); only verified packages are released")
         }
-        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed; its content is not released") }
+        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed (\(package.sealReason ?? "no reason given")); its content is not released") }
         try await store.recordAccess(.packageDownloaded, by: user, subject: .init(requestId: package.requestId, packageId: id),
                                      objects: ["manifestSha256": package.manifestSha256, "chunksRoot": package.manifest.chunksRoot])
         let headers: HTTPFields = [
@@ -153,7 +168,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         let id = try api.id(context)
         let package = try await store.package(id, viewer: user)
         guard package.state != .receiving else { throw BrokerError(.conflict, "package is still being received") }
-        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed; it is not exported") }
+        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed (\(package.sealReason ?? "no reason given")); it is not exported") }
         let parts = try await store.bundleParts(id)
         // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
         let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),

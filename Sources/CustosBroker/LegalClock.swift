@@ -1,4 +1,5 @@
 import CustosCustody
+import CustosEvidence
 import CustosModel
 import Foundation
 import Logging
@@ -11,7 +12,11 @@ import ServiceLifecycle
 /// running at its expiry expires the request (`clock.expired`, state `expired`). Deadlines are
 /// rows in PostgreSQL, so clocks survive restarts; `LegalClockWatcher` fires them.
 public enum LegalClock {
-    public enum Kind: String, Sendable, CaseIterable { case acknowledgement, delivery }
+    public enum Kind: String, Sendable, CaseIterable {
+        case acknowledgement, delivery
+        /// An emergency request's review after the fact: at its deadline an unconfirmed emergency lapses.
+        case review
+    }
 
     /// Durations, per deployment (`clocks.*`).
     public struct Settings: Sendable {
@@ -23,16 +28,36 @@ public enum LegalClock {
         public var escalateAfter: Duration = .seconds(3600)
         /// `clocks.expireAfterSeconds`: how long after its delivery deadline a request expires.
         public var expireAfter: Duration = .seconds(10 * 24 * 3600)
+        /// `clocks.emergencyAcknowledgementSeconds`: an emergency's acknowledgement (30 minutes).
+        public var emergencyAcknowledgement: Duration = .seconds(30 * 60)
+        /// `clocks.emergencyDeliverySeconds`: an emergency's delivery (8 hours).
+        public var emergencyDelivery: Duration = .seconds(8 * 3600)
+        /// `clocks.emergencyEscalateAfterSeconds`: how long an emergency's clock may run late
+        /// before escalation (15 minutes).
+        public var emergencyEscalateAfter: Duration = .seconds(15 * 60)
+        /// `clocks.reviewSeconds`: from an emergency's approval to the deadline of its review
+        /// (48 hours); unconfirmed by then, its packages are sealed.
+        public var review: Duration = .seconds(48 * 3600)
 
         public init() {}
+
+        /// (acknowledgement, delivery, escalation delay) for a priority.
+        func durations(_ priority: Priority) -> (Duration, Duration, Duration) {
+            switch priority {
+            case .normal: (acknowledgement, delivery, escalateAfter)
+            case .emergency: (emergencyAcknowledgement, emergencyDelivery, emergencyEscalateAfter)
+            }
+        }
     }
 
     static func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
 
-    /// Starts both clocks, in the approval's transaction.
-    static func start(_ conn: PostgresConnection, _ id: UUID, settings: Settings, logger: Logger) async throws {
-        for (kind, duration) in [(Kind.acknowledgement, settings.acknowledgement), (.delivery, settings.delivery)] {
-            let deadline = seconds(duration), escalate = seconds(duration + settings.escalateAfter)
+    /// Starts the clocks of a request of `priority`, in the approval's transaction: an
+    /// emergency's are shorter, and it has a review clock as well.
+    static func start(_ conn: PostgresConnection, _ id: UUID, priority: Priority, settings: Settings, logger: Logger) async throws {
+        let (acknowledgement, delivery, escalateAfter) = settings.durations(priority)
+        for (kind, duration) in [(Kind.acknowledgement, acknowledgement), (.delivery, delivery)] {
+            let deadline = seconds(duration), escalate = seconds(duration + escalateAfter)
             let expire: Double? = kind == .delivery ? seconds(duration + settings.expireAfter) : nil
             try await conn.query("""
                 INSERT INTO request_clocks (request_id, clock, started_at, deadline, escalate_at, expire_at)
@@ -41,14 +66,26 @@ public enum LegalClock {
                 ON CONFLICT DO NOTHING
                 """, logger: logger)
         }
+        if priority == .emergency {
+            // The review clock has one moment: its deadline is its expiry.
+            let review = seconds(settings.review)
+            try await conn.query("""
+                INSERT INTO request_clocks (request_id, clock, started_at, deadline, escalate_at, expire_at)
+                VALUES (\(id), 'review', now(), now() + make_interval(secs => \(review)), now() + make_interval(secs => \(review)),
+                        now() + make_interval(secs => \(review)))
+                ON CONFLICT DO NOTHING
+                """, logger: logger)
+        }
     }
 
     /// Stops the clocks a state satisfies: acknowledgement stops the first, delivery (or an
     /// end: refusal, verification) both.
     static func stop(_ conn: PostgresConnection, _ id: UUID, reaching state: RequestState, logger: Logger) async throws {
+        // The review clock runs on after delivery: it ends only with a review (or a withdrawal).
         let kinds: [String] = switch state {
         case .acknowledged, .inProgress: [Kind.acknowledgement.rawValue]
-        case .delivered, .verified, .refused, .withdrawn, .rejected, .expired: Kind.allCases.map(\.rawValue)
+        case .delivered, .verified, .refused, .expired, .revoked: [Kind.acknowledgement.rawValue, Kind.delivery.rawValue]
+        case .withdrawn, .rejected: Kind.allCases.map(\.rawValue)
         default: []
         }
         guard !kinds.isEmpty else { return }
@@ -62,14 +99,18 @@ public enum LegalClock {
 /// `now` is injectable, for tests.
 public struct LegalClockWatcher: Service {
     let client: PostgresClient
+    let signer: SigningKey
+    let wakeup: Wakeup
     let interval: Duration
     let ready: Gate
     let logger: Logger
     let now: @Sendable () -> Date
 
-    public init(client: PostgresClient, interval: Duration = .seconds(1), ready: Gate = Gate(open: true), logger: Logger,
+    public init(store: BrokerStore, interval: Duration = .seconds(1), ready: Gate = Gate(open: true), logger: Logger,
                 now: @escaping @Sendable () -> Date = Date.init) {
-        self.client = client
+        self.client = store.client
+        self.signer = store.signer
+        self.wakeup = store.outboxWakeup
         self.interval = interval
         self.ready = ready
         self.logger = logger
@@ -99,7 +140,8 @@ public struct LegalClockWatcher: Service {
     /// One pass at time `t`: records what is due, and returns how many clocks it touched.
     @discardableResult
     public func fire(at t: Date, limit: Int = 500) async throws -> Int {
-        try await client.custodyTransaction(logger: logger) { conn, custody in
+        let (count, lapsed) = try await client.custodyTransaction(logger: logger) { conn, custody in
+            var lapsed = false
             var due: [(UUID, String, Date, Date, Date?, Date?, Date?, Date?, UUID)] = []
             for try await row in try await conn.query("""
                 SELECT c.request_id, c.clock, c.deadline, c.escalate_at, c.expire_at, c.late_at, c.escalated_at, c.expired_at, r.case_id
@@ -110,6 +152,18 @@ public struct LegalClockWatcher: Service {
                 """, logger: logger).decode((UUID, String, Date, Date, Date?, Date?, Date?, Date?, UUID).self) { due.append(row) }
             for (id, clock, deadline, escalateAt, expireAt, lateAt, escalatedAt, expiredAt, caseId) in due {
                 let subject = CustodyEvent.Subject(caseId: caseId, requestId: id)
+                if clock == LegalClock.Kind.review.rawValue {
+                    // Nobody confirmed the emergency in time: it lapses, like a revocation.
+                    try await conn.query(
+                        "UPDATE request_clocks SET late_at = now(), escalated_at = now(), expired_at = now(), stopped_at = now() WHERE request_id = \(id) AND clock = 'review'",
+                        logger: logger)
+                    custody.record(CustodyEvent(kind: .clockExpired, at: Timestamp.now(), actor: .broker, subject: subject,
+                                                details: ["clock": clock, "deadline": Timestamp.format(deadline), "due": Timestamp.format(deadline)]))
+                    try await Emergency.end(conn, id, outcome: .lapsed, reviewer: nil, actor: .broker, reason: nil, signer: signer, custody: custody, logger: logger)
+                    logger.warning("emergency review lapsed; packages sealed", metadata: [LogKey.request: "\(id.lowercased)"])
+                    lapsed = true
+                    continue
+                }
                 func record(_ kind: CustodyEvent.Kind, _ at: Date) {
                     custody.record(CustodyEvent(kind: kind, at: Timestamp.now(), actor: .broker, subject: subject,
                                                 details: ["clock": clock, "deadline": Timestamp.format(deadline), "due": Timestamp.format(at)]))
@@ -131,7 +185,9 @@ public struct LegalClockWatcher: Service {
                     try await BrokerStore.advance(conn, id, to: .expired, actor: .broker, note: "\(clock) clock expired", custody: custody, logger: logger)
                 }
             }
-            return due.count
+            return (due.count, lapsed)
         }
+        if lapsed { wakeup.signal() }
+        return count
     }
 }

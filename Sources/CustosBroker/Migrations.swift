@@ -246,5 +246,25 @@ enum Migrations {
             ALTER TABLE cases ADD COLUMN agency text NOT NULL DEFAULT 'default' REFERENCES agencies(id);
             CREATE INDEX cases_by_agency ON cases(agency);
             """),
+        Migration(version: 5, name: "emergency fast track", sql: """
+            -- Duty approvers fast-track emergencies alone; reviewers confirm or revoke them after.
+            ALTER TABLE users DROP CONSTRAINT users_role_check;
+            ALTER TABLE users ADD CONSTRAINT users_role_check
+                CHECK (role IN ('investigator', 'approver', 'admin', 'auditor', 'witness', 'duty-approver', 'reviewer'));
+            -- An emergency's review clock: at its deadline an unconfirmed emergency lapses.
+            ALTER TABLE request_clocks DROP CONSTRAINT request_clocks_clock_check;
+            ALTER TABLE request_clocks ADD CONSTRAINT request_clocks_clock_check CHECK (clock IN ('acknowledgement', 'delivery', 'review'));
+            -- The review of an emergency request: pending from approval until a reviewer confirms or
+            -- revokes it, or its clock runs out (lapsed).
+            ALTER TABLE requests ADD COLUMN review text CHECK (review IN ('pending', 'confirmed', 'revoked', 'lapsed'));
+            ALTER TABLE requests ADD COLUMN reviewed_by uuid REFERENCES users(id);
+            ALTER TABLE requests ADD COLUMN reviewed_at timestamptz;
+            ALTER TABLE requests ADD CONSTRAINT reviewer_is_another CHECK (reviewed_by IS NULL OR (reviewed_by <> submitted_by AND reviewed_by <> approved_by));
+            -- Why a package is sealed, shown when its release is refused.
+            ALTER TABLE packages ADD COLUMN seal_reason text;
+            -- Urgent messages (emergency requests, revocations) are relayed before any other.
+            ALTER TABLE outbox ADD COLUMN urgent boolean NOT NULL DEFAULT false;
+            CREATE INDEX outbox_unsent_urgent ON outbox(id) WHERE sent_at IS NULL AND urgent;
+            """),
     ]
 }

@@ -15,6 +15,8 @@ struct OutboxRelay: Service {
     let client: PostgresClient
     let producer: KafkaProducer
     let pollInterval: Duration
+    /// Signalled when an urgent message was queued: the relay stops waiting for its next poll.
+    let wakeup: Wakeup
     let ready: Gate
     let logger: Logger
     let relayed = Counter(label: "custos.outbox.relayed.messages")
@@ -27,7 +29,10 @@ struct OutboxRelay: Service {
                 do {
                     let n = try await relayOnce()
                     failures = 0
-                    if n == 0 { try await Task.sleep(for: pollInterval) }
+                    if n == 0 {
+                        await wakeup.wait(timeout: pollInterval)
+                        try Task.checkCancellation()
+                    }
                 } catch is CancellationError {
                     return
                 } catch {
@@ -44,7 +49,7 @@ struct OutboxRelay: Service {
             var rows: [(Int64, String, UUID, String, ByteBuffer)] = []
             for try await r in try await conn.query("""
                 SELECT id, message_type, request_id, topic, payload FROM outbox
-                WHERE sent_at IS NULL ORDER BY id LIMIT \(limit) FOR UPDATE SKIP LOCKED
+                WHERE sent_at IS NULL ORDER BY urgent DESC, id LIMIT \(limit) FOR UPDATE SKIP LOCKED
                 """, logger: logger).decode((Int64, String, UUID, String, ByteBuffer).self) { rows.append(r) }
             guard !rows.isEmpty else { return 0 }
             let messages = rows.map { _, _, requestId, topic, payload in

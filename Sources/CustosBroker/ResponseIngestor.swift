@@ -54,11 +54,11 @@ struct ResponseIngestor: Service {
         consumer.close()
     }
 
-    /// Creates both topics of every provider if they are missing, so that neither side waits
+    /// Creates the three topics of every provider if they are missing, so that neither side waits
     /// for a metadata refresh to see them. Where the cluster does not allow it, operators
     /// create them beforehand, and this only warns.
     private func ensureTopics(_ keys: [String: VerifyingKey]) async {
-        await producer.ensureTopicsOrWarn(keys.keys.sorted().flatMap { [Topics.toProvider($0), Topics.fromProvider($0)] }, logger: logger)
+        await producer.ensureTopicsOrWarn(keys.keys.sorted().flatMap { [Topics.toProvider($0), Topics.toProviderUrgent($0), Topics.fromProvider($0)] }, logger: logger)
     }
 
     private func topics(_ keys: [String: VerifyingKey]) -> [String] { keys.keys.sorted().map(Topics.fromProvider) }

@@ -34,8 +34,11 @@ public struct ConnectorConfiguration: Sendable {
     public var adapters: [DataCategory: [String]]
     /// `adapters.timeoutSeconds`: an adapter running longer is stopped and the request refused.
     public var adapterTimeout: Duration = .seconds(3600)
-    /// `concurrency`: requests processed at once.
+    /// `concurrency`: requests processed at once (urgent ones first).
     public var concurrency: Int = 2
+    /// `urgentConcurrency`: further workers that take only emergency requests, so one is
+    /// started at once even while `concurrency` normal ones run.
+    public var urgentConcurrency: Int = 1
     /// `streaming.inFlightChunks`: chunks handed to Kafka but not yet acknowledged, at most.
     public var inFlightChunks: Int = 32
 
@@ -66,6 +69,8 @@ public struct ConnectorConfiguration: Sendable {
         concurrency = reader.int(forKey: "concurrency", default: 2)
         inFlightChunks = reader.int(forKey: "streaming.inFlightChunks", default: 32)
         guard concurrency >= 1 else { throw ConfigurationError(key: "concurrency", reason: "must be at least 1") }
+        urgentConcurrency = reader.int(forKey: "urgentConcurrency", default: urgentConcurrency)
+        guard urgentConcurrency >= 0 else { throw ConfigurationError(key: "urgentConcurrency", reason: "must be 0 or more") }
         guard (1...1024).contains(inFlightChunks) else { throw ConfigurationError(key: "streaming.inFlightChunks", reason: "must be 1 to 1024") }
     }
 }

@@ -1,6 +1,7 @@
 import CustosCanonicalJSON
 import CustosModel
 import Foundation
+import Synchronization
 
 /// Runs an extraction program: it gets `{"category": …, "request": …}` as JSON on stdin and
 /// writes records as JSON lines on stdout. Each line must be a JSON object with `category`
@@ -29,17 +30,44 @@ public struct ExecAdapter: Sendable {
     /// adapter's reading thread.
     public typealias Sink = @Sendable (Target, UnsafeRawBufferPointer) throws -> Void
 
-    /// Runs the adapter for one category, handing every in-scope record to `sink`.
+    /// Runs the adapter for one category, handing every in-scope record to `sink`. Cancelling
+    /// the calling task stops the program (SIGTERM) and throws a `Failure`.
     public func run(request: ApprovedRequest, category: DataCategory, sink: @escaping Sink, stderrFile: URL) async throws -> Output {
         let input = try CanonicalJSON.encode(AdapterInput(category: category, request: request))
-        return try await withCheckedThrowingContinuation { continuation in
-            // The adapter's pipes are read with blocking calls: keep them off the cooperative pool.
-            let thread = Thread {
-                continuation.resume(with: Result { try runBlocking(input: input, request: request, category: category, sink: sink, stderrFile: stderrFile) })
+        let stopper = Stopper()
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                // The adapter's pipes are read with blocking calls: keep them off the cooperative pool.
+                let thread = Thread {
+                    continuation.resume(with: Result {
+                        try runBlocking(input: input, request: request, category: category, sink: sink, stderrFile: stderrFile, stopper: stopper)
+                    })
+                }
+                thread.name = "custos-exec-adapter"
+                thread.start()
             }
-            thread.name = "custos-exec-adapter"
-            thread.start()
+        } onCancel: {
+            stopper.stop()
         }
+    }
+
+    /// Stops a running program on cancellation, or one about to start.
+    final class Stopper: Sendable {
+        private let state = Mutex<(pid: Int32?, stopped: Bool)>((nil, false))
+
+        func stop() {
+            let pid = state.withLock { s -> Int32? in s.stopped = true; return s.pid }
+            if let pid { kill(pid, SIGTERM) }
+        }
+
+        /// Records the started program; false when a stop came first (it is stopped at once).
+        func started(_ pid: Int32) -> Bool {
+            let stopped = state.withLock { s -> Bool in s.pid = pid; return s.stopped }
+            if stopped { kill(pid, SIGTERM) }
+            return !stopped
+        }
+
+        var stopped: Bool { state.withLock { $0.stopped } }
     }
 
     struct AdapterInput: Codable {
@@ -47,7 +75,8 @@ public struct ExecAdapter: Sendable {
         var request: ApprovedRequest
     }
 
-    private func runBlocking(input: [UInt8], request: ApprovedRequest, category: DataCategory, sink: Sink, stderrFile: URL) throws -> Output {
+    private func runBlocking(input: [UInt8], request: ApprovedRequest, category: DataCategory, sink: Sink, stderrFile: URL,
+                             stopper: Stopper) throws -> Output {
         guard let program = command.first, let executable = Self.resolve(program) else {
             throw Failure(reason: "program \(command.first ?? "(none)") not found")
         }
@@ -60,6 +89,7 @@ public struct ExecAdapter: Sendable {
         process.standardOutput = stdout
         process.standardError = try FileHandle(forWritingTo: stderrFile)
         try process.run()
+        _ = stopper.started(process.processIdentifier)
         let deadline = DispatchTime.now() + .seconds(Int(timeout.components.seconds))
         let timer = DispatchSource.makeTimerSource()
         timer.schedule(deadline: deadline)
@@ -99,13 +129,16 @@ public struct ExecAdapter: Sendable {
                     failure = Failure(reason: "output line \(lineNumber) is not a record object with category and target")
                     break
                 }
-                let target = Target(type: type, value: value)
+                // The target object as the request gives it (with its port, time or platform, if any).
+                let target = Target(type: type, value: value, port: t["port"].flatMap { if case .number(let n) = $0, n == n.rounded(), abs(n) < 1e6 { Int(n) } else { nil } },
+                                    at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
                 guard cat == category, targets.contains(target) else { outOfScope += 1; continue }
                 try pending.withUnsafeBytes { try sink(target, UnsafeRawBufferPointer(rebasing: $0[line.startIndex..<line.endIndex])) }
             }
             pending.removeFirst(start)
         }
         process.waitUntilExit()
+        if stopper.stopped { throw Failure(reason: "stopped: the request was cancelled") }
         if let failure { throw failure }
         if !pending.isEmpty && !pending.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) {
             throw Failure(reason: "output does not end with a newline")

@@ -14,6 +14,7 @@ import Foundation
 /// | `progress` | every chunk below this index is acknowledged by Kafka |
 /// | `sent` | manifest, chunks and completion are all acknowledged |
 /// | `receipt.json` | the broker's signed receipt arrived (the message as received) |
+/// | `revoked.json` | the broker revoked the (emergency) request: nothing more is done or sent |
 public struct JobStore: Sendable {
     public let root: URL
 
@@ -67,11 +68,18 @@ public struct JobStore: Sendable {
             .map(\.0)
     }
 
+    /// Whether the job's request is an emergency (it goes in the urgent lane).
+    public func isUrgent(_ id: UUID) -> Bool {
+        guard let data = try? read(id, "request.json"), let body = try? JSONDecoder().decode(RequestBody.self, from: data) else { return false }
+        return body.request.priority == .emergency
+    }
+
     public enum Phase: String, Sendable, Codable {
-        case received, extracted, packaged, sent, done
+        case received, extracted, packaged, sent, done, revoked
     }
 
     public func phase(_ id: UUID) -> Phase {
+        if exists(id, "revoked.json") { return .revoked }
         if exists(id, "receipt.json") { return .done }
         if exists(id, "sent") { return .sent }
         if exists(id, "manifest.json") { return .packaged }

@@ -10,10 +10,12 @@ import Metrics
 import ServiceLifecycle
 import Synchronization
 
-/// `custos-connector run`: consumes this provider's request topic, keeps every accepted
+/// `custos-connector run`: consumes this provider's request topics, keeps every accepted
 /// request in the state directory before storing its Kafka offset, and works through the
-/// jobs — extraction, packaging, streaming — up to `concurrency` at once. On start it
-/// resumes every job that was not fully sent.
+/// jobs — extraction, packaging, streaming — up to `concurrency` at once. The urgent lane
+/// (`custos.to.<provider>.urgent`) has its own consumer, so no backlog delays it, and urgent
+/// jobs are taken before any other, with `urgentConcurrency` workers kept for them alone. On
+/// start it resumes every job that was not fully sent.
 public struct ProviderConnector: Service {
     let configuration: ConnectorConfiguration
     let jobs: JobStore
@@ -23,10 +25,14 @@ public struct ProviderConnector: Service {
     let timeStamps: TimeStampClient
     let brokerKey: VerifyingKey
     let logger: Logger
+    let onAccepted: @Sendable (UUID, Priority) -> Void
+    let running = RunningJobs()
     let requestsReceived = Counter(label: "custos.connector.requests")
     let packagesSent = Counter(label: "custos.connector.packages.sent")
 
-    public init(configuration: ConnectorConfiguration, producer: KafkaProducer, logger: Logger) throws {
+    /// `onAccepted` is called once a request is kept in the state directory (benchmarks use it).
+    public init(configuration: ConnectorConfiguration, producer: KafkaProducer, logger: Logger,
+                onAccepted: @escaping @Sendable (UUID, Priority) -> Void = { _, _ in }) throws {
         try LibRdKafka.checkVersion()
         self.configuration = configuration
         self.jobs = try JobStore(stateDirectory: configuration.stateDirectory)
@@ -36,29 +42,35 @@ public struct ProviderConnector: Service {
         self.timeStamps = TimeStampClient(url: configuration.tsaURL, trust: try String(contentsOfFile: configuration.tsaTrustFile, encoding: .utf8))
         self.brokerKey = try VerifyingKey.load(path: configuration.brokerPublicKeyFile)
         self.logger = logger
+        self.onAccepted = onAccepted
     }
 
     public func run() async throws {
-        // Both topics exist before anyone waits on them (where the cluster allows creating them).
-        await producer.ensureTopicsOrWarn([Topics.toProvider(configuration.providerId), Topics.fromProvider(configuration.providerId)], logger: logger)
+        let provider = configuration.providerId
+        // The topics exist before anyone waits on them (where the cluster allows creating them).
+        await producer.ensureTopicsOrWarn([Topics.toProvider(provider), Topics.toProviderUrgent(provider), Topics.fromProvider(provider)], logger: logger)
         let consumer = try KafkaConsumer(configuration: configuration.kafka, groupId: configuration.groupId,
-                                         topics: [Topics.toProvider(configuration.providerId)], logger: logger)
+                                         topics: [Topics.toProvider(provider)], logger: logger)
+        // Its own group, so that the normal lane's rebalances and backlog never hold it up.
+        let urgentConsumer = try KafkaConsumer(configuration: configuration.kafka, groupId: configuration.groupId + ".urgent",
+                                               topics: [Topics.toProviderUrgent(provider)], logger: logger)
         let queue = JobQueue()
-        let schedule: @Sendable (UUID) -> Void = { queue.schedule($0) }
         for id in jobs.jobs() where [.received, .extracted, .packaged].contains(jobs.phase(id)) {
             logger.info("resuming job", metadata: [LogKey.request: "\(id.lowercased)", LogKey.phase: "\(jobs.phase(id).rawValue)"])
-            schedule(id)
+            queue.schedule(id, urgent: jobs.isUrgent(id))
         }
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await consume(consumer, schedule: schedule) }
+                group.addTask { try await consume(consumer, queue: queue, urgent: false) }
+                group.addTask { try await consume(urgentConsumer, queue: queue, urgent: true) }
                 group.addTask {
-                    // Workers pull from one queue, so at most `concurrency` jobs run at once.
+                    // Workers pull from one queue, urgent jobs first: at most `concurrency` general
+                    // workers, plus `urgentConcurrency` that take urgent jobs only.
                     try await withThrowingTaskGroup(of: Void.self) { workers in
-                        for _ in 0..<configuration.concurrency {
+                        for lane in Array(repeating: false, count: configuration.concurrency) + Array(repeating: true, count: configuration.urgentConcurrency) {
                             workers.addTask {
-                                for await id in queue.stream {
-                                    await process(id)
+                                while let id = await queue.next(urgentOnly: lane) {
+                                    await running.run(id) { await process(id) }
                                     queue.done(id)
                                 }
                             }
@@ -72,15 +84,17 @@ public struct ProviderConnector: Service {
             }
         } onGracefulShutdown: {
             consumer.close()
+            urgentConsumer.close()
             queue.finish()
         }
         consumer.close()
+        urgentConsumer.close()
     }
 
-    private func consume(_ consumer: KafkaConsumer, schedule: @Sendable (UUID) -> Void) async throws {
+    private func consume(_ consumer: KafkaConsumer, queue: JobQueue, urgent: Bool) async throws {
         for try await message in consumer.messages {
             do {
-                try await handle(message, schedule: schedule)
+                try await handle(message, queue: queue, urgent: urgent)
             } catch {
                 // Nothing about this message is kept; it is reported and skipped.
                 logger.warning("request message refused", metadata: [
@@ -91,7 +105,7 @@ public struct ProviderConnector: Service {
         }
     }
 
-    private func handle(_ message: KafkaMessage, schedule: @Sendable (UUID) -> Void) async throws {
+    private func handle(_ message: KafkaMessage, queue: JobQueue, urgent lane: Bool) async throws {
         let (header, json) = try SignedEnvelope.open(message.value) { $0 == "broker" ? brokerKey : nil }
         switch header.type {
         case .request:
@@ -101,13 +115,25 @@ public struct ProviderConnector: Service {
                 throw ConnectorError(reason: "request is addressed to another provider or id")
             }
             guard try body.request.hash() == body.requestHash else { throw ConnectorError(reason: "request hash does not match the request") }
+            let urgent = body.request.priority == .emergency
+            guard urgent == lane else { throw ConnectorError(reason: "\(body.request.priority.rawValue) request on the \(lane ? "urgent" : "normal") topic") }
             if !jobs.exists(id, "request.json") {
                 try jobs.write(id, "request.json", Data(try CanonicalJSON.encode(body)))
                 requestsReceived.increment()
-                logger.info("request accepted", metadata: [LogKey.request: "\(id.lowercased)"])
+                onAccepted(id, body.request.priority)
+                logger.info("request accepted", metadata: [LogKey.request: "\(id.lowercased)", "custos.priority": "\(body.request.priority.rawValue)"])
             }
-            try await send(.ack, id: .derived("ack", id.lowercased), request: id, body: AckBody(requestHash: body.requestHash))
-            if [.received, .extracted, .packaged].contains(jobs.phase(id)) { schedule(id) }
+            let ack: @Sendable () async throws -> Void = { try await self.send(.ack, id: .derived("ack", id.lowercased), request: id, body: AckBody(requestHash: body.requestHash)) }
+            if urgent {
+                // The request is kept; the next urgent one is not held up behind this ack's
+                // delivery. The job's first status waits for it, so the broker sees them in order.
+                running.acknowledging(id) {
+                    do { try await ack() } catch { logger.warning("ack not sent", metadata: [LogKey.request: "\(id.lowercased)", LogKey.reason: "\(error)"]) }
+                }
+            } else {
+                try await ack()
+            }
+            if [.received, .extracted, .packaged].contains(jobs.phase(id)) { queue.schedule(id, urgent: urgent) }
         case .receipt:
             let body = try SignedEnvelope.body(ReceiptBody.self, from: json).body
             guard jobs.exists(header.requestId, "request.json") else { throw ConnectorError(reason: "receipt for an unknown request") }
@@ -115,6 +141,14 @@ public struct ProviderConnector: Service {
             try jobs.write(header.requestId, "receipt.json", Data(message.value))
             if body.outcome == .accepted { jobs.remove(header.requestId, "records.ndjson") }
             logger.info("receipt received", metadata: [LogKey.request: "\(header.requestId.lowercased)", LogKey.outcome: "\(body.outcome.rawValue)"])
+        case .revocation:
+            let body = try SignedEnvelope.body(RevocationBody.self, from: json).body
+            // Kept even for a request not seen yet, so that it is never started; the job stops.
+            try jobs.write(header.requestId, "revoked.json", Data(message.value))
+            running.cancel(header.requestId)
+            logger.warning("emergency request revoked; its job is stopped and nothing more is sent", metadata: [
+                LogKey.request: "\(header.requestId.lowercased)", LogKey.reason: "\(body.reason.rawValue)",
+            ])
         default:
             throw ConnectorError(reason: "\(header.type.rawValue) is not a message for providers")
         }
@@ -130,7 +164,11 @@ public struct ProviderConnector: Service {
     /// the next start resumes it.
     func process(_ id: UUID) async {
         var meta: Logger.Metadata = [LogKey.request: "\(id.lowercased)"]
+        // A revoked request goes no further (checked again between the steps below).
+        func revoked() -> Bool { jobs.phase(id) == .revoked || Task.isCancelled }
         do {
+            guard !revoked() else { return }
+            await running.acknowledged(id)
             let body = try JSONDecoder().decode(RequestBody.self, from: try jobs.read(id, "request.json"))
             let streamer = PackageStreamer(jobs: jobs, producer: producer, signer: signer, identity: identity, providerId: configuration.providerId,
                                            inFlight: configuration.inFlightChunks)
@@ -140,6 +178,7 @@ public struct ProviderConnector: Service {
                 do {
                     try await extract(body.request)
                 } catch let failure as ExecAdapter.Failure {
+                    if revoked() { logger.warning("extraction stopped: request revoked", metadata: meta); return }
                     meta[LogKey.reason] = "\(failure.reason)"
                     logger.error("extraction failed; refusing the request", metadata: meta)
                     try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
@@ -150,6 +189,7 @@ public struct ProviderConnector: Service {
                 meta["custos.duration_ms"] = "\((ContinuousClock.now - started).components.seconds * 1000)"
                 logger.info("extraction finished", metadata: meta)
             }
+            guard !revoked() else { return }
             if jobs.phase(id) == .extracted {
                 let extraction = try JSONDecoder().decode(Extraction.self, from: try jobs.read(id, "extraction.json"))
                 try streamer.buildPackage(body.request, requestHash: body.requestHash, extraction: extraction)
@@ -157,6 +197,7 @@ public struct ProviderConnector: Service {
             if jobs.phase(id) == .packaged && !jobs.exists(id, "manifest.tsr") {
                 try await timeStamp(id)
             }
+            guard !revoked() else { return }
             if jobs.phase(id) == .packaged {
                 try await send(.status, id: .derived("status", id.lowercased, "streaming"), request: id, body: StatusBody(phase: .streaming, percent: 0))
                 try await streamer.stream(id)
@@ -224,20 +265,83 @@ public struct ProviderConnector: Service {
     }
 }
 
-/// Jobs waiting for a worker; a job already queued or running is not queued twice.
+/// Jobs waiting for a worker, in two lanes: urgent jobs are always handed out first. A job
+/// already queued or running is not queued twice.
 final class JobQueue: Sendable {
-    let stream: AsyncStream<UUID>
-    private let continuation: AsyncStream<UUID>.Continuation
-    private let queued = Mutex<Set<UUID>>([])
+    private struct State {
+        var urgent: [UUID] = []
+        var normal: [UUID] = []
+        var queued: Set<UUID> = []
+        var waiters: [(urgentOnly: Bool, continuation: CheckedContinuation<UUID?, Never>)] = []
+        var finished = false
+    }
+    private let state = Mutex(State())
 
-    init() { (stream, continuation) = AsyncStream.makeStream(of: UUID.self) }
-
-    func schedule(_ id: UUID) {
-        if queued.withLock({ $0.insert(id).inserted }) { continuation.yield(id) }
+    func schedule(_ id: UUID, urgent: Bool) {
+        let waiter = state.withLock { s -> CheckedContinuation<UUID?, Never>? in
+            guard !s.finished, s.queued.insert(id).inserted else { return nil }
+            if let i = s.waiters.firstIndex(where: { urgent || !$0.urgentOnly }) { return s.waiters.remove(at: i).continuation }
+            if urgent { s.urgent.append(id) } else { s.normal.append(id) }
+            return nil
+        }
+        waiter?.resume(returning: id)
     }
 
-    func done(_ id: UUID) { queued.withLock { _ = $0.remove(id) } }
-    func finish() { continuation.finish() }
+    /// The next job (urgent first; only urgent ones for `urgentOnly`), or nil once finished.
+    func next(urgentOnly: Bool) async -> UUID? {
+        await withCheckedContinuation { c in
+            enum Take { case job(UUID), finished, wait }
+            let take = state.withLock { s -> Take in
+                if !s.urgent.isEmpty { return .job(s.urgent.removeFirst()) }
+                if !urgentOnly, !s.normal.isEmpty { return .job(s.normal.removeFirst()) }
+                if s.finished { return .finished }
+                s.waiters.append((urgentOnly, c))
+                return .wait
+            }
+            switch take {
+            case .job(let id): c.resume(returning: id)
+            case .finished: c.resume(returning: nil)
+            case .wait: break
+            }
+        }
+    }
+
+    func done(_ id: UUID) { state.withLock { _ = $0.queued.remove(id) } }
+
+    func finish() {
+        let waiters = state.withLock { s -> [CheckedContinuation<UUID?, Never>] in
+            s.finished = true
+            defer { s.waiters = [] }
+            return s.waiters.map(\.continuation)
+        }
+        waiters.forEach { $0.resume(returning: nil) }
+    }
+}
+
+/// The jobs being worked on, so that a revocation can stop one; and acknowledgements still
+/// being sent, which a job's first status waits for.
+final class RunningJobs: Sendable {
+    private let tasks = Mutex<[UUID: Task<Void, Never>]>([:])
+    private let acks = Mutex<[UUID: Task<Void, Never>]>([:])
+
+    func acknowledging(_ id: UUID, _ send: @escaping @Sendable () async -> Void) {
+        acks.withLock { $0[id] = Task { await send() } }
+    }
+
+    func acknowledged(_ id: UUID) async {
+        guard let task = acks.withLock({ $0[id] }) else { return }
+        await task.value
+        acks.withLock { _ = $0.removeValue(forKey: id) }
+    }
+
+    func run(_ id: UUID, _ body: @escaping @Sendable () async -> Void) async {
+        let task = Task { await body() }
+        tasks.withLock { $0[id] = task }
+        await task.value
+        tasks.withLock { _ = $0.removeValue(forKey: id) }
+    }
+
+    func cancel(_ id: UUID) { tasks.withLock { $0[id] }?.cancel() }
 }
 
 /// The provider's signing certificate, its chain and key, checked at start: the certificate

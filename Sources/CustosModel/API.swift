@@ -40,6 +40,66 @@ public enum API {
         }
     }
 
+    /// A reviewer's decision on an emergency request.
+    public struct Review: Codable, Sendable {
+        public enum Decision: String, Codable, Sendable, CaseIterable { case confirm, revoke }
+        public var decision: Decision
+        /// Required to revoke.
+        public var reason: String?
+        public init(decision: Decision, reason: String? = nil) {
+            self.decision = decision
+            self.reason = reason
+        }
+    }
+
+    /// Where an emergency request's review stands.
+    public struct ReviewView: Codable, Sendable, Hashable {
+        public enum State: String, Codable, Sendable { case pending, confirmed, revoked, lapsed }
+        public var state: State
+        /// The review clock's deadline: unconfirmed by then, the emergency lapses.
+        public var dueAt: String?
+        public var reviewedBy: String?
+        public var reviewedAt: String?
+        public init(state: State, dueAt: String?, reviewedBy: String?, reviewedAt: String?) {
+            self.state = state
+            self.dueAt = dueAt
+            self.reviewedBy = reviewedBy
+            self.reviewedAt = reviewedAt
+        }
+    }
+
+    /// One legal clock of a request.
+    public struct ClockView: Codable, Sendable, Hashable {
+        /// `acknowledgement`, `delivery` or `review`.
+        public var clock: String
+        public var startedAt: String
+        public var deadline: String
+        public var stoppedAt: String?
+        public var lateAt: String?
+        public var escalatedAt: String?
+        public var expiredAt: String?
+        public init(clock: String, startedAt: String, deadline: String, stoppedAt: String?, lateAt: String?, escalatedAt: String?, expiredAt: String?) {
+            self.clock = clock
+            self.startedAt = startedAt
+            self.deadline = deadline
+            self.stoppedAt = stoppedAt
+            self.lateAt = lateAt
+            self.escalatedAt = escalatedAt
+            self.expiredAt = expiredAt
+        }
+    }
+
+    public struct Timeline: Codable, Sendable {
+        public var requestId: UUID
+        public var state: RequestState
+        public var timeline: [TimelineEntry]
+        public init(requestId: UUID, state: RequestState, timeline: [TimelineEntry]) {
+            self.requestId = requestId
+            self.state = state
+            self.timeline = timeline
+        }
+    }
+
     public struct RequestView: Codable, Sendable {
         public var id: UUID
         public var state: RequestState
@@ -50,8 +110,15 @@ public enum API {
         public var createdAt: String
         public var timeline: [TimelineEntry]
         public var packages: [PackageSummary]
+        /// The legal clocks, from approval.
+        public var clocks: [ClockView]
+        /// For an emergency request, once approved.
+        public var review: ReviewView?
 
-        public init(id: UUID, state: RequestState, spec: RequestSpec, submittedBy: String?, approvedBy: String?, requestHash: String?, createdAt: String, timeline: [TimelineEntry], packages: [PackageSummary]) {
+        public init(id: UUID, state: RequestState, spec: RequestSpec, submittedBy: String?, approvedBy: String?, requestHash: String?, createdAt: String,
+                    timeline: [TimelineEntry], packages: [PackageSummary], clocks: [ClockView] = [], review: ReviewView? = nil) {
+            self.clocks = clocks
+            self.review = review
             self.id = id
             self.state = state
             self.spec = spec
@@ -103,11 +170,14 @@ public enum API {
         public var receivedAt: String
         /// A sealed package is kept but neither its content nor its bundle is released.
         public var sealed: Bool
+        /// Why it is sealed.
+        public var sealReason: String?
 
         public init(id: UUID, requestId: UUID, providerId: String, state: PackageState, manifest: Manifest, signature: String, timeStamp: String,
                     timeStampedAt: String?, timeStampAccuracyMicroseconds: Int64?, signer: String?, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String,
-                    sealed: Bool = false) {
+                    sealed: Bool = false, sealReason: String? = nil) {
             self.sealed = sealed
+            self.sealReason = sealReason
             self.id = id
             self.requestId = requestId
             self.providerId = providerId
@@ -184,6 +254,10 @@ public enum Role: String, Codable, Sendable, CaseIterable {
     case auditor
     /// An outside witness (e.g. the procuracy): reads checkpoints and co-signs them.
     case witness
+    /// Approves emergency requests alone (the fast track); normal ones need an `approver`.
+    case dutyApprover = "duty-approver"
+    /// Confirms or revokes an emergency request after the fact, inside its review clock.
+    case reviewer
 }
 
 /// Request states, after ETSI TS 103 120's task life cycle (DESIGN.md). Each is set by the
@@ -196,6 +270,12 @@ public enum RequestState: String, Codable, Sendable, CaseIterable {
     case delivered, verified, refused
     /// Its delivery clock ran out (and the grace after it): set by the broker's legal clock.
     case expired
+    /// An emergency request that a reviewer revoked, or that nobody confirmed inside its review
+    /// clock, before it was delivered: the provider is told to stop.
+    case revoked
+
+    /// States off the happy path that end a request: nothing moves it on from them.
+    public static let ended: Set<RequestState> = [.rejected, .refused, .withdrawn, .expired, .revoked]
 
     /// Order along the happy path, so that late or repeated messages never move a request back.
     public var rank: Int {
@@ -206,7 +286,7 @@ public enum RequestState: String, Codable, Sendable, CaseIterable {
         case .dispatched: 3
         case .acknowledged: 4
         case .inProgress: 5
-        case .delivered, .refused, .expired: 6
+        case .delivered, .refused, .expired, .revoked: 6
         case .verified: 7
         }
     }

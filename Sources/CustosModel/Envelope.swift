@@ -3,9 +3,11 @@ import Foundation
 
 /// Kinds of message on the Kafka contract (DESIGN.md, "Kafka contract").
 public enum MessageType: String, Codable, Sendable, CaseIterable {
-    // broker → provider, on custos.to.<provider>
+    // broker → provider, on custos.to.<provider> (emergencies on custos.to.<provider>.urgent)
     case request
     case receipt
+    /// An emergency request was revoked or not confirmed in time: stop, and send nothing more.
+    case revocation
     // provider → broker, on custos.from.<provider>
     case ack
     case status
@@ -16,7 +18,7 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
 
     public var direction: Direction {
         switch self {
-        case .request, .receipt: return .toProvider
+        case .request, .receipt, .revocation: return .toProvider
         case .ack, .status, .refusal, .manifest, .chunk, .complete: return .fromProvider
         }
     }
@@ -119,6 +121,24 @@ public struct ReceiptBody: Codable, Sendable, Hashable {
         self.manifestSha256 = manifestSha256
         self.reasons = reasons
         self.receivedAt = receivedAt
+    }
+}
+
+public struct RevocationBody: Codable, Sendable, Hashable {
+    public enum Reason: String, Codable, Sendable {
+        /// A reviewer revoked the emergency.
+        case revoked
+        /// Nobody confirmed the emergency inside its review clock.
+        case lapsed
+    }
+    public var requestHash: String
+    public var reason: Reason
+    public var decidedAt: String
+
+    public init(requestHash: String, reason: Reason, decidedAt: String) {
+        self.requestHash = requestHash
+        self.reason = reason
+        self.decidedAt = decidedAt
     }
 }
 

@@ -21,10 +21,40 @@ public enum TargetType: String, Codable, Sendable, CaseIterable, Hashable {
 public struct Target: Codable, Sendable, Hashable {
     public var type: TargetType
     public var value: String
+    /// For `ipv4`/`ipv6`: the source port. Behind carrier-grade NAT a public address names a
+    /// subscriber only together with its port and a time.
+    public var port: Int?
+    /// For `ipv4`/`ipv6`: the moment the address (and port) was seen, RFC 3339 UTC.
+    public var at: String?
+    /// For `account`: the platform the account id belongs to (e.g. a social network's id).
+    public var platform: String?
 
-    public init(type: TargetType, value: String) {
+    public init(type: TargetType, value: String, port: Int? = nil, at: String? = nil, platform: String? = nil) {
         self.type = type
         self.value = value
+        self.port = port
+        self.at = at
+        self.platform = platform
+    }
+
+    /// Checks the fields beside `value`; each violation names `field` (e.g. `targets[2]`).
+    func validateQualifiers(_ v: inout Validator, _ field: String) {
+        let isIP = type == .ipv4 || type == .ipv6
+        if let port {
+            v.check(isIP, "\(field).port", "is only for ipv4 and ipv6 targets")
+            v.check((1...65535).contains(port), "\(field).port", "must be 1 to 65535")
+            v.check(at != nil, "\(field).at", "is required with a port: behind CGNAT an address and port name a subscriber only at a given time")
+        }
+        if let at {
+            v.check(isIP, "\(field).at", "is only for ipv4 and ipv6 targets")
+            v.check(Timestamp.parse(at) != nil, "\(field).at", "must be an RFC 3339 UTC time ending in Z")
+        }
+        if type == .account {
+            v.check(platform.map { (1...64).contains($0.count) && ProviderID.isValid($0) } ?? false, "\(field).platform",
+                    "is required for an account: the platform's id, matching \(ProviderID.pattern)")
+        } else {
+            v.check(platform == nil, "\(field).platform", "is only for account targets")
+        }
     }
 }
 
@@ -52,8 +82,34 @@ public struct TimeWindow: Codable, Sendable, Hashable {
     }
 }
 
-public enum Priority: String, Codable, Sendable {
+public enum Priority: String, Codable, Sendable, CaseIterable {
     case normal
+    /// The fast track: grounds required, one duty approver, the urgent topic, short clocks and
+    /// a review after the fact.
+    case emergency
+}
+
+/// Why a request cannot wait (after the e-Evidence Regulation's emergency cases, art. 3(18)).
+public struct EmergencyGrounds: Codable, Sendable, Hashable {
+    public enum Ground: String, Codable, Sendable, CaseIterable {
+        case threatToLife = "threat-to-life"
+        case threatToPhysicalSafety = "threat-to-physical-safety"
+        case attackOnCriticalInfrastructure = "attack-on-critical-infrastructure"
+        case ongoingCyberattack = "ongoing-cyberattack"
+        case childSafety = "child-safety"
+        case terroristThreat = "terrorist-threat"
+    }
+
+    public var ground: Ground
+    /// The facts that make it an emergency, for the duty approver, the provider and the reviewer.
+    public var statement: String
+
+    public init(ground: Ground, statement: String) {
+        self.ground = ground
+        self.statement = statement
+    }
+
+    public static let statementLength = 20...4_000
 }
 
 /// What an investigator submits.
@@ -65,12 +121,15 @@ public struct RequestSpec: Codable, Sendable, Hashable {
     public var categories: [DataCategory]
     public var window: TimeWindow
     public var priority: Priority
+    /// Required for, and only for, priority `emergency`.
+    public var emergency: EmergencyGrounds?
     public var notes: String?
 
     public init(
         caseId: UUID, providerId: String, legalBasis: LegalBasis, targets: [Target],
-        categories: [DataCategory], window: TimeWindow, priority: Priority = .normal, notes: String? = nil
+        categories: [DataCategory], window: TimeWindow, priority: Priority = .normal, emergency: EmergencyGrounds? = nil, notes: String? = nil
     ) {
+        self.emergency = emergency
         self.caseId = caseId
         self.providerId = providerId
         self.legalBasis = legalBasis
@@ -97,6 +156,7 @@ public struct RequestSpec: Codable, Sendable, Hashable {
         v.check(Set(targets).count == targets.count, "targets", "must not repeat a target")
         for (i, t) in targets.enumerated() {
             v.check(TargetFormat.isValid(t), "targets[\(i)].value", TargetFormat.rule(for: t.type))
+            t.validateQualifiers(&v, "targets[\(i)]")
         }
         v.check(!categories.isEmpty, "categories", "must name at least one category")
         v.check(Set(categories).count == categories.count, "categories", "must not repeat a category")
@@ -106,6 +166,17 @@ public struct RequestSpec: Codable, Sendable, Hashable {
         v.check(to != nil, "window.to", "must be an RFC 3339 UTC time ending in Z")
         if let from, let to { v.check(from < to, "window", "from must be before to") }
         v.check((notes?.count ?? 0) <= 4_000, "notes", "must be at most 4000 characters")
+        switch (priority, emergency) {
+        case (.emergency, nil):
+            v.check(false, "emergency", "is required for priority emergency: give the ground and a statement of the facts")
+        case (.emergency, let grounds?):
+            v.check(EmergencyGrounds.statementLength.contains(grounds.statement.trimmed.count), "emergency.statement",
+                    "must be \(EmergencyGrounds.statementLength.lowerBound) to \(EmergencyGrounds.statementLength.upperBound) characters")
+        case (.normal, .some):
+            v.check(false, "emergency", "is only for priority emergency")
+        case (.normal, nil):
+            break
+        }
         try v.finish()
     }
 
@@ -135,7 +206,7 @@ public enum TargetFormat {
         case .imsi: return "must be 15 digits"
         case .imei: return "must be 15 or 16 digits"
         case .ipv4: return "must be a dotted-quad IPv4 address"
-        case .ipv6: return "must be an IPv6 address in lower case"
+        case .ipv6: return "must be an IPv6 address in its RFC 5952 canonical form (lower case, zeros compressed)"
         case .email: return "must be an e-mail address"
         case .account, .bankAccount, .nationalId: return "must be 1 to 128 printable characters"
         }
@@ -157,8 +228,7 @@ public enum TargetFormat {
                 digits(p) && p.count <= 3 && (p == "0" || !p.hasPrefix("0")) && Int(p)! <= 255
             }
         case .ipv6:
-            let allowed = Set("0123456789abcdef:.")
-            return v.contains(":") && v.count <= 45 && v.allSatisfy { allowed.contains($0) }
+            return canonicalIPv6(v) == v
         case .email:
             let parts = v.split(separator: "@", omittingEmptySubsequences: false)
             return parts.count == 2 && !parts[0].isEmpty && parts[1].contains(".") && v.count <= 254
@@ -180,6 +250,8 @@ public struct ApprovedRequest: Codable, Sendable, Hashable {
     public var categories: [DataCategory]
     public var window: TimeWindow
     public var priority: Priority
+    /// The grounds of an emergency request (absent for a normal one).
+    public var emergency: EmergencyGrounds?
     public var submittedBy: String
     public var approvedBy: String
     public var approvedAt: String
@@ -193,6 +265,7 @@ public struct ApprovedRequest: Codable, Sendable, Hashable {
         self.categories = spec.categories
         self.window = spec.window
         self.priority = spec.priority
+        self.emergency = spec.emergency
         self.submittedBy = submittedBy
         self.approvedBy = approvedBy
         self.approvedAt = approvedAt
@@ -202,6 +275,16 @@ public struct ApprovedRequest: Codable, Sendable, Hashable {
     public func hash() throws -> String {
         Digest.sha256Hex(try CanonicalJSON.encode(self))
     }
+}
+
+/// The RFC 5952 text form of an IPv6 address (glibc's `inet_ntop` writes it), or nil.
+public func canonicalIPv6(_ text: String) -> String? {
+    guard text.utf8.count <= 45, text.contains(":") else { return nil }
+    var address = in6_addr()
+    guard inet_pton(AF_INET6, text, &address) == 1 else { return nil }
+    var out = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+    guard inet_ntop(AF_INET6, &address, &out, socklen_t(out.count)) != nil else { return nil }
+    return String(cString: out)
 }
 
 extension String {

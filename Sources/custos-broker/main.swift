@@ -69,6 +69,10 @@ struct Serve: AsyncParsableCommand {
                   legal clocks from approval (defaults 86400 and 864000: 24 hours, 10 days)
               clocks.escalateAfterSeconds, clocks.expireAfterSeconds
                   a late clock escalates after (default 3600) and a request expires after its delivery deadline (default 864000)
+              clocks.emergencyAcknowledgementSeconds, clocks.emergencyDeliverySeconds, clocks.emergencyEscalateAfterSeconds
+                  an emergency's clocks (defaults 1800, 28800 and 900: 30 minutes, 8 hours, 15 minutes)
+              clocks.reviewSeconds (CUSTOS_CLOCKS_REVIEW_SECONDS)
+                  from an emergency's approval to its review deadline; unconfirmed by then, its packages are sealed (default 172800: 48 hours)
               clocks.checkMilliseconds (CUSTOS_CLOCKS_CHECK_MILLISECONDS)
                   how often due clocks are looked for (default 1000)
               http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
@@ -76,7 +80,7 @@ struct Serve: AsyncParsableCommand {
               http.maxBodyBytes (CUSTOS_HTTP_MAX_BODY_BYTES)
                   largest request body (default 1048576)
               outbox.pollMilliseconds (CUSTOS_OUTBOX_POLL_MILLISECONDS)
-                  idle outbox poll interval (default 100)
+                  idle outbox poll interval (default 100); urgent messages leave at once
               providers.refreshSeconds (CUSTOS_PROVIDERS_REFRESH_SECONDS)
                   how often newly registered providers are picked up (default 5)
               log.level (CUSTOS_LOG_LEVEL)

@@ -56,13 +56,17 @@ struct Run: AsyncParsableCommand {
               adapters.timeoutSeconds
                   an adapter running longer is stopped (default 3600)
               concurrency (CUSTOS_CONCURRENCY)
-                  requests processed at once (default 2)
+                  requests processed at once, emergencies first (default 2)
+              urgentConcurrency (CUSTOS_URGENT_CONCURRENCY)
+                  further workers kept for emergency requests (custos.to.<provider>.urgent) alone (default 1)
               streaming.inFlightChunks
                   chunks awaiting Kafka's acknowledgement at once (default 32)
               log.level (CUSTOS_LOG_LEVEL)
                   (default info)
             An adapter gets {"category": ..., "request": ...} as JSON on stdin and writes one JSON record per line on
-            stdout, each with "category" and "target" ({"type", "value"}). Records outside the request are dropped.
+            stdout, each with "category" and "target" (the request's target object: "type", "value", and "port", "at" or
+            "platform" where the request gives them). Records outside the request are dropped. A revoked emergency
+            request stops its adapter (SIGTERM) and sends nothing more.
             """)
     @OptionGroup var options: Options
 

@@ -64,7 +64,7 @@ struct Case: AsyncParsableCommand {
 }
 
 struct Request: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Status.self])
+    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Review.self, Status.self, Timeline.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Draft a request (and submit it with --submit); prints its id.")
@@ -74,34 +74,64 @@ struct Request: AsyncParsableCommand {
         @Option(help: "Number of the decision that authorises the request.") var decisionNumber: String
         @Option(help: "Authority that issued the decision.") var authority: String
         @Option(help: "Date of the decision, YYYY-MM-DD.") var issuedOn: String
-        @Option(help: "Target as TYPE:VALUE, e.g. msisdn:+84912345678 (repeat for several). Types: \(TargetType.allCases.map(\.rawValue).joined(separator: ", ")).")
+        @Option(help: ArgumentHelp(
+            "Target as TYPE:VALUE[,port=N][,at=TIME][,platform=ID], e.g. msisdn:+84912345678 (repeat for several). Types: \(TargetType.allCases.map(\.rawValue).joined(separator: ", ")).",
+            discussion: "An ipv4/ipv6 target behind CGNAT takes port= and at= (RFC 3339 UTC); an account takes platform=."))
         var target: [String]
         @Option(help: "Data category (repeat for several): \(DataCategory.allCases.map(\.rawValue).joined(separator: ", ")).") var category: [String]
         @Option(help: "Start of the time window, RFC 3339 UTC (…Z).") var from: String
         @Option(help: "End of the time window, RFC 3339 UTC (…Z).") var to: String
         @Option(help: "Notes for the approver and the provider.") var notes: String?
+        @Option(help: "Make it an emergency (the fast track), on this ground: \(EmergencyGrounds.Ground.allCases.map(\.rawValue).joined(separator: ", ")).")
+        var emergency: String?
+        @Option(help: "With --emergency: the facts that make it one (\(EmergencyGrounds.statementLength.lowerBound) to \(EmergencyGrounds.statementLength.upperBound) characters).")
+        var statement: String?
         @Flag(help: "Submit for approval right away.") var submit = false
 
         func run() async throws {
-            let targets = try target.map { t -> Target in
-                guard let colon = t.firstIndex(of: ":"), let type = TargetType(rawValue: String(t[..<colon])) else {
-                    throw ValidationError("--target must be TYPE:VALUE with TYPE one of \(TargetType.allCases.map(\.rawValue).joined(separator: ", "))")
-                }
-                return Target(type: type, value: String(t[t.index(after: colon)...]))
-            }
+            let targets = try target.map(Request.parseTarget)
             let categories = try category.map { c -> DataCategory in
                 guard let d = DataCategory(rawValue: c) else {
                     throw ValidationError("--category must be one of \(DataCategory.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 return d
             }
+            let grounds = try emergency.map { g -> EmergencyGrounds in
+                guard let ground = EmergencyGrounds.Ground(rawValue: g) else {
+                    throw ValidationError("--emergency must be one of \(EmergencyGrounds.Ground.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                guard let statement else { throw ValidationError("--emergency needs --statement: the facts that make it an emergency") }
+                return EmergencyGrounds(ground: ground, statement: statement)
+            }
             let spec = RequestSpec(caseId: try parseID(caseId), providerId: provider,
                                    legalBasis: LegalBasis(decisionNumber: decisionNumber, issuingAuthority: authority, issuedOn: issuedOn),
-                                   targets: targets, categories: categories, window: TimeWindow(from: from, to: to), notes: notes)
+                                   targets: targets, categories: categories, window: TimeWindow(from: from, to: to),
+                                   priority: grounds == nil ? .normal : .emergency, emergency: grounds, notes: notes)
             var view = try await connection.client.createRequest(spec)
             if submit { view = try await connection.client.submit(view.id) }
             try connection.emit(view) { view.id.lowercased }
         }
+    }
+
+    /// `TYPE:VALUE[,port=N][,at=TIME][,platform=ID]`.
+    static func parseTarget(_ t: String) throws -> Target {
+        guard let colon = t.firstIndex(of: ":"), let type = TargetType(rawValue: String(t[..<colon])) else {
+            throw ValidationError("--target must be TYPE:VALUE with TYPE one of \(TargetType.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        var parts = t[t.index(after: colon)...].split(separator: ",", omittingEmptySubsequences: false)
+        var target = Target(type: type, value: String(parts.removeFirst()))
+        for part in parts {
+            let kv = part.split(separator: "=", maxSplits: 1).map(String.init)
+            switch (kv.first, kv.count) {
+            case ("port", 2):
+                guard let n = Int(kv[1]) else { throw ValidationError("--target: port= must be a number") }
+                target.port = n
+            case ("at", 2): target.at = kv[1]
+            case ("platform", 2): target.platform = kv[1]
+            default: throw ValidationError("--target: after the value come only port=N, at=TIME or platform=ID, separated by commas")
+            }
+        }
+        return target
     }
 
     struct Submit: AsyncParsableCommand {
@@ -115,7 +145,9 @@ struct Request: AsyncParsableCommand {
     }
 
     struct Approve: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Approve a submitted request (not your own); it is dispatched to the provider.")
+        static let configuration = CommandConfiguration(
+            abstract: "Approve a submitted request (not your own); it is dispatched to the provider.",
+            discussion: "Normal requests need the approver role; emergencies the duty-approver role, and go out on the urgent topic at once.")
         @OptionGroup var connection: Connection
         @Argument(help: "Request id.") var id: String
         func run() async throws {
@@ -146,11 +178,37 @@ struct Request: AsyncParsableCommand {
         }
     }
 
+    struct Review: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Confirm or revoke an emergency request after the fact (reviewers; not its submitter or approver).",
+            discussion: "Revoking, or leaving the review clock to run out, seals the request's packages for good and tells the provider to stop.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        @Flag(help: "The decision.") var decision: API.Review.Decision
+        @Option(help: "Why (required to revoke; kept in the timeline, the custody log keeps its hash).") var reason: String?
+        func run() async throws {
+            let v = try await connection.client.review(try parseID(id), decision: decision, reason: reason)
+            try connection.emit(v) { "\(v.id.lowercased) \(v.state.rawValue), emergency \(v.review?.state.rawValue ?? "-")" }
+        }
+    }
+
+    struct Timeline: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a request's timeline: every transition, decision and provider response.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        func run() async throws {
+            let t = try await connection.client.timeline(try parseID(id))
+            try connection.emit(t) {
+                (["request \(t.requestId.lowercased): \(t.state.rawValue)"] + t.timeline.map(Status.line)).joined(separator: "\n")
+            }
+        }
+    }
+
     struct Status: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a request's state, timeline and packages; --watch follows it live.")
         @OptionGroup var connection: Connection
         @Argument(help: "Request id.") var id: String
-        @Flag(help: "Print each change until the request is verified, rejected, refused, withdrawn or expired.") var watch = false
+        @Flag(help: "Print each change until the request is verified, rejected, refused, withdrawn, expired or revoked.") var watch = false
         @Option(help: "With --watch: give up after this many seconds (exit status 3).") var timeout: Int = 3600
 
         func run() async throws {
@@ -165,21 +223,30 @@ struct Request: AsyncParsableCommand {
             var shown = 0
             while true {
                 let v = try await client.request(requestId)
-                for e in v.timeline.dropFirst(shown) {
-                    print("\(e.at)  \(e.state.padding(toLength: 13, withPad: " ", startingAt: 0)) \(e.actor)\(e.note.map { "  — \($0)" } ?? "")")
-                }
+                for e in v.timeline.dropFirst(shown) { print(Self.line(e)) }
                 fflush(nil)
                 shown = v.timeline.count
-                if [.verified, .rejected, .refused, .withdrawn, .expired].contains(v.state) { return }
+                if v.state == .verified || RequestState.ended.contains(v.state) { return }
                 if ContinuousClock.now > deadline { throw ExitCode(3) }
                 try await Task.sleep(for: .milliseconds(500))
             }
         }
 
+        static func line(_ e: API.TimelineEntry) -> String {
+            "\(e.at)  \(e.state.count < 13 ? e.state.padding(toLength: 13, withPad: " ", startingAt: 0) : e.state) \(e.actor)\(e.note.map { "  — \($0)" } ?? "")"
+        }
+
         static func render(_ v: API.RequestView) -> String {
-            var lines = ["request \(v.id.lowercased): \(v.state.rawValue)",
+            var lines = ["request \(v.id.lowercased): \(v.state.rawValue)\(v.spec.priority == .emergency ? " (emergency: \(v.spec.emergency?.ground.rawValue ?? ""))" : "")",
                          "  provider \(v.spec.providerId), \(v.spec.targets.count) target(s), categories \(v.spec.categories.map(\.rawValue).joined(separator: ","))"]
-            lines += v.timeline.map { "  \($0.at)  \($0.state)  \($0.actor)\($0.note.map { "  — \($0)" } ?? "")" }
+            if let r = v.review {
+                lines.append("  review: \(r.state.rawValue)\(r.dueAt.map { ", due \($0)" } ?? "")\(r.reviewedBy.map { " by \($0)" } ?? "")")
+            }
+            lines += v.clocks.map { c in
+                let status = c.expiredAt != nil ? "expired" : c.stoppedAt != nil ? "stopped" : c.escalatedAt != nil ? "escalated" : c.lateAt != nil ? "late" : "running"
+                return "  clock \(c.clock): deadline \(c.deadline), \(status)"
+            }
+            lines += v.timeline.map { "  " + line($0) }
             lines += v.packages.map { "  package \($0.id.lowercased): \($0.state.rawValue), \($0.chunksReceived)/\($0.chunkCount) chunks, \($0.contentSize) bytes, chunks root \($0.chunksRoot)" }
             return lines.joined(separator: "\n")
         }
@@ -350,3 +417,5 @@ struct Verify: ParsableCommand {
         return lines.joined(separator: "\n")
     }
 }
+
+extension API.Review.Decision: EnumerableFlag {}

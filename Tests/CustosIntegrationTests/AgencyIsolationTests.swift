@@ -32,12 +32,13 @@ struct AgencyIsolationTests {
             let eventIndex = try await client.query("SELECT min(idx) FROM custody_events WHERE request_id = \(r.id)", logger: TestServices.logger)
                 .decode(Int64.self).first { _ in true }!
 
-            // Agency "other": an investigator, an approver and an admin of their own.
+            // Agency "other": an investigator, an approver, an admin and a reviewer of their own.
             try await store.addAgency(id: "other", name: "Another agency", by: .testAdmin)
             let outsiders = [
                 try await store.addUser(name: "inv-b", role: .investigator, agency: "other", by: .testAdmin).token,
                 try await store.addUser(name: "appr-b", role: .approver, agency: "other", by: .testAdmin).token,
                 try await store.addUser(name: "admin-b", role: .admin, agency: "other", by: .testAdmin).token,
+                try await store.addUser(name: "rev-b", role: .reviewer, agency: "other", by: .testAdmin).token,
             ]
             let insider = try await store.addUser(name: "inv-a", role: .investigator, by: .testAdmin).token
 
@@ -56,6 +57,7 @@ struct AgencyIsolationTests {
                     case "/v1/cases": ByteBuffer(string: #"{"title":"theirs"}"#)
                     case _ where template.hasSuffix("seal"): ByteBuffer(string: #"{"reason":"looking"}"#)
                     case _ where template.hasSuffix("cosignatures"): ByteBuffer(string: #"{"signature":"AAAA"}"#)
+                    case _ where template.hasSuffix("review"): ByteBuffer(string: #"{"decision":"confirm"}"#)
                     case _ where method == .post: ByteBuffer(string: "{}")
                     default: nil
                     }
@@ -77,9 +79,10 @@ struct AgencyIsolationTests {
                     for (n, token) in outsiders.enumerated() {
                         // The admin reads the whole custody log, but no case data. A role that may not
                         // act at all is refused first (403, whatever the id); the approver may act on
-                        // every route, so it must meet "not found".
+                        // every route but the review, which is the reviewer's, so they must meet "not found".
                         var expected = allowed
-                        if allowed == [.notFound] && n != 1 { expected.insert(.forbidden) }
+                        let entitled = template.hasSuffix("/review") ? 3 : 1
+                        if allowed == [.notFound] && n != entitled { expected.insert(.forbidden) }
                         if n == 2 && template.hasPrefix("/v1/custody/events") { expected = [.ok] }
                         try await http.execute(uri: uri, method: method, headers: BrokerAPITests.auth(token), body: body) { (response: TestResponse) in
                             #expect(expected.contains(response.status), "\(method) \(template) as outsider \(n): \(response.status)")

@@ -163,6 +163,47 @@ struct ExchangeEndToEndTests {
         #expect(report.output.contains("\(envelopes.count) valid, 0 invalid"))
     }
 
+    @Test func anEmergencyTakesTheUrgentLaneAndItsRevocationSealsThePackageAndStopsTheProvider() async throws {
+        let d = try Deployment(adapter: [Self.synth, "--records-per-target", "50"])
+        defer { d.stop() }
+        try d.setUp()
+        let duty = try d.admin(["users", "add", TestServices.unique("duty-"), "--role", "duty-approver"])
+        let reviewer = try d.admin(["users", "add", TestServices.unique("rev-"), "--role", "reviewer"])
+        try await d.startBroker()
+        try await d.startConnector()
+        let request = try d.submitRequest(targets: ["msisdn:+84912345678"], extra: [
+            "--emergency", "threat-to-life", "--statement", "A missing child's phone; the abductor is calling the family from it.",
+        ])
+        // An ordinary approver is not on the fast track; the duty approver is, alone.
+        #expect(try d.cli(d.approver, ["request", "approve", request]).stderr.contains("duty approver"))
+        _ = try d.cliOK(duty, ["request", "approve", request])
+        let watched = try d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
+        #expect(watched.status == 0, "broker: \(d.broker!.output.suffix(2000))\nconnector: \(d.connector!.output.suffix(2000))")
+        let shown = try d.cliOK(d.investigator, ["request", "status", request])
+        #expect(shown.contains("(emergency: threat-to-life)") && shown.contains("review: pending") && shown.contains("clock review"))
+        let view = try json(try d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        let packageId = try #require((view["packages"] as? [[String: Any]])?.first?["id"] as? String).lowercased()
+
+        // The reviewer revokes it: the package is sealed for good, and the provider is told.
+        #expect(try d.cli(reviewer, ["request", "review", request, "--revoke"]).stderr.contains("reason"))
+        let revoked = try d.cliOK(reviewer, ["request", "review", request, "--revoke", "--reason", "the child was found at home"])
+        #expect(revoked.contains("emergency revoked"))
+        let refused = try d.cli(d.investigator, ["download", packageId, "--out", d.path("dl"), "--quiet"])
+        #expect(refused.status != 0 && refused.stderr.contains("revoked by a reviewer"))
+        #expect(try d.cli(d.approver, ["package", "unseal", packageId, "--reason", "please"]).stderr.contains("403"))
+        let revokedFile = d.path("state/jobs/\(request)/revoked.json")
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !FileManager.default.fileExists(atPath: revokedFile) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(FileManager.default.fileExists(atPath: revokedFile), "the connector never heard of the revocation")
+        let timeline = try d.cliOK(d.investigator, ["request", "timeline", request])
+        #expect(timeline.contains("emergency-revoked"))
+
+        // The urgent topic's messages validate against schemas/messages.
+        let envelopes = try await collectEnvelopes(topics: [Topics.toProviderUrgent(d.provider)], mustSee: [.request, .revocation])
+        let report = try validate(envelopes)
+        #expect(report.status == 0 && report.output.contains("\(envelopes.count) valid, 0 invalid"), "schema violations:\n\(report.output)")
+    }
+
     @Test func killedConnectorAndBrokerResumeAndThePackageIsStoredExactlyOnce() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent(TestServices.unique("custos-adapter-"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

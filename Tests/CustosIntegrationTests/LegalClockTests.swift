@@ -53,7 +53,7 @@ struct LegalClockTests {
             try await client.custodyTransaction(logger: TestServices.logger) { conn, custody in
                 try await BrokerStore.advance(conn, acknowledged, to: .acknowledged, actor: .init(type: .provider, id: "prov-a"), custody: custody, logger: TestServices.logger)
             }
-            let watcher = LegalClockWatcher(client: client, logger: TestServices.logger)
+            let watcher = LegalClockWatcher(store: store, logger: TestServices.logger)
             #expect(try await watcher.fire(at: start.addingTimeInterval(55)) == 0)
             try await watcher.fire(at: start.addingTimeInterval(65))
             #expect(try await Self.clockEvents(client, silent) == ["clock.late:acknowledgement"])
@@ -80,7 +80,7 @@ struct LegalClockTests {
             var deadline = Date()
             for try await d in try await client.query("SELECT deadline FROM request_clocks WHERE request_id = \(id) AND clock = 'acknowledgement'",
                                                       logger: TestServices.logger).decode(Date.self) { deadline = d }
-            let watcher = Task { try await LegalClockWatcher(client: client, interval: .seconds(1), logger: TestServices.logger).run() }
+            let watcher = Task { try await LegalClockWatcher(store: store, interval: .seconds(1), logger: TestServices.logger).run() }
             defer { watcher.cancel() }
             var firedAt: Date?
             while firedAt == nil && Date() < deadline.addingTimeInterval(5) {

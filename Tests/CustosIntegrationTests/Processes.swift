@@ -153,12 +153,13 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
     }
 
     /// Opens a case and submits a request as the investigator; returns the request id.
-    func submitRequest(targets: [String] = ["msisdn:+84912345678", "msisdn:+84987654321"], categories: [String] = ["traffic"]) throws -> String {
+    func submitRequest(targets: [String] = ["msisdn:+84912345678", "msisdn:+84987654321"], categories: [String] = ["traffic"],
+                       extra: [String] = []) throws -> String {
         let caseId = try cliOK(investigator, ["case", "create", "--title", "E2E case"])
         return try cliOK(investigator, ["request", "create", "--case", caseId, "--provider", provider,
                                         "--decision-number", "QD-9/2026", "--authority", "Test Authority", "--issued-on", "2026-11-20",
                                         "--from", "2026-11-01T00:00:00Z", "--to", "2026-11-20T00:00:00Z", "--submit"]
-                         + targets.flatMap { ["--target", $0] } + categories.flatMap { ["--category", $0] })
+                         + targets.flatMap { ["--target", $0] } + categories.flatMap { ["--category", $0] } + extra)
     }
 
     func stop() {
