@@ -193,9 +193,13 @@ let package = Package(
             name: "custos-bench",
             dependencies: [
                 "CustosBroker", "CustosCustody", "CustosEvidence", "CustosMerkle", "CustosModel", "CustosTestSupport",
+                "CustosConnector", "CustosClient", "CustosKafka", "CustosRuntime",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Configuration", package: "swift-configuration"),
             ],
             swiftSettings: swiftSettings
         ),

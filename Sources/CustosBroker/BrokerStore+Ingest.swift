@@ -113,7 +113,24 @@ extension BrokerStore {
                 """, logger: logger).decode(Int.self).first { _ in true } != nil
             guard updated else { throw IngestRejection(reason: "completion does not match a received manifest") }
             try await finalizeIfComplete(conn, packageId: body.packageId, custody: custody)
-        case .request, .receipt, .revocation:
+        case .clarificationRequest:
+            let body = try SignedEnvelope.body(ClarificationRequestBody.self, from: json).body
+            let question = body.question.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard (1...ClarificationRequestBody.maximumLength).contains(question.count) else {
+                throw IngestRejection(reason: "clarification question must be 1 to \(ClarificationRequestBody.maximumLength) characters")
+            }
+            guard !RequestState.ended.contains(row.state), row.state != .verified, row.state != .delivered else {
+                throw IngestRejection(reason: "request is \(row.state.rawValue); nothing to clarify")
+            }
+            try await conn.query("INSERT INTO clarifications (id, request_id, question) VALUES (\(header.id), \(header.requestId), \(question))", logger: logger)
+            try await LegalClock.pause(conn, header.requestId, logger: logger)
+            try await conn.query(
+                "INSERT INTO request_events (request_id, state, actor, note) VALUES (\(header.requestId), 'clarification-requested', \(provider), NULL)",
+                logger: logger)
+            custody.record(CustodyEvent(kind: .request("clarification-requested"), at: Timestamp.now(), actor: actor,
+                                        subject: .init(caseId: row.spec.caseId, requestId: header.requestId),
+                                        objects: ["questionSha256": Digest.sha256Hex(Array(question.utf8))], details: ["question": header.id.lowercased]))
+        case .request, .receipt, .revocation, .clarification:
             throw IngestRejection(reason: "not a provider message")
         }
     }
@@ -232,15 +249,26 @@ extension BrokerStore {
                 signer_certificate = \(signatureCheck.signer?.pem)
             WHERE id = \(packageId)
             """, logger: logger)
-        try await Self.advance(conn, requestId, to: .delivered, actor: providerActor, note: "package \(packageId.lowercased) complete",
-                               custody: custody, packageId: packageId, logger: logger)
-        if verification.valid {
-            try await Self.advance(conn, requestId, to: .verified, actor: .broker, note: "package \(packageId.lowercased) verified",
-                                   custody: custody, packageId: packageId, logger: logger)
+        if manifest.partial == true {
+            // More follow: the request stays open and its delivery clock runs on; it is verified
+            // only with its final package. A second partial package is still on the timeline.
+            let note = "partial package \(packageId.lowercased) \(verification.valid ? "verified" : "failed verification")"
+            if try await !Self.advance(conn, requestId, to: .partiallyDelivered, actor: providerActor, note: note, custody: custody,
+                                       packageId: packageId, details: ["outcome": newState.rawValue], logger: logger) {
+                try await Self.event(conn, requestId, .partiallyDelivered, actor: providerActor, note: note, custody: custody,
+                                     packageId: packageId, details: ["outcome": newState.rawValue], logger: logger)
+            }
         } else {
-            try await Self.event(conn, requestId, .delivered, actor: .broker,
-                                 note: "package \(packageId.lowercased) failed verification: " + verification.failures.map(\.code.rawValue).joined(separator: ","),
-                                 custody: custody, packageId: packageId, logger: logger)
+            try await Self.advance(conn, requestId, to: .delivered, actor: providerActor, note: "package \(packageId.lowercased) complete",
+                                   custody: custody, packageId: packageId, logger: logger)
+            if verification.valid {
+                try await Self.advance(conn, requestId, to: .verified, actor: .broker, note: "package \(packageId.lowercased) verified",
+                                       custody: custody, packageId: packageId, logger: logger)
+            } else {
+                try await Self.event(conn, requestId, .delivered, actor: .broker,
+                                     note: "package \(packageId.lowercased) failed verification: " + verification.failures.map(\.code.rawValue).joined(separator: ","),
+                                     custody: custody, packageId: packageId, logger: logger)
+            }
         }
         let receipt = Envelope(
             type: .receipt, id: UUID.derived("receipt", packageId.lowercased), requestId: requestId, sender: "broker",

@@ -343,11 +343,11 @@ public struct BrokerStore: Sendable {
                                                chunksReceived: received, contentSize: size, chunksRoot: sha, manifestSha256: msha))
         }
         var clocks: [API.ClockView] = []
-        for try await (clock, started, deadline, stopped, late, escalated, expired) in try await client.query("""
-            SELECT clock, started_at, deadline, stopped_at, late_at, escalated_at, expired_at FROM request_clocks WHERE request_id = \(id) ORDER BY deadline
-            """, logger: logger).decode((String, Date, Date, Date?, Date?, Date?, Date?).self) {
+        for try await (clock, started, deadline, paused, stopped, late, escalated, expired) in try await client.query("""
+            SELECT clock, started_at, deadline, paused_at, stopped_at, late_at, escalated_at, expired_at FROM request_clocks WHERE request_id = \(id) ORDER BY deadline
+            """, logger: logger).decode((String, Date, Date, Date?, Date?, Date?, Date?, Date?).self) {
             clocks.append(API.ClockView(clock: clock, startedAt: Timestamp.format(started), deadline: Timestamp.format(deadline),
-                                        stoppedAt: stopped.map(Timestamp.format), lateAt: late.map(Timestamp.format),
+                                        pausedAt: paused.map(Timestamp.format), stoppedAt: stopped.map(Timestamp.format), lateAt: late.map(Timestamp.format),
                                         escalatedAt: escalated.map(Timestamp.format), expiredAt: expired.map(Timestamp.format)))
         }
         let reviewView = review.flatMap(API.ReviewView.State.init(rawValue:)).map { s in
@@ -358,7 +358,8 @@ public struct BrokerStore: Sendable {
             id: id, state: RequestState(rawValue: state) ?? .draft,
             spec: try JSONDecoder().decode(RequestSpec.self, from: Data(specJSON.utf8)),
             submittedBy: submittedBy, approvedBy: approvedBy, requestHash: hash,
-            createdAt: Timestamp.format(createdAt), timeline: timeline, packages: packages, clocks: clocks, review: reviewView)
+            createdAt: Timestamp.format(createdAt), timeline: timeline, packages: packages, clocks: clocks, review: reviewView,
+            clarifications: try await clarifications(id))
     }
 
     /// A request's timeline as `viewer` may see it: every transition, decision and provider

@@ -94,6 +94,16 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         try await store.review(id, decision: body.decision, reason: body.reason, by: user)
         return try await store.request(id, viewer: user)
     }
+    v1.post("requests/:id/clarifications/:question/answer") { request, context in
+        let user = try await api.staff(request, context)
+        let id = try api.id(context)
+        guard let text = context.parameters.get("question"), let question = UUID(uuidString: text) else {
+            throw BrokerError(.notFound, "the question id in the path is not a UUID")
+        }
+        let body = try await api.decode(API.Answer.self, request, context)
+        try await store.answer(id, question: question, answer: body.answer, by: user)
+        return try await store.request(id, viewer: user)
+    }
     v1.post("requests/:id/withdraw") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)

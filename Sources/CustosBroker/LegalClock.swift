@@ -78,12 +78,30 @@ public enum LegalClock {
         }
     }
 
+    /// Pauses the provider's running clocks while it waits for an answer (not the review clock,
+    /// which is the authority's own).
+    static func pause(_ conn: PostgresConnection, _ id: UUID, logger: Logger) async throws {
+        try await conn.query("""
+            UPDATE request_clocks SET paused_at = now()
+            WHERE request_id = \(id) AND clock <> 'review' AND stopped_at IS NULL AND paused_at IS NULL
+            """, logger: logger)
+    }
+
+    /// Resumes paused clocks, their deadlines moved by the time they were paused.
+    static func resume(_ conn: PostgresConnection, _ id: UUID, logger: Logger) async throws {
+        try await conn.query("""
+            UPDATE request_clocks SET deadline = deadline + (now() - paused_at), escalate_at = escalate_at + (now() - paused_at),
+                expire_at = expire_at + (now() - paused_at), paused_at = NULL
+            WHERE request_id = \(id) AND paused_at IS NOT NULL
+            """, logger: logger)
+    }
+
     /// Stops the clocks a state satisfies: acknowledgement stops the first, delivery (or an
     /// end: refusal, verification) both.
     static func stop(_ conn: PostgresConnection, _ id: UUID, reaching state: RequestState, logger: Logger) async throws {
         // The review clock runs on after delivery: it ends only with a review (or a withdrawal).
         let kinds: [String] = switch state {
-        case .acknowledged, .inProgress: [Kind.acknowledgement.rawValue]
+        case .acknowledged, .inProgress, .partiallyDelivered: [Kind.acknowledgement.rawValue]
         case .delivered, .verified, .refused, .expired, .revoked: [Kind.acknowledgement.rawValue, Kind.delivery.rawValue]
         case .withdrawn, .rejected: Kind.allCases.map(\.rawValue)
         default: []
@@ -146,7 +164,7 @@ public struct LegalClockWatcher: Service {
             for try await row in try await conn.query("""
                 SELECT c.request_id, c.clock, c.deadline, c.escalate_at, c.expire_at, c.late_at, c.escalated_at, c.expired_at, r.case_id
                 FROM request_clocks c JOIN requests r ON r.id = c.request_id
-                WHERE c.stopped_at IS NULL AND ((c.late_at IS NULL AND c.deadline <= \(t)) OR (c.escalated_at IS NULL AND c.escalate_at <= \(t))
+                WHERE c.stopped_at IS NULL AND c.paused_at IS NULL AND ((c.late_at IS NULL AND c.deadline <= \(t)) OR (c.escalated_at IS NULL AND c.escalate_at <= \(t))
                       OR (c.expired_at IS NULL AND c.expire_at <= \(t)))
                 ORDER BY c.deadline LIMIT \(limit) FOR UPDATE OF c SKIP LOCKED
                 """, logger: logger).decode((UUID, String, Date, Date, Date?, Date?, Date?, Date?, UUID).self) { due.append(row) }

@@ -266,5 +266,21 @@ enum Migrations {
             ALTER TABLE outbox ADD COLUMN urgent boolean NOT NULL DEFAULT false;
             CREATE INDEX outbox_unsent_urgent ON outbox(id) WHERE sent_at IS NULL AND urgent;
             """),
+        Migration(version: 6, name: "clarifications", sql: """
+            -- A provider's questions about a request (id: its message's id), and the answers.
+            CREATE TABLE clarifications (
+                id uuid PRIMARY KEY,
+                request_id uuid NOT NULL REFERENCES requests(id),
+                question text NOT NULL,
+                asked_at timestamptz NOT NULL DEFAULT now(),
+                answer text,
+                answered_by uuid REFERENCES users(id),
+                answered_at timestamptz
+            );
+            CREATE INDEX clarifications_by_request ON clarifications(request_id);
+            -- While a question waits for its answer the provider's clocks do not run; the answer
+            -- moves their deadlines by the time waited.
+            ALTER TABLE request_clocks ADD COLUMN paused_at timestamptz;
+            """),
     ]
 }

@@ -69,6 +69,9 @@ public struct CustosClient: Sendable {
     public func review(_ id: UUID, decision: API.Review.Decision, reason: String?) async throws -> API.RequestView {
         try await call(.POST, "/v1/requests/\(id.lowercased)/review", body: API.Review(decision: decision, reason: reason))
     }
+    public func answer(_ id: UUID, question: UUID, answer: String) async throws -> API.RequestView {
+        try await call(.POST, "/v1/requests/\(id.lowercased)/clarifications/\(question.lowercased)/answer", body: API.Answer(answer: answer))
+    }
     public func timeline(_ id: UUID) async throws -> API.Timeline { try await call(.GET, "/v1/requests/\(id.lowercased)/timeline") }
     public func package(_ id: UUID) async throws -> API.PackageView { try await call(.GET, "/v1/packages/\(id.lowercased)") }
     public func setSealed(_ sealed: Bool, package id: UUID, reason: String) async throws -> API.PackageView {

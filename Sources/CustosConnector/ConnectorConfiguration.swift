@@ -39,6 +39,9 @@ public struct ConnectorConfiguration: Sendable {
     /// `urgentConcurrency`: further workers that take only emergency requests, so one is
     /// started at once even while `concurrency` normal ones run.
     public var urgentConcurrency: Int = 1
+    /// `kafka.urgentFetchWaitMilliseconds`: the urgent topic's consumer asks the Kafka broker
+    /// to hold a fetch at most this long (librdkafka's `fetch.wait.max.ms`, default 500 there).
+    public var urgentFetchWaitMilliseconds: Int = 10
     /// `streaming.inFlightChunks`: chunks handed to Kafka but not yet acknowledged, at most.
     public var inFlightChunks: Int = 32
 
@@ -70,6 +73,10 @@ public struct ConnectorConfiguration: Sendable {
         inFlightChunks = reader.int(forKey: "streaming.inFlightChunks", default: 32)
         guard concurrency >= 1 else { throw ConfigurationError(key: "concurrency", reason: "must be at least 1") }
         urgentConcurrency = reader.int(forKey: "urgentConcurrency", default: urgentConcurrency)
+        urgentFetchWaitMilliseconds = reader.int(forKey: "kafka.urgentFetchWaitMilliseconds", default: urgentFetchWaitMilliseconds)
+        guard (1...500).contains(urgentFetchWaitMilliseconds) else {
+            throw ConfigurationError(key: "kafka.urgentFetchWaitMilliseconds", reason: "must be 1 to 500")
+        }
         guard urgentConcurrency >= 0 else { throw ConfigurationError(key: "urgentConcurrency", reason: "must be 0 or more") }
         guard (1...1024).contains(inFlightChunks) else { throw ConfigurationError(key: "streaming.inFlightChunks", reason: "must be 1 to 1024") }
     }

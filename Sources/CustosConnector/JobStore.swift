@@ -1,3 +1,5 @@
+import CustosCanonicalJSON
+import CustosEvidence
 import CustosModel
 import Foundation
 
@@ -14,6 +16,7 @@ import Foundation
 /// | `progress` | every chunk below this index is acknowledged by Kafka |
 /// | `sent` | manifest, chunks and completion are all acknowledged |
 /// | `receipt.json` | the broker's signed receipt arrived (the message as received) |
+/// | `answer-<question id>.json` | the investigator's answer to a question (the message as received) |
 /// | `revoked.json` | the broker revoked the (emergency) request: nothing more is done or sent |
 public struct JobStore: Sendable {
     public let root: URL
@@ -66,6 +69,16 @@ public struct JobStore: Sendable {
             }
             .sorted { $0.1 < $1.1 }
             .map(\.0)
+    }
+
+    /// The investigator's answers to this provider's questions, as received.
+    public func answers(_ id: UUID) -> [ClarificationBody] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory(id).path)) ?? []
+        return names.filter { $0.hasPrefix("answer-") && $0.hasSuffix(".json") }.sorted().compactMap { name in
+            guard let data = try? read(id, name), let json = try? JSONParser.parse(Array(data)),
+                  let body = try? SignedEnvelope.body(ClarificationBody.self, from: json).body else { return nil }
+            return body
+        }
     }
 
     /// Whether the job's request is an emergency (it goes in the urgent lane).

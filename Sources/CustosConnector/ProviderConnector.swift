@@ -52,7 +52,11 @@ public struct ProviderConnector: Service {
         let consumer = try KafkaConsumer(configuration: configuration.kafka, groupId: configuration.groupId,
                                          topics: [Topics.toProvider(provider)], logger: logger)
         // Its own group, so that the normal lane's rebalances and backlog never hold it up.
-        let urgentConsumer = try KafkaConsumer(configuration: configuration.kafka, groupId: configuration.groupId + ".urgent",
+        // A short fetch wait: a broker that holds a fetch for its whole wait even when data
+        // arrives (Tansu does) would otherwise add up to that wait to every emergency.
+        var urgentKafka = configuration.kafka
+        urgentKafka.properties["fetch.wait.max.ms"] = urgentKafka.properties["fetch.wait.max.ms"] ?? "\(configuration.urgentFetchWaitMilliseconds)"
+        let urgentConsumer = try KafkaConsumer(configuration: urgentKafka, groupId: configuration.groupId + ".urgent",
                                                topics: [Topics.toProviderUrgent(provider)], logger: logger)
         let queue = JobQueue()
         for id in jobs.jobs() where [.received, .extracted, .packaged].contains(jobs.phase(id)) {
@@ -149,14 +153,26 @@ public struct ProviderConnector: Service {
             logger.warning("emergency request revoked; its job is stopped and nothing more is sent", metadata: [
                 LogKey.request: "\(header.requestId.lowercased)", LogKey.reason: "\(body.reason.rawValue)",
             ])
+        case .clarification:
+            let body = try SignedEnvelope.body(ClarificationBody.self, from: json).body
+            guard jobs.exists(header.requestId, "request.json") else { throw ConnectorError(reason: "clarification for an unknown request") }
+            // Kept as received, for the operator (`custos-connector status` shows it); never logged.
+            try jobs.write(header.requestId, "answer-\(body.questionId.lowercased).json", Data(message.value))
+            logger.info("the investigator answered a question", metadata: [LogKey.request: "\(header.requestId.lowercased)"])
         default:
             throw ConnectorError(reason: "\(header.type.rawValue) is not a message for providers")
         }
     }
 
     private func send<Body: Codable & Sendable>(_ type: MessageType, id: UUID, request: UUID, body: Body) async throws {
-        let envelope = Envelope(type: type, id: id, requestId: request, sender: configuration.providerId, body: body)
-        try await producer.send(OutgoingMessage(topic: Topics.fromProvider(configuration.providerId), key: Array(request.lowercased.utf8),
+        try await Self.send(type, id: id, request: request, body: body, providerId: configuration.providerId, signer: signer, producer: producer)
+    }
+
+    /// Signs a message as this provider and sends it on `custos.from.<provider>`.
+    public static func send<Body: Codable & Sendable>(_ type: MessageType, id: UUID, request: UUID, body: Body, providerId: String,
+                                                      signer: SigningKey, producer: KafkaProducer) async throws {
+        let envelope = Envelope(type: type, id: id, requestId: request, sender: providerId, body: body)
+        try await producer.send(OutgoingMessage(topic: Topics.fromProvider(providerId), key: Array(request.lowercased.utf8),
                                                 value: try SignedEnvelope.encode(envelope, signer: signer)))
     }
 

@@ -73,12 +73,17 @@ public enum API {
         /// `acknowledgement`, `delivery` or `review`.
         public var clock: String
         public var startedAt: String
+        /// Moved later by the time spent waiting for answers to the provider's questions.
         public var deadline: String
+        /// Set while the provider waits for an answer: the clock does not run.
+        public var pausedAt: String?
         public var stoppedAt: String?
         public var lateAt: String?
         public var escalatedAt: String?
         public var expiredAt: String?
-        public init(clock: String, startedAt: String, deadline: String, stoppedAt: String?, lateAt: String?, escalatedAt: String?, expiredAt: String?) {
+        public init(clock: String, startedAt: String, deadline: String, pausedAt: String? = nil, stoppedAt: String?, lateAt: String?, escalatedAt: String?,
+                    expiredAt: String?) {
+            self.pausedAt = pausedAt
             self.clock = clock
             self.startedAt = startedAt
             self.deadline = deadline
@@ -87,6 +92,29 @@ public enum API {
             self.escalatedAt = escalatedAt
             self.expiredAt = expiredAt
         }
+    }
+
+    /// A provider's question about a request, and the investigator's answer.
+    public struct ClarificationView: Codable, Sendable, Hashable {
+        public var id: UUID
+        public var question: String
+        public var askedAt: String
+        public var answer: String?
+        public var answeredBy: String?
+        public var answeredAt: String?
+        public init(id: UUID, question: String, askedAt: String, answer: String?, answeredBy: String?, answeredAt: String?) {
+            self.id = id
+            self.question = question
+            self.askedAt = askedAt
+            self.answer = answer
+            self.answeredBy = answeredBy
+            self.answeredAt = answeredAt
+        }
+    }
+
+    public struct Answer: Codable, Sendable {
+        public var answer: String
+        public init(answer: String) { self.answer = answer }
     }
 
     public struct Timeline: Codable, Sendable {
@@ -114,9 +142,13 @@ public enum API {
         public var clocks: [ClockView]
         /// For an emergency request, once approved.
         public var review: ReviewView?
+        /// The provider's questions, and their answers.
+        public var clarifications: [ClarificationView]
 
         public init(id: UUID, state: RequestState, spec: RequestSpec, submittedBy: String?, approvedBy: String?, requestHash: String?, createdAt: String,
-                    timeline: [TimelineEntry], packages: [PackageSummary], clocks: [ClockView] = [], review: ReviewView? = nil) {
+                    timeline: [TimelineEntry], packages: [PackageSummary], clocks: [ClockView] = [], review: ReviewView? = nil,
+                    clarifications: [ClarificationView] = []) {
+            self.clarifications = clarifications
             self.clocks = clocks
             self.review = review
             self.id = id
@@ -267,6 +299,8 @@ public enum Role: String, Codable, Sendable, CaseIterable {
 public enum RequestState: String, Codable, Sendable, CaseIterable {
     case draft, submitted, approved, rejected, withdrawn, dispatched, acknowledged
     case inProgress = "in-progress"
+    /// A partial package arrived (and was checked); more follow.
+    case partiallyDelivered = "partially-delivered"
     case delivered, verified, refused
     /// Its delivery clock ran out (and the grace after it): set by the broker's legal clock.
     case expired
@@ -286,8 +320,9 @@ public enum RequestState: String, Codable, Sendable, CaseIterable {
         case .dispatched: 3
         case .acknowledged: 4
         case .inProgress: 5
-        case .delivered, .refused, .expired, .revoked: 6
-        case .verified: 7
+        case .partiallyDelivered: 6
+        case .delivered, .refused, .expired, .revoked: 7
+        case .verified: 8
         }
     }
 }

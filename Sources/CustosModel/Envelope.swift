@@ -8,6 +8,8 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     case receipt
     /// An emergency request was revoked or not confirmed in time: stop, and send nothing more.
     case revocation
+    /// The investigator's answer to a provider's question about a request.
+    case clarification
     // provider → broker, on custos.from.<provider>
     case ack
     case status
@@ -15,11 +17,13 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     case manifest
     case chunk
     case complete
+    /// The provider asks the investigator a question about the request (its clocks pause).
+    case clarificationRequest = "clarification-request"
 
     public var direction: Direction {
         switch self {
-        case .request, .receipt, .revocation: return .toProvider
-        case .ack, .status, .refusal, .manifest, .chunk, .complete: return .fromProvider
+        case .request, .receipt, .revocation, .clarification: return .toProvider
+        case .ack, .status, .refusal, .manifest, .chunk, .complete, .clarificationRequest: return .fromProvider
         }
     }
 
@@ -139,6 +143,23 @@ public struct RevocationBody: Codable, Sendable, Hashable {
         self.requestHash = requestHash
         self.reason = reason
         self.decidedAt = decidedAt
+    }
+}
+
+public struct ClarificationRequestBody: Codable, Sendable, Hashable {
+    /// What the provider needs to know. Free text: it may name targets, so it is never logged.
+    public var question: String
+    public init(question: String) { self.question = question }
+    public static let maximumLength = 4_000
+}
+
+public struct ClarificationBody: Codable, Sendable, Hashable {
+    /// The id of the provider's `clarification-request` message this answers.
+    public var questionId: UUID
+    public var answer: String
+    public init(questionId: UUID, answer: String) {
+        self.questionId = questionId
+        self.answer = answer
     }
 }
 

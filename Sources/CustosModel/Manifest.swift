@@ -23,10 +23,13 @@ public struct Manifest: Codable, Sendable, Hashable {
     public var chunks: [Chunk]
     /// RFC 9162 Merkle root over the chunks, each leaf being the chunk's SHA-256.
     public var chunksRoot: String
+    /// `true`: a partial delivery, more packages follow for this request. Absent: the final one.
+    public var partial: Bool?
 
     public init(packageId: UUID, requestId: UUID, requestHash: String, providerId: String, asOf: String,
-                createdAt: String, results: [Result], content: Content, chunks: [Chunk], chunksRoot: String) {
+                createdAt: String, results: [Result], content: Content, chunks: [Chunk], chunksRoot: String, partial: Bool? = nil) {
         self.format = Self.currentFormat
+        self.partial = partial
         self.packageId = packageId
         self.requestId = requestId
         self.requestHash = requestHash

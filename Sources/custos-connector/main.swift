@@ -3,6 +3,7 @@ import CustosConnector
 import CustosCommandLine
 import CustosEvidence
 import CustosKafka
+import CustosModel
 import CustosRuntime
 import Foundation
 import Logging
@@ -13,7 +14,7 @@ struct ConnectorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos-connector",
         abstract: "Custos provider connector: receives approved requests over Kafka, extracts, packages, signs and streams evidence back.",
-        subcommands: [Run.self, Status.self, KeysCommand.self, PKICommand.self],
+        subcommands: [Run.self, Status.self, Clarify.self, KeysCommand.self, PKICommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -59,6 +60,8 @@ struct Run: AsyncParsableCommand {
                   requests processed at once, emergencies first (default 2)
               urgentConcurrency (CUSTOS_URGENT_CONCURRENCY)
                   further workers kept for emergency requests (custos.to.<provider>.urgent) alone (default 1)
+              kafka.urgentFetchWaitMilliseconds
+                  longest wait of a fetch on the urgent topic (default 10; librdkafka's fetch.wait.max.ms)
               streaming.inFlightChunks
                   chunks awaiting Kafka's acknowledgement at once (default 32)
               log.level (CUSTOS_LOG_LEVEL)
@@ -99,7 +102,41 @@ struct Status: AsyncParsableCommand {
             let phase = jobs.phase(id)
             let progress = phase == .packaged ? " (chunks acknowledged: \(jobs.progress(id)))" : ""
             print("\(id.uuidString.lowercased())  \(phase.rawValue)\(progress)")
+            for answer in jobs.answers(id) {
+                print("  answer to question \(answer.questionId.lowercased): \(answer.answer)")
+            }
         }
+    }
+}
+
+struct Clarify: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ask the investigator a question about a request; its legal clocks pause until the answer comes.",
+        discussion: "The answer arrives over Kafka while `custos-connector run` runs; `custos-connector status` shows it.")
+    @OptionGroup var options: Options
+    @Argument(help: "Request id.") var request: String
+    @Option(help: "The question (1 to 4000 characters).") var question: String
+
+    func run() async throws {
+        guard let id = UUID(uuidString: request) else { throw ValidationError("'\(request)' is not a request id") }
+        let text = question.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard (1...ClarificationRequestBody.maximumLength).contains(text.count) else { throw ValidationError("--question must be 1 to 4000 characters") }
+        let reader = try await ConfigSource.reader(configFile: options.config)
+        _ = LogSetup.bootstrap(level: reader.string(forKey: "log.level"))
+        let configuration = try ConnectorConfiguration(reader: reader)
+        let jobs = try JobStore(stateDirectory: configuration.stateDirectory)
+        guard jobs.exists(id, "request.json") else { throw ValidationError("no request \(request) in the state directory") }
+        let logger = Logger(label: "custos-connector")
+        let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
+        let questionId = UUID()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await KafkaProducerService(producer: producer).run() }
+            defer { group.cancelAll() }
+            try await ProviderConnector.send(.clarificationRequest, id: questionId, request: id, body: ClarificationRequestBody(question: text),
+                                             providerId: configuration.providerId, signer: try SigningKey.load(path: configuration.signingKeyFile),
+                                             producer: producer)
+        }
+        print("question \(questionId.uuidString.lowercased()) sent")
     }
 }
 

@@ -64,7 +64,7 @@ struct Case: AsyncParsableCommand {
 }
 
 struct Request: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Review.self, Status.self, Timeline.self])
+    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Review.self, Answer.self, Status.self, Timeline.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Draft a request (and submit it with --submit); prints its id.")
@@ -192,6 +192,20 @@ struct Request: AsyncParsableCommand {
         }
     }
 
+    struct Answer: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Answer a provider's question about a request (investigators of the request's agency).",
+            discussion: "`custos request status` lists the questions and their ids. The answer is signed and sent to the provider; once no question is open, the provider's clocks run again, their deadlines moved by the time waited.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        @Option(help: "The question's id.") var question: String
+        @Option(help: "The answer (1 to 4000 characters).") var answer: String
+        func run() async throws {
+            let v = try await connection.client.answer(try parseID(id), question: try parseID(question), answer: answer)
+            try connection.emit(v) { "\(v.id.lowercased) \(v.state.rawValue), \(v.clarifications.filter { $0.answer == nil }.count) question(s) open" }
+        }
+    }
+
     struct Timeline: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a request's timeline: every transition, decision and provider response.")
         @OptionGroup var connection: Connection
@@ -243,8 +257,11 @@ struct Request: AsyncParsableCommand {
                 lines.append("  review: \(r.state.rawValue)\(r.dueAt.map { ", due \($0)" } ?? "")\(r.reviewedBy.map { " by \($0)" } ?? "")")
             }
             lines += v.clocks.map { c in
-                let status = c.expiredAt != nil ? "expired" : c.stoppedAt != nil ? "stopped" : c.escalatedAt != nil ? "escalated" : c.lateAt != nil ? "late" : "running"
+                let status = c.expiredAt != nil ? "expired" : c.stoppedAt != nil ? "stopped" : c.pausedAt != nil ? "paused (a question is open)" : c.escalatedAt != nil ? "escalated" : c.lateAt != nil ? "late" : "running"
                 return "  clock \(c.clock): deadline \(c.deadline), \(status)"
+            }
+            lines += v.clarifications.map { q in
+                "  question \(q.id.lowercased) (\(q.askedAt)): \(q.question)" + (q.answer.map { "\n    answer by \(q.answeredBy ?? "?"): \($0)" } ?? "\n    (not answered)")
             }
             lines += v.timeline.map { "  " + line($0) }
             lines += v.packages.map { "  package \($0.id.lowercased): \($0.state.rawValue), \($0.chunksReceived)/\($0.chunkCount) chunks, \($0.contentSize) bytes, chunks root \($0.chunksRoot)" }

@@ -52,12 +52,14 @@ struct AgencyIsolationTests {
                         .replacingOccurrences(of: "{id}", with: template.hasPrefix("/v1/packages") ? packageId.lowercased : r.id.lowercased)
                         .replacingOccurrences(of: "{size}", with: "\(checkpoint.size)")
                         .replacingOccurrences(of: "{index}", with: "\(eventIndex)")
+                        .replacingOccurrences(of: "{question}", with: UUID().uuidString.lowercased())
                     let body: ByteBuffer? = switch template {
                     case "/v1/requests": try BrokerAPITests.json(BrokerAPITests.spec(caseId: caseId))
                     case "/v1/cases": ByteBuffer(string: #"{"title":"theirs"}"#)
                     case _ where template.hasSuffix("seal"): ByteBuffer(string: #"{"reason":"looking"}"#)
                     case _ where template.hasSuffix("cosignatures"): ByteBuffer(string: #"{"signature":"AAAA"}"#)
                     case _ where template.hasSuffix("review"): ByteBuffer(string: #"{"decision":"confirm"}"#)
+                    case _ where template.hasSuffix("answer"): ByteBuffer(string: #"{"answer":"the account named in the decision"}"#)
                     case _ where method == .post: ByteBuffer(string: "{}")
                     default: nil
                     }
@@ -79,9 +81,10 @@ struct AgencyIsolationTests {
                     for (n, token) in outsiders.enumerated() {
                         // The admin reads the whole custody log, but no case data. A role that may not
                         // act at all is refused first (403, whatever the id); the approver may act on
-                        // every route but the review, which is the reviewer's, so they must meet "not found".
+                        // every route but the review, which is the reviewer's, and the answer to a provider's
+                        // question, which is the investigator's: those must meet "not found".
                         var expected = allowed
-                        let entitled = template.hasSuffix("/review") ? 3 : 1
+                        let entitled = template.hasSuffix("/review") ? 3 : template.hasSuffix("/answer") ? 0 : 1
                         if allowed == [.notFound] && n != entitled { expected.insert(.forbidden) }
                         if n == 2 && template.hasPrefix("/v1/custody/events") { expected = [.ok] }
                         try await http.execute(uri: uri, method: method, headers: BrokerAPITests.auth(token), body: body) { (response: TestResponse) in

@@ -21,7 +21,9 @@ struct ExchangeEndToEndTests {
         defer { d.stop() }
         // A category whose adapter fails, to see the provider's refusal.
         d.connectorConfig["adapters"] = ["default": ["command": [Self.synth, "--records-per-target", "300", "--out-of-scope", "7"]],
-                                         "kyc_document": ["command": ["/bin/sh", "-c", "cat >/dev/null; echo broken >&2; exit 3"]]]
+                                         "kyc_document": ["command": ["/bin/sh", "-c", "cat >/dev/null; echo broken >&2; exit 3"]],
+                                         // Holds its request open until the test lets it go (no data then).
+                                         "location": ["command": ["/bin/sh", "-c", "cat >/dev/null; while [ ! -e \(d.path("release")) ]; do sleep 0.1; done"]]]
         try d.setUp()
         try await d.startBroker()
         try await d.startConnector()
@@ -155,9 +157,43 @@ struct ExchangeEndToEndTests {
         let refusedWatch = try d.cli(d.investigator, ["request", "status", refusedRequest, "--watch", "--timeout", "120"])
         #expect(refusedWatch.stdout.contains("refused") && refusedWatch.stdout.contains("extraction-failed"))
 
+        // The provider asks a question while it works on a request; the investigator answers it,
+        // and the answer reaches the connector.
+        let asked = try d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["location"])
+        _ = try d.cliOK(d.approver, ["request", "approve", asked])
+        let job = d.path("state/jobs/\(asked)")
+        let jobDeadline = ContinuousClock.now + .seconds(60)
+        while !FileManager.default.fileExists(atPath: job + "/request.json") && ContinuousClock.now < jobDeadline { try await Task.sleep(for: .milliseconds(100)) }
+        let clarify = try run("custos-connector", ["clarify", asked, "--question", "Which cell sites: serving only, or neighbours too?", "--config", d.path("connector.json")],
+                              environment: d.env)
+        #expect(clarify.status == 0, "custos-connector clarify: \(clarify.stderr)")
+        var questionId: String?
+        while questionId == nil && ContinuousClock.now < jobDeadline {
+            let v = try json(try d.cliOK(d.investigator, ["request", "status", asked, "--json"]))
+            questionId = (v["clarifications"] as? [[String: Any]])?.first?["id"] as? String
+            if questionId == nil { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        let question = try #require(questionId, "the question never reached the broker")
+        #expect(try d.cliOK(d.investigator, ["request", "status", asked]).contains("paused (a question is open)"))
+        #expect(try d.cli(d.approver, ["request", "answer", asked, "--question", question, "--answer", "x"]).stderr.contains("403"))
+        #expect(try d.cliOK(d.investigator, ["request", "answer", asked, "--question", question, "--answer", "Serving cells only."])
+            .contains("0 question(s) open"))
+        var answerShown = false
+        while !answerShown && ContinuousClock.now < jobDeadline {
+            let status = try run("custos-connector", ["status", "--config", d.path("connector.json")], environment: d.env)
+            answerShown = status.stdout.contains("answer to question \(question.lowercased()): Serving cells only.")
+            if !answerShown { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(answerShown, "the connector never showed the answer")
+        FileManager.default.createFile(atPath: d.path("release"), contents: nil)
+        let askedWatch = try d.cli(d.investigator, ["request", "status", asked, "--watch", "--timeout", "120"])
+        #expect(askedWatch.stdout.contains("clarification-requested") && askedWatch.stdout.contains("clarification-answered")
+                && askedWatch.stdout.contains("verified"))
+
         // Every message the broker and the connector emitted validates against schemas/messages.
         let envelopes = try await collectEnvelopes(topics: [Topics.toProvider(d.provider), Topics.fromProvider(d.provider)],
-                                                   mustSee: [.request, .receipt, .ack, .status, .refusal, .manifest, .chunk, .complete])
+                                                   mustSee: [.request, .receipt, .ack, .status, .refusal, .manifest, .chunk, .complete,
+                                                             .clarificationRequest, .clarification])
         let report = try validate(envelopes)
         #expect(report.status == 0, "schema violations:\n\(report.output)")
         #expect(report.output.contains("\(envelopes.count) valid, 0 invalid"))

@@ -70,7 +70,7 @@ struct IngestTests {
         return ManifestBody(manifest: manifest, signature: Data(signature).base64EncodedString(), timeStamp: Data(tsr).base64EncodedString())
     }
 
-    func package(for r: Approved, chunkSize: Int = 700, tamper: ((inout [[UInt8]]) -> Void)? = nil) throws -> Package {
+    func package(for r: Approved, chunkSize: Int = 700, partial: Bool = false, tamper: ((inout [[UInt8]]) -> Void)? = nil) throws -> Package {
         var tree = RecordTree()
         var content: [UInt8] = []
         for n in 0..<40 {
@@ -85,7 +85,7 @@ struct IngestTests {
             packageId: UUID(), requestId: r.id, requestHash: r.hash, providerId: "prov-a", asOf: Timestamp.now(), createdAt: Timestamp.now(),
             results: [.init(target: Target(type: .msisdn, value: "+84912345678"), category: .traffic, status: .data, recordCount: 40,
                             size: tree.size, recordsRoot: tree.root)],
-            content: .init(size: size, recordCount: 40), chunks: chunks, chunksRoot: root)
+            content: .init(size: size, recordCount: 40), chunks: chunks, chunksRoot: root, partial: partial ? true : nil)
         var slices = stride(from: 0, to: content.count, by: chunkSize).map { Array(content[$0..<min($0 + chunkSize, content.count)]) }
         tamper?(&slices)
         return Package(manifest: manifest, body: try signed(manifest, by: pki), chunks: slices)
