@@ -54,7 +54,15 @@ public func buildApplication(
     let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, clocks: configuration.clocks, logger: logger)
     let ready = Gate()
     let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, wakeup: store.outboxWakeup, ready: ready, logger: logger)
-    let clockWatcher = LegalClockWatcher(store: store, interval: configuration.clockCheckInterval, ready: ready, logger: logger)
+    var webhooks = configuration.webhooks
+    if let file = configuration.webhookSecretFile {
+        webhooks.secret = Array(try readFile(file, key: "webhooks.secretFile").trimmingCharacters(in: .whitespacesAndNewlines).utf8)
+        guard webhooks.secret.count >= 16 else { throw ConfigurationError(key: "webhooks.secretFile", reason: "the secret must be at least 16 characters") }
+    }
+    let webhookWakeup = Wakeup()
+    let clockWatcher = LegalClockWatcher(store: store, interval: configuration.clockCheckInterval, ready: ready, webhooks: webhooks,
+                                         webhookWakeup: webhookWakeup, logger: logger)
+    let notifier = WebhookNotifier(client: postgres, settings: webhooks, wakeup: webhookWakeup, ready: ready, logger: logger)
     let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
     let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
                                     refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)
@@ -62,7 +70,8 @@ public func buildApplication(
         router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, timeStampAuthority: authority,
                             exportWait: max(.seconds(10), configuration.checkpointInterval * 3), jwt: jwt, logger: logger),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
-        services: [postgres, relay, ingestor, integrator, clockWatcher, KafkaProducerService(producer: producer)],
+        services: [postgres, relay, ingestor, integrator, clockWatcher, KafkaProducerService(producer: producer)] as [any Service]
+            + (webhooks.urls.isEmpty ? [] : [notifier]),
         onServerRunning: { channel in
             let port = channel.localAddress?.port ?? configuration.httpPort
             await onRunning("http://\(configuration.httpHost):\(port)")

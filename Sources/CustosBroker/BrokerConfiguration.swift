@@ -61,6 +61,9 @@ public struct BrokerConfiguration: Sendable {
     public var clocks = LegalClock.Settings()
     /// `clocks.checkMilliseconds`: how often due clocks are looked for (a clock fires within this).
     public var clockCheckInterval: Duration = .seconds(1)
+    /// `webhooks.*`: see `WebhookSettings` (the secret is read from `webhooks.secretFile` at start).
+    public var webhooks = WebhookSettings()
+    public var webhookSecretFile: String?
 
     public init(reader: ConfigReader) throws {
         database = try DatabaseConfiguration(reader: reader)
@@ -107,6 +110,26 @@ public struct BrokerConfiguration: Sendable {
         clocks.emergencyEscalateAfter = try seconds("clocks.emergencyEscalateAfterSeconds", clocks.emergencyEscalateAfter)
         clocks.review = try seconds("clocks.reviewSeconds", clocks.review)
         clockCheckInterval = .milliseconds(max(10, reader.int(forKey: "clocks.checkMilliseconds", default: 1000)))
+        webhooks.urls = reader.stringArray(forKey: "webhooks.urls", default: [])
+        for url in webhooks.urls {
+            guard let c = URLComponents(string: url), c.scheme == "http" || c.scheme == "https", c.host?.isEmpty == false else {
+                throw ConfigurationError(key: "webhooks.urls", reason: "every entry must be an http or https URL")
+            }
+        }
+        webhookSecretFile = reader.string(forKey: "webhooks.secretFile")
+        guard webhooks.urls.isEmpty || webhookSecretFile != nil else {
+            throw ConfigurationError(key: "webhooks.secretFile", reason: "is required with webhooks.urls: every delivery is signed with it")
+        }
+        let events = reader.stringArray(forKey: "webhooks.events", default: WebhookSettings.Event.allCases.map(\.rawValue))
+        webhooks.events = Set(try events.map { name in
+            guard let e = WebhookSettings.Event(rawValue: name) else {
+                throw ConfigurationError(key: "webhooks.events", reason: "must be among \(WebhookSettings.Event.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return e
+        })
+        webhooks.timeout = try seconds("webhooks.timeoutSeconds", webhooks.timeout)
+        webhooks.maxAttempts = reader.int(forKey: "webhooks.maxAttempts", default: webhooks.maxAttempts)
+        guard (1...100).contains(webhooks.maxAttempts) else { throw ConfigurationError(key: "webhooks.maxAttempts", reason: "must be 1 to 100") }
         guard Checkpoint.isValidOrigin(custodyOrigin) else {
             throw ConfigurationError(key: "custody.origin", reason: "must be 1 to 200 printable ASCII characters without spaces")
         }

@@ -1,3 +1,5 @@
+import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// Opens once; everything waiting on it resumes then. Background services wait on it until
@@ -85,5 +87,33 @@ public final class Wakeup: Sendable {
             return w
         }
         waiter?.resume()
+    }
+}
+
+/// The loop of the broker's polling workers (outbox relay, legal clocks, webhooks): once
+/// `ready`, runs `pass` until cancelled or shut down gracefully. A pass that found nothing to
+/// do (returned 0) is followed by `idle`; a failed one is logged and retried after a growing
+/// back-off.
+func runPolling(ready: Gate, logger: Logger, failure message: Logger.Message,
+                pass: @escaping @Sendable () async throws -> Int, idle: @escaping @Sendable () async throws -> Void) async throws {
+    await ready.wait()
+    try await cancelWhenGracefulShutdown {
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                let n = try await pass()
+                failures = 0
+                if n == 0 {
+                    try await idle()
+                    try Task.checkCancellation()
+                }
+            } catch is CancellationError {
+                return
+            } catch {
+                failures += 1
+                logger.error(message, metadata: [LogKey.error: "\(loggable(error))"])
+                try? await Task.sleep(for: Backoff.delay(attempt: failures))
+            }
+        }
     }
 }

@@ -123,9 +123,14 @@ public struct LegalClockWatcher: Service {
     let ready: Gate
     let logger: Logger
     let now: @Sendable () -> Date
+    let webhooks: WebhookSettings
+    let webhookWakeup: Wakeup
 
-    public init(store: BrokerStore, interval: Duration = .seconds(1), ready: Gate = Gate(open: true), logger: Logger,
+    public init(store: BrokerStore, interval: Duration = .seconds(1), ready: Gate = Gate(open: true),
+                webhooks: WebhookSettings = WebhookSettings(), webhookWakeup: Wakeup = Wakeup(), logger: Logger,
                 now: @escaping @Sendable () -> Date = Date.init) {
+        self.webhooks = webhooks
+        self.webhookWakeup = webhookWakeup
         self.client = store.client
         self.signer = store.signer
         self.wakeup = store.outboxWakeup
@@ -136,23 +141,8 @@ public struct LegalClockWatcher: Service {
     }
 
     public func run() async throws {
-        await ready.wait()
-        try await cancelWhenGracefulShutdown {
-            var failures = 0
-            while !Task.isCancelled {
-                do {
-                    while try await fire(at: now()) > 0 {}
-                    failures = 0
-                    try await Task.sleep(for: interval)
-                } catch is CancellationError {
-                    return
-                } catch {
-                    failures += 1
-                    logger.error("legal clock check failed; retrying", metadata: [LogKey.error: "\(loggable(error))"])
-                    try? await Task.sleep(for: Backoff.delay(attempt: failures))
-                }
-            }
-        }
+        try await runPolling(ready: ready, logger: logger, failure: "legal clock check failed; retrying",
+                             pass: { try await fire(at: now()) }, idle: { try await Task.sleep(for: interval) })
     }
 
     /// One pass at time `t`: records what is due, and returns how many clocks it touched.
@@ -178,34 +168,37 @@ public struct LegalClockWatcher: Service {
                     custody.record(CustodyEvent(kind: .clockExpired, at: Timestamp.now(), actor: .broker, subject: subject,
                                                 details: ["clock": clock, "deadline": Timestamp.format(deadline), "due": Timestamp.format(deadline)]))
                     try await Emergency.end(conn, id, outcome: .lapsed, reviewer: nil, actor: .broker, reason: nil, signer: signer, custody: custody, logger: logger)
+                    try await webhooks.enqueue(conn, .emergencyLapsed, request: id, details: ["clock": clock, "deadline": Timestamp.format(deadline)], logger: logger)
                     logger.warning("emergency review lapsed; packages sealed", metadata: [LogKey.request: "\(id.lowercased)"])
                     lapsed = true
                     continue
                 }
-                func record(_ kind: CustodyEvent.Kind, _ at: Date) {
-                    custody.record(CustodyEvent(kind: kind, at: Timestamp.now(), actor: .broker, subject: subject,
-                                                details: ["clock": clock, "deadline": Timestamp.format(deadline), "due": Timestamp.format(at)]))
+                func record(_ kind: CustodyEvent.Kind, _ event: WebhookSettings.Event, _ at: Date) async throws {
+                    let details = ["clock": clock, "deadline": Timestamp.format(deadline), "due": Timestamp.format(at)]
+                    custody.record(CustodyEvent(kind: kind, at: Timestamp.now(), actor: .broker, subject: subject, details: details))
+                    try await webhooks.enqueue(conn, event, request: id, details: details, logger: logger)
                 }
                 if lateAt == nil && deadline <= t {
                     try await conn.query("UPDATE request_clocks SET late_at = now() WHERE request_id = \(id) AND clock = \(clock)", logger: logger)
-                    record(.clockLate, deadline)
+                    try await record(.clockLate, .clockLate, deadline)
                     logger.warning("legal clock late", metadata: [LogKey.request: "\(id.lowercased)", "clock": "\(clock)"])
                 }
                 if escalatedAt == nil && escalateAt <= t {
                     try await conn.query("UPDATE request_clocks SET escalated_at = now() WHERE request_id = \(id) AND clock = \(clock)", logger: logger)
-                    record(.clockEscalated, escalateAt)
+                    try await record(.clockEscalated, .clockEscalated, escalateAt)
                     logger.warning("legal clock escalated", metadata: [LogKey.request: "\(id.lowercased)", "clock": "\(clock)"])
                 }
                 if let expireAt, expiredAt == nil, expireAt <= t {
                     try await conn.query(
                         "UPDATE request_clocks SET expired_at = now(), stopped_at = now() WHERE request_id = \(id) AND clock = \(clock)", logger: logger)
-                    record(.clockExpired, expireAt)
+                    try await record(.clockExpired, .clockExpired, expireAt)
                     try await BrokerStore.advance(conn, id, to: .expired, actor: .broker, note: "\(clock) clock expired", custody: custody, logger: logger)
                 }
             }
             return (due.count, lapsed)
         }
         if lapsed { wakeup.signal() }
+        if count > 0 && !webhooks.urls.isEmpty { webhookWakeup.signal() }
         return count
     }
 }

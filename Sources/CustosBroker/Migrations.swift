@@ -282,5 +282,23 @@ enum Migrations {
             -- moves their deadlines by the time waited.
             ALTER TABLE request_clocks ADD COLUMN paused_at timestamptz;
             """),
+        Migration(version: 7, name: "webhook notifications", sql: """
+            -- Webhook deliveries, one row per (event, endpoint), queued in the transaction that
+            -- records the event; the payload holds ids and times only.
+            CREATE TABLE notifications (
+                id uuid PRIMARY KEY,
+                endpoint text NOT NULL,
+                event text NOT NULL,
+                request_id uuid NOT NULL REFERENCES requests(id),
+                payload text NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                attempts int NOT NULL DEFAULT 0,
+                next_attempt_at timestamptz NOT NULL DEFAULT now(),
+                delivered_at timestamptz,
+                given_up_at timestamptz,
+                last_error text
+            );
+            CREATE INDEX notifications_due ON notifications(next_attempt_at) WHERE delivered_at IS NULL AND given_up_at IS NULL;
+            """),
     ]
 }

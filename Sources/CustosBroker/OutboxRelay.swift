@@ -22,26 +22,8 @@ struct OutboxRelay: Service {
     let relayed = Counter(label: "custos.outbox.relayed.messages")
 
     func run() async throws {
-        await ready.wait()
-        try await cancelWhenGracefulShutdown {
-            var failures = 0
-            while !Task.isCancelled {
-                do {
-                    let n = try await relayOnce()
-                    failures = 0
-                    if n == 0 {
-                        await wakeup.wait(timeout: pollInterval)
-                        try Task.checkCancellation()
-                    }
-                } catch is CancellationError {
-                    return
-                } catch {
-                    failures += 1
-                    logger.error("outbox relay failed; retrying", metadata: [LogKey.error: "\(loggable(error))"])
-                    try await Task.sleep(for: Backoff.delay(attempt: failures))
-                }
-            }
-        }
+        try await runPolling(ready: ready, logger: logger, failure: "outbox relay failed; retrying",
+                             pass: { try await relayOnce() }, idle: { await wakeup.wait(timeout: pollInterval) })
     }
 
     func relayOnce(limit: Int = 200) async throws -> Int {

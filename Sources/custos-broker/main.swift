@@ -75,6 +75,15 @@ struct Serve: AsyncParsableCommand {
                   from an emergency's approval to its review deadline; unconfirmed by then, its packages are sealed (default 172800: 48 hours)
               clocks.checkMilliseconds (CUSTOS_CLOCKS_CHECK_MILLISECONDS)
                   how often due clocks are looked for (default 1000)
+              webhooks.urls (CUSTOS_WEBHOOKS_URLS)
+                  http(s) endpoints told when a legal clock runs late, escalates or expires, or an emergency lapses
+                  (comma-separated in the environment; default none)
+              webhooks.secretFile (CUSTOS_WEBHOOKS_SECRET_FILE)
+                  shared secret (at least 16 characters) signing every delivery: header Custos-Signature t=UNIX,v1=HMAC-SHA256("t.body")
+              webhooks.events (CUSTOS_WEBHOOKS_EVENTS)
+                  clock.late, clock.escalated, clock.expired, emergency.lapsed (default all)
+              webhooks.timeoutSeconds, webhooks.maxAttempts
+                  one delivery's time-out (default 10), and attempts before one is given up (default 12; retries back off 5 s to 1 h)
               http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
                   listen address (default 127.0.0.1:8080; port 0 picks one)
               http.maxBodyBytes (CUSTOS_HTTP_MAX_BODY_BYTES)

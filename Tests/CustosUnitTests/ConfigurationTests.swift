@@ -19,6 +19,23 @@ struct ConfigurationTests {
         #expect(c.httpPort == 8080)
         #expect(c.custodyOrigin == "custos.authority.internal/custody" && c.custodyCertificateFile == "/etc/custos/custody.pem")
         #expect(c.checkpointInterval == .seconds(1) && c.clocks.delivery == .seconds(864_000) && c.clocks.escalateAfter == .seconds(3600))
+        #expect(c.webhooks.urls == ["https://duty-desk.authority.internal/custos-hooks"] && c.webhookSecretFile == "/etc/custos/webhook-secret")
+        #expect(c.webhooks.events == Set(WebhookSettings.Event.allCases) && c.webhooks.maxAttempts == 12)
+    }
+
+    @Test func webhookSettingsAreChecked() async throws {
+        let file = Self.deploy.appendingPathComponent("broker.example.json").path
+        for (env, named) in [(["CUSTOS_WEBHOOKS_URLS": "ftp://x/y"], "webhooks.urls"),
+                             (["CUSTOS_WEBHOOKS_EVENTS": "clock.late,clock.sneezed"], "webhooks.events"),
+                             (["CUSTOS_WEBHOOKS_MAX_ATTEMPTS": "0"], "webhooks.maxAttempts")] {
+            let reader = try await ConfigSource.reader(configFile: file, environment: env)
+            #expect { try BrokerConfiguration(reader: reader) } throws: { String(describing: $0).contains(named) }
+        }
+        let unsigned = try await ConfigSource.reader(configFile: nil, environment: [
+            "CUSTOS_DATABASE_URL": "postgres://x@h/d", "CUSTOS_KAFKA_BROKERS": "k:9092", "CUSTOS_SIGNING_KEY_FILE": "/k", "CUSTOS_TSA_TRUST_FILE": "/t",
+            "CUSTOS_CUSTODY_CERTIFICATE_FILE": "/c", "CUSTOS_CUSTODY_KEY_FILE": "/k", "CUSTOS_CUSTODY_TSA_URL": "http://tsa",
+            "CUSTOS_WEBHOOKS_URLS": "https://hooks.example/a"])
+        #expect { try BrokerConfiguration(reader: unsigned) } throws: { String(describing: $0).contains("webhooks.secretFile") }
     }
 
     @Test func custodyAndClockSettingsAreChecked() async throws {
