@@ -231,6 +231,9 @@ public struct BrokerStore: Sendable {
             guard providerExists else {
                 throw BrokerError(.invalid, "invalid request", violations: [FieldViolation(field: "providerId", rule: "must name a registered provider")])
             }
+            if let document = spec.legalBasis.document, let violation = try await Self.checkDocument(conn, document, agency: user.agency, logger: logger) {
+                throw BrokerError(.invalid, "invalid request", violations: [violation])
+            }
             try await conn.query("""
                 INSERT INTO requests (id, case_id, provider_id, spec, state, created_by)
                 VALUES (\(id), \(spec.caseId), \(spec.providerId), \(specJSON), 'draft', \(user.id))
@@ -246,6 +249,11 @@ public struct BrokerStore: Sendable {
             let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
             guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author submits it") }
             guard row.state == .draft else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not draft") }
+            guard row.spec.legalBasis.document != nil else {
+                throw BrokerError(.invalid, "a request is submitted with its decision", violations: [
+                    FieldViolation(field: "legalBasis.document", rule: "is required to submit: upload the decision (POST /v1/documents) and name it"),
+                ])
+            }
             try await conn.query(
                 "UPDATE requests SET state = 'submitted', submitted_by = \(user.id), updated_at = now() WHERE id = \(id)", logger: logger)
             try await Self.event(conn, id, .submitted, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId, logger: logger)

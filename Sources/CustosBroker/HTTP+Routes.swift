@@ -13,6 +13,7 @@ extension API.RequestView: ResponseEncodable {}
 extension API.Timeline: ResponseEncodable {}
 extension API.PackageView: ResponseEncodable {}
 extension API.UserView: ResponseEncodable {}
+extension API.DocumentView: ResponseEncodable {}
 extension API.CheckpointView: ResponseEncodable {}
 extension API.CustodyEventView: ResponseEncodable {}
 extension API.CustodyEventList: ResponseEncodable {}
@@ -66,6 +67,23 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         let user = try await api.staff(request, context)
         let body = try await api.decode(API.CreateCase.self, request, context)
         return EditedResponse(status: .created, response: try await store.createCase(title: body.title, by: user))
+    }
+    v1.post("documents") { request, context in
+        let user = try await api.staff(request, context)
+        let mediaType = (request.headers[.contentType] ?? "").split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        let body: ByteBuffer
+        do { body = try await request.body.collect(upTo: LegalDocument.maximumSize) } catch {
+            throw BrokerError(.tooLarge, "a decision is at most \(LegalDocument.maximumSize) bytes")
+        }
+        let view = try await store.uploadDocument(body, mediaType: mediaType, by: user)
+        return EditedResponse(status: .created, headers: [.location: "/v1/documents/\(view.document.sha256)"], response: view)
+    }
+    v1.get("documents/:sha256") { request, context in
+        let user = try await api.staff(request, context)
+        let sha = context.parameters.get("sha256") ?? ""
+        let (view, content) = try await store.document(sha, viewer: user)
+        return Response(status: .ok, headers: [.contentType: view.document.mediaType, .init("Custos-Sha256")!: view.document.sha256],
+                        body: .init(byteBuffer: content))
     }
     v1.post("requests") { request, context in
         let user = try await api.staff(request, context)

@@ -300,5 +300,19 @@ enum Migrations {
             );
             CREATE INDEX notifications_due ON notifications(next_attempt_at) WHERE delivered_at IS NULL AND given_up_at IS NULL;
             """),
+        Migration(version: 8, name: "decision documents", sql: """
+            -- The decisions that authorise requests, per agency, named by their SHA-256; a
+            -- request's legal basis names one, and its hash is bound into the request as approved.
+            CREATE TABLE documents (
+                agency text NOT NULL REFERENCES agencies(id),
+                sha256 text NOT NULL,
+                media_type text NOT NULL,
+                size int NOT NULL,
+                content bytea NOT NULL,
+                uploaded_by uuid NOT NULL REFERENCES users(id),
+                uploaded_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (agency, sha256)
+            );
+            """),
     ]
 }

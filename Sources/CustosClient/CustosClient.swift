@@ -57,6 +57,16 @@ public struct CustosClient: Sendable {
     public func me() async throws -> API.UserView { try await call(.GET, "/v1/me") }
     public func createCase(title: String) async throws -> API.CaseView { try await call(.POST, "/v1/cases", body: API.CreateCase(title: title)) }
     public func createRequest(_ spec: RequestSpec) async throws -> API.RequestView { try await call(.POST, "/v1/requests", body: spec) }
+    /// Uploads a decision document (its media type from the file name's extension).
+    public func uploadDocument(_ bytes: [UInt8], mediaType: String) async throws -> API.DocumentView {
+        var r = makeRequest(.POST, "/v1/documents")
+        r.headers.replaceOrAdd(name: "Content-Type", value: mediaType)
+        r.body = .bytes(ByteBuffer(bytes: bytes))
+        let response = try await http.execute(r, timeout: .seconds(120))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        guard response.status == .created else { throw Self.problem(response.status, body) }
+        return try JSONDecoder().decode(API.DocumentView.self, from: Data(buffer: body))
+    }
     public func request(_ id: UUID) async throws -> API.RequestView { try await call(.GET, "/v1/requests/\(id.lowercased)") }
     public func submit(_ id: UUID) async throws -> API.RequestView { try await call(.POST, "/v1/requests/\(id.lowercased)/submit", body: API.Decision()) }
     public func approve(_ id: UUID) async throws -> API.RequestView { try await call(.POST, "/v1/requests/\(id.lowercased)/approve", body: API.Decision()) }

@@ -45,6 +45,8 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         public static let witnessRegistered = Kind("admin.witness-registered")
         public static let agencyAdded = Kind("admin.agency-added")
         public static let keyChanged = Kind("admin.key-changed")
+        public static let documentUploaded = Kind("document.uploaded")
+        public static let documentViewed = Kind("document.viewed")
     }
 
     public struct Actor: Codable, Sendable, Equatable {

@@ -94,6 +94,18 @@ public enum API {
         }
     }
 
+    /// A decision document held by the broker for an agency.
+    public struct DocumentView: Codable, Sendable, Hashable {
+        public var document: LegalDocument
+        public var uploadedBy: String
+        public var uploadedAt: String
+        public init(document: LegalDocument, uploadedBy: String, uploadedAt: String) {
+            self.document = document
+            self.uploadedBy = uploadedBy
+            self.uploadedAt = uploadedAt
+        }
+    }
+
     /// A provider's question about a request, and the investigator's answer.
     public struct ClarificationView: Codable, Sendable, Hashable {
         public var id: UUID

@@ -64,11 +64,52 @@ public struct LegalBasis: Codable, Sendable, Hashable {
     public var issuingAuthority: String
     /// Calendar date of the decision, `YYYY-MM-DD`.
     public var issuedOn: String
+    /// The decision itself, uploaded to the broker (`POST /v1/documents`) and named here by its
+    /// hash, so the request as approved — and the provider's signed manifest with it — binds
+    /// the exact document. Required to submit.
+    public var document: LegalDocument?
 
-    public init(decisionNumber: String, issuingAuthority: String, issuedOn: String) {
+    public init(decisionNumber: String, issuingAuthority: String, issuedOn: String, document: LegalDocument? = nil) {
         self.decisionNumber = decisionNumber
         self.issuingAuthority = issuingAuthority
         self.issuedOn = issuedOn
+        self.document = document
+    }
+}
+
+/// A document held by the broker, named by its content's SHA-256.
+public struct LegalDocument: Codable, Sendable, Hashable {
+    /// SHA-256 of the document's bytes, lower-case hex.
+    public var sha256: String
+    public var mediaType: String
+    public var size: Int
+
+    public init(sha256: String, mediaType: String, size: Int) {
+        self.sha256 = sha256
+        self.mediaType = mediaType
+        self.size = size
+    }
+
+    /// What a decision may be: a PDF, or a scan of the signed paper.
+    public static let mediaTypes: Set<String> = ["application/pdf", "image/png", "image/jpeg", "image/tiff"]
+    public static let maximumSize = 20 * 1024 * 1024
+
+    /// The media type for a file name's extension, or nil.
+    public static func mediaType(forFileName name: String) -> String? {
+        switch name.split(separator: ".").last?.lowercased() {
+        case "pdf": "application/pdf"
+        case "png": "image/png"
+        case "jpg", "jpeg": "image/jpeg"
+        case "tif", "tiff": "image/tiff"
+        default: nil
+        }
+    }
+
+    func validate(_ v: inout Validator, _ field: String) {
+        v.check(sha256.count == 64 && sha256.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) },
+                "\(field).sha256", "must be a SHA-256 in lower-case hex")
+        v.check(Self.mediaTypes.contains(mediaType), "\(field).mediaType", "must be one of \(Self.mediaTypes.sorted().joined(separator: ", "))")
+        v.check((1...Self.maximumSize).contains(size), "\(field).size", "must be 1 to \(Self.maximumSize) bytes")
     }
 }
 
@@ -151,6 +192,7 @@ public struct RequestSpec: Codable, Sendable, Hashable {
         v.check(!legalBasis.issuingAuthority.trimmed.isEmpty && legalBasis.issuingAuthority.count <= 500,
                 "legalBasis.issuingAuthority", "must be 1 to 500 characters")
         v.check(Self.isCalendarDate(legalBasis.issuedOn), "legalBasis.issuedOn", "must be a date YYYY-MM-DD")
+        legalBasis.document?.validate(&v, "legalBasis.document")
         v.check(!targets.isEmpty, "targets", "must name at least one target")
         v.check(targets.count <= Self.maximumTargets, "targets", "must name at most \(Self.maximumTargets) targets")
         v.check(Set(targets).count == targets.count, "targets", "must not repeat a target")

@@ -11,6 +11,7 @@ import CustosTestSupport
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import ServiceLifecycle
 import Synchronization
 
@@ -98,9 +99,11 @@ enum UrgentBench {
             let duty = try await store.addUser(name: "duty-\(tag)", role: .dutyApprover, by: admin).token
             let approver = try await store.addUser(name: "appr-\(tag)", role: .approver, by: admin).token
             let c = try await store.createCase(title: "urgent benchmark", by: inv)
+            let decision = try await store.uploadDocument(ByteBuffer(bytes: SyntheticDecision.pdf), mediaType: "application/pdf", by: inv).document
             func spec(_ emergency: Bool) -> RequestSpec {
                 RequestSpec(caseId: c.id, providerId: provider,
-                            legalBasis: LegalBasis(decisionNumber: "QD-BENCH/2026", issuingAuthority: "Benchmark Authority", issuedOn: "2026-11-01"),
+                            legalBasis: LegalBasis(decisionNumber: "QD-BENCH/2026", issuingAuthority: "Benchmark Authority", issuedOn: "2026-11-01",
+                                                   document: decision),
                             targets: [Target(type: .msisdn, value: "+84912345678")], categories: [emergency ? .subscriber : .traffic],
                             window: TimeWindow(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z"),
                             priority: emergency ? .emergency : .normal,

@@ -74,6 +74,9 @@ struct Request: AsyncParsableCommand {
         @Option(help: "Number of the decision that authorises the request.") var decisionNumber: String
         @Option(help: "Authority that issued the decision.") var authority: String
         @Option(help: "Date of the decision, YYYY-MM-DD.") var issuedOn: String
+        @Option(help: ArgumentHelp("The decision itself: a .pdf, .png, .jpg or .tif file (required to submit).",
+                                   discussion: "It is uploaded to the broker, and its SHA-256 is bound into the request as approved."))
+        var decisionFile: String?
         @Option(help: ArgumentHelp(
             "Target as TYPE:VALUE[,port=N][,at=TIME][,platform=ID], e.g. msisdn:+84912345678 (repeat for several). Types: \(TargetType.allCases.map(\.rawValue).joined(separator: ", ")).",
             discussion: "An ipv4/ipv6 target behind CGNAT takes port= and at= (RFC 3339 UTC); an account takes platform=."))
@@ -103,8 +106,16 @@ struct Request: AsyncParsableCommand {
                 guard let statement else { throw ValidationError("--emergency needs --statement: the facts that make it an emergency") }
                 return EmergencyGrounds(ground: ground, statement: statement)
             }
+            var document: LegalDocument?
+            if let decisionFile {
+                guard let type = LegalDocument.mediaType(forFileName: decisionFile) else {
+                    throw ValidationError("--decision-file must end in .pdf, .png, .jpg, .jpeg, .tif or .tiff")
+                }
+                guard let bytes = FileManager.default.contents(atPath: decisionFile) else { throw ValidationError("cannot read \(decisionFile)") }
+                document = try await connection.client.uploadDocument(Array(bytes), mediaType: type).document
+            }
             let spec = RequestSpec(caseId: try parseID(caseId), providerId: provider,
-                                   legalBasis: LegalBasis(decisionNumber: decisionNumber, issuingAuthority: authority, issuedOn: issuedOn),
+                                   legalBasis: LegalBasis(decisionNumber: decisionNumber, issuingAuthority: authority, issuedOn: issuedOn, document: document),
                                    targets: targets, categories: categories, window: TimeWindow(from: from, to: to),
                                    priority: grounds == nil ? .normal : .emergency, emergency: grounds, notes: notes)
             var view = try await connection.client.createRequest(spec)

@@ -53,6 +53,7 @@ struct AgencyIsolationTests {
                         .replacingOccurrences(of: "{size}", with: "\(checkpoint.size)")
                         .replacingOccurrences(of: "{index}", with: "\(eventIndex)")
                         .replacingOccurrences(of: "{question}", with: UUID().uuidString.lowercased())
+                        .replacingOccurrences(of: "{sha256}", with: SyntheticDecision.document.sha256)
                     let body: ByteBuffer? = switch template {
                     case "/v1/requests": try BrokerAPITests.json(BrokerAPITests.spec(caseId: caseId))
                     case "/v1/cases": ByteBuffer(string: #"{"title":"theirs"}"#)
@@ -72,6 +73,8 @@ struct AgencyIsolationTests {
                         allowed = [.ok]  // no case data: hashes of the whole log
                     case "/v1/cases": allowed = [.created]  // a case of their own
                     case "/v1/requests": allowed = [.badRequest, .forbidden]  // the case "does not exist" for them
+                    case "/v1/documents": allowed = [.badRequest, .forbidden]  // no document in the body: nothing stored
+                    case "/v1/documents/{sha256}": allowed = [.notFound]  // the first agency's decision
                     case "/v1/custody/checkpoints/{size}/cosignatures": allowed = [.forbidden]  // not a witness
                     default:
                         #expect(template.contains("{id}") || template.contains("{index}"), "no rule for \(method) \(template): add it to this test")

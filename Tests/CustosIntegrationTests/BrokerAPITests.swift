@@ -23,7 +23,8 @@ struct BrokerAPITests {
 
     static func spec(caseId: UUID, provider: String = "prov-a") -> RequestSpec {
         RequestSpec(caseId: caseId, providerId: provider,
-                    legalBasis: LegalBasis(decisionNumber: "QD-7/2026", issuingAuthority: "Test Authority", issuedOn: "2026-11-01"),
+                    legalBasis: LegalBasis(decisionNumber: "QD-7/2026", issuingAuthority: "Test Authority", issuedOn: "2026-11-01",
+                                           document: SyntheticDecision.document),
                     targets: [Target(type: .msisdn, value: "+84912345678")], categories: [.traffic],
                     window: TimeWindow(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z"))
     }
@@ -35,6 +36,7 @@ struct BrokerAPITests {
         let inv2 = try await store.addUser(name: "inv2", role: .investigator, by: .testAdmin)
         let appr = try await store.addUser(name: "appr", role: .approver, by: .testAdmin)
         let c = try await store.createCase(title: "Case", by: inv.0)
+        _ = try await store.uploadDecision(by: inv.0)
         return World(investigator: inv.token, investigator2: inv2.token, approver: appr.token, caseId: c.id)
     }
 
@@ -150,7 +152,7 @@ struct BrokerAPITests {
     @Test func rejectionRecordsTheReasonAndDispatchesNothing() async throws {
         try await withApp { store, client, w, http in
             let inv = try #require(try await store.user(token: w.investigator))
-            let id = try await store.createRequest(Self.spec(caseId: w.caseId), by: inv)
+            let id = try await store.draft(Self.spec(caseId: w.caseId), by: inv)
             try await store.submit(id, by: inv)
             try await http.execute(uri: "/v1/requests/\(id.uuidString)/reject", method: .post, headers: Self.auth(w.approver),
                                    body: try Self.json(API.Decision(reason: "insufficient grounds"))) { (r: TestResponse) throws in

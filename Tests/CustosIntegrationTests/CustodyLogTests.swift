@@ -257,10 +257,10 @@ struct CustodyLogTests {
             try await store.recordKeyChanges(["message-signing": "aa", "custody-log": "bb"])
             try await store.recordKeyChanges(["message-signing": "aa", "custody-log": "cc"])  // only the changed key is recorded
             let c = try await store.createCase(title: "case with a name that stays out of the log", by: inv)
-            let rejected = try await store.createRequest(BrokerAPITests.spec(caseId: c.id), by: inv)
+            let rejected = try await store.draft(BrokerAPITests.spec(caseId: c.id), by: inv)
             try await store.submit(rejected, by: inv)
             try await store.reject(rejected, by: appr, reason: "free text that stays out of the log")
-            let withdrawn = try await store.createRequest(BrokerAPITests.spec(caseId: c.id), by: inv)
+            let withdrawn = try await store.draft(BrokerAPITests.spec(caseId: c.id), by: inv)
             try await store.withdraw(withdrawn, by: inv, reason: nil)
             await #expect(throws: BrokerError.self) { try await store.withdraw(withdrawn, by: inv, reason: nil) }
             try await store.recordAccess(.requestViewed, by: inv, subject: .init(requestId: rejected))
@@ -274,7 +274,7 @@ struct CustodyLogTests {
             }
             #expect(kinds == ["admin.provider-registered", "admin.user-added", "admin.user-added", "admin.user-role-changed", "admin.user-role-changed",
                               "admin.user-added", "admin.witness-registered", "admin.key-changed", "admin.key-changed", "admin.key-changed",
-                              "case.created", "request.drafted", "request.submitted", "request.rejected", "request.drafted", "request.withdrawn",
+                              "case.created", "document.uploaded", "request.drafted", "request.submitted", "request.rejected", "request.drafted", "request.withdrawn",
                               "request.viewed"])
             // Free text and target identifiers never enter the log, only their hashes.
             #expect(!entries.joined().contains("stays out of the log"))

@@ -49,7 +49,7 @@ struct EmergencyTests {
 
     static func submitted(_ store: BrokerStore, by inv: AuthenticatedUser, emergency: Bool = true) async throws -> UUID {
         let c = try await store.createCase(title: "c", by: inv)
-        let id = try await store.createRequest(emergency ? emergencySpec(caseId: c.id) : BrokerAPITests.spec(caseId: c.id), by: inv)
+        let id = try await store.draft(emergency ? emergencySpec(caseId: c.id) : BrokerAPITests.spec(caseId: c.id), by: inv)
         try await store.submit(id, by: inv)
         return id
     }

@@ -37,7 +37,7 @@ struct IngestTests {
         let inv = try await store.addUser(name: "inv", role: .investigator, by: .testAdmin).0
         let appr = try await store.addUser(name: "appr", role: .approver, by: .testAdmin).0
         let c = try await store.createCase(title: "c", by: inv)
-        let id = try await store.createRequest(BrokerAPITests.spec(caseId: c.id), by: inv)
+        let id = try await store.draft(BrokerAPITests.spec(caseId: c.id), by: inv)
         try await store.submit(id, by: inv)
         try await store.approve(id, by: appr)
         return Approved(id: id, hash: try #require(try await store.request(id, viewer: nil).requestHash))

@@ -25,7 +25,7 @@ struct LegalClockTests {
         let (inv, _) = try await store.addUser(name: "inv\(n)", role: .investigator, by: .testAdmin)
         let (appr, _) = try await store.addUser(name: "appr\(n)", role: .approver, by: .testAdmin)
         let c = try await store.createCase(title: "c", by: inv)
-        let id = try await store.createRequest(BrokerAPITests.spec(caseId: c.id), by: inv)
+        let id = try await store.draft(BrokerAPITests.spec(caseId: c.id), by: inv)
         try await store.submit(id, by: inv)
         try await store.approve(id, by: appr)
         return id

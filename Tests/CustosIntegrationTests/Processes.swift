@@ -106,6 +106,7 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
             "streaming": ["inFlightChunks": inFlightChunks],
         ]
         try JSONSerialization.data(withJSONObject: broker).write(to: URL(fileURLWithPath: path("broker.json")))
+        try Data(SyntheticDecision.pdf).write(to: URL(fileURLWithPath: path("decision.pdf")))
     }
 
     func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
@@ -158,6 +159,7 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
         let caseId = try cliOK(investigator, ["case", "create", "--title", "E2E case"])
         return try cliOK(investigator, ["request", "create", "--case", caseId, "--provider", provider,
                                         "--decision-number", "QD-9/2026", "--authority", "Test Authority", "--issued-on", "2026-11-20",
+                                        "--decision-file", path("decision.pdf"),
                                         "--from", "2026-11-01T00:00:00Z", "--to", "2026-11-20T00:00:00Z", "--submit"]
                          + targets.flatMap { ["--target", $0] } + categories.flatMap { ["--category", $0] } + extra)
     }

@@ -2,6 +2,8 @@
 import CustosCustody
 import CustosEvidence
 import CustosKafka
+import CustosModel
+import CustosTestSupport
 import Foundation
 import Logging
 import PostgresNIO
@@ -73,4 +75,19 @@ enum TestServices {
 
 extension CustodyEvent.Actor {
     static let testAdmin = CustodyEvent.Actor(type: .admin, id: "tests")
+}
+
+extension BrokerStore {
+    /// Uploads the synthetic decision for `user`'s agency (again is harmless).
+    @discardableResult
+    func uploadDecision(by user: AuthenticatedUser) async throws -> API.DocumentView {
+        try await uploadDocument(ByteBuffer(bytes: SyntheticDecision.pdf), mediaType: "application/pdf", by: user)
+    }
+
+    /// Creates a draft whose legal basis names the synthetic decision, uploaded first.
+    func draft(_ spec: RequestSpec, by user: AuthenticatedUser) async throws -> UUID {
+        var spec = spec
+        spec.legalBasis.document = try await uploadDecision(by: user).document
+        return try await createRequest(spec, by: user)
+    }
 }
