@@ -66,15 +66,21 @@ public func buildApplication(
     let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
     let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
                                     refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)
+    let tls = try configuration.tlsCertificateFile.map { file in
+        try brokerTLSConfiguration(certificateChain: try readFile(file, key: "http.tls.certificateFile"),
+                                   key: try readFile(configuration.tlsKeyFile!, key: "http.tls.keyFile"),
+                                   clientCAs: try configuration.tlsClientTrustFile.map { try readFile($0, key: "http.tls.clientTrustFile") })
+    }
     var app = Application(
         router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, timeStampAuthority: authority,
                             exportWait: max(.seconds(10), configuration.checkpointInterval * 3), jwt: jwt, logger: logger),
+        server: try brokerServer(tls: tls),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
         services: [postgres, relay, ingestor, integrator, clockWatcher, KafkaProducerService(producer: producer)] as [any Service]
             + (webhooks.urls.isEmpty ? [] : [notifier]),
         onServerRunning: { channel in
             let port = channel.localAddress?.port ?? configuration.httpPort
-            await onRunning("http://\(configuration.httpHost):\(port)")
+            await onRunning("\(tls == nil ? "http" : "https")://\(configuration.httpHost):\(port)")
         },
         logger: logger)
     app.beforeServerStarts {

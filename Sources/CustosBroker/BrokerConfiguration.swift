@@ -11,6 +11,14 @@ public struct BrokerConfiguration: Sendable {
     public var httpHost: String = "127.0.0.1"
     /// `http.port`: port of the HTTP API; 0 picks a free one.
     public var httpPort: Int = 8080
+    /// `http.tls.certificateFile`, `http.tls.keyFile`: serve HTTPS with this certificate (and
+    /// chain) and key, PEM. Unset: plain HTTP (behind a TLS-terminating proxy, or on loopback).
+    public var tlsCertificateFile: String?
+    public var tlsKeyFile: String?
+    /// `http.tls.clientTrustFile`: with HTTPS, TLS client certificates issued by these CAs are
+    /// verified in the handshake; one registered to a user (`users add-certificate`)
+    /// authenticates that user (mutual TLS). Clients without one still use bearer tokens.
+    public var tlsClientTrustFile: String?
     /// `http.maxBodyBytes`: largest request body accepted.
     public var maxBodyBytes: Int = 1 << 20
     /// `database.*`: see `DatabaseConfiguration`.
@@ -80,6 +88,15 @@ public struct BrokerConfiguration: Sendable {
         httpHost = reader.string(forKey: "http.host", default: httpHost)
         httpPort = reader.int(forKey: "http.port", default: httpPort)
         maxBodyBytes = reader.int(forKey: "http.maxBodyBytes", default: maxBodyBytes)
+        tlsCertificateFile = reader.string(forKey: "http.tls.certificateFile")
+        tlsKeyFile = reader.string(forKey: "http.tls.keyFile")
+        tlsClientTrustFile = reader.string(forKey: "http.tls.clientTrustFile")
+        guard (tlsCertificateFile == nil) == (tlsKeyFile == nil) else {
+            throw ConfigurationError(key: "http.tls.certificateFile", reason: "http.tls.certificateFile and http.tls.keyFile go together")
+        }
+        guard tlsClientTrustFile == nil || tlsCertificateFile != nil else {
+            throw ConfigurationError(key: "http.tls.clientTrustFile", reason: "client certificates need HTTPS: set http.tls.certificateFile and http.tls.keyFile")
+        }
         consumerGroup = reader.string(forKey: "kafka.groupId", default: consumerGroup)
         outboxPollInterval = .milliseconds(reader.int(forKey: "outbox.pollMilliseconds", default: 100))
         providerRefreshInterval = .seconds(reader.int(forKey: "providers.refreshSeconds", default: 5))

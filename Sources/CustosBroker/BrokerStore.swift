@@ -135,6 +135,37 @@ public struct BrokerStore: Sendable {
         }
     }
 
+    /// Registers a TLS client certificate for a user: presented in the handshake (and verified
+    /// against `http.tls.clientTrustFile`), it authenticates them without a token.
+    public func addUserCertificate(name: String, certificate: String, by actor: CustodyEvent.Actor) async throws {
+        let info: CertificateInfo
+        do { info = try CertificateInfo(pem: certificate) } catch { throw BrokerError(.invalid, "not a PEM certificate: \(error.reason)") }
+        let fingerprint = Digest.sha256Hex(info.der)
+        try await client.custodyTransaction(logger: logger) { conn, custody in
+            var userId: UUID?
+            for try await id in try await conn.query("SELECT id FROM users WHERE name = \(name)", logger: logger).decode(UUID.self) { userId = id }
+            guard let userId else { throw BrokerError(.notFound, "no such user") }
+            let added = try await conn.query("""
+                INSERT INTO user_certificates (sha256, user_id, subject, not_after) VALUES (\(fingerprint), \(userId), \(info.commonName), \(info.notAfter))
+                ON CONFLICT (sha256) DO NOTHING RETURNING 1
+                """, logger: logger).decode(Int.self).first { _ in true } != nil
+            guard added else { throw BrokerError(.conflict, "this certificate is already registered") }
+            custody.record(CustodyEvent(kind: .userCertificateAdded, at: Timestamp.now(), actor: actor, subject: .init(user: name),
+                                        objects: ["certificateSha256": fingerprint]))
+        }
+    }
+
+    public func user(certificateSha256: String) async throws -> AuthenticatedUser? {
+        let rows = try await client.query("""
+            SELECT u.id, u.name, u.role, u.agency FROM user_certificates c JOIN users u ON u.id = c.user_id
+            WHERE c.sha256 = \(certificateSha256) AND c.not_after > now()
+            """, logger: logger)
+        for try await (id, name, role, agency) in rows.decode((UUID, String, String, String).self) {
+            return AuthenticatedUser(id: id, name: name, role: Role(rawValue: role) ?? .investigator, agency: agency)
+        }
+        return nil
+    }
+
     public func user(token: String) async throws -> AuthenticatedUser? {
         let rows = try await client.query("SELECT id, name, role, agency FROM users WHERE token_sha256 = \(ByteBuffer(bytes: Self.tokenHash(token)))", logger: logger)
         for try await (id, name, role, agency) in rows.decode((UUID, String, String, String).self) {

@@ -6,6 +6,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOSSL
 import PostgresNIO
 
 extension API.CaseView: ResponseEncodable {}
@@ -21,14 +22,24 @@ extension API.InclusionProofView: ResponseEncodable {}
 extension API.ConsistencyProofView: ResponseEncodable {}
 
 /// The request context of the broker's routes: Hummingbird's basics plus the client's address,
-/// which the custody log records for every access.
+/// which the custody log records for every access, and its connection, whose TLS client
+/// certificate (if any) can name the caller.
 public struct BrokerRequestContext: RequestContext, RemoteAddressRequestContext {
     public var coreContext: CoreRequestContextStorage
     public let remoteAddress: SocketAddress?
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         remoteAddress = source.channel.remoteAddress
+        channel = source.channel
+    }
+
+    /// SHA-256 of the client certificate the TLS handshake verified, or nil (no TLS, or none
+    /// presented).
+    func clientCertificateSha256() async -> String? {
+        guard let certificate = try? await channel.nioSSL_peerCertificate().get(), let der = try? certificate.toDERBytes() else { return nil }
+        return Digest.sha256Hex(der)
     }
 }
 
@@ -271,7 +282,19 @@ struct BrokerAPI: Sendable {
 
     /// The authenticated caller, with the client it came from (for the custody log).
     func user(_ request: Request, _ context: BrokerRequestContext) async throws -> AuthenticatedUser {
-        guard let auth = request.headers[.authorization], auth.hasPrefix("Bearer "), auth.count > 7 else {
+        guard let auth = request.headers[.authorization] else {
+            // No token: a client certificate the TLS handshake verified may name the caller.
+            guard let fingerprint = await context.clientCertificateSha256() else {
+                throw BrokerError(.unauthorized, "a bearer token or a registered client certificate is required")
+            }
+            guard var user = try await store.user(certificateSha256: fingerprint) else {
+                throw BrokerError(.unauthorized, "the client certificate is not registered to a user")
+            }
+            user.address = context.remoteAddress?.ipAddress
+            user.agent = request.headers[.userAgent].map { String($0.prefix(200)) }
+            return user
+        }
+        guard auth.hasPrefix("Bearer "), auth.count > 7 else {
             throw BrokerError(.unauthorized, "a bearer token is required")
         }
         let token = String(auth.dropFirst(7))

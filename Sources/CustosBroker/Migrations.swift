@@ -314,5 +314,15 @@ enum Migrations {
                 PRIMARY KEY (agency, sha256)
             );
             """),
+        Migration(version: 9, name: "client certificates", sql: """
+            -- TLS client certificates that name a user (mutual TLS), by the SHA-256 of their DER.
+            CREATE TABLE user_certificates (
+                sha256 text PRIMARY KEY,
+                user_id uuid NOT NULL REFERENCES users(id),
+                subject text NOT NULL,
+                not_after timestamptz NOT NULL,
+                added_at timestamptz NOT NULL DEFAULT now()
+            );
+            """),
     ]
 }

@@ -45,6 +45,7 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         public static let witnessRegistered = Kind("admin.witness-registered")
         public static let agencyAdded = Kind("admin.agency-added")
         public static let keyChanged = Kind("admin.key-changed")
+        public static let userCertificateAdded = Kind("admin.user-certificate-added")
         public static let documentUploaded = Kind("document.uploaded")
         public static let documentViewed = Kind("document.viewed")
     }

@@ -86,6 +86,11 @@ struct Serve: AsyncParsableCommand {
                   one delivery's time-out (default 10), and attempts before one is given up (default 12; retries back off 5 s to 1 h)
               http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
                   listen address (default 127.0.0.1:8080; port 0 picks one)
+              http.tls.certificateFile, http.tls.keyFile (CUSTOS_HTTP_TLS_CERTIFICATE_FILE, CUSTOS_HTTP_TLS_KEY_FILE)
+                  serve HTTPS with this certificate (chain) and key, PEM (default: plain HTTP)
+              http.tls.clientTrustFile (CUSTOS_HTTP_TLS_CLIENT_TRUST_FILE)
+                  with HTTPS: accept TLS client certificates issued by these CAs (PEM); a certificate registered with
+                  `users add-certificate` authenticates its user without a token (mutual TLS)
               http.maxBodyBytes (CUSTOS_HTTP_MAX_BODY_BYTES)
                   largest request body (default 1048576)
               outbox.pollMilliseconds (CUSTOS_OUTBOX_POLL_MILLISECONDS)
@@ -123,7 +128,7 @@ struct Migrate: AsyncParsableCommand {
 }
 
 struct Users: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Manage users.", subcommands: [Add.self, SetRole.self])
+    static let configuration = CommandConfiguration(abstract: "Manage users.", subcommands: [Add.self, SetRole.self, AddCertificate.self])
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -154,6 +159,23 @@ struct Users: AsyncParsableCommand {
             guard let role = Role(rawValue: role), role != .witness else { throw ValidationError("--role must be \(roleNames)") }
             try await withAdminStore(options) { store in try await store.setRole(name: name, role: role, by: adminActor) }
             print("\(name) is now \(role.rawValue)")
+        }
+    }
+}
+
+extension Users {
+    struct AddCertificate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Register a TLS client certificate for a user (mutual TLS): presented to the broker, it authenticates them without a token.",
+            discussion: "The broker must serve TLS with http.tls.clientTrustFile naming the CA that issued it. Recorded in the custody log.")
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "User name.") var name: String
+        @Option(help: "The client certificate, PEM.") var certificate: String
+
+        func run() async throws {
+            guard let pem = try? String(contentsOfFile: certificate, encoding: .utf8) else { throw ValidationError("cannot read \(certificate)") }
+            try await withAdminStore(options) { store in try await store.addUserCertificate(name: name, certificate: pem, by: adminActor) }
+            print("certificate registered for \(name)")
         }
     }
 }

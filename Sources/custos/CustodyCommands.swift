@@ -49,7 +49,7 @@ struct Custody: AsyncParsableCommand {
         @Option(help: "A checkpoint's tree size.") var size: UInt64?
         @Option(help: "Folder with custody-ca.pem and tsa-ca.pem: check the signature and time-stamp.") var trust: String?
         func run() async throws {
-            let client = connection.client
+            let client = try connection.client
             let c = if let size { try await client.checkpoint(size: size) } else { try await client.latestCheckpoint() }
             var verdict = ""
             if let trust {
@@ -119,7 +119,7 @@ struct Custody: AsyncParsableCommand {
         @Argument(help: "The newer checkpoint's size.") var to: UInt64
         func run() async throws {
             let anchors = try trust.load()
-            let client = connection.client
+            let client = try connection.client
             let (old, new) = (try await client.checkpoint(size: from), try await client.checkpoint(size: to))
             let proof = try await client.consistencyProof(from: from, to: to)
             do {
@@ -158,7 +158,7 @@ struct Witness: AsyncParsableCommand {
             let anchors = try trust.load()
             let keyPEM = try String(contentsOfFile: key, encoding: .utf8)
             let certPEM = try String(contentsOfFile: certificate, encoding: .utf8)
-            let client = connection.client
+            let client = try connection.client
             let latest = try await client.latestCheckpoint()
             let previous = FileManager.default.contents(atPath: state).flatMap { try? JSONDecoder().decode(API.CheckpointView.self, from: $0) }
             do {

@@ -11,18 +11,28 @@ struct Custos: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos",
         abstract: "Custos command line for investigators, approvers, auditors and witnesses.",
-        discussion: "The broker's address comes from --url or CUSTOS_URL; your bearer token from --token or CUSTOS_TOKEN.",
+        discussion: "The broker's address comes from --url or CUSTOS_URL; your bearer token from --token or CUSTOS_TOKEN, or, with mutual TLS, your client certificate from --client-certificate and --client-key (CUSTOS_CLIENT_CERTIFICATE, CUSTOS_CLIENT_KEY).",
         subcommands: [WhoAmI.self, Case.self, Request.self, Package.self, Download.self, Export.self, Verify.self, Custody.self, Witness.self])
 }
 
 struct Connection: ParsableArguments {
     @Option(help: "Broker URL (default: CUSTOS_URL, else http://127.0.0.1:8080).") var url: String?
-    @Option(help: "Bearer token (default: CUSTOS_TOKEN).") var token: String?
+    @Option(help: "Bearer token (default: CUSTOS_TOKEN). Not needed with a registered client certificate.") var token: String?
+    @Option(help: "CA certificates (PEM) the broker's HTTPS certificate chains to, when not a public one (default: CUSTOS_CA_FILE).")
+    var caFile: String?
+    @Option(help: "Your TLS client certificate, PEM, for mutual TLS (default: CUSTOS_CLIENT_CERTIFICATE).") var clientCertificate: String?
+    @Option(help: "Its private key, PEM (default: CUSTOS_CLIENT_KEY).") var clientKey: String?
     @Flag(help: "Print JSON instead of text.") var json = false
 
     var client: CustosClient {
-        let env = ProcessInfo.processInfo.environment
-        return CustosClient(baseURL: url ?? env["CUSTOS_URL"] ?? "http://127.0.0.1:8080", token: token ?? env["CUSTOS_TOKEN"])
+        get throws {
+            let env = ProcessInfo.processInfo.environment
+            let url = url ?? env["CUSTOS_URL"] ?? "http://127.0.0.1:8080", token = token ?? env["CUSTOS_TOKEN"]
+            let ca = caFile ?? env["CUSTOS_CA_FILE"], certificate = clientCertificate ?? env["CUSTOS_CLIENT_CERTIFICATE"]
+            let key = clientKey ?? env["CUSTOS_CLIENT_KEY"]
+            guard ca != nil || certificate != nil || key != nil else { return CustosClient(baseURL: url, token: token) }
+            return CustosClient(baseURL: url, token: token, http: try CustosClient.httpClient(caFile: ca, certificateFile: certificate, keyFile: key))
+        }
     }
 
     func emit<T: Encodable>(_ value: T, text: () -> String) throws {
@@ -238,7 +248,7 @@ struct Request: AsyncParsableCommand {
 
         func run() async throws {
             let requestId = try parseID(id)
-            let client = connection.client
+            let client = try connection.client
             if !watch {
                 let v = try await client.request(requestId)
                 try connection.emit(v) { Self.render(v) }

@@ -24,28 +24,28 @@ struct ExchangeEndToEndTests {
                                          "kyc_document": ["command": ["/bin/sh", "-c", "cat >/dev/null; echo broken >&2; exit 3"]],
                                          // Holds its request open until the test lets it go (no data then).
                                          "location": ["command": ["/bin/sh", "-c", "cat >/dev/null; while [ ! -e \(d.path("release")) ]; do sleep 0.1; done"]]]
-        try d.setUp()
+        try await d.setUp()
         try await d.startBroker()
         try await d.startConnector()
 
-        let request = try d.submitRequest()
-        let own = try d.cli(d.investigator, ["request", "approve", request])
+        let request = try await d.submitRequest()
+        let own = try await d.cli(d.investigator, ["request", "approve", request])
         #expect(own.status != 0 && own.stderr.contains("403"))
-        _ = try d.cliOK(d.approver, ["request", "approve", request])
-        let watched = try d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", request])
+        let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
         #expect(watched.status == 0, "status --watch: \(watched.stderr)\nbroker: \(d.broker!.output.suffix(2000))\nconnector: \(d.connector!.output.suffix(2000))")
         for state in ["submitted", "approved", "dispatched", "acknowledged", "in-progress", "delivered", "verified"] {
             #expect(watched.stdout.contains(state), "timeline lacks \(state)")
         }
 
-        let view = try json(try d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        let view = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
         #expect(view["state"] as? String == "verified")
         let packages = try #require(view["packages"] as? [[String: Any]])
         #expect(packages.count == 1)
         let packageId = try #require(packages.first?["id"] as? String).lowercased()
 
         let out = d.path("downloads")
-        let downloaded = try json(try d.cliOK(d.investigator, ["download", packageId, "--out", out, "--quiet", "--json"]))
+        let downloaded = try json(try await d.cliOK(d.investigator, ["download", packageId, "--out", out, "--quiet", "--json"]))
         let file = try #require(downloaded["path"] as? String)
         let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
         #expect(Digest.sha256Hex(bytes) == downloaded["sha256"] as? String)
@@ -71,19 +71,19 @@ struct ExchangeEndToEndTests {
 
         // An outside witness co-signs the log's checkpoint, after checking it; then the log grows
         // (the export), and the bundle proves its checkpoint extends the witnessed one.
-        let witness = try d.admin(["witnesses", "add", "procuracy", "--certificate", d.path("witness.pem")])
+        let witness = try await d.admin(["witnesses", "add", "procuracy", "--certificate", d.path("witness.pem")])
         let cosign = ["witness", "cosign", "--trust", trust, "--key", d.path("witness.key"), "--certificate", d.path("witness.pem"),
                       "--state", d.path("witness-state.json")]
-        #expect(try d.cliOK(witness, cosign).contains("co-signed checkpoint tests.custos/custody #"))
-        #expect(try d.cli(witness, ["request", "status", request]).stderr.contains("403"))  // a witness sees only the custody log
+        #expect(try await d.cliOK(witness, cosign).contains("co-signed checkpoint tests.custos/custody #"))
+        #expect(try await d.cli(witness, ["request", "status", request]).stderr.contains("403"))  // a witness sees only the custody log
         let held = try json(String(decoding: try Data(contentsOf: URL(fileURLWithPath: d.path("witness-state.json"))), as: UTF8.self))
         #expect((held["cosignatures"] as? [[String: Any]])?.first?["witness"] as? String == "procuracy")
 
         // The export bundle verifies offline, custody included, and its README's openssl
         // commands pass as written.
         let bundle = d.path("bundle.tar")
-        _ = try d.cliOK(d.investigator, ["export", packageId, "--out", bundle, "--quiet"])
-        let verified = try run("custos", ["verify", bundle, "--trust", trust, "--json"], environment: d.env)
+        _ = try await d.cliOK(d.investigator, ["export", packageId, "--out", bundle, "--quiet"])
+        let verified = try await run("custos", ["verify", bundle, "--trust", trust, "--json"], environment: d.env)
         #expect(verified.status == 0, "custos verify: \(verified.stdout)")
         let verifyReport = try json(verified.stdout)
         #expect(verifyReport["outcome"] as? String == "valid" && verifyReport["signer"] as? String == d.provider)
@@ -99,31 +99,31 @@ struct ExchangeEndToEndTests {
 
         // Proofs checked by the CLI, offline, against the trust anchors: an event's inclusion, and
         // the witnessed checkpoint's consistency with the newest.
-        let events = try json(try d.cliOK(d.investigator, ["custody", "events", "--package", packageId, "--json"]))["events"] as? [[String: Any]] ?? []
+        let events = try json(try await d.cliOK(d.investigator, ["custody", "events", "--package", packageId, "--json"]))["events"] as? [[String: Any]] ?? []
         let firstIndex = try #require(events.first?["index"] as? Int)
-        #expect(try d.cliOK(d.investigator, ["custody", "prove", "\(firstIndex)", "--trust", trust]).hasPrefix("PROVEN: event \(firstIndex)"))
-        let latest = try json(try d.cliOK(d.investigator, ["custody", "checkpoint", "--json", "--trust", trust]))
+        #expect(try await d.cliOK(d.investigator, ["custody", "prove", "\(firstIndex)", "--trust", trust]).hasPrefix("PROVEN: event \(firstIndex)"))
+        let latest = try json(try await d.cliOK(d.investigator, ["custody", "checkpoint", "--json", "--trust", trust]))
         let witnessedSize = try #require(held["size"] as? Int), latestSize = try #require(latest["size"] as? Int)
-        #expect(try d.cliOK(d.investigator, ["custody", "consistency", "\(witnessedSize)", "\(latestSize)", "--trust", trust]).hasPrefix("CONSISTENT"))
-        #expect(try d.cliOK(witness, cosign).contains("consistent with #\(witnessedSize)"))
+        #expect(try await d.cliOK(d.investigator, ["custody", "consistency", "\(witnessedSize)", "\(latestSize)", "--trust", trust]).hasPrefix("CONSISTENT"))
+        #expect(try await d.cliOK(witness, cosign).contains("consistent with #\(witnessedSize)"))
         // A sealed package is kept but not released; sealing and unsealing are custody events.
-        _ = try d.cliOK(d.approver, ["package", "seal", packageId, "--reason", "post-hoc review pending"])
-        let refusedDownload = try d.cli(d.investigator, ["download", packageId, "--out", d.path("sealed"), "--quiet"])
+        _ = try await d.cliOK(d.approver, ["package", "seal", packageId, "--reason", "post-hoc review pending"])
+        let refusedDownload = try await d.cli(d.investigator, ["download", packageId, "--out", d.path("sealed"), "--quiet"])
         #expect(refusedDownload.status != 0 && refusedDownload.stderr.contains("sealed"))
-        #expect(try d.cli(d.investigator, ["export", packageId, "--out", d.path("sealed.tar"), "--quiet"]).status != 0)
-        #expect(try d.cli(d.investigator, ["package", "seal", packageId, "--reason", "x"]).stderr.contains("403"))
-        _ = try d.cliOK(d.approver, ["package", "unseal", packageId, "--reason", "review confirmed"])
-        let history = try d.cliOK(d.investigator, ["custody", "events", "--package", packageId])
+        #expect(try await d.cli(d.investigator, ["export", packageId, "--out", d.path("sealed.tar"), "--quiet"]).status != 0)
+        #expect(try await d.cli(d.investigator, ["package", "seal", packageId, "--reason", "x"]).stderr.contains("403"))
+        _ = try await d.cliOK(d.approver, ["package", "unseal", packageId, "--reason", "review confirmed"])
+        let history = try await d.cliOK(d.investigator, ["custody", "events", "--package", packageId])
         #expect(history.contains("package.sealed") && history.contains("package.unsealed"))
         // The log audits clean against its own checkpoints and the one the witness holds.
-        #expect(try d.admin(["audit", "--checkpoint", d.path("witness-state.json")]).hasPrefix("custody audit: CONSISTENT"))
+        #expect(try await d.admin(["audit", "--checkpoint", d.path("witness-state.json")]).hasPrefix("custody audit: CONSISTENT"))
         var corrupted = try Data(contentsOf: URL(fileURLWithPath: bundle))
         let contentSize = try #require(verifyReport["contentSize"] as? Int)
         corrupted[corrupted.count - 1024 - (512 - contentSize % 512) % 512 - 5] ^= 0x01  // inside the content, before tar's padding and end
         try corrupted.write(to: URL(fileURLWithPath: d.path("corrupted.tar")))
-        #expect(try run("custos", ["verify", d.path("corrupted.tar"), "--trust", trust], environment: d.env).status == 1)
+        #expect(try await run("custos", ["verify", d.path("corrupted.tar"), "--trust", trust], environment: d.env).status == 1)
         try Data("not a bundle".utf8).write(to: URL(fileURLWithPath: d.path("garbage.tar")))
-        #expect(try run("custos", ["verify", d.path("garbage.tar"), "--trust", trust], environment: d.env).status == 2)
+        #expect(try await run("custos", ["verify", d.path("garbage.tar"), "--trust", trust], environment: d.env).status == 2)
         let extracted = d.path("extracted")
         try FileManager.default.createDirectory(atPath: extracted, withIntermediateDirectories: true)
         #expect(try runQuietly("/bin/tar", ["-xf", bundle, "-C", extracted]) == 0)
@@ -152,41 +152,41 @@ struct ExchangeEndToEndTests {
         #expect(receipt.outcome == .accepted && receipt.packageId.uuidString.lowercased() == packageId)
 
         // A request whose only adapter fails is refused by the provider, with a reason.
-        let refusedRequest = try d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["kyc-document"])
-        _ = try d.cliOK(d.approver, ["request", "approve", refusedRequest])
-        let refusedWatch = try d.cli(d.investigator, ["request", "status", refusedRequest, "--watch", "--timeout", "120"])
+        let refusedRequest = try await d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["kyc-document"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", refusedRequest])
+        let refusedWatch = try await d.cli(d.investigator, ["request", "status", refusedRequest, "--watch", "--timeout", "120"])
         #expect(refusedWatch.stdout.contains("refused") && refusedWatch.stdout.contains("extraction-failed"))
 
         // The provider asks a question while it works on a request; the investigator answers it,
         // and the answer reaches the connector.
-        let asked = try d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["location"])
-        _ = try d.cliOK(d.approver, ["request", "approve", asked])
+        let asked = try await d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["location"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", asked])
         let job = d.path("state/jobs/\(asked)")
         let jobDeadline = ContinuousClock.now + .seconds(60)
         while !FileManager.default.fileExists(atPath: job + "/request.json") && ContinuousClock.now < jobDeadline { try await Task.sleep(for: .milliseconds(100)) }
-        let clarify = try run("custos-connector", ["clarify", asked, "--question", "Which cell sites: serving only, or neighbours too?", "--config", d.path("connector.json")],
+        let clarify = try await run("custos-connector", ["clarify", asked, "--question", "Which cell sites: serving only, or neighbours too?", "--config", d.path("connector.json")],
                               environment: d.env)
         #expect(clarify.status == 0, "custos-connector clarify: \(clarify.stderr)")
         var questionId: String?
         while questionId == nil && ContinuousClock.now < jobDeadline {
-            let v = try json(try d.cliOK(d.investigator, ["request", "status", asked, "--json"]))
+            let v = try json(try await d.cliOK(d.investigator, ["request", "status", asked, "--json"]))
             questionId = (v["clarifications"] as? [[String: Any]])?.first?["id"] as? String
             if questionId == nil { try await Task.sleep(for: .milliseconds(100)) }
         }
         let question = try #require(questionId, "the question never reached the broker")
-        #expect(try d.cliOK(d.investigator, ["request", "status", asked]).contains("paused (a question is open)"))
-        #expect(try d.cli(d.approver, ["request", "answer", asked, "--question", question, "--answer", "x"]).stderr.contains("403"))
-        #expect(try d.cliOK(d.investigator, ["request", "answer", asked, "--question", question, "--answer", "Serving cells only."])
+        #expect(try await d.cliOK(d.investigator, ["request", "status", asked]).contains("paused (a question is open)"))
+        #expect(try await d.cli(d.approver, ["request", "answer", asked, "--question", question, "--answer", "x"]).stderr.contains("403"))
+        #expect(try await d.cliOK(d.investigator, ["request", "answer", asked, "--question", question, "--answer", "Serving cells only."])
             .contains("0 question(s) open"))
         var answerShown = false
         while !answerShown && ContinuousClock.now < jobDeadline {
-            let status = try run("custos-connector", ["status", "--config", d.path("connector.json")], environment: d.env)
+            let status = try await run("custos-connector", ["status", "--config", d.path("connector.json")], environment: d.env)
             answerShown = status.stdout.contains("answer to question \(question.lowercased()): Serving cells only.")
             if !answerShown { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(answerShown, "the connector never showed the answer")
         FileManager.default.createFile(atPath: d.path("release"), contents: nil)
-        let askedWatch = try d.cli(d.investigator, ["request", "status", asked, "--watch", "--timeout", "120"])
+        let askedWatch = try await d.cli(d.investigator, ["request", "status", asked, "--watch", "--timeout", "120"])
         #expect(askedWatch.stdout.contains("clarification-requested") && askedWatch.stdout.contains("clarification-answered")
                 && askedWatch.stdout.contains("verified"))
 
@@ -202,36 +202,36 @@ struct ExchangeEndToEndTests {
     @Test func anEmergencyTakesTheUrgentLaneAndItsRevocationSealsThePackageAndStopsTheProvider() async throws {
         let d = try Deployment(adapter: [Self.synth, "--records-per-target", "50"])
         defer { d.stop() }
-        try d.setUp()
-        let duty = try d.admin(["users", "add", TestServices.unique("duty-"), "--role", "duty-approver"])
-        let reviewer = try d.admin(["users", "add", TestServices.unique("rev-"), "--role", "reviewer"])
+        try await d.setUp()
+        let duty = try await d.admin(["users", "add", TestServices.unique("duty-"), "--role", "duty-approver"])
+        let reviewer = try await d.admin(["users", "add", TestServices.unique("rev-"), "--role", "reviewer"])
         try await d.startBroker()
         try await d.startConnector()
-        let request = try d.submitRequest(targets: ["msisdn:+84912345678"], extra: [
+        let request = try await d.submitRequest(targets: ["msisdn:+84912345678"], extra: [
             "--emergency", "threat-to-life", "--statement", "A missing child's phone; the abductor is calling the family from it.",
         ])
         // An ordinary approver is not on the fast track; the duty approver is, alone.
-        #expect(try d.cli(d.approver, ["request", "approve", request]).stderr.contains("duty approver"))
-        _ = try d.cliOK(duty, ["request", "approve", request])
-        let watched = try d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
+        #expect(try await d.cli(d.approver, ["request", "approve", request]).stderr.contains("duty approver"))
+        _ = try await d.cliOK(duty, ["request", "approve", request])
+        let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
         #expect(watched.status == 0, "broker: \(d.broker!.output.suffix(2000))\nconnector: \(d.connector!.output.suffix(2000))")
-        let shown = try d.cliOK(d.investigator, ["request", "status", request])
+        let shown = try await d.cliOK(d.investigator, ["request", "status", request])
         #expect(shown.contains("(emergency: threat-to-life)") && shown.contains("review: pending") && shown.contains("clock review"))
-        let view = try json(try d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        let view = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
         let packageId = try #require((view["packages"] as? [[String: Any]])?.first?["id"] as? String).lowercased()
 
         // The reviewer revokes it: the package is sealed for good, and the provider is told.
-        #expect(try d.cli(reviewer, ["request", "review", request, "--revoke"]).stderr.contains("reason"))
-        let revoked = try d.cliOK(reviewer, ["request", "review", request, "--revoke", "--reason", "the child was found at home"])
+        #expect(try await d.cli(reviewer, ["request", "review", request, "--revoke"]).stderr.contains("reason"))
+        let revoked = try await d.cliOK(reviewer, ["request", "review", request, "--revoke", "--reason", "the child was found at home"])
         #expect(revoked.contains("emergency revoked"))
-        let refused = try d.cli(d.investigator, ["download", packageId, "--out", d.path("dl"), "--quiet"])
+        let refused = try await d.cli(d.investigator, ["download", packageId, "--out", d.path("dl"), "--quiet"])
         #expect(refused.status != 0 && refused.stderr.contains("revoked by a reviewer"))
-        #expect(try d.cli(d.approver, ["package", "unseal", packageId, "--reason", "please"]).stderr.contains("403"))
+        #expect(try await d.cli(d.approver, ["package", "unseal", packageId, "--reason", "please"]).stderr.contains("403"))
         let revokedFile = d.path("state/jobs/\(request)/revoked.json")
         let deadline = ContinuousClock.now + .seconds(30)
         while !FileManager.default.fileExists(atPath: revokedFile) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
         #expect(FileManager.default.fileExists(atPath: revokedFile), "the connector never heard of the revocation")
-        let timeline = try d.cliOK(d.investigator, ["request", "timeline", request])
+        let timeline = try await d.cliOK(d.investigator, ["request", "timeline", request])
         #expect(timeline.contains("emergency-revoked"))
 
         // The urgent topic's messages validate against schemas/messages.
@@ -252,11 +252,11 @@ struct ExchangeEndToEndTests {
 
         let d = try Deployment(adapter: [script], inFlightChunks: 2)
         defer { d.stop() }
-        try d.setUp()
+        try await d.setUp()
         try await d.startBroker()
         try await d.startConnector()
-        let request = try d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["traffic"])
-        _ = try d.cliOK(d.approver, ["request", "approve", request])
+        let request = try await d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["traffic"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", request])
 
         // 1. kill -9 the connector in the middle of streaming.
         let progressFile = d.path("state/jobs/\(request)/progress")
@@ -277,7 +277,7 @@ struct ExchangeEndToEndTests {
         try await d.startConnector()
         var received = 0
         while received < progress + 20 && ContinuousClock.now < deadline {
-            let view = try json(try d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+            let view = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
             received = ((view["packages"] as? [[String: Any]])?.first?["chunksReceived"] as? Int) ?? 0
             try await Task.sleep(for: .milliseconds(20))
         }
@@ -286,9 +286,9 @@ struct ExchangeEndToEndTests {
 
         // 3. Restart the broker: the package completes, verifies, and is stored once.
         try await d.startBroker()
-        let watched = try d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "300"])
+        let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "300"])
         #expect(watched.status == 0, "broker: \(d.broker!.output.suffix(2000))\nconnector: \(d.connector!.output.suffix(2000))")
-        let view = try json(try d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        let view = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
         #expect(view["state"] as? String == "verified")
         let packages = try #require(view["packages"] as? [[String: Any]])
         #expect(packages.count == 1)
@@ -297,7 +297,7 @@ struct ExchangeEndToEndTests {
         #expect(packages.first?["state"] as? String == "verified")
         // The adapter ran once: the restarted connector resumed from its state, not from scratch.
         #expect(try String(contentsOfFile: runs, encoding: .utf8).split(separator: "\n").count == 1)
-        let downloaded = try json(try d.cliOK(d.investigator, ["download", packages[0]["id"] as! String, "--out", d.path("dl"), "--quiet", "--json"]))
+        let downloaded = try json(try await d.cliOK(d.investigator, ["download", packages[0]["id"] as! String, "--out", d.path("dl"), "--quiet", "--json"]))
         #expect(downloaded["chunksRoot"] as? String == manifest.chunksRoot)
     }
 

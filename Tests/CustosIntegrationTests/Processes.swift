@@ -45,8 +45,21 @@ final class ChildProcess: @unchecked Sendable {  // used from one test task at a
     }
 }
 
-/// Runs one of the project's executables to completion and returns its stdout.
-func run(_ executable: String, _ arguments: [String], environment: [String: String]) throws -> (status: Int32, stdout: String, stderr: String) {
+/// Runs one of the project's executables to completion and returns its status and output. The
+/// wait happens on a thread of its own: blocked there, it would starve the cooperative pool
+/// (two threads on a 2-core machine) that every other test's tasks run on.
+func run(_ executable: String, _ arguments: [String], environment: [String: String]) async throws -> (status: Int32, stdout: String, stderr: String) {
+    try await offPool { try runBlocking(executable, arguments, environment: environment) }
+}
+
+/// Runs `body` on a new thread and waits for it without holding a cooperative thread.
+func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}
+
+private func runBlocking(_ executable: String, _ arguments: [String], environment: [String: String]) throws -> (status: Int32, stdout: String, stderr: String) {
     let p = Process()
     p.executableURL = TestServices.binDirectory.appendingPathComponent(executable)
     p.arguments = arguments
@@ -111,17 +124,17 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
 
     func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
 
-    func admin(_ args: [String]) throws -> String {
-        let r = try run("custos-broker", args + ["--config", path("broker.json")], environment: env)
+    func admin(_ args: [String]) async throws -> String {
+        let r = try await run("custos-broker", args + ["--config", path("broker.json")], environment: env)
         try #require(r.status == 0, "custos-broker \(args.joined(separator: " ")) failed: \(r.stderr)")
         return r.stdout
     }
 
-    func setUp() throws {
-        _ = try admin(["migrate"])
-        _ = try admin(["providers", "add", provider, "--certificate", path("provider.pem"), "--ca-certificate", path("provider-ca.pem")])
-        investigator = try admin(["users", "add", TestServices.unique("inv-"), "--role", "investigator"])
-        approver = try admin(["users", "add", TestServices.unique("appr-"), "--role", "approver"])
+    func setUp() async throws {
+        _ = try await admin(["migrate"])
+        _ = try await admin(["providers", "add", provider, "--certificate", path("provider.pem"), "--ca-certificate", path("provider-ca.pem")])
+        investigator = try await admin(["users", "add", TestServices.unique("inv-"), "--role", "investigator"])
+        approver = try await admin(["users", "add", TestServices.unique("appr-"), "--role", "approver"])
     }
 
     func startBroker() async throws {
@@ -140,24 +153,24 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
     }
 
     /// Runs the `custos` CLI as `token`'s user.
-    func cli(_ token: String, _ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+    func cli(_ token: String, _ args: [String]) async throws -> (status: Int32, stdout: String, stderr: String) {
         var e = env
         e["CUSTOS_URL"] = url
         e["CUSTOS_TOKEN"] = token
-        return try run("custos", args, environment: e)
+        return try await run("custos", args, environment: e)
     }
 
-    func cliOK(_ token: String, _ args: [String]) throws -> String {
-        let r = try cli(token, args)
+    func cliOK(_ token: String, _ args: [String]) async throws -> String {
+        let r = try await cli(token, args)
         try #require(r.status == 0, "custos \(args.joined(separator: " ")) failed: \(r.stderr)")
         return r.stdout
     }
 
     /// Opens a case and submits a request as the investigator; returns the request id.
     func submitRequest(targets: [String] = ["msisdn:+84912345678", "msisdn:+84987654321"], categories: [String] = ["traffic"],
-                       extra: [String] = []) throws -> String {
-        let caseId = try cliOK(investigator, ["case", "create", "--title", "E2E case"])
-        return try cliOK(investigator, ["request", "create", "--case", caseId, "--provider", provider,
+                       extra: [String] = []) async throws -> String {
+        let caseId = try await cliOK(investigator, ["case", "create", "--title", "E2E case"])
+        return try await cliOK(investigator, ["request", "create", "--case", caseId, "--provider", provider,
                                         "--decision-number", "QD-9/2026", "--authority", "Test Authority", "--issued-on", "2026-11-20",
                                         "--decision-file", path("decision.pdf"),
                                         "--from", "2026-11-01T00:00:00Z", "--to", "2026-11-20T00:00:00Z", "--submit"]

@@ -58,13 +58,20 @@ struct WebhookTests {
         return s
     }
 
+    /// When the request's clocks started, as the database has it (a slow test machine must not
+    /// move the times the watcher is fired at).
+    static func approvedAt(_ store: BrokerStore, _ id: UUID) async throws -> Date {
+        let clock = try #require(try await store.request(id, viewer: nil).clocks.first { $0.clock == "acknowledgement" })
+        return try #require(Timestamp.parse(clock.startedAt))
+    }
+
     @Test func aLateClockIsSignedAndDeliveredAndRetriedUntilTheEndpointTakesIt() async throws {
         let pki = try TestPKI(signerName: "prov-a")
         try await Self.withReceiver(failures: 1) { url, receiver in
             try await TestServices.withStore { _, client, _ in
                 let store = BrokerStore(client: client, signer: .generate(), tsaTrust: "", clocks: LegalClockTests.clocks(), logger: TestServices.logger)
-                let start = Date()
                 let id = try await LegalClockTests.approved(store, pki, 0)
+                let start = try await Self.approvedAt(store, id)
                 let settings = Self.settings([url])
                 let watcher = LegalClockWatcher(store: store, webhooks: settings, logger: TestServices.logger)
                 let notifier = WebhookNotifier(client: client, settings: settings, wakeup: Wakeup(), logger: TestServices.logger)
@@ -103,8 +110,8 @@ struct WebhookTests {
         let pki = try TestPKI(signerName: "prov-a")
         try await TestServices.withStore { _, client, _ in
             let store = BrokerStore(client: client, signer: .generate(), tsaTrust: "", clocks: LegalClockTests.clocks(), logger: TestServices.logger)
-            let start = Date()
             let id = try await LegalClockTests.approved(store, pki, 0)
+            let start = try await Self.approvedAt(store, id)
             // Nothing listens on port 9 of loopback here (discard is not run).
             let settings = Self.settings(["http://127.0.0.1:9/hook"], events: [.clockEscalated])
             let watcher = LegalClockWatcher(store: store, webhooks: settings, logger: TestServices.logger)

@@ -1,0 +1,133 @@
+import AsyncHTTPClient
+@testable import CustosBroker
+import CustosEvidence
+import CustosModel
+import CustosPKI
+import CustosRuntime
+import CustosTestSupport
+import Foundation
+import Hummingbird
+import NIOCore
+import NIOSSL
+import Synchronization
+import Testing
+
+/// Mutual TLS against a real HTTPS listener on loopback: a client certificate registered to a
+/// user authenticates them; an unregistered one, or none, does not; one from another CA fails
+/// the handshake; bearer tokens still work over the same listener.
+@Suite("Mutual TLS", .timeLimit(.minutes(2)))
+struct MutualTLSTests {
+    /// A CA, a server certificate for 127.0.0.1, two client certificates from the CA and one
+    /// from a CA the broker does not trust, made with stock openssl.
+    struct Files {
+        let dir: URL
+        func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
+        func text(_ name: String) throws -> String { try String(contentsOfFile: path(name), encoding: .utf8) }
+
+        init() throws {
+            dir = FileManager.default.temporaryDirectory.appendingPathComponent(TestServices.unique("custos-mtls-"))
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            func openssl(_ args: [String]) throws {
+                #expect(try runQuietly("/usr/bin/openssl", args, in: dir) == 0, "openssl \(args.joined(separator: " "))")
+            }
+            for ca in ["ca", "rogue-ca"] {
+                try openssl(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "\(ca).key", "-out", "\(ca).pem",
+                             "-days", "2", "-subj", "/CN=Synthetic \(ca)", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"])
+            }
+            let leaves = [("server", "ca", "serverAuth", "subjectAltName=IP:127.0.0.1"), ("alice", "ca", "clientAuth", nil),
+                          ("mallory", "ca", "clientAuth", nil), ("eve", "rogue-ca", "clientAuth", nil)]
+            for (name, ca, usage, san) in leaves {
+                try openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "\(name).key", "-out", "\(name).csr",
+                             "-subj", "/CN=\(name)"])
+                try "extendedKeyUsage=\(usage)\n\(san ?? "")\n".write(toFile: path("\(name).ext"), atomically: true, encoding: .utf8)
+                try openssl(["x509", "-req", "-in", "\(name).csr", "-CA", "\(ca).pem", "-CAkey", "\(ca).key", "-CAcreateserial", "-days", "1",
+                             "-extfile", "\(name).ext", "-out", "\(name).pem"])
+            }
+        }
+    }
+
+    func client(_ f: Files, as name: String?) throws -> HTTPClient {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(f.path("ca.pem")))
+        if let name {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(f.path("\(name).pem")).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: f.path("\(name).key"), format: .pem))
+        }
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+    }
+
+    func me(_ http: HTTPClient, _ url: String, token: String? = nil) async throws -> (Int, String) {
+        var request = HTTPClientRequest(url: url + "/v1/me")
+        if let token { request.headers.add(name: "Authorization", value: "Bearer \(token)") }
+        let response = try await http.execute(request, timeout: .seconds(10))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        return (Int(response.status.code), String(buffer: body))
+    }
+
+    @Test func aRegisteredClientCertificateNamesItsUser() async throws {
+        let f = try Files()
+        defer { try? FileManager.default.removeItem(at: f.dir) }
+        try await TestServices.withStore { store, db, _ in
+            let (_, token) = try await store.addUser(name: "alice", role: .investigator, by: .testAdmin)
+            _ = try await store.addUser(name: "bob", role: .approver, by: .testAdmin)
+            try await store.addUserCertificate(name: "alice", certificate: try f.text("alice.pem"), by: .testAdmin)
+            await #expect { try await store.addUserCertificate(name: "bob", certificate: try f.text("alice.pem"), by: .testAdmin) } throws: {
+                ($0 as? BrokerError)?.code == .conflict  // one certificate names one user
+            }
+            await #expect { try await store.addUserCertificate(name: "nobody", certificate: try f.text("mallory.pem"), by: .testAdmin) } throws: {
+                ($0 as? BrokerError)?.code == .notFound
+            }
+
+            let tls = try brokerTLSConfiguration(certificateChain: try f.text("server.pem"), key: try f.text("server.key"), clientCAs: try f.text("ca.pem"))
+            let address = Mutex<Int?>(nil)
+            let app = Application(router: buildRouter(store: store, maxBodyBytes: 64 * 1024, logger: TestServices.logger), server: try brokerServer(tls: tls),
+                                  configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                                  onServerRunning: { channel in address.withLock { $0 = channel.localAddress?.port } }, logger: TestServices.logger)
+            let server = Task { try await app.runService() }
+            defer { server.cancel() }
+            var port: Int?
+            while port == nil { try await Task.sleep(for: .milliseconds(10)); port = address.withLock { $0 } }
+            let url = "https://127.0.0.1:\(port!)"
+
+            let alice = try client(f, as: "alice"), mallory = try client(f, as: "mallory"), eve = try client(f, as: "eve"), anonymous = try client(f, as: nil)
+            func checks() async throws {
+                let (status, body) = try await me(alice, url)
+                #expect(status == 200 && body.contains("\"name\":\"alice\"") && body.contains("investigator"))
+                // Valid chain, but registered to nobody.
+                let (malloryStatus, malloryBody) = try await me(mallory, url)
+                #expect(malloryStatus == 401 && malloryBody.contains("not registered"))
+                // No certificate and no token.
+                #expect(try await me(anonymous, url).0 == 401)
+                // A token still works over HTTPS, and wins over a certificate.
+                #expect(try await me(anonymous, url, token: token).0 == 200)
+                #expect(try await me(mallory, url, token: "not-a-token").0 == 401)
+                // A certificate from a CA the broker does not trust: no connection at all.
+                await #expect(throws: (any Error).self) { _ = try await me(eve, url) }
+                // The CLI, with the certificate from the environment.
+                let cli = try await run("custos", ["whoami", "--url", url], environment: [
+                    "CUSTOS_CA_FILE": f.path("ca.pem"), "CUSTOS_CLIENT_CERTIFICATE": f.path("alice.pem"), "CUSTOS_CLIENT_KEY": f.path("alice.key"),
+                ])
+                #expect(cli.status == 0 && cli.stdout == "alice (investigator)", "custos whoami: \(cli.stderr)")
+            }
+            let outcome: Result<Void, any Error>
+            do { try await checks(); outcome = .success(()) } catch { outcome = .failure(error) }
+            for c in [alice, mallory, eve, anonymous] { try? await c.shutdown() }
+            try outcome.get()
+
+            let kinds = try await db.query("SELECT kind FROM custody_events WHERE kind = 'admin.user-certificate-added'").collect()
+            #expect(kinds.count == 1)
+        }
+    }
+
+    @Test func settingsGoTogether() async throws {
+        let f = try Files()
+        defer { try? FileManager.default.removeItem(at: f.dir) }
+        #expect(throws: (any Error).self) { try brokerTLSConfiguration(certificateChain: "garbage", key: try f.text("server.key"), clientCAs: nil) }
+        #expect(throws: (any Error).self) { try brokerTLSConfiguration(certificateChain: try f.text("server.pem"), key: "garbage", clientCAs: nil) }
+        let reader = try await ConfigSource.reader(configFile: nil, environment: [
+            "CUSTOS_DATABASE_URL": "postgres://x@h/d", "CUSTOS_KAFKA_BROKERS": "k:9092", "CUSTOS_SIGNING_KEY_FILE": "/k", "CUSTOS_TSA_TRUST_FILE": "/t",
+            "CUSTOS_CUSTODY_CERTIFICATE_FILE": "/c", "CUSTOS_CUSTODY_KEY_FILE": "/k", "CUSTOS_CUSTODY_TSA_URL": "http://tsa",
+            "CUSTOS_HTTP_TLS_CLIENT_TRUST_FILE": f.path("ca.pem")])
+        #expect { try BrokerConfiguration(reader: reader) } throws: { String(describing: $0).contains("http.tls.clientTrustFile") }
+    }
+}
