@@ -126,6 +126,8 @@ public struct BrokerConfiguration: Sendable {
         clocks.emergencyDelivery = try seconds("clocks.emergencyDeliverySeconds", clocks.emergencyDelivery)
         clocks.emergencyEscalateAfter = try seconds("clocks.emergencyEscalateAfterSeconds", clocks.emergencyEscalateAfter)
         clocks.review = try seconds("clocks.reviewSeconds", clocks.review)
+        clocks.preservation = try seconds("clocks.preservationSeconds", clocks.preservation)
+        clocks.preservationExtension = try seconds("clocks.preservationExtensionSeconds", clocks.preservationExtension)
         clockCheckInterval = .milliseconds(max(10, reader.int(forKey: "clocks.checkMilliseconds", default: 1000)))
         webhooks.urls = reader.stringArray(forKey: "webhooks.urls", default: [])
         for url in webhooks.urls {

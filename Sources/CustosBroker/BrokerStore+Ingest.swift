@@ -98,6 +98,7 @@ extension BrokerStore {
             try await Self.event(conn, header.requestId, .refused, actor: actor, note: body.reason.rawValue, custody: custody,
                                  details: ["reason": body.reason.rawValue], logger: logger)
         case .manifest:
+            guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
             let body = try SignedEnvelope.body(ManifestBody.self, from: json).body
             try await acceptManifest(conn, body, header: header, provider: provider, custody: custody)
         case .chunk:
@@ -130,7 +131,20 @@ extension BrokerStore {
             custody.record(CustodyEvent(kind: .request("clarification-requested"), at: Timestamp.now(), actor: actor,
                                         subject: .init(caseId: row.spec.caseId, requestId: header.requestId),
                                         objects: ["questionSha256": Digest.sha256Hex(Array(question.utf8))], details: ["question": header.id.lowercased]))
-        case .request, .receipt, .revocation, .clarification:
+        case .preserved:
+            let body = try SignedEnvelope.body(PreservationTermBody.self, from: json).body
+            guard row.spec.isPreservation else { throw IngestRejection(reason: "only a preservation order is confirmed as preserved") }
+            guard body.requestHash == row.requestHash else { throw IngestRejection(reason: "preserved request hash differs from the request as approved") }
+            guard let until = Timestamp.parse(body.until) else { throw IngestRejection(reason: "until must be an RFC 3339 UTC time") }
+            guard !RequestState.ended.contains(row.state) else { throw IngestRejection(reason: "the preservation order is \(row.state.rawValue)") }
+            // The first confirmation moves the order on; one after an extension is recorded too.
+            let note = "frozen until \(Timestamp.format(until))"
+            if try await !Self.advance(conn, header.requestId, to: .preserved, actor: actor, note: note, custody: custody,
+                                       details: ["until": Timestamp.format(until)], logger: logger) {
+                try await Self.event(conn, header.requestId, .preserved, actor: actor, note: note, custody: custody,
+                                     details: ["until": Timestamp.format(until)], logger: logger)
+            }
+        case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease:
             throw IngestRejection(reason: "not a provider message")
         }
     }

@@ -324,7 +324,10 @@ public struct BrokerStore: Sendable {
             guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
             guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot approve it (four eyes)") }
             let submitter = try await Self.userName(conn, row.submittedBy!, logger: logger)
-            let approved = ApprovedRequest(requestId: id, spec: row.spec, submittedBy: submitter, approvedBy: user.name, approvedAt: Timestamp.now())
+            let now = Date()
+            let preserveUntil = row.spec.isPreservation ? now.addingTimeInterval(LegalClock.seconds(clocks.preservation)) : nil
+            let approved = ApprovedRequest(requestId: id, spec: row.spec, submittedBy: submitter, approvedBy: user.name, approvedAt: Timestamp.format(now),
+                                           preserveUntil: preserveUntil.map(Timestamp.format))
             let hash = try approved.hash()
             let approvedJSON = String(decoding: try CanonicalJSON.encode(approved), as: UTF8.self)
             try await conn.query("""
@@ -337,7 +340,7 @@ public struct BrokerStore: Sendable {
                                     body: RequestBody(request: approved, requestHash: hash))
             try await Self.enqueue(conn, envelope, topic: emergency ? Topics.toProviderUrgent(row.spec.providerId) : Topics.toProvider(row.spec.providerId),
                                    urgent: emergency, signer: signer, logger: logger)
-            try await LegalClock.start(conn, id, priority: row.spec.priority, settings: clocks, logger: logger)
+            try await LegalClock.start(conn, id, spec: row.spec, preserveUntil: preserveUntil, settings: clocks, logger: logger)
             return emergency
         }
         if urgent { outboxWakeup.signal() }

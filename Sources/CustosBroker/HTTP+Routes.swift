@@ -133,6 +133,19 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         try await store.answer(id, question: question, answer: body.answer, by: user)
         return try await store.request(id, viewer: user)
     }
+    v1.post("requests/:id/extend") { request, context in
+        let user = try await api.staff(request, context)
+        let id = try api.id(context)
+        try await store.extendPreservation(id, by: user)
+        return try await store.request(id, viewer: user)
+    }
+    v1.post("requests/:id/release") { request, context in
+        let user = try await api.staff(request, context)
+        let id = try api.id(context)
+        let body = try await api.decode(API.Decision.self, request, context)
+        try await store.releasePreservation(id, reason: body.reason, by: user)
+        return try await store.request(id, viewer: user)
+    }
     v1.post("requests/:id/withdraw") { request, context in
         let user = try await api.staff(request, context)
         let id = try api.id(context)

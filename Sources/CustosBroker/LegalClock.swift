@@ -16,6 +16,8 @@ public enum LegalClock {
         case acknowledgement, delivery
         /// An emergency request's review after the fact: at its deadline an unconfirmed emergency lapses.
         case review
+        /// How long a preservation order keeps the data frozen: at its deadline the order ends.
+        case preservation
     }
 
     /// Durations, per deployment (`clocks.*`).
@@ -38,6 +40,10 @@ public enum LegalClock {
         /// `clocks.reviewSeconds`: from an emergency's approval to the deadline of its review
         /// (48 hours); unconfirmed by then, its packages are sealed.
         public var review: Duration = .seconds(48 * 3600)
+        /// `clocks.preservationSeconds`: how long a preservation order freezes the data (60 days).
+        public var preservation: Duration = .seconds(60 * 24 * 3600)
+        /// `clocks.preservationExtensionSeconds`: the one extension of a preservation order (30 days).
+        public var preservationExtension: Duration = .seconds(30 * 24 * 3600)
 
         public init() {}
 
@@ -52,11 +58,22 @@ public enum LegalClock {
 
     static func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
 
-    /// Starts the clocks of a request of `priority`, in the approval's transaction: an
-    /// emergency's are shorter, and it has a review clock as well.
-    static func start(_ conn: PostgresConnection, _ id: UUID, priority: Priority, settings: Settings, logger: Logger) async throws {
+    /// Starts the clocks of a request, in the approval's transaction: an emergency's are
+    /// shorter, and it has a review clock as well; a preservation order has no delivery clock
+    /// but a preservation clock, whose deadline ends the order.
+    static func start(_ conn: PostgresConnection, _ id: UUID, spec: RequestSpec, preserveUntil: Date?, settings: Settings, logger: Logger) async throws {
+        let priority = spec.priority
         let (acknowledgement, delivery, escalateAfter) = settings.durations(priority)
-        for (kind, duration) in [(Kind.acknowledgement, acknowledgement), (.delivery, delivery)] {
+        if let preserveUntil {
+            // Ends exactly when the order as approved (and sent) says.
+            try await conn.query("""
+                INSERT INTO request_clocks (request_id, clock, started_at, deadline, escalate_at, expire_at)
+                VALUES (\(id), 'preservation', now(), \(preserveUntil), \(preserveUntil), \(preserveUntil))
+                ON CONFLICT DO NOTHING
+                """, logger: logger)
+        }
+        let clocks = spec.isPreservation ? [(Kind.acknowledgement, acknowledgement)] : [(Kind.acknowledgement, acknowledgement), (.delivery, delivery)]
+        for (kind, duration) in clocks {
             let deadline = seconds(duration), escalate = seconds(duration + escalateAfter)
             let expire: Double? = kind == .delivery ? seconds(duration + settings.expireAfter) : nil
             try await conn.query("""
@@ -78,12 +95,12 @@ public enum LegalClock {
         }
     }
 
-    /// Pauses the provider's running clocks while it waits for an answer (not the review clock,
-    /// which is the authority's own).
+    /// Pauses the provider's running clocks while it waits for an answer (not the review or
+    /// preservation clock, which are the authority's own).
     static func pause(_ conn: PostgresConnection, _ id: UUID, logger: Logger) async throws {
         try await conn.query("""
             UPDATE request_clocks SET paused_at = now()
-            WHERE request_id = \(id) AND clock <> 'review' AND stopped_at IS NULL AND paused_at IS NULL
+            WHERE request_id = \(id) AND clock IN ('acknowledgement', 'delivery') AND stopped_at IS NULL AND paused_at IS NULL
             """, logger: logger)
     }
 
@@ -101,9 +118,9 @@ public enum LegalClock {
     static func stop(_ conn: PostgresConnection, _ id: UUID, reaching state: RequestState, logger: Logger) async throws {
         // The review clock runs on after delivery: it ends only with a review (or a withdrawal).
         let kinds: [String] = switch state {
-        case .acknowledged, .inProgress, .partiallyDelivered: [Kind.acknowledgement.rawValue]
+        case .acknowledged, .inProgress, .partiallyDelivered, .preserved: [Kind.acknowledgement.rawValue]
         case .delivered, .verified, .refused, .expired, .revoked: [Kind.acknowledgement.rawValue, Kind.delivery.rawValue]
-        case .withdrawn, .rejected: Kind.allCases.map(\.rawValue)
+        case .withdrawn, .rejected, .released: Kind.allCases.map(\.rawValue)
         default: []
         }
         guard !kinds.isEmpty else { return }
@@ -160,17 +177,24 @@ public struct LegalClockWatcher: Service {
                 """, logger: logger).decode((UUID, String, Date, Date, Date?, Date?, Date?, Date?, UUID).self) { due.append(row) }
             for (id, clock, deadline, escalateAt, expireAt, lateAt, escalatedAt, expiredAt, caseId) in due {
                 let subject = CustodyEvent.Subject(caseId: caseId, requestId: id)
-                if clock == LegalClock.Kind.review.rawValue {
-                    // Nobody confirmed the emergency in time: it lapses, like a revocation.
+                if clock == LegalClock.Kind.preservation.rawValue || clock == LegalClock.Kind.review.rawValue {
+                    // A clock of one moment: its deadline is its end.
                     try await conn.query(
-                        "UPDATE request_clocks SET late_at = now(), escalated_at = now(), expired_at = now(), stopped_at = now() WHERE request_id = \(id) AND clock = 'review'",
+                        "UPDATE request_clocks SET late_at = now(), escalated_at = now(), expired_at = now(), stopped_at = now() WHERE request_id = \(id) AND clock = \(clock)",
                         logger: logger)
                     custody.record(CustodyEvent(kind: .clockExpired, at: Timestamp.now(), actor: .broker, subject: subject,
                                                 details: ["clock": clock, "deadline": Timestamp.format(deadline), "due": Timestamp.format(deadline)]))
+                    lapsed = true
+                    if clock == LegalClock.Kind.preservation.rawValue {
+                        // The order has run its course: it ends, and the provider may let the data go.
+                        try await Preservation.end(conn, id, reason: .expired, actor: .broker, note: "preservation clock ran out", signer: signer,
+                                                   custody: custody, logger: logger)
+                        continue
+                    }
+                    // Nobody confirmed the emergency in time: it lapses, like a revocation.
                     try await Emergency.end(conn, id, outcome: .lapsed, reviewer: nil, actor: .broker, reason: nil, signer: signer, custody: custody, logger: logger)
                     try await webhooks.enqueue(conn, .emergencyLapsed, request: id, details: ["clock": clock, "deadline": Timestamp.format(deadline)], logger: logger)
                     logger.warning("emergency review lapsed; packages sealed", metadata: [LogKey.request: "\(id.lowercased)"])
-                    lapsed = true
                     continue
                 }
                 func record(_ kind: CustodyEvent.Kind, _ event: WebhookSettings.Event, _ at: Date) async throws {

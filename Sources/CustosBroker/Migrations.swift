@@ -324,5 +324,13 @@ enum Migrations {
                 added_at timestamptz NOT NULL DEFAULT now()
             );
             """),
+        Migration(version: 10, name: "preservation orders", sql: """
+            -- A preservation order's clock (its deadline ends the order) is extended once; this
+            -- records when.
+            ALTER TABLE request_clocks DROP CONSTRAINT request_clocks_clock_check;
+            ALTER TABLE request_clocks ADD CONSTRAINT request_clocks_clock_check
+                CHECK (clock IN ('acknowledgement', 'delivery', 'review', 'preservation'));
+            ALTER TABLE request_clocks ADD COLUMN extended_at timestamptz;
+            """),
     ]
 }

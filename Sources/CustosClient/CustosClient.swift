@@ -76,6 +76,12 @@ public struct CustosClient: Sendable {
     public func withdraw(_ id: UUID, reason: String?) async throws -> API.RequestView {
         try await call(.POST, "/v1/requests/\(id.lowercased)/withdraw", body: API.Decision(reason: reason))
     }
+    public func extendPreservation(_ id: UUID) async throws -> API.RequestView {
+        try await call(.POST, "/v1/requests/\(id.lowercased)/extend", body: API.Decision())
+    }
+    public func releasePreservation(_ id: UUID, reason: String?) async throws -> API.RequestView {
+        try await call(.POST, "/v1/requests/\(id.lowercased)/release", body: API.Decision(reason: reason))
+    }
     public func review(_ id: UUID, decision: API.Review.Decision, reason: String?) async throws -> API.RequestView {
         try await call(.POST, "/v1/requests/\(id.lowercased)/review", body: API.Review(decision: decision, reason: reason))
     }

@@ -32,6 +32,10 @@ public struct ConnectorConfiguration: Sendable {
     /// `adapters.<category>.command`: the exec adapter (program and arguments) per category;
     /// `adapters.default.command` serves categories without one of their own.
     public var adapters: [DataCategory: [String]]
+    /// `adapters.preservation.command`: the program that freezes (and later lets go of) the
+    /// data a preservation order names (see `PreservationAdapter`). Unset: such orders are
+    /// refused, since nothing here could honour them.
+    public var preservationCommand: [String] = []
     /// `adapters.timeoutSeconds`: an adapter running longer is stopped and the request refused.
     public var adapterTimeout: Duration = .seconds(3600)
     /// `concurrency`: requests processed at once (urgent ones first).
@@ -68,6 +72,7 @@ public struct ConnectorConfiguration: Sendable {
             throw ConfigurationError(key: "adapters", reason: "configure at least adapters.default.command or one adapters.<category>.command")
         }
         self.adapters = adapters
+        preservationCommand = reader.stringArray(forKey: "adapters.preservation.command", default: [])
         adapterTimeout = .seconds(reader.int(forKey: "adapters.timeoutSeconds", default: 3600))
         concurrency = reader.int(forKey: "concurrency", default: 2)
         inFlightChunks = reader.int(forKey: "streaming.inFlightChunks", default: 32)

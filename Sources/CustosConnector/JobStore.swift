@@ -18,6 +18,9 @@ import Foundation
 /// | `receipt.json` | the broker's signed receipt arrived (the message as received) |
 /// | `answer-<question id>.json` | the investigator's answer to a question (the message as received) |
 /// | `revoked.json` | the broker revoked the (emergency) request: nothing more is done or sent |
+/// | `preserved` | a preservation order's data is frozen and confirmed |
+/// | `extension-<message id>.json`, `.done` | the broker extended the order (as received); applied and confirmed |
+/// | `released.json`, `released.done` | the order ended (as received); the data was let go |
 public struct JobStore: Sendable {
     public let root: URL
 
@@ -69,6 +72,12 @@ public struct JobStore: Sendable {
             }
             .sorted { $0.1 < $1.1 }
             .map(\.0)
+    }
+
+    /// The job's files whose names start with `prefix` and end in `.json`, sorted.
+    public func files(_ id: UUID, prefix: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory(id).path)) ?? []
+        return names.filter { $0.hasPrefix(prefix) && $0.hasSuffix(".json") }.sorted()
     }
 
     /// The investigator's answers to this provider's questions, as received.

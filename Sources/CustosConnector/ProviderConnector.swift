@@ -153,6 +153,15 @@ public struct ProviderConnector: Service {
             logger.warning("emergency request revoked; its job is stopped and nothing more is sent", metadata: [
                 LogKey.request: "\(header.requestId.lowercased)", LogKey.reason: "\(body.reason.rawValue)",
             ])
+        case .preservationExtension, .preservationRelease:
+            guard jobs.exists(header.requestId, "request.json") else { throw ConnectorError(reason: "\(header.type.rawValue) for an unknown request") }
+            // Kept as received; the job carries it out (and resumes it after a crash).
+            let name = header.type == .preservationExtension ? "extension-\(header.id.lowercased).json" : "released.json"
+            guard !jobs.exists(header.requestId, name) else { return }
+            try jobs.write(header.requestId, name, Data(message.value))
+            jobs.remove(header.requestId, "sent")
+            queue.schedule(header.requestId, urgent: jobs.isUrgent(header.requestId))
+            logger.info("preservation order changed", metadata: [LogKey.request: "\(header.requestId.lowercased)", "custos.message_type": "\(header.type.rawValue)"])
         case .clarification:
             let body = try SignedEnvelope.body(ClarificationBody.self, from: json).body
             guard jobs.exists(header.requestId, "request.json") else { throw ConnectorError(reason: "clarification for an unknown request") }
@@ -186,6 +195,10 @@ public struct ProviderConnector: Service {
             guard !revoked() else { return }
             await running.acknowledged(id)
             let body = try JSONDecoder().decode(RequestBody.self, from: try jobs.read(id, "request.json"))
+            if body.request.isPreservation {
+                try await preserve(id, body)
+                return
+            }
             let streamer = PackageStreamer(jobs: jobs, producer: producer, signer: signer, identity: identity, providerId: configuration.providerId,
                                            inFlight: configuration.inFlightChunks)
             if jobs.phase(id) == .received {
@@ -223,6 +236,51 @@ public struct ProviderConnector: Service {
         } catch {
             meta[LogKey.reason] = "\(String(describing: error))"
             logger.error("job stopped; it resumes on the next start", metadata: meta)
+        }
+    }
+
+    /// Carries out a preservation order: freezes the data (then confirms with `preserved`),
+    /// applies each extension the broker sent (confirming the new end), and lets go once the
+    /// order is released or has ended. Each step is done once; the job is `sent` when all are.
+    private func preserve(_ id: UUID, _ body: RequestBody) async throws {
+        let request = body.request
+        guard !configuration.preservationCommand.isEmpty else {
+            logger.error("preservation order refused: no adapters.preservation.command is configured", metadata: [LogKey.request: "\(id.lowercased)"])
+            try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
+                           body: RefusalBody(reason: .extractionFailed, detail: "this provider has no preservation program configured"))
+            try jobs.write(id, "sent", Data())
+            return
+        }
+        let adapter = PreservationAdapter(command: configuration.preservationCommand, timeout: configuration.adapterTimeout)
+        let stderr = jobs.file(id, "preservation.stderr")
+        func confirm(_ until: String, step: String) async throws {
+            try await send(.preserved, id: .derived("preserved", id.lowercased, step), request: id, body: PreservationTermBody(requestHash: body.requestHash, until: until))
+        }
+        do {
+            if !jobs.exists(id, "preserved") {
+                try await adapter.run(.preserve, request: request, until: request.preserveUntil, stderrFile: stderr)
+                try await confirm(request.preserveUntil ?? Timestamp.now(), step: "preserve")
+                try jobs.write(id, "preserved", Data())
+                logger.info("data preserved", metadata: [LogKey.request: "\(id.lowercased)"])
+            }
+            for name in jobs.files(id, prefix: "extension-") where !jobs.exists(id, name + ".done") {
+                let (_, json) = try SignedEnvelope.open([UInt8](try jobs.read(id, name))) { $0 == "broker" ? brokerKey : nil }
+                let extension_ = try SignedEnvelope.body(PreservationTermBody.self, from: json).body
+                try await adapter.run(.extend, request: request, until: extension_.until, stderrFile: stderr)
+                try await confirm(extension_.until, step: extension_.until)
+                try jobs.write(id, name + ".done", Data())
+                logger.info("preservation extended", metadata: [LogKey.request: "\(id.lowercased)"])
+            }
+            if jobs.exists(id, "released.json") && !jobs.exists(id, "released.done") {
+                try await adapter.run(.release, request: request, until: nil, stderrFile: stderr)
+                try jobs.write(id, "released.done", Data())
+                logger.info("preservation released", metadata: [LogKey.request: "\(id.lowercased)"])
+            }
+            try jobs.write(id, "sent", Data())
+        } catch let failure as ExecAdapter.Failure where !jobs.exists(id, "preserved") {
+            logger.error("preservation failed; refusing the order", metadata: [LogKey.request: "\(id.lowercased)", LogKey.reason: "\(failure.reason)"])
+            try await send(.refusal, id: .derived("refusal", id.lowercased), request: id, body: RefusalBody(reason: .extractionFailed, detail: failure.reason))
+            try jobs.write(id, "sent", Data())
         }
     }
 

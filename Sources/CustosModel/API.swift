@@ -319,9 +319,13 @@ public enum RequestState: String, Codable, Sendable, CaseIterable {
     /// An emergency request that a reviewer revoked, or that nobody confirmed inside its review
     /// clock, before it was delivered: the provider is told to stop.
     case revoked
+    /// A preservation order the provider confirmed: the data is frozen until its clock ends.
+    case preserved
+    /// A preservation order the investigator ended before its clock: the provider may let go.
+    case released
 
     /// States off the happy path that end a request: nothing moves it on from them.
-    public static let ended: Set<RequestState> = [.rejected, .refused, .withdrawn, .expired, .revoked]
+    public static let ended: Set<RequestState> = [.rejected, .refused, .withdrawn, .expired, .revoked, .released]
 
     /// Order along the happy path, so that late or repeated messages never move a request back.
     public var rank: Int {
@@ -333,7 +337,7 @@ public enum RequestState: String, Codable, Sendable, CaseIterable {
         case .acknowledged: 4
         case .inProgress: 5
         case .partiallyDelivered: 6
-        case .delivered, .refused, .expired, .revoked: 7
+        case .delivered, .refused, .expired, .revoked, .preserved, .released: 7
         case .verified: 8
         }
     }

@@ -10,6 +10,10 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     case revocation
     /// The investigator's answer to a provider's question about a request.
     case clarification
+    /// A preservation order's freeze is extended (once, by 30 days by default).
+    case preservationExtension = "preservation-extension"
+    /// A preservation order ended: released by the investigator, or its clock ran out.
+    case preservationRelease = "preservation-release"
     // provider → broker, on custos.from.<provider>
     case ack
     case status
@@ -19,11 +23,13 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     case complete
     /// The provider asks the investigator a question about the request (its clocks pause).
     case clarificationRequest = "clarification-request"
+    /// The provider confirms a preservation order: the data is frozen until `until`.
+    case preserved
 
     public var direction: Direction {
         switch self {
-        case .request, .receipt, .revocation, .clarification: return .toProvider
-        case .ack, .status, .refusal, .manifest, .chunk, .complete, .clarificationRequest: return .fromProvider
+        case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease: return .toProvider
+        case .ack, .status, .refusal, .manifest, .chunk, .complete, .clarificationRequest, .preserved: return .fromProvider
         }
     }
 
@@ -162,6 +168,36 @@ public struct ClarificationBody: Codable, Sendable, Hashable {
         self.answer = answer
     }
 }
+
+/// A preservation order's term: in `preservation-extension` (broker → provider) the order now
+/// runs until `until`; in `preserved` (provider → broker) the data is frozen until `until`.
+public struct PreservationTermBody: Codable, Sendable, Hashable {
+    public var requestHash: String
+    public var until: String
+    public init(requestHash: String, until: String) {
+        self.requestHash = requestHash
+        self.until = until
+    }
+}
+
+/// broker → provider: the preservation order ended; the frozen data may be let go.
+public struct PreservationReleaseBody: Codable, Sendable, Hashable {
+    public enum Reason: String, Codable, Sendable {
+        /// The investigator released it.
+        case released
+        /// Its clock ran out.
+        case expired
+    }
+    public var requestHash: String
+    public var reason: Reason
+    public var decidedAt: String
+    public init(requestHash: String, reason: Reason, decidedAt: String) {
+        self.requestHash = requestHash
+        self.reason = reason
+        self.decidedAt = decidedAt
+    }
+}
+
 
 public struct AckBody: Codable, Sendable, Hashable {
     public var requestHash: String

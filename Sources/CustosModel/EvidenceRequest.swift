@@ -153,8 +153,20 @@ public struct EmergencyGrounds: Codable, Sendable, Hashable {
     public static let statementLength = 20...4_000
 }
 
+/// What a request asks of the provider (after the e-Evidence Regulation's production and
+/// preservation orders).
+public enum RequestKind: String, Codable, Sendable, CaseIterable {
+    /// Hand over the data: packages come back.
+    case production
+    /// Freeze the data (60 days, extendable once by 30) so that a later production order finds
+    /// it; nothing is delivered. The provider confirms with `preserved`.
+    case preservation
+}
+
 /// What an investigator submits.
 public struct RequestSpec: Codable, Sendable, Hashable {
+    /// Absent: `production`.
+    public var kind: RequestKind?
     public var caseId: UUID
     public var providerId: String
     public var legalBasis: LegalBasis
@@ -168,8 +180,10 @@ public struct RequestSpec: Codable, Sendable, Hashable {
 
     public init(
         caseId: UUID, providerId: String, legalBasis: LegalBasis, targets: [Target],
-        categories: [DataCategory], window: TimeWindow, priority: Priority = .normal, emergency: EmergencyGrounds? = nil, notes: String? = nil
+        categories: [DataCategory], window: TimeWindow, priority: Priority = .normal, emergency: EmergencyGrounds? = nil, notes: String? = nil,
+        kind: RequestKind? = nil
     ) {
+        self.kind = kind
         self.emergency = emergency
         self.caseId = caseId
         self.providerId = providerId
@@ -182,6 +196,8 @@ public struct RequestSpec: Codable, Sendable, Hashable {
     }
 
     public static let maximumTargets = 1_000
+
+    public var isPreservation: Bool { kind == .preservation }
 
     /// Checks every rule and reports every violation, each naming its field.
     public func validate() throws(ValidationError) {
@@ -284,6 +300,8 @@ public enum TargetFormat {
 /// The request exactly as approved and sent to the provider. Its hash binds the package
 /// to it: the provider puts `requestHash` into the signed manifest.
 public struct ApprovedRequest: Codable, Sendable, Hashable {
+    /// Absent: a production order.
+    public var kind: RequestKind?
     public var requestId: UUID
     public var caseId: UUID
     public var providerId: String
@@ -297,8 +315,13 @@ public struct ApprovedRequest: Codable, Sendable, Hashable {
     public var submittedBy: String
     public var approvedBy: String
     public var approvedAt: String
+    /// A preservation order's end as approved (its extension is a message of its own).
+    public var preserveUntil: String?
 
-    public init(requestId: UUID, spec: RequestSpec, submittedBy: String, approvedBy: String, approvedAt: String) {
+    public init(requestId: UUID, spec: RequestSpec, submittedBy: String, approvedBy: String, approvedAt: String, preserveUntil: String? = nil) {
+        self.preserveUntil = preserveUntil
+        // Stored only when it says something: a production order hashes as before kinds existed.
+        self.kind = spec.kind == .production ? nil : spec.kind
         self.requestId = requestId
         self.caseId = spec.caseId
         self.providerId = spec.providerId
@@ -312,6 +335,8 @@ public struct ApprovedRequest: Codable, Sendable, Hashable {
         self.approvedBy = approvedBy
         self.approvedAt = approvedAt
     }
+
+    public var isPreservation: Bool { kind == .preservation }
 
     /// SHA-256 over the RFC 8785 canonical JSON of the request, lower-case hex.
     public func hash() throws -> String {

@@ -73,6 +73,8 @@ struct Serve: AsyncParsableCommand {
                   an emergency's clocks (defaults 1800, 28800 and 900: 30 minutes, 8 hours, 15 minutes)
               clocks.reviewSeconds (CUSTOS_CLOCKS_REVIEW_SECONDS)
                   from an emergency's approval to its review deadline; unconfirmed by then, its packages are sealed (default 172800: 48 hours)
+              clocks.preservationSeconds, clocks.preservationExtensionSeconds
+                  how long a preservation order freezes the data, and its one extension (defaults 5184000 and 2592000: 60 and 30 days)
               clocks.checkMilliseconds (CUSTOS_CLOCKS_CHECK_MILLISECONDS)
                   how often due clocks are looked for (default 1000)
               webhooks.urls (CUSTOS_WEBHOOKS_URLS)

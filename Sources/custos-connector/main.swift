@@ -54,6 +54,9 @@ struct Run: AsyncParsableCommand {
                   exec adapter (program and arguments) for every category
               adapters.<category>.command
                   per category: subscriber, traffic, location, ip_session, financial, kyc_document
+              adapters.preservation.command
+                  the program that freezes the data of a preservation order; it gets {"action": "preserve" | "extend" | "release",
+                  "request": ..., "until": ...} on stdin, and exit status 0 means done (unset: preservation orders are refused)
               adapters.timeoutSeconds
                   an adapter running longer is stopped (default 3600)
               concurrency (CUSTOS_CONCURRENCY)

@@ -74,7 +74,7 @@ struct Case: AsyncParsableCommand {
 }
 
 struct Request: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Review.self, Answer.self, Status.self, Timeline.self])
+    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Review.self, Answer.self, Extend.self, Release.self, Status.self, Timeline.self])
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Draft a request (and submit it with --submit); prints its id.")
@@ -99,6 +99,8 @@ struct Request: AsyncParsableCommand {
         var emergency: String?
         @Option(help: "With --emergency: the facts that make it one (\(EmergencyGrounds.statementLength.lowerBound) to \(EmergencyGrounds.statementLength.upperBound) characters).")
         var statement: String?
+        @Flag(help: "A preservation order: the provider freezes the data for 60 days (extendable once by 30) and delivers nothing.")
+        var preservation = false
         @Flag(help: "Submit for approval right away.") var submit = false
 
         func run() async throws {
@@ -127,7 +129,8 @@ struct Request: AsyncParsableCommand {
             let spec = RequestSpec(caseId: try parseID(caseId), providerId: provider,
                                    legalBasis: LegalBasis(decisionNumber: decisionNumber, issuingAuthority: authority, issuedOn: issuedOn, document: document),
                                    targets: targets, categories: categories, window: TimeWindow(from: from, to: to),
-                                   priority: grounds == nil ? .normal : .emergency, emergency: grounds, notes: notes)
+                                   priority: grounds == nil ? .normal : .emergency, emergency: grounds, notes: notes,
+                                   kind: preservation ? .preservation : nil)
             var view = try await connection.client.createRequest(spec)
             if submit { view = try await connection.client.submit(view.id) }
             try connection.emit(view) { view.id.lowercased }
@@ -227,6 +230,29 @@ struct Request: AsyncParsableCommand {
         }
     }
 
+    struct Extend: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Extend a running preservation order once, by 30 days (investigators of its agency); the provider is told the new end.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        func run() async throws {
+            let v = try await connection.client.extendPreservation(try parseID(id))
+            try connection.emit(v) { "\(v.id.lowercased) \(v.state.rawValue), frozen until \(v.clocks.first { $0.clock == "preservation" }?.deadline ?? "-")" }
+        }
+    }
+
+    struct Release: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Release a preservation order before its end (investigators of its agency); the provider is told it may let the data go.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        @Option(help: "Why (kept in the timeline; the custody log keeps its hash).") var reason: String?
+        func run() async throws {
+            let v = try await connection.client.releasePreservation(try parseID(id), reason: reason)
+            try connection.emit(v) { "\(v.id.lowercased) \(v.state.rawValue)" }
+        }
+    }
+
     struct Timeline: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a request's timeline: every transition, decision and provider response.")
         @OptionGroup var connection: Connection
@@ -243,7 +269,7 @@ struct Request: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a request's state, timeline and packages; --watch follows it live.")
         @OptionGroup var connection: Connection
         @Argument(help: "Request id.") var id: String
-        @Flag(help: "Print each change until the request is verified, rejected, refused, withdrawn, expired or revoked.") var watch = false
+        @Flag(help: "Print each change until the request is verified (a preservation order: preserved), rejected, refused, withdrawn, expired, revoked or released.") var watch = false
         @Option(help: "With --watch: give up after this many seconds (exit status 3).") var timeout: Int = 3600
 
         func run() async throws {
@@ -261,7 +287,7 @@ struct Request: AsyncParsableCommand {
                 for e in v.timeline.dropFirst(shown) { print(Self.line(e)) }
                 fflush(nil)
                 shown = v.timeline.count
-                if v.state == .verified || RequestState.ended.contains(v.state) { return }
+                if v.state == .verified || v.state == .preserved || RequestState.ended.contains(v.state) { return }
                 if ContinuousClock.now > deadline { throw ExitCode(3) }
                 try await Task.sleep(for: .milliseconds(500))
             }
@@ -272,7 +298,7 @@ struct Request: AsyncParsableCommand {
         }
 
         static func render(_ v: API.RequestView) -> String {
-            var lines = ["request \(v.id.lowercased): \(v.state.rawValue)\(v.spec.priority == .emergency ? " (emergency: \(v.spec.emergency?.ground.rawValue ?? ""))" : "")",
+            var lines = ["\(v.spec.isPreservation ? "preservation order" : "request") \(v.id.lowercased): \(v.state.rawValue)\(v.spec.priority == .emergency ? " (emergency: \(v.spec.emergency?.ground.rawValue ?? ""))" : "")",
                          "  provider \(v.spec.providerId), \(v.spec.targets.count) target(s), categories \(v.spec.categories.map(\.rawValue).joined(separator: ","))"]
             if let r = v.review {
                 lines.append("  review: \(r.state.rawValue)\(r.dueAt.map { ", due \($0)" } ?? "")\(r.reviewedBy.map { " by \($0)" } ?? "")")

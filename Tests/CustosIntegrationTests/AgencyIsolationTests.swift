@@ -85,9 +85,10 @@ struct AgencyIsolationTests {
                         // The admin reads the whole custody log, but no case data. A role that may not
                         // act at all is refused first (403, whatever the id); the approver may act on
                         // every route but the review, which is the reviewer's, and the answer to a provider's
-                        // question, which is the investigator's: those must meet "not found".
+                        // question and a preservation order's extension or release, which are the
+                        // investigator's: those must meet "not found".
                         var expected = allowed
-                        let entitled = template.hasSuffix("/review") ? 3 : template.hasSuffix("/answer") ? 0 : 1
+                        let entitled = template.hasSuffix("/review") ? 3 : ["/answer", "/extend", "/release"].contains { template.hasSuffix($0) } ? 0 : 1
                         if allowed == [.notFound] && n != entitled { expected.insert(.forbidden) }
                         if n == 2 && template.hasPrefix("/v1/custody/events") { expected = [.ok] }
                         try await http.execute(uri: uri, method: method, headers: BrokerAPITests.auth(token), body: body) { (response: TestResponse) in

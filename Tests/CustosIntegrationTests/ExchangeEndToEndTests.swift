@@ -23,7 +23,9 @@ struct ExchangeEndToEndTests {
         d.connectorConfig["adapters"] = ["default": ["command": [Self.synth, "--records-per-target", "300", "--out-of-scope", "7"]],
                                          "kyc_document": ["command": ["/bin/sh", "-c", "cat >/dev/null; echo broken >&2; exit 3"]],
                                          // Holds its request open until the test lets it go (no data then).
-                                         "location": ["command": ["/bin/sh", "-c", "cat >/dev/null; while [ ! -e \(d.path("release")) ]; do sleep 0.1; done"]]]
+                                         "location": ["command": ["/bin/sh", "-c", "cat >/dev/null; while [ ! -e \(d.path("release")) ]; do sleep 0.1; done"]],
+                                         // Records each preservation step it is asked to carry out, one line each.
+                                         "preservation": ["command": ["/bin/sh", "-c", "cat >> \(d.path("preservation.log")); echo >> \(d.path("preservation.log"))"]]]
         try await d.setUp()
         try await d.startBroker()
         try await d.startConnector()
@@ -190,10 +192,31 @@ struct ExchangeEndToEndTests {
         #expect(askedWatch.stdout.contains("clarification-requested") && askedWatch.stdout.contains("clarification-answered")
                 && askedWatch.stdout.contains("verified"))
 
+        // A preservation order: the provider's program freezes the data and the connector confirms;
+        // the investigator extends it once and then releases it, and the program hears of both.
+        let order = try await d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["subscriber"], extra: ["--preservation"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", order])
+        let preserved = try await d.cli(d.investigator, ["request", "status", order, "--watch", "--timeout", "60"])
+        #expect(preserved.status == 0 && preserved.stdout.contains("preserved"), "connector: \(d.connector!.output.suffix(2000))")
+        func steps() -> [String] {
+            ((try? String(contentsOfFile: d.path("preservation.log"), encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line in
+                (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["action"] as? String
+            }
+        }
+        #expect(steps() == ["preserve"])
+        #expect(try await d.cliOK(d.investigator, ["request", "extend", order]).contains("frozen until"))
+        #expect(try await d.cli(d.investigator, ["request", "extend", order]).stderr.contains("once"))
+        _ = try await d.cliOK(d.investigator, ["request", "release", order, "--reason", "no longer needed"])
+        let stepsDeadline = ContinuousClock.now + .seconds(30)
+        while steps().count < 3 && ContinuousClock.now < stepsDeadline { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(steps() == ["preserve", "extend", "release"])
+        let orderTimeline = try await d.cliOK(d.investigator, ["request", "timeline", order])
+        #expect(orderTimeline.contains("extended until") && orderTimeline.contains("released"))
+
         // Every message the broker and the connector emitted validates against schemas/messages.
         let envelopes = try await collectEnvelopes(topics: [Topics.toProvider(d.provider), Topics.fromProvider(d.provider)],
                                                    mustSee: [.request, .receipt, .ack, .status, .refusal, .manifest, .chunk, .complete,
-                                                             .clarificationRequest, .clarification])
+                                                             .clarificationRequest, .clarification, .preserved, .preservationExtension, .preservationRelease])
         let report = try validate(envelopes)
         #expect(report.status == 0, "schema violations:\n\(report.output)")
         #expect(report.output.contains("\(envelopes.count) valid, 0 invalid"))

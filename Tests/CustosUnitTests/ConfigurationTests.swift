@@ -60,6 +60,8 @@ struct ConfigurationTests {
         #expect(c.adapters[.traffic]?.first == "/opt/example-telco/bin/cdr-export")
         #expect(c.adapters[.location]?.first == "/opt/example-telco/bin/extract-for-custos")  // the default
         #expect(c.kafka.properties["sasl.mechanisms"] == "SCRAM-SHA-512")
+        #expect(c.preservationCommand == ["/opt/example-telco/bin/preserve-for-custos"])
+        #expect(c.urgentFetchWaitMilliseconds == 10)
     }
 
     @Test func theEnvironmentOverridesTheFile() async throws {

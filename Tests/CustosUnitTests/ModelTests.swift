@@ -77,10 +77,19 @@ struct ModelTests {
 
     @Test func aNormalRequestHashesAsBeforeTheEmergencyFieldsExisted() throws {
         // Optional fields are left out when unset, so hashes of normal requests did not change.
-        let a = ApprovedRequest(requestId: UUID(uuidString: "00000000-0000-4000-8000-000000000001")!, spec: Self.spec(), submittedBy: "alice",
+        var spec = Self.spec()
+        let a = ApprovedRequest(requestId: UUID(uuidString: "00000000-0000-4000-8000-000000000001")!, spec: spec, submittedBy: "alice",
                                 approvedBy: "bob", approvedAt: "2026-11-25T00:00:00.000Z")
         let text = String(decoding: try CanonicalJSON.encode(a), as: UTF8.self)
         #expect(!text.contains("emergency") && !text.contains("port") && !text.contains("platform"))
+        #expect(!text.contains("kind") && !text.contains("preserveUntil") && !text.contains("document"))
+        // A production order said in so many words is the same request, with the same hash.
+        spec.kind = .production
+        let b = ApprovedRequest(requestId: a.requestId, spec: spec, submittedBy: "alice", approvedBy: "bob", approvedAt: a.approvedAt)
+        #expect(try b.hash() == a.hash())
+        spec.kind = .preservation
+        let c = ApprovedRequest(requestId: a.requestId, spec: spec, submittedBy: "alice", approvedBy: "bob", approvedAt: a.approvedAt)
+        #expect(try c.hash() != a.hash() && c.isPreservation)
     }
 
     @Test func everyViolationIsReportedAtOnce() {
