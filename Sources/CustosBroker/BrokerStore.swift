@@ -251,43 +251,56 @@ public struct BrokerStore: Sendable {
         guard user.roles.contains(.investigator) else { throw BrokerError(.forbidden, "only investigators create requests") }
         do { try spec.validate() } catch { throw BrokerError(.invalid, "invalid request", violations: error.violations) }
         let id = UUID()
-        let specJSON = String(decoding: try CanonicalJSON.encode(spec), as: UTF8.self)
         try await client.custodyTransaction(logger: logger) { conn, custody in
             let caseExists = try await conn.query("SELECT 1 FROM cases WHERE id = \(spec.caseId) AND agency = \(user.agency)", logger: logger)
                 .decode(Int.self).first { _ in true } != nil
             guard caseExists else {
                 throw BrokerError(.invalid, "invalid request", violations: [FieldViolation(field: "caseId", rule: "must name an existing case")])
             }
-            let providerExists = try await conn.query("SELECT 1 FROM providers WHERE id = \(spec.providerId)", logger: logger).decode(Int.self).first { _ in true } != nil
-            guard providerExists else {
-                throw BrokerError(.invalid, "invalid request", violations: [FieldViolation(field: "providerId", rule: "must name a registered provider")])
+            let providers = spec.providerIds ?? [spec.providerId]
+            let registered = try await conn.query("SELECT count(*) FROM providers WHERE id = ANY(\(providers))", logger: logger).decode(Int.self).first { _ in true } ?? 0
+            guard registered == providers.count else {
+                throw BrokerError(.invalid, "invalid request", violations: [
+                    FieldViolation(field: spec.providerIds == nil ? "providerId" : "providerIds", rule: "must name registered providers"),
+                ])
             }
             if let document = spec.legalBasis.document, let violation = try await Self.checkDocument(conn, document, agency: user.agency, logger: logger) {
                 throw BrokerError(.invalid, "invalid request", violations: [violation])
             }
-            try await conn.query("""
-                INSERT INTO requests (id, case_id, provider_id, spec, state, created_by)
-                VALUES (\(id), \(spec.caseId), \(spec.providerId), \(specJSON), 'draft', \(user.id))
-                """, logger: logger)
-            try await Self.event(conn, id, .draft, actor: user.actor, note: nil, custody: custody, caseId: spec.caseId,
-                                 objects: ["specSha256": Digest.sha256Hex(Array(specJSON.utf8))], logger: logger)
+            // One part per provider, each tracked on its own; the first part's id names the group.
+            for (n, provider) in providers.enumerated() {
+                var part = spec
+                part.providerId = provider
+                part.providerIds = nil
+                let partId = n == 0 ? id : UUID()
+                let partJSON = String(decoding: try CanonicalJSON.encode(part), as: UTF8.self)
+                try await conn.query("""
+                    INSERT INTO requests (id, case_id, provider_id, spec, state, created_by, group_id)
+                    VALUES (\(partId), \(spec.caseId), \(provider), \(partJSON), 'draft', \(user.id), \(providers.count > 1 ? id : nil))
+                    """, logger: logger)
+                try await Self.event(conn, partId, .draft, actor: user.actor, note: nil, custody: custody, caseId: spec.caseId,
+                                     objects: ["specSha256": Digest.sha256Hex(Array(partJSON.utf8))], logger: logger)
+            }
         }
         return id
     }
 
     public func submit(_ id: UUID, by user: AuthenticatedUser) async throws {
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
-            guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author submits it") }
-            guard row.state == .draft else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not draft") }
-            guard row.spec.legalBasis.document != nil else {
-                throw BrokerError(.invalid, "a request is submitted with its decision", violations: [
-                    FieldViolation(field: "legalBasis.document", rule: "is required to submit: upload the decision (POST /v1/documents) and name it"),
-                ])
+            // A request to several providers is decided as one: every part at once.
+            for id in try await Self.parts(conn, id, agency: user.agency, logger: logger) {
+                let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
+                guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author submits it") }
+                guard row.state == .draft else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not draft") }
+                guard row.spec.legalBasis.document != nil else {
+                    throw BrokerError(.invalid, "a request is submitted with its decision", violations: [
+                        FieldViolation(field: "legalBasis.document", rule: "is required to submit: upload the decision (POST /v1/documents) and name it"),
+                    ])
+                }
+                try await conn.query(
+                    "UPDATE requests SET state = 'submitted', submitted_by = \(user.id), updated_at = now() WHERE id = \(id)", logger: logger)
+                try await Self.event(conn, id, .submitted, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId, logger: logger)
             }
-            try await conn.query(
-                "UPDATE requests SET state = 'submitted', submitted_by = \(user.id), updated_at = now() WHERE id = \(id)", logger: logger)
-            try await Self.event(conn, id, .submitted, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId, logger: logger)
         }
     }
 
@@ -297,13 +310,16 @@ public struct BrokerStore: Sendable {
             throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be at most 2000 characters")])
         }
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
-            guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author withdraws it") }
-            guard row.state == .draft || row.state == .submitted else {
-                throw BrokerError(.conflict, "request is \(row.state.rawValue); only a draft or submitted request can be withdrawn")
+            // A request to several providers is decided as one: every part at once.
+            for id in try await Self.parts(conn, id, agency: user.agency, logger: logger) {
+                let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
+                guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author withdraws it") }
+                guard row.state == .draft || row.state == .submitted else {
+                    throw BrokerError(.conflict, "request is \(row.state.rawValue); only a draft or submitted request can be withdrawn")
+                }
+                try await conn.query("UPDATE requests SET state = 'withdrawn', updated_at = now() WHERE id = \(id)", logger: logger)
+                try await Self.event(conn, id, .withdrawn, actor: user.actor, note: reason, custody: custody, caseId: row.spec.caseId, logger: logger)
             }
-            try await conn.query("UPDATE requests SET state = 'withdrawn', updated_at = now() WHERE id = \(id)", logger: logger)
-            try await Self.event(conn, id, .withdrawn, actor: user.actor, note: reason, custody: custody, caseId: row.spec.caseId, logger: logger)
         }
     }
 
@@ -314,34 +330,40 @@ public struct BrokerStore: Sendable {
     public func approve(_ id: UUID, by user: AuthenticatedUser) async throws {
         guard !user.roles.isDisjoint(with: [.approver, .dutyApprover]) else { throw BrokerError(.forbidden, "only approvers approve requests") }
         let urgent = try await client.custodyTransaction(logger: logger) { conn, custody in
-            let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
-            let emergency = row.spec.priority == .emergency
-            if emergency {
-                guard user.roles.contains(.dutyApprover) else { throw BrokerError(.forbidden, "emergency requests are approved by a duty approver") }
-            } else {
-                guard user.roles.contains(.approver) else { throw BrokerError(.forbidden, "normal requests are approved by an approver, not on the fast track") }
+            var urgent = false
+            // A request to several providers is decided as one: every part at once, each with its
+            // own request as approved, hash, message, clocks and (for an emergency) review.
+            for id in try await Self.parts(conn, id, agency: user.agency, logger: logger) {
+                let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
+                let emergency = row.spec.priority == .emergency
+                if emergency {
+                    guard user.roles.contains(.dutyApprover) else { throw BrokerError(.forbidden, "emergency requests are approved by a duty approver") }
+                } else {
+                    guard user.roles.contains(.approver) else { throw BrokerError(.forbidden, "normal requests are approved by an approver, not on the fast track") }
+                }
+                guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
+                guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot approve it (four eyes)") }
+                let submitter = try await Self.userName(conn, row.submittedBy!, logger: logger)
+                let now = Date()
+                let preserveUntil = row.spec.isPreservation ? now.addingTimeInterval(LegalClock.seconds(clocks.preservation)) : nil
+                let approved = ApprovedRequest(requestId: id, spec: row.spec, submittedBy: submitter, approvedBy: user.name, approvedAt: Timestamp.format(now),
+                                               preserveUntil: preserveUntil.map(Timestamp.format))
+                let hash = try approved.hash()
+                let approvedJSON = String(decoding: try CanonicalJSON.encode(approved), as: UTF8.self)
+                try await conn.query("""
+                    UPDATE requests SET state = 'approved', approved_by = \(user.id), approved_request = \(approvedJSON),
+                        request_hash = \(hash), review = \(emergency ? "pending" : nil), updated_at = now() WHERE id = \(id)
+                    """, logger: logger)
+                try await Self.event(conn, id, .approved, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId,
+                                     objects: ["requestHash": hash], details: ["priority": row.spec.priority.rawValue], logger: logger)
+                let envelope = Envelope(type: .request, id: UUID.derived("request", id.lowercased), requestId: id, sender: "broker",
+                                        body: RequestBody(request: approved, requestHash: hash))
+                try await Self.enqueue(conn, envelope, topic: emergency ? Topics.toProviderUrgent(row.spec.providerId) : Topics.toProvider(row.spec.providerId),
+                                       urgent: emergency, signer: signer, logger: logger)
+                try await LegalClock.start(conn, id, spec: row.spec, preserveUntil: preserveUntil, settings: clocks, logger: logger)
+                urgent = urgent || emergency
             }
-            guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
-            guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot approve it (four eyes)") }
-            let submitter = try await Self.userName(conn, row.submittedBy!, logger: logger)
-            let now = Date()
-            let preserveUntil = row.spec.isPreservation ? now.addingTimeInterval(LegalClock.seconds(clocks.preservation)) : nil
-            let approved = ApprovedRequest(requestId: id, spec: row.spec, submittedBy: submitter, approvedBy: user.name, approvedAt: Timestamp.format(now),
-                                           preserveUntil: preserveUntil.map(Timestamp.format))
-            let hash = try approved.hash()
-            let approvedJSON = String(decoding: try CanonicalJSON.encode(approved), as: UTF8.self)
-            try await conn.query("""
-                UPDATE requests SET state = 'approved', approved_by = \(user.id), approved_request = \(approvedJSON),
-                    request_hash = \(hash), review = \(emergency ? "pending" : nil), updated_at = now() WHERE id = \(id)
-                """, logger: logger)
-            try await Self.event(conn, id, .approved, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId,
-                                 objects: ["requestHash": hash], details: ["priority": row.spec.priority.rawValue], logger: logger)
-            let envelope = Envelope(type: .request, id: UUID.derived("request", id.lowercased), requestId: id, sender: "broker",
-                                    body: RequestBody(request: approved, requestHash: hash))
-            try await Self.enqueue(conn, envelope, topic: emergency ? Topics.toProviderUrgent(row.spec.providerId) : Topics.toProvider(row.spec.providerId),
-                                   urgent: emergency, signer: signer, logger: logger)
-            try await LegalClock.start(conn, id, spec: row.spec, preserveUntil: preserveUntil, settings: clocks, logger: logger)
-            return emergency
+            return urgent
         }
         if urgent { outboxWakeup.signal() }
     }
@@ -352,11 +374,14 @@ public struct BrokerStore: Sendable {
             throw BrokerError(.invalid, "invalid decision", violations: [FieldViolation(field: "reason", rule: "must be at most 2000 characters")])
         }
         try await client.custodyTransaction(logger: logger) { conn, custody in
-            let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
-            guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
-            guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot decide on it (four eyes)") }
-            try await conn.query("UPDATE requests SET state = 'rejected', updated_at = now() WHERE id = \(id)", logger: logger)
-            try await Self.event(conn, id, .rejected, actor: user.actor, note: reason, custody: custody, caseId: row.spec.caseId, logger: logger)
+            // A request to several providers is decided as one: every part at once.
+            for id in try await Self.parts(conn, id, agency: user.agency, logger: logger) {
+                let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
+                guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
+                guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot decide on it (four eyes)") }
+                try await conn.query("UPDATE requests SET state = 'rejected', updated_at = now() WHERE id = \(id)", logger: logger)
+                try await Self.event(conn, id, .rejected, actor: user.actor, note: reason, custody: custody, caseId: row.spec.caseId, logger: logger)
+            }
         }
     }
 
@@ -401,7 +426,18 @@ public struct BrokerStore: Sendable {
             spec: try JSONDecoder().decode(RequestSpec.self, from: Data(specJSON.utf8)),
             submittedBy: submittedBy, approvedBy: approvedBy, requestHash: hash,
             createdAt: Timestamp.format(createdAt), timeline: timeline, packages: packages, clocks: clocks, review: reviewView,
-            clarifications: try await clarifications(id))
+            clarifications: try await clarifications(id), parts: try await parts(of: id))
+    }
+
+    /// The parts of the request's group, or nil for a request to one provider.
+    func parts(of id: UUID) async throws -> [API.PartView]? {
+        var out: [API.PartView] = []
+        for try await (part, provider, state) in try await client.query("""
+            SELECT id, provider_id, state FROM requests WHERE group_id = (SELECT group_id FROM requests WHERE id = \(id)) ORDER BY created_at, id
+            """, logger: logger).decode((UUID, String, String).self) {
+            out.append(API.PartView(id: part, providerId: provider, state: RequestState(rawValue: state) ?? .draft))
+        }
+        return out.isEmpty ? nil : out
     }
 
     /// A request's timeline as `viewer` may see it: every transition, decision and provider
@@ -437,6 +473,19 @@ public struct BrokerStore: Sendable {
     }
 
     /// Locks a request for a change; with `agency`, only one of that agency's (else not found).
+    /// The request and, for a request to several providers, its other parts, in a fixed order
+    /// (so that concurrent decisions lock them alike). Another agency's request: none.
+    static func parts(_ conn: PostgresConnection, _ id: UUID, agency: String?, logger: Logger) async throws -> [UUID] {
+        var out: [UUID] = []
+        for try await part in try await conn.query("""
+            SELECT r.id FROM requests r JOIN cases c ON c.id = r.case_id
+            WHERE (r.id = \(id) OR r.group_id = (SELECT group_id FROM requests WHERE id = \(id))) AND (\(agency)::text IS NULL OR c.agency = \(agency))
+            ORDER BY r.id
+            """, logger: logger).decode(UUID.self) { out.append(part) }
+        guard !out.isEmpty else { throw BrokerError(.notFound, "no such request") }
+        return out
+    }
+
     static func lockRequest(_ conn: PostgresConnection, _ id: UUID, agency: String? = nil, logger: Logger) async throws -> RequestRow {
         let rows = try await conn.query("""
             SELECT r.state, r.spec, r.created_by, r.submitted_by, r.provider_id, r.request_hash

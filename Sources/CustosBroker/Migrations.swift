@@ -332,5 +332,11 @@ enum Migrations {
                 CHECK (clock IN ('acknowledgement', 'delivery', 'review', 'preservation'));
             ALTER TABLE request_clocks ADD COLUMN extended_at timestamptz;
             """),
+        Migration(version: 11, name: "requests to several providers", sql: """
+            -- A request to several providers is one part (row) per provider, sharing group_id
+            -- (the first part's id); each part has its own state, clocks and packages.
+            ALTER TABLE requests ADD COLUMN group_id uuid;
+            CREATE INDEX requests_by_group ON requests(group_id) WHERE group_id IS NOT NULL;
+            """),
     ]
 }

@@ -106,6 +106,18 @@ public enum API {
         }
     }
 
+    /// One provider's part of a request to several providers.
+    public struct PartView: Codable, Sendable, Hashable {
+        public var id: UUID
+        public var providerId: String
+        public var state: RequestState
+        public init(id: UUID, providerId: String, state: RequestState) {
+            self.id = id
+            self.providerId = providerId
+            self.state = state
+        }
+    }
+
     /// A provider's question about a request, and the investigator's answer.
     public struct ClarificationView: Codable, Sendable, Hashable {
         public var id: UUID
@@ -156,10 +168,13 @@ public enum API {
         public var review: ReviewView?
         /// The provider's questions, and their answers.
         public var clarifications: [ClarificationView]
+        /// For a request to several providers: every part (this one included), each its own request.
+        public var parts: [PartView]?
 
         public init(id: UUID, state: RequestState, spec: RequestSpec, submittedBy: String?, approvedBy: String?, requestHash: String?, createdAt: String,
                     timeline: [TimelineEntry], packages: [PackageSummary], clocks: [ClockView] = [], review: ReviewView? = nil,
-                    clarifications: [ClarificationView] = []) {
+                    clarifications: [ClarificationView] = [], parts: [PartView]? = nil) {
+            self.parts = parts
             self.clarifications = clarifications
             self.clocks = clocks
             self.review = review

@@ -169,6 +169,9 @@ public struct RequestSpec: Codable, Sendable, Hashable {
     public var kind: RequestKind?
     public var caseId: UUID
     public var providerId: String
+    /// A request to several providers: all of them, `providerId` first. The broker makes one
+    /// part per provider, each with its own state, clocks and packages, decided on as one.
+    public var providerIds: [String]?
     public var legalBasis: LegalBasis
     public var targets: [Target]
     public var categories: [DataCategory]
@@ -196,6 +199,7 @@ public struct RequestSpec: Codable, Sendable, Hashable {
     }
 
     public static let maximumTargets = 1_000
+    public static let maximumProviders = 20
 
     public var isPreservation: Bool { kind == .preservation }
 
@@ -203,6 +207,12 @@ public struct RequestSpec: Codable, Sendable, Hashable {
     public func validate() throws(ValidationError) {
         var v = Validator()
         v.check(ProviderID.isValid(providerId), "providerId", "must match \(ProviderID.pattern)")
+        if let providerIds {
+            v.check((2...Self.maximumProviders).contains(providerIds.count), "providerIds", "must name 2 to \(Self.maximumProviders) providers (one: use providerId alone)")
+            v.check(Set(providerIds).count == providerIds.count, "providerIds", "must not repeat a provider")
+            v.check(providerIds.first == providerId, "providerIds", "must start with providerId")
+            for (i, p) in providerIds.enumerated() { v.check(ProviderID.isValid(p), "providerIds[\(i)]", "must match \(ProviderID.pattern)") }
+        }
         v.check(!legalBasis.decisionNumber.trimmed.isEmpty && legalBasis.decisionNumber.count <= 200,
                 "legalBasis.decisionNumber", "must be 1 to 200 characters")
         v.check(!legalBasis.issuingAuthority.trimmed.isEmpty && legalBasis.issuingAuthority.count <= 500,

@@ -80,7 +80,7 @@ struct Request: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Draft a request (and submit it with --submit); prints its id.")
         @OptionGroup var connection: Connection
         @Option(name: .customLong("case"), help: "Case id.") var caseId: String
-        @Option(help: "Provider id.") var provider: String
+        @Option(help: "Provider id (repeat for several: one part per provider, each tracked on its own, decided on as one).") var provider: [String]
         @Option(help: "Number of the decision that authorises the request.") var decisionNumber: String
         @Option(help: "Authority that issued the decision.") var authority: String
         @Option(help: "Date of the decision, YYYY-MM-DD.") var issuedOn: String
@@ -126,11 +126,13 @@ struct Request: AsyncParsableCommand {
                 guard let bytes = FileManager.default.contents(atPath: decisionFile) else { throw ValidationError("cannot read \(decisionFile)") }
                 document = try await connection.client.uploadDocument(Array(bytes), mediaType: type).document
             }
-            let spec = RequestSpec(caseId: try parseID(caseId), providerId: provider,
+            guard let first = provider.first else { throw ValidationError("--provider is required") }
+            var spec = RequestSpec(caseId: try parseID(caseId), providerId: first,
                                    legalBasis: LegalBasis(decisionNumber: decisionNumber, issuingAuthority: authority, issuedOn: issuedOn, document: document),
                                    targets: targets, categories: categories, window: TimeWindow(from: from, to: to),
                                    priority: grounds == nil ? .normal : .emergency, emergency: grounds, notes: notes,
                                    kind: preservation ? .preservation : nil)
+            if provider.count > 1 { spec.providerIds = provider }
             var view = try await connection.client.createRequest(spec)
             if submit { view = try await connection.client.submit(view.id) }
             try connection.emit(view) { view.id.lowercased }
@@ -300,6 +302,9 @@ struct Request: AsyncParsableCommand {
         static func render(_ v: API.RequestView) -> String {
             var lines = ["\(v.spec.isPreservation ? "preservation order" : "request") \(v.id.lowercased): \(v.state.rawValue)\(v.spec.priority == .emergency ? " (emergency: \(v.spec.emergency?.ground.rawValue ?? ""))" : "")",
                          "  provider \(v.spec.providerId), \(v.spec.targets.count) target(s), categories \(v.spec.categories.map(\.rawValue).joined(separator: ","))"]
+            if let parts = v.parts {
+                lines.append("  parts: " + parts.map { "\($0.providerId) \($0.id.lowercased) \($0.state.rawValue)" }.joined(separator: "; "))
+            }
             if let r = v.review {
                 lines.append("  review: \(r.state.rawValue)\(r.dueAt.map { ", due \($0)" } ?? "")\(r.reviewedBy.map { " by \($0)" } ?? "")")
             }
