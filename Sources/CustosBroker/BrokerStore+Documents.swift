@@ -36,14 +36,17 @@ extension BrokerStore {
 
     /// A document of the caller's agency, and its bytes; the access is a custody event.
     public func document(_ sha256: String, viewer: AuthenticatedUser) async throws -> (API.DocumentView, ByteBuffer) {
-        var content: ByteBuffer?
-        for try await c in try await client.query("SELECT content FROM documents WHERE agency = \(viewer.agency) AND sha256 = \(sha256)", logger: logger)
-            .decode(ByteBuffer.self) { content = c }
-        guard let content, let view = try await client.withConnection({ try await Self.document($0, sha256, agency: viewer.agency, logger: logger) }) else {
-            throw BrokerError(.notFound, "no such document")
+        var found: (API.DocumentView, ByteBuffer)?
+        for try await (type, size, by, at, content) in try await client.query("""
+            SELECT d.media_type, d.size, u.name, d.uploaded_at, d.content FROM documents d JOIN users u ON u.id = d.uploaded_by
+            WHERE d.agency = \(viewer.agency) AND d.sha256 = \(sha256)
+            """, logger: logger).decode((String, Int, String, Date, ByteBuffer).self) {
+            found = (API.DocumentView(document: LegalDocument(sha256: sha256, mediaType: type, size: size), uploadedBy: by, uploadedAt: Timestamp.format(at)),
+                     content)
         }
+        guard let found else { throw BrokerError(.notFound, "no such document") }
         try await recordAccess(.documentViewed, by: viewer, subject: .init(agency: viewer.agency), objects: ["documentSha256": sha256])
-        return (view, content)
+        return found
     }
 
     static func document(_ conn: PostgresConnection, _ sha256: String, agency: String, logger: Logger) async throws -> API.DocumentView? {
