@@ -89,6 +89,11 @@ extension BrokerStore {
             try await Self.advance(conn, header.requestId, to: .acknowledged, actor: actor, custody: custody, logger: logger)
         case .status:
             let body = try SignedEnvelope.body(StatusBody.self, from: json).body
+            // Every status updates the progress shown; the first also moves the request on.
+            try await conn.query("""
+                UPDATE requests SET progress_phase = \(body.phase.rawValue), progress_percent = \(body.percent), progress_at = now()
+                WHERE id = \(header.requestId)
+                """, logger: logger)
             try await Self.advance(conn, header.requestId, to: .inProgress, actor: actor, note: "\(body.phase.rawValue) \(body.percent)%", custody: custody,
                                    details: ["phase": body.phase.rawValue, "percent": "\(body.percent)"], logger: logger)
         case .refusal:

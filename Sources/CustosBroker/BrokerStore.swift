@@ -389,14 +389,15 @@ public struct BrokerStore: Sendable {
     public func request(_ id: UUID, viewer: AuthenticatedUser?) async throws -> API.RequestView {
         let agency = viewer?.agency
         let rows = try await client.query("""
-            SELECT r.spec, r.state, s.name, a.name, r.request_hash, r.created_at, r.review, v.name, r.reviewed_at
+            SELECT r.spec, r.state, s.name, a.name, r.request_hash, r.created_at, r.review, v.name, r.reviewed_at,
+                   r.progress_phase, r.progress_percent, r.progress_at
             FROM requests r JOIN cases c ON c.id = r.case_id
                  LEFT JOIN users s ON s.id = r.submitted_by LEFT JOIN users a ON a.id = r.approved_by LEFT JOIN users v ON v.id = r.reviewed_by
             WHERE r.id = \(id) AND (\(agency)::text IS NULL OR c.agency = \(agency))
             """, logger: logger)
-        var found: (String, String, String?, String?, String?, Date, String?, String?, Date?)?
-        for try await r in rows.decode((String, String, String?, String?, String?, Date, String?, String?, Date?).self) { found = r }
-        guard let (specJSON, state, submittedBy, approvedBy, hash, createdAt, review, reviewedBy, reviewedAt) = found else {
+        var found: (String, String, String?, String?, String?, Date, String?, String?, Date?, String?, Int?, Date?)?
+        for try await r in rows.decode((String, String, String?, String?, String?, Date, String?, String?, Date?, String?, Int?, Date?).self) { found = r }
+        guard let (specJSON, state, submittedBy, approvedBy, hash, createdAt, review, reviewedBy, reviewedAt, phase, percent, progressAt) = found else {
             throw BrokerError(.notFound, "no such request")
         }
         let timeline = try await timelineEntries(id)
@@ -426,7 +427,8 @@ public struct BrokerStore: Sendable {
             spec: try JSONDecoder().decode(RequestSpec.self, from: Data(specJSON.utf8)),
             submittedBy: submittedBy, approvedBy: approvedBy, requestHash: hash,
             createdAt: Timestamp.format(createdAt), timeline: timeline, packages: packages, clocks: clocks, review: reviewView,
-            clarifications: try await clarifications(id), parts: try await parts(of: id))
+            clarifications: try await clarifications(id), parts: try await parts(of: id),
+            progress: phase.flatMap { p in percent.flatMap { n in progressAt.map { API.ProgressView(phase: p, percent: n, at: Timestamp.format($0)) } } })
     }
 
     /// The parts of the request's group, or nil for a request to one provider.

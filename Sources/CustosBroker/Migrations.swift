@@ -338,5 +338,9 @@ enum Migrations {
             ALTER TABLE requests ADD COLUMN group_id uuid;
             CREATE INDEX requests_by_group ON requests(group_id) WHERE group_id IS NOT NULL;
             """),
+        Migration(version: 12, name: "provider progress", sql: """
+            -- The provider's latest status message: what it is doing and how far along.
+            ALTER TABLE requests ADD COLUMN progress_phase text, ADD COLUMN progress_percent int, ADD COLUMN progress_at timestamptz;
+            """),
     ]
 }

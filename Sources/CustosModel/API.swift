@@ -106,6 +106,18 @@ public enum API {
         }
     }
 
+    /// The provider's latest status: what it is doing, how far along, and when it said so.
+    public struct ProgressView: Codable, Sendable, Hashable {
+        public var phase: String
+        public var percent: Int
+        public var at: String
+        public init(phase: String, percent: Int, at: String) {
+            self.phase = phase
+            self.percent = percent
+            self.at = at
+        }
+    }
+
     /// One provider's part of a request to several providers.
     public struct PartView: Codable, Sendable, Hashable {
         public var id: UUID
@@ -170,10 +182,13 @@ public enum API {
         public var clarifications: [ClarificationView]
         /// For a request to several providers: every part (this one included), each its own request.
         public var parts: [PartView]?
+        /// The provider's latest status, once it sent one.
+        public var progress: ProgressView?
 
         public init(id: UUID, state: RequestState, spec: RequestSpec, submittedBy: String?, approvedBy: String?, requestHash: String?, createdAt: String,
                     timeline: [TimelineEntry], packages: [PackageSummary], clocks: [ClockView] = [], review: ReviewView? = nil,
-                    clarifications: [ClarificationView] = [], parts: [PartView]? = nil) {
+                    clarifications: [ClarificationView] = [], parts: [PartView]? = nil, progress: ProgressView? = nil) {
+            self.progress = progress
             self.parts = parts
             self.clarifications = clarifications
             self.clocks = clocks

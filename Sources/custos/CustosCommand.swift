@@ -302,6 +302,9 @@ struct Request: AsyncParsableCommand {
         static func render(_ v: API.RequestView) -> String {
             var lines = ["\(v.spec.isPreservation ? "preservation order" : "request") \(v.id.lowercased): \(v.state.rawValue)\(v.spec.priority == .emergency ? " (emergency: \(v.spec.emergency?.ground.rawValue ?? ""))" : "")",
                          "  provider \(v.spec.providerId), \(v.spec.targets.count) target(s), categories \(v.spec.categories.map(\.rawValue).joined(separator: ","))"]
+            if let p = v.progress, v.state == .inProgress || v.state == .acknowledged {
+                lines.append("  provider: \(p.phase) \(p.percent)% (\(p.at))")
+            }
             if let parts = v.parts {
                 lines.append("  parts: " + parts.map { "\($0.providerId) \($0.id.lowercased) \($0.state.rawValue)" }.joined(separator: "; "))
             }

@@ -104,6 +104,20 @@ struct IngestTests {
     }
 
 
+    @Test func everyStatusUpdatesTheProgressShown() async throws {
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, _, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            #expect(try await store.request(r.id, viewer: nil).progress == nil)
+            _ = try await store.ingest(try message(.status, r.id, StatusBody(phase: .extracting, percent: 10)), providerKeys: keys)
+            _ = try await store.ingest(try message(.status, r.id, StatusBody(phase: .streaming, percent: 60)), providerKeys: keys)
+            let view = try await store.request(r.id, viewer: nil)
+            #expect(view.state == .inProgress)
+            #expect(view.progress?.phase == "streaming" && view.progress?.percent == 60)
+            #expect(view.timeline.filter { $0.state == "in-progress" }.count == 1)
+        }
+    }
+
     @Test func aWholePackageIsVerifiedOnceEvenWhenEveryMessageArrivesTwice() async throws {
         try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
             let r = try await approvedRequest(store)
