@@ -53,6 +53,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(name: "CustosPKI", dependencies: ["CCustosOpenSSL"], swiftSettings: swiftSettings),
+        // The four criteria (đúng, đủ, sạch, sống): the verdict on a package, pure.
+        .target(
+            name: "CustosCriteria",
+            dependencies: [
+                "CustosModel", "CustosCanonicalJSON", "CustosEvidence",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // RFC 9162 hashing, inclusion and consistency proofs, and the tile layout: no storage.
         .target(
             name: "CustosMerkle",
@@ -199,7 +208,7 @@ let package = Package(
             name: "custos-bench",
             dependencies: [
                 "CustosBroker", "CustosCustody", "CustosEvidence", "CustosMerkle", "CustosModel", "CustosTestSupport",
-                "CustosConnector", "CustosClient", "CustosKafka", "CustosRuntime",
+                "CustosConnector", "CustosClient", "CustosKafka", "CustosRuntime", "CustosCriteria", "CustosCanonicalJSON",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -215,7 +224,7 @@ let package = Package(
             name: "CustosUnitTests",
             dependencies: [
                 "CustosCanonicalJSON", "CustosModel", "CustosEvidence", "CustosKafka", "CustosConnector", "CustosBroker", "CustosRuntime",
-                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody",
+                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody", "CustosCriteria",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],

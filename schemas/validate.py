@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Validates Custos documents against the schemas in this folder (JSON Schema 2020-12).
 
-Usage: validate.py [SCHEMA]   (default: messages/envelope.json; e.g. custody/proofs.json,
+Usage: validate.py [SCHEMA]   (default: messages/envelope.json; e.g. custody/proofs.json, records/traffic.json,
 custody/event.json). Reads one JSON document per line on stdin (for messages: an envelope as
 sent on Kafka). Prints one line per invalid document, with the JSON path and the rule it
 breaks, and exits 1 if any is invalid, 2 on unusable input. Contents are never printed.
@@ -14,7 +14,7 @@ root = pathlib.Path(__file__).resolve().parent
 registry = Registry()
 schemas = {}
 for path in sorted(root.glob("*/*.json")):
-    if path.parent.name in ("messages", "package", "custody"):
+    if path.parent.name in ("messages", "package", "custody", "records"):
         doc = json.loads(path.read_text())
         schemas[path] = doc
         registry = registry.with_resource(doc["$id"], Resource.from_contents(doc))

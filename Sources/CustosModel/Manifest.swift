@@ -55,8 +55,14 @@ public struct Manifest: Codable, Sendable, Hashable {
         /// without its newline; the empty tree's root when there are none.
         public var recordsRoot: String
         public var reason: String?
+        /// For `data`: the stretch of the request's window the records cover, how far back the
+        /// provider retains this data, and the gaps inside (an outage, a purge). Undeclared
+        /// coverage makes the package incomplete (đủ: warn).
+        public var coverage: Coverage?
 
-        public init(target: Target, category: DataCategory, status: Status, recordCount: Int, size: Int64, recordsRoot: String, reason: String? = nil) {
+        public init(target: Target, category: DataCategory, status: Status, recordCount: Int, size: Int64, recordsRoot: String, reason: String? = nil,
+                    coverage: Coverage? = nil) {
+            self.coverage = coverage
             self.target = target
             self.category = category
             self.status = status
@@ -64,6 +70,31 @@ public struct Manifest: Codable, Sendable, Hashable {
             self.size = size
             self.recordsRoot = recordsRoot
             self.reason = reason
+        }
+    }
+
+    public struct Coverage: Codable, Sendable, Hashable {
+        public struct Gap: Codable, Sendable, Hashable {
+            public var from: String
+            public var to: String
+            public var reason: String?
+            public init(from: String, to: String, reason: String? = nil) {
+                self.from = from
+                self.to = to
+                self.reason = reason
+            }
+        }
+        /// RFC 3339 UTC.
+        public var from: String
+        public var to: String
+        /// The oldest data the provider still holds for this category (its retention horizon).
+        public var retainedSince: String?
+        public var gaps: [Gap]?
+        public init(from: String, to: String, retainedSince: String? = nil, gaps: [Gap]? = nil) {
+            self.from = from
+            self.to = to
+            self.retainedSince = retainedSince
+            self.gaps = gaps
         }
     }
 

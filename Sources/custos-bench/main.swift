@@ -23,6 +23,10 @@ import Synchronization
 ///   5. storage bytes per event.
 /// The last line is `custody appends/s: N`.
 let arguments = CommandLine.arguments.dropFirst()
+if arguments.first == "criteria" {
+    try CriteriaBench.run(records: arguments.dropFirst().first.flatMap { Int($0) } ?? 2_000_000)
+    exit(0)
+}
 if arguments.first == "urgent" {
     try await UrgentBench.run(count: arguments.dropFirst().first.flatMap { Int($0) } ?? 1000,
                               loadPackages: arguments.dropFirst(2).first.flatMap { Int($0) } ?? 10,
@@ -30,7 +34,7 @@ if arguments.first == "urgent" {
     exit(0)
 }
 guard arguments.first == "custody" else {
-    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB]\n".utf8))
+    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB] | custos-bench criteria [RECORDS]\n".utf8))
     exit(2)
 }
 let seconds = arguments.dropFirst().first.flatMap { Double($0) } ?? 20

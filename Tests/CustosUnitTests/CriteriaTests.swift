@@ -1,0 +1,179 @@
+import CustosCanonicalJSON
+@testable import CustosCriteria
+import CustosEvidence
+import CustosModel
+import Foundation
+import Testing
+
+/// The four criteria as a pure function: a table of crafted packages, each breaking exactly one
+/// rule and getting exactly the expected verdict and reason; and the record rules agreeing
+/// with `schemas/records` on its examples.
+@Suite("The four criteria")
+struct CriteriaTests {
+    static let a = Target(type: .msisdn, value: "+84912345678"), b = Target(type: .msisdn, value: "+84987654321")
+
+    /// A package that passes all four: two targets × (traffic, location), every result with
+    /// its records and full coverage, delivered in time, extracted an hour before, time-stamped.
+    struct Crafted {
+        var request: ApprovedRequest
+        var results: [Manifest.Result]
+        var lines: [String]
+        var checks: [PackageVerification.Failure] = []
+        var asOf = "2026-11-20T09:00:00Z"
+        var delivery = PackageJudge.Delivery(deliveredAt: Timestamp.parse("2026-11-20T10:00:00Z")!, deadline: Timestamp.parse("2026-11-30T00:00:00Z")!,
+                                             timeStampedAt: Timestamp.parse("2026-11-20T09:59:00Z")!)
+
+        init() {
+            let spec = RequestSpec(caseId: UUID(uuidString: "00000000-0000-4000-8000-00000000000c")!, providerId: "prov-a",
+                                   legalBasis: LegalBasis(decisionNumber: "QD-7/2026", issuingAuthority: "Test Authority", issuedOn: "2026-11-01"),
+                                   targets: [CriteriaTests.a, CriteriaTests.b], categories: [.traffic, .location],
+                                   window: TimeWindow(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z"))
+            request = ApprovedRequest(requestId: UUID(uuidString: "00000000-0000-4000-8000-000000000001")!, spec: spec, submittedBy: "inv",
+                                      approvedBy: "appr", approvedAt: "2026-11-19T00:00:00Z")
+            lines = []
+            results = []
+            for t in [CriteriaTests.a, CriteriaTests.b] {
+                lines.append(Self.traffic(t, party: "+84907000123"))
+                lines.append(Self.location(t))
+                for category in [DataCategory.traffic, .location] {
+                    results.append(Manifest.Result(target: t, category: category, status: .data, recordCount: 1, size: 0, recordsRoot: "",
+                                                   coverage: .init(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z", retainedSince: "2025-11-01T00:00:00Z")))
+                }
+            }
+        }
+
+        static func frame(_ t: Target, _ category: String, _ time: String, _ record: String) -> String {
+            "{\"category\":\"\(category)\",\"target\":{\"type\":\"\(t.type.rawValue)\",\"value\":\"\(t.value)\"},\"time\":\"\(time)\",\"record\":\(record)}"
+        }
+        static func traffic(_ t: Target, party: String, time: String = "2026-10-15T08:30:00Z", cell: Bool = true) -> String {
+            frame(t, "traffic", time, "{\"direction\":\"outgoing\",\"otherParty\":\"\(party)\",\"durationSeconds\":61\(cell ? ",\"cellId\":\"452-04-1234-56\"" : "")}")
+        }
+        static func location(_ t: Target) -> String {
+            frame(t, "location", "2026-10-16T09:00:00Z", "{\"cellId\":\"452-04-1234-56\",\"latitude\":21.0285,\"longitude\":105.8542}")
+        }
+
+        func judge() -> Verdict {
+            let manifest = Manifest(packageId: UUID(uuidString: "00000000-0000-4000-8000-0000000000aa")!, requestId: request.requestId, requestHash: "",
+                                    providerId: "prov-a", asOf: asOf, createdAt: asOf, results: results,
+                                    content: .init(size: 0, recordCount: lines.count), chunks: [], chunksRoot: "")
+            var judge = PackageJudge(request: request, manifest: manifest)
+            for line in lines { Array(line.utf8).withUnsafeBytes { judge.consume(record: $0) } }
+            return judge.finish(checks: checks, delivery: delivery, judgedAt: "2026-11-20T10:00:01Z")
+        }
+    }
+
+    @Test func aGoodPackageIsAdmissible() {
+        let v = Crafted().judge()
+        #expect(v.admissible, "\(v.criteria)")
+        #expect(Verdict.Criterion.allCases.allSatisfy { v.status($0) == .pass })
+        #expect(v.counts == Verdict.Counts(records: 4, quarantined: 0, duplicates: 0, invalid: 0))
+        #expect(v.criteria["correct"]?.name == "đúng" && v.criteria["complete"]?.name == "đủ" && v.criteria["clean"]?.name == "sạch" && v.criteria["live"]?.name == "sống")
+    }
+
+    /// Each breaks one rule: (name, change, criterion, status, reason code, count).
+    static let table: [(String, @Sendable (inout Crafted) -> Void, Verdict.Criterion, Verdict.Status, String, Int)] = [
+        // đúng
+        ("a bad signature", { $0.checks = [.init(code: .signature, detail: "")] }, .correct, .fail, "signature", 1),
+        ("another request's hash", { $0.checks = [.init(code: .requestHash, detail: "")] }, .correct, .fail, "request-hash", 1),
+        ("signed by another provider", { $0.checks = [.init(code: .wrongProvider, detail: "")] }, .correct, .fail, "wrong-provider", 1),
+        ("a chunk's hash", { $0.checks = [.init(code: .chunkHash, detail: ""), .init(code: .chunkHash, detail: "")] }, .correct, .fail, "chunk-hash", 2),
+        ("a record about another target", { $0.lines.append(Crafted.traffic(Target(type: .msisdn, value: "+84900000001"), party: "+84907000999")) },
+         .correct, .fail, "target-out-of-scope", 1),
+        ("a record of a category not asked for", { $0.lines.append(Crafted.frame(CriteriaTests.a, "subscriber", "2026-10-15T08:30:00Z",
+                                                                                  "{\"name\":\"Synthetic\",\"contractStart\":\"2020-01-01\"}")) },
+         .correct, .fail, "category-out-of-scope", 1),
+        ("a record outside the window", { $0.lines.append(Crafted.traffic(CriteriaTests.a, party: "+84907000999", time: "2026-12-01T00:00:00Z")) },
+         .correct, .fail, "time-out-of-window", 1),
+        // đủ
+        ("a (target × category) with no result", { $0.results.removeLast() }, .complete, .fail, "missing-result", 1),
+        ("a signed cannot-execute", { $0.results[3].status = .cannotExecute; $0.results[3].coverage = nil }, .complete, .warn, "cannot-execute", 1),
+        ("a result's count", { $0.checks = [.init(code: .resultCount, detail: "")] }, .complete, .fail, "result-count", 1),
+        ("a result's records root", { $0.checks = [.init(code: .recordsRoot, detail: "")] }, .complete, .fail, "records-root", 1),
+        ("a missing chunk", { $0.checks = [.init(code: .chunkMissing, detail: "")] }, .complete, .fail, "chunk-missing", 1),
+        ("coverage undeclared", { $0.results[0].coverage = nil }, .complete, .warn, "coverage-undeclared", 1),
+        ("a gap in coverage", { $0.results[1].coverage?.gaps = [.init(from: "2026-10-10T00:00:00Z", to: "2026-10-11T00:00:00Z", reason: "outage")] },
+         .complete, .warn, "coverage-gap", 1),
+        ("coverage that starts late", { $0.results[2].coverage?.from = "2026-10-05T00:00:00Z" }, .complete, .warn, "coverage-gap", 1),
+        ("data no longer retained", { $0.results[0].coverage?.retainedSince = "2026-10-10T00:00:00Z" }, .complete, .warn, "retention-gap", 1),
+        // sạch
+        ("a record missing a required field", { $0.lines[0] = Crafted.frame(CriteriaTests.a, "traffic", "2026-10-15T08:30:00Z", "{\"direction\":\"outgoing\",\"durationSeconds\":1}") },
+         .clean, .fail, "schema-invalid", 1),
+        ("a line that is not JSON", { $0.lines.append("{\"category\":") }, .clean, .fail, "schema-invalid", 1),
+        ("a number not in E.164", { $0.lines[0] = Crafted.traffic(CriteriaTests.a, party: "0907000123") }, .clean, .fail, "identifier-not-canonical", 1),
+        ("a time not in UTC", { $0.lines[0] = Crafted.traffic(CriteriaTests.a, party: "+84907000123", time: "2026-10-15T15:30:00+07:00") },
+         .clean, .fail, "time-not-utc", 1),
+        ("a duplicate record", { $0.lines.append($0.lines[1]) }, .clean, .fail, "duplicate-record", 1),
+        // sống
+        ("delivered after its clock", { $0.delivery.deadline = Timestamp.parse("2026-11-20T09:00:00Z") }, .live, .fail, "delivered-late", 1),
+        ("extracted long before delivery", { $0.asOf = "2026-11-18T09:00:00Z" }, .live, .fail, "extraction-stale", 1),
+        ("time-stamped far from delivery", { $0.delivery.timeStampedAt = Timestamp.parse("2026-11-20T07:00:00Z") }, .live, .fail, "time-stamp-far", 1),
+        ("no time-stamp", { $0.delivery.timeStampedAt = nil }, .live, .fail, "time-stamp-missing", 1),
+    ]
+
+    @Test(arguments: table.indices)
+    func eachCraftedPackageBreaksExactlyOneRule(_ i: Int) {
+        let (name, change, criterion, status, code, count) = Self.table[i]
+        var crafted = Crafted()
+        change(&crafted)
+        let v = crafted.judge()
+        #expect(!v.admissible, "\(name)")
+        #expect(v.status(criterion) == status, "\(name): \(criterion) is \(String(describing: v.status(criterion)))")
+        #expect(v.reasons(criterion).map(\.code) == [code] && v.reasons(criterion).first?.count == count, "\(name): \(v.reasons(criterion))")
+        for other in Verdict.Criterion.allCases where other != criterion {
+            #expect(v.status(other) == .pass, "\(name): \(other) is \(String(describing: v.status(other))) \(v.reasons(other))")
+        }
+    }
+
+    @Test func outOfScopeRecordsAreCountedAsQuarantinedAndTheQualityReportCountsFields() {
+        var c = Crafted()
+        c.lines.append(Crafted.traffic(Target(type: .msisdn, value: "+84900000001"), party: "+84907000999"))
+        c.lines[0] = Crafted.traffic(CriteriaTests.a, party: "+84907000123", cell: false)
+        let v = c.judge()
+        #expect(v.counts.quarantined == 1)
+        #expect(v.quality["traffic.cellId"] == Verdict.FieldQuality(records: 3, present: 2))
+        #expect(v.quality["location.latitude"] == Verdict.FieldQuality(records: 2, present: 2))
+    }
+
+    @Test func theVerdictIsCanonicalJSONThatDecodesToItself() throws {
+        let v = Crafted().judge()
+        let bytes = try CanonicalJSON.encode(v)
+        #expect(try JSONDecoder().decode(Verdict.self, from: Data(bytes)) == v)
+        #expect(String(decoding: bytes, as: UTF8.self).hasPrefix("{\"admissible\":true"))
+    }
+
+    @Test func theFastTimeParserAgreesWithFoundation() {
+        for text in ["2026-10-15T08:30:00Z", "1970-01-01T00:00:00Z", "2000-02-29T23:59:59.250Z", "2099-12-31T23:59:59.999999999Z"] {
+            let parsed = RFC3339.parse(text)
+            #expect(parsed?.utc == true && abs(parsed!.seconds - Timestamp.parse(text)!.timeIntervalSince1970) < 1e-6, "\(text)")
+        }
+        #expect(RFC3339.parse("2026-10-15T15:30:00+07:00")?.seconds == RFC3339.parse("2026-10-15T08:30:00Z")?.seconds)
+        #expect(RFC3339.parse("2026-10-15T15:30:00+07:00")?.utc == false)
+        for bad in ["2026-02-30T00:00:00Z", "2026-10-15 08:30:00Z", "2026-10-15T08:30:00", "2026-10-15T08:30:00.Z", "2026-13-01T00:00:00Z", "x"] {
+            #expect(RFC3339.parse(bad) == nil, "\(bad)")
+        }
+    }
+
+    /// `schemas/records/examples`: what the JSON Schemas accept, the rules accept, and what
+    /// they refuse, the rules find a defect in.
+    @Test(arguments: DataCategory.allCases)
+    func theRecordRulesAgreeWithTheSchemaExamples(_ category: DataCategory) throws {
+        let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("schemas/records/examples")
+        for (suffix, valid) in [("valid", true), ("invalid", false)] {
+            let text = try String(contentsOf: dir.appendingPathComponent("\(category.rawValue).\(suffix).ndjson"), encoding: .utf8)
+            let lines = text.split(separator: "\n")
+            #expect(!lines.isEmpty)
+            for line in lines {
+                var c = Crafted()
+                c.request.categories = [category]
+                c.lines = [String(line)]
+                var judge = PackageJudge(request: c.request, manifest: Manifest(
+                    packageId: UUID(), requestId: c.request.requestId, requestHash: "", providerId: "prov-a", asOf: c.asOf, createdAt: c.asOf, results: [],
+                    content: .init(size: 0, recordCount: 1), chunks: [], chunksRoot: ""))
+                Array(line.utf8).withUnsafeBytes { judge.consume(record: $0) }
+                let v = judge.finish(checks: [], delivery: c.delivery)
+                #expect((v.counts.invalid == 0) == valid, "\(category.rawValue) \(suffix): \(line) → \(v.reasons(.clean))")
+            }
+        }
+    }
+}
