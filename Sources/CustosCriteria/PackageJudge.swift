@@ -5,8 +5,8 @@ import CustosModel
 import Foundation
 
 /// Judges a package on the four criteria. Records stream through `consume` one line at a
-/// time (memory grows only with the set of record digests kept to find duplicates, 16 bytes
-/// each); `finish` adds what the manifest, the signature checks and the delivery say. Pure:
+/// time (memory grows only with the record digests kept to find duplicates: 16 bytes each,
+/// 32 to 64 with the table's room); `finish` adds what the manifest, the signature checks and the delivery say. Pure:
 /// the broker, the connector (before it sends) and `custos verify` (offline) run the same code.
 public struct PackageJudge: Sendable {
     /// `criteria.*` bounds for sống (live).
@@ -55,26 +55,57 @@ public struct PackageJudge: Sendable {
     let request: ApprovedRequest
     let manifest: Manifest
     let targets: Set<Target>
-    let categories: Set<DataCategory>
-    let window: ClosedRange<Date>
+    let window: ClosedRange<Double>
+    /// When true, every record takes the full parser's path (the tests compare both paths).
+    var alwaysParse = false
     var counts = Verdict.Counts(records: 0, quarantined: 0, duplicates: 0, invalid: 0)
     var scope: [String: Int] = [:]
-    var defects: [RecordRules.Defect: Int] = [:]
-    var seen: Set<RecordDigest> = []
-    var present: [DataCategory: (records: Int, fields: [Int])] = [:]
-
-    struct RecordDigest: Hashable, Sendable {
-        var a: UInt64
-        var b: UInt64
-    }
+    var defects = Array(repeating: 0, count: RecordRules.Defect.allCases.count)
+    var seen = DigestSet()
+    /// Per category (in `DataCategory.allCases` order): records seen, and per field how many had it.
+    var present: [(records: Int, fields: [Int])]
+    // The fast path's tables: names as bytes, and the request's plain targets by a hash of their value.
+    let categoryNames: [[UInt8]]
+    let fieldNames: [[[UInt8]]]
+    let rules: [[RecordRules.Field]]
+    let typeNames: [[UInt8]]
+    let plainTargets: [UInt64: [(type: Int, value: [UInt8])]]
+    /// Per category (in `DataCategory.allCases` order): whether the request asks for it.
+    let asked: [Bool]
+    var scan = ScannedRecord()
 
     public init(request: ApprovedRequest, manifest: Manifest) {
         self.request = request
         self.manifest = manifest
         targets = Set(request.targets)
-        categories = Set(request.categories)
-        let from = Timestamp.parse(request.window.from) ?? .distantPast, to = Timestamp.parse(request.window.to) ?? .distantFuture
+        let from = Timestamp.parse(request.window.from)?.timeIntervalSince1970 ?? -.infinity
+        let to = Timestamp.parse(request.window.to)?.timeIntervalSince1970 ?? .infinity
         window = min(from, to)...max(from, to)
+        let all = DataCategory.allCases
+        categoryNames = all.map { Array($0.rawValue.utf8) }
+        rules = all.map { RecordRules.fields[$0] ?? [] }
+        fieldNames = rules.map { $0.map { Array($0.name.utf8) } }
+        present = rules.map { (0, Array(repeating: 0, count: $0.count)) }
+        typeNames = TargetType.allCases.map { Array($0.rawValue.utf8) }
+        var plain: [UInt64: [(type: Int, value: [UInt8])]] = [:]
+        for t in request.targets where t.port == nil && t.at == nil && t.platform == nil {
+            let value = Array(t.value.utf8)
+            plain[value.withUnsafeBytes { Self.fnv($0) }, default: []].append((TargetType.allCases.firstIndex(of: t.type)!, value))
+        }
+        plainTargets = plain
+        asked = all.map { request.categories.contains($0) }
+    }
+
+    /// Whether `bytes` are exactly `name`.
+    @inline(__always) static func same(_ name: [UInt8], _ bytes: UnsafeRawBufferPointer) -> Bool {
+        name.count == bytes.count && name.withUnsafeBytes { memcmp($0.baseAddress!, bytes.baseAddress!, bytes.count) == 0 }
+    }
+
+    /// FNV-1a, 64 bits: a quick hash of a target value's bytes (confirmed byte by byte after).
+    static func fnv(_ s: UnsafeRawBufferPointer) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for c in s { h = (h ^ UInt64(c)) &* 0x100_0000_01b3 }
+        return h
     }
 
     /// One record: its line's bytes without the newline.
@@ -82,50 +113,83 @@ public struct PackageJudge: Sendable {
         counts.records += 1
         // Byte-identical records are duplicates (SHA-256, first 128 bits kept).
         let digest = SHA256.hash(data: line)
-        let key = digest.withUnsafeBytes { RecordDigest(a: $0.load(as: UInt64.self), b: $0.load(fromByteOffset: 8, as: UInt64.self)) }
-        if !seen.insert(key).inserted { counts.duplicates += 1 }
+        let fresh = digest.withUnsafeBytes { seen.insert($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+        if !fresh { counts.duplicates += 1 }
+        if !alwaysParse && RecordScanner.scan(line, categories: categoryNames, fieldNames: fieldNames, into: &scan) {
+            judgeScanned()
+        } else {
+            judgeParsed(line)
+        }
+    }
 
-        guard case .object(let top)? = try? JSONParser.parse(line) else { return invalid(.schemaInvalid) }
+    /// The fast path: a record `RecordScanner` read.
+    private mutating func judgeScanned() {
+        guard case .index(let ci) = scan.category, let typeBytes = scan.targetType, let valueBytes = scan.targetValue, let timeBytes = scan.time,
+              let typeIndex = typeNames.firstIndex(where: { Self.same($0, typeBytes) })
+        else { return invalid() }
+        // A request's target was checked canonical when it was submitted; another is checked here.
+        let hash = Self.fnv(valueBytes)
+        var inScope = plainTargets[hash]?.contains { $0.type == typeIndex && Self.same($0.value, valueBytes) } ?? false
+        var canonical = inScope
+        if !inScope {
+            let target = Target(type: TargetType.allCases[typeIndex], value: String(decoding: valueBytes, as: UTF8.self))
+            inScope = targets.contains(target)
+            canonical = TargetFormat.isValid(target)
+        }
+        guard let (seconds, utc) = RFC3339.parse(timeBytes.assumingMemoryBound(to: UInt8.self)) else { return invalid() }
+        var has: UInt8 = 0
+        var found = RecordRules.check(scan.fields, rules: rules[ci], present: &has)
+        if !utc { found |= RecordRules.Defect.timeNotUTC.bit }
+        if !canonical { found |= RecordRules.Defect.identifierNotCanonical.bit }
+        record(category: ci, inScope: inScope, seconds: seconds, defects: found, present: has)
+    }
+
+    /// The full path: the strict parser, for whatever the fast path does not take.
+    private mutating func judgeParsed(_ line: UnsafeRawBufferPointer) {
+        guard case .object(let top)? = try? JSONParser.parse(line) else { return invalid() }
         guard top.count == 4, let c = top["category"]?.stringValue, let category = DataCategory(rawValue: c),
               case .object(let t)? = top["target"], let target = Self.target(t),
-              let timeText = top["time"]?.stringValue, let (seconds, utc) = RFC3339.parse(timeText),
-              case .object(let record)? = top["record"]
-        else { return invalid(.schemaInvalid) }
-        var recordDefects: Set<RecordRules.Defect> = []
-        if !utc { recordDefects.insert(.timeNotUTC) }
-        let time = Date(timeIntervalSince1970: seconds)
-        if !TargetFormat.isValid(target) { recordDefects.insert(.identifierNotCanonical) }
-        var entry = present[category] ?? (0, Array(repeating: 0, count: RecordRules.fields[category]?.count ?? 0))
-        var has = Array(repeating: false, count: entry.fields.count)
-        recordDefects.formUnion(RecordRules.check(record, category: category, present: &has))
-        entry.records += 1
-        for (i, h) in has.enumerated() where h { entry.fields[i] += 1 }
-        present[category] = entry
-        if !recordDefects.isEmpty {
+              var timeText = top["time"]?.stringValue, let (seconds, utc) = timeText.withUTF8({ RFC3339.parse($0) }),
+              case .object(let fields)? = top["record"]
+        else { return invalid() }
+        let ci = DataCategory.allCases.firstIndex(of: category)!
+        var has: UInt8 = 0
+        var found = RecordRules.check(fields, rules: rules[ci], present: &has)
+        if !utc { found |= RecordRules.Defect.timeNotUTC.bit }
+        if !TargetFormat.isValid(target) { found |= RecordRules.Defect.identifierNotCanonical.bit }
+        record(category: ci, inScope: targets.contains(target), seconds: seconds, defects: found, present: has)
+    }
+
+    /// What both paths record of a record they could read.
+    private mutating func record(category ci: Int, inScope: Bool, seconds: Double, defects found: UInt8, present has: UInt8) {
+        present[ci].records += 1
+        for f in 0..<present[ci].fields.count where has & (1 << UInt8(f)) != 0 { present[ci].fields[f] += 1 }
+        if found != 0 {
             counts.invalid += 1
-            for d in recordDefects { defects[d, default: 0] += 1 }
+            for d in RecordRules.Defect.allCases where found & d.bit != 0 { defects[d.rawValue] += 1 }
         }
         // Scope: outside the request's targets, categories or window, a record is quarantined.
         var outside: String?
-        if !categories.contains(category) { outside = Code.categoryOutOfScope }
-        else if !targets.contains(target) { outside = Code.targetOutOfScope }
-        else if !window.contains(time) { outside = Code.timeOutOfWindow }
+        if !asked[ci] { outside = Code.categoryOutOfScope }
+        else if !inScope { outside = Code.targetOutOfScope }
+        else if !window.contains(seconds) { outside = Code.timeOutOfWindow }
         if let outside {
             scope[outside, default: 0] += 1
             counts.quarantined += 1
         }
     }
 
-    private mutating func invalid(_ defect: RecordRules.Defect) {
+    private mutating func invalid() {
         counts.invalid += 1
-        defects[defect, default: 0] += 1
+        defects[RecordRules.Defect.schemaInvalid.rawValue] += 1
     }
 
     static func target(_ t: [String: JSONValue]) -> Target? {
-        guard let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)), let value = t["value"]?.stringValue else { return nil }
+        guard Set(t.keys).isSubset(of: ["type", "value", "port", "at", "platform"]),
+              let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)), let value = t["value"]?.stringValue else { return nil }
         var port: Int?
-        if case .number(let n)? = t["port"] {
-            guard n == n.rounded(), (1...65535).contains(n) else { return nil }
+        if let p = t["port"] {
+            guard case .number(let n) = p, n == n.rounded(), (1...65535).contains(n) else { return nil }
             port = Int(n)
         }
         return Target(type: type, value: value, port: port, at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
@@ -161,15 +225,15 @@ public struct PackageJudge: Sendable {
                 continue
             }
             gaps += coverage.gaps?.count ?? 0
-            if from > window.lowerBound || to < window.upperBound { gaps += 1 }
-            if let horizon = coverage.retainedSince.flatMap(Timestamp.parse), horizon > window.lowerBound { retention += 1 }
+            if from.timeIntervalSince1970 > window.lowerBound || to.timeIntervalSince1970 < window.upperBound { gaps += 1 }
+            if let horizon = coverage.retainedSince.flatMap(Timestamp.parse), horizon.timeIntervalSince1970 > window.lowerBound { retention += 1 }
         }
         if undeclared > 0 { complete.append(.init(code: Code.coverageUndeclared, status: .warn, count: undeclared)) }
         if gaps > 0 { complete.append(.init(code: Code.coverageGap, status: .warn, count: gaps)) }
         if retention > 0 { complete.append(.init(code: Code.retentionGap, status: .warn, count: retention)) }
 
         // sạch
-        var clean = defects.map { Verdict.Reason(code: $0.key.rawValue, status: .fail, count: $0.value) }
+        var clean = RecordRules.Defect.allCases.filter { defects[$0.rawValue] > 0 }.map { Verdict.Reason(code: $0.code, status: .fail, count: defects[$0.rawValue]) }
         if counts.duplicates > 0 { clean.append(.init(code: Code.duplicateRecord, status: .fail, count: counts.duplicates)) }
         // Out-of-scope records are đúng's failure; quarantining them (counts.quarantined) is how
         // sạch is kept, so they are not counted against it twice.
@@ -193,9 +257,9 @@ public struct PackageJudge: Sendable {
         }
 
         var quality: [String: Verdict.FieldQuality] = [:]
-        for (category, entry) in present {
-            for (i, field) in (RecordRules.fields[category] ?? []).enumerated() {
-                quality["\(category.rawValue).\(field.name)"] = .init(records: entry.records, present: entry.fields[i])
+        for (ci, entry) in present.enumerated() where entry.records > 0 {
+            for (i, field) in rules[ci].enumerated() {
+                quality["\(DataCategory.allCases[ci].rawValue).\(field.name)"] = .init(records: entry.records, present: entry.fields[i])
             }
         }
         return Verdict(criteria: [.correct: .init(.correct, reasons: correct), .complete: .init(.complete, reasons: complete),
