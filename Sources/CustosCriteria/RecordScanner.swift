@@ -29,13 +29,30 @@ struct ScannedRecord: @unchecked Sendable {
 /// what it accepts, and a test checks it against the full parser on mutated records.
 enum RecordScanner {
     static let keys: [[UInt8]] = ["category", "record", "target", "time"].map { Array($0.utf8) }
+    static let typeKey = Array("type".utf8), valueKey = Array("value".utf8)
 
-    static func scan(_ b: UnsafeRawBufferPointer, categories: [[UInt8]], fieldNames: [[[UInt8]]], into r: inout ScannedRecord) -> Bool {
+    @inline(__always) static func equal(_ s: UnsafeRawBufferPointer, _ k: [UInt8]) -> Bool {
+        s.count == k.count && k.withUnsafeBytes { memcmp($0.baseAddress!, s.baseAddress!, s.count) == 0 }
+    }
+
+    /// A reading position in one line (a struct, so the hot loop needs no boxed captures).
+    struct Cursor {
+        let b: UnsafeRawBufferPointer
+        let n: Int
         var i = 0
-        let n = b.count
-        @inline(__always) func ws() { while i < n, b[i] == 0x20 || b[i] == 0x09 || b[i] == 0x0D || b[i] == 0x0A { i += 1 } }
-        /// A string with no escapes, control characters or non-ASCII bytes; the index past it.
-        @inline(__always) func string() -> UnsafeRawBufferPointer? {
+
+        init(_ b: UnsafeRawBufferPointer) {
+            self.b = b
+            n = b.count
+        }
+
+        var atEnd: Bool { i >= n }
+        func peek(_ c: UInt8) -> Bool { i < n && b[i] == c }
+
+        @inline(__always) mutating func ws() { while i < n, b[i] == 0x20 || b[i] == 0x09 || b[i] == 0x0D || b[i] == 0x0A { i += 1 } }
+
+        /// A string with no escapes, control characters or non-ASCII bytes; nil for any other.
+        @inline(__always) mutating func string() -> UnsafeRawBufferPointer? {
             guard i < n, b[i] == 0x22 else { return nil }
             let start = i + 1
             var j = start
@@ -49,11 +66,9 @@ enum RecordScanner {
             i = j + 1
             return UnsafeRawBufferPointer(rebasing: b[start..<j])
         }
-        @inline(__always) func equal(_ s: UnsafeRawBufferPointer, _ k: [UInt8]) -> Bool {
-            s.count == k.count && k.withUnsafeBytes { memcmp($0.baseAddress!, s.baseAddress!, s.count) == 0 }
-        }
+
         /// A number in JSON's grammar (RFC 8259 §6).
-        func number() -> Double? {
+        mutating func number() -> Double? {
             let start = i
             if i < n, b[i] == 0x2D { i += 1 }
             guard i < n, (0x30...0x39).contains(b[i]) else { return nil }
@@ -87,8 +102,9 @@ enum RecordScanner {
             let value = strtod(b.baseAddress!.assumingMemoryBound(to: CChar.self) + start, nil)
             return value.isFinite ? value : nil
         }
+
         /// Skips any value (for fields whose value no rule accepts, and the provider's own fields).
-        func skip(depth: Int = 0) -> Bool {
+        mutating func skip(depth: Int = 0) -> Bool {
             guard i < n, depth < 32 else { return false }
             switch b[i] {
             case 0x22:
@@ -109,11 +125,7 @@ enum RecordScanner {
                 if i < n, b[i] == close { i += 1; return true }
                 while true {
                     if object {
-                        guard string() != nil else { return false }
-                        ws()
-                        guard i < n, b[i] == 0x3A else { return false }
-                        i += 1
-                        ws()
+                        guard string() != nil, colon() else { return false }
                     }
                     guard skip(depth: depth + 1) else { return false }
                     ws()
@@ -129,89 +141,93 @@ enum RecordScanner {
             default: return number() != nil
             }
         }
-        func literal(_ word: StaticString) -> Bool {
+
+        mutating func literal(_ word: StaticString) -> Bool {
             let count = word.utf8CodeUnitCount
             guard i + count <= n, memcmp(b.baseAddress! + i, word.utf8Start, count) == 0 else { return false }
             i += count
             return true
         }
-        @inline(__always) func colon() -> Bool {
+
+        @inline(__always) mutating func colon() -> Bool {
             ws()
             guard i < n, b[i] == 0x3A else { return false }
             i += 1
             ws()
             return true
         }
+
         /// After a member: `,` (true, more follow) or the closing brace (false, done); nil if neither.
-        @inline(__always) func next() -> Bool? {
+        @inline(__always) mutating func next() -> Bool? {
             ws()
             guard i < n else { return nil }
             if b[i] == 0x2C { i += 1; ws(); return true }
             if b[i] == 0x7D { i += 1; return false }
             return nil
         }
+    }
 
-        ws()
-        guard i < n, b[i] == 0x7B else { return false }
-        i += 1
-        ws()
+    static func scan(_ b: UnsafeRawBufferPointer, categories: [[UInt8]], fieldNames: [[[UInt8]]], into r: inout ScannedRecord) -> Bool {
+        var c = Cursor(b)
+        c.ws()
+        guard c.peek(0x7B) else { return false }
+        c.i += 1
+        c.ws()
         for (k, key) in keys.enumerated() {
-            guard let name = string(), equal(name, key), colon() else { return false }
+            guard let name = c.string(), equal(name, key), c.colon() else { return false }
             switch k {
             case 0:
-                guard let c = string() else { return false }
-                r.category = categories.firstIndex { equal(c, $0) }.map { .index($0) } ?? .invalid
-                guard case .index = r.category else { return false }
+                guard let value = c.string(), let index = categories.firstIndex(where: { equal(value, $0) }) else { return false }
+                r.category = .index(index)
             case 1:
-                guard case .index(let ci) = r.category, i < n, b[i] == 0x7B else { return false }
+                guard case .index(let ci) = r.category, c.peek(0x7B) else { return false }
                 let names = fieldNames[ci]
                 for f in 0..<names.count { r.fields[f] = nil }
-                i += 1
-                ws()
-                if i < n, b[i] == 0x7D { i += 1 } else {
+                c.i += 1
+                c.ws()
+                if c.peek(0x7D) { c.i += 1 } else {
                     var unknown: [UnsafeRawBufferPointer] = []
                     while true {
-                        guard let fieldName = string(), colon() else { return false }
+                        guard let fieldName = c.string(), c.colon(), !c.atEnd else { return false }
                         if let f = names.firstIndex(where: { equal(fieldName, $0) }) {
                             guard r.fields[f] == nil else { return false }  // a repeated member: the full parser refuses it
-                            if b[i] == 0x22 {
-                                guard let s = string() else { return false }
+                            let first = b[c.i]
+                            if first == 0x22 {
+                                guard let s = c.string() else { return false }
                                 r.fields[f] = .string(s)
-                            } else if b[i] == 0x2D || (0x30...0x39).contains(b[i]) {
-                                guard let v = number() else { return false }
+                            } else if first == 0x2D || (0x30...0x39).contains(first) {
+                                guard let v = c.number() else { return false }
                                 r.fields[f] = .number(v)
                             } else {
-                                guard skip() else { return false }
+                                guard c.skip() else { return false }
                                 r.fields[f] = .other
                             }
                         } else {
                             // A field of the provider's own: kept out of the rules, but never twice.
                             guard !unknown.contains(where: { $0.count == fieldName.count && memcmp($0.baseAddress!, fieldName.baseAddress!, $0.count) == 0 }),
-                                  skip() else { return false }
+                                  c.skip() else { return false }
                             unknown.append(fieldName)
                         }
-                        guard let more = next() else { return false }
+                        guard let more = c.next() else { return false }
                         if !more { break }
                     }
                 }
             case 2:
-                guard i < n, b[i] == 0x7B else { return false }
-                i += 1
-                ws()
-                guard let t = string(), equal(t, typeKey), colon(), let type = string(), next() == true,
-                      let v = string(), equal(v, valueKey), colon(), let value = string(), next() == false
+                guard c.peek(0x7B) else { return false }
+                c.i += 1
+                c.ws()
+                guard let t = c.string(), equal(t, typeKey), c.colon(), let type = c.string(), c.next() == true,
+                      let v = c.string(), equal(v, valueKey), c.colon(), let value = c.string(), c.next() == false
                 else { return false }
                 r.targetType = type
                 r.targetValue = value
             default:
-                guard let t = string() else { return false }
+                guard let t = c.string() else { return false }
                 r.time = t
             }
-            guard let more = next(), more == (k < keys.count - 1) else { return false }
+            guard let more = c.next(), more == (k < keys.count - 1) else { return false }
         }
-        ws()
-        return i == n
+        c.ws()
+        return c.atEnd
     }
-
-    static let typeKey = Array("type".utf8), valueKey = Array("value".utf8)
 }

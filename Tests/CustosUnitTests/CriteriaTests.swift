@@ -185,6 +185,17 @@ struct CriteriaTests {
         #expect(lines.count > 10_000)
     }
 
+    @Test func theDigestTableFindsEveryRepeatAcrossGrowthAndTheZeroDigest() {
+        var set = DigestSet(capacity: 4)
+        var rng = SplitMix(seed: 9)
+        let keys = (0..<10_000).map { _ in (rng.next(), rng.next()) }
+        #expect(keys.allSatisfy { set.insert($0.0, $0.1) })
+        #expect(set.count == 10_000)
+        #expect(keys.allSatisfy { !set.insert($0.0, $0.1) })
+        #expect(set.insert(0, 0) && !set.insert(0, 0))
+        #expect(set.insert(keys[0].0, keys[0].1 &+ 1))  // same first half, another digest
+    }
+
     struct SplitMix {
         var state: UInt64
         init(seed: UInt64) { state = seed }
