@@ -189,11 +189,14 @@ struct CriteriaTests {
         var set = DigestSet(capacity: 4)
         var rng = SplitMix(seed: 9)
         let keys = (0..<10_000).map { _ in (rng.next(), rng.next()) }
-        #expect(keys.allSatisfy { set.insert($0.0, $0.1) })
-        #expect(set.count == 10_000)
-        #expect(keys.allSatisfy { !set.insert($0.0, $0.1) })
-        #expect(set.insert(0, 0) && !set.insert(0, 0))
-        #expect(set.insert(keys[0].0, keys[0].1 &+ 1))  // same first half, another digest
+        var fresh = 0, repeated = 0
+        for k in keys where set.insert(k.0, k.1) { fresh += 1 }
+        for k in keys where !set.insert(k.0, k.1) { repeated += 1 }
+        #expect(fresh == 10_000 && repeated == 10_000 && set.count == 10_000)
+        let zeroFirst = set.insert(0, 0), zeroAgain = set.insert(0, 0)
+        #expect(zeroFirst && !zeroAgain)
+        let sameFirstHalf = set.insert(keys[0].0, keys[0].1 &+ 1)
+        #expect(sameFirstHalf)
     }
 
     struct SplitMix {
