@@ -110,7 +110,7 @@ let package = Package(
             name: "CustosBroker",
             dependencies: [
                 "CustosModel", "CustosEvidence", "CustosKafka", "CustosRuntime", "CustosCanonicalJSON", "CustosPKI",
-                "CustosMerkle", "CustosCustody", "CustosClient",
+                "CustosMerkle", "CustosCustody", "CustosClient", "CustosCriteria",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),

@@ -51,7 +51,8 @@ public func buildApplication(
     }
     let postgres = configuration.database.makeClient(logger: logger)
     let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
-    let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, clocks: configuration.clocks, logger: logger)
+    let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, clocks: configuration.clocks, criteriaBounds: configuration.criteriaBounds,
+                            logger: logger)
     let ready = Gate()
     let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, wakeup: store.outboxWakeup, ready: ready, logger: logger)
     var webhooks = configuration.webhooks

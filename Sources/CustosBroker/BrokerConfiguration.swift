@@ -1,4 +1,5 @@
 import Configuration
+import CustosCriteria
 import CustosCustody
 import CustosKafka
 import CustosRuntime
@@ -69,6 +70,11 @@ public struct BrokerConfiguration: Sendable {
     public var clocks = LegalClock.Settings()
     /// `clocks.checkMilliseconds`: how often due clocks are looked for (a clock fires within this).
     public var clockCheckInterval: Duration = .seconds(1)
+    /// `criteria.maximumExtractionAgeSeconds` (default 86400) and
+    /// `criteria.maximumTimeStampDistanceSeconds` (default 3600): for sống (live), how long before
+    /// delivery a package's data may have been extracted, and how far from delivery its
+    /// time-stamp may be.
+    public var criteriaBounds = PackageJudge.Bounds()
     /// `webhooks.*`: see `WebhookSettings` (the secret is read from `webhooks.secretFile` at start).
     public var webhooks = WebhookSettings()
     public var webhookSecretFile: String?
@@ -129,6 +135,8 @@ public struct BrokerConfiguration: Sendable {
         clocks.preservation = try seconds("clocks.preservationSeconds", clocks.preservation)
         clocks.preservationExtension = try seconds("clocks.preservationExtensionSeconds", clocks.preservationExtension)
         clockCheckInterval = .milliseconds(max(10, reader.int(forKey: "clocks.checkMilliseconds", default: 1000)))
+        criteriaBounds.maximumExtractionAge = try seconds("criteria.maximumExtractionAgeSeconds", criteriaBounds.maximumExtractionAge)
+        criteriaBounds.maximumTimeStampDistance = try seconds("criteria.maximumTimeStampDistanceSeconds", criteriaBounds.maximumTimeStampDistance)
         webhooks.urls = reader.stringArray(forKey: "webhooks.urls", default: [])
         for url in webhooks.urls {
             guard let c = URLComponents(string: url), c.scheme == "http" || c.scheme == "https", c.host?.isEmpty == false else {

@@ -1,5 +1,6 @@
 import Crypto
 import CustosCanonicalJSON
+import CustosCriteria
 import CustosCustody
 import CustosEvidence
 import CustosKafka
@@ -245,17 +246,38 @@ extension BrokerStore {
             manifest: manifestBytes, signature: Array(signatureBuffer.readableBytesView), timeStamp: Array(timeStampBuffer.readableBytesView),
             providerId: provider, providerTrust: providerRow?.0 ?? "", tsaTrust: tsaTrust)
         failures += signatureCheck.failures
-        // Stream the chunks once, in order, through the content checks: constant memory.
+        // Stream the chunks once, in order, through the content checks and the four criteria:
+        // constant memory, but for the record digests the duplicate search keeps.
         var content = ContentVerifier(manifest: manifest)
+        let approved = try await conn.query("SELECT approved_request FROM requests WHERE id = \(requestId)", logger: logger)
+            .decode(String?.self).first { _ in true }.flatMap { $0 }.flatMap { try? JSONDecoder().decode(ApprovedRequest.self, from: Data($0.utf8)) }
+        var judge = approved.map { PackageJudge(request: $0, manifest: manifest) }
+        var lines = RecordLines()
         for i in 0..<chunkCount {
             for try await data in try await conn.query(
                 "SELECT data FROM package_chunks WHERE package_id = \(packageId) AND idx = \(i)", logger: logger
             ).decode(ByteBuffer.self) {
-                data.withUnsafeReadableBytes { content.consume($0) }
+                data.withUnsafeReadableBytes { bytes in
+                    content.consume(bytes)
+                    if judge != nil { lines.consume(bytes) { judge!.consume(record: $0) } }
+                }
             }
         }
+        if judge != nil { lines.finish { judge!.consume(record: $0) } }
         failures += content.finish()
         let verification = PackageVerification(failures: failures, manifestSha256: Digest.sha256Hex(manifestBytes), checkedAt: Timestamp.now())
+        // The verdict: delivered now, against the delivery clock (if it has one), time-stamped when the token says.
+        let deadline = try await conn.query("SELECT deadline FROM request_clocks WHERE request_id = \(requestId) AND clock = 'delivery'", logger: logger)
+            .decode(Date.self).first { _ in true }
+        let criteria = judge?.finish(checks: failures, delivery: .init(deliveredAt: Date(), deadline: deadline, timeStampedAt: signatureCheck.genTime),
+                                     bounds: criteriaBounds)
+        let criteriaJSON = try criteria.map { String(decoding: try CanonicalJSON.encode($0), as: UTF8.self) }
+        if let criteria, let criteriaJSON {
+            var details = ["admissible": "\(criteria.admissible)"]
+            for c in Verdict.Criterion.allCases { details[c.rawValue] = criteria.status(c)?.rawValue ?? "" }
+            custody.record(CustodyEvent(kind: .criteria, at: Timestamp.now(), actor: .broker, subject: subject,
+                                        objects: ["criteriaSha256": Digest.sha256Hex(Array(criteriaJSON.utf8))], details: details))
+        }
         let verdict = String(decoding: try CanonicalJSON.encode(verification), as: UTF8.self)
         let newState: PackageState = verification.valid ? .verified : .rejected
         custody.record(CustodyEvent(kind: .verdict, at: Timestamp.now(), actor: .broker, subject: subject,
@@ -263,6 +285,7 @@ extension BrokerStore {
                                     details: ["outcome": newState.rawValue, "failures": Set(verification.failures.map(\.code.rawValue)).sorted().joined(separator: ",")]))
         try await conn.query("""
             UPDATE packages SET state = \(newState.rawValue), verification = \(verdict), verified_at = now(),
+                criteria = \(criteriaJSON), admissible = \(criteria?.admissible),
                 time_stamped_at = \(signatureCheck.genTime), time_stamp_accuracy_us = \(signatureCheck.accuracyMicroseconds),
                 signer = \(signatureCheck.signer?.commonName),
                 signer_certificate = \(signatureCheck.signer?.pem)

@@ -8,14 +8,14 @@ extension BrokerStore {
     /// A package as `viewer` may see it: one of its own agency's (nil: internal use, any).
     public func package(_ id: UUID, viewer: AuthenticatedUser?) async throws -> API.PackageView {
         let agency = viewer?.agency
-        var row: (UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date, Bool, String?)?
+        var row: (UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date, Bool, String?, String?)?
         for try await r in try await client.query("""
             SELECT p.request_id, p.provider_id, p.state, p.manifest, p.manifest_signature, p.time_stamp, p.time_stamped_at, p.time_stamp_accuracy_us,
-                   p.signer, p.manifest_sha256, p.verification, p.received_at, p.sealed, p.seal_reason
+                   p.signer, p.manifest_sha256, p.verification, p.received_at, p.sealed, p.seal_reason, p.criteria
             FROM packages p JOIN requests r ON r.id = p.request_id JOIN cases c ON c.id = r.case_id
             WHERE p.id = \(id) AND (\(agency)::text IS NULL OR c.agency = \(agency))
-            """, logger: logger).decode((UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date, Bool, String?).self) { row = r }
-        guard let (requestId, provider, state, manifest, signature, timeStamp, stampedAt, accuracy, signer, sha, verification, receivedAt, sealed, sealReason) = row else {
+            """, logger: logger).decode((UUID, String, String, String, ByteBuffer, ByteBuffer, Date?, Int64?, String?, String, String?, Date, Bool, String?, String?).self) { row = r }
+        guard let (requestId, provider, state, manifest, signature, timeStamp, stampedAt, accuracy, signer, sha, verification, receivedAt, sealed, sealReason, criteria) = row else {
             throw BrokerError(.notFound, "no such package")
         }
         let summary = try verification.map { v -> API.PackageVerificationSummary in
@@ -28,7 +28,7 @@ extension BrokerStore {
             signature: Data(signature.readableBytesView).base64EncodedString(), timeStamp: Data(timeStamp.readableBytesView).base64EncodedString(),
             timeStampedAt: stampedAt.map(Timestamp.format), timeStampAccuracyMicroseconds: accuracy, signer: signer,
             manifestSha256: sha, verification: summary, receivedAt: Timestamp.format(receivedAt), sealed: sealed,
-            sealReason: sealReason)
+            sealReason: sealReason, criteria: try criteria.map { try JSONDecoder().decode(Verdict.self, from: Data($0.utf8)) })
     }
 
     public func chunk(package id: UUID, index: Int) async throws -> ByteBuffer {

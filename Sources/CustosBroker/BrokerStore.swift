@@ -1,5 +1,6 @@
 import Crypto
 import CustosCanonicalJSON
+import CustosCriteria
 import CustosCustody
 import CustosEvidence
 import CustosModel
@@ -57,10 +58,14 @@ public struct BrokerStore: Sendable {
     public let custody: CustodyAppender
     /// The legal clocks' durations.
     public let clocks: LegalClock.Settings
+    /// `criteria.*`: how close to delivery a package's extraction and time-stamp must be (sống).
+    public let criteriaBounds: PackageJudge.Bounds
     /// Signalled after a transaction queues an urgent message; the outbox relay waits on it.
     public let outboxWakeup = Wakeup()
 
-    public init(client: PostgresClient, signer: SigningKey, tsaTrust: String, clocks: LegalClock.Settings = .init(), logger: Logger) {
+    public init(client: PostgresClient, signer: SigningKey, tsaTrust: String, clocks: LegalClock.Settings = .init(),
+                criteriaBounds: PackageJudge.Bounds = .init(), logger: Logger) {
+        self.criteriaBounds = criteriaBounds
         self.client = client
         self.signer = signer
         self.tsaTrust = tsaTrust

@@ -342,5 +342,10 @@ enum Migrations {
             -- The provider's latest status message: what it is doing and how far along.
             ALTER TABLE requests ADD COLUMN progress_phase text, ADD COLUMN progress_percent int, ADD COLUMN progress_at timestamptz;
             """),
+        Migration(version: 13, name: "the four criteria", sql: """
+            -- The verdict on a package (đúng, đủ, sạch, sống), canonical JSON, as computed when it
+            -- completed; admissible only when all four pass.
+            ALTER TABLE packages ADD COLUMN criteria text, ADD COLUMN admissible boolean;
+            """),
     ]
 }

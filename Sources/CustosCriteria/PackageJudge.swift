@@ -274,3 +274,37 @@ public struct PackageJudge: Sendable {
 
     static func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
 }
+
+/// Cuts content, handed over in slices of any size, into record lines (without their
+/// newlines) for the judge. Only a line split across slices is copied.
+public struct RecordLines: Sendable {
+    private var pending: [UInt8] = []
+
+    public init() {}
+
+    public mutating func consume(_ bytes: UnsafeRawBufferPointer, _ line: (UnsafeRawBufferPointer) -> Void) {
+        guard let base = bytes.baseAddress else { return }
+        var start = 0
+        while start < bytes.count {
+            guard let nl = memchr(base + start, 0x0A, bytes.count - start) else {
+                pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start...]))
+                return
+            }
+            let end = base.distance(to: UnsafeRawPointer(nl))
+            if pending.isEmpty {
+                line(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            } else {
+                pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+                pending.withUnsafeBytes { line($0) }
+                pending.removeAll(keepingCapacity: true)
+            }
+            start = end + 1
+        }
+    }
+
+    /// A last line without its newline (a defect the content checks report), if any.
+    public mutating func finish(_ line: (UnsafeRawBufferPointer) -> Void) {
+        if !pending.isEmpty { pending.withUnsafeBytes { line($0) } }
+        pending = []
+    }
+}

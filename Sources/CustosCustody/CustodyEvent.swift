@@ -31,6 +31,8 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         public static let chunkReceived = Kind("package.chunk-received")
         public static let packageCompleted = Kind("package.completed")
         public static let verdict = Kind("package.verdict")
+        /// The four criteria's verdict (đúng, đủ, sạch, sống) on a package.
+        public static let criteria = Kind("package.criteria")
         public static let packageViewed = Kind("package.viewed")
         public static let packageDownloaded = Kind("package.downloaded")
         public static let packageExported = Kind("package.exported")

@@ -246,10 +246,13 @@ public enum API {
         public var sealed: Bool
         /// Why it is sealed.
         public var sealReason: String?
+        /// The four criteria's verdict, once the package is complete.
+        public var criteria: Verdict?
 
         public init(id: UUID, requestId: UUID, providerId: String, state: PackageState, manifest: Manifest, signature: String, timeStamp: String,
                     timeStampedAt: String?, timeStampAccuracyMicroseconds: Int64?, signer: String?, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String,
-                    sealed: Bool = false, sealReason: String? = nil) {
+                    sealed: Bool = false, sealReason: String? = nil, criteria: Verdict? = nil) {
+            self.criteria = criteria
             self.sealed = sealed
             self.sealReason = sealReason
             self.id = id

@@ -77,6 +77,9 @@ struct Serve: AsyncParsableCommand {
                   how long a preservation order freezes the data, and its one extension (defaults 5184000 and 2592000: 60 and 30 days)
               clocks.checkMilliseconds (CUSTOS_CLOCKS_CHECK_MILLISECONDS)
                   how often due clocks are looked for (default 1000)
+              criteria.maximumExtractionAgeSeconds, criteria.maximumTimeStampDistanceSeconds
+                  for sống (live): how long before delivery a package's data may have been extracted (default 86400),
+                  and how far from delivery its time-stamp may be (default 3600)
               webhooks.urls (CUSTOS_WEBHOOKS_URLS)
                   http(s) endpoints told when a legal clock runs late, escalates or expires, or an emergency lapses
                   (comma-separated in the environment; default none)

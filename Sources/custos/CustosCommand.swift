@@ -348,7 +348,7 @@ struct Package: AsyncParsableCommand {
         }
     }
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a package's manifest summary and verification.")
+        static let configuration = CommandConfiguration(abstract: "Show a package's manifest summary, verification and the four criteria (đúng, đủ, sạch, sống).")
         @OptionGroup var connection: Connection
         @Argument(help: "Package id.") var id: String
         func run() async throws {
@@ -358,6 +358,13 @@ struct Package: AsyncParsableCommand {
                 s += "  \(p.manifest.content.recordCount) records, \(p.manifest.content.size) bytes in \(p.manifest.chunks.count) chunks\n"
                 s += "  chunks Merkle root \(p.manifest.chunksRoot)\n  manifest sha256 \(p.manifestSha256)"
                 if let v = p.verification { s += "\n  verification: \(v.valid ? "valid" : "INVALID") at \(v.checkedAt)" + v.failures.map { "\n    - \($0)" }.joined() }
+                if let c = p.criteria {
+                    s += "\n  criteria: \(c.admissible ? "ADMISSIBLE" : "NOT ADMISSIBLE") (\(c.counts.records) records, \(c.counts.quarantined) quarantined)"
+                    for criterion in Verdict.Criterion.allCases {
+                        let reasons = c.reasons(criterion).map { "\($0.code) ×\($0.count)" }.joined(separator: ", ")
+                        s += "\n    \(criterion.name) (\(criterion.rawValue)): \(c.status(criterion)?.rawValue ?? "-")\(reasons.isEmpty ? "" : " — " + reasons)"
+                    }
+                }
                 return s
             }
         }

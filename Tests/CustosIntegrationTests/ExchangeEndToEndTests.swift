@@ -46,6 +46,14 @@ struct ExchangeEndToEndTests {
         #expect(packages.count == 1)
         let packageId = try #require(packages.first?["id"] as? String).lowercased()
 
+        // The four criteria, as the investigator sees them: the synthetic adapter declares no
+        // coverage, so đủ warns and the package is not (yet) admissible; the rest pass.
+        let shown = try await d.cliOK(d.investigator, ["package", "show", packageId])
+        for line in ["criteria: NOT ADMISSIBLE (600 records, 0 quarantined)", "đúng (correct): pass", "đủ (complete): warn — coverage-undeclared ×2",
+                     "sạch (clean): pass", "sống (live): pass"] {
+            #expect(shown.contains(line), "package show lacks \(line):\n\(shown)")
+        }
+
         let out = d.path("downloads")
         let downloaded = try json(try await d.cliOK(d.investigator, ["download", packageId, "--out", out, "--quiet", "--json"]))
         let file = try #require(downloaded["path"] as? String)

@@ -74,7 +74,10 @@ struct IngestTests {
         var tree = RecordTree()
         var content: [UInt8] = []
         for n in 0..<40 {
-            let line = Array("{\"category\":\"traffic\",\"n\":\(n),\"pad\":\"\(String(repeating: "z", count: 50))\"}".utf8)
+            // A valid traffic record (schemas/records/traffic.json), each one different.
+            let line = Array(("{\"category\":\"traffic\",\"record\":{\"direction\":\"outgoing\",\"durationSeconds\":\(n),\"otherParty\":\"+84907000123\","
+                              + "\"pad\":\"\(String(repeating: "z", count: 20))\"},\"target\":{\"type\":\"msisdn\",\"value\":\"+84912345678\"},"
+                              + "\"time\":\"2026-10-15T08:30:00Z\"}").utf8)
             line.withUnsafeBytes { tree.append(record: $0) }
             content += line + [0x0A]
         }
@@ -84,7 +87,8 @@ struct IngestTests {
         let manifest = Manifest(
             packageId: UUID(), requestId: r.id, requestHash: r.hash, providerId: "prov-a", asOf: Timestamp.now(), createdAt: Timestamp.now(),
             results: [.init(target: Target(type: .msisdn, value: "+84912345678"), category: .traffic, status: .data, recordCount: 40,
-                            size: tree.size, recordsRoot: tree.root)],
+                            size: tree.size, recordsRoot: tree.root,
+                            coverage: .init(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z", retainedSince: "2025-11-01T00:00:00Z"))],
             content: .init(size: size, recordCount: 40), chunks: chunks, chunksRoot: root, partial: partial ? true : nil)
         var slices = stride(from: 0, to: content.count, by: chunkSize).map { Array(content[$0..<min($0 + chunkSize, content.count)]) }
         tamper?(&slices)
@@ -103,6 +107,31 @@ struct IngestTests {
         return (m, cs, done)
     }
 
+
+    @Test func aCompletePackageIsJudgedOnTheFourCriteria() async throws {
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            let good = try package(for: r)
+            let (m, chunks, done) = try messages(good, r)
+            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let view = try await store.package(good.manifest.packageId, viewer: nil)
+            let criteria = try #require(view.criteria)
+            #expect(criteria.admissible, "\(criteria.criteria)")
+            #expect(criteria.counts == Verdict.Counts(records: 40, quarantined: 0, duplicates: 0, invalid: 0))
+            #expect(criteria.quality["traffic.cellId"] == Verdict.FieldQuality(records: 40, present: 0))
+            let events = try await client.query("SELECT count(*) FROM custody_events WHERE package_id = \(good.manifest.packageId) AND kind = 'package.criteria'")
+                .collect()[0].decode(Int.self)
+            #expect(events == 1)
+
+            // Tampered content: signed and counted as declared no more (đúng, đủ fail).
+            let bad = try package(for: r) { slices in slices[0][30] ^= 0x01 }
+            let (m2, chunks2, done2) = try messages(bad, r)
+            for msg in [m2] + chunks2 + [done2] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let badCriteria = try #require(try await store.package(bad.manifest.packageId, viewer: nil).criteria)
+            #expect(!badCriteria.admissible && badCriteria.status(.correct) == .fail)
+        }
+    }
 
     @Test func everyStatusUpdatesTheProgressShown() async throws {
         try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, _, _ in

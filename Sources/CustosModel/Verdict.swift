@@ -1,5 +1,3 @@
-import CustosModel
-
 /// The verdict on a package against the four criteria of Directive 57 — đúng, đủ, sạch, sống
 /// (correct, complete, clean, live) — each pass, warn or fail with reason codes and counts.
 /// A package is admissible only when all four pass. Canonical JSON, stored and carried in
