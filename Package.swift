@@ -57,7 +57,7 @@ let package = Package(
         .target(
             name: "CustosCriteria",
             dependencies: [
-                "CustosModel", "CustosCanonicalJSON", "CustosEvidence",
+                "CustosModel", "CustosCanonicalJSON",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -80,7 +80,7 @@ let package = Package(
         .target(
             name: "CustosEvidence",
             dependencies: [
-                "CustosModel", "CustosCanonicalJSON", "CustosPKI", "CustosMerkle", "CustosCustody",
+                "CustosModel", "CustosCanonicalJSON", "CustosPKI", "CustosMerkle", "CustosCustody", "CustosCriteria",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings

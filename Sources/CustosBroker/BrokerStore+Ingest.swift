@@ -269,7 +269,7 @@ extension BrokerStore {
         // The verdict: delivered now, against the delivery clock (if it has one), time-stamped when the token says.
         let deadline = try await conn.query("SELECT deadline FROM request_clocks WHERE request_id = \(requestId) AND clock = 'delivery'", logger: logger)
             .decode(Date.self).first { _ in true }
-        let criteria = judge?.finish(checks: failures, delivery: .init(deliveredAt: Date(), deadline: deadline, timeStampedAt: signatureCheck.genTime),
+        let criteria = judge?.finish(checks: failures.map(\.code.rawValue), delivery: .init(deliveredAt: Date(), deadline: deadline, timeStampedAt: signatureCheck.genTime),
                                      bounds: criteriaBounds)
         let criteriaJSON = try criteria.map { String(decoding: try CanonicalJSON.encode($0), as: UTF8.self) }
         if let criteria, let criteriaJSON {

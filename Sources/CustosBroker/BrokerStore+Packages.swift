@@ -45,14 +45,17 @@ extension BrokerStore {
         public var request: [UInt8]
         public var signerPEM: String
         public var verification: [UInt8]
+        /// The four criteria's verdict (canonical JSON), when the package has one.
+        public var criteria: [UInt8]?
     }
 
     public func bundleParts(_ id: UUID) async throws -> BundleParts {
-        for try await (request, signer, verification) in try await client.query("""
-            SELECT r.approved_request, p.signer_certificate, p.verification FROM packages p JOIN requests r ON r.id = p.request_id
+        for try await (request, signer, verification, criteria) in try await client.query("""
+            SELECT r.approved_request, p.signer_certificate, p.verification, p.criteria FROM packages p JOIN requests r ON r.id = p.request_id
             WHERE p.id = \(id)
-            """, logger: logger).decode((String?, String?, String?).self) {
-            return BundleParts(request: Array((request ?? "").utf8), signerPEM: signer ?? "", verification: Array((verification ?? "").utf8))
+            """, logger: logger).decode((String?, String?, String?, String?).self) {
+            return BundleParts(request: Array((request ?? "").utf8), signerPEM: signer ?? "", verification: Array((verification ?? "").utf8),
+                               criteria: criteria.map { Array($0.utf8) })
         }
         throw BrokerError(.notFound, "no such package")
     }

@@ -233,7 +233,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         let head = EvidenceBundle.head(
             manifest: try CanonicalJSON.encode(m), request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
-            custody: custody, packageId: id, contentSize: m.content.size,
+            criteria: parts.criteria, custody: custody, packageId: id, contentSize: m.content.size,
             readme: EvidenceBundle.readme(manifest: m, signer: package.signer, timeStampedAt: package.timeStampedAt))
         let tail = EvidenceBundle.tail(contentSize: m.content.size)
         let length = Int64(head.count) + m.content.size + Int64(tail.count)

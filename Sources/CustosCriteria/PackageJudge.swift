@@ -1,6 +1,5 @@
 import Crypto
 import CustosCanonicalJSON
-import CustosEvidence
 import CustosModel
 import Foundation
 
@@ -16,10 +15,20 @@ public struct PackageJudge: Sendable {
         /// The time-stamp may be at most this far from delivery.
         public var maximumTimeStampDistance: Duration = .seconds(3600)
         public init() {}
+        public init(_ facts: Verdict.Delivery) {
+            maximumExtractionAge = .seconds(facts.maximumExtractionAgeSeconds)
+            maximumTimeStampDistance = .seconds(facts.maximumTimeStampDistanceSeconds)
+        }
     }
 
     /// When the package arrived, the clock it had to beat, and its time-stamp's time.
     public struct Delivery: Sendable, Hashable {
+        /// The facts a verdict states it was judged on (to judge a bundle again offline).
+        public init?(_ facts: Verdict.Delivery, timeStampedAt: Date?) {
+            guard let delivered = Timestamp.parse(facts.deliveredAt) else { return nil }
+            self.init(deliveredAt: delivered, deadline: facts.deadline.flatMap(Timestamp.parse), timeStampedAt: timeStampedAt)
+        }
+
         public var deliveredAt: Date
         public var deadline: Date?
         public var timeStampedAt: Date?
@@ -197,22 +206,24 @@ public struct PackageJudge: Sendable {
 
     /// Where each package check belongs: the signature, the signer, the request binding and the
     /// content's hashes are đúng; the chunks and every result's count and records root are đủ.
-    static let correctChecks: Set<PackageVerification.Failure.Code> = [
-        .manifestFormat, .signature, .certificateExpired, .untrustedSigner, .timeStamp, .wrongProvider, .wrongRequest, .requestHash,
-        .chunkHash, .chunkSize, .chunksRoot, .trailingData,
+    static let correctChecks: Set<String> = [
+        "manifest-format", "signature", "certificate-expired", "untrusted-signer", "time-stamp", "wrong-provider", "wrong-request", "request-hash",
+        "chunk-hash", "chunk-size", "chunks-root", "trailing-data",
     ]
-    static let completeChecks: Set<PackageVerification.Failure.Code> = [.chunkMissing, .contentSize, .resultSize, .resultCount, .recordsRoot, .resultCounts]
+    static let completeChecks: Set<String> = ["chunk-missing", "content-size", "result-size", "result-count", "records-root", "result-counts"]
 
-    public func finish(checks: [PackageVerification.Failure], delivery: Delivery, bounds: Bounds = Bounds(), judgedAt: String = Timestamp.now()) -> Verdict {
-        func tally(_ codes: [PackageVerification.Failure.Code]) -> [Verdict.Reason] {
-            Dictionary(codes.map { ($0.rawValue, 1) }, uniquingKeysWith: +).map { Verdict.Reason(code: $0.key, status: .fail, count: $0.value) }
+    /// `checks`: the failure codes of the package's signature, binding and content checks
+    /// (`PackageVerification`), sorted here into đúng and đủ.
+    public func finish(checks: [String], delivery: Delivery, bounds: Bounds = Bounds(), judgedAt: String = Timestamp.now()) -> Verdict {
+        func tally(_ codes: [String]) -> [Verdict.Reason] {
+            Dictionary(codes.map { ($0, 1) }, uniquingKeysWith: +).map { Verdict.Reason(code: $0.key, status: .fail, count: $0.value) }
         }
         // đúng
-        var correct = tally(checks.map(\.code).filter(Self.correctChecks.contains))
+        var correct = tally(checks.filter(Self.correctChecks.contains))
         correct += scope.map { Verdict.Reason(code: $0.key, status: .fail, count: $0.value) }
 
         // đủ: every (target × category) answered, counts and roots as declared, coverage declared.
-        var complete = tally(checks.map(\.code).filter(Self.completeChecks.contains))
+        var complete = tally(checks.filter(Self.completeChecks.contains))
         let answered = Set(manifest.results.map { ResultKey(target: $0.target, category: $0.category) })
         let missing = request.targets.flatMap { t in request.categories.map { ResultKey(target: t, category: $0) } }.filter { !answered.contains($0) }.count
         if missing > 0 { complete.append(.init(code: Code.missingResult, status: .fail, count: missing)) }
@@ -262,9 +273,13 @@ public struct PackageJudge: Sendable {
                 quality["\(DataCategory.allCases[ci].rawValue).\(field.name)"] = .init(records: entry.records, present: entry.fields[i])
             }
         }
+        let facts = Verdict.Delivery(deliveredAt: Timestamp.format(delivery.deliveredAt), deadline: delivery.deadline.map(Timestamp.format),
+                                     timeStampedAt: delivery.timeStampedAt.map(Timestamp.format),
+                                     maximumExtractionAgeSeconds: Int(Self.seconds(bounds.maximumExtractionAge)),
+                                     maximumTimeStampDistanceSeconds: Int(Self.seconds(bounds.maximumTimeStampDistance)))
         return Verdict(criteria: [.correct: .init(.correct, reasons: correct), .complete: .init(.complete, reasons: complete),
                                   .clean: .init(.clean, reasons: clean), .live: .init(.live, reasons: live)],
-                       counts: counts, quality: quality, judgedAt: judgedAt)
+                       counts: counts, quality: quality, delivery: facts, judgedAt: judgedAt)
     }
 
     struct ResultKey: Hashable {

@@ -1,4 +1,5 @@
 import CustosCanonicalJSON
+import CustosCriteria
 import CustosCustody
 import CustosPKI
 import CustosModel
@@ -32,6 +33,8 @@ public enum EvidenceBundle {
         case timeStamp = "manifest.tsr"
         case signer = "signer.pem"
         case verification = "verification.json"
+        /// The broker's verdict on the four criteria; `custos verify` judges the content again.
+        case criteria = "criteria.json"
         case checkpoint = "checkpoint.txt"
         case checkpointSignature = "checkpoint.p7s"
         case checkpointTimeStamp = "checkpoint.tsr"
@@ -59,12 +62,13 @@ public enum EvidenceBundle {
     /// Everything before the content's bytes: the small entries, then the content's header.
     public static func head(
         manifest: [UInt8], request: [UInt8], signature: [UInt8], timeStamp: [UInt8], signerPEM: String,
-        verification: [UInt8], custody: Custody, packageId: UUID, contentSize: Int64, readme: String
+        verification: [UInt8], criteria: [UInt8]? = nil, custody: Custody, packageId: UUID, contentSize: Int64, readme: String
     ) -> [UInt8] {
         let dir = folder(packageId)
         var out: [UInt8] = []
         for (entry, bytes) in [(Entry.readme, Array(readme.utf8)), (.request, request), (.manifest, manifest), (.signature, signature),
-                               (.timeStamp, timeStamp), (.signer, Array(signerPEM.utf8)), (.verification, verification),
+                               (.timeStamp, timeStamp), (.signer, Array(signerPEM.utf8)), (.verification, verification)]
+                              + (criteria.map { [(Entry.criteria, $0)] } ?? []) + [
                                (.checkpoint, custody.checkpoint), (.checkpointSignature, custody.signature),
                                (.checkpointTimeStamp, custody.timeStamp), (.custody, custody.proofs)] {
             out += Tar.file("\(dir)/\(entry.rawValue)", bytes)
@@ -99,6 +103,9 @@ public enum EvidenceBundle {
                              category) result in the order of the manifest's "results".
           signer.pem, verification.json
                              for reading only: the signing certificate, and the broker's verdict.
+          criteria.json      (when present) the broker's verdict on the four criteria of
+                             Directive 57: đúng (correct), đủ (complete), sạch (clean), sống
+                             (live); custos verify judges the content again and compares.
           checkpoint.txt     a checkpoint of the broker's custody log: log name, tree size,
                              Merkle root (base64) and time.
           checkpoint.p7s     the log's signature over checkpoint.txt (CMS, detached, DER).
@@ -165,6 +172,9 @@ public struct BundleReport: Codable, Sendable {
     public var chunkCount: Int?
     /// What the custody part shows, when it could be read.
     public var custody: CustodySummary?
+    /// The four criteria, judged again here from the content (when the bundle carries the
+    /// broker's verdict, whose delivery facts — time, clock, bounds — it is judged against).
+    public var criteria: Verdict?
     /// Named checks and whether each passed.
     public var checks: [String: Bool]
     public var failures: [PackageVerification.Failure]
@@ -212,6 +222,9 @@ public struct BundleVerifier: Sendable {
     private var seen: Set<String> = []
     private var content: ContentVerifier?
     private var manifest: Manifest?
+    private var request: ApprovedRequest?
+    private var judge: PackageJudge?
+    private var lines = RecordLines()
     private var failures: [PackageVerification.Failure] = []
     private var unusable: String?
     private var folder: String?
@@ -254,19 +267,24 @@ public struct BundleVerifier: Sendable {
             if entry == .content {
                 guard let manifest else { throw Unusable("content.ndjson comes before manifest.json") }
                 content = ContentVerifier(manifest: manifest)
+                judge = request.map { PackageJudge(request: $0, manifest: manifest) }
             } else if size > Int64(Self.maximumSmallEntry) {
                 throw Unusable("entry \(parts[1]) is larger than \(Self.maximumSmallEntry) bytes")
             }
             current = (entry, parts[1], [])
         case .data(let bytes):
             if current?.entry == .content {
-                bytes.withUnsafeBytes { content!.consume($0) }
+                bytes.withUnsafeBytes { b in
+                    content!.consume(b)
+                    if judge != nil { lines.consume(b) { judge!.consume(record: $0) } }
+                }
             } else if current?.entry != nil {
                 current!.bytes += bytes
             }
         case .endOfFile:
             if let c = current, let entry = c.entry, entry != .content {
                 files[entry] = c.bytes
+                if entry == .request { request = try? JSONDecoder().decode(ApprovedRequest.self, from: Data(c.bytes)) }
                 if entry == .manifest {
                     do { manifest = try JSONDecoder().decode(Manifest.self, from: Data(c.bytes)) } catch {
                         throw Unusable("manifest.json is not a manifest: \(DecodingErrorDescription(error))")
@@ -333,6 +351,23 @@ public struct BundleVerifier: Sendable {
                 witnesses: custody.witnesses.map { .init(name: $0.name, checkpointSize: $0.checkpointSize, signer: $0.signer, trusted: $0.trusted) })
         }
 
+        // The four criteria, judged again from what is here, against the delivery facts the
+        // broker's verdict states (its time-stamp time replaced by the one verified here).
+        if let carried = files[.criteria] {
+            if judge != nil { lines.finish { judge!.consume(record: $0) } }
+            if let stated = try? JSONDecoder().decode(Verdict.self, from: Data(carried)), let judge,
+               let delivery = PackageJudge.Delivery(stated.delivery, timeStampedAt: signatures.genTime) {
+                let again = judge.finish(checks: all.map(\.code.rawValue), delivery: delivery,
+                                         bounds: PackageJudge.Bounds(stated.delivery), judgedAt: stated.judgedAt)
+                report.criteria = again
+                if again.admissible != stated.admissible || again.criteria != stated.criteria || again.counts != stated.counts || again.quality != stated.quality {
+                    all.append(.init(code: .criteria, detail: "the bundle's verdict on the four criteria differs from the one judged here"))
+                }
+            } else {
+                all.append(.init(code: .criteria, detail: "criteria.json is not a verdict on this package's request"))
+            }
+        }
+
         let codes = Set(all.map(\.code))
         report.checks = [
             "request binding": codes.isDisjoint(with: [.requestHash, .wrongRequest, .wrongProvider]),
@@ -346,6 +381,7 @@ public struct BundleVerifier: Sendable {
             "custody checkpoint signature and time-stamp": codes.isDisjoint(with: [.checkpointSignature, .checkpointTimeStamp]),
             "witness co-signatures": !codes.contains(.cosignature),
         ]
+        if files[.criteria] != nil { report.checks["four criteria judged again"] = !codes.contains(.criteria) }
         report.failures = all
         report.outcome = all.isEmpty ? .valid : .invalid
         report.packageId = manifest.packageId.lowercased

@@ -33,6 +33,8 @@ public struct PackageVerification: Codable, Sendable, Hashable {
             case checkpointSignature = "checkpoint-signature"
             case checkpointTimeStamp = "checkpoint-time-stamp"
             case cosignature
+            /// The bundle's verdict on the four criteria differs from the one judged again here.
+            case criteria
         }
         public var code: Code
         public var detail: String

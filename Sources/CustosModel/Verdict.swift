@@ -71,15 +71,33 @@ public struct Verdict: Codable, Sendable, Hashable {
         }
     }
 
+    /// What sống was judged against: the delivery, its clock and time-stamp, and the bounds.
+    public struct Delivery: Codable, Sendable, Hashable {
+        public var deliveredAt: String
+        public var deadline: String?
+        public var timeStampedAt: String?
+        public var maximumExtractionAgeSeconds: Int
+        public var maximumTimeStampDistanceSeconds: Int
+        public init(deliveredAt: String, deadline: String?, timeStampedAt: String?, maximumExtractionAgeSeconds: Int, maximumTimeStampDistanceSeconds: Int) {
+            self.deliveredAt = deliveredAt
+            self.deadline = deadline
+            self.timeStampedAt = timeStampedAt
+            self.maximumExtractionAgeSeconds = maximumExtractionAgeSeconds
+            self.maximumTimeStampDistanceSeconds = maximumTimeStampDistanceSeconds
+        }
+    }
+
     public var format: String
     public var admissible: Bool
     public var criteria: [String: CriterionVerdict]
     public var counts: Counts
     /// `<category>.<field>` → how often it is present: the field-level data-quality report.
     public var quality: [String: FieldQuality]
+    public var delivery: Delivery
     public var judgedAt: String
 
-    public init(criteria: [Criterion: CriterionVerdict], counts: Counts, quality: [String: FieldQuality], judgedAt: String) {
+    public init(criteria: [Criterion: CriterionVerdict], counts: Counts, quality: [String: FieldQuality], delivery: Delivery, judgedAt: String) {
+        self.delivery = delivery
         format = Self.currentFormat
         self.criteria = Dictionary(uniqueKeysWithValues: criteria.map { ($0.key.rawValue, $0.value) })
         admissible = Criterion.allCases.allSatisfy { criteria[$0]?.status == .pass }

@@ -1,7 +1,6 @@
 import Crypto
 import CustosCanonicalJSON
 import CustosCriteria
-import CustosEvidence
 import CustosModel
 import Foundation
 

@@ -415,7 +415,7 @@ struct Export: AsyncParsableCommand {
 
 struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check an export bundle offline: signature, time-stamp, request binding, every chunk and record, both Merkle roots, the chain of custody.",
+        abstract: "Check an export bundle offline: signature, time-stamp, request binding, every chunk and record, both Merkle roots, the chain of custody, the four criteria.",
         discussion: """
             Trust anchors come only from --trust, never from the bundle: a folder holding provider-ca.pem (the provider's \
             CA certificates), tsa-ca.pem (the time-stamping authority's CA certificates), custody-ca.pem (the CA of the \
@@ -486,6 +486,13 @@ struct Verify: ParsableCommand {
             lines += c.witnesses.map {
                 "  witness     \($0.name): co-signed checkpoint #\($0.checkpointSize)\($0.signer.map { " as \"\($0)\"" } ?? " (INVALID)")"
                     + ($0.trusted ? ", a trusted witness" : ", NOT in witnesses.pem")
+            }
+        }
+        if let v = r.criteria {
+            lines.append("  criteria    \(v.admissible ? "ADMISSIBLE" : "NOT ADMISSIBLE") (judged again here; delivered \(v.delivery.deliveredAt))")
+            for criterion in Verdict.Criterion.allCases {
+                let reasons = v.reasons(criterion).map { "\($0.code) ×\($0.count)" }.joined(separator: ", ")
+                lines.append("    \(criterion.name) (\(criterion.rawValue)): \(v.status(criterion)?.rawValue ?? "-")\(reasons.isEmpty ? "" : " — " + reasons)")
             }
         }
         for (name, passed) in r.checks.sorted(by: { $0.key < $1.key }) { lines.append("  [\(passed ? "ok" : "FAILED")] \(name)") }

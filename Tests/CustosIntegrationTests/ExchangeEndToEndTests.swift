@@ -96,6 +96,11 @@ struct ExchangeEndToEndTests {
         let verified = try await run("custos", ["verify", bundle, "--trust", trust, "--json"], environment: d.env)
         #expect(verified.status == 0, "custos verify: \(verified.stdout)")
         let verifyReport = try json(verified.stdout)
+        // The four criteria, judged again offline, agree with the broker's verdict, by name.
+        let judged = try #require(verifyReport["criteria"] as? [String: Any])
+        let named = (judged["criteria"] as? [String: [String: Any]] ?? [:]).mapValues { $0["name"] as? String }
+        #expect(named == ["correct": "đúng", "complete": "đủ", "clean": "sạch", "live": "sống"])
+        #expect((verifyReport["checks"] as? [String: Bool])?["four criteria judged again"] == true)
         #expect(verifyReport["outcome"] as? String == "valid" && verifyReport["signer"] as? String == d.provider)
         let custody = try #require(verifyReport["custody"] as? [String: Any])
         let kinds = (custody["events"] as? [String] ?? []).map { $0.split(separator: " ", omittingEmptySubsequences: true)[1] }
@@ -132,6 +137,14 @@ struct ExchangeEndToEndTests {
         corrupted[corrupted.count - 1024 - (512 - contentSize % 512) % 512 - 5] ^= 0x01  // inside the content, before tar's padding and end
         try corrupted.write(to: URL(fileURLWithPath: d.path("corrupted.tar")))
         #expect(try await run("custos", ["verify", d.path("corrupted.tar"), "--trust", trust], environment: d.env).status == 1)
+        // A bundle whose verdict was made to say "admissible": judged again, it is caught.
+        var flattered = try Data(contentsOf: URL(fileURLWithPath: bundle))
+        let claim = Data(#""admissible":false"#.utf8), boast = Data(#""admissible":true "#.utf8)
+        let at = try #require(flattered.range(of: claim))
+        flattered.replaceSubrange(at, with: boast)
+        try flattered.write(to: URL(fileURLWithPath: d.path("flattered.tar")))
+        let flatteredCheck = try await run("custos", ["verify", d.path("flattered.tar"), "--trust", trust, "--json"], environment: d.env)
+        #expect(flatteredCheck.status == 1 && flatteredCheck.stdout.contains("\"code\" : \"criteria\""), "\(flatteredCheck.stdout.suffix(800))")
         try Data("not a bundle".utf8).write(to: URL(fileURLWithPath: d.path("garbage.tar")))
         #expect(try await run("custos", ["verify", d.path("garbage.tar"), "--trust", trust], environment: d.env).status == 2)
         let extracted = d.path("extracted")
@@ -146,6 +159,8 @@ struct ExchangeEndToEndTests {
         }
         // The bundle's custody document and every entry in it match schemas/custody.
         let custodyDocument = Array(try Data(contentsOf: URL(fileURLWithPath: folder + "/custody.json")))
+        let criteriaCheck = try validate([Array(try Data(contentsOf: URL(fileURLWithPath: folder + "/criteria.json")))], schema: "package/criteria.json")
+        #expect(criteriaCheck.status == 0, "criteria.json: \(criteriaCheck.output)")
         let proofsCheck = try validate([custodyDocument], schema: "custody/proofs.json")
         #expect(proofsCheck.status == 0, "custody.json: \(proofsCheck.output)")
         let entries = (try json(String(decoding: custodyDocument, as: UTF8.self))["events"] as? [[String: Any]] ?? []).compactMap { $0["entry"] as? String }
