@@ -273,6 +273,7 @@ public struct BrokerStore: Sendable {
                 throw BrokerError(.invalid, "invalid request", violations: [violation])
             }
             // One part per provider, each tracked on its own; the first part's id names the group.
+            // Their creation times are a microsecond apart, so the parts list in providerIds' order.
             for (n, provider) in providers.enumerated() {
                 var part = spec
                 part.providerId = provider
@@ -280,8 +281,9 @@ public struct BrokerStore: Sendable {
                 let partId = n == 0 ? id : UUID()
                 let partJSON = String(decoding: try CanonicalJSON.encode(part), as: UTF8.self)
                 try await conn.query("""
-                    INSERT INTO requests (id, case_id, provider_id, spec, state, created_by, group_id)
-                    VALUES (\(partId), \(spec.caseId), \(provider), \(partJSON), 'draft', \(user.id), \(providers.count > 1 ? id : nil))
+                    INSERT INTO requests (id, case_id, provider_id, spec, state, created_by, group_id, created_at)
+                    VALUES (\(partId), \(spec.caseId), \(provider), \(partJSON), 'draft', \(user.id), \(providers.count > 1 ? id : nil),
+                            now() + \(n) * interval '1 microsecond')
                     """, logger: logger)
                 try await Self.event(conn, partId, .draft, actor: user.actor, note: nil, custody: custody, caseId: spec.caseId,
                                      objects: ["specSha256": Digest.sha256Hex(Array(partJSON.utf8))], logger: logger)
