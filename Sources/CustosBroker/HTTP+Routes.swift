@@ -116,61 +116,41 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         try await store.recordAccess(.requestViewed, by: user, subject: .init(requestId: id))
         return timeline
     }
-    v1.post("requests/:id/review") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
+    /// `POST /v1/requests/{id}/<path>`: an action on a request by the caller; the answer is the
+    /// request as they see it afterwards.
+    func requestAction(_ path: String, _ act: @escaping @Sendable (Request, BrokerRequestContext, UUID, AuthenticatedUser) async throws -> Void) {
+        v1.post("requests/:id/\(path)") { request, context in
+            let user = try await api.staff(request, context)
+            let id = try api.id(context)
+            try await act(request, context, id, user)
+            return try await store.request(id, viewer: user)
+        }
+    }
+    requestAction("review") { request, context, id, user in
         let body = try await api.decode(API.Review.self, request, context)
         try await store.review(id, decision: body.decision, reason: body.reason, by: user)
-        return try await store.request(id, viewer: user)
     }
-    v1.post("requests/:id/clarifications/:question/answer") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
+    requestAction("clarifications/:question/answer") { request, context, id, user in
         guard let text = context.parameters.get("question"), let question = UUID(uuidString: text) else {
             throw BrokerError(.notFound, "the question id in the path is not a UUID")
         }
         let body = try await api.decode(API.Answer.self, request, context)
         try await store.answer(id, question: question, answer: body.answer, by: user)
-        return try await store.request(id, viewer: user)
     }
-    v1.post("requests/:id/extend") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
-        try await store.extendPreservation(id, by: user)
-        return try await store.request(id, viewer: user)
-    }
-    v1.post("requests/:id/release") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
+    requestAction("extend") { _, _, id, user in try await store.extendPreservation(id, by: user) }
+    requestAction("release") { request, context, id, user in
         let body = try await api.decode(API.Decision.self, request, context)
         try await store.releasePreservation(id, reason: body.reason, by: user)
-        return try await store.request(id, viewer: user)
     }
-    v1.post("requests/:id/withdraw") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
+    requestAction("withdraw") { request, context, id, user in
         let decision = try await api.decode(API.Decision.self, request, context)
         try await store.withdraw(id, by: user, reason: decision.reason)
-        return try await store.request(id, viewer: user)
     }
-    v1.post("requests/:id/submit") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
-        try await store.submit(id, by: user)
-        return try await store.request(id, viewer: user)
-    }
-    v1.post("requests/:id/approve") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
-        try await store.approve(id, by: user)
-        return try await store.request(id, viewer: user)
-    }
-    v1.post("requests/:id/reject") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
+    requestAction("submit") { _, _, id, user in try await store.submit(id, by: user) }
+    requestAction("approve") { _, _, id, user in try await store.approve(id, by: user) }
+    requestAction("reject") { request, context, id, user in
         let decision = try await api.decode(API.Decision.self, request, context)
         try await store.reject(id, by: user, reason: decision.reason)
-        return try await store.request(id, viewer: user)
     }
     v1.get("packages/:id") { request, context in
         let user = try await api.staff(request, context)
