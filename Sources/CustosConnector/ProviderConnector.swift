@@ -1,4 +1,5 @@
 import CustosCanonicalJSON
+import CustosCriteria
 import CustosEvidence
 import CustosKafka
 import CustosClient
@@ -227,6 +228,9 @@ public struct ProviderConnector: Service {
                 try await timeStamp(id)
             }
             guard !revoked() else { return }
+            if jobs.phase(id) == .packaged && !jobs.exists(id, "criteria.json") {
+                try foresee(id, body)
+            }
             if jobs.phase(id) == .packaged {
                 try await send(.status, id: .derived("status", id.lowercased, "streaming"), request: id, body: StatusBody(phase: .streaming, percent: 0))
                 try await streamer.stream(id)
@@ -236,6 +240,38 @@ public struct ProviderConnector: Service {
         } catch {
             meta[LogKey.reason] = "\(String(describing: error))"
             logger.error("job stopped; it resumes on the next start", metadata: meta)
+        }
+    }
+
+    /// Judges the package on the four criteria as the broker will (delivered now; the clock's
+    /// deadline is the broker's to know), keeps the verdict in the job (`custos-connector
+    /// status` shows it) and tells the operator what would not pass — reason codes and counts,
+    /// never a record. The package is sent either way: the verdict is the broker's to give.
+    private func foresee(_ id: UUID, _ body: RequestBody) throws {
+        let manifest = try JSONDecoder().decode(Manifest.self, from: try jobs.read(id, "manifest.json"))
+        var judge = PackageJudge(request: body.request, manifest: manifest)
+        var lines = RecordLines()
+        let handle = try FileHandle(forReadingFrom: jobs.file(id, "records.ndjson"))
+        defer { try? handle.close() }
+        while let block = try handle.read(upToCount: 1 << 20), !block.isEmpty {
+            block.withUnsafeBytes { bytes in lines.consume(bytes) { judge.consume(record: $0) } }
+        }
+        lines.finish { judge.consume(record: $0) }
+        var stampedAt: Date?
+        if let response = try? jobs.read(id, "manifest.tsr"), let signature = try? jobs.read(id, "manifest.p7s"),
+           case .valid(let token) = TimeStamp.verify(response: [UInt8](response), sha256: Digest.sha256Bytes([UInt8](signature)), trust: timeStamps.trust) {
+            stampedAt = token.genTime
+        }
+        let verdict = judge.finish(checks: [], delivery: .init(deliveredAt: Date(), deadline: nil, timeStampedAt: stampedAt))
+        try jobs.write(id, "criteria.json", Data(try CanonicalJSON.encode(verdict)))
+        var metadata: Logger.Metadata = [LogKey.request: "\(id.lowercased)", "custos.admissible": "\(verdict.admissible)"]
+        for c in Verdict.Criterion.allCases {
+            metadata["custos.\(c.rawValue)"] = "\(verdict.status(c)?.rawValue ?? "-")\(verdict.reasons(c).map { " \($0.code)×\($0.count)" }.joined())"
+        }
+        if verdict.admissible {
+            logger.info("the package passes the four criteria", metadata: metadata)
+        } else {
+            logger.warning("the package would not be admissible; sending it, the broker judges", metadata: metadata)
         }
     }
 

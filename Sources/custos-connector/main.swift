@@ -105,6 +105,12 @@ struct Status: AsyncParsableCommand {
             let phase = jobs.phase(id)
             let progress = phase == .packaged ? " (chunks acknowledged: \(jobs.progress(id)))" : ""
             print("\(id.uuidString.lowercased())  \(phase.rawValue)\(progress)")
+            if let data = try? jobs.read(id, "criteria.json"), let v = try? JSONDecoder().decode(Verdict.self, from: data) {
+                let failing = Verdict.Criterion.allCases.filter { v.status($0) != .pass }.map { c in
+                    "\(c.name) \(v.status(c)?.rawValue ?? "-"): " + v.reasons(c).map { "\($0.code) ×\($0.count)" }.joined(separator: ", ")
+                }
+                print("  criteria: \(v.admissible ? "admissible" : "would not be admissible — " + failing.joined(separator: "; "))")
+            }
             for answer in jobs.answers(id) {
                 print("  answer to question \(answer.questionId.lowercased): \(answer.answer)")
             }

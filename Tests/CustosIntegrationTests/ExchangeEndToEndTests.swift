@@ -54,6 +54,10 @@ struct ExchangeEndToEndTests {
             #expect(shown.contains(line), "package show lacks \(line):\n\(shown)")
         }
 
+        // The connector judged it the same way before sending, and tells its operator.
+        let operatorView = try await run("custos-connector", ["status", "--config", d.path("connector.json")], environment: d.env)
+        #expect(operatorView.stdout.contains("criteria: would not be admissible — đủ warn: coverage-undeclared ×2"), "\(operatorView.stdout)")
+
         let out = d.path("downloads")
         let downloaded = try json(try await d.cliOK(d.investigator, ["download", packageId, "--out", out, "--quiet", "--json"]))
         let file = try #require(downloaded["path"] as? String)
