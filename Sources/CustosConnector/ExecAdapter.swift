@@ -6,8 +6,10 @@ import Synchronization
 /// Runs an extraction program: it gets `{"category": …, "request": …}` as JSON on stdin and
 /// writes records as JSON lines on stdout. Each line must be a JSON object with `category`
 /// and `target` (`{"type", "value"}`); lines outside the request's targets or category are
-/// not sent, only counted. Its stderr goes to a file in the job directory (it may name
-/// targets, so it is never logged).
+/// not sent, only counted. A line `{"coverage": {"from", "to", "retainedSince"?, "gaps"?},
+/// "target"?: …}` instead declares what the records cover (for one target, or without
+/// `target` for all): it goes into the manifest's results, for the four criteria's đủ. Its
+/// stderr goes to a file in the job directory (it may name targets, so it is never logged).
 public struct ExecAdapter: Sendable {
     public var command: [String]
     public var timeout: Duration
@@ -29,10 +31,13 @@ public struct ExecAdapter: Sendable {
     /// Receives each in-scope record (its bytes without the newline) with its target, on the
     /// adapter's reading thread.
     public typealias Sink = @Sendable (Target, UnsafeRawBufferPointer) throws -> Void
+    /// Receives each coverage declaration: for one target, or (nil) for all of them.
+    public typealias CoverageSink = @Sendable (Target?, Manifest.Coverage) -> Void
 
     /// Runs the adapter for one category, handing every in-scope record to `sink`. Cancelling
     /// the calling task stops the program (SIGTERM) and throws a `Failure`.
-    public func run(request: ApprovedRequest, category: DataCategory, sink: @escaping Sink, stderrFile: URL) async throws -> Output {
+    public func run(request: ApprovedRequest, category: DataCategory, sink: @escaping Sink, coverage: @escaping CoverageSink = { _, _ in },
+                    stderrFile: URL) async throws -> Output {
         let input = try CanonicalJSON.encode(AdapterInput(category: category, request: request))
         let stopper = Stopper()
         return try await withTaskCancellationHandler {
@@ -40,7 +45,7 @@ public struct ExecAdapter: Sendable {
                 // The adapter's pipes are read with blocking calls: keep them off the cooperative pool.
                 let thread = Thread {
                     continuation.resume(with: Result {
-                        try runBlocking(input: input, request: request, category: category, sink: sink, stderrFile: stderrFile, stopper: stopper)
+                        try runBlocking(input: input, request: request, category: category, sink: sink, coverage: coverage, stderrFile: stderrFile, stopper: stopper)
                     })
                 }
                 thread.name = "custos-exec-adapter"
@@ -75,7 +80,7 @@ public struct ExecAdapter: Sendable {
         var request: ApprovedRequest
     }
 
-    private func runBlocking(input: [UInt8], request: ApprovedRequest, category: DataCategory, sink: Sink, stderrFile: URL,
+    private func runBlocking(input: [UInt8], request: ApprovedRequest, category: DataCategory, sink: Sink, coverage: CoverageSink, stderrFile: URL,
                              stopper: Stopper) throws -> Output {
         guard let program = command.first, let executable = Self.resolve(program) else {
             throw Failure(reason: "program \(command.first ?? "(none)") not found")
@@ -121,6 +126,23 @@ public struct ExecAdapter: Sendable {
                 start = nl + 1
                 lineNumber += 1
                 if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) { continue }
+                if case .object(let declared)? = try? JSONParser.parse(line), let c = declared["coverage"] {
+                    guard let covered = Self.coverage(c), declared.keys.allSatisfy({ $0 == "coverage" || $0 == "target" }) else {
+                        failure = Failure(reason: "output line \(lineNumber) is not a coverage declaration (from, to in RFC 3339 UTC)")
+                        break
+                    }
+                    var target: Target?
+                    if case .object(let t)? = declared["target"] {
+                        guard let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)), let value = t["value"]?.stringValue else {
+                            failure = Failure(reason: "output line \(lineNumber) names a coverage target without type and value")
+                            break
+                        }
+                        target = Target(type: type, value: value, port: t["port"].flatMap { if case .number(let n) = $0, n == n.rounded(), abs(n) < 1e6 { Int(n) } else { nil } },
+                                        at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
+                    }
+                    coverage(target, covered)
+                    continue
+                }
                 guard case .object(let record)? = try? JSONParser.parse(line),
                       let cat = record["category"]?.stringValue.flatMap(DataCategory.init(rawValue:)),
                       let t = record["target"], let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)),
@@ -148,6 +170,15 @@ public struct ExecAdapter: Sendable {
             throw Failure(reason: "program \(how); its stderr is in the job directory")
         }
         return Output(outOfScope: outOfScope)
+    }
+
+    /// A coverage declaration's value, when its times are RFC 3339 UTC.
+    static func coverage(_ value: JSONValue) -> Manifest.Coverage? {
+        guard let c = try? JSONDecoder().decode(Manifest.Coverage.self, from: Data(CanonicalJSON.serialize(value))),
+              [c.from, c.to].allSatisfy({ Timestamp.parse($0) != nil }), c.retainedSince.map({ Timestamp.parse($0) != nil }) ?? true,
+              (c.gaps ?? []).allSatisfy({ Timestamp.parse($0.from) != nil && Timestamp.parse($0.to) != nil })
+        else { return nil }
+        return c
     }
 
     /// A bare program name is looked up on PATH, as a shell would.

@@ -35,7 +35,8 @@ struct PackageStreamer: Sendable {
                                                    recordsRoot: summary.recordsRoot, reason: reason))
                 } else {
                     results.append(Manifest.Result(target: target, category: category, status: summary.recordCount > 0 ? .data : .noData,
-                                                   recordCount: summary.recordCount, size: summary.size, recordsRoot: summary.recordsRoot))
+                                                   recordCount: summary.recordCount, size: summary.size, recordsRoot: summary.recordsRoot,
+                                                   coverage: summary.coverage))
                 }
             }
         }
@@ -112,6 +113,8 @@ struct Extraction: Codable, Sendable {
         var recordCount: Int
         var size: Int64
         var recordsRoot: String
+        /// What the adapter declared its records cover.
+        var coverage: Manifest.Coverage?
     }
     var asOf: String
     var results: [ResultSummary]

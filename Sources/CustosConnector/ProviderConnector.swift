@@ -350,15 +350,21 @@ public struct ProviderConnector: Service {
         let asOf = Timestamp.now()
         var outOfScope = 0
         var cannotExecute: [String: String] = [:]
+        var coverage: [ResultSpools.ResultKey: Manifest.Coverage] = [:]
         for category in request.categories {
             guard let command = configuration.adapters[category] else {
                 cannotExecute[category.rawValue] = "no adapter configured for this category"
                 continue
             }
             let adapter = ExecAdapter(command: command, timeout: configuration.adapterTimeout)
+            let declared = Declarations()
             let output = try await adapter.run(request: request, category: category,
                                                sink: { target, record in try spools.append(target: target, category: category, record: record) },
+                                               coverage: { target, c in declared.add(target, c) },
                                                stderrFile: jobs.file(id, "adapter-\(category.rawValue).stderr"))
+            for target in request.targets {
+                if let c = declared.coverage(for: target) { coverage[ResultSpools.ResultKey(target: target, category: category)] = c }
+            }
             outOfScope += output.outOfScope
         }
         try spools.concatenate(into: jobs.file(id, "records.ndjson"))
@@ -367,12 +373,27 @@ public struct ProviderConnector: Service {
                 LogKey.request: "\(id.lowercased)", "custos.out_of_scope": "\(outOfScope)",
             ])
         }
-        let results = spools.trees.map { tree in
-            Extraction.ResultSummary(recordCount: tree.count, size: tree.size, recordsRoot: tree.root)
+        let keys = request.targets.flatMap { t in request.categories.map { ResultSpools.ResultKey(target: t, category: $0) } }
+        let results = zip(keys, spools.trees).map { key, tree in
+            Extraction.ResultSummary(recordCount: tree.count, size: tree.size, recordsRoot: tree.root, coverage: coverage[key])
         }
         let extraction = Extraction(asOf: asOf, results: results, outOfScope: outOfScope, cannotExecute: cannotExecute)
         try jobs.write(id, "extraction.json", Data(try CanonicalJSON.encode(extraction)))
     }
+}
+
+/// Coverage declared by one adapter run: per target, and for all targets.
+/// `@unchecked Sendable`: the adapter calls it from its single reading thread, and it is read
+/// only after the adapter has finished.
+final class Declarations: @unchecked Sendable {
+    private var all: Manifest.Coverage?
+    private var byTarget: [Target: Manifest.Coverage] = [:]
+
+    func add(_ target: Target?, _ c: Manifest.Coverage) {
+        if let target { byTarget[target] = c } else { all = c }
+    }
+
+    func coverage(for target: Target) -> Manifest.Coverage? { byTarget[target] ?? all }
 }
 
 /// Jobs waiting for a worker, in two lanes: urgent jobs are always handed out first. A job

@@ -3,7 +3,7 @@ import CustosModel
 import Foundation
 
 /// Synthetic data for the exec adapter: reads `{"category", "request"}` on stdin and writes
-/// records as JSON lines on stdout. Every value is made up (seeded by the request id), so it
+/// records as JSON lines on stdout, then a coverage declaration (the whole window). Every value is made up (seeded by the request id), so it
 /// is safe in demos, tests and benchmarks.
 @main
 struct Synth: ParsableCommand {
@@ -58,6 +58,9 @@ struct Synth: ParsableCommand {
         for target in input.request.targets {
             for _ in 0..<recordsPerTarget { try emit(target) }
         }
+        // What the records cover: the whole window, with a year of retention before it.
+        let retained = Timestamp.format(Date(timeIntervalSince1970: from - 365 * 86_400))
+        buffer += "{\"coverage\":{\"from\":\"\(input.request.window.from)\",\"to\":\"\(input.request.window.to)\",\"retainedSince\":\"\(retained)\"}}\n"
         for i in 0..<outOfScope { try emit(Target(type: .msisdn, value: "+8400000\(String(format: "%05d", i % 100_000))")) }
         try out.write(contentsOf: Data(buffer.utf8))
     }

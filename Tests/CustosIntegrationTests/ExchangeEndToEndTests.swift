@@ -46,17 +46,17 @@ struct ExchangeEndToEndTests {
         #expect(packages.count == 1)
         let packageId = try #require(packages.first?["id"] as? String).lowercased()
 
-        // The four criteria, as the investigator sees them: the synthetic adapter declares no
-        // coverage, so đủ warns and the package is not (yet) admissible; the rest pass.
+        // The four criteria, as the investigator sees them: the synthetic adapter's records are
+        // clean and in scope, and it declares their coverage, so all four pass.
         let shown = try await d.cliOK(d.investigator, ["package", "show", packageId])
-        for line in ["criteria: NOT ADMISSIBLE (600 records, 0 quarantined)", "đúng (correct): pass", "đủ (complete): warn — coverage-undeclared ×2",
+        for line in ["criteria: ADMISSIBLE (600 records, 0 quarantined)", "đúng (correct): pass", "đủ (complete): pass",
                      "sạch (clean): pass", "sống (live): pass"] {
             #expect(shown.contains(line), "package show lacks \(line):\n\(shown)")
         }
 
         // The connector judged it the same way before sending, and tells its operator.
         let operatorView = try await run("custos-connector", ["status", "--config", d.path("connector.json")], environment: d.env)
-        #expect(operatorView.stdout.contains("criteria: would not be admissible — đủ warn: coverage-undeclared ×2"), "\(operatorView.stdout)")
+        #expect(operatorView.stdout.contains("criteria: admissible"), "\(operatorView.stdout)")
 
         let out = d.path("downloads")
         let downloaded = try json(try await d.cliOK(d.investigator, ["download", packageId, "--out", out, "--quiet", "--json"]))
@@ -141,9 +141,9 @@ struct ExchangeEndToEndTests {
         corrupted[corrupted.count - 1024 - (512 - contentSize % 512) % 512 - 5] ^= 0x01  // inside the content, before tar's padding and end
         try corrupted.write(to: URL(fileURLWithPath: d.path("corrupted.tar")))
         #expect(try await run("custos", ["verify", d.path("corrupted.tar"), "--trust", trust], environment: d.env).status == 1)
-        // A bundle whose verdict was made to say "admissible": judged again, it is caught.
+        // A bundle whose verdict was edited (a record more than there is): judged again, it is caught.
         var flattered = try Data(contentsOf: URL(fileURLWithPath: bundle))
-        let claim = Data(#""admissible":false"#.utf8), boast = Data(#""admissible":true "#.utf8)
+        let claim = Data(#""records":600"#.utf8), boast = Data(#""records":601"#.utf8)
         let at = try #require(flattered.range(of: claim))
         flattered.replaceSubrange(at, with: boast)
         try flattered.write(to: URL(fileURLWithPath: d.path("flattered.tar")))
