@@ -145,11 +145,8 @@ extension BrokerStore {
             guard !RequestState.ended.contains(row.state) else { throw IngestRejection(reason: "the preservation order is \(row.state.rawValue)") }
             // The first confirmation moves the order on; one after an extension is recorded too.
             let note = "frozen until \(Timestamp.format(until))"
-            if try await !Self.advance(conn, header.requestId, to: .preserved, actor: actor, note: note, custody: custody,
-                                       details: ["until": Timestamp.format(until)], logger: logger) {
-                try await Self.event(conn, header.requestId, .preserved, actor: actor, note: note, custody: custody,
-                                     details: ["until": Timestamp.format(until)], logger: logger)
-            }
+            try await Self.advance(conn, header.requestId, to: .preserved, actor: actor, note: note, custody: custody,
+                                   details: ["until": Timestamp.format(until)], recordAnyway: true, logger: logger)
         case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease:
             throw IngestRejection(reason: "not a provider message")
         }
@@ -239,7 +236,13 @@ extension BrokerStore {
         var providerRow: (String, String)?
         for try await r in try await conn.query("SELECT ca_certificate_pem, certificate_pem FROM providers WHERE id = \(provider)", logger: logger)
             .decode((String, String).self) { providerRow = r }
-        let requestHash = try await conn.query("SELECT request_hash FROM requests WHERE id = \(requestId)", logger: logger).decode(String?.self).first { _ in true } ?? nil
+        var requestHash: String?, approved: ApprovedRequest?
+        for try await (hash, approvedJSON) in try await conn.query(
+            "SELECT request_hash, approved_request FROM requests WHERE id = \(requestId)", logger: logger
+        ).decode((String?, String?).self) {
+            requestHash = hash
+            approved = approvedJSON.flatMap { try? JSONDecoder().decode(ApprovedRequest.self, from: Data($0.utf8)) }
+        }
         var failures = PackageVerifier.checkManifest(manifest, expectedProvider: provider, expectedRequest: requestId, expectedRequestHash: requestHash ?? "")
         let manifestBytes = try CanonicalJSON.encode(manifest)
         let signatureCheck = PackageSignatureVerifier.verify(
@@ -249,21 +252,17 @@ extension BrokerStore {
         // Stream the chunks once, in order, through the content checks and the four criteria:
         // constant memory, but for the record digests the duplicate search keeps.
         var content = ContentVerifier(manifest: manifest)
-        let approved = try await conn.query("SELECT approved_request FROM requests WHERE id = \(requestId)", logger: logger)
-            .decode(String?.self).first { _ in true }.flatMap { $0 }.flatMap { try? JSONDecoder().decode(ApprovedRequest.self, from: Data($0.utf8)) }
         var judge = approved.map { PackageJudge(request: $0, manifest: manifest) }
-        var lines = RecordLines()
         for i in 0..<chunkCount {
             for try await data in try await conn.query(
                 "SELECT data FROM package_chunks WHERE package_id = \(packageId) AND idx = \(i)", logger: logger
             ).decode(ByteBuffer.self) {
                 data.withUnsafeReadableBytes { bytes in
                     content.consume(bytes)
-                    if judge != nil { lines.consume(bytes) { judge!.consume(record: $0) } }
+                    judge?.consume(content: bytes)
                 }
             }
         }
-        if judge != nil { lines.finish { judge!.consume(record: $0) } }
         failures += content.finish()
         let verification = PackageVerification(failures: failures, manifestSha256: Digest.sha256Hex(manifestBytes), checkedAt: Timestamp.now())
         // The verdict: delivered now, against the delivery clock (if it has one), time-stamped when the token says.
@@ -295,11 +294,8 @@ extension BrokerStore {
             // More follow: the request stays open and its delivery clock runs on; it is verified
             // only with its final package. A second partial package is still on the timeline.
             let note = "partial package \(packageId.lowercased) \(verification.valid ? "verified" : "failed verification")"
-            if try await !Self.advance(conn, requestId, to: .partiallyDelivered, actor: providerActor, note: note, custody: custody,
-                                       packageId: packageId, details: ["outcome": newState.rawValue], logger: logger) {
-                try await Self.event(conn, requestId, .partiallyDelivered, actor: providerActor, note: note, custody: custody,
-                                     packageId: packageId, details: ["outcome": newState.rawValue], logger: logger)
-            }
+            try await Self.advance(conn, requestId, to: .partiallyDelivered, actor: providerActor, note: note, custody: custody,
+                                   packageId: packageId, details: ["outcome": newState.rawValue], recordAnyway: true, logger: logger)
         } else {
             try await Self.advance(conn, requestId, to: .delivered, actor: providerActor, note: "package \(packageId.lowercased) complete",
                                    custody: custody, packageId: packageId, logger: logger)

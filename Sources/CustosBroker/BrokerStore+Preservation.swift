@@ -10,6 +10,9 @@ import PostgresNIO
 /// or release early. The order ends at its clock's deadline; either way the provider is told
 /// with a signed `preservation-release`. Nothing is delivered for it.
 enum Preservation {
+    /// The states of an order still running: it may be extended, released, or end by its clock.
+    static let running: [RequestState] = [.approved, .dispatched, .acknowledged, .preserved]
+
     /// Ends an order that is still running (acknowledged or preserved, or not yet either), in
     /// the caller's transaction: state `released` (by a person) or `expired` (its clock), its
     /// clocks stopped, the provider told. Returns whether it ended.
@@ -20,7 +23,7 @@ enum Preservation {
         var found: (String, String, UUID, String)?
         for try await r in try await conn.query("""
             UPDATE requests SET state = \(state.rawValue), updated_at = now()
-            WHERE id = \(id) AND state IN ('approved', 'dispatched', 'acknowledged', 'preserved')
+            WHERE id = \(id) AND state = ANY(\(running.map(\.rawValue)))
             RETURNING provider_id, request_hash, case_id, spec
             """, logger: logger).decode((String, String, UUID, String).self) { found = r }
         guard let (provider, hash, caseId, specJSON) = found else { return false }
@@ -43,7 +46,7 @@ extension BrokerStore {
         try await client.custodyTransaction(logger: logger) { conn, custody in
             let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
             guard row.spec.isPreservation else { throw BrokerError(.conflict, "only a preservation order is extended") }
-            guard [.approved, .dispatched, .acknowledged, .preserved].contains(row.state), let hash = row.requestHash else {
+            guard Preservation.running.contains(row.state), let hash = row.requestHash else {
                 throw BrokerError(.conflict, "the preservation order is \(row.state.rawValue), not running")
             }
             let extra = LegalClock.seconds(clocks.preservationExtension)

@@ -533,18 +533,21 @@ public struct BrokerStore: Sendable {
 
     /// Moves a request forward to `state` unless it is already there or further along; returns
     /// whether it moved. Late or repeated provider messages thus never move a request back.
+    /// `recordAnyway`: the step is on the timeline even when the request does not move (a
+    /// second partial package, a confirmation after an extension).
     @discardableResult
     static func advance(_ conn: PostgresConnection, _ id: UUID, to state: RequestState, actor: CustodyEvent.Actor, note: String? = nil,
-                        custody: CustodyRecorder, packageId: UUID? = nil, details: [String: String] = [:], logger: Logger) async throws -> Bool {
+                        custody: CustodyRecorder, packageId: UUID? = nil, details: [String: String] = [:], recordAnyway: Bool = false,
+                        logger: Logger) async throws -> Bool {
         let before = RequestState.allCases.filter { $0.rank < state.rank && !RequestState.ended.contains($0) }.map(\.rawValue)
         let rows = try await conn.query(
             "UPDATE requests SET state = \(state.rawValue), updated_at = now() WHERE id = \(id) AND state = ANY(\(before)) RETURNING 1",
             logger: logger)
         let moved = try await rows.decode(Int.self).first { _ in true } != nil
-        if moved {
+        if moved || recordAnyway {
             try await event(conn, id, state, actor: actor, note: note, custody: custody, packageId: packageId, details: details, logger: logger)
-            try await LegalClock.stop(conn, id, reaching: state, logger: logger)
         }
+        if moved { try await LegalClock.stop(conn, id, reaching: state, logger: logger) }
         return moved
     }
 

@@ -250,13 +250,11 @@ public struct ProviderConnector: Service {
     private func foresee(_ id: UUID, _ body: RequestBody) throws {
         let manifest = try JSONDecoder().decode(Manifest.self, from: try jobs.read(id, "manifest.json"))
         var judge = PackageJudge(request: body.request, manifest: manifest)
-        var lines = RecordLines()
         let handle = try FileHandle(forReadingFrom: jobs.file(id, "records.ndjson"))
         defer { try? handle.close() }
         while let block = try handle.read(upToCount: 1 << 20), !block.isEmpty {
-            block.withUnsafeBytes { bytes in lines.consume(bytes) { judge.consume(record: $0) } }
+            block.withUnsafeBytes { judge.consume(content: $0) }
         }
-        lines.finish { judge.consume(record: $0) }
         var stampedAt: Date?
         if let response = try? jobs.read(id, "manifest.tsr"), let signature = try? jobs.read(id, "manifest.p7s"),
            case .valid(let token) = TimeStamp.verify(response: [UInt8](response), sha256: Digest.sha256Bytes([UInt8](signature)), trust: timeStamps.trust) {

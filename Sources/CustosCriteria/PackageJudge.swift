@@ -82,6 +82,8 @@ public struct PackageJudge: Sendable {
     /// Per category (in `DataCategory.allCases` order): whether the request asks for it.
     let asked: [Bool]
     var scan = ScannedRecord()
+    /// A record line split across content slices, until its end arrives.
+    private var lines = RecordLines()
 
     public init(request: ApprovedRequest, manifest: Manifest) {
         self.request = request
@@ -115,6 +117,14 @@ public struct PackageJudge: Sendable {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
         for c in s { h = (h ^ UInt64(c)) &* 0x100_0000_01b3 }
         return h
+    }
+
+    /// Content, in slices of any size: cut into record lines and judged.
+    public mutating func consume(content bytes: UnsafeRawBufferPointer) {
+        var pending = lines
+        lines = RecordLines()
+        pending.consume(bytes) { consume(record: $0) }
+        lines = pending
     }
 
     /// One record: its line's bytes without the newline.
@@ -214,7 +224,11 @@ public struct PackageJudge: Sendable {
 
     /// `checks`: the failure codes of the package's signature, binding and content checks
     /// (`PackageVerification`), sorted here into đúng and đủ.
-    public func finish(checks: [String], delivery: Delivery, bounds: Bounds = Bounds(), judgedAt: String = Timestamp.now()) -> Verdict {
+    public mutating func finish(checks: [String], delivery: Delivery, bounds: Bounds = Bounds(), judgedAt: String = Timestamp.now()) -> Verdict {
+        // A last line without its newline is still a record (the content checks report it).
+        var pending = lines
+        lines = RecordLines()
+        pending.finish { consume(record: $0) }
         func tally(_ codes: [String]) -> [Verdict.Reason] {
             Dictionary(codes.map { ($0, 1) }, uniquingKeysWith: +).map { Verdict.Reason(code: $0.key, status: .fail, count: $0.value) }
         }
@@ -292,12 +306,10 @@ public struct PackageJudge: Sendable {
 
 /// Cuts content, handed over in slices of any size, into record lines (without their
 /// newlines) for the judge. Only a line split across slices is copied.
-public struct RecordLines: Sendable {
+struct RecordLines: Sendable {
     private var pending: [UInt8] = []
 
-    public init() {}
-
-    public mutating func consume(_ bytes: UnsafeRawBufferPointer, _ line: (UnsafeRawBufferPointer) -> Void) {
+    mutating func consume(_ bytes: UnsafeRawBufferPointer, _ line: (UnsafeRawBufferPointer) -> Void) {
         guard let base = bytes.baseAddress else { return }
         var start = 0
         while start < bytes.count {
@@ -318,7 +330,7 @@ public struct RecordLines: Sendable {
     }
 
     /// A last line without its newline (a defect the content checks report), if any.
-    public mutating func finish(_ line: (UnsafeRawBufferPointer) -> Void) {
+    mutating func finish(_ line: (UnsafeRawBufferPointer) -> Void) {
         if !pending.isEmpty { pending.withUnsafeBytes { line($0) } }
         pending = []
     }

@@ -224,7 +224,6 @@ public struct BundleVerifier: Sendable {
     private var manifest: Manifest?
     private var request: ApprovedRequest?
     private var judge: PackageJudge?
-    private var lines = RecordLines()
     private var failures: [PackageVerification.Failure] = []
     private var unusable: String?
     private var folder: String?
@@ -276,7 +275,7 @@ public struct BundleVerifier: Sendable {
             if current?.entry == .content {
                 bytes.withUnsafeBytes { b in
                     content!.consume(b)
-                    if judge != nil { lines.consume(b) { judge!.consume(record: $0) } }
+                    judge?.consume(content: b)
                 }
             } else if current?.entry != nil {
                 current!.bytes += bytes
@@ -354,8 +353,7 @@ public struct BundleVerifier: Sendable {
         // The four criteria, judged again from what is here, against the delivery facts the
         // broker's verdict states (its time-stamp time replaced by the one verified here).
         if let carried = files[.criteria] {
-            if judge != nil { lines.finish { judge!.consume(record: $0) } }
-            if let stated = try? JSONDecoder().decode(Verdict.self, from: Data(carried)), let judge,
+            if let stated = try? JSONDecoder().decode(Verdict.self, from: Data(carried)), var judge,
                let delivery = PackageJudge.Delivery(stated.delivery, timeStampedAt: signatures.genTime) {
                 let again = judge.finish(checks: all.map(\.code.rawValue), delivery: delivery,
                                          bounds: PackageJudge.Bounds(stated.delivery), judgedAt: stated.judgedAt)
