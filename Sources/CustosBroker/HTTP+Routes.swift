@@ -180,17 +180,36 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
             throw BrokerError(.conflict, "package is \(package.state.rawValue); only verified packages are released")
         }
         guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed (\(package.sealReason ?? "no reason given")); its content is not released") }
-        try await store.recordAccess(.packageDownloaded, by: user, subject: .init(requestId: package.requestId, packageId: id),
-                                     objects: ["manifestSha256": package.manifestSha256, "chunksRoot": package.manifest.chunksRoot])
-        let headers: HTTPFields = [
+        // Records outside the request (quarantined) or unreadable are for auditors only: anyone
+        // else gets the content redacted (SPEC §11), every record shown still provable.
+        let redact = package.withholdsRecords && !user.roles.contains(.auditor)
+        var objects = ["manifestSha256": package.manifestSha256, "chunksRoot": package.manifest.chunksRoot]
+        if redact { objects["redacted"] = "quarantined and unreadable records withheld" }
+        try await store.recordAccess(.packageDownloaded, by: user, subject: .init(requestId: package.requestId, packageId: id), objects: objects)
+        let chunkCount = package.manifest.chunks.count
+        var headers: HTTPFields = [
             .contentType: package.manifest.content.mediaType,
-            .contentLength: "\(package.manifest.content.size)",
             HTTPField.Name("Custos-Chunks-Root")!: package.manifest.chunksRoot,
         ]
-        let chunkCount = package.manifest.chunks.count
+        guard redact else {
+            headers[.contentLength] = "\(package.manifest.content.size)"
+            return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+                for i in 0..<chunkCount {
+                    try await writer.write(try await store.chunk(package: id, index: i))
+                }
+                try await writer.finish(nil)
+            })
+        }
+        let approved = try JSONDecoder().decode(ApprovedRequest.self, from: Data(try await store.bundleParts(id).request))
+        headers[HTTPField.Name("Custos-Content")!] = "redacted"
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            var redactor = ContentRedactor(request: approved, manifest: package.manifest)
             for i in 0..<chunkCount {
-                try await writer.write(try await store.chunk(package: id, index: i))
+                var out = ByteBuffer()
+                let chunk = try await store.chunk(package: id, index: i)
+                chunk.withUnsafeReadableBytes { bytes in redactor.consume(bytes) { out.writeBytes($0) } }
+                if i == chunkCount - 1 { redactor.finish { out.writeBytes($0) } }
+                try await writer.write(out)
             }
             try await writer.finish(nil)
         })
@@ -201,6 +220,12 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         let package = try await store.package(id, viewer: user)
         guard package.state != .receiving else { throw BrokerError(.conflict, "package is still being received") }
         guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed (\(package.sealReason ?? "no reason given")); it is not exported") }
+        if package.withholdsRecords && !user.roles.contains(.auditor) {
+            let counts = package.criteria?.counts
+            throw BrokerError(.forbidden, "the package holds \(counts?.quarantined ?? 0) quarantined (out-of-scope) and \(counts?.unreadable ?? 0) unreadable records; "
+                              + "a bundle carries the signed content whole, so only an auditor exports it. The content endpoint gives the "
+                              + "records you may see, each provable against its signed records root")
+        }
         let parts = try await store.bundleParts(id)
         // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
         let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),

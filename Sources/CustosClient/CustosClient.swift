@@ -149,12 +149,18 @@ public struct CustosClient: Sendable {
         public var sha256: String
         public var recordCount: Int
         public var chunksRoot: String
+        /// Records withheld from this copy (quarantined or unreadable: SPEC §11); when
+        /// non-zero the copy is redacted, and was checked against the records roots only.
+        public var withheld: Int = 0
+        public var redacted: Bool = false
     }
 
     /// Downloads a verified package into `directory`: `<id>.ndjson` (the records),
     /// `<id>.manifest.json` (canonical, as signed), `<id>.manifest.p7s` (CMS signature, DER) and
     /// `<id>.manifest.tsr` (RFC 3161 time-stamp response, DER). Every chunk and the whole are checked
     /// against the manifest as the bytes arrive; on any mismatch the partial file is removed.
+    /// A redacted copy (records withheld from all but auditors) is checked record by record
+    /// against every result's signed records root and count instead.
     public func download(_ id: UUID, into directory: String, progress: @Sendable (Int64, Int64) -> Void = { _, _ in }) async throws -> Download {
         let package = try await package(id)
         let manifest = package.manifest
@@ -173,17 +179,22 @@ public struct CustosClient: Sendable {
         }
         // Every chunk, the chunks' Merkle root and every result's records root are checked as the
         // bytes arrive; the SHA-256 of the whole file is computed for the user alongside.
+        let redacted = response.headers.first(name: "Custos-Content") == "redacted"
         var checker = ContentVerifier(manifest: manifest)
+        var records = RedactedContentVerifier(manifest: manifest)
         var whole = SHA256()
         var received: Int64 = 0
         for try await buffer in response.body {
-            buffer.withUnsafeReadableBytes { checker.consume($0); whole.update(bufferPointer: $0) }
+            buffer.withUnsafeReadableBytes { bytes in
+                if redacted { records.consume(bytes) } else { checker.consume(bytes) }
+                whole.update(bufferPointer: bytes)
+            }
             try out.write(contentsOf: buffer.readableBytesView)
             received += Int64(buffer.readableBytes)
-            guard received <= manifest.content.size else { throw ClientError(reason: "more bytes than the manifest lists") }
-            progress(received, manifest.content.size)
+            guard redacted || received <= manifest.content.size else { throw ClientError(reason: "more bytes than the manifest lists") }
+            progress(min(received, manifest.content.size), manifest.content.size)
         }
-        let failures = checker.finish()
+        let failures = redacted ? records.finish() : checker.finish()
         guard failures.isEmpty else {
             throw ClientError(reason: "the package does not match its signed manifest: " + failures.map(\.description).joined(separator: "; "))
         }
@@ -197,6 +208,7 @@ public struct CustosClient: Sendable {
         try (Data(base64Encoded: package.signature) ?? Data()).write(to: URL(fileURLWithPath: base + ".manifest.p7s"))
         try (Data(base64Encoded: package.timeStamp) ?? Data()).write(to: URL(fileURLWithPath: base + ".manifest.tsr"))
         return Download(contentPath: contentPath, manifestPath: base + ".manifest.json", size: received, sha256: sha,
-                        recordCount: manifest.content.recordCount, chunksRoot: manifest.chunksRoot)
+                        recordCount: manifest.content.recordCount, chunksRoot: manifest.chunksRoot,
+                        withheld: redacted ? records.withheld : 0, redacted: redacted)
     }
 }

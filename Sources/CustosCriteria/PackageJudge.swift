@@ -82,6 +82,8 @@ public struct PackageJudge: Sendable {
     /// Per category (in `DataCategory.allCases` order): whether the request asks for it.
     let asked: [Bool]
     var scan = ScannedRecord()
+    /// Whether the record just judged may be shown to investigators.
+    private var shown = false
     /// A record line split across content slices, until its end arrives.
     private var lines = RecordLines()
 
@@ -127,9 +129,14 @@ public struct PackageJudge: Sendable {
         lines = pending
     }
 
-    /// One record: its line's bytes without the newline.
-    public mutating func consume(record line: UnsafeRawBufferPointer) {
+    /// One record: its line's bytes without the newline. Returns whether investigators may see
+    /// it: a record the judge could read, inside the request's targets, categories and window.
+    /// Every other one is withheld — quarantined when out of scope, or unreadable, so that
+    /// nobody can tell whether the authorisation covers it.
+    @discardableResult
+    public mutating func consume(record line: UnsafeRawBufferPointer) -> Bool {
         counts.records += 1
+        shown = false
         // Byte-identical records are duplicates (SHA-256, first 128 bits kept).
         let digest = SHA256.hash(data: line)
         let fresh = digest.withUnsafeBytes { seen.insert($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
@@ -139,6 +146,7 @@ public struct PackageJudge: Sendable {
         } else {
             judgeParsed(line)
         }
+        return shown
     }
 
     /// The fast path: a record `RecordScanner` read.
@@ -195,11 +203,14 @@ public struct PackageJudge: Sendable {
         if let outside {
             scope[outside, default: 0] += 1
             counts.quarantined += 1
+        } else {
+            shown = true
         }
     }
 
     private mutating func invalid() {
         counts.invalid += 1
+        counts.unreadable += 1
         defects[RecordRules.Defect.schemaInvalid.rawValue] += 1
     }
 
@@ -306,10 +317,11 @@ public struct PackageJudge: Sendable {
 
 /// Cuts content, handed over in slices of any size, into record lines (without their
 /// newlines) for the judge. Only a line split across slices is copied.
-struct RecordLines: Sendable {
+public struct RecordLines: Sendable {
     private var pending: [UInt8] = []
+    public init() {}
 
-    mutating func consume(_ bytes: UnsafeRawBufferPointer, _ line: (UnsafeRawBufferPointer) -> Void) {
+    public mutating func consume(_ bytes: UnsafeRawBufferPointer, _ line: (UnsafeRawBufferPointer) -> Void) {
         guard let base = bytes.baseAddress else { return }
         var start = 0
         while start < bytes.count {
@@ -330,7 +342,7 @@ struct RecordLines: Sendable {
     }
 
     /// A last line without its newline (a defect the content checks report), if any.
-    mutating func finish(_ line: (UnsafeRawBufferPointer) -> Void) {
+    public mutating func finish(_ line: (UnsafeRawBufferPointer) -> Void) {
         if !pending.isEmpty { pending.withUnsafeBytes { line($0) } }
         pending = []
     }

@@ -71,6 +71,12 @@ public struct RecordTree: Sendable {
         size += Int64(length + 1)
     }
 
+    /// Adds a record known only by its leaf hash and its size with the newline (a withheld one).
+    mutating func appendLeaf(_ leafHash: [UInt8], size: Int) {
+        tree.append(leafHash: leafHash)
+        self.size += Int64(size)
+    }
+
     public var count: Int { Int(tree.count) }
     public var root: String { tree.root.hexString }
 }

@@ -150,7 +150,8 @@ public enum EvidenceBundle {
           custody-ca.pem and, optionally, witnesses.pem>
           checks all of the above, every chunk, both kinds of Merkle root, every result, every
           custody event's inclusion proof and every co-signature, and prints every failure it
-          finds. Exit status: 0 valid, 1 invalid, 2 unusable input.
+          finds. Exit status: 0 valid, 1 invalid, 2 unusable input, 3 authentic but not
+          admissible on the four criteria (criteria.json).
 
         """
     }
@@ -158,7 +159,9 @@ public enum EvidenceBundle {
 
 /// The outcome of `custos verify`: every failure found, and what the bundle claims.
 public struct BundleReport: Codable, Sendable {
-    public enum Outcome: String, Codable, Sendable { case valid, invalid, unusable }
+    /// `inadmissible`: authentic and intact in every check, but the four criteria, judged
+    /// again, do not all pass (the only failure is `not-admissible`).
+    public enum Outcome: String, Codable, Sendable { case valid, invalid, unusable, inadmissible }
     public var outcome: Outcome
     public var format: String
     public var packageId: String?
@@ -361,6 +364,12 @@ public struct BundleVerifier: Sendable {
                 if again.admissible != stated.admissible || again.criteria != stated.criteria || again.counts != stated.counts || again.quality != stated.quality {
                     all.append(.init(code: .criteria, detail: "the bundle's verdict on the four criteria differs from the one judged here"))
                 }
+                if !again.admissible {
+                    let short = Verdict.Criterion.allCases.filter { again.status($0) != .pass }.map { c in
+                        "\(c.name) (\(c.rawValue)) \(again.status(c)?.rawValue ?? "-"): " + again.reasons(c).map { "\($0.code) ×\($0.count)" }.joined(separator: ", ")
+                    }
+                    all.append(.init(code: .notAdmissible, detail: "not admissible on the four criteria: " + short.joined(separator: "; ")))
+                }
             } else {
                 all.append(.init(code: .criteria, detail: "criteria.json is not a verdict on this package's request"))
             }
@@ -379,9 +388,12 @@ public struct BundleVerifier: Sendable {
             "custody checkpoint signature and time-stamp": codes.isDisjoint(with: [.checkpointSignature, .checkpointTimeStamp]),
             "witness co-signatures": !codes.contains(.cosignature),
         ]
-        if files[.criteria] != nil { report.checks["four criteria judged again"] = !codes.contains(.criteria) }
+        if files[.criteria] != nil {
+            report.checks["four criteria judged again"] = !codes.contains(.criteria)
+            report.checks["admissible on the four criteria"] = !codes.contains(.notAdmissible)
+        }
         report.failures = all
-        report.outcome = all.isEmpty ? .valid : .invalid
+        report.outcome = all.isEmpty ? .valid : codes == [.notAdmissible] ? .inadmissible : .invalid
         report.packageId = manifest.packageId.lowercased
         report.requestId = manifest.requestId.lowercased
         report.providerId = manifest.providerId

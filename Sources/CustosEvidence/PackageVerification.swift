@@ -35,6 +35,8 @@ public struct PackageVerification: Codable, Sendable, Hashable {
             case cosignature
             /// The bundle's verdict on the four criteria differs from the one judged again here.
             case criteria
+            /// Authentic, but the four criteria (judged again) do not all pass.
+            case notAdmissible = "not-admissible"
         }
         public var code: Code
         public var detail: String
@@ -72,16 +74,14 @@ public struct ContentVerifier: Sendable {
     private var chunkHash = SHA256()
     private var chunkTree = MerkleTree.Builder()
     // Results and records
-    private var resultIndex = 0
-    private var resultRemaining: Int64 = 0
-    private var records = RecordTree()
+    private var results: ResultCursor
     private var recordHash = SHA256()
     private var recordLength = 0
 
     public init(manifest: Manifest) {
         self.manifest = manifest
+        results = ResultCursor(manifest.results)
         recordHash = MerkleTree.leafHasher()
-        enterResult()
     }
 
     private mutating func fail(_ code: PackageVerification.Failure.Code, _ detail: String) {
@@ -122,22 +122,11 @@ public struct ContentVerifier: Sendable {
         chunkIndex += 1
     }
 
-    /// Moves to the next result that has bytes, closing empty ones on the way.
-    private mutating func enterResult() {
-        while resultIndex < manifest.results.count && manifest.results[resultIndex].size == 0 {
-            closeResult()
-        }
-        resultRemaining = resultIndex < manifest.results.count ? manifest.results[resultIndex].size : 0
-    }
-
-    private mutating func closeResult() {
-        let r = manifest.results[resultIndex]
-        if recordLength != 0 { fail(.resultSize, "result \(resultIndex) does not end with a newline") }
-        if records.count != r.recordCount { fail(.resultCount, "result \(resultIndex) holds another number of records than declared") }
-        if records.root != r.recordsRoot { fail(.recordsRoot, "result \(resultIndex) records Merkle root differs from the manifest") }
-        records = RecordTree()
+    /// Closes the current result (a record left open is a defect) and moves to the next.
+    private mutating func nextResult() {
+        if recordLength != 0 { fail(.resultSize, "result \(results.index) does not end with a newline") }
         resetRecord()
-        resultIndex += 1
+        results.advance()
     }
 
     private mutating func resetRecord() {
@@ -148,24 +137,21 @@ public struct ContentVerifier: Sendable {
     private mutating func consumeRecords(_ bytes: UnsafeRawBufferPointer) {
         var start = 0
         while start < bytes.count {
-            guard resultIndex < manifest.results.count else { return }  // the size checks report it
-            let limit = start + Int(min(resultRemaining, Int64(bytes.count - start)))
+            guard !results.done else { return }  // the size checks report it
+            let limit = start + Int(min(results.remaining, Int64(bytes.count - start)))
             let base = bytes.baseAddress!
             var i = limit
             if let nl = memchr(base + start, 0x0A, limit - start) { i = base.distance(to: UnsafeRawPointer(nl)) }
             recordHash.update(bufferPointer: UnsafeRawBufferPointer(start: base + start, count: i - start))
             recordLength += i - start
             if i < limit {  // a newline: the record is complete
-                records.appendLeaf(recordHash.finalize(), length: recordLength)
+                results.records.appendLeaf(recordHash.finalize(), length: recordLength)
                 resetRecord()
                 i += 1
             }
-            resultRemaining -= Int64(i - start)
+            results.remaining -= Int64(i - start)
             start = i
-            if resultRemaining == 0 {
-                closeResult()
-                enterResult()
-            }
+            if results.remaining == 0 { nextResult() }
         }
     }
 
@@ -177,10 +163,49 @@ public struct ContentVerifier: Sendable {
             fail(.chunksRoot, "Merkle root over the chunks differs from the manifest")
         }
         if received != manifest.content.size { fail(.contentSize, "content size differs from the manifest") }
-        if resultIndex < manifest.results.count && received == manifest.content.size {
+        if !results.done && received == manifest.content.size {
             fail(.resultSize, "result sizes do not add up to the content")
         }
-        return failures
+        return failures + results.failures
+    }
+}
+
+/// Walks a manifest's results in content order, building each one's records Merkle tree;
+/// as each closes, its record count and records root are checked (empty results in passing).
+struct ResultCursor: Sendable {
+    let results: [Manifest.Result]
+    private(set) var index = 0
+    /// Bytes of the current result still to come.
+    var remaining: Int64 = 0
+    var records = RecordTree()
+    private(set) var failures: [PackageVerification.Failure] = []
+    var done: Bool { index >= results.count }
+
+    init(_ results: [Manifest.Result]) {
+        self.results = results
+        enter()
+    }
+
+    /// Closes the current result and moves to the next one that has bytes.
+    mutating func advance() {
+        close()
+        enter()
+    }
+
+    private mutating func enter() {
+        while index < results.count && results[index].size == 0 { close() }
+        remaining = index < results.count ? results[index].size : 0
+    }
+
+    private mutating func close() {
+        let r = results[index]
+        func fail(_ code: PackageVerification.Failure.Code, _ detail: String) {
+            if failures.count < 1000 { failures.append(.init(code: code, detail: detail)) }
+        }
+        if records.count != r.recordCount { fail(.resultCount, "result \(index) holds another number of records than declared") }
+        if records.root != r.recordsRoot { fail(.recordsRoot, "result \(index) records Merkle root differs from the manifest") }
+        records = RecordTree()
+        index += 1
     }
 }
 

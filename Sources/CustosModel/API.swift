@@ -248,6 +248,9 @@ public enum API {
         public var sealReason: String?
         /// The four criteria's verdict, once the package is complete.
         public var criteria: Verdict?
+        /// Whether the verdict found records investigators may not see (quarantined or
+        /// unreadable): the content is then redacted for all but auditors (SPEC §11).
+        public var withholdsRecords: Bool { (criteria?.counts.withheld ?? 0) > 0 }
 
         public init(id: UUID, requestId: UUID, providerId: String, state: PackageState, manifest: Manifest, signature: String, timeStamp: String,
                     timeStampedAt: String?, timeStampAccuracyMicroseconds: Int64?, signer: String?, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String,

@@ -62,13 +62,29 @@ public struct Verdict: Codable, Sendable, Hashable {
         /// Outside the request's targets, categories or window: quarantined (auditors only).
         public var quarantined: Int
         public var duplicates: Int
+        /// Not valid against their schema (`unreadable` ones included).
         public var invalid: Int
-        public init(records: Int, quarantined: Int, duplicates: Int, invalid: Int) {
+        /// So malformed that their target, category or time cannot be read: withheld from
+        /// investigators with the quarantined ones, since nobody can tell they are in scope.
+        public var unreadable: Int
+        public init(records: Int, quarantined: Int, duplicates: Int, invalid: Int, unreadable: Int = 0) {
             self.records = records
             self.quarantined = quarantined
             self.duplicates = duplicates
             self.invalid = invalid
+            self.unreadable = unreadable
         }
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            records = try c.decode(Int.self, forKey: .records)
+            quarantined = try c.decode(Int.self, forKey: .quarantined)
+            duplicates = try c.decode(Int.self, forKey: .duplicates)
+            invalid = try c.decode(Int.self, forKey: .invalid)
+            // Verdicts from before it was counted.
+            unreadable = try c.decodeIfPresent(Int.self, forKey: .unreadable) ?? 0
+        }
+        /// Records investigators do not see (SPEC §11): quarantined or unreadable.
+        public var withheld: Int { quarantined + unreadable }
     }
 
     /// What sống was judged against: the delivery, its clock and time-stamp, and the bounds.

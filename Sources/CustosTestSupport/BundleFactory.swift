@@ -1,4 +1,5 @@
 import CustosCanonicalJSON
+import CustosCriteria
 import CustosEvidence
 import CustosModel
 import CustosPKI
@@ -31,10 +32,28 @@ public struct BundleFactory: Sendable {
         case custodyEventEdited = "custody-event-edited"
         case checkpointSignedByStranger = "checkpoint-signed-by-stranger"
         case verdictEventLeftOut = "verdict-event-left-out"
+        // Authentic bundles whose package fails one of the four criteria (named
+        // criteria-<criterion>-<reason>): `custos verify` finds them inadmissible.
+        case criteriaCorrectTargetOutOfScope = "criteria-correct-target-out-of-scope"
+        case criteriaCompleteMissingResult = "criteria-complete-missing-result"
+        case criteriaCleanDuplicateRecord = "criteria-clean-duplicate-record"
+        case criteriaLiveDeliveredLate = "criteria-live-delivered-late"
+
+        /// For a criteria defect: the criterion that fails and its reason code.
+        public var criterion: (Verdict.Criterion, String)? {
+            switch self {
+            case .criteriaCorrectTargetOutOfScope: (.correct, "target-out-of-scope")
+            case .criteriaCompleteMissingResult: (.complete, "missing-result")
+            case .criteriaCleanDuplicateRecord: (.clean, "duplicate-record")
+            case .criteriaLiveDeliveredLate: (.live, "delivered-late")
+            default: nil
+            }
+        }
 
         /// The failure each defect must be reported with.
         public var expected: PackageVerification.Failure.Code {
             switch self {
+            case .criteriaCorrectTargetOutOfScope, .criteriaCompleteMissingResult, .criteriaCleanDuplicateRecord, .criteriaLiveDeliveredLate: .notAdmissible
             case .flippedBitInChunk, .reorderedChunks: .chunkHash
             case .missingChunk: .contentSize
             case .trailingGarbage: .trailingData
@@ -58,21 +77,38 @@ public struct BundleFactory: Sendable {
         public var records: [Int]
         public var cannotExecute: Set<DataCategory>
         public var chunkSize: Int
+        /// Whether the bundle carries the broker's verdict on the four criteria (criteria.json).
+        public var judged: Bool
 
-        public init(targets: [Target], categories: [DataCategory], records: [Int], cannotExecute: Set<DataCategory> = [], chunkSize: Int) {
+        public init(targets: [Target], categories: [DataCategory], records: [Int], cannotExecute: Set<DataCategory> = [], chunkSize: Int, judged: Bool = true) {
             self.targets = targets
             self.categories = categories
             self.records = records
             self.cannotExecute = cannotExecute
             self.chunkSize = chunkSize
+            self.judged = judged
         }
 
-        /// Two targets, two categories, one result without data, several chunks.
-        public static let standard = Shape(targets: [Target(type: .msisdn, value: "+84912345678"), Target(type: .ipv4, value: "203.0.113.7")],
+        /// Two targets, two categories, one result without data, several chunks; judged admissible.
+        public static let standard = Shape(targets: [Target(type: .msisdn, value: "+84912345678"), Target(type: .msisdn, value: "+84987650001")],
                                            categories: [.traffic, .location], records: [12, 0, 9, 5], chunkSize: 1024)
-        /// One category the provider cannot execute, one chunk.
+        /// One category the provider cannot execute, one chunk; a bundle without a verdict
+        /// (criteria.json is optional: a cannot-execute result would make the package only `warn` on đủ).
         public static let withCannotExecute = Shape(targets: [Target(type: .msisdn, value: "+84987654321")], categories: [.subscriber, .financial],
-                                                    records: [3, 0], cannotExecute: [.financial], chunkSize: 4096)
+                                                    records: [3, 0], cannotExecute: [.financial], chunkSize: 4096, judged: false)
+    }
+
+    /// A record valid against its category's schema (schemas/records/), the `i`-th of its result.
+    static func record(_ category: DataCategory, _ target: Target, _ i: Int) -> String {
+        let fields = switch category {
+        case .traffic: #"{"cellId":"452-04-1234-56","direction":"outgoing","durationSeconds":\#(60 + i),"otherParty":"+84907000123"}"#
+        case .location: #"{"cellId":"452-04-1234-\#(10 + i)","latitude":21.0285,"longitude":105.8542}"#
+        case .subscriber: #"{"contractStart":"2020-01-0\#(1 + i % 9)","name":"Synthetic Subscriber \#(i)"}"#
+        case .financial: #"{"amount":\#(1000 + i),"counterparty":"SYN\#(i)","currency":"VND"}"#
+        case .ipSession: #"{"bytesDown":\#(i),"bytesUp":\#(i),"publicIp":"203.0.113.7","publicPort":\#(1024 + i)}"#
+        case .kycDocument: #"{"documentType":"national-id-card","sha256":"\#(String(repeating: "0", count: 62))\#(String(format: "%02x", i % 256))"}"#
+        }
+        return #"{"category":"\#(category.rawValue)","target":{"type":"\#(target.type.rawValue)","value":"\#(target.value)"},"time":"2026-10-1\#(i % 10)T12:00:00Z","record":\#(fields)}"#
     }
 
     /// A whole bundle; with a defect, the one mutation it names.
@@ -85,6 +121,7 @@ public struct BundleFactory: Sendable {
                 window: TimeWindow(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z")),
             submittedBy: "investigator", approvedBy: "approver", approvedAt: "2026-11-02T08:00:00.000Z")
         let requestBytes = try CanonicalJSON.encode(request)
+        let now = Date()
 
         var content: [UInt8] = []
         var results: [Manifest.Result] = []
@@ -93,23 +130,30 @@ public struct BundleFactory: Sendable {
             for category in shape.categories {
                 var tree = RecordTree()
                 let count = shape.cannotExecute.contains(category) ? 0 : shape.records[n]
-                for i in 0..<count {
-                    let line = Array(#"{"category":"\#(category.rawValue)","record":{"seq":\#(i),"synthetic":true},"target":{"type":"\#(target.type.rawValue)","value":"\#(target.value)"},"time":"2026-10-1\#(i % 10)T12:00:00Z"}"#.utf8)
+                var lines = (0..<count).map { Self.record(category, target, $0) }
+                if n == 0, defect == .criteriaCorrectTargetOutOfScope { lines.append(Self.record(category, Target(type: .msisdn, value: "+84900000009"), count)) }
+                if n == 0, defect == .criteriaCleanDuplicateRecord { lines.append(lines[0]) }
+                for text in lines {
+                    let line = Array(text.utf8)
                     line.withUnsafeBytes { tree.append(record: $0) }
                     content += line + [0x0A]
                 }
                 let status: Manifest.Result.Status = shape.cannotExecute.contains(category) ? .cannotExecute : count > 0 ? .data : .noData
-                results.append(.init(target: target, category: category, status: status, recordCount: count, size: tree.size, recordsRoot: tree.root,
-                                     reason: status == .cannotExecute ? "no adapter configured for this category" : nil))
+                results.append(.init(target: target, category: category, status: status, recordCount: lines.count, size: tree.size, recordsRoot: tree.root,
+                                     reason: status == .cannotExecute ? "no adapter configured for this category" : nil,
+                                     coverage: status == .data ? .init(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z", retainedSince: "2025-10-01T00:00:00Z") : nil))
                 n += 1
             }
         }
+        // A requested (target × category) left without a result: the no-data one.
+        if defect == .criteriaCompleteMissingResult, let i = results.firstIndex(where: { $0.status == .noData }) { results.remove(at: i) }
         var acc = ChunkAccumulator(chunkSize: shape.chunkSize)
         acc.append(content)
         let (chunks, root, size) = acc.finish()
         var manifest = Manifest(
             packageId: UUID(), requestId: request.requestId, requestHash: Digest.sha256Hex(requestBytes), providerId: Self.provider,
-            asOf: "2026-11-02T09:00:00.000Z", createdAt: "2026-11-02T09:00:05.000Z", results: results,
+            // Extracted just before the vectors are written, so that sống holds for the time-stamp made now.
+            asOf: Timestamp.format(now.addingTimeInterval(-600)), createdAt: Timestamp.format(now.addingTimeInterval(-300)), results: results,
             content: .init(size: size, recordCount: results.reduce(0) { $0 + $1.recordCount }), chunks: chunks, chunksRoot: root)
         if defect == .swappedMerkleRoot { (manifest.results[0].recordsRoot, manifest.results[2].recordsRoot) = (manifest.results[2].recordsRoot, manifest.results[0].recordsRoot) }
 
@@ -154,10 +198,24 @@ public struct BundleFactory: Sendable {
         case .verdictEventLeftOut: .verdictEventLeftOut
         default: nil
         }
+        // The broker's verdict, judged on the content as sent (before any mutation of the bytes
+        // above), against a delivery right after the time-stamp and a clock ten days on.
+        var criteria: [UInt8]?
+        if shape.judged {
+            var judge = PackageJudge(request: request, manifest: manifest)
+            content.withUnsafeBytes { judge.consume(content: $0) }
+            let delivered = now.addingTimeInterval(5)
+            let deadline = defect == .criteriaLiveDeliveredLate ? now.addingTimeInterval(-3600) : now.addingTimeInterval(10 * 86_400)
+            // (The time-stamp over other data has no time that counts: judged against none.)
+            var stampedAt: Date?
+            if case .valid(let token) = TimeStamp.verify(response: timeStamp, sha256: Digest.sha256Bytes(signature), trust: pki.tsaCA) { stampedAt = token.genTime }
+            criteria = try CanonicalJSON.encode(judge.finish(checks: [], delivery: .init(deliveredAt: delivered, deadline: deadline, timeStampedAt: stampedAt),
+                                                             judgedAt: Timestamp.format(delivered)))
+        }
         let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: stranger, defect: custodyDefect)
         let readme = EvidenceBundle.readme(manifest: manifest, signer: try CertificateInfo(pem: signerCert).commonName, timeStampedAt: nil)
         var out = EvidenceBundle.head(manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp,
-                                      signerPEM: signerCert, verification: verification, custody: custody, packageId: manifest.packageId,
+                                      signerPEM: signerCert, verification: verification, criteria: criteria, custody: custody, packageId: manifest.packageId,
                                       contentSize: Int64(body.count), readme: readme)
         out += body + EvidenceBundle.tail(contentSize: Int64(body.count))
         if defect == .trailingGarbage { out += Array("TRAILING GARBAGE".utf8) }

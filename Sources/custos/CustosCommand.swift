@@ -372,7 +372,9 @@ struct Package: AsyncParsableCommand {
 }
 
 struct Download: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Download a verified package, checking every chunk and the whole against its manifest as it arrives.")
+    static let configuration = CommandConfiguration(
+        abstract: "Download a verified package, checking every chunk and the whole against its manifest as it arrives.",
+        discussion: "Records outside the request (quarantined) or unreadable are shown to auditors only: anyone else gets a redacted copy, each withheld record replaced by a line with its leaf hash, checked against every result's signed records root.")
     @OptionGroup var connection: Connection
     @Argument(help: "Package id.") var id: String
     @Option(help: "Directory to write into.") var out: String = "."
@@ -386,8 +388,12 @@ struct Download: AsyncParsableCommand {
         }
         if !quiet { FileHandle.standardError.write(Data("\n".utf8)) }
         try connection.emit(["path": d.contentPath, "manifest": d.manifestPath, "sha256": d.sha256, "size": "\(d.size)",
-                             "records": "\(d.recordCount)", "chunksRoot": d.chunksRoot]) {
-            "\(d.contentPath)\n  \(d.recordCount) records, \(d.size) bytes; every chunk and record matches the signed manifest\n  sha256 \(d.sha256)"
+                             "records": "\(d.recordCount)", "chunksRoot": d.chunksRoot, "redacted": "\(d.redacted)", "withheld": "\(d.withheld)"]) {
+            guard d.redacted else {
+                return "\(d.contentPath)\n  \(d.recordCount) records, \(d.size) bytes; every chunk and record matches the signed manifest\n  sha256 \(d.sha256)"
+            }
+            return "\(d.contentPath) (redacted)\n  \(d.recordCount - d.withheld) records shown, \(d.withheld) withheld (quarantined or unreadable; auditors only), "
+                + "each stands in by its leaf hash;\n  every record matches its result's signed records root (chunk hashes cover the whole content, so they are not checked)\n  sha256 \(d.sha256)"
         }
     }
 }
@@ -421,8 +427,10 @@ struct Verify: ParsableCommand {
             CA certificates), tsa-ca.pem (the time-stamping authority's CA certificates), custody-ca.pem (the CA of the \
             broker's custody log) and, optionally, witnesses.pem (the certificates of the outside witnesses you trust; \
             other co-signatures are shown as untrusted). Every custody event is checked against its inclusion proof and \
-            the signed, time-stamped checkpoint. Every failure is reported, not only the first. Exit status: 0 valid, \
-            1 invalid, 2 unusable input (unreadable file, not a bundle, missing trust anchors).
+            the signed, time-stamped checkpoint. When the bundle carries the broker's verdict (criteria.json), the four \
+            criteria — đúng, đủ, sạch, sống — are judged again from the content. Every failure is reported, not only the \
+            first. Exit status: 0 valid, 1 invalid, 2 unusable input (unreadable file, not a bundle, missing trust \
+            anchors), 3 inadmissible (authentic and intact, but the four criteria do not all pass).
             """)
     @Argument(help: "The bundle file (custos export writes one).") var bundle: String
     @Option(help: "Folder with provider-ca.pem, tsa-ca.pem, custody-ca.pem and optionally witnesses.pem.") var trust: String
@@ -462,6 +470,7 @@ struct Verify: ParsableCommand {
         case .valid: return
         case .invalid: throw ExitCode(1)
         case .unusable: throw ExitCode(2)
+        case .inadmissible: throw ExitCode(3)
         }
     }
 

@@ -70,14 +70,16 @@ struct IngestTests {
         return ManifestBody(manifest: manifest, signature: Data(signature).base64EncodedString(), timeStamp: Data(tsr).base64EncodedString())
     }
 
-    func package(for r: Approved, chunkSize: Int = 700, partial: Bool = false, tamper: ((inout [[UInt8]]) -> Void)? = nil) throws -> Package {
+    /// 40 valid traffic records; `extra` lines after them, in the same result.
+    func package(for r: Approved, chunkSize: Int = 700, partial: Bool = false, extra: [String] = [], tamper: ((inout [[UInt8]]) -> Void)? = nil) throws -> Package {
         var tree = RecordTree()
         var content: [UInt8] = []
-        for n in 0..<40 {
+        let lines = (0..<40).map { n in
             // A valid traffic record (schemas/records/traffic.json), each one different.
-            let line = Array(("{\"category\":\"traffic\",\"record\":{\"direction\":\"outgoing\",\"durationSeconds\":\(n),\"otherParty\":\"+84907000123\","
-                              + "\"pad\":\"\(String(repeating: "z", count: 20))\"},\"target\":{\"type\":\"msisdn\",\"value\":\"+84912345678\"},"
-                              + "\"time\":\"2026-10-15T08:30:00Z\"}").utf8)
+            Self.traffic(target: "+84912345678", seconds: n)
+        } + extra
+        for text in lines {
+            let line = Array(text.utf8)
             line.withUnsafeBytes { tree.append(record: $0) }
             content += line + [0x0A]
         }
@@ -86,13 +88,19 @@ struct IngestTests {
         let (chunks, root, size) = acc.finish()
         let manifest = Manifest(
             packageId: UUID(), requestId: r.id, requestHash: r.hash, providerId: "prov-a", asOf: Timestamp.now(), createdAt: Timestamp.now(),
-            results: [.init(target: Target(type: .msisdn, value: "+84912345678"), category: .traffic, status: .data, recordCount: 40,
+            results: [.init(target: Target(type: .msisdn, value: "+84912345678"), category: .traffic, status: .data, recordCount: lines.count,
                             size: tree.size, recordsRoot: tree.root,
                             coverage: .init(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z", retainedSince: "2025-11-01T00:00:00Z"))],
-            content: .init(size: size, recordCount: 40), chunks: chunks, chunksRoot: root, partial: partial ? true : nil)
+            content: .init(size: size, recordCount: lines.count), chunks: chunks, chunksRoot: root, partial: partial ? true : nil)
         var slices = stride(from: 0, to: content.count, by: chunkSize).map { Array(content[$0..<min($0 + chunkSize, content.count)]) }
         tamper?(&slices)
         return Package(manifest: manifest, body: try signed(manifest, by: pki), chunks: slices)
+    }
+
+    static func traffic(target: String, seconds: Int, time: String = "2026-10-15T08:30:00Z") -> String {
+        "{\"category\":\"traffic\",\"record\":{\"direction\":\"outgoing\",\"durationSeconds\":\(seconds),\"otherParty\":\"+84907000123\","
+            + "\"pad\":\"\(String(repeating: "z", count: 20))\"},\"target\":{\"type\":\"msisdn\",\"value\":\"\(target)\"},"
+            + "\"time\":\"\(time)\"}"
     }
 
     func messages(_ p: Package, _ r: Approved) throws -> (manifest: KafkaMessage, chunks: [KafkaMessage], complete: KafkaMessage) {

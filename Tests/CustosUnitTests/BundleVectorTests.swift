@@ -1,5 +1,6 @@
 import CustosCustody
 import CustosEvidence
+import CustosModel
 import CustosPKI
 import CustosTestSupport
 import Foundation
@@ -42,6 +43,11 @@ struct BundleVectorTests {
             let custody = try #require(r.custody)
             #expect(custody.events.count == 6 + (r.chunkCount ?? 0))
             #expect(custody.witnesses.map(\.trusted) == [true])
+            // A bundle with the broker's verdict is judged again here: the standard one is admissible.
+            if url.lastPathComponent == "standard.tar" {
+                let verdict = try #require(r.criteria)
+                #expect(verdict.admissible && verdict.counts.records == 26 && r.checks["admissible on the four criteria"] == true, "\(verdict.criteria)")
+            }
         }
     }
 
@@ -54,12 +60,22 @@ struct BundleVectorTests {
         for url in invalid {
             let name = url.deletingPathExtension().lastPathComponent
             let r = try Self.verifyFile(url)
-            let codes = Set(r.failures.map(\.code.rawValue))
-            #expect(r.outcome == .invalid, "\(name) was not rejected")
+            var codes = Set(r.failures.map(\.code.rawValue))
             #expect(codes.contains(expected[name]!), "\(name): expected \(expected[name]!), got \(codes)")
+            if let (criterion, reason) = BundleFactory.Defect(rawValue: name)?.criterion {
+                // Authentic, but one criterion fails for its reason, and only that one.
+                #expect(r.outcome == .inadmissible && codes == ["not-admissible"], "\(name): \(r.outcome) \(codes)")
+                let verdict = try #require(r.criteria)
+                #expect(verdict.status(criterion) == .fail && verdict.reasons(criterion).map(\.code) == [reason], "\(name): \(verdict.criteria)")
+                #expect(Verdict.Criterion.allCases.filter { verdict.status($0) != .pass } == [criterion], "\(name): \(verdict.criteria)")
+            } else {
+                #expect(r.outcome == .invalid, "\(name) was not rejected")
+            }
+            // What the criteria, judged again, found wrong is part of the reason.
+            for criterion in Verdict.Criterion.allCases { codes.formUnion(r.criteria?.reasons(criterion).map { "\(criterion.rawValue):\($0.code)×\($0.count)" } ?? []) }
             reasons[name] = codes
         }
-        // Own reason: no two defects are reported with the same set of failures.
+        // Own reason: no two defects are reported with the same failures and criteria reasons.
         #expect(Set(reasons.values).count == reasons.count)
     }
 
@@ -72,7 +88,7 @@ struct BundleVectorTests {
         #expect(check(try factory.bundle(.withCannotExecute)).outcome == .valid)
         for defect in BundleFactory.Defect.allCases {
             let r = check(try factory.bundle(.standard, defect: defect))
-            #expect(r.outcome == .invalid && r.failures.contains { $0.code == defect.expected }, "\(defect)")
+            #expect(r.outcome == (defect.criterion == nil ? .invalid : .inadmissible) && r.failures.contains { $0.code == defect.expected }, "\(defect)")
         }
     }
 
