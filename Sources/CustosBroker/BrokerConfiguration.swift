@@ -119,11 +119,7 @@ public struct BrokerConfiguration: Sendable {
         jwtPublicKeyFile = reader.string(forKey: "auth.jwt.publicKeyFile")
         jwtAudience = reader.string(forKey: "auth.jwt.audience", default: jwtAudience)
         jwtIssuer = reader.string(forKey: "auth.jwt.issuer")
-        func seconds(_ key: String, _ value: Duration) throws -> Duration {
-            let n = reader.int(forKey: ConfigKey(key), default: Int(value.components.seconds))
-            guard n > 0 else { throw ConfigurationError(key: key, reason: "must be a positive number of seconds") }
-            return .seconds(n)
-        }
+        func seconds(_ key: String, _ value: Duration) throws -> Duration { try reader.seconds(key, default: value) }
         clocks.acknowledgement = try seconds("clocks.acknowledgementSeconds", clocks.acknowledgement)
         clocks.delivery = try seconds("clocks.deliverySeconds", clocks.delivery)
         clocks.escalateAfter = try seconds("clocks.escalateAfterSeconds", clocks.escalateAfter)

@@ -28,7 +28,11 @@ extension BrokerStore {
                 """, logger: logger)
             let stillOpen = try await conn.query("SELECT count(*) FROM clarifications WHERE request_id = \(requestId) AND answer IS NULL", logger: logger)
                 .decode(Int.self).first { _ in true } ?? 0
-            if stillOpen == 0 { try await LegalClock.resume(conn, requestId, logger: logger) }
+            var deliverBy: String?
+            if stillOpen == 0 {
+                try await LegalClock.resume(conn, requestId, logger: logger)
+                deliverBy = try await LegalClock.deliveryDeadline(conn, requestId, logger: logger)
+            }
             try await conn.query(
                 "INSERT INTO request_events (request_id, state, actor, note) VALUES (\(requestId), 'clarification-answered', \(user.name), NULL)", logger: logger)
             custody.record(CustodyEvent(kind: .request("clarification-answered"), at: Timestamp.now(), actor: user.actor,
@@ -36,7 +40,7 @@ extension BrokerStore {
                                         objects: ["answerSha256": Digest.sha256Hex(Array(answer.utf8))], details: ["question": question.lowercased]))
             let emergency = row.spec.priority == .emergency
             let envelope = Envelope(type: .clarification, id: UUID.derived("clarification", question.lowercased), requestId: requestId, sender: "broker",
-                                    body: ClarificationBody(questionId: question, answer: answer))
+                                    body: ClarificationBody(questionId: question, answer: answer, deliverBy: deliverBy))
             try await Self.enqueue(conn, envelope, topic: emergency ? Topics.toProviderUrgent(row.providerId) : Topics.toProvider(row.providerId),
                                    urgent: emergency, signer: signer, logger: logger)
             return emergency

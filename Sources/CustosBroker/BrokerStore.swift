@@ -363,11 +363,11 @@ public struct BrokerStore: Sendable {
                     """, logger: logger)
                 try await Self.event(conn, id, .approved, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId,
                                      objects: ["requestHash": hash], details: ["priority": row.spec.priority.rawValue], logger: logger)
+                try await LegalClock.start(conn, id, spec: row.spec, preserveUntil: preserveUntil, settings: clocks, logger: logger)
                 let envelope = Envelope(type: .request, id: UUID.derived("request", id.lowercased), requestId: id, sender: "broker",
-                                        body: RequestBody(request: approved, requestHash: hash))
+                                        body: RequestBody(request: approved, requestHash: hash, deliverBy: try await LegalClock.deliveryDeadline(conn, id, logger: logger)))
                 try await Self.enqueue(conn, envelope, topic: emergency ? Topics.toProviderUrgent(row.spec.providerId) : Topics.toProvider(row.spec.providerId),
                                        urgent: emergency, signer: signer, logger: logger)
-                try await LegalClock.start(conn, id, spec: row.spec, preserveUntil: preserveUntil, settings: clocks, logger: logger)
                 urgent = urgent || emergency
             }
             return urgent

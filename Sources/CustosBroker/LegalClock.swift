@@ -95,6 +95,15 @@ public enum LegalClock {
         }
     }
 
+    /// The running delivery clock's deadline, as the provider is told it (none for a
+    /// preservation order, or once delivered).
+    static func deliveryDeadline(_ conn: PostgresConnection, _ id: UUID, logger: Logger) async throws -> String? {
+        for try await deadline in try await conn.query(
+            "SELECT deadline FROM request_clocks WHERE request_id = \(id) AND clock = 'delivery' AND stopped_at IS NULL", logger: logger
+        ).decode(Date.self) { return Timestamp.format(deadline) }
+        return nil
+    }
+
     /// Pauses the provider's running clocks while it waits for an answer (not the review or
     /// preservation clock, which are the authority's own).
     static func pause(_ conn: PostgresConnection, _ id: UUID, logger: Logger) async throws {

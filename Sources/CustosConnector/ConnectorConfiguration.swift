@@ -1,4 +1,5 @@
 import Configuration
+import CustosCriteria
 import CustosKafka
 import CustosModel
 import CustosRuntime
@@ -48,6 +49,10 @@ public struct ConnectorConfiguration: Sendable {
     public var urgentFetchWaitMilliseconds: Int = 10
     /// `streaming.inFlightChunks`: chunks handed to Kafka but not yet acknowledged, at most.
     public var inFlightChunks: Int = 32
+    /// `criteria.maximumExtractionAgeSeconds` (default 86400) and
+    /// `criteria.maximumTimeStampDistanceSeconds` (default 3600): the broker's bounds for
+    /// sống, so that the verdict foreseen before sending is the one the broker will give.
+    public var criteria = PackageJudge.Bounds()
 
     public init(reader: ConfigReader) throws {
         providerId = try reader.require("providerId")
@@ -84,5 +89,7 @@ public struct ConnectorConfiguration: Sendable {
         }
         guard urgentConcurrency >= 0 else { throw ConfigurationError(key: "urgentConcurrency", reason: "must be 0 or more") }
         guard (1...1024).contains(inFlightChunks) else { throw ConfigurationError(key: "streaming.inFlightChunks", reason: "must be 1 to 1024") }
+        criteria.maximumExtractionAge = try reader.seconds("criteria.maximumExtractionAgeSeconds", default: criteria.maximumExtractionAge)
+        criteria.maximumTimeStampDistance = try reader.seconds("criteria.maximumTimeStampDistanceSeconds", default: criteria.maximumTimeStampDistance)
     }
 }

@@ -260,7 +260,11 @@ public struct ProviderConnector: Service {
            case .valid(let token) = TimeStamp.verify(response: [UInt8](response), sha256: Digest.sha256Bytes([UInt8](signature)), trust: timeStamps.trust) {
             stampedAt = token.genTime
         }
-        let verdict = judge.finish(checks: [], delivery: .init(deliveredAt: Date(), deadline: nil, timeStampedAt: stampedAt))
+        // The delivery deadline as the broker last told it: in the request, or moved by the
+        // time a question waited (deadlines only move later).
+        let deadline = ([body.deliverBy] + jobs.answers(id).map(\.deliverBy)).compactMap { $0.flatMap(Timestamp.parse) }.max()
+        let verdict = judge.finish(checks: [], delivery: .init(deliveredAt: Date(), deadline: deadline, timeStampedAt: stampedAt),
+                                   bounds: configuration.criteria)
         try jobs.write(id, "criteria.json", Data(try CanonicalJSON.encode(verdict)))
         var metadata: Logger.Metadata = [LogKey.request: "\(id.lowercased)", "custos.admissible": "\(verdict.admissible)"]
         for c in Verdict.Criterion.allCases {

@@ -110,10 +110,15 @@ public struct EnvelopeHeader: Codable, Sendable {
 public struct RequestBody: Codable, Sendable, Hashable {
     public var request: ApprovedRequest
     public var requestHash: String
+    /// The delivery clock's deadline when the request was approved (none for a preservation
+    /// order); a clarification's wait moves it (`ClarificationBody.deliverBy`). For the
+    /// provider's own planning and its judgement of sống before it sends.
+    public var deliverBy: String?
 
-    public init(request: ApprovedRequest, requestHash: String) {
+    public init(request: ApprovedRequest, requestHash: String, deliverBy: String? = nil) {
         self.request = request
         self.requestHash = requestHash
+        self.deliverBy = deliverBy
     }
 }
 
@@ -163,9 +168,13 @@ public struct ClarificationBody: Codable, Sendable, Hashable {
     /// The id of the provider's `clarification-request` message this answers.
     public var questionId: UUID
     public var answer: String
-    public init(questionId: UUID, answer: String) {
+    /// The delivery deadline once the clocks run again (moved by the time waited), when this
+    /// answer closed the last open question of a request that has one.
+    public var deliverBy: String?
+    public init(questionId: UUID, answer: String, deliverBy: String? = nil) {
         self.questionId = questionId
         self.answer = answer
+        self.deliverBy = deliverBy
     }
 }
 

@@ -54,6 +54,13 @@ extension ConfigReader {
         return v
     }
 
+    /// A positive whole number of seconds, `value` when the key is not set.
+    public func seconds(_ key: String, default value: Duration) throws -> Duration {
+        let n = int(forKey: ConfigKey(key), default: Int(value.components.seconds))
+        guard n > 0 else { throw ConfigurationError(key: key, reason: "must be a positive number of seconds") }
+        return .seconds(n)
+    }
+
     public static func environmentName(_ key: String) -> String {
         var out = ConfigSource.environmentPrefix
         var previousLower = false

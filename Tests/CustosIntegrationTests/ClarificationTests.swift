@@ -70,7 +70,13 @@ struct ClarificationTests {
             let (topic, payload) = try rows[0].decode((String, ByteBuffer).self)
             #expect(topic == "custos.to.prov-a")
             let body = try SignedEnvelope.body(ClarificationBody.self, from: try SignedEnvelope.open(Array(payload.readableBytesView)) { _ in store.signer.publicKey }.json).body
-            #expect(body == ClarificationBody(questionId: questionId, answer: "The prepaid one."))
+            // With the delivery deadline as moved, for the connector's judgement of sống; the
+            // request message had the one from approval.
+            let delivery = try #require(view.clocks.first { $0.clock == "delivery" })
+            #expect(body == ClarificationBody(questionId: questionId, answer: "The prepaid one.", deliverBy: delivery.deadline))
+            let sent = try await client.query("SELECT payload FROM outbox WHERE request_id = \(r.id) AND message_type = 'request'").collect()[0].decode(ByteBuffer.self)
+            let request = try SignedEnvelope.body(RequestBody.self, from: try SignedEnvelope.open(Array(sent.readableBytesView)) { _ in store.signer.publicKey }.json).body
+            #expect(request.deliverBy == before.first { $0.clock == "delivery" }?.deadline)
             // The custody log has both, as hashes only.
             let kinds = try await client.query("SELECT kind FROM custody_events WHERE request_id = \(r.id) ORDER BY idx").collect().map { try $0.decode(String.self) }
             #expect(kinds.contains("request.clarification-requested") && kinds.contains("request.clarification-answered"))
