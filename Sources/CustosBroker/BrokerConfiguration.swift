@@ -178,15 +178,8 @@ public struct DatabaseConfiguration: Sendable {
     public var requireTLS: Bool = false
 
     public init(url: String, schema: String = "custos") throws {
-        guard let c = URLComponents(string: url), c.scheme == "postgres" || c.scheme == "postgresql", let host = c.host, !host.isEmpty else {
-            throw ConfigurationError(key: "database.url", reason: "must be postgres://user:password@host:port/database")
-        }
-        self.host = host
-        self.port = c.port ?? 5432
-        self.username = c.user ?? "postgres"
-        self.password = c.password?.removingPercentEncoding
-        let db = c.path.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
-        self.database = db.isEmpty ? self.username : db
+        let u = try PostgresURL(url, key: "database.url")
+        (host, port, username, password, database) = (u.host, u.port, u.username, u.password, u.database)
         self.schema = schema
         try Self.checkSchemaName(schema)
     }

@@ -30,9 +30,28 @@ public struct ConnectorConfiguration: Sendable {
     public var brokerPublicKeyFile: String
     /// `stateDirectory`: durable job state; the connector resumes from it after a crash.
     public var stateDirectory: String
-    /// `adapters.<category>.command`: the exec adapter (program and arguments) per category;
-    /// `adapters.default.command` serves categories without one of their own.
-    public var adapters: [DataCategory: [String]]
+    /// How a category's data is extracted.
+    public enum Adapter: Sendable, Hashable {
+        /// `adapters.<category>.command`: a program and its arguments (`ExecAdapter`).
+        case exec([String])
+        /// `adapters.<category>.sql`: a query template for the provider's PostgreSQL
+        /// (`SQLAdapter`; the database is `adapters.sql.databaseURL`).
+        case sql(String)
+        /// `adapters.<category>.fileDrop: true`: an export dropped by hand into
+        /// `adapters.fileDrop.directory` (`FileDropAdapter`).
+        case fileDrop
+    }
+
+    /// The adapter per category (category keys in snake case: `ip_session`, `kyc_document`);
+    /// `adapters.default` serves categories without one of their own. Each names one kind.
+    public var adapters: [DataCategory: Adapter]
+    /// `adapters.sql.databaseURL`: `postgres://user:password@host:port/database`, for the sql adapters.
+    public var sqlDatabase: PostgresURL?
+    /// `adapters.fileDrop.directory`: where staff drop exports; `adapters.fileDrop.pollSeconds` (default 2).
+    public var fileDropDirectory: String?
+    public var fileDropPoll: Duration = .seconds(2)
+    /// `normalisation.defaultCountryCode`: digits (e.g. `84`) that make national numbers E.164.
+    public var normalisation = RecordGate.Settings()
     /// `adapters.preservation.command`: the program that freezes (and later lets go of) the
     /// data a preservation order names (see `PreservationAdapter`). Unset: such orders are
     /// refused, since nothing here could honour them.
@@ -66,17 +85,43 @@ public struct ConnectorConfiguration: Sendable {
         tsaTrustFile = try reader.require("tsa.trustFile")
         brokerPublicKeyFile = try reader.require("brokerPublicKeyFile")
         stateDirectory = try reader.require("stateDirectory")
-        var adapters: [DataCategory: [String]] = [:]
-        let fallback = reader.stringArray(forKey: "adapters.default.command", default: [])
+        func adapter(_ prefix: String) throws -> Adapter? {
+            let command = reader.stringArray(forKey: ConfigKey("\(prefix).command"), default: [])
+            let sql = reader.string(forKey: ConfigKey("\(prefix).sql"))
+            let drop = reader.bool(forKey: ConfigKey("\(prefix).fileDrop"), default: false)
+            let kinds = [!command.isEmpty, sql != nil, drop].filter { $0 }.count
+            guard kinds <= 1 else { throw ConfigurationError(key: prefix, reason: "names more than one of command, sql and fileDrop") }
+            if !command.isEmpty { return .exec(command) }
+            if let sql {
+                _ = try SQLAdapter.parameterCount(sql)
+                return .sql(sql)
+            }
+            return drop ? .fileDrop : nil
+        }
+        var adapters: [DataCategory: Adapter] = [:]
+        let fallback = try adapter("adapters.default")
         for c in DataCategory.allCases {
-            let key = "adapters.\(c.rawValue.replacingOccurrences(of: "-", with: "_")).command"
-            let command = reader.stringArray(forKey: ConfigKey(key), default: fallback)
-            if !command.isEmpty { adapters[c] = command }
+            if let a = try adapter("adapters.\(c.rawValue.replacingOccurrences(of: "-", with: "_"))") ?? fallback { adapters[c] = a }
         }
         guard !adapters.isEmpty else {
-            throw ConfigurationError(key: "adapters", reason: "configure at least adapters.default.command or one adapters.<category>.command")
+            throw ConfigurationError(key: "adapters", reason: "configure adapters.default or at least one adapters.<category> (command, sql or fileDrop)")
         }
         self.adapters = adapters
+        if let url = reader.string(forKey: "adapters.sql.databaseURL") { sqlDatabase = try PostgresURL(url, key: "adapters.sql.databaseURL") }
+        if adapters.values.contains(where: { if case .sql = $0 { true } else { false } }), sqlDatabase == nil {
+            throw ConfigurationError(key: "adapters.sql.databaseURL", reason: "is required for the sql adapters")
+        }
+        fileDropDirectory = reader.string(forKey: "adapters.fileDrop.directory")
+        if adapters.values.contains(.fileDrop), fileDropDirectory == nil {
+            throw ConfigurationError(key: "adapters.fileDrop.directory", reason: "is required for the fileDrop adapters")
+        }
+        fileDropPoll = try reader.seconds("adapters.fileDrop.pollSeconds", default: fileDropPoll)
+        if let cc = reader.string(forKey: "normalisation.defaultCountryCode") {
+            guard (1...3).contains(cc.count), cc.allSatisfy(\.isNumber), !cc.hasPrefix("0") else {
+                throw ConfigurationError(key: "normalisation.defaultCountryCode", reason: "must be a country calling code: 1 to 3 digits, e.g. 84")
+            }
+            normalisation.defaultCountryCode = cc
+        }
         preservationCommand = reader.stringArray(forKey: "adapters.preservation.command", default: [])
         adapterTimeout = .seconds(reader.int(forKey: "adapters.timeoutSeconds", default: 3600))
         concurrency = reader.int(forKey: "concurrency", default: 2)

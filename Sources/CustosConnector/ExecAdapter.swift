@@ -4,19 +4,21 @@ import Foundation
 import Synchronization
 
 /// Runs an extraction program: it gets `{"category": …, "request": …}` as JSON on stdin and
-/// writes records as JSON lines on stdout. Each line must be a JSON object with `category`
-/// and `target` (`{"type", "value"}`); lines outside the request's targets or category are
-/// not sent, only counted. A line `{"coverage": {"from", "to", "retainedSince"?, "gaps"?},
-/// "target"?: …}` instead declares what the records cover (for one target, or without
-/// `target` for all): it goes into the manifest's results, for the four criteria's đủ. Its
-/// stderr goes to a file in the job directory (it may name targets, so it is never logged).
+/// writes records on stdout, as JSON lines or CSV (`AdapterOutput`). Records are put in
+/// canonical form; those outside the request's targets, category or window are not sent, only
+/// counted (`RecordGate`). A line `{"coverage": {"from", "to", "retainedSince"?, "gaps"?},
+/// "target"?: …}` declares what the records cover (for one target, or without `target` for
+/// all): it goes into the manifest's results, for the four criteria's đủ. Its stderr goes to a
+/// file in the job directory (it may name targets, so it is never logged).
 public struct ExecAdapter: Sendable {
     public var command: [String]
     public var timeout: Duration
+    public var normalisation: RecordGate.Settings
 
-    public init(command: [String], timeout: Duration) {
+    public init(command: [String], timeout: Duration, normalisation: RecordGate.Settings = .init()) {
         self.command = command
         self.timeout = timeout
+        self.normalisation = normalisation
     }
 
     public struct Failure: Error, CustomStringConvertible, Sendable {
@@ -25,7 +27,9 @@ public struct ExecAdapter: Sendable {
     }
 
     public struct Output: Sendable {
-        public var outOfScope: Int
+        /// Records not sent, by reason (outside the request's targets, category or window).
+        public var dropped: [RecordGate.Drop: Int]
+        public var outOfScope: Int { dropped.values.reduce(0, +) }
     }
 
     /// Receives each in-scope record (its bytes without the newline) with its target, on the
@@ -80,7 +84,7 @@ public struct ExecAdapter: Sendable {
         var request: ApprovedRequest
     }
 
-    private func runBlocking(input: [UInt8], request: ApprovedRequest, category: DataCategory, sink: Sink, coverage: CoverageSink, stderrFile: URL,
+    private func runBlocking(input: [UInt8], request: ApprovedRequest, category: DataCategory, sink: @escaping Sink, coverage: @escaping CoverageSink, stderrFile: URL,
                              stopper: Stopper) throws -> Output {
         guard let program = command.first, let executable = Self.resolve(program) else {
             throw Failure(reason: "program \(command.first ?? "(none)") not found")
@@ -109,67 +113,29 @@ public struct ExecAdapter: Sendable {
         }
         writer.start()
 
-        let targets = Set(request.targets)
-        var outOfScope = 0
-        var pending: [UInt8] = []
-        var lineNumber = 0
+        var output = AdapterOutput(gate: RecordGate(request: request, category: category, settings: normalisation), category: category,
+                                   sink: sink, coverage: coverage)
         var failure: Failure?
         let reader = stdout.fileHandleForReading
         while true {
             let data = reader.availableData
             if data.isEmpty { break }
             if failure != nil { continue }  // drain so the program can exit
-            pending.append(contentsOf: data)
-            var start = 0
-            while let nl = pending[start...].firstIndex(of: 0x0A) {
-                let line = pending[start..<nl]
-                start = nl + 1
-                lineNumber += 1
-                if line.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) { continue }
-                if case .object(let declared)? = try? JSONParser.parse(line), let c = declared["coverage"] {
-                    guard let covered = Self.coverage(c), declared.keys.allSatisfy({ $0 == "coverage" || $0 == "target" }) else {
-                        failure = Failure(reason: "output line \(lineNumber) is not a coverage declaration (from, to in RFC 3339 UTC)")
-                        break
-                    }
-                    var target: Target?
-                    if case .object(let t)? = declared["target"] {
-                        guard let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)), let value = t["value"]?.stringValue else {
-                            failure = Failure(reason: "output line \(lineNumber) names a coverage target without type and value")
-                            break
-                        }
-                        target = Target(type: type, value: value, port: t["port"].flatMap { if case .number(let n) = $0, n == n.rounded(), abs(n) < 1e6 { Int(n) } else { nil } },
-                                        at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
-                    }
-                    coverage(target, covered)
-                    continue
-                }
-                guard case .object(let record)? = try? JSONParser.parse(line),
-                      let cat = record["category"]?.stringValue.flatMap(DataCategory.init(rawValue:)),
-                      let t = record["target"], let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)),
-                      let value = t["value"]?.stringValue
-                else {
-                    failure = Failure(reason: "output line \(lineNumber) is not a record object with category and target")
-                    break
-                }
-                // The target object as the request gives it (with its port, time or platform, if any).
-                let target = Target(type: type, value: value, port: t["port"].flatMap { if case .number(let n) = $0, n == n.rounded(), abs(n) < 1e6 { Int(n) } else { nil } },
-                                    at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
-                guard cat == category, targets.contains(target) else { outOfScope += 1; continue }
-                try pending.withUnsafeBytes { try sink(target, UnsafeRawBufferPointer(rebasing: $0[line.startIndex..<line.endIndex])) }
+            do { try output.consume(data) } catch {
+                // The program is stopped; its output is drained so that it can exit.
+                failure = (error as? Failure) ?? Failure(reason: "records could not be kept: \(error)")
+                stopper.stop()
             }
-            pending.removeFirst(start)
         }
         process.waitUntilExit()
-        if stopper.stopped { throw Failure(reason: "stopped: the request was cancelled") }
         if let failure { throw failure }
-        if !pending.isEmpty && !pending.allSatisfy({ $0 == 0x20 || $0 == 0x0D }) {
-            throw Failure(reason: "output does not end with a newline")
-        }
+        if stopper.stopped { throw Failure(reason: "stopped: the request was cancelled") }
+        try output.finish()
         guard process.terminationReason == .exit, process.terminationStatus == 0 else {
             let how = process.terminationReason == .exit ? "exited with status \(process.terminationStatus)" : "was stopped (signal \(process.terminationStatus)), possibly by its time-out"
             throw Failure(reason: "program \(how); its stderr is in the job directory")
         }
-        return Output(outOfScope: outOfScope)
+        return Output(dropped: output.dropped)
     }
 
     /// A coverage declaration's value, when its times are RFC 3339 UTC.

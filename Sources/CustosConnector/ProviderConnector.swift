@@ -353,27 +353,41 @@ public struct ProviderConnector: Service {
         var outOfScope = 0
         var cannotExecute: [String: String] = [:]
         var coverage: [ResultSpools.ResultKey: Manifest.Coverage] = [:]
+        var dropped: [RecordGate.Drop: Int] = [:]
         for category in request.categories {
-            guard let command = configuration.adapters[category] else {
+            guard let adapter = configuration.adapters[category] else {
                 cannotExecute[category.rawValue] = "no adapter configured for this category"
                 continue
             }
-            let adapter = ExecAdapter(command: command, timeout: configuration.adapterTimeout)
             let declared = Declarations()
-            let output = try await adapter.run(request: request, category: category,
-                                               sink: { target, record in try spools.append(target: target, category: category, record: record) },
-                                               coverage: { target, c in declared.add(target, c) },
-                                               stderrFile: jobs.file(id, "adapter-\(category.rawValue).stderr"))
+            let sink: ExecAdapter.Sink = { target, record in try spools.append(target: target, category: category, record: record) }
+            let output: ExecAdapter.Output
+            switch adapter {
+            case .exec(let command):
+                output = try await ExecAdapter(command: command, timeout: configuration.adapterTimeout, normalisation: configuration.normalisation)
+                    .run(request: request, category: category, sink: sink, coverage: { target, c in declared.add(target, c) },
+                         stderrFile: jobs.file(id, "adapter-\(category.rawValue).stderr"))
+            case .sql(let query):
+                output = try await SQLAdapter(database: configuration.sqlDatabase!, query: query, timeout: configuration.adapterTimeout,
+                                              normalisation: configuration.normalisation)
+                    .run(request: request, category: category, sink: sink, logger: logger)
+            case .fileDrop:
+                let drop = FileDropAdapter(directory: configuration.fileDropDirectory!, timeout: configuration.adapterTimeout,
+                                           pollInterval: configuration.fileDropPoll, normalisation: configuration.normalisation)
+                let file = try await drop.claim(id, into: jobs.file(id, "drop"))
+                output = try drop.read(file, request: request, category: category, sink: sink, coverage: { target, c in declared.add(target, c) })
+            }
             for target in request.targets {
                 if let c = declared.coverage(for: target) { coverage[ResultSpools.ResultKey(target: target, category: category)] = c }
             }
             outOfScope += output.outOfScope
+            dropped.merge(output.dropped, uniquingKeysWith: +)
         }
         try spools.concatenate(into: jobs.file(id, "records.ndjson"))
         if outOfScope > 0 {
-            logger.warning("adapter returned out-of-scope records; they are not sent", metadata: [
-                LogKey.request: "\(id.lowercased)", "custos.out_of_scope": "\(outOfScope)",
-            ])
+            var metadata: Logger.Metadata = [LogKey.request: "\(id.lowercased)", "custos.out_of_scope": "\(outOfScope)"]
+            for (why, n) in dropped { metadata["custos.out_of_scope.\(why.rawValue)"] = "\(n)" }
+            logger.warning("adapter returned out-of-scope records; they are not sent", metadata: metadata)
         }
         let keys = request.targets.flatMap { t in request.categories.map { ResultSpools.ResultKey(target: t, category: $0) } }
         let results = zip(keys, spools.trees).map { key, tree in

@@ -131,6 +131,12 @@ public enum RecordRules {
     static let safeInteger: ClosedRange<Double> = 0...9_007_199_254_740_991
 
     /// The rules, in a fixed order per category (the order of `DataCategory.allCases`).
+    /// The names of a category's fields whose values are numbers (so that a CSV export's
+    /// cells can be typed as the schema wants them).
+    public static func numericFields(_ category: DataCategory) -> Set<String> {
+        Set((fields[category] ?? []).filter { $0.check(.number(0)) != .schemaInvalid }.map(\.name))
+    }
+
     static let fields: [DataCategory: [Field]] = [
         .subscriber: [
             Field(name: "name", required: true, check: string(1...200)),

@@ -45,6 +45,28 @@ public struct ConfigurationError: Error, Sendable, CustomStringConvertible {
     public var description: String { "configuration \(key): \(reason)" }
 }
 
+/// `postgres://user:password@host:port/database` taken apart (the password percent-decoded).
+public struct PostgresURL: Sendable, Hashable {
+    public var host: String
+    public var port: Int
+    public var username: String
+    public var password: String?
+    public var database: String
+
+    /// `key` names the setting in the error.
+    public init(_ url: String, key: String) throws {
+        guard let c = URLComponents(string: url), c.scheme == "postgres" || c.scheme == "postgresql", let host = c.host, !host.isEmpty else {
+            throw ConfigurationError(key: key, reason: "must be postgres://user:password@host:port/database")
+        }
+        self.host = host
+        port = c.port ?? 5432
+        username = c.user ?? "postgres"
+        password = c.password?.removingPercentEncoding
+        let db = c.path.trimmingCharacters(in: CharacterSet(charactersIn: "/"))
+        database = db.isEmpty ? username : db
+    }
+}
+
 extension ConfigReader {
     /// A required string, with an error that names the key and its environment variable.
     public func require(_ key: String) throws -> String {

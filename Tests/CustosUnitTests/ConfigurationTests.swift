@@ -57,11 +57,32 @@ struct ConfigurationTests {
         let reader = try await ConfigSource.reader(configFile: Self.deploy.appendingPathComponent("connector.example.json").path, environment: [:])
         let c = try ConnectorConfiguration(reader: reader)
         #expect(c.providerId == "example-telco")
-        #expect(c.adapters[.traffic]?.first == "/opt/example-telco/bin/cdr-export")
-        #expect(c.adapters[.location]?.first == "/opt/example-telco/bin/extract-for-custos")  // the default
+        #expect(c.adapters[.traffic] == .exec(["/opt/example-telco/bin/cdr-export", "--format", "jsonl"]))
+        #expect(c.adapters[.location] == .exec(["/opt/example-telco/bin/extract-for-custos"]))  // the default
+        if case .sql(let query)? = c.adapters[.subscriber] { #expect(query.contains("$1")) } else { Issue.record("subscriber is not the sql adapter") }
+        #expect(c.adapters[.kycDocument] == .fileDrop)
+        #expect(c.sqlDatabase?.database == "billing" && c.fileDropDirectory == "/srv/custos-drop")
+        #expect(c.normalisation.defaultCountryCode == "84")
         #expect(c.kafka.properties["sasl.mechanisms"] == "SCRAM-SHA-512")
         #expect(c.preservationCommand == ["/opt/example-telco/bin/preserve-for-custos"])
         #expect(c.urgentFetchWaitMilliseconds == 10)
+    }
+
+    @Test func connectorAdapterMistakesAreNamedAtStart() async throws {
+        let base = ["CUSTOS_PROVIDER_ID": "prov-a", "CUSTOS_KAFKA_BROKERS": "k:9092", "CUSTOS_SIGNING_KEY_FILE": "/k", "CUSTOS_CERTIFICATE_FILE": "/c",
+                    "CUSTOS_TSA_URL": "http://t", "CUSTOS_TSA_TRUST_FILE": "/t", "CUSTOS_BROKER_PUBLIC_KEY_FILE": "/b", "CUSTOS_STATE_DIRECTORY": "/s"]
+        func failure(_ extra: [String: String]) async throws -> String? {
+            let reader = try await ConfigSource.reader(configFile: nil, environment: base.merging(extra) { _, b in b })
+            do { _ = try ConnectorConfiguration(reader: reader); return nil } catch { return String(describing: error) }
+        }
+        #expect(try await failure([:])?.contains("configure adapters.default") == true)
+        #expect(try await failure(["CUSTOS_ADAPTERS_TRAFFIC_SQL": "SELECT 1 AS time WHERE $1 = ''"])?.contains("adapters.sql.databaseURL") == true)
+        #expect(try await failure(["CUSTOS_ADAPTERS_TRAFFIC_SQL": "SELECT $5", "CUSTOS_ADAPTERS_SQL_DATABASE_URL": "postgres://u@h/d"])?.contains("$5") == true)
+        #expect(try await failure(["CUSTOS_ADAPTERS_TRAFFIC_FILE_DROP": "true"])?.contains("adapters.fileDrop.directory") == true)
+        #expect(try await failure(["CUSTOS_ADAPTERS_TRAFFIC_FILE_DROP": "true", "CUSTOS_ADAPTERS_TRAFFIC_SQL": "SELECT 1",
+                                   "CUSTOS_ADAPTERS_SQL_DATABASE_URL": "postgres://u@h/d", "CUSTOS_ADAPTERS_FILE_DROP_DIRECTORY": "/d"])?.contains("more than one") == true)
+        #expect(try await failure(["CUSTOS_ADAPTERS_DEFAULT_COMMAND": "x", "CUSTOS_NORMALISATION_DEFAULT_COUNTRY_CODE": "084"])?.contains("country calling code") == true)
+        #expect(try await failure(["CUSTOS_ADAPTERS_DEFAULT_COMMAND": "x"]) == nil)
     }
 
     @Test func theEnvironmentOverridesTheFile() async throws {

@@ -1,0 +1,146 @@
+import CustosCanonicalJSON
+import CustosModel
+import Foundation
+
+/// What every adapter's records pass through before they are spooled: the frame is read
+/// (`category`, `target`, `time`, `record`), the target put in its canonical form (E.164,
+/// dotted quad without leading zeros, RFC 5952, digits only for IMSI/IMEI, lower-case e-mail
+/// domain) and the time in UTC (`Z`); then the record is kept only when it is inside the
+/// request's targets, category and window. Others are counted by reason, never sent. A record
+/// already in canonical form keeps its bytes; one that changed is written again as RFC 8785
+/// canonical JSON.
+public struct RecordGate: Sendable {
+    /// `normalisation.defaultCountryCode`: the country calling code (digits, e.g. `84`) that
+    /// turns a national number (`0912…`) into E.164 (`+84912…`). Unset: national numbers are
+    /// refused as not canonical.
+    public struct Settings: Sendable, Hashable {
+        public var defaultCountryCode: String?
+        public init(defaultCountryCode: String? = nil) { self.defaultCountryCode = defaultCountryCode }
+    }
+
+    /// Why a record was not sent.
+    public enum Drop: String, Sendable, CaseIterable, Codable {
+        /// About a target the request does not name.
+        case target
+        /// Of a category the request does not ask for.
+        case category
+        /// Of another category the request asks for than the adapter was run for (a file drop
+        /// holds every category; each is read on its own).
+        case elsewhere
+        /// Outside the request's time window.
+        case window
+        /// No frame that can be read: not an object, or no category, target or time, or a
+        /// time without a UTC offset.
+        case unreadable
+    }
+
+    public enum Outcome {
+        case record(Target, [UInt8])
+        case dropped(Drop)
+    }
+
+    let settings: Settings
+    let category: DataCategory
+    let categories: Set<DataCategory>
+    let targets: Set<Target>
+    let window: ClosedRange<Date>
+
+    public init(request: ApprovedRequest, category: DataCategory, settings: Settings = Settings()) {
+        self.settings = settings
+        self.category = category
+        categories = Set(request.categories)
+        targets = Set(request.targets)
+        let from = Timestamp.parse(request.window.from) ?? .distantPast, to = Timestamp.parse(request.window.to) ?? .distantFuture
+        window = min(from, to)...max(from, to)
+    }
+
+    /// One record line (without its newline) as the adapter wrote it.
+    public func admit(line: some Collection<UInt8>) -> Outcome {
+        guard case .object(let frame)? = try? JSONParser.parse(line) else { return .dropped(.unreadable) }
+        return admit(frame, original: Array(line))
+    }
+
+    /// One record as an object: `{category, target, time, record}`.
+    public func admit(_ frame: [String: JSONValue], original: [UInt8]? = nil) -> Outcome {
+        guard let c = frame["category"]?.stringValue, let cat = DataCategory(rawValue: c) else { return .dropped(.unreadable) }
+        guard case .object(let t)? = frame["target"], let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)),
+              let value = t["value"]?.stringValue, let timeText = frame["time"]?.stringValue, let time = Self.utc(timeText)
+        else { return .dropped(.unreadable) }
+        let canonical = Self.canonical(type, value, countryCode: settings.defaultCountryCode)
+        var port: Int?
+        if case .number(let n)? = t["port"], n == n.rounded(), (1...65535).contains(n) { port = Int(n) }
+        let target = Target(type: type, value: canonical, port: port, at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
+        guard cat == category else { return .dropped(categories.contains(cat) ? .elsewhere : .category) }
+        guard targets.contains(target) else { return .dropped(.target) }
+        guard window.contains(time.date) else { return .dropped(.window) }
+        if let original, canonical == value, time.text == timeText { return .record(target, original) }
+        var out = frame
+        var tt = t
+        tt["value"] = .string(canonical)
+        out["target"] = .object(tt)
+        out["time"] = .string(time.text)
+        return .record(target, CanonicalJSON.serialize(.object(out)))
+    }
+
+    /// An RFC 3339 time with any offset, as UTC: its text (`Z`, fractions kept to the
+    /// millisecond) and instant. Nil without an offset, or not a time.
+    static func utc(_ text: String) -> (text: String, date: Date)? {
+        if text.hasSuffix("Z"), let d = Timestamp.parse(text) { return (text, d) }
+        guard let d = offsetFormatter.withLock({ $0.whole.date(from: text) ?? $0.fractional.date(from: text) }) else { return nil }
+        let hasFraction = text.contains(".")
+        return (hasFraction ? Timestamp.format(d) : utcWhole.withLock { $0.string(from: d) }, d)
+    }
+
+    private struct Formatters: @unchecked Sendable {
+        let whole = ISO8601DateFormatter()
+        let fractional: ISO8601DateFormatter = {
+            let f = ISO8601DateFormatter()
+            f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            return f
+        }()
+    }
+    private static let offsetFormatter = LockedValue(Formatters())
+    private static let utcWhole: LockedValue<ISO8601DateFormatter> = {
+        let f = ISO8601DateFormatter()
+        f.timeZone = TimeZone(identifier: "UTC")
+        return LockedValue(f)
+    }()
+
+    /// A target value in its canonical form, as far as it can be put there.
+    public static func canonical(_ type: TargetType, _ raw: String, countryCode: String?) -> String {
+        let value = raw.trimmingCharacters(in: .whitespaces)
+        switch type {
+        case .msisdn:
+            var digits = String(value.filter { !" -().\u{00A0}".contains($0) })
+            if digits.hasPrefix("00") { digits = "+" + digits.dropFirst(2) }
+            if digits.hasPrefix("+") { return digits }
+            if digits.hasPrefix("0"), let cc = countryCode { return "+" + cc + digits.dropFirst() }
+            return digits
+        case .imsi, .imei:
+            return String(value.filter { !" -".contains($0) })
+        case .ipv4:
+            let parts = value.split(separator: ".", omittingEmptySubsequences: false)
+            guard parts.count == 4, parts.allSatisfy({ !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }) else { return value }
+            return parts.map { String(Int($0)!) }.joined(separator: ".")
+        case .ipv6:
+            return canonicalIPv6(value) ?? value
+        case .email:
+            guard let at = value.lastIndex(of: "@") else { return value }
+            return value[..<at] + value[at...].lowercased()
+        case .account, .bankAccount, .nationalId:
+            return value
+        }
+    }
+}
+
+/// A value behind a lock (Foundation's formatters are not thread-safe).
+final class LockedValue<Value>: @unchecked Sendable {
+    private var value: Value
+    private let lock = NSLock()
+    init(_ value: Value) { self.value = value }
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+}

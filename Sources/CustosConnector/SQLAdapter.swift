@@ -1,0 +1,127 @@
+import CustosCanonicalJSON
+import CustosModel
+import CustosRuntime
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// Runs a category's query template against the provider's PostgreSQL, once per target. The
+/// template is the operator's SQL; the request's values are only ever bound as parameters,
+/// never put into the text:
+///
+///   `$1` the target's value (text), `$2` the window's start, `$3` its end (timestamptz),
+///   `$4` the target's type (text).
+///
+/// Each row is a record: its `time` column (a timestamptz; UTC on the way out) is the
+/// record's time, every other non-null column a field of the record, named as the column.
+/// Rows stream (PostgreSQL's back-pressure), so an export of any size runs in constant memory.
+public struct SQLAdapter: Sendable {
+    public var database: PostgresURL
+    public var query: String
+    public var timeout: Duration
+    public var normalisation: RecordGate.Settings
+
+    public init(database: PostgresURL, query: String, timeout: Duration, normalisation: RecordGate.Settings = .init()) throws {
+        self.database = database
+        self.query = query
+        self.timeout = timeout
+        self.normalisation = normalisation
+        _ = try Self.parameterCount(query)
+    }
+
+    /// How many of `$1`…`$4` the template uses (the highest named); a higher one is an error.
+    static func parameterCount(_ query: String) throws -> Int {
+        var highest = 0
+        var chars = Array(query.utf8)[...]
+        while let dollar = chars.firstIndex(of: UInt8(ascii: "$")) {
+            chars = chars[(dollar + 1)...]
+            let digits = chars.prefix { (0x30...0x39).contains($0) }
+            if let n = Int(String(decoding: digits, as: UTF8.self)) { highest = max(highest, n) }
+            chars = chars.dropFirst(digits.count)
+        }
+        guard highest <= 4 else { throw ExecAdapter.Failure(reason: "the query names $\(highest); only $1 (target value), $2 (window start), $3 (window end) and $4 (target type) are bound") }
+        return highest
+    }
+
+    var configuration: PostgresConnection.Configuration {
+        PostgresConnection.Configuration(host: database.host, port: database.port, username: database.username, password: database.password,
+                                         database: database.database, tls: .disable)
+    }
+
+    /// Runs the query for every target of the request; every row goes through the record gate
+    /// to `sink`. Cancelling the calling task (or the time-out) closes the connection, which
+    /// ends the query.
+    public func run(request: ApprovedRequest, category: DataCategory, sink: @escaping ExecAdapter.Sink, logger: Logger) async throws -> ExecAdapter.Output {
+        let gate = RecordGate(request: request, category: category, settings: normalisation)
+        let count = try Self.parameterCount(query)
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger)
+        } catch {
+            // Not the request's fault: the job stays, and resumes on the next start.
+            throw ConnectorError(reason: "cannot connect to the SQL adapter's database \(database.host):\(database.port)/\(database.database): \(Self.describe(error))")
+        }
+        defer { Task { try? await connection.close() } }
+        let timeout = self.timeout
+        return try await withThrowingTaskGroup(of: ExecAdapter.Output?.self) { group in
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                throw ExecAdapter.Failure(reason: "the query ran past its time-out")
+            }
+            group.addTask {
+                var dropped: [RecordGate.Drop: Int] = [:]
+                for target in request.targets {
+                    var binds = PostgresBindings()
+                    let values: [any PostgresEncodable & Sendable] = [target.value, Timestamp.parse(request.window.from) ?? .distantPast,
+                                                                    Timestamp.parse(request.window.to) ?? .distantFuture, target.type.rawValue]
+                    for v in values.prefix(count) { Self.bind(v, &binds) }
+                    let sql = PostgresQuery(unsafeSQL: "SELECT row_to_json(q)::text FROM (\(query)) q", binds: binds)
+                    let rows: PostgresRowSequence
+                    do { rows = try await connection.query(sql, logger: logger) } catch {
+                        throw ExecAdapter.Failure(reason: "the query failed: \(Self.describe(error))")
+                    }
+                    var n = 0
+                    for try await text in rows.decode(String.self) {
+                        n += 1
+                        guard case .object(var columns)? = try? JSONParser.parse(text), case .string(let time)? = columns.removeValue(forKey: "time") else {
+                            throw ExecAdapter.Failure(reason: "row \(n) has no time column (a timestamptz)")
+                        }
+                        columns = columns.filter { $0.value != .null }
+                        let frame: [String: JSONValue] = [
+                            "category": .string(category.rawValue), "time": .string(time), "record": .object(columns),
+                            "target": .object(["type": .string(target.type.rawValue), "value": .string(target.value)]
+                                              .merging(target.port.map { ["port": .number(Double($0))] } ?? [:]) { a, _ in a }),
+                        ]
+                        switch gate.admit(frame) {
+                        case .record(let t, let bytes): try bytes.withUnsafeBytes { try sink(t, $0) }
+                        case .dropped(.unreadable): throw ExecAdapter.Failure(reason: "row \(n): its time is not a timestamptz (RFC 3339 with an offset)")
+                        case .dropped(let why): dropped[why, default: 0] += 1
+                        }
+                    }
+                }
+                return ExecAdapter.Output(dropped: dropped)
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let output = result { return output }
+            }
+            throw CancellationError()
+        }
+    }
+
+    static func bind(_ value: any PostgresEncodable & Sendable, _ binds: inout PostgresBindings) {
+        switch value {
+        case let s as String: binds.append(s)
+        case let d as Date: binds.append(d)
+        default: break
+        }
+    }
+
+    /// The SQLSTATE only: PostgreSQL's messages may quote a bound value (a target), which
+    /// must not reach a log or the refusal. The operator runs the query by hand to see more.
+    static func describe(_ error: any Error) -> String {
+        if let e = error as? PSQLError, let state = e.serverInfo?[.sqlState] { return "SQLSTATE \(state)" }
+        return "\((error as? PSQLError)?.code.description ?? "connection error")"
+    }
+}
