@@ -16,6 +16,7 @@ import PostgresNIO
 /// Each row is a record: its `time` column (a timestamptz; UTC on the way out) is the
 /// record's time, every other non-null column a field of the record, named as the column.
 /// Rows stream (PostgreSQL's back-pressure), so an export of any size runs in constant memory.
+/// Each query runs at most the adapter time-out (the session's `statement_timeout`).
 public struct SQLAdapter: Sendable {
     public var database: PostgresURL
     public var query: String
@@ -56,58 +57,70 @@ public struct SQLAdapter: Sendable {
         let gate = RecordGate(request: request, category: category, settings: normalisation)
         let count = try Self.parameterCount(query)
         let connection: PostgresConnection
+        let backend: Int32
         do {
             connection = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger)
+            backend = try await connection.query("SELECT pg_backend_pid()", logger: logger).collect()[0].decode(Int32.self)
+            // The server ends a query that runs past the time-out itself.
+            let milliseconds = max(1, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+            try await connection.query(PostgresQuery(unsafeSQL: "SET statement_timeout = \(milliseconds)"), logger: logger)
         } catch {
             // Not the request's fault: the job stays, and resumes on the next start.
             throw ConnectorError(reason: "cannot connect to the SQL adapter's database \(database.host):\(database.port)/\(database.database): \(Self.describe(error))")
         }
-        defer { Task { try? await connection.close() } }
-        let timeout = self.timeout
-        return try await withThrowingTaskGroup(of: ExecAdapter.Output?.self) { group in
-            group.addTask {
-                try await Task.sleep(for: timeout)
-                throw ExecAdapter.Failure(reason: "the query ran past its time-out")
-            }
-            group.addTask {
-                var dropped: [RecordGate.Drop: Int] = [:]
-                for target in request.targets {
-                    var binds = PostgresBindings()
-                    let values: [any PostgresEncodable & Sendable] = [target.value, Timestamp.parse(request.window.from) ?? .distantPast,
-                                                                    Timestamp.parse(request.window.to) ?? .distantFuture, target.type.rawValue]
-                    for v in values.prefix(count) { Self.bind(v, &binds) }
-                    let sql = PostgresQuery(unsafeSQL: "SELECT row_to_json(q)::text FROM (\(query)) q", binds: binds)
-                    let rows: PostgresRowSequence
-                    do { rows = try await connection.query(sql, logger: logger) } catch {
-                        throw ExecAdapter.Failure(reason: "the query failed: \(Self.describe(error))")
-                    }
-                    var n = 0
-                    for try await text in rows.decode(String.self) {
-                        n += 1
-                        guard case .object(var columns)? = try? JSONParser.parse(text), case .string(let time)? = columns.removeValue(forKey: "time") else {
-                            throw ExecAdapter.Failure(reason: "row \(n) has no time column (a timestamptz)")
-                        }
-                        columns = columns.filter { $0.value != .null }
-                        let frame: [String: JSONValue] = [
-                            "category": .string(category.rawValue), "time": .string(time), "record": .object(columns),
-                            "target": .object(["type": .string(target.type.rawValue), "value": .string(target.value)]
-                                              .merging(target.port.map { ["port": .number(Double($0))] } ?? [:]) { a, _ in a }),
-                        ]
-                        switch gate.admit(frame) {
-                        case .record(let t, let bytes): try bytes.withUnsafeBytes { try sink(t, $0) }
-                        case .dropped(.unreadable): throw ExecAdapter.Failure(reason: "row \(n): its time is not a timestamptz (RFC 3339 with an offset)")
-                        case .dropped(let why): dropped[why, default: 0] += 1
-                        }
-                    }
+        let cancelled = LockedValue(false)
+        do {
+            // A request cancelled upstream: the running query is cancelled on the server, from
+            // a second connection (closing this one would wait for the query to end).
+            let output = try await withTaskCancellationHandler {
+                try await rows(connection, request, category, gate, count, sink, logger)
+            } onCancel: {
+                cancelled.withLock { $0 = true }
+                let configuration = self.configuration
+                Task {
+                    guard let other = try? await PostgresConnection.connect(configuration: configuration, id: 2, logger: logger) else { return }
+                    _ = try? await other.query("SELECT pg_cancel_backend(\(backend))", logger: logger)
+                    try? await other.close()
                 }
-                return ExecAdapter.Output(dropped: dropped)
             }
-            defer { group.cancelAll() }
-            while let result = try await group.next() {
-                if let output = result { return output }
-            }
-            throw CancellationError()
+            try? await connection.close()
+            return output
+        } catch {
+            try? await connection.close()
+            if error is ExecAdapter.Failure { throw error }
+            if cancelled.withLock({ $0 }) { throw ExecAdapter.Failure(reason: "stopped: the request was cancelled") }
+            if (error as? PSQLError)?.serverInfo?[.sqlState] == "57014" { throw ExecAdapter.Failure(reason: "the query ran past its time-out") }
+            throw ExecAdapter.Failure(reason: "the query failed: \(Self.describe(error))")
         }
+    }
+
+    private func rows(_ connection: PostgresConnection, _ request: ApprovedRequest, _ category: DataCategory, _ gate: RecordGate, _ count: Int,
+                      _ sink: @escaping ExecAdapter.Sink, _ logger: Logger) async throws -> ExecAdapter.Output {
+        var dropped: [RecordGate.Drop: Int] = [:]
+        for target in request.targets {
+            var binds = PostgresBindings()
+            let values: [any PostgresEncodable & Sendable] = [target.value, Timestamp.parse(request.window.from) ?? .distantPast,
+                                                            Timestamp.parse(request.window.to) ?? .distantFuture, target.type.rawValue]
+            for v in values.prefix(count) { Self.bind(v, &binds) }
+            let rows = try await connection.query(PostgresQuery(unsafeSQL: "SELECT row_to_json(q)::text FROM (\(query)) q", binds: binds), logger: logger)
+            var n = 0
+            for try await text in rows.decode(String.self) {
+                n += 1
+                guard case .object(var columns)? = try? JSONParser.parse(text), case .string(let time)? = columns.removeValue(forKey: "time") else {
+                    throw ExecAdapter.Failure(reason: "row \(n) has no time column (a timestamptz)")
+                }
+                columns = columns.filter { $0.value != .null }
+                var t: [String: JSONValue] = ["type": .string(target.type.rawValue), "value": .string(target.value)]
+                if let port = target.port { t["port"] = .number(Double(port)) }
+                let frame: [String: JSONValue] = ["category": .string(category.rawValue), "time": .string(time), "record": .object(columns), "target": .object(t)]
+                switch gate.admit(frame) {
+                case .record(let t, let bytes): try bytes.withUnsafeBytes { try sink(t, $0) }
+                case .dropped(.unreadable): throw ExecAdapter.Failure(reason: "row \(n): its time is not a timestamptz (RFC 3339 with an offset)")
+                case .dropped(let why): dropped[why, default: 0] += 1
+                }
+            }
+        }
+        return ExecAdapter.Output(dropped: dropped)
     }
 
     static func bind(_ value: any PostgresEncodable & Sendable, _ binds: inout PostgresBindings) {
