@@ -40,6 +40,15 @@ public struct ConnectorConfiguration: Sendable {
         /// `adapters.<category>.fileDrop: true`: an export dropped by hand into
         /// `adapters.fileDrop.directory` (`FileDropAdapter`).
         case fileDrop
+
+        /// Its name in metrics and messages.
+        public var kind: String {
+            switch self {
+            case .exec: "exec"
+            case .sql: "sql"
+            case .fileDrop: "file-drop"
+            }
+        }
     }
 
     /// The adapter per category (category keys in snake case: `ip_session`, `kyc_document`);
@@ -50,6 +59,8 @@ public struct ConnectorConfiguration: Sendable {
     /// `adapters.fileDrop.directory`: where staff drop exports; `adapters.fileDrop.pollSeconds` (default 2).
     public var fileDropDirectory: String?
     public var fileDropPoll: Duration = .seconds(2)
+    /// `http.address`: HOST:PORT of the operator's endpoint (`/metrics`, `/health`); unset: none.
+    public var httpAddress: String?
     /// `normalisation.defaultCountryCode`: digits (e.g. `84`) that make national numbers E.164.
     public var normalisation = RecordGate.Settings()
     /// `adapters.preservation.command`: the program that freezes (and later lets go of) the
@@ -111,6 +122,7 @@ public struct ConnectorConfiguration: Sendable {
         if adapters.values.contains(where: { if case .sql = $0 { true } else { false } }), sqlDatabase == nil {
             throw ConfigurationError(key: "adapters.sql.databaseURL", reason: "is required for the sql adapters")
         }
+        httpAddress = reader.string(forKey: "http.address")
         fileDropDirectory = reader.string(forKey: "adapters.fileDrop.directory")
         if adapters.values.contains(.fileDrop), fileDropDirectory == nil {
             throw ConfigurationError(key: "adapters.fileDrop.directory", reason: "is required for the fileDrop adapters")

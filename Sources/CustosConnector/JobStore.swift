@@ -109,6 +109,13 @@ public struct JobStore: Sendable {
         return .received
     }
 
+    /// Whether the state directory takes a durable write now (for the health endpoint).
+    public func isWritable() -> Bool {
+        let probe = root.appendingPathComponent(".health-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: probe) }
+        return FileManager.default.createFile(atPath: probe.path, contents: Data("ok".utf8))
+    }
+
     public func progress(_ id: UUID) -> Int {
         (try? read(id, "progress")).flatMap { Int(String(decoding: $0, as: UTF8.self)) } ?? 0
     }

@@ -28,8 +28,7 @@ public struct ProviderConnector: Service {
     let logger: Logger
     let onAccepted: @Sendable (UUID, Priority) -> Void
     let running = RunningJobs()
-    let requestsReceived = Counter(label: "custos.connector.requests")
-    let packagesSent = Counter(label: "custos.connector.packages.sent")
+    let metrics = ConnectorMetrics()
 
     /// `onAccepted` is called once a request is kept in the state directory (benchmarks use it).
     public init(configuration: ConnectorConfiguration, producer: KafkaProducer, logger: Logger,
@@ -75,7 +74,9 @@ public struct ProviderConnector: Service {
                         for lane in Array(repeating: false, count: configuration.concurrency) + Array(repeating: true, count: configuration.urgentConcurrency) {
                             workers.addTask {
                                 while let id = await queue.next(urgentOnly: lane) {
+                                    metrics.inFlight.record(running.count + 1)
                                     await running.run(id) { await process(id) }
+                                    metrics.inFlight.record(running.count)
                                     queue.done(id)
                                 }
                             }
@@ -124,7 +125,7 @@ public struct ProviderConnector: Service {
             guard urgent == lane else { throw ConnectorError(reason: "\(body.request.priority.rawValue) request on the \(lane ? "urgent" : "normal") topic") }
             if !jobs.exists(id, "request.json") {
                 try jobs.write(id, "request.json", Data(try CanonicalJSON.encode(body)))
-                requestsReceived.increment()
+                metrics.requests.increment()
                 onAccepted(id, body.request.priority)
                 logger.info("request accepted", metadata: [LogKey.request: "\(id.lowercased)", "custos.priority": "\(body.request.priority.rawValue)"])
             }
@@ -209,6 +210,7 @@ public struct ProviderConnector: Service {
                     try await extract(body.request)
                 } catch let failure as ExecAdapter.Failure {
                     if revoked() { logger.warning("extraction stopped: request revoked", metadata: meta); return }
+                    metrics.refusals.increment()
                     meta[LogKey.reason] = "\(failure.reason)"
                     logger.error("extraction failed; refusing the request", metadata: meta)
                     try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
@@ -216,7 +218,9 @@ public struct ProviderConnector: Service {
                     try jobs.write(id, "sent", Data())
                     return
                 }
-                meta["custos.duration_ms"] = "\((ContinuousClock.now - started).components.seconds * 1000)"
+                let took = ContinuousClock.now - started
+                metrics.extractionSeconds.recordNanoseconds(took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
+                meta["custos.duration_ms"] = "\(took.components.seconds * 1000 + took.components.attoseconds / 1_000_000_000_000_000)"
                 logger.info("extraction finished", metadata: meta)
             }
             guard !revoked() else { return }
@@ -234,10 +238,15 @@ public struct ProviderConnector: Service {
             if jobs.phase(id) == .packaged {
                 try await send(.status, id: .derived("status", id.lowercased, "streaming"), request: id, body: StatusBody(phase: .streaming, percent: 0))
                 try await streamer.stream(id)
-                packagesSent.increment()
+                metrics.packagesSent.increment()
+                if let manifest = try? JSONDecoder().decode(Manifest.self, from: try jobs.read(id, "manifest.json")) {
+                    metrics.chunksSent.increment(by: manifest.chunks.count)
+                    metrics.bytesSent.increment(by: Int(manifest.content.size))
+                }
                 logger.info("package sent", metadata: meta)
             }
         } catch {
+            metrics.jobFailures.increment()
             meta[LogKey.reason] = "\(String(describing: error))"
             logger.error("job stopped; it resumes on the next start", metadata: meta)
         }
@@ -362,6 +371,7 @@ public struct ProviderConnector: Service {
             let declared = Declarations()
             let sink: ExecAdapter.Sink = { target, record in try spools.append(target: target, category: category, record: record) }
             let output: ExecAdapter.Output
+            do {
             switch adapter {
             case .exec(let command):
                 output = try await ExecAdapter(command: command, timeout: configuration.adapterTimeout, normalisation: configuration.normalisation)
@@ -377,11 +387,16 @@ public struct ProviderConnector: Service {
                 let file = try await drop.claim(id, into: jobs.file(id, "drop"))
                 output = try drop.read(file, request: request, category: category, sink: sink, coverage: { target, c in declared.add(target, c) })
             }
+            } catch let failure as ExecAdapter.Failure {
+                metrics.adapterFailure(adapter.kind).increment()
+                throw failure
+            }
             for target in request.targets {
                 if let c = declared.coverage(for: target) { coverage[ResultSpools.ResultKey(target: target, category: category)] = c }
             }
             outOfScope += output.outOfScope
             dropped.merge(output.dropped, uniquingKeysWith: +)
+            for (why, n) in output.dropped { metrics.outOfScope(why).increment(by: n) }
         }
         try spools.concatenate(into: jobs.file(id, "records.ndjson"))
         if outOfScope > 0 {
@@ -393,6 +408,7 @@ public struct ProviderConnector: Service {
         let results = zip(keys, spools.trees).map { key, tree in
             Extraction.ResultSummary(recordCount: tree.count, size: tree.size, recordsRoot: tree.root, coverage: coverage[key])
         }
+        metrics.recordsExtracted.increment(by: results.reduce(0) { $0 + $1.recordCount })
         let extraction = Extraction(asOf: asOf, results: results, outOfScope: outOfScope, cannotExecute: cannotExecute)
         try jobs.write(id, "extraction.json", Data(try CanonicalJSON.encode(extraction)))
     }
@@ -489,6 +505,8 @@ final class RunningJobs: Sendable {
     }
 
     func cancel(_ id: UUID) { tasks.withLock { $0[id] }?.cancel() }
+
+    var count: Int { tasks.withLock { $0.count } }
 }
 
 /// The provider's signing certificate, its chain and key, checked at start: the certificate

@@ -33,6 +33,30 @@ extension KafkaProducer {
         }
     }
 
+    /// What the cluster says of itself (a Metadata request; nothing is produced): its
+    /// brokers, and which of `topics` exist.
+    public func metadata(topics: [String], timeout: Duration = .seconds(10)) async throws -> (brokers: Int, existing: Set<String>) {
+        let client = self.client
+        let ms = Int32(timeout.components.seconds * 1000)
+        return try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global().async {
+                continuation.resume(with: Result {
+                    var md: UnsafePointer<rd_kafka_metadata>?
+                    let err = rd_kafka_metadata(client.handle, 1, nil, &md, ms)
+                    guard err == RD_KAFKA_RESP_ERR_NO_ERROR, let md else { throw KafkaError(err, "Metadata") }
+                    defer { rd_kafka_metadata_destroy(md) }
+                    var existing = Set<String>()
+                    for i in 0..<Int(md.pointee.topic_cnt) {
+                        let t = md.pointee.topics[i]
+                        let name = String(cString: t.topic)
+                        if t.err == RD_KAFKA_RESP_ERR_NO_ERROR, topics.contains(name) { existing.insert(name) }
+                    }
+                    return (Int(md.pointee.broker_cnt), existing)
+                })
+            }
+        }
+    }
+
     private static func createTopics(_ rk: OpaquePointer, _ names: [String], _ partitions: Int32, _ rf: Int32, _ ms: Int32) throws -> [String: String] {
         var errstr = [CChar](repeating: 0, count: 512)
         var topics: [OpaquePointer?] = []

@@ -7,6 +7,8 @@ import CustosModel
 import CustosRuntime
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 import ServiceLifecycle
 
 @main
@@ -14,7 +16,7 @@ struct ConnectorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos-connector",
         abstract: "Custos provider connector: receives approved requests over Kafka, extracts, packages, signs and streams evidence back.",
-        subcommands: [Run.self, Status.self, Clarify.self, KeysCommand.self, PKICommand.self],
+        subcommands: [Run.self, Check.self, Status.self, Clarify.self, KeysCommand.self, PKICommand.self],
         defaultSubcommand: Run.self)
 }
 
@@ -50,15 +52,27 @@ struct Run: AsyncParsableCommand {
                   the broker's public key; requests it did not sign are refused (required)
               stateDirectory (CUSTOS_STATE_DIRECTORY)
                   durable job state, resumed after a crash (required)
-              adapters.default.command
-                  exec adapter (program and arguments) for every category
-              adapters.<category>.command
-                  per category: subscriber, traffic, location, ip_session, financial, kyc_document
+              adapters.<category>.command | .sql | .fileDrop
+                  the adapter per category (subscriber, traffic, location, ip_session, financial, kyc_document), one kind each;
+                  adapters.default.* serves the categories without their own:
+                  command: a program and its arguments (exec; records as JSON lines or CSV on stdout)
+                  sql: a query template for the provider's PostgreSQL, with $1 the target's value, $2 and $3 the window's start
+                       and end (timestamptz), $4 the target's type, always bound; each row is a record, its time column the
+                       record's time
+                  fileDrop: true: an export the provider's staff drop into adapters.fileDrop.directory as <request id>.ndjson
+                       or <request id>.csv (write it under another name, then rename it)
+              adapters.sql.databaseURL (CUSTOS_ADAPTERS_SQL_DATABASE_URL)
+                  postgres://user:password@host:port/database, for the sql adapters
+              adapters.fileDrop.directory, adapters.fileDrop.pollSeconds
+                  the drop folder, and how often it is looked at (default 2)
+              normalisation.defaultCountryCode
+                  digits (e.g. 84) that turn national numbers (0912...) into E.164; identifiers are put in canonical form and
+                  times in UTC before records are kept
               adapters.preservation.command
                   the program that freezes the data of a preservation order; it gets {"action": "preserve" | "extend" | "release",
                   "request": ..., "until": ...} on stdin, and exit status 0 means done (unset: preservation orders are refused)
               adapters.timeoutSeconds
-                  an adapter running longer is stopped (default 3600)
+                  an adapter (or a query, or the wait for a drop) running longer is stopped (default 3600)
               concurrency (CUSTOS_CONCURRENCY)
                   requests processed at once, emergencies first (default 2)
               urgentConcurrency (CUSTOS_URGENT_CONCURRENCY)
@@ -67,12 +81,17 @@ struct Run: AsyncParsableCommand {
                   longest wait of a fetch on the urgent topic (default 10; librdkafka's fetch.wait.max.ms)
               streaming.inFlightChunks
                   chunks awaiting Kafka's acknowledgement at once (default 32)
+              criteria.maximumExtractionAgeSeconds, criteria.maximumTimeStampDistanceSeconds
+                  the broker's bounds for the four criteria's sống, to foresee its verdict (defaults 86400 and 3600)
+              http.address (CUSTOS_HTTP_ADDRESS)
+                  HOST:PORT serving GET /metrics (Prometheus) and GET /health (unset: no endpoint)
               log.level (CUSTOS_LOG_LEVEL)
                   (default info)
-            An adapter gets {"category": ..., "request": ...} as JSON on stdin and writes one JSON record per line on
-            stdout, each with "category" and "target" (the request's target object: "type", "value", and "port", "at" or
-            "platform" where the request gives them). Records outside the request are dropped. A revoked emergency
-            request stops its adapter (SIGTERM) and sends nothing more.
+            An exec adapter gets {"category": ..., "request": ...} as JSON on stdin and writes records on stdout: JSON lines
+            {"category", "target": {"type", "value", ...}, "time", "record": {...}}, or CSV with a header (category,
+            target_type, target_value, time, then the record's fields). Records outside the request's targets, categories
+            or window are not sent, only counted. A revoked emergency request stops its adapter (SIGTERM; a query is
+            cancelled on the server) and sends nothing more.
             """)
     @OptionGroup var options: Options
 
@@ -82,13 +101,45 @@ struct Run: AsyncParsableCommand {
         let logger = Logger(label: "custos-connector")
         let configuration = try ConnectorConfiguration(reader: reader)
         let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let connector = try ProviderConnector(configuration: configuration, producer: producer, logger: logger)
-        let group = ServiceGroup(
-            configuration: .init(services: [.init(service: connector), .init(service: KafkaProducerService(producer: producer))],
-                                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: connector), .init(service: KafkaProducerService(producer: producer))]
+        if let address = configuration.httpAddress {
+            services.append(.init(service: try ConnectorHTTP(address: address, registry: registry, jobs: try JobStore(stateDirectory: configuration.stateDirectory),
+                                                             logger: logger)))
+        }
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         print("custos-connector running for provider \(configuration.providerId)")
         fflush(nil)
         try await group.run()
+    }
+}
+
+struct Check: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate a config file and test every file and connection it names, sending nothing.",
+        discussion: """
+            Checks the signing certificate and key, the broker's public key, the state directory, the time-stamping \
+            authority (one time-stamp over a fixed test digest, checked against tsa.trustFile), Kafka (a metadata request: \
+            the brokers, and whether this provider's topics exist), and each category's adapter (exec: the program is \
+            executable; sql: the query plans on the database, EXPLAIN only; fileDrop: the folder is readable and writable). \
+            Nothing is produced to Kafka. Exit status: 0 when nothing failed (warnings allowed), 1 otherwise.
+            """)
+    @OptionGroup var options: Options
+
+    func run() async throws {
+        let reader = try await ConfigSource.reader(configFile: options.config)
+        _ = LogSetup.bootstrap(level: reader.string(forKey: "log.level") ?? "error")
+        let configuration: ConnectorConfiguration
+        do { configuration = try ConnectorConfiguration(reader: reader) } catch {
+            print("FAIL configuration: \(error)")
+            throw ExitCode(1)
+        }
+        print("OK   configuration: provider \(configuration.providerId)")
+        let items = await ConnectorCheck.run(configuration, logger: Logger(label: "custos-connector"))
+        items.forEach { print($0) }
+        if items.contains(where: { $0.outcome == .fail }) { throw ExitCode(1) }
     }
 }
 

@@ -1,6 +1,7 @@
 import CustosConnector
 import CustosModel
 import CustosRuntime
+import CustosTestSupport
 import Foundation
 import Logging
 import PostgresNIO
@@ -11,11 +12,8 @@ import Testing
 /// own), and the file-drop adapter against a real folder.
 @Suite("SQL and file-drop adapters", .timeLimit(.minutes(2)))
 struct AdapterTests {
-    static let spec = RequestSpec(caseId: UUID(), providerId: "prov-a",
-                                  legalBasis: LegalBasis(decisionNumber: "QD-7/2026", issuingAuthority: "Test Authority", issuedOn: "2026-11-01"),
-                                  targets: [Target(type: .msisdn, value: "+84912345678"), Target(type: .msisdn, value: "+84987654321")],
-                                  categories: [.traffic], window: TimeWindow(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z"))
-    static let request = ApprovedRequest(requestId: UUID(), spec: spec, submittedBy: "inv", approvedBy: "appr", approvedAt: "2026-11-19T00:00:00Z")
+    static let spec = SyntheticRequest.spec
+    static let request = SyntheticRequest.approved
 
     /// A CDR table, in a fresh schema, holding rows in and out of the request's scope.
     func withCDRs(_ body: @Sendable (PostgresURL, String) async throws -> Void) async throws {
@@ -87,7 +85,7 @@ struct AdapterTests {
         try await withCDRs { db, schema in
             var spec = Self.spec
             spec.targets = [Target(type: .account, value: "x' OR '1'='1"), Target(type: .account, value: "'; DROP TABLE \(schema).cdr; --")]
-            let hostile = ApprovedRequest(requestId: UUID(), spec: spec, submittedBy: "inv", approvedBy: "appr", approvedAt: "2026-11-19T00:00:00Z")
+            let hostile = SyntheticRequest.approve(spec)
             let (records, _) = try await run(try SQLAdapter(database: db, query: Self.query(schema), timeout: .seconds(30)), request: hostile)
             #expect(records.isEmpty)
             // The table is there, whole.

@@ -1,5 +1,6 @@
 import CustosConnector
 import CustosModel
+import CustosTestSupport
 import Foundation
 import Synchronization
 import Testing
@@ -7,11 +8,8 @@ import Testing
 /// The exec adapter against a real program (/bin/sh): records and coverage declarations.
 @Suite("Exec adapter")
 struct ExecAdapterTests {
-    static let spec = RequestSpec(caseId: UUID(), providerId: "prov-a",
-                                  legalBasis: LegalBasis(decisionNumber: "QD-7/2026", issuingAuthority: "Test Authority", issuedOn: "2026-11-01"),
-                                  targets: [Target(type: .msisdn, value: "+84912345678"), Target(type: .msisdn, value: "+84987654321")],
-                                  categories: [.traffic], window: TimeWindow(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z"))
-    static let request = ApprovedRequest(requestId: UUID(), spec: spec, submittedBy: "inv", approvedBy: "appr", approvedAt: "2026-11-19T00:00:00Z")
+    static let spec = SyntheticRequest.spec
+    static let request = SyntheticRequest.approved
 
     func run(_ script: String) async throws -> (records: Int, coverage: [(Target?, Manifest.Coverage)]) {
         let stderr = FileManager.default.temporaryDirectory.appendingPathComponent("custos-exec-\(UUID().uuidString).stderr")
