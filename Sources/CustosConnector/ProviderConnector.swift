@@ -353,12 +353,39 @@ public struct ProviderConnector: Service {
         }
     }
 
-    /// Runs each requested category's adapter, grouping records per result, then writes the
-    /// content file and the extraction summary.
+    /// One category's adapter, whichever kind it is.
+    private func run(_ adapter: ConnectorConfiguration.Adapter, _ request: ApprovedRequest, _ category: DataCategory,
+                     sink: @escaping ExecAdapter.Sink, declared: Declarations) async throws -> ExecAdapter.Output {
+        let id = request.requestId
+        do {
+            switch adapter {
+            case .exec(let command):
+                return try await ExecAdapter(command: command, timeout: configuration.adapterTimeout, normalisation: configuration.normalisation)
+                    .run(request: request, category: category, sink: sink, coverage: { target, c in declared.add(target, c) },
+                         stderrFile: jobs.file(id, "adapter-\(category.rawValue).stderr"))
+            case .sql(let query):
+                return try await SQLAdapter(database: configuration.sqlDatabase!, query: query, timeout: configuration.adapterTimeout,
+                                            normalisation: configuration.normalisation)
+                    .run(request: request, category: category, sink: sink, logger: logger)
+            case .fileDrop:
+                let drop = FileDropAdapter(directory: configuration.fileDropDirectory!, timeout: configuration.adapterTimeout,
+                                           pollInterval: configuration.fileDropPoll, normalisation: configuration.normalisation)
+                let file = try await drop.claim(id, into: jobs.file(id, "drop"))
+                return try drop.read(file, request: request, category: category, sink: sink, coverage: { target, c in declared.add(target, c) })
+            }
+        } catch let failure as ExecAdapter.Failure {
+            metrics.adapterFailure(adapter.kind).increment()
+            throw failure
+        }
+    }
+
+    /// Runs each requested category's adapter (those that finished before a restart are not
+    /// run again), grouping records per result, then writes the content file and the
+    /// extraction summary.
     private func extract(_ request: ApprovedRequest) async throws {
         let id = request.requestId
         let spools = try ResultSpools(directory: jobs.file(id, "results"), request: request)
-        let asOf = Timestamp.now()
+        let asOf = try spools.asOf()
         var outOfScope = 0
         var cannotExecute: [String: String] = [:]
         var coverage: [ResultSpools.ResultKey: Manifest.Coverage] = [:]
@@ -368,32 +395,27 @@ public struct ProviderConnector: Service {
                 cannotExecute[category.rawValue] = "no adapter configured for this category"
                 continue
             }
+            // Finished before a restart: not run again.
+            if let done = try spools.restore(category) {
+                for d in done.coverage { coverage[ResultSpools.ResultKey(target: d.target, category: category)] = d.coverage }
+                let output = ExecAdapter.Output(dropped: Dictionary(uniqueKeysWithValues: done.dropped.compactMap { k, v in RecordGate.Drop(rawValue: k).map { ($0, v) } }))
+                outOfScope += output.outOfScope
+                dropped.merge(output.dropped, uniquingKeysWith: +)
+                logger.info("adapter finished before the restart; not run again", metadata: [LogKey.request: "\(id.lowercased)", "custos.category": "\(category.rawValue)"])
+                continue
+            }
+            try spools.begin(category)
             let declared = Declarations()
             let sink: ExecAdapter.Sink = { target, record in try spools.append(target: target, category: category, record: record) }
-            let output: ExecAdapter.Output
-            do {
-            switch adapter {
-            case .exec(let command):
-                output = try await ExecAdapter(command: command, timeout: configuration.adapterTimeout, normalisation: configuration.normalisation)
-                    .run(request: request, category: category, sink: sink, coverage: { target, c in declared.add(target, c) },
-                         stderrFile: jobs.file(id, "adapter-\(category.rawValue).stderr"))
-            case .sql(let query):
-                output = try await SQLAdapter(database: configuration.sqlDatabase!, query: query, timeout: configuration.adapterTimeout,
-                                              normalisation: configuration.normalisation)
-                    .run(request: request, category: category, sink: sink, logger: logger)
-            case .fileDrop:
-                let drop = FileDropAdapter(directory: configuration.fileDropDirectory!, timeout: configuration.adapterTimeout,
-                                           pollInterval: configuration.fileDropPoll, normalisation: configuration.normalisation)
-                let file = try await drop.claim(id, into: jobs.file(id, "drop"))
-                output = try drop.read(file, request: request, category: category, sink: sink, coverage: { target, c in declared.add(target, c) })
-            }
-            } catch let failure as ExecAdapter.Failure {
-                metrics.adapterFailure(adapter.kind).increment()
-                throw failure
-            }
+            let output = try await run(adapter, request, category, sink: sink, declared: declared)
+            var declaredNow: [ResultSpools.Done.Declared] = []
             for target in request.targets {
-                if let c = declared.coverage(for: target) { coverage[ResultSpools.ResultKey(target: target, category: category)] = c }
+                if let c = declared.coverage(for: target) {
+                    coverage[ResultSpools.ResultKey(target: target, category: category)] = c
+                    declaredNow.append(.init(target: target, coverage: c))
+                }
             }
+            try spools.finish(category, .init(dropped: Dictionary(uniqueKeysWithValues: output.dropped.map { ($0.key.rawValue, $0.value) }), coverage: declaredNow))
             outOfScope += output.outOfScope
             dropped.merge(output.dropped, uniquingKeysWith: +)
             for (why, n) in output.dropped { metrics.outOfScope(why).increment(by: n) }

@@ -5,7 +5,10 @@ import Foundation
 /// One spool file per result while adapters run (`results/<index>.ndjson` in the job
 /// directory), so that the content can be grouped by result without holding it in memory.
 /// Records are buffered per result and written in blocks; each result's record count, size
-/// and records Merkle root are built as records arrive.
+/// and records Merkle root are built as records arrive. When a category's adapter has
+/// finished, its spools are made durable and `results/done-<category>.json` says so (with what
+/// the adapter declared and dropped): after a crash that category is not extracted again, its
+/// trees rebuilt from its spools; a category that was running starts again from empty.
 ///
 /// `@unchecked Sendable`: a request's adapters run one after another and each calls the sink
 /// from its single reading thread, so the state is never touched concurrently.
@@ -25,8 +28,80 @@ final class ResultSpools: @unchecked Sendable {
         for t in request.targets { for c in request.categories { index[ResultKey(target: t, category: c)] = index.count } }
         self.index = index
         trees = Array(repeating: RecordTree(), count: index.count)
-        try? FileManager.default.removeItem(at: directory)  // a rerun starts from empty
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    /// When the extraction first started (kept, so that a resumed one keeps it).
+    func asOf() throws -> String {
+        let url = directory.appendingPathComponent("as-of")
+        if let data = FileManager.default.contents(atPath: url.path), let text = String(data: data, encoding: .utf8), Timestamp.parse(text) != nil {
+            return text
+        }
+        let now = Timestamp.now()
+        try Data(now.utf8).write(to: url, options: .atomic)
+        return now
+    }
+
+    /// What a finished category's adapter left besides its records.
+    struct Done: Codable, Sendable {
+        struct Declared: Codable, Sendable {
+            var target: Target
+            var coverage: Manifest.Coverage
+        }
+        var dropped: [String: Int]
+        var coverage: [Declared]
+    }
+
+    func doneFile(_ category: DataCategory) -> URL { directory.appendingPathComponent("done-\(category.rawValue).json") }
+
+    /// The indices of a category's results.
+    func results(of category: DataCategory) -> [Int] { index.filter { $0.key.category == category }.map(\.value).sorted() }
+
+    /// Before a category's adapter runs: whatever an interrupted run left is removed.
+    func begin(_ category: DataCategory) throws {
+        try flush()
+        for i in results(of: category) {
+            try? FileManager.default.removeItem(at: file(i))
+            trees[i] = RecordTree()
+        }
+    }
+
+    /// After it finished: its spools and the marker are made durable.
+    func finish(_ category: DataCategory, _ done: Done) throws {
+        try flush()
+        for i in results(of: category) where FileManager.default.fileExists(atPath: file(i).path) {
+            let h = try FileHandle(forUpdating: file(i))
+            try h.synchronize()
+            try h.close()
+        }
+        let data = try JSONEncoder().encode(done)
+        _ = FileManager.default.createFile(atPath: doneFile(category).path, contents: data)
+        let h = try FileHandle(forUpdating: doneFile(category))
+        try h.synchronize()
+        try h.close()
+    }
+
+    /// A category finished before a restart: its marker, and its results' trees rebuilt from
+    /// the spools. Nil when it had not finished.
+    func restore(_ category: DataCategory) throws -> Done? {
+        guard let data = FileManager.default.contents(atPath: doneFile(category).path) else { return nil }
+        let done = try JSONDecoder().decode(Done.self, from: data)
+        for i in results(of: category) {
+            trees[i] = RecordTree()
+            guard let h = FileHandle(forReadingAtPath: file(i).path) else { continue }
+            defer { try? h.close() }
+            var pending: [UInt8] = []
+            while let block = try h.read(upToCount: 1 << 20), !block.isEmpty {
+                pending.append(contentsOf: block)
+                var start = 0
+                while let nl = pending[start...].firstIndex(of: 0x0A) {
+                    pending.withUnsafeBytes { trees[i].append(record: UnsafeRawBufferPointer(rebasing: $0[start..<nl])) }
+                    start = nl + 1
+                }
+                pending.removeFirst(start)
+            }
+        }
+        return done
     }
 
     func file(_ i: Int) -> URL { directory.appendingPathComponent("\(i).ndjson") }

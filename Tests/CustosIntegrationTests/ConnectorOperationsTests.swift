@@ -1,0 +1,164 @@
+import CustosModel
+import CustosRuntime
+import CustosTestSupport
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import PostgresNIO
+import Testing
+
+/// The connector as its operators live with it, as real processes over the real Kafka and
+/// PostgreSQL: `custos-connector check`, the metrics and health endpoint, the sql and file-drop
+/// adapters in a whole exchange, and a crash while an adapter runs.
+@Suite("Connector operations", .serialized, .timeLimit(.minutes(10)))
+struct ConnectorOperationsTests {
+    static let synth = ExchangeEndToEndTests.synth
+
+    func json(_ text: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    func lines(_ path: String) -> Int { ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").count }
+
+    func waitFor(_ path: String, _ deadline: ContinuousClock.Instant) async throws {
+        while !FileManager.default.fileExists(atPath: path) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        try #require(FileManager.default.fileExists(atPath: path), "\(path) never appeared")
+    }
+
+    @Test func aConnectorKilledWhileAnAdapterRunsDoesNotRunTheAdaptersThatFinished() async throws {
+        let d = try Deployment(adapter: [Self.synth])
+        defer { d.stop() }
+        let (trafficRuns, locationRuns, release) = (d.path("runs-traffic"), d.path("runs-location"), d.path("release"))
+        d.connectorConfig["adapters"] = [
+            "traffic": ["command": ["/bin/sh", "-c", "echo run >> \(trafficRuns); exec \(Self.synth) --records-per-target 50"]],
+            // Holds on until the test lets it go, the first time; then writes its records.
+            "location": ["command": ["/bin/sh", "-c", "echo run >> \(locationRuns); while [ ! -e \(release) ]; do sleep 0.1; done; exec \(Self.synth) --records-per-target 20"]],
+        ]
+        try await d.setUp()
+        try await d.startBroker()
+        try await d.startConnector()
+        let request = try await d.submitRequest(categories: ["traffic", "location"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", request])
+        // Traffic has finished (its spools are durable), location is running: kill -9.
+        let deadline = ContinuousClock.now + .seconds(120)
+        try await waitFor(locationRuns, deadline)
+        try await waitFor(d.path("state/jobs/\(request)/results/done-traffic.json"), deadline)
+        d.connector!.kill9()
+        try await d.startConnector()
+        try await waitFor(d.path("state/jobs/\(request)/results/done-traffic.json"), deadline)
+        while lines(locationRuns) < 2 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        FileManager.default.createFile(atPath: release, contents: nil)
+        let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
+        #expect(watched.status == 0, "connector: \(d.connector!.output.suffix(2000))")
+        #expect(lines(trafficRuns) == 1, "the finished traffic adapter ran again")
+        #expect(lines(locationRuns) == 2)
+        #expect(d.connector!.output.contains("adapter finished before the restart; not run again"))
+        // Every record of both, once: 2 targets × (50 + 20).
+        let view = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        let packageId = try #require((view["packages"] as? [[String: Any]])?.first?["id"] as? String)
+        let package = try json(try await d.cliOK(d.investigator, ["package", "show", packageId, "--json"]))
+        let manifest = try #require(package["manifest"] as? [String: Any])
+        #expect((manifest["content"] as? [String: Any])?["recordCount"] as? Int == 140)
+        #expect((package["criteria"] as? [String: Any])?["admissible"] as? Bool == true, "\(package["criteria"] ?? "")")
+    }
+
+    @Test func checkTestsEveryConnectionAndTheSQLAndFileDropAdaptersServeAWholeExchangeWatchedByMetrics() async throws {
+        let d = try Deployment(adapter: [Self.synth])
+        defer { d.stop() }
+        // The provider's own database: a subscriber table in a schema of its own.
+        let db = try PostgresURL(try TestServices.databaseURL(), key: "test")
+        let schema = TestServices.unique("billing_")
+        let conn = try await PostgresConnection.connect(configuration: .init(host: db.host, port: db.port, username: db.username, password: db.password,
+                                                                              database: db.database, tls: .disable), id: 7, logger: TestServices.logger)
+        defer { Task { try? await conn.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \(schema) CASCADE"), logger: TestServices.logger); try? await conn.close() } }
+        for sql in ["CREATE SCHEMA \(schema)",
+                    "CREATE TABLE \(schema).subscribers (msisdn text, full_name text, since date, seen timestamptz)",
+                    "INSERT INTO \(schema).subscribers VALUES ('+84912345678', 'Synthetic Subscriber A', '2020-03-01', '2026-11-05 10:00:00+07'),"
+                        + " ('+84900000009', 'Someone Else', '2021-01-01', '2026-11-05 10:00:00Z')"] {
+            try await conn.query(PostgresQuery(unsafeSQL: sql), logger: TestServices.logger)
+        }
+        let drop = d.path("drop")
+        try FileManager.default.createDirectory(atPath: drop, withIntermediateDirectories: true)
+        d.connectorConfig["adapters"] = [
+            "traffic": ["command": [Self.synth, "--records-per-target", "30"]],
+            "subscriber": ["sql": """
+                SELECT seen AS time, full_name AS name, to_char(since, 'YYYY-MM-DD') AS "contractStart"
+                FROM \(schema).subscribers WHERE msisdn = $1 AND seen >= $2 AND seen < $3
+                """],
+            "financial": ["fileDrop": true],
+            "sql": ["databaseURL": try TestServices.databaseURL()],
+            "fileDrop": ["directory": drop, "pollSeconds": 1],
+        ]
+        d.connectorConfig["http"] = ["address": "127.0.0.1:0"]
+        d.connectorConfig["normalisation"] = ["defaultCountryCode": "84"]
+        try await d.setUp()
+        try await d.startBroker()
+
+        // check: every connection, nothing sent.
+        var config = d.connectorConfig
+        config["tsa"] = ["url": d.url + "/tsa", "trustFile": d.path("tsa-ca.pem")]
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: d.path("check.json")))
+        let ok = try await run("custos-connector", ["check", "--config", d.path("check.json")], environment: d.env)
+        #expect(ok.status == 0, "\(ok.stdout)\(ok.stderr)")
+        for line in ["OK   signing certificate and key", "OK   time-stamping authority", "OK   kafka", "OK   adapter traffic (exec)",
+                     "OK   adapter subscriber (sql): the query plans", "OK   adapter financial (file-drop)", "WARN adapter location: none"] {
+            #expect(ok.stdout.contains(line), "check lacks \(line):\n\(ok.stdout)")
+        }
+        var broken = config
+        broken["adapters"] = ["traffic": ["command": ["/nonexistent/extract"]], "subscriber": ["sql": "SELECT x FROM \(schema).missing WHERE $1 <> ''"],
+                              "sql": ["databaseURL": try TestServices.databaseURL()]]
+        broken["tsa"] = ["url": "http://127.0.0.1:9/tsa", "trustFile": d.path("tsa-ca.pem")]
+        try JSONSerialization.data(withJSONObject: broken).write(to: URL(fileURLWithPath: d.path("broken.json")))
+        let bad = try await run("custos-connector", ["check", "--config", d.path("broken.json")], environment: d.env)
+        #expect(bad.status == 1)
+        for line in ["FAIL adapter traffic (exec): program /nonexistent/extract not found", "FAIL adapter subscriber (sql): adapter: the query does not plan: SQLSTATE 42P01",
+                     "FAIL time-stamping authority"] {
+            #expect(bad.stdout.contains(line), "check lacks \(line):\n\(bad.stdout)")
+        }
+
+        try await d.startConnector()
+        let endpoint = try #require(try await d.connector!.waitFor("custos-connector metrics and health on").split(separator: " ").last.map(String.init))
+        let request = try await d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["traffic", "subscriber", "financial"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", request])
+        // The bank's staff drop their export (CSV, local times) under a temporary name, then rename it.
+        let csv = """
+            category,target_type,target_value,time,amount,currency,counterparty
+            financial,msisdn,0912 345 678,2026-11-10T09:00:00+07:00,150000,VND,SYN001
+            financial,msisdn,+84912345678,2026-11-11T02:00:00Z,99000,VND,SYN002
+            financial,msisdn,+84900000009,2026-11-11T02:00:00Z,1,VND,SYN003
+
+            """
+        try Data(csv.utf8).write(to: URL(fileURLWithPath: drop + "/\(request).csv.partial"))
+        try FileManager.default.moveItem(atPath: drop + "/\(request).csv.partial", toPath: drop + "/\(request).csv")
+        let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
+        #expect(watched.status == 0, "connector: \(d.connector!.output.suffix(3000))")
+        let view = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        let packageId = try #require((view["packages"] as? [[String: Any]])?.first?["id"] as? String)
+        _ = try await d.cliOK(d.investigator, ["download", packageId, "--out", d.path("dl"), "--quiet"])
+        let content = try String(contentsOfFile: d.path("dl/\(packageId.lowercased()).ndjson"), encoding: .utf8)
+        // 30 CDRs, the subscriber row (its time in UTC), the two payments in scope (the national number made E.164).
+        #expect(content.split(separator: "\n").count == 33)
+        #expect(content.contains(#""name":"Synthetic Subscriber A""#) && content.contains(#""time":"2026-11-05T03:00:00Z""#))
+        #expect(content.contains(#""counterparty":"SYN001""#) && content.contains(#""time":"2026-11-10T02:00:00Z""#) && content.contains(#""amount":150000"#))
+        #expect(!content.contains("Someone Else") && !content.contains("SYN003"))
+        #expect(!FileManager.default.fileExists(atPath: drop + "/\(request).csv"))  // claimed
+
+        // The operator's endpoint: metrics (never a target) and health.
+        let metrics = try await httpGet(endpoint + "/metrics")
+        #expect(metrics.status == 200)
+        for line in ["custos_connector_packages_sent_total 1", "custos_connector_records_extracted_total 33", "custos_connector_requests_total 1",
+                     #"custos_connector_records_out_of_scope_total{reason="target"} 1"#] {
+            #expect(metrics.body.contains(line), "metrics lack \(line):\n\(metrics.body)")
+        }
+        #expect(!metrics.body.contains("8491234") && !metrics.body.contains("8490000"))
+        let health = try await httpGet(endpoint + "/health")
+        #expect(health.status == 200 && health.body.contains(#""status":"ok""#), "\(health.body)")
+        #expect(!d.connector!.output.contains("+849"), "the connector's log names a target")
+    }
+
+    func httpGet(_ url: String) async throws -> (status: Int, body: String) {
+        let (data, response) = try await URLSession.shared.data(from: try #require(URL(string: url)))
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+    }
+}
