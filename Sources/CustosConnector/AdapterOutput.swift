@@ -17,7 +17,7 @@ import Foundation
 /// then goes through the `RecordGate` (canonical form, scope); one the gate cannot read is an
 /// error naming its line (never its content).
 struct AdapterOutput {
-    let gate: RecordGate
+    var gate: RecordGate
     let category: DataCategory
     let sink: ExecAdapter.Sink
     let coverage: ExecAdapter.CoverageSink
@@ -42,7 +42,9 @@ struct AdapterOutput {
         pending.append(contentsOf: data)
         var start = 0
         defer { pending.removeFirst(start) }
-        while let nl = pending[start...].firstIndex(of: 0x0A) {
+        while start < pending.count {
+            let nl = pending.withUnsafeBytes { b in memchr(b.baseAddress! + start, 0x0A, b.count - start).map { b.baseAddress!.distance(to: UnsafeRawPointer($0)) } }
+            guard let nl else { break }
             let line = pending[start..<nl]
             start = nl + 1
             try self.line(line)
@@ -77,6 +79,7 @@ struct AdapterOutput {
     }
 
     private mutating func json(_ line: ArraySlice<UInt8>) throws {
+        if let fast = line.withUnsafeBytes({ gate.admitFast($0) }) { return try admit(fast) }
         guard case .object(let object)? = try? JSONParser.parse(line) else {
             throw Failure(reason: "output line \(lineNumber) is not a JSON object")
         }

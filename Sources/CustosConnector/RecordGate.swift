@@ -1,4 +1,5 @@
 import CustosCanonicalJSON
+import CustosCriteria
 import CustosModel
 import Foundation
 
@@ -44,6 +45,10 @@ public struct RecordGate: Sendable {
     let categories: Set<DataCategory>
     let targets: Set<Target>
     let window: ClosedRange<Date>
+    /// The request's plain targets (no port, time or platform) by type and value bytes: the
+    /// fast path's lookup. Their values are canonical (checked when the request was submitted).
+    let plain: [TargetType: [[UInt8]: Target]]
+    var frames = RecordFrameReader()
 
     public init(request: ApprovedRequest, category: DataCategory, settings: Settings = Settings()) {
         self.settings = settings
@@ -52,12 +57,28 @@ public struct RecordGate: Sendable {
         targets = Set(request.targets)
         let from = Timestamp.parse(request.window.from) ?? .distantPast, to = Timestamp.parse(request.window.to) ?? .distantFuture
         window = min(from, to)...max(from, to)
+        var plain: [TargetType: [[UInt8]: Target]] = [:]
+        for t in request.targets where t.port == nil && t.at == nil && t.platform == nil { plain[t.type, default: [:]][Array(t.value.utf8)] = t }
+        self.plain = plain
     }
 
-    /// One record line (without its newline) as the adapter wrote it.
-    public func admit(line: some Collection<UInt8>) -> Outcome {
+    /// The fast path: a line already in canonical form (RFC 8785 member order, a plain
+    /// target of the request's, a UTC time in the window) is taken as it is, without parsing.
+    /// Nil when the line needs the full look.
+    public mutating func admitFast(_ line: UnsafeRawBufferPointer) -> Outcome? {
+        guard let frame = frames.read(line), frame.utc, frame.category == category,
+              let target = plain[frame.targetType]?[Array(frame.targetValue)] else { return nil }
+        let seconds = window.lowerBound.timeIntervalSince1970...window.upperBound.timeIntervalSince1970
+        guard seconds.contains(frame.seconds) else { return .dropped(.window) }
+        return .record(target, Array(line))
+    }
+
+    /// One record line (without its newline) as the adapter wrote it: the fast path, else
+    /// the full look.
+    public mutating func admit(line: [UInt8]) -> Outcome {
+        if let fast = line.withUnsafeBytes({ admitFast($0) }) { return fast }
         guard case .object(let frame)? = try? JSONParser.parse(line) else { return .dropped(.unreadable) }
-        return admit(frame, original: Array(line))
+        return admit(frame, original: line)
     }
 
     /// One record as an object: `{category, target, time, record}`.

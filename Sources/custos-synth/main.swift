@@ -49,7 +49,8 @@ struct Synth: ParsableCommand {
                 record = "{\"documentType\":\"national-id-card\",\"sha256\":\"\(String(repeating: "0", count: 48))\(String(rng.next() % 10_000_000_000_000_000, radix: 16).padding(toLength: 16, withPad: "0", startingAt: 0))\""
             }
             let pad = padding > 0 ? ",\"filler\":\"\(filler)\"" : ""
-            buffer += "{\"category\":\"\(input.category.rawValue)\",\"target\":\(targetJSON),\"time\":\"\(time)\",\"record\":\(record)\(pad)}}\n"
+            // Members in RFC 8785 order, as a careful adapter writes them.
+            buffer += "{\"category\":\"\(input.category.rawValue)\",\"record\":\(record)\(pad)},\"target\":\(targetJSON),\"time\":\"\(time)\"}\n"
             if buffer.utf8.count > 1 << 16 {
                 try out.write(contentsOf: Data(buffer.utf8))
                 buffer.removeAll(keepingCapacity: true)

@@ -16,13 +16,40 @@ struct RecordGateTests {
     }
 
     func admitted(_ text: String) -> (Target, String)? {
-        if case .record(let t, let bytes) = Self.gate.admit(line: Array(text.utf8)) { return (t, String(decoding: bytes, as: UTF8.self)) }
+        var gate = Self.gate
+        if case .record(let t, let bytes) = gate.admit(line: Array(text.utf8)) { return (t, String(decoding: bytes, as: UTF8.self)) }
         return nil
     }
 
     func dropped(_ text: String) -> RecordGate.Drop? {
-        if case .dropped(let why) = Self.gate.admit(line: Array(text.utf8)) { return why }
+        var gate = Self.gate
+        if case .dropped(let why) = gate.admit(line: Array(text.utf8)) { return why }
         return nil
+    }
+
+    /// What the fast path takes, it decides as the full look does.
+    @Test func theFastPathAgreesWithTheFullLook() throws {
+        var gate = Self.gate
+        let canonical = #"{"category":"traffic","record":{"direction":"outgoing","durationSeconds":61,"otherParty":"+84907000123"},"target":{"type":"msisdn","value":"+84912345678"},"time":"2026-10-15T08:30:00Z"}"#
+        var taken = 0
+        for text in [canonical, canonical.replacingOccurrences(of: "2026-10-15", with: "2026-12-15"),
+                     canonical.replacingOccurrences(of: "+84912345678", with: "+84900000001"),
+                     canonical.replacingOccurrences(of: "08:30:00Z", with: "15:30:00+07:00"),
+                     canonical.replacingOccurrences(of: "\"traffic\"", with: "\"location\""),
+                     canonical.replacingOccurrences(of: "+84912345678", with: "0912345678"),
+                     Self.line("+84912345678")] {
+            let line = Array(text.utf8)
+            guard case .object(let frame)? = try? JSONParser.parse(line) else { Issue.record("not JSON: \(text)"); continue }
+            let full = Self.gate.admit(frame, original: line)
+            guard let fast = line.withUnsafeBytes({ gate.admitFast($0) }) else { continue }
+            taken += 1
+            switch (fast, full) {
+            case (.record(let a, let x), .record(let b, let y)): #expect(a == b && x == y, "\(text)")
+            case (.dropped(let a), .dropped(let b)): #expect(a == b, "\(text)")
+            default: Issue.record("fast and full disagree on \(text)")
+            }
+        }
+        #expect(taken == 2)  // the canonical record, and the one outside the window
     }
 
     @Test func aCanonicalRecordKeepsItsBytes() {
