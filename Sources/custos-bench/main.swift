@@ -33,8 +33,12 @@ if arguments.first == "urgent" {
                               loadMB: arguments.dropFirst(3).first.flatMap { Int($0) } ?? 100)
     exit(0)
 }
+if arguments.first == "connector" {
+    try await ConnectorBench.run(records: arguments.dropFirst().first.flatMap { Int($0) } ?? 10_000_000)
+    exit(0)
+}
 guard arguments.first == "custody" else {
-    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB] | custos-bench criteria [RECORDS]\n".utf8))
+    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB] | custos-bench criteria [RECORDS] | custos-bench connector [RECORDS]\n".utf8))
     exit(2)
 }
 let seconds = arguments.dropFirst().first.flatMap { Double($0) } ?? 20
