@@ -258,7 +258,10 @@ public struct ProviderConnector: Service {
     /// never a record. The package is sent either way: the verdict is the broker's to give.
     private func foresee(_ id: UUID, _ body: RequestBody) throws {
         let manifest = try JSONDecoder().decode(Manifest.self, from: try jobs.read(id, "manifest.json"))
-        var judge = PackageJudge(request: body.request, manifest: manifest)
+        // Digests on disk: constant memory however many records (the broker keeps them in memory).
+        let digests = try SpillingDigests(directory: jobs.file(id, "digests"))
+        var judge = PackageJudge(request: body.request, manifest: manifest, digests: digests)
+        defer { if digests.failed { logger.warning("the duplicate count is incomplete: record digests could not be written to the job directory", metadata: [LogKey.request: "\(id.lowercased)"]) } }
         let handle = try FileHandle(forReadingFrom: jobs.file(id, "records.ndjson"))
         defer { try? handle.close() }
         while let block = try handle.read(upToCount: 1 << 20), !block.isEmpty {

@@ -131,6 +131,14 @@ final class ResultSpools: @unchecked Sendable {
     /// Concatenates the spools in result order into `content`, durably, and removes them.
     func concatenate(into content: URL) throws {
         try flush()
+        let present = (0..<trees.count).filter { FileManager.default.fileExists(atPath: file($0).path) }
+        if present.count == 1 {
+            // One result holds every record: its spool is the content (already durable).
+            try? FileManager.default.removeItem(at: content)
+            try FileManager.default.moveItem(at: file(present[0]), to: content)
+            try? FileManager.default.removeItem(at: directory)
+            return
+        }
         _ = FileManager.default.createFile(atPath: content.path, contents: nil)
         let out = try FileHandle(forWritingTo: content)
         defer { try? out.close() }

@@ -1,14 +1,24 @@
+/// Where a judge keeps the records' digests to count duplicates: in memory (`DigestSet`, the
+/// default), or somewhere that bounds memory (the connector spills them to disk).
+public protocol DigestStore: Sendable {
+    /// Adds one digest (the first 128 bits of a record's SHA-256); false when it is known
+    /// now to have been seen before.
+    mutating func insert(_ a: UInt64, _ b: UInt64) -> Bool
+    /// The duplicates that could only be counted at the end.
+    mutating func finish() -> Int
+}
+
 /// The records seen so far, as the first 128 bits of their SHA-256: an open-addressing table
 /// indexed by those bits directly (they are already uniformly spread, so no hashing), which
 /// is what lets the duplicate search keep pace with a million records a second.
-struct DigestSet: Sendable {
+public struct DigestSet: DigestStore {
     private var slots: [(UInt64, UInt64)]
     private var mask: Int
-    private(set) var count = 0
+    public private(set) var count = 0
     /// (0, 0) marks an empty slot; a digest of that value is remembered apart.
     private var hasZero = false
 
-    init(capacity: Int = 1 << 16) {
+    public init(capacity: Int = 1 << 16) {
         var size = 16
         while size < capacity * 2 { size <<= 1 }
         slots = Array(repeating: (0, 0), count: size)
@@ -16,7 +26,7 @@ struct DigestSet: Sendable {
     }
 
     /// Adds the digest; false if it was there already.
-    mutating func insert(_ a: UInt64, _ b: UInt64) -> Bool {
+    public mutating func insert(_ a: UInt64, _ b: UInt64) -> Bool {
         if a == 0 && b == 0 {
             defer { hasZero = true }
             return !hasZero
@@ -42,4 +52,8 @@ struct DigestSet: Sendable {
         count = 0
         for s in old where !(s.0 == 0 && s.1 == 0) { _ = insert(s.0, s.1) }
     }
+}
+
+extension DigestSet {
+    public mutating func finish() -> Int { 0 }
 }

@@ -71,6 +71,8 @@ public struct PackageJudge: Sendable {
     var scope: [String: Int] = [:]
     var defects = Array(repeating: 0, count: RecordRules.Defect.allCases.count)
     var seen = DigestSet()
+    /// Set: the digests go there instead of `seen` (bounded memory; counted at the end).
+    var store: (any DigestStore)?
     /// Per category (in `DataCategory.allCases` order): records seen, and per field how many had it.
     var present: [(records: Int, fields: [Int])]
     // The fast path's tables: names as bytes, and the request's plain targets by a hash of their value.
@@ -87,7 +89,10 @@ public struct PackageJudge: Sendable {
     /// A record line split across content slices, until its end arrives.
     private var lines = RecordLines()
 
-    public init(request: ApprovedRequest, manifest: Manifest) {
+    /// `digests`: where to keep the records' digests for the duplicate count; by default in
+    /// memory (16 to 64 bytes a record).
+    public init(request: ApprovedRequest, manifest: Manifest, digests: (any DigestStore)? = nil) {
+        store = digests
         self.request = request
         self.manifest = manifest
         targets = Set(request.targets)
@@ -139,7 +144,8 @@ public struct PackageJudge: Sendable {
         shown = false
         // Byte-identical records are duplicates (SHA-256, first 128 bits kept).
         let digest = SHA256.hash(data: line)
-        let fresh = digest.withUnsafeBytes { seen.insert($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+        let (a, b) = digest.withUnsafeBytes { ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+        let fresh = store == nil ? seen.insert(a, b) : store!.insert(a, b)
         if !fresh { counts.duplicates += 1 }
         if !alwaysParse && RecordScanner.scan(line, categories: categoryNames, fieldNames: fieldNames, into: &scan) {
             judgeScanned()
@@ -240,6 +246,7 @@ public struct PackageJudge: Sendable {
         var pending = lines
         lines = RecordLines()
         pending.finish { consume(record: $0) }
+        counts.duplicates += store?.finish() ?? 0
         func tally(_ codes: [String]) -> [Verdict.Reason] {
             Dictionary(codes.map { ($0, 1) }, uniquingKeysWith: +).map { Verdict.Reason(code: $0.key, status: .fail, count: $0.value) }
         }

@@ -31,7 +31,7 @@ struct Synth: ParsableCommand {
         let filler = String(repeating: "x", count: padding)
         func emit(_ target: Target) throws {
             let t = from + Double(rng.next() % UInt64(max(1, to - from)))
-            let time = Timestamp.format(Date(timeIntervalSince1970: t.rounded(.down)))
+            let time = Self.utc(Int64(t.rounded(.down)))
             let targetJSON = "{\"type\":\"\(target.type.rawValue)\",\"value\":\"\(target.value)\"}"
             let record: String
             switch input.category {
@@ -64,6 +64,26 @@ struct Synth: ParsableCommand {
         buffer += "{\"coverage\":{\"from\":\"\(input.request.window.from)\",\"to\":\"\(input.request.window.to)\",\"retainedSince\":\"\(retained)\"}}\n"
         for i in 0..<outOfScope { try emit(Target(type: .msisdn, value: "+8400000\(String(format: "%05d", i % 100_000))")) }
         try out.write(contentsOf: Data(buffer.utf8))
+    }
+}
+
+extension Synth {
+    /// `YYYY-MM-DDTHH:MM:SS.000Z` for seconds since 1970 (the civil-from-days algorithm: no
+    /// formatter, no lock; millions of records a second).
+    static func utc(_ seconds: Int64) -> String {
+        let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let secs = seconds - days * 86_400
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let d = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return "\(y)-\(two(m))-\(two(d))T\(two(secs / 3600)):\(two(secs / 60 % 60)):\(two(secs % 60)).000Z"
     }
 }
 

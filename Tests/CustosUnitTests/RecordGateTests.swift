@@ -1,4 +1,5 @@
 import CustosCanonicalJSON
+import CustosCriteria
 @testable import CustosConnector
 import CustosModel
 import Foundation
@@ -121,5 +122,24 @@ struct RecordGateTests {
         }
         #expect { try read(#"category,target_type,target_value,time"# + "\n" + #"traffic,msisdn,"+849123"# + "\n") } throws: { String(describing: $0).contains("quote is not closed") }
         #expect { try read(Self.line("+84912345678")) } throws: { String(describing: $0).contains("does not end with a newline") }
+    }
+
+    @Test func digestsSpilledToDiskCountTheSameDuplicatesAsTheTableInMemory() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("custos-digests-\(UUID().uuidString)")
+        let spilled = try SpillingDigests(directory: dir)
+        var memory = DigestSet()
+        var rng = SystemRandomNumberGenerator()
+        var digests: [(UInt64, UInt64)] = (0..<50_000).map { _ in (rng.next(), rng.next()) }
+        digests += digests.prefix(1234)  // repeats, in another order
+        digests += [(0, 0), (0, 0)]      // the zero digest, twice
+        digests.shuffle()
+        var inMemory = 0
+        for (a, b) in digests {
+            _ = spilled.insert(a, b)
+            if !memory.insert(a, b) { inMemory += 1 }
+        }
+        #expect(inMemory == 1235)
+        #expect(spilled.finish() == inMemory)
+        #expect(!spilled.failed)
     }
 }

@@ -1,0 +1,71 @@
+import CustosCriteria
+import Foundation
+
+/// The judge's record digests kept on disk, so that the verdict foreseen before sending takes
+/// constant memory whatever the export's size: each digest (16 bytes) goes to one of 256
+/// partition files by its first byte, and at the end each partition is counted on its own in
+/// memory (1/256th of the digests at a time). The files are removed afterwards.
+///
+/// `@unchecked Sendable`: one judge uses it, from one task.
+final class SpillingDigests: DigestStore, @unchecked Sendable {
+    static let partitions = 256
+    let directory: URL
+    private var buffers: [[UInt8]]
+    private var handles: [FileHandle?]
+    private(set) var failed = false
+
+    init(directory: URL) throws {
+        self.directory = directory
+        try? FileManager.default.removeItem(at: directory)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        buffers = Array(repeating: [], count: Self.partitions)
+        handles = Array(repeating: nil, count: Self.partitions)
+    }
+
+    deinit { try? FileManager.default.removeItem(at: directory) }
+
+    func file(_ p: Int) -> URL { directory.appendingPathComponent("\(p)") }
+
+    func insert(_ a: UInt64, _ b: UInt64) -> Bool {
+        let p = Int(a >> 56)
+        withUnsafeBytes(of: a.littleEndian) { buffers[p].append(contentsOf: $0) }
+        withUnsafeBytes(of: b.littleEndian) { buffers[p].append(contentsOf: $0) }
+        if buffers[p].count >= 16 << 10 { flush(p) }
+        return true
+    }
+
+    private func flush(_ p: Int) {
+        guard !buffers[p].isEmpty else { return }
+        do {
+            if handles[p] == nil {
+                _ = FileManager.default.createFile(atPath: file(p).path, contents: nil)
+                handles[p] = try FileHandle(forWritingTo: file(p))
+            }
+            try handles[p]!.write(contentsOf: buffers[p])
+        } catch {
+            failed = true
+        }
+        buffers[p].removeAll(keepingCapacity: true)
+    }
+
+    func finish() -> Int {
+        var duplicates = 0
+        for p in 0..<Self.partitions {
+            flush(p)
+            try? handles[p]?.close()
+            handles[p] = nil
+            guard let data = FileManager.default.contents(atPath: file(p).path) else { continue }
+            var set = DigestSet(capacity: data.count / 16)
+            data.withUnsafeBytes { raw in
+                for i in stride(from: 0, to: raw.count - 15, by: 16) {
+                    let a = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+                    let b = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self))
+                    if !set.insert(a, b) { duplicates += 1 }
+                }
+            }
+            try? FileManager.default.removeItem(at: file(p))
+        }
+        buffers = Array(repeating: [], count: Self.partitions)
+        return duplicates
+    }
+}
