@@ -60,7 +60,7 @@ struct AdapterOutput {
         lineNumber += 1
         var line = raw
         if line.last == 0x0D { line = line.dropLast() }
-        if line.allSatisfy({ $0 == 0x20 }) { return }
+        if line.first != UInt8(ascii: "{"), line.allSatisfy({ $0 == 0x20 }) { return }
         switch format {
         case .unknown:
             if line.first(where: { $0 != 0x20 }) == UInt8(ascii: "{") {
@@ -79,7 +79,15 @@ struct AdapterOutput {
     }
 
     private mutating func json(_ line: ArraySlice<UInt8>) throws {
-        if let fast = line.withUnsafeBytes({ gate.admitFast($0) }) { return try admit(fast) }
+        let fast: Bool = try line.withUnsafeBytes { bytes in
+            switch gate.admitFast(bytes) {
+            case .keep(let target)?: try sink(target, bytes)
+            case .drop(let why)?: dropped[why, default: 0] += 1
+            case nil: return false
+            }
+            return true
+        }
+        if fast { return }
         guard case .object(let object)? = try? JSONParser.parse(line) else {
             throw Failure(reason: "output line \(lineNumber) is not a JSON object")
         }

@@ -45,9 +45,11 @@ public struct RecordGate: Sendable {
     let categories: Set<DataCategory>
     let targets: Set<Target>
     let window: ClosedRange<Date>
-    /// The request's plain targets (no port, time or platform) by type and value bytes: the
+    /// The request's plain targets (no port, time or platform) with their value's bytes: the
     /// fast path's lookup. Their values are canonical (checked when the request was submitted).
-    let plain: [TargetType: [[UInt8]: Target]]
+    let plainList: [(type: TargetType, value: [UInt8], target: Target)]
+    /// The window in seconds since 1970.
+    let seconds: ClosedRange<Double>
     var frames = RecordFrameReader()
 
     public init(request: ApprovedRequest, category: DataCategory, settings: Settings = Settings()) {
@@ -57,26 +59,42 @@ public struct RecordGate: Sendable {
         targets = Set(request.targets)
         let from = Timestamp.parse(request.window.from) ?? .distantPast, to = Timestamp.parse(request.window.to) ?? .distantFuture
         window = min(from, to)...max(from, to)
-        var plain: [TargetType: [[UInt8]: Target]] = [:]
-        for t in request.targets where t.port == nil && t.at == nil && t.platform == nil { plain[t.type, default: [:]][Array(t.value.utf8)] = t }
-        self.plain = plain
+        plainList = request.targets.filter { $0.port == nil && $0.at == nil && $0.platform == nil }.map { ($0.type, Array($0.value.utf8), $0) }
+        seconds = window.lowerBound.timeIntervalSince1970...window.upperBound.timeIntervalSince1970
+    }
+
+    /// What the fast path decides: the line goes as it is, or is dropped.
+    public enum Fast {
+        case keep(Target)
+        case drop(Drop)
     }
 
     /// The fast path: a line already in canonical form (RFC 8785 member order, a plain
-    /// target of the request's, a UTC time in the window) is taken as it is, without parsing.
-    /// Nil when the line needs the full look.
-    public mutating func admitFast(_ line: UnsafeRawBufferPointer) -> Outcome? {
-        guard let frame = frames.read(line), frame.utc, frame.category == category,
-              let target = plain[frame.targetType]?[Array(frame.targetValue)] else { return nil }
-        let seconds = window.lowerBound.timeIntervalSince1970...window.upperBound.timeIntervalSince1970
-        guard seconds.contains(frame.seconds) else { return .dropped(.window) }
-        return .record(target, Array(line))
+    /// target of the request's, a UTC time) is decided without parsing or copying it. Nil
+    /// when the line needs the full look.
+    public mutating func admitFast(_ line: UnsafeRawBufferPointer) -> Fast? {
+        guard let frame = frames.read(line), frame.utc, frame.category == category, let target = plainTarget(frame.targetType, frame.targetValue)
+        else { return nil }
+        guard seconds.contains(frame.seconds) else { return .drop(.window) }
+        return .keep(target)
+    }
+
+    /// The request's plain target of this type and value, compared byte by byte.
+    @inline(__always) func plainTarget(_ type: TargetType, _ value: UnsafeRawBufferPointer) -> Target? {
+        for p in plainList where p.type == type && p.value.count == value.count {
+            if p.value.withUnsafeBytes({ memcmp($0.baseAddress!, value.baseAddress!, value.count) == 0 }) { return p.target }
+        }
+        return nil
     }
 
     /// One record line (without its newline) as the adapter wrote it: the fast path, else
     /// the full look.
     public mutating func admit(line: [UInt8]) -> Outcome {
-        if let fast = line.withUnsafeBytes({ admitFast($0) }) { return fast }
+        switch line.withUnsafeBytes({ admitFast($0) }) {
+        case .keep(let target)?: return .record(target, line)
+        case .drop(let why)?: return .dropped(why)
+        case nil: break
+        }
         guard case .object(let frame)? = try? JSONParser.parse(line) else { return .dropped(.unreadable) }
         return admit(frame, original: line)
     }

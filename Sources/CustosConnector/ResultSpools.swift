@@ -16,8 +16,10 @@ final class ResultSpools: @unchecked Sendable {
     let directory: URL
     let index: [ResultKey: Int]
     private(set) var trees: [RecordTree]
-    private var buffers: [Int: [UInt8]] = [:]
+    private var buffers: [[UInt8]]
     private var buffered = 0
+    /// The last record's result (consecutive records mostly share it).
+    private var last: (key: ResultKey, index: Int)?
 
     struct ResultKey: Hashable { var target: Target; var category: DataCategory }
 
@@ -28,6 +30,7 @@ final class ResultSpools: @unchecked Sendable {
         for t in request.targets { for c in request.categories { index[ResultKey(target: t, category: c)] = index.count } }
         self.index = index
         trees = Array(repeating: RecordTree(), count: index.count)
+        buffers = Array(repeating: [], count: index.count)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     }
 
@@ -107,16 +110,24 @@ final class ResultSpools: @unchecked Sendable {
     func file(_ i: Int) -> URL { directory.appendingPathComponent("\(i).ndjson") }
 
     func append(target: Target, category: DataCategory, record: UnsafeRawBufferPointer) throws {
-        guard let i = index[ResultKey(target: target, category: category)] else { return }
+        let i: Int
+        if let last, last.key.category == category, last.key.target == target {
+            i = last.index
+        } else {
+            let key = ResultKey(target: target, category: category)
+            guard let found = index[key] else { return }
+            last = (key, found)
+            i = found
+        }
         trees[i].append(record: record)
-        buffers[i, default: []].append(contentsOf: record)
-        buffers[i]!.append(0x0A)
+        buffers[i].append(contentsOf: record)
+        buffers[i].append(0x0A)
         buffered += record.count + 1
-        if buffered > 8 << 20 || buffers[i]!.count > 256 << 10 { try flush() }
+        if buffered > 8 << 20 || buffers[i].count > 256 << 10 { try flush() }
     }
 
     func flush() throws {
-        for (i, bytes) in buffers where !bytes.isEmpty {
+        for (i, bytes) in buffers.enumerated() where !bytes.isEmpty {
             let url = file(i)
             if !FileManager.default.fileExists(atPath: url.path) { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
             let h = try FileHandle(forWritingTo: url)
@@ -124,7 +135,7 @@ final class ResultSpools: @unchecked Sendable {
             try h.write(contentsOf: bytes)
             try h.close()
         }
-        buffers.removeAll(keepingCapacity: true)
+        for i in buffers.indices { buffers[i].removeAll(keepingCapacity: true) }
         buffered = 0
     }
 

@@ -45,8 +45,8 @@ struct RecordGateTests {
             guard let fast = line.withUnsafeBytes({ gate.admitFast($0) }) else { continue }
             taken += 1
             switch (fast, full) {
-            case (.record(let a, let x), .record(let b, let y)): #expect(a == b && x == y, "\(text)")
-            case (.dropped(let a), .dropped(let b)): #expect(a == b, "\(text)")
+            case (.keep(let a), .record(let b, let y)): #expect(a == b && line == y, "\(text)")
+            case (.drop(let a), .dropped(let b)): #expect(a == b, "\(text)")
             default: Issue.record("fast and full disagree on \(text)")
             }
         }
