@@ -109,6 +109,13 @@ public struct JobStore: Sendable {
         return .received
     }
 
+    /// What the extraction found, for `custos-connector status`: records kept, records outside
+    /// the request (not sent), and the categories no adapter could serve.
+    public func extractionSummary(_ id: UUID) -> (records: Int, outOfScope: Int, cannotExecute: [String])? {
+        guard let data = try? read(id, "extraction.json"), let e = try? JSONDecoder().decode(Extraction.self, from: data) else { return nil }
+        return (e.results.reduce(0) { $0 + $1.recordCount }, e.outOfScope, Array(e.cannotExecute.keys))
+    }
+
     /// Whether the state directory takes a durable write now (for the health endpoint).
     public func isWritable() -> Bool {
         let probe = root.appendingPathComponent(".health-\(UUID().uuidString)")

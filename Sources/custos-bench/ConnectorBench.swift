@@ -9,10 +9,12 @@ import CustosRuntime
 import CustosTestSupport
 import Foundation
 import Logging
+import PostgresNIO
 import NIOCore
 import Synchronization
 
-/// `custos-bench connector [RECORDS]` (run by `ops/bench connector`): the broker (as
+/// `custos-bench connector [RECORDS] [PADDING] [--without-baseline]` (run by `ops/bench
+/// connector`): the broker (as
 /// `custos-broker serve` assembles it) in this process, `custos-connector run` as a process of
 /// its own whose exec adapter, custos-synth, writes RECORDS (default 10,000,000) synthetic CDR
 /// rows for one target. It times the connector from the approval to the last chunk
@@ -20,9 +22,12 @@ import Synchronization
 /// and on to the package verified in the broker, and reads the connector's peak RSS
 /// (VmHWM). In the same run it produces the same bytes, in the same 512 KiB messages, with
 /// librdkafka's producer alone: the baseline. The last line is
-/// `connector/raw-kafka ratio: X.XX` (raw time / connector time).
+/// `connector/raw-kafka ratio: X.XX` (raw time / connector time). PADDING adds that many bytes
+/// of filler to every record (to make a large export); `--without-baseline` leaves the
+/// baseline out (the local Kafka keeps every message in memory), and the last line is then
+/// `connector peak RSS: N MiB`.
 enum ConnectorBench {
-    static func run(records: Int) async throws {
+    static func run(records: Int, padding: Int, baseline: Bool) async throws {
         var logger = Logger(label: "custos-bench")
         logger.logLevel = .error
         let env = ProcessInfo.processInfo.environment
@@ -87,7 +92,7 @@ enum ConnectorBench {
             "providerId": provider, "signingKeyFile": path("provider.key"), "certificateFile": path("provider.pem"),
             "brokerPublicKeyFile": path("broker.pub"), "stateDirectory": path("state"),
             "tsa": ["url": url! + "/tsa", "trustFile": path("tsa-ca.pem")],
-            "adapters": ["traffic": ["command": [synth, "--records-per-target", "\(records)"]]],
+            "adapters": ["traffic": ["command": [synth, "--records-per-target", "\(records)", "--padding", "\(padding)"]]],
             "kafka": ["groupId": "custos-connector-bench-\(tag)"], "log": ["level": "warning"],
         ] as [String: Any]).write(to: URL(fileURLWithPath: path("connector.json")))
         let connector = Process()
@@ -132,6 +137,36 @@ enum ConnectorBench {
         peak = max(peak, Self.peakRSS(connector.processIdentifier))
         connector.terminate()
         connector.waitUntilExit()
+        brokerTask.cancel()
+        // The benchmark's data goes (it can be gigabytes).
+        let cleanup = brokerConfiguration.database.makeClient(logger: logger)
+        let cleaner = Task { await cleanup.run() }
+        do { try await cleanup.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \"\(schema)\" CASCADE"), logger: logger) } catch {
+            print("note: schema \(schema) was not dropped: \(String(reflecting: error))")
+        }
+        cleaner.cancel()
+
+        func s(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
+        let size = Double(manifest.content.size), n = Double(manifest.content.recordCount)
+        let connectorSeconds = s(sent - t0)
+        func phase(_ a: String?, _ b: String) -> String {
+            guard let end = marks[b] else { return "-" }
+            return String(format: "%.1f s", s(end - (a.flatMap { marks[$0] } ?? t0)))
+        }
+        print(String(format: "%d CDR records, %.2f GB (%.2f GiB) in %d chunks of %d KiB, one target", manifest.content.recordCount, size / 1e9,
+                     size / 1_073_741_824, manifest.chunks.count, Topics.maximumChunkBytes / 1024))
+        print("connector phases: extraction \(phase(nil, "extraction.json")), packaging \(phase("extraction.json", "manifest.json")), "
+              + "time-stamp \(phase("manifest.json", "manifest.tsr")), four criteria \(phase("manifest.tsr", "criteria.json")), "
+              + "streaming \(phase("criteria.json", "sent"))")
+        print(String(format: "connector (approval → every chunk acknowledged by Kafka): %.1f s, %.0f records/s, %.1f MB/s, peak RSS %.1f MiB",
+                     connectorSeconds, n / connectorSeconds, size / 1e6 / connectorSeconds, Double(peak) / 1024))
+        print(String(format: "into the broker (approval → package verified): %.1f s, %.0f records/s, %.1f MB/s",
+                     s(verified - t0), n / s(verified - t0), size / 1e6 / s(verified - t0)))
+        guard baseline else {
+            print("target: peak RSS < 256 MiB (no baseline in this run)")
+            print(String(format: "connector peak RSS: %.1f MiB", Double(peak) / 1024))
+            return
+        }
 
         // The baseline: the same bytes (custos-synth, same request, same seed), in the same
         // message size, produced by librdkafka alone to a topic of their own.
@@ -139,7 +174,7 @@ enum ConnectorBench {
         let same = path("same.ndjson")
         let generator = Process()
         generator.executableURL = URL(fileURLWithPath: synth)
-        generator.arguments = ["--records-per-target", "\(records)"]
+        generator.arguments = ["--records-per-target", "\(records)", "--padding", "\(padding)"]
         let input = Pipe()
         generator.standardInput = input
         FileManager.default.createFile(atPath: same, contents: nil)
@@ -172,26 +207,9 @@ enum ConnectorBench {
         for f in futures { _ = try await f.value }
         let raw = ContinuousClock.now - r0
 
-        func s(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18 }
-        let size = Double(manifest.content.size), n = Double(manifest.content.recordCount)
-        let connectorSeconds = s(sent - t0)
-        func phase(_ a: String?, _ b: String) -> String {
-            guard let end = marks[b] else { return "-" }
-            return String(format: "%.1f s", s(end - (a.flatMap { marks[$0] } ?? t0)))
-        }
-        print(String(format: "%d CDR records, %.2f GB in %d chunks of %d KiB, one target", manifest.content.recordCount, size / 1e9, manifest.chunks.count,
-                     Topics.maximumChunkBytes / 1024))
-        print("connector phases: extraction \(phase(nil, "extraction.json")), packaging \(phase("extraction.json", "manifest.json")), "
-              + "time-stamp \(phase("manifest.json", "manifest.tsr")), four criteria \(phase("manifest.tsr", "criteria.json")), "
-              + "streaming \(phase("criteria.json", "sent"))")
-        print(String(format: "connector (approval → every chunk acknowledged by Kafka): %.1f s, %.0f records/s, %.1f MB/s, peak RSS %.1f MiB",
-                     connectorSeconds, n / connectorSeconds, size / 1e6 / connectorSeconds, Double(peak) / 1024))
-        print(String(format: "into the broker (approval → package verified): %.1f s, %.0f records/s, %.1f MB/s",
-                     s(verified - t0), n / s(verified - t0), size / 1e6 / s(verified - t0)))
         print(String(format: "raw Kafka (librdkafka's producer alone, the same bytes, %d messages): %.1f s, %.1f MB/s", messages.count, s(raw), size / 1e6 / s(raw)))
         print("target: ratio >= 0.7, peak RSS < 256 MiB")
         print(String(format: "connector/raw-kafka ratio: %.2f", s(raw) / connectorSeconds))
-        brokerTask.cancel()
     }
 
     /// VmHWM of a live process, KiB (0 once it is gone).

@@ -34,11 +34,13 @@ if arguments.first == "urgent" {
     exit(0)
 }
 if arguments.first == "connector" {
-    try await ConnectorBench.run(records: arguments.dropFirst().first.flatMap { Int($0) } ?? 10_000_000)
+    let rest = arguments.dropFirst().filter { $0 != "--without-baseline" }
+    try await ConnectorBench.run(records: rest.first.flatMap { Int($0) } ?? 10_000_000, padding: rest.dropFirst().first.flatMap { Int($0) } ?? 0,
+                                 baseline: !arguments.contains("--without-baseline"))
     exit(0)
 }
 guard arguments.first == "custody" else {
-    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB] | custos-bench criteria [RECORDS] | custos-bench connector [RECORDS]\n".utf8))
+    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB] | custos-bench criteria [RECORDS] | custos-bench connector [RECORDS] [PADDING] [--without-baseline]\n".utf8))
     exit(2)
 }
 let seconds = arguments.dropFirst().first.flatMap { Double($0) } ?? 20

@@ -156,6 +156,10 @@ struct Status: AsyncParsableCommand {
             let phase = jobs.phase(id)
             let progress = phase == .packaged ? " (chunks acknowledged: \(jobs.progress(id)))" : ""
             print("\(id.uuidString.lowercased())  \(phase.rawValue)\(progress)")
+            if let summary = jobs.extractionSummary(id) {
+                print("  extracted: \(summary.records) records\(summary.outOfScope > 0 ? ", \(summary.outOfScope) outside the request (not sent)" : "")"
+                      + (summary.cannotExecute.isEmpty ? "" : "; cannot execute: \(summary.cannotExecute.sorted().joined(separator: ", "))"))
+            }
             if let data = try? jobs.read(id, "criteria.json"), let v = try? JSONDecoder().decode(Verdict.self, from: data) {
                 let failing = Verdict.Criterion.allCases.filter { v.status($0) != .pass }.map { c in
                     "\(c.name) \(v.status(c)?.rawValue ?? "-"): " + v.reasons(c).map { "\($0.code) ×\($0.count)" }.joined(separator: ", ")

@@ -143,6 +143,9 @@ struct ConnectorOperationsTests {
         #expect(content.contains(#""counterparty":"SYN001""#) && content.contains(#""time":"2026-11-10T02:00:00Z""#) && content.contains(#""amount":150000"#))
         #expect(!content.contains("Someone Else") && !content.contains("SYN003"))
         #expect(!FileManager.default.fileExists(atPath: drop + "/\(request).csv"))  // claimed
+        // The operator's list: what was kept and what was not sent.
+        let status = try await run("custos-connector", ["status", "--config", d.path("connector.json")], environment: d.env)
+        #expect(status.stdout.contains("extracted: 33 records, 1 outside the request (not sent)"), "\(status.stdout)")
 
         // The operator's endpoint: metrics (never a target) and health.
         let metrics = try await httpGet(endpoint + "/metrics")
