@@ -39,8 +39,8 @@ extension BrokerStore {
         guard header.type.direction == .fromProvider else {
             return try await deadLetter(message, reason: "wrongDirection: \(header.type.rawValue) is not a provider message")
         }
-        guard (message.header(Topics.envelopeHeader) != nil) == (header.type == .chunk) else {
-            return try await deadLetter(message, reason: "malformed: only chunk messages carry their envelope in a header")
+        guard (message.header(Topics.envelopeHeader) != nil) == (header.type == .chunk || header.type == .manifestPart) else {
+            return try await deadLetter(message, reason: "malformed: only chunk and manifest-part messages carry their envelope in a header")
         }
         do {
             return try await client.custodyTransaction(logger: logger) { conn, custody in
@@ -107,6 +107,13 @@ extension BrokerStore {
             guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
             let body = try SignedEnvelope.body(ManifestBody.self, from: json).body
             try await acceptManifest(conn, body, header: header, provider: provider, custody: custody)
+        case .manifestPart:
+            guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
+            let part = try SignedEnvelope.body(ManifestPartBody.self, from: json).body
+            if let body = try await acceptManifestPart(conn, part, bytes: value, header: header) {
+                guard body.manifest.packageId == part.packageId else { throw IngestRejection(reason: "manifest parts name another package than their manifest") }
+                try await acceptManifest(conn, body, header: header, provider: provider, custody: custody)
+            }
         case .chunk:
             let body = try SignedEnvelope.body(ChunkBody.self, from: json).body
             try await acceptChunk(conn, body, bytes: value, header: header, provider: provider, custody: custody)
@@ -150,6 +157,40 @@ extension BrokerStore {
         case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease:
             throw IngestRejection(reason: "not a provider message")
         }
+    }
+
+    /// Keeps one part of a manifest sent in parts; once every part is in, returns the body
+    /// they make (checked against its SHA-256) and removes the parts.
+    private func acceptManifestPart(_ conn: PostgresConnection, _ part: ManifestPartBody, bytes: [UInt8], header: EnvelopeHeader) async throws -> ManifestBody? {
+        guard (2...Topics.maximumManifestParts).contains(part.count), (0..<part.count).contains(part.index), part.size == bytes.count,
+              (1...Topics.maximumChunkBytes).contains(bytes.count), Digest.isSHA256Hex(part.sha256), Digest.isSHA256Hex(part.bodySha256)
+        else { throw IngestRejection(reason: "manifest part is malformed") }
+        guard Digest.sha256Hex(bytes) == part.sha256 else { throw IngestRejection(reason: "manifest part SHA-256 differs from its envelope") }
+        var others: (count: Int, body: String)?
+        for try await (count, body) in try await conn.query(
+            "SELECT count, body_sha256 FROM manifest_parts WHERE package_id = \(part.packageId) LIMIT 1", logger: logger
+        ).decode((Int, String).self) { others = (count, body) }
+        if let others, others.count != part.count || others.body != part.bodySha256 {
+            throw IngestRejection(reason: "manifest part disagrees with the package's other parts")
+        }
+        try await conn.query("""
+            INSERT INTO manifest_parts (package_id, request_id, idx, count, body_sha256, data)
+            VALUES (\(part.packageId), \(header.requestId), \(part.index), \(part.count), \(part.bodySha256), \(ByteBuffer(bytes: bytes)))
+            ON CONFLICT DO NOTHING
+            """, logger: logger)
+        let have = try await conn.query("SELECT count(*) FROM manifest_parts WHERE package_id = \(part.packageId)", logger: logger)
+            .decode(Int.self).first { _ in true } ?? 0
+        guard have == part.count else { return nil }
+        var whole: [UInt8] = []
+        for try await data in try await conn.query(
+            "SELECT data FROM manifest_parts WHERE package_id = \(part.packageId) ORDER BY idx", logger: logger
+        ).decode(ByteBuffer.self) { whole += data.readableBytesView }
+        try await conn.query("DELETE FROM manifest_parts WHERE package_id = \(part.packageId)", logger: logger)
+        guard Digest.sha256Hex(whole) == part.bodySha256 else { throw IngestRejection(reason: "manifest parts do not make the body their SHA-256 names") }
+        guard case .object? = try? JSONParser.parse(whole), let body = try? JSONDecoder().decode(ManifestBody.self, from: Data(whole)) else {
+            throw IngestRejection(reason: "manifest parts do not make a manifest message body")
+        }
+        return body
     }
 
     private func acceptManifest(_ conn: PostgresConnection, _ body: ManifestBody, header: EnvelopeHeader, provider: String,

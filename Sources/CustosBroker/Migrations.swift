@@ -347,5 +347,18 @@ enum Migrations {
             -- completed; admissible only when all four pass.
             ALTER TABLE packages ADD COLUMN criteria text, ADD COLUMN admissible boolean;
             """),
+        Migration(version: 14, name: "manifests in parts", sql: """
+            -- The parts of a manifest too large for one Kafka message, until the last one is in;
+            -- then the manifest is applied and its parts removed.
+            CREATE TABLE manifest_parts (
+                package_id uuid NOT NULL,
+                request_id uuid NOT NULL REFERENCES requests(id),
+                idx int NOT NULL CHECK (idx >= 0),
+                count int NOT NULL CHECK (count BETWEEN 2 AND 1024 AND idx < count),
+                body_sha256 text NOT NULL,
+                data bytea NOT NULL,
+                PRIMARY KEY (package_id, idx)
+            );
+            """),
     ]
 }

@@ -63,10 +63,28 @@ struct PackageStreamer: Sendable {
         let topic = Topics.fromProvider(providerId)
         let manifestSha = Digest.sha256Hex(try CanonicalJSON.encode(manifest))
 
-        // The manifest goes (again) first: the broker ignores it if it has it already.
+        // The manifest goes (again) first: the broker ignores it if it has it already. One too
+        // large for a Kafka message (a package of thousands of chunks) goes in parts, in order.
         let manifestEnvelope = Envelope(type: .manifest, id: .derived("manifest", manifest.packageId.lowercased), requestId: id,
                                         sender: providerId, body: body)
-        try await producer.send(OutgoingMessage(topic: topic, key: key, value: try SignedEnvelope.encode(manifestEnvelope, signer: signer)))
+        let manifestMessage = try SignedEnvelope.encode(manifestEnvelope, signer: signer)
+        if manifestMessage.count <= Topics.maximumManifestMessageBytes {
+            try await producer.send(OutgoingMessage(topic: topic, key: key, value: manifestMessage))
+        } else {
+            let whole = try CanonicalJSON.encode(body)
+            let parts = stride(from: 0, to: whole.count, by: Topics.maximumChunkBytes).map { whole[$0..<min($0 + Topics.maximumChunkBytes, whole.count)] }
+            guard parts.count <= Topics.maximumManifestParts else { throw JobStoreError(reason: "the manifest is too large even in parts (\(parts.count) parts)") }
+            let bodySha = Digest.sha256Hex(whole)
+            var sent: [DeliveryFuture] = []
+            for (i, part) in parts.enumerated() {
+                let envelope = Envelope(type: .manifestPart, id: .derived("manifest-part", manifest.packageId.lowercased, String(i)), requestId: id,
+                                        sender: providerId, body: ManifestPartBody(packageId: manifest.packageId, index: i, count: parts.count, size: part.count,
+                                                                                   sha256: Digest.sha256Hex(Array(part)), bodySha256: bodySha))
+                sent.append(try producer.enqueue(OutgoingMessage(topic: topic, key: key, value: Array(part),
+                                                                 headers: [KafkaHeader(key: Topics.envelopeHeader, value: try SignedEnvelope.encode(envelope, signer: signer))])))
+            }
+            for f in sent { _ = try await f.value }
+        }
 
         let handle = try FileHandle(forReadingFrom: jobs.file(id, "records.ndjson"))
         defer { try? handle.close() }

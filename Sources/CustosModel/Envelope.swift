@@ -19,6 +19,8 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     case status
     case refusal
     case manifest
+    /// One part of a manifest too large for one Kafka message (its bytes are the value).
+    case manifestPart = "manifest-part"
     case chunk
     case complete
     /// The provider asks the investigator a question about the request (its clocks pause).
@@ -29,7 +31,7 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     public var direction: Direction {
         switch self {
         case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease: return .toProvider
-        case .ack, .status, .refusal, .manifest, .chunk, .complete, .clarificationRequest, .preserved: return .fromProvider
+        case .ack, .status, .refusal, .manifest, .manifestPart, .chunk, .complete, .clarificationRequest, .preserved: return .fromProvider
         }
     }
 
@@ -45,6 +47,11 @@ public enum Topics {
     public static let envelopeHeader = "custos-envelope"
     /// Largest chunk payload: with headers it stays below Kafka's default 1 MiB message limit.
     public static let maximumChunkBytes = 512 * 1024
+    /// A manifest message larger than this (Kafka's default limit is 1 MB) goes in parts of
+    /// `maximumChunkBytes` (`manifest-part`).
+    public static let maximumManifestMessageBytes = 900 * 1024
+    /// At most this many parts: a body of up to 512 MiB (a million chunks).
+    public static let maximumManifestParts = 1024
 }
 
 /// A detached signature over the canonical JSON of an envelope without its `signature` member.
@@ -266,6 +273,28 @@ public struct ChunkBody: Codable, Sendable, Hashable {
         self.index = index
         self.size = size
         self.sha256 = sha256
+    }
+}
+
+/// A manifest message's body (`ManifestBody`, RFC 8785 canonical JSON) too large for one
+/// Kafka message travels in parts, in order, before the package's chunks: part `index` of
+/// `count` is the Kafka value, `size` bytes with SHA-256 `sha256`; `bodySha256` is the SHA-256
+/// of the whole body. The broker applies the manifest once every part is in.
+public struct ManifestPartBody: Codable, Sendable, Hashable {
+    public var packageId: UUID
+    public var index: Int
+    public var count: Int
+    public var size: Int
+    public var sha256: String
+    public var bodySha256: String
+
+    public init(packageId: UUID, index: Int, count: Int, size: Int, sha256: String, bodySha256: String) {
+        self.packageId = packageId
+        self.index = index
+        self.count = count
+        self.size = size
+        self.sha256 = sha256
+        self.bodySha256 = bodySha256
     }
 }
 

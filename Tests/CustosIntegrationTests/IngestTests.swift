@@ -141,6 +141,44 @@ struct IngestTests {
         }
     }
 
+    /// A manifest too large for one Kafka message comes in parts (any order, repeated): the
+    /// package is applied once every part is in, and a forged part is dead-lettered.
+    @Test func aManifestInPartsIsAppliedOnceEveryPartIsIn() async throws {
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            let p = try package(for: r)
+            let (_, chunks, done) = try messages(p, r)
+            let whole = try CanonicalJSON.encode(p.body)
+            let cut = [0, whole.count / 3, 2 * whole.count / 3, whole.count]
+            let pid = p.manifest.packageId
+            func part(_ i: Int, bytes: [UInt8]? = nil, count: Int = 3) throws -> KafkaMessage {
+                let b = bytes ?? Array(whole[cut[i]..<cut[i + 1]])
+                return try message(.manifestPart, r.id, ManifestPartBody(packageId: pid, index: i, count: count, size: b.count, sha256: Digest.sha256Hex(b),
+                                                                         bodySha256: Digest.sha256Hex(whole)),
+                                   id: .derived("manifest-part", pid.lowercased, String(i)), chunk: b)
+            }
+            // A part whose bytes differ from its envelope's hash, and one that disagrees on the count.
+            var forged = try part(1)
+            forged.value[0] ^= 0x01
+            #expect(try await store.ingest(forged, providerKeys: keys) == .deadLettered("manifest part SHA-256 differs from its envelope"))
+            #expect(try await store.ingest(try part(2), providerKeys: keys) == .applied(.manifestPart))
+            let disagreeing = try message(.manifestPart, r.id, ManifestPartBody(packageId: pid, index: 0, count: 4, size: 3, sha256: Digest.sha256Hex([1, 2, 3]),
+                                                                                 bodySha256: Digest.sha256Hex(whole)), chunk: [1, 2, 3])
+            if case .deadLettered(let why) = try await store.ingest(disagreeing, providerKeys: keys) { #expect(why.contains("disagrees")) } else { Issue.record("accepted") }
+            #expect(try await store.ingest(try part(0), providerKeys: keys) == .applied(.manifestPart))
+            #expect(try await store.ingest(try part(0), providerKeys: keys) == .duplicate)
+            var missing = try await client.query("SELECT count(*) FROM packages WHERE id = \(pid)").collect()[0].decode(Int.self)
+            #expect(missing == 0)  // not yet: a part is missing
+            #expect(try await store.ingest(try part(1), providerKeys: keys) == .applied(.manifestPart))
+            for msg in chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let view = try await store.package(pid, viewer: nil)
+            #expect(view.state == .verified && view.criteria?.admissible == true)
+            missing = try await client.query("SELECT count(*) FROM manifest_parts").collect()[0].decode(Int.self)
+            #expect(missing == 0)  // the parts are gone once applied
+        }
+    }
+
     @Test func everyStatusUpdatesTheProgressShown() async throws {
         try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, _, _ in
             let r = try await approvedRequest(store)
