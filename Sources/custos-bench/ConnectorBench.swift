@@ -43,26 +43,11 @@ enum ConnectorBench {
         }
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let provider = "bench-connector-\(tag)", schema = "bench_connector_\(tag)"
-        let dir = URL(fileURLWithPath: env["CUSTOS_BENCH_DIR"] ?? FileManager.default.temporaryDirectory.path).appendingPathComponent("custos-bench-connector-\(tag)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
-
-        try SigningKey.generate().write(privatePath: path("broker.key"), publicPath: path("broker.pub"))
-        let pki = try TestPKI(signerName: provider)
-        for (name, text) in [("provider-ca.pem", pki.providerCA), ("provider.pem", pki.signer), ("provider.key", pki.signerKey),
-                             ("tsa-ca.pem", pki.tsaCA), ("tsa.pem", pki.tsa.certificate), ("tsa.key", pki.tsa.key),
-                             ("custody.pem", pki.custodyCertificate), ("custody.key", pki.custodyKey)] {
-            try Data(text.utf8).write(to: URL(fileURLWithPath: path(name)))
-        }
-        let services = ["CUSTOS_DATABASE_URL": databaseURL, "CUSTOS_KAFKA_BROKERS": brokers]
-        try JSONSerialization.data(withJSONObject: [
-            "signingKeyFile": path("broker.key"), "http": ["host": "127.0.0.1", "port": 0], "providers": ["refreshSeconds": 1],
-            "database": ["schema": schema], "kafka": ["groupId": "custos-bench-\(tag)"],
-            "tsa": ["trustFile": path("tsa-ca.pem"), "certificateFile": path("tsa.pem"), "keyFile": path("tsa.key")],
-            "custody": ["certificateFile": path("custody.pem"), "keyFile": path("custody.key"), "origin": "bench.custos/custody"],
-        ] as [String: Any]).write(to: URL(fileURLWithPath: path("broker.json")))
-        let brokerConfiguration = try BrokerConfiguration(reader: try await ConfigSource.reader(configFile: path("broker.json"), environment: services))
+        let deployment = try await BenchDeployment("connector", tag: tag, provider: provider, databaseURL: databaseURL, brokers: brokers,
+                                                   in: URL(fileURLWithPath: env["CUSTOS_BENCH_DIR"] ?? FileManager.default.temporaryDirectory.path))
+        defer { deployment.remove() }
+        let (pki, services, brokerConfiguration) = (deployment.pki, deployment.services, deployment.brokerConfiguration)
+        func path(_ name: String) -> String { deployment.path(name) }
 
         let (approver, requestId) = try await withBrokerStore(configuration: brokerConfiguration.database, signingKeyFile: nil, logger: logger) { store in
             let admin = CustodyEvent.Actor(type: .admin, id: "bench")
@@ -80,18 +65,14 @@ enum ConnectorBench {
             return (approver, id)
         }
 
-        let address = Mutex<String?>(nil)
-        let app = try buildApplication(configuration: brokerConfiguration, logger: logger) { url in address.withLock { $0 = url } }
-        let brokerTask = Task { try await app.runService() }
+        let (url, brokerTask) = try await deployment.startBroker(logger: logger)
         defer { brokerTask.cancel() }
-        var url: String?
-        while url == nil { try await Task.sleep(for: .milliseconds(20)); url = address.withLock { $0 } }
 
         // The connector, as an operator runs it.
         try JSONSerialization.data(withJSONObject: [
             "providerId": provider, "signingKeyFile": path("provider.key"), "certificateFile": path("provider.pem"),
             "brokerPublicKeyFile": path("broker.pub"), "stateDirectory": path("state"),
-            "tsa": ["url": url! + "/tsa", "trustFile": path("tsa-ca.pem")],
+            "tsa": ["url": url + "/tsa", "trustFile": path("tsa-ca.pem")],
             "adapters": ["traffic": ["command": [synth, "--records-per-target", "\(records)", "--padding", "\(padding)"]]],
             "kafka": ["groupId": "custos-connector-bench-\(tag)"], "log": ["level": "warning"],
         ] as [String: Any]).write(to: URL(fileURLWithPath: path("connector.json")))
@@ -113,7 +94,7 @@ enum ConnectorBench {
         out.fileHandleForReading.readabilityHandler = nil
 
         // Approval → extracted → packaged → every chunk acknowledged → verified in the broker.
-        let client = CustosClient(baseURL: url!, token: approver)
+        let client = CustosClient(baseURL: url, token: approver)
         let job = path("state/jobs/\(requestId.uuidString.lowercased())")
         let t0 = ContinuousClock.now
         _ = try await client.approve(requestId)
@@ -177,7 +158,7 @@ enum ConnectorBench {
         generator.arguments = ["--records-per-target", "\(records)", "--padding", "\(padding)"]
         let input = Pipe()
         generator.standardInput = input
-        FileManager.default.createFile(atPath: same, contents: nil)
+        _ = FileManager.default.createFile(atPath: same, contents: nil)
         generator.standardOutput = FileHandle(forWritingAtPath: same)
         try generator.run()
         try input.fileHandleForWriting.write(contentsOf: try JSONEncoder().encode(["category": AnyEncodable(DataCategory.traffic), "request": AnyEncodable(approved)]))

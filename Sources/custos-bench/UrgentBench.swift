@@ -64,31 +64,12 @@ enum UrgentBench {
             exit(2)
         }
         let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
-        let provider = "bench-urgent-\(tag)", schema = "bench_urgent_\(tag)"
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("custos-bench-urgent-\(tag)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        func path(_ name: String) -> String { dir.appendingPathComponent(name).path }
-
-        // Identities, as files, as a deployment has them.
-        try SigningKey.generate().write(privatePath: path("broker.key"), publicPath: path("broker.pub"))
-        let pki = try TestPKI(signerName: provider)
-        for (name, text) in [("provider-ca.pem", pki.providerCA), ("provider.pem", pki.signer), ("provider.key", pki.signerKey),
-                             ("tsa-ca.pem", pki.tsaCA), ("tsa.pem", pki.tsa.certificate), ("tsa.key", pki.tsa.key),
-                             ("custody.pem", pki.custodyCertificate), ("custody.key", pki.custodyKey)] {
-            try Data(text.utf8).write(to: URL(fileURLWithPath: path(name)))
-        }
-        let services = ["CUSTOS_DATABASE_URL": databaseURL, "CUSTOS_KAFKA_BROKERS": brokers]
-        func reader(_ config: [String: Any], _ name: String) async throws -> ConfigReader {
-            try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: path(name)))
-            return try await ConfigSource.reader(configFile: path(name), environment: services)
-        }
-        let brokerConfiguration = try BrokerConfiguration(reader: try await reader([
-            "signingKeyFile": path("broker.key"), "http": ["host": "127.0.0.1", "port": 0], "providers": ["refreshSeconds": 1],
-            "database": ["schema": schema], "kafka": ["groupId": "custos-bench-\(tag)"],
-            "tsa": ["trustFile": path("tsa-ca.pem"), "certificateFile": path("tsa.pem"), "keyFile": path("tsa.key")],
-            "custody": ["certificateFile": path("custody.pem"), "keyFile": path("custody.key"), "origin": "bench.custos/custody"],
-        ], "broker.json"))
+        let provider = "bench-urgent-\(tag)"
+        let deployment = try await BenchDeployment("urgent", tag: tag, provider: provider, databaseURL: databaseURL, brokers: brokers)
+        defer { deployment.remove() }
+        let (pki, brokerConfiguration) = (deployment.pki, deployment.brokerConfiguration)
+        func path(_ name: String) -> String { deployment.path(name) }
+        func reader(_ config: [String: Any], _ name: String) async throws -> ConfigReader { try await deployment.reader(config, name) }
 
         // People, the provider, and the requests waiting for approval.
         let emergencies = 2 * (count + warmUp)
@@ -124,12 +105,8 @@ enum UrgentBench {
         }
 
         // The broker, as `custos-broker serve` assembles it.
-        let address = Mutex<String?>(nil)
-        let app = try buildApplication(configuration: brokerConfiguration, logger: logger) { url in address.withLock { $0 = url } }
-        let brokerTask = Task { try await app.runService() }
+        let (url, brokerTask) = try await deployment.startBroker(logger: logger)
         defer { brokerTask.cancel() }
-        var url: String?
-        while url == nil { try await Task.sleep(for: .milliseconds(20)); url = address.withLock { $0 } }
 
         // The connector: an emergency asks for subscriber data, which the provider has none of
         // (a signed "no data" package goes back); the load asks for traffic, LOAD-MB per package.
@@ -137,7 +114,7 @@ enum UrgentBench {
         let connectorConfiguration = try ConnectorConfiguration(reader: try await reader([
             "providerId": provider, "signingKeyFile": path("provider.key"), "certificateFile": path("provider.pem"),
             "brokerPublicKeyFile": path("broker.pub"), "stateDirectory": path("state"),
-            "tsa": ["url": url! + "/tsa", "trustFile": path("tsa-ca.pem")],
+            "tsa": ["url": url + "/tsa", "trustFile": path("tsa-ca.pem")],
             "adapters": ["subscriber": ["command": ["/bin/sh", "-c", "cat >/dev/null"]],
                          "traffic": ["command": [synth, "--records-per-target", "\(recordsPerPackage)", "--padding", "260"]]],
             "concurrency": max(1, loadPackages), "urgentConcurrency": 2, "kafka": ["groupId": "custos-connector-bench-\(tag)"],
@@ -151,7 +128,7 @@ enum UrgentBench {
         }
         defer { connectorTask.cancel() }
 
-        let dutyClient = CustosClient(baseURL: url!, token: duty)
+        let dutyClient = CustosClient(baseURL: url, token: duty)
         var next = urgent.makeIterator()
         func ms(_ d: Duration) -> Double { Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15 }
         /// Approval → arrival, and of that the approval call itself (the broker's transaction).
@@ -180,7 +157,7 @@ enum UrgentBench {
         report("idle:      ", idle)
 
         // The load: normal requests approved, their packages streaming in.
-        let approverClient = CustosClient(baseURL: url!, token: approver)
+        let approverClient = CustosClient(baseURL: url, token: approver)
         for id in normal { _ = try await approverClient.approve(id) }
         func receivedBytes() async throws -> Int64 {
             var total: Int64 = 0
