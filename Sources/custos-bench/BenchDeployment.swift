@@ -40,6 +40,16 @@ struct BenchDeployment {
         brokerConfiguration = try BrokerConfiguration(reader: try await ConfigSource.reader(configFile: path("broker.json"), environment: services))
     }
 
+    /// CUSTOS_DATABASE_URL and CUSTOS_KAFKA_BROKERS, or a clear exit (status 2).
+    static func servicesFromEnvironment() -> (databaseURL: String, brokers: String) {
+        let env = ProcessInfo.processInfo.environment
+        guard let databaseURL = env["CUSTOS_DATABASE_URL"], let brokers = env["CUSTOS_KAFKA_BROKERS"] else {
+            FileHandle.standardError.write(Data("custos-bench: set CUSTOS_DATABASE_URL and CUSTOS_KAFKA_BROKERS (ops/services env)\n".utf8))
+            exit(2)
+        }
+        return (databaseURL, brokers)
+    }
+
     func path(_ file: String) -> String { dir.appendingPathComponent(file).path }
 
     /// Writes a config file and reads it with the services' environment.

@@ -31,10 +31,7 @@ enum ConnectorBench {
         var logger = Logger(label: "custos-bench")
         logger.logLevel = .error
         let env = ProcessInfo.processInfo.environment
-        guard let databaseURL = env["CUSTOS_DATABASE_URL"], let brokers = env["CUSTOS_KAFKA_BROKERS"] else {
-            FileHandle.standardError.write(Data("custos-bench: set CUSTOS_DATABASE_URL and CUSTOS_KAFKA_BROKERS (ops/services env)\n".utf8))
-            exit(2)
-        }
+        let (databaseURL, brokers) = BenchDeployment.servicesFromEnvironment()
         let bin = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
         let synth = bin.appendingPathComponent("custos-synth").path, connectorBinary = bin.appendingPathComponent("custos-connector").path
         for program in [synth, connectorBinary] where !FileManager.default.isExecutableFile(atPath: program) {

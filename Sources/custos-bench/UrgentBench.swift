@@ -53,11 +53,7 @@ enum UrgentBench {
     static func run(count: Int, loadPackages: Int, loadMB: Int) async throws {
         var logger = Logger(label: "custos-bench")
         logger.logLevel = .error
-        let env = ProcessInfo.processInfo.environment
-        guard let databaseURL = env["CUSTOS_DATABASE_URL"], let brokers = env["CUSTOS_KAFKA_BROKERS"] else {
-            FileHandle.standardError.write(Data("custos-bench: set CUSTOS_DATABASE_URL and CUSTOS_KAFKA_BROKERS (ops/services env)\n".utf8))
-            exit(2)
-        }
+        let (databaseURL, brokers) = BenchDeployment.servicesFromEnvironment()
         let synth = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("custos-synth").path
         guard FileManager.default.isExecutableFile(atPath: synth) else {
             FileHandle.standardError.write(Data("custos-bench: custos-synth must be built beside it (\(synth))\n".utf8))
