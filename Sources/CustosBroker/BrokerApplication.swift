@@ -36,7 +36,7 @@ public func buildApplication(
         certificate: try readFile(configuration.custodyCertificateFile, key: "custody.certificateFile"),
         key: try readFile(configuration.custodyKeyFile, key: "custody.keyFile"),
         chain: try configuration.custodyChainFile.map { try readFile($0, key: "custody.chainFile") } ?? "",
-        timeStamp: try configuration.custodyTSAURL.map { url in
+        timeStamp: configuration.custodyTSAURL.map { url in
             let client = TimeStampClient(url: url, trust: tsaTrust)
             return { sha256 in try await client.timeStamp(sha256: sha256).response }
         } ?? CheckpointSigner.stamping(with: authority!))
@@ -45,7 +45,7 @@ public func buildApplication(
         .sign(certificate: checkpointSigner.certificate, key: checkpointSigner.key, chain: checkpointSigner.chain)
     let jwt = try configuration.jwtPublicKeyFile.map { path in
         do {
-            return JWTSettings(keys: [try VerifyingKey(pem: try readFile(path, key: "auth.jwt.publicKeyFile"))],
+            return try JWTSettings(keys: [try VerifyingKey(pem: try readFile(path, key: "auth.jwt.publicKeyFile"))],
                                audience: configuration.jwtAudience, issuer: configuration.jwtIssuer)
         } catch let e as KeyError { throw ConfigurationError(key: "auth.jwt.publicKeyFile", reason: e.reason) }
     }

@@ -18,7 +18,7 @@ extension BrokerStore {
     }
 
     public func checkpoint(size: UInt64) async throws -> API.CheckpointView {
-        guard let c = try await checkpoints(where: "size = \(size)").first else {
+        guard size <= UInt64(Int64.max), let c = try await checkpoints(where: "size = \(size)").first else {
             throw BrokerError(.notFound, "no checkpoint of size \(size)")
         }
         return c
@@ -53,9 +53,10 @@ extension BrokerStore {
     /// agency's requests (anything else is "not found", so its existence does not leak).
     public func custodyEvent(index: UInt64, viewer: AuthenticatedUser?) async throws -> API.CustodyEventView {
         let agency = viewer.map { $0.readsWholeCustodyLog ? nil : $0.agency } ?? nil
+        guard let idx = Int64(exactly: index) else { throw BrokerError(.notFound, "no custody event at index \(index)") }
         for try await entry in try await client.query("""
             SELECT e.entry FROM custody_events e
-            WHERE e.idx = \(Int64(index)) AND (\(agency)::text IS NULL OR EXISTS (
+            WHERE e.idx = \(idx) AND (\(agency)::text IS NULL OR EXISTS (
                 SELECT 1 FROM requests r JOIN cases c ON c.id = r.case_id WHERE r.id = e.request_id AND c.agency = \(agency)))
             """, logger: logger).decode(ByteBuffer.self) {
             return API.CustodyEventView(index: index, entry: String(decoding: entry.readableBytesView, as: UTF8.self))

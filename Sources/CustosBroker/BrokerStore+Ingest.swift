@@ -56,6 +56,10 @@ extension BrokerStore {
             return try await deadLetter(message, reason: rejection.reason)
         } catch let error as SignedEnvelope.DecodeError {
             return try await deadLetter(message, reason: error.description)
+        } catch let error as PSQLError where error.serverInfo?[.sqlState]?.hasPrefix("22") == true {
+            // A value the database refuses (SQLSTATE class 22, data exception) is the
+            // message's fault, not an outage: retrying it would stall the partition for good.
+            return try await deadLetter(message, reason: "malformed: a value the database cannot store (SQLSTATE \(error.serverInfo?[.sqlState] ?? ""))")
         }
     }
 
@@ -90,6 +94,7 @@ extension BrokerStore {
             try await Self.advance(conn, header.requestId, to: .acknowledged, actor: actor, custody: custody, logger: logger)
         case .status:
             let body = try SignedEnvelope.body(StatusBody.self, from: json).body
+            guard (0...100).contains(body.percent) else { throw IngestRejection(reason: "status percent is outside 0 to 100") }
             // Every status updates the progress shown; the first also moves the request on.
             try await conn.query("""
                 UPDATE requests SET progress_phase = \(body.phase.rawValue), progress_percent = \(body.percent), progress_at = now()

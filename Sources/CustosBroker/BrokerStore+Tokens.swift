@@ -14,11 +14,15 @@ public struct JWTSettings: Sendable {
     public var audience: String
     /// `auth.jwt.issuer`: the `iss` a token must carry, when set.
     public var issuer: String?
+    /// Checks tokens against the settings above.
+    public let verifier: JSONWebToken.Verifier
 
-    public init(keys: [VerifyingKey], audience: String = "custos", issuer: String? = nil) {
+    /// Throws `KeyError` when a key cannot verify JWTs.
+    public init(keys: [VerifyingKey], audience: String = "custos", issuer: String? = nil) throws(KeyError) {
         self.keys = keys
         self.audience = audience
         self.issuer = issuer
+        verifier = try JSONWebToken.Verifier(keys: keys, audience: audience, issuer: issuer)
     }
 }
 

@@ -64,7 +64,7 @@ public struct CustodyIntegrator: Service {
 
     public func run() async throws {
         await ready.wait()
-        try await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             var failures = 0
             var next = ContinuousClock.now
             while !Task.isCancelled {

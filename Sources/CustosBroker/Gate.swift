@@ -97,7 +97,7 @@ public final class Wakeup: Sendable {
 func runPolling(ready: Gate, logger: Logger, failure message: Logger.Message,
                 pass: @escaping @Sendable () async throws -> Int, idle: @escaping @Sendable () async throws -> Void) async throws {
     await ready.wait()
-    try await cancelWhenGracefulShutdown {
+    await cancelWhenGracefulShutdown {
         var failures = 0
         while !Task.isCancelled {
             do {

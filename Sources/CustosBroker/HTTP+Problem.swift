@@ -39,6 +39,12 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             if e.code == .unavailable { headers[.retryAfter] = "5" }
         case let e as HTTPError:
             problem = API.Problem(type: "about:blank", title: e.status.reasonPhrase, status: e.status.code, detail: e.body)
+        case let e as PSQLError where e.serverInfo?[.sqlState].map(Self.isRefusedValue) == true:
+            // A value the database cannot hold that no check before it caught (SQLSTATE class
+            // 22, data exception: a NUL byte, a number out of range): the caller's input, 400.
+            logger.warning("value refused by the database", metadata: [LogKey.error: "SQLSTATE \(e.serverInfo?[.sqlState] ?? "")"])
+            problem = API.Problem(type: "urn:custos:problem:invalid", title: "Bad Request", status: 400,
+                                  detail: "a value in the request cannot be stored (SQLSTATE \(e.serverInfo?[.sqlState] ?? ""))")
         case is PSQLError, is PostgresError:
             logger.error("database unavailable", metadata: [LogKey.error: "\(loggable(error))"])
             problem = API.Problem(type: "urn:custos:problem:unavailable", title: "Service Unavailable", status: 503,
@@ -51,4 +57,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         let body = (try? JSONEncoder().encode(problem)) ?? Data()
         return Response(status: .init(code: problem.status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
+
+    /// SQLSTATE class 22 (data exception): the value, not the database, is at fault.
+    static func isRefusedValue(_ sqlState: String) -> Bool { sqlState.hasPrefix("22") }
 }

@@ -91,7 +91,9 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
     }
     v1.get("documents/:sha256") { request, context in
         let user = try await api.staff(request, context)
-        let sha = context.parameters.get("sha256") ?? ""
+        guard let sha = context.parameters.get("sha256"), sha.utf8.count == 64, sha.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {
+            throw BrokerError(.notFound, "the document name in the path is not a lower-case hex SHA-256")
+        }
         let (view, content) = try await store.document(sha, viewer: user)
         return Response(status: .ok, headers: [.contentType: view.document.mediaType, .init("Custos-Sha256")!: view.document.sha256],
                         body: .init(byteBuffer: content))
@@ -277,17 +279,14 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
     }
     v1.get("custody/events/:index/proof") { request, context in
         let user = try await api.user(request, context)
-        let size = try request.uri.queryParameters.get("size").map { text -> UInt64 in
-            guard let n = UInt64(text) else { throw BrokerError(.invalid, "size must be a whole number") }
-            return n
-        }
+        let size = try api.queryNumber(request, "size")
         return try await store.inclusionProof(index: try api.number(context, "index"), size: size, viewer: user)
     }
     v1.get("custody/consistency") { request, context in
         _ = try await api.user(request, context)
-        guard let from = request.uri.queryParameters.get("from").flatMap({ UInt64($0) }),
-              let to = request.uri.queryParameters.get("to").flatMap({ UInt64($0) })
-        else { throw BrokerError(.invalid, "from and to must be checkpoint sizes") }
+        guard let from = try api.queryNumber(request, "from"), let to = try api.queryNumber(request, "to") else {
+            throw BrokerError(.invalid, "from and to must be checkpoint sizes")
+        }
         return try await store.consistencyProof(from: from, to: to)
     }
     return router
@@ -320,7 +319,7 @@ struct BrokerAPI: Sendable {
         if token.split(separator: ".", omittingEmptySubsequences: false).count == 3 {
             guard let jwt else { throw BrokerError(.unauthorized, "this broker accepts no JWTs") }
             let claims: JSONWebToken.Claims
-            do { claims = try JSONWebToken.verify(token, keys: jwt.keys, audience: jwt.audience, issuer: jwt.issuer) } catch {
+            do { claims = try await jwt.verifier.verify(token) } catch {
                 throw BrokerError(.unauthorized, error.description)
             }
             user = try await store.user(claims: claims)
@@ -347,10 +346,55 @@ struct BrokerAPI: Sendable {
         return id
     }
 
-    func number(_ context: BrokerRequestContext, _ name: String) throws -> UInt64 {
-        guard let text = context.parameters.get(name), let n = UInt64(text) else {
-            throw BrokerError(.notFound, "the \(name) in the path is not a whole number")
+    /// The path (`targets[0].value`) of the first member name or string that PostgreSQL's
+    /// `text` cannot hold, or nil. The JSON parser has already refused invalid UTF-8 and lone
+    /// surrogates; what is left is U+0000, which every PostgreSQL text type refuses (and a
+    /// `bytea` or canonical-JSON column would keep, so it is refused for every field alike).
+    static func unstorableText(in value: JSONValue, path: String = "") -> String? {
+        switch value {
+        case .string(let s):
+            return s.utf8.contains(0) ? (path.isEmpty ? "(body)" : path) : nil
+        case .array(let items):
+            for (i, item) in items.enumerated() {
+                if let found = unstorableText(in: item, path: "\(path)[\(i)]") { return found }
+            }
+            return nil
+        case .object(let members):
+            for (name, member) in members.sorted(by: { $0.key < $1.key }) {
+                let p = path.isEmpty ? name : "\(path).\(name)"
+                if name.utf8.contains(0) { return path.isEmpty ? "(member name)" : "\(path) (member name)" }
+                if let found = unstorableText(in: member, path: p) { return found }
+            }
+            return nil
+        case .null, .bool, .number:
+            return nil
         }
+    }
+
+    /// A custody log index or size from the path: a whole number the log can hold
+    /// (0...2^63-1, PostgreSQL's `bigint`); anything else names nothing here (404).
+    func number(_ context: BrokerRequestContext, _ name: String) throws -> UInt64 {
+        guard let text = context.parameters.get(name), let n = Self.logNumber(text) else {
+            throw BrokerError(.notFound, "the \(name) in the path is not a whole number from 0 to 9223372036854775807")
+        }
+        return n
+    }
+
+    /// A custody log index or size from the query: absent is nil; present, it must be a whole
+    /// number from 0 to 2^63-1 (400 otherwise).
+    func queryNumber(_ request: Request, _ name: String) throws -> UInt64? {
+        guard let text = request.uri.queryParameters.get(name) else { return nil }
+        guard let n = Self.logNumber(text) else {
+            throw BrokerError(.invalid, "\(name) must be a whole number from 0 to 9223372036854775807",
+                              violations: [FieldViolation(field: name, rule: "whole number from 0 to 9223372036854775807")])
+        }
+        return n
+    }
+
+    /// Decimal digits only (no sign, no spaces), at most Int64.max: every index and size the
+    /// custody log stores fits, so later arithmetic on it cannot overflow a `bigint`.
+    static func logNumber(_ text: some StringProtocol) -> UInt64? {
+        guard !text.isEmpty, text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let n = UInt64(text), n <= UInt64(Int64.max) else { return nil }
         return n
     }
 
@@ -360,10 +404,15 @@ struct BrokerAPI: Sendable {
             throw BrokerError(.tooLarge, "request body is larger than \(maxBodyBytes) bytes")
         }
         if buffer.readableBytes == 0, let empty = try? JSONDecoder().decode(T.self, from: Data("{}".utf8)) { return empty }
+        let tree: JSONValue
         do {
-            _ = try JSONParser.parse(buffer.readableBytesView)
+            tree = try JSONParser.parse(buffer.readableBytesView)
         } catch {
             throw BrokerError(.invalid, "request body is not valid JSON: \(error.description)")
+        }
+        if let field = Self.unstorableText(in: tree) {
+            throw BrokerError(.invalid, "request body holds text that cannot be stored",
+                              violations: [FieldViolation(field: field, rule: "must not contain the NUL character (U+0000)")])
         }
         do {
             return try JSONDecoder().decode(T.self, from: Data(buffer.readableBytesView))

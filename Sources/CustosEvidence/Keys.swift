@@ -143,6 +143,7 @@ public struct VerifyingKey: Sendable, Hashable {
 
 public struct KeyError: Error, Sendable, CustomStringConvertible {
     public var reason: String
+    public init(reason: String) { self.reason = reason }
     public var description: String { "key error: \(reason)" }
 }
 

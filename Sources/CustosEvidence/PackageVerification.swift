@@ -229,15 +229,29 @@ public enum PackageVerifier {
         if manifest.chunks.map(\.index) != Array(0..<manifest.chunks.count) {
             fail(.manifestFormat, "chunk indices are not 0..<\(manifest.chunks.count) in order")
         }
-        if manifest.chunks.reduce(Int64(0), { $0 + Int64($1.size) }) != manifest.content.size {
+        // The sizes and counts are the provider's: added with overflow checked, so a manifest
+        // whose numbers wrap around fails as not adding up instead of stopping the process.
+        if checkedSum(manifest.chunks.map { Int64($0.size) }) != manifest.content.size {
             fail(.contentSize, "chunk sizes do not add up to the content size")
         }
-        if manifest.results.reduce(Int64(0), { $0 + $1.size }) != manifest.content.size {
+        if checkedSum(manifest.results.map(\.size)) != manifest.content.size {
             fail(.resultSize, "result sizes do not add up to the content size")
         }
-        if manifest.results.reduce(0, { $0 + $1.recordCount }) != manifest.content.recordCount {
+        if checkedSum(manifest.results.map { Int64($0.recordCount) }) != Int64(manifest.content.recordCount) {
             fail(.resultCounts, "per-result record counts do not add up to the content's record count")
         }
         return failures
     }
+}
+
+/// The sum of `values`, or nil when it overflows `Int64` or a value is negative.
+func checkedSum(_ values: [Int64]) -> Int64? {
+    var total: Int64 = 0
+    for v in values {
+        guard v >= 0 else { return nil }
+        let (sum, overflow) = total.addingReportingOverflow(v)
+        if overflow { return nil }
+        total = sum
+    }
+    return total
 }

@@ -66,6 +66,67 @@ struct BrokerAPITests {
         }
     }
 
+    /// Numbers from outside are range-checked before use: a custody index past Int64 used to
+    /// stop the broker (the connection closed, the process exited). Each answer is a 4xx, and
+    /// the broker goes on answering.
+    @Test func numbersPastWhatTheLogCanHoldGet4xxNotACrash() async throws {
+        try await withApp { _, _, w, http in
+            for uri in ["/v1/custody/events/9223372036854775808", "/v1/custody/events/18446744073709551616", "/v1/custody/events/99999999999999999999999",
+                        "/v1/custody/events/-1", "/v1/custody/events/+1", "/v1/custody/events/%201", "/v1/custody/events/9223372036854775808/proof",
+                        "/v1/custody/checkpoints/9223372036854775808", "/v1/custody/checkpoints/-0"] {
+                try await http.execute(uri: uri, method: .get, headers: Self.auth(w.investigator)) { (r: TestResponse) in
+                    #expect(r.status == .notFound, "\(uri)")
+                }
+            }
+            for uri in ["/v1/custody/events/0/proof?size=9223372036854775808", "/v1/custody/events/0/proof?size=-5", "/v1/custody/consistency?from=0&to=18446744073709551616",
+                        "/v1/custody/consistency?from=1e3&to=2"] {
+                try await http.execute(uri: uri, method: .get, headers: Self.auth(w.investigator)) { (r: TestResponse) in
+                    #expect(r.status == .badRequest, "\(uri)")
+                }
+            }
+            // The largest index the log can hold is a number it understands: "no such event".
+            try await http.execute(uri: "/v1/custody/events/9223372036854775807", method: .get, headers: Self.auth(w.investigator)) { (r: TestResponse) in
+                #expect(r.status == .notFound)
+            }
+        }
+    }
+
+    /// Text PostgreSQL cannot hold (U+0000) is refused with 400 naming the field, on every
+    /// route alike: it used to be 503 ("the database is unavailable") for a case title or a
+    /// withdrawal reason, and stored (201) in request notes.
+    @Test func textTheDatabaseCannotHoldIsA400NamingTheField() async throws {
+        try await withApp { _, client, w, http in
+            func expectRefused(_ uri: String, _ body: String, field: String) async throws {
+                try await http.execute(uri: uri, method: .post, headers: Self.auth(w.investigator), body: ByteBuffer(string: body)) { (r: TestResponse) throws in
+                    #expect(r.status == .badRequest, "\(uri)")
+                    #expect(try Self.problem(r).violations?.map(\.field) == [field], "\(uri)")
+                }
+            }
+            let requestsBefore = try await client.query("SELECT count(*) FROM requests", logger: TestServices.logger).decode(Int.self).first { _ in true }
+            try await expectRefused("/v1/cases", #"{"title":"Case \u0000 one"}"#, field: "title")
+            var spec = Self.spec(caseId: w.caseId)
+            spec.notes = "before\u{0}after"
+            try await expectRefused("/v1/requests", String(decoding: try JSONEncoder().encode(spec), as: UTF8.self), field: "notes")
+            spec.notes = nil
+            spec.targets = [Target(type: .account, value: "user\u{0}name")]
+            try await expectRefused("/v1/requests", String(decoding: try JSONEncoder().encode(spec), as: UTF8.self), field: "targets[0].value")
+            let requestsAfter = try await client.query("SELECT count(*) FROM requests", logger: TestServices.logger).decode(Int.self).first { _ in true }
+            #expect(requestsAfter == requestsBefore)  // nothing stored
+            // A request that exists: its withdrawal reason.
+            var id: UUID?
+            try await http.execute(uri: "/v1/requests", method: .post, headers: Self.auth(w.investigator), body: try Self.json(Self.spec(caseId: w.caseId))) { (r: TestResponse) throws in
+                #expect(r.status == .created)
+                id = try JSONDecoder().decode(API.RequestView.self, from: Data(buffer: r.body)).id
+            }
+            let requestId = try #require(id)
+            try await expectRefused("/v1/requests/\(requestId.uuidString)/withdraw", #"{"reason":"no longer \u0000 needed"}"#, field: "reason")
+            try await expectRefused("/v1/cases", #"{"title\u0000":"x","title":"y"}"#, field: "(member name)")
+            try await http.execute(uri: "/v1/documents/\(String(repeating: "0", count: 63))%00", method: .get, headers: Self.auth(w.investigator)) { (r: TestResponse) in
+                #expect(r.status == .notFound)
+            }
+        }
+    }
+
     @Test func badBodiesGetA400NamingTheFieldAndTheRule() async throws {
         try await withApp { _, _, w, http in
             try await http.execute(uri: "/v1/requests", method: .post, headers: Self.auth(w.investigator), body: ByteBuffer(string: "{not json")) { (r: TestResponse) throws in

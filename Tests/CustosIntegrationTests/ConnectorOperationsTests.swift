@@ -48,7 +48,7 @@ struct ConnectorOperationsTests {
         try await d.startConnector()
         try await waitFor(d.path("state/jobs/\(request)/results/done-traffic.json"), deadline)
         while lines(locationRuns) < 2 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(50)) }
-        FileManager.default.createFile(atPath: release, contents: nil)
+        _ = FileManager.default.createFile(atPath: release, contents: nil)
         let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
         #expect(watched.status == 0, "connector: \(d.connector!.output.suffix(2000))")
         #expect(lines(trafficRuns) == 1, "the finished traffic adapter ran again")
@@ -71,7 +71,7 @@ struct ConnectorOperationsTests {
         let schema = TestServices.unique("billing_")
         let conn = try await PostgresConnection.connect(configuration: .init(host: db.host, port: db.port, username: db.username, password: db.password,
                                                                               database: db.database, tls: .disable), id: 7, logger: TestServices.logger)
-        defer { Task { try? await conn.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \(schema) CASCADE"), logger: TestServices.logger); try? await conn.close() } }
+        defer { Task { _ = try? await conn.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \(schema) CASCADE"), logger: TestServices.logger); try? await conn.close() } }
         for sql in ["CREATE SCHEMA \(schema)",
                     "CREATE TABLE \(schema).subscribers (msisdn text, full_name text, since date, seen timestamptz)",
                     "INSERT INTO \(schema).subscribers VALUES ('+84912345678', 'Synthetic Subscriber A', '2020-03-01', '2026-11-05 10:00:00+07'),"

@@ -214,7 +214,7 @@ struct ExchangeEndToEndTests {
             if !answerShown { try await Task.sleep(for: .milliseconds(100)) }
         }
         #expect(answerShown, "the connector never showed the answer")
-        FileManager.default.createFile(atPath: d.path("release"), contents: nil)
+        _ = FileManager.default.createFile(atPath: d.path("release"), contents: nil)
         let askedWatch = try await d.cli(d.investigator, ["request", "status", asked, "--watch", "--timeout", "120"])
         #expect(askedWatch.stdout.contains("clarification-requested") && askedWatch.stdout.contains("clarification-answered")
                 && askedWatch.stdout.contains("verified"))

@@ -50,7 +50,7 @@ struct LegalClockTests {
             let start = Date()
             let silent = try await Self.approved(store, pki, 0)
             let acknowledged = try await Self.approved(store, pki, 1)
-            try await client.custodyTransaction(logger: TestServices.logger) { conn, custody in
+            _ = try await client.custodyTransaction(logger: TestServices.logger) { conn, custody in
                 try await BrokerStore.advance(conn, acknowledged, to: .acknowledged, actor: .init(type: .provider, id: "prov-a"), custody: custody, logger: TestServices.logger)
             }
             let watcher = LegalClockWatcher(store: store, logger: TestServices.logger)

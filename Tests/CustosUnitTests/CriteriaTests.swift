@@ -60,7 +60,7 @@ struct CriteriaTests {
 
         func judge() -> Verdict {
             var judge = PackageJudge(request: request, manifest: manifest)
-            for line in lines { Array(line.utf8).withUnsafeBytes { judge.consume(record: $0) } }
+            for line in lines { _ = Array(line.utf8).withUnsafeBytes { judge.consume(record: $0) } }
             return judge.finish(checks: checks, delivery: delivery, judgedAt: "2026-11-20T10:00:01Z")
         }
     }
@@ -250,7 +250,7 @@ struct CriteriaTests {
                 var judge = PackageJudge(request: c.request, manifest: Manifest(
                     packageId: UUID(), requestId: c.request.requestId, requestHash: "", providerId: "prov-a", asOf: c.asOf, createdAt: c.asOf, results: [],
                     content: .init(size: 0, recordCount: 1), chunks: [], chunksRoot: ""))
-                Array(line.utf8).withUnsafeBytes { judge.consume(record: $0) }
+                _ = Array(line.utf8).withUnsafeBytes { judge.consume(record: $0) }
                 let v = judge.finish(checks: [], delivery: c.delivery)
                 #expect((v.counts.invalid == 0) == valid, "\(category.rawValue) \(suffix): \(line) → \(v.reasons(.clean))")
             }

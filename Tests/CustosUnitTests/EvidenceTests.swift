@@ -193,6 +193,25 @@ struct ContentVerifierTests {
         #expect(PackageVerifier.checkManifest(inconsistent, expectedProvider: "prov", expectedRequest: m.requestId, expectedRequestHash: m.requestHash)
             .map(\.code) == [.resultCounts])
     }
+
+    /// A provider's sizes and counts that wrap around Int64 when added (or are negative) fail
+    /// as not adding up; they used to be summed unchecked, an arithmetic overflow that stops
+    /// the broker or `custos verify`.
+    @Test func sizesThatOverflowWhenAddedFailInsteadOfCrashing() {
+        let m = sample.manifest
+        #expect(m.results.count >= 1)
+        var huge = m
+        huge.results = Array(repeating: m.results[0], count: 3)
+        for i in huge.results.indices { huge.results[i].size = Int64.max / 2; huge.results[i].recordCount = Int.max / 2 }
+        huge.content.size = Int64.max
+        huge.content.recordCount = Int.max
+        let codes = PackageVerifier.checkManifest(huge, expectedProvider: "prov", expectedRequest: m.requestId, expectedRequestHash: m.requestHash).map(\.code)
+        #expect(codes.contains(.resultSize) && codes.contains(.resultCounts) && codes.contains(.contentSize))
+        var negative = m
+        negative.results[0].size = -1
+        #expect(PackageVerifier.checkManifest(negative, expectedProvider: "prov", expectedRequest: m.requestId, expectedRequestHash: m.requestHash)
+            .map(\.code).contains(.resultSize))
+    }
 }
 
 extension Data {
