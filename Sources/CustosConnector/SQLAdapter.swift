@@ -65,27 +65,38 @@ public struct SQLAdapter: Sendable {
             let milliseconds = max(1, timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
             try await connection.query(PostgresQuery(unsafeSQL: "SET statement_timeout = \(milliseconds)"), logger: logger)
         } catch {
+            // Cancelled while connecting (PostgresNIO then reports the connection it closed):
+            // the request was stopped, not the database lost.
+            if Task.isCancelled { throw ExecAdapter.Failure(reason: "stopped: the request was cancelled") }
             // Not the request's fault: the job stays, and resumes on the next start.
             throw ConnectorError(reason: "cannot connect to the SQL adapter's database \(database.host):\(database.port)/\(database.database): \(Self.describe(error))")
         }
         let cancelled = LockedValue(false)
+        let finished = LockedValue(false)
         do {
             // A request cancelled upstream: the running query is cancelled on the server, from
-            // a second connection (closing this one would wait for the query to end).
+            // a second connection (closing this one would wait for the query to end). A cancel
+            // that reaches the server before the query does cancels nothing, so it is sent
+            // again every 250 ms until the query has ended (the time-out bounds it anyway).
             let output = try await withTaskCancellationHandler {
                 try await rows(connection, request, category, gate, count, sink, logger)
             } onCancel: {
                 cancelled.withLock { $0 = true }
-                let configuration = self.configuration
+                let configuration = self.configuration, attempts = max(1, Int(timeout.components.seconds) * 4 + 4)
                 Task {
                     guard let other = try? await PostgresConnection.connect(configuration: configuration, id: 2, logger: logger) else { return }
-                    _ = try? await other.query("SELECT pg_cancel_backend(\(backend))", logger: logger)
+                    for _ in 0..<attempts where !finished.withLock({ $0 }) {
+                        _ = try? await other.query("SELECT pg_cancel_backend(\(backend))", logger: logger)
+                        try? await Task.sleep(for: .milliseconds(250))
+                    }
                     try? await other.close()
                 }
             }
+            finished.withLock { $0 = true }
             try? await connection.close()
             return output
         } catch {
+            finished.withLock { $0 = true }
             try? await connection.close()
             if error is ExecAdapter.Failure { throw error }
             if cancelled.withLock({ $0 }) { throw ExecAdapter.Failure(reason: "stopped: the request was cancelled") }
@@ -98,6 +109,7 @@ public struct SQLAdapter: Sendable {
                       _ sink: @escaping ExecAdapter.Sink, _ logger: Logger) async throws -> ExecAdapter.Output {
         var dropped: [RecordGate.Drop: Int] = [:]
         for target in request.targets {
+            try Task.checkCancellation()
             var binds = PostgresBindings()
             let values: [any PostgresEncodable & Sendable] = [target.value, Timestamp.parse(request.window.from) ?? .distantPast,
                                                             Timestamp.parse(request.window.to) ?? .distantFuture, target.type.rawValue]
