@@ -44,12 +44,19 @@ let package = Package(
             linkerSettings: [.linkedLibrary("crypto")]
         ),
 
+        // libphonenumber (libphonenumber-dev) for telephone numbers: C functions over the C++
+        // library, so that no Swift module needs C++ interoperability.
+        .target(
+            name: "CCustosPhoneNumber",
+            linkerSettings: [.linkedLibrary("phonenumber")]
+        ),
+
         // Pure modules: no I/O, tested without services.
         .target(name: "CustosCanonicalJSON", swiftSettings: swiftSettings),
         .target(
             name: "CustosModel",
             dependencies: [
-                "CustosCanonicalJSON",
+                "CustosCanonicalJSON", "CCustosPhoneNumber",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -192,7 +199,7 @@ let package = Package(
         .executableTarget(
             name: "custos-synth",
             dependencies: [
-                "CustosModel",
+                "CustosModel", "CustosCriteria",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -252,5 +259,6 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-    ]
+    ],
+    cxxLanguageStandard: .cxx17
 )

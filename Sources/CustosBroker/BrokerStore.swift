@@ -254,6 +254,8 @@ public struct BrokerStore: Sendable {
     /// Creates a request in `draft`. The spec is validated field by field.
     public func createRequest(_ spec: RequestSpec, by user: AuthenticatedUser) async throws -> UUID {
         guard user.roles.contains(.investigator) else { throw BrokerError(.forbidden, "only investigators create requests") }
+        var spec = spec
+        spec.targets = spec.targets.map(\.normalized)  // NFC before the request is stored and hashed
         do { try spec.validate() } catch { throw BrokerError(.invalid, "invalid request", violations: error.violations) }
         let id = UUID()
         try await client.custodyTransaction(logger: logger) { conn, custody in

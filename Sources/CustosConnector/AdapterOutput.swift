@@ -13,15 +13,23 @@ import Foundation
 ///   one per record field, named as in `schemas/records/`. Empty cells are left out; cells of
 ///   numeric fields become numbers.
 ///
-/// The format is told by the first line that is not blank: `{` starts JSON lines. Every record
-/// then goes through the `RecordGate` (canonical form, scope); one the gate cannot read is an
-/// error naming its line (never its content).
+/// The format is told by the first line that is not blank: `{` starts JSON lines. A UTF-8
+/// byte-order mark before it (Excel's "CSV UTF-8" writes one) is skipped. Every record then
+/// goes through the `RecordGate` (canonical form, scope). A record that cannot be read (not
+/// JSON, a CSV row of the wrong width or with a broken quote, no readable target or time) is
+/// not sent: it is counted as `unreadable`, its line number kept for the operator (never its
+/// content), and the rest is delivered. Only what makes the whole output unreadable (a CSV
+/// header without its columns, output not ending in a newline) is an error.
 struct AdapterOutput {
     var gate: RecordGate
     let category: DataCategory
     let sink: ExecAdapter.Sink
     let coverage: ExecAdapter.CoverageSink
     private(set) var dropped: [RecordGate.Drop: Int] = [:]
+    /// The first unreadable records' line numbers (1-based, header included).
+    private(set) var unreadableLines: [Int] = []
+    /// How many unreadable line numbers are kept for the log.
+    static let unreadableLinesKept = 100
     private var pending: [UInt8] = []
     private var lineNumber = 0
     private enum Format { case unknown, json, csv([String]) }
@@ -60,6 +68,7 @@ struct AdapterOutput {
         lineNumber += 1
         var line = raw
         if line.last == 0x0D { line = line.dropLast() }
+        if lineNumber == 1, line.starts(with: [0xEF, 0xBB, 0xBF]) { line = line.dropFirst(3) }  // UTF-8 byte-order mark
         if line.first != UInt8(ascii: "{"), line.allSatisfy({ $0 == 0x20 }) { return }
         switch format {
         case .unknown:
@@ -88,9 +97,7 @@ struct AdapterOutput {
             return true
         }
         if fast { return }
-        guard case .object(let object)? = try? JSONParser.parse(line) else {
-            throw Failure(reason: "output line \(lineNumber) is not a JSON object")
-        }
+        guard case .object(let object)? = try? JSONParser.parse(line) else { return unreadable() }
         if let c = object["coverage"] {
             guard let covered = ExecAdapter.coverage(c), object.keys.allSatisfy({ $0 == "coverage" || $0 == "target" }) else {
                 throw Failure(reason: "output line \(lineNumber) is not a coverage declaration (from, to in RFC 3339 UTC)")
@@ -100,10 +107,12 @@ struct AdapterOutput {
                 guard let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)), let value = t["value"]?.stringValue else {
                     throw Failure(reason: "output line \(lineNumber) names a coverage target without type and value")
                 }
+                guard let (canonicalType, canonical) = RecordGate.canonical(type, value, countryCode: gate.settings.defaultCountryCode) else {
+                    throw Failure(reason: "output line \(lineNumber) names a coverage target whose value cannot be read as its type")
+                }
                 var port: Int?
                 if case .number(let n)? = t["port"], n == n.rounded(), (1...65535).contains(n) { port = Int(n) }
-                target = Target(type: type, value: RecordGate.canonical(type, value, countryCode: gate.settings.defaultCountryCode), port: port,
-                                at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
+                target = Target(type: canonicalType, value: canonical, port: port, at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
             }
             coverage(target, covered)
             return
@@ -112,10 +121,7 @@ struct AdapterOutput {
     }
 
     private mutating func csv(_ line: ArraySlice<UInt8>, _ header: [String]) throws {
-        let cells = try Self.cells(line, lineNumber)
-        guard cells.count == header.count else {
-            throw Failure(reason: "CSV line \(lineNumber) has \(cells.count) cells, the header \(header.count)")
-        }
+        guard let cells = try? Self.cells(line, lineNumber), cells.count == header.count else { return unreadable() }
         var target: [String: JSONValue] = [:]
         var frame: [String: JSONValue] = [:]
         var record: [String: JSONValue] = [:]
@@ -137,10 +143,15 @@ struct AdapterOutput {
     private mutating func admit(_ outcome: RecordGate.Outcome) throws {
         switch outcome {
         case .record(let target, let bytes): try bytes.withUnsafeBytes { try sink(target, $0) }
-        case .dropped(.unreadable):
-            throw Failure(reason: "line \(lineNumber) is not a record: it needs category, target (type, value) and time in RFC 3339 with a UTC offset")
+        case .dropped(.unreadable): unreadable()
         case .dropped(let why): dropped[why, default: 0] += 1
         }
+    }
+
+    /// A record that cannot be read: counted, its line number kept, the rest goes on.
+    private mutating func unreadable() {
+        dropped[.unreadable, default: 0] += 1
+        if unreadableLines.count < Self.unreadableLinesKept { unreadableLines.append(lineNumber) }
     }
 
     /// The cells of one CSV line (RFC 4180 quoting, `""` inside quotes).

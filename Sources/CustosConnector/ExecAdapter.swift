@@ -27,9 +27,18 @@ public struct ExecAdapter: Sendable {
     }
 
     public struct Output: Sendable {
-        /// Records not sent, by reason (outside the request's targets, category or window).
+        /// Records not sent, by reason (outside the request's targets, category or window, or
+        /// unreadable).
         public var dropped: [RecordGate.Drop: Int]
+        /// The line (or row) numbers of the first unreadable records, at most
+        /// `AdapterOutput.unreadableLinesKept`, for the operator (never their content).
+        public var unreadableLines: [Int] = []
         public var outOfScope: Int { dropped.values.reduce(0, +) }
+
+        public init(dropped: [RecordGate.Drop: Int], unreadableLines: [Int] = []) {
+            self.dropped = dropped
+            self.unreadableLines = unreadableLines
+        }
     }
 
     /// Receives each in-scope record (its bytes without the newline) with its target, on the
@@ -135,7 +144,7 @@ public struct ExecAdapter: Sendable {
             let how = process.terminationReason == .exit ? "exited with status \(process.terminationStatus)" : "was stopped (signal \(process.terminationStatus)), possibly by its time-out"
             throw Failure(reason: "program \(how); its stderr is in the job directory")
         }
-        return Output(dropped: output.dropped)
+        return Output(dropped: output.dropped, unreadableLines: output.unreadableLines)
     }
 
     /// A coverage declaration's value, when its times are RFC 3339 UTC.

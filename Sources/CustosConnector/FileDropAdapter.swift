@@ -72,6 +72,6 @@ public struct FileDropAdapter: Sendable {
         var dropped = output.dropped
         // Records of the other requested categories the file holds are read in their turn.
         dropped[.elsewhere] = nil
-        return ExecAdapter.Output(dropped: dropped)
+        return ExecAdapter.Output(dropped: dropped, unreadableLines: output.unreadableLines)
     }
 }

@@ -422,6 +422,15 @@ public struct ProviderConnector: Service {
             outOfScope += output.outOfScope
             dropped.merge(output.dropped, uniquingKeysWith: +)
             for (why, n) in output.dropped { metrics.outOfScope(why).increment(by: n) }
+            if !output.unreadableLines.isEmpty {
+                // Line numbers only: the operator finds the rows in the export; their content
+                // (targets, payload) is never logged.
+                logger.warning("adapter output has unreadable records; they are not sent, the rest is", metadata: [
+                    LogKey.request: "\(id.lowercased)", "custos.category": "\(category.rawValue)",
+                    "custos.unreadable": "\(output.dropped[.unreadable] ?? 0)",
+                    "custos.unreadable_lines": "\(output.unreadableLines.map(String.init).joined(separator: ","))",
+                ])
+            }
         }
         try spools.concatenate(into: jobs.file(id, "records.ndjson"))
         if outOfScope > 0 {

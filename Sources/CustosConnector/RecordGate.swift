@@ -102,72 +102,65 @@ public struct RecordGate: Sendable {
     /// One record as an object: `{category, target, time, record}`.
     public func admit(_ frame: [String: JSONValue], original: [UInt8]? = nil) -> Outcome {
         guard let c = frame["category"]?.stringValue, let cat = DataCategory(rawValue: c) else { return .dropped(.unreadable) }
-        guard case .object(let t)? = frame["target"], let type = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)),
-              let value = t["value"]?.stringValue, let timeText = frame["time"]?.stringValue, let time = Self.utc(timeText)
+        guard case .object(let t)? = frame["target"], let writtenType = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)),
+              let value = t["value"]?.stringValue, let timeText = frame["time"]?.stringValue, let time = RFC3339.utc(timeText),
+              let (type, canonical) = Self.canonical(writtenType, value, countryCode: settings.defaultCountryCode)
         else { return .dropped(.unreadable) }
-        let canonical = Self.canonical(type, value, countryCode: settings.defaultCountryCode)
         var port: Int?
         if case .number(let n)? = t["port"], n == n.rounded(), (1...65535).contains(n) { port = Int(n) }
         let target = Target(type: type, value: canonical, port: port, at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
         guard cat == category else { return .dropped(categories.contains(cat) ? .elsewhere : .category) }
         guard targets.contains(target) else { return .dropped(.target) }
-        guard window.contains(time.date) else { return .dropped(.window) }
-        if let original, canonical == value, time.text == timeText { return .record(target, original) }
+        guard seconds.contains(time.seconds) else { return .dropped(.window) }
+        // Kept byte for byte when nothing changed (String == is canonical equivalence: the
+        // bytes are compared, so an NFD value is written again in NFC).
+        if let original, type == writtenType, canonical.utf8.elementsEqual(value.utf8), time.text.utf8.elementsEqual(timeText.utf8) {
+            return .record(target, original)
+        }
         var out = frame
         var tt = t
+        tt["type"] = .string(type.rawValue)
         tt["value"] = .string(canonical)
         out["target"] = .object(tt)
         out["time"] = .string(time.text)
         return .record(target, CanonicalJSON.serialize(.object(out)))
     }
 
-    /// An RFC 3339 time with any offset, as UTC: its text (`Z`, fractions kept to the
-    /// millisecond) and instant. Nil without an offset, or not a time.
+    /// An RFC 3339 time with any offset, as Custos writes it (`RFC3339.utc`): UTC, upper-case
+    /// `T` and `Z`, every fraction digit (up to nine) and a leap second kept. Nil without an
+    /// offset, or not a time.
     static func utc(_ text: String) -> (text: String, date: Date)? {
-        if text.hasSuffix("Z"), let d = Timestamp.parse(text) { return (text, d) }
-        guard let d = offsetFormatter.withLock({ $0.whole.date(from: text) ?? $0.fractional.date(from: text) }) else { return nil }
-        let hasFraction = text.contains(".")
-        return (hasFraction ? Timestamp.format(d) : utcWhole.withLock { $0.string(from: d) }, d)
+        RFC3339.utc(text).map { ($0.text, Date(timeIntervalSince1970: $0.seconds)) }
     }
 
-    private struct Formatters: @unchecked Sendable {
-        let whole = ISO8601DateFormatter()
-        let fractional: ISO8601DateFormatter = {
-            let f = ISO8601DateFormatter()
-            f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-            return f
-        }()
-    }
-    private static let offsetFormatter = LockedValue(Formatters())
-    private static let utcWhole: LockedValue<ISO8601DateFormatter> = {
-        let f = ISO8601DateFormatter()
-        f.timeZone = TimeZone(identifier: "UTC")
-        return LockedValue(f)
-    }()
-
-    /// A target value in its canonical form, as far as it can be put there.
-    public static func canonical(_ type: TargetType, _ raw: String, countryCode: String?) -> String {
+    /// A target in its canonical form, or nil when its value cannot be read as its type:
+    /// - telephone numbers through libphonenumber to E.164 (`defaultCountryCode` for numbers
+    ///   written without one): "+84 (0) 912 345 678", "0912 345 678", "84912345678";
+    /// - IPv4 through `inet_pton` (zero-padded quads, "010.000.000.001", read as decimal);
+    ///   an IPv4-mapped IPv6 address (`::ffff:203.0.113.7`, RFC 4291 §2.5.5.2) is the IPv4
+    ///   address it carries, whichever type it was written as;
+    /// - IPv6 through `inet_pton`/`inet_ntop` (RFC 5952 text);
+    /// - IMSI and IMEI: digits only;
+    /// - e-mail, account, bank account and national id in NFC (UAX #15), an e-mail domain in
+    ///   lower case.
+    public static func canonical(_ type: TargetType, _ raw: String, countryCode: String?) -> (type: TargetType, value: String)? {
         let value = raw.trimmingCharacters(in: .whitespaces)
         switch type {
         case .msisdn:
-            var digits = String(value.filter { !" -().\u{00A0}".contains($0) })
-            if digits.hasPrefix("00") { digits = "+" + digits.dropFirst(2) }
-            if digits.hasPrefix("+") { return digits }
-            if digits.hasPrefix("0"), let cc = countryCode { return "+" + cc + digits.dropFirst() }
-            return digits
+            return PhoneNumber.e164(value, defaultCountryCode: countryCode).map { (.msisdn, $0) }
         case .imsi, .imei:
-            return String(value.filter { !" -".contains($0) })
-        case .ipv4:
+            let digits = String(value.filter { !" -".contains($0) })
+            return digits.isEmpty ? nil : (type, digits)
+        case .ipv4, .ipv6:
+            if let v4 = ipv4MappedAddress(value) { return (.ipv4, v4) }
+            if type == .ipv6 { return canonicalIPv6(value).map { (.ipv6, $0) } }
+            if let v4 = canonicalIPv4(value) { return (.ipv4, v4) }
+            // Zero-padded quads, as some exports write them: each group read as decimal.
             let parts = value.split(separator: ".", omittingEmptySubsequences: false)
-            guard parts.count == 4, parts.allSatisfy({ !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }) else { return value }
-            return parts.map { String(Int($0)!) }.joined(separator: ".")
-        case .ipv6:
-            return canonicalIPv6(value) ?? value
-        case .email:
-            guard let at = value.lastIndex(of: "@") else { return value }
-            return value[..<at] + value[at...].lowercased()
-        case .account, .bankAccount, .nationalId:
-            return value
+            guard parts.count == 4, parts.allSatisfy({ (1...3).contains($0.utf8.count) && $0.utf8.allSatisfy { (0x30...0x39).contains($0) } }) else { return nil }
+            return canonicalIPv4(parts.map { String(Int($0)!) }.joined(separator: ".")).map { (.ipv4, $0) }
+        case .email, .account, .bankAccount, .nationalId:
+            return value.isEmpty ? nil : (type, TargetFormat.normalizedText(type, value))
         }
     }
 }

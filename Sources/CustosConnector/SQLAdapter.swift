@@ -108,6 +108,8 @@ public struct SQLAdapter: Sendable {
     private func rows(_ connection: PostgresConnection, _ request: ApprovedRequest, _ category: DataCategory, _ gate: RecordGate, _ count: Int,
                       _ sink: @escaping ExecAdapter.Sink, _ logger: Logger) async throws -> ExecAdapter.Output {
         var dropped: [RecordGate.Drop: Int] = [:]
+        var unreadableRows: [Int] = []  // numbered across the request's targets, from 1
+        var row = 0
         for target in request.targets {
             try Task.checkCancellation()
             var binds = PostgresBindings()
@@ -118,8 +120,9 @@ public struct SQLAdapter: Sendable {
             var n = 0
             for try await text in rows.decode(String.self) {
                 n += 1
+                row += 1
                 guard case .object(var columns)? = try? JSONParser.parse(text), case .string(let time)? = columns.removeValue(forKey: "time") else {
-                    throw ExecAdapter.Failure(reason: "row \(n) has no time column (a timestamptz)")
+                    throw ExecAdapter.Failure(reason: "row \(n) has no time column (a timestamptz)")  // the template is wrong: every row would be
                 }
                 columns = columns.filter { $0.value != .null }
                 var t: [String: JSONValue] = ["type": .string(target.type.rawValue), "value": .string(target.value)]
@@ -127,12 +130,13 @@ public struct SQLAdapter: Sendable {
                 let frame: [String: JSONValue] = ["category": .string(category.rawValue), "time": .string(time), "record": .object(columns), "target": .object(t)]
                 switch gate.admit(frame) {
                 case .record(let t, let bytes): try bytes.withUnsafeBytes { try sink(t, $0) }
-                case .dropped(.unreadable): throw ExecAdapter.Failure(reason: "row \(n): its time is not a timestamptz (RFC 3339 with an offset)")
-                case .dropped(let why): dropped[why, default: 0] += 1
+                case .dropped(let why):
+                    dropped[why, default: 0] += 1
+                    if why == .unreadable, unreadableRows.count < AdapterOutput.unreadableLinesKept { unreadableRows.append(row) }
                 }
             }
         }
-        return ExecAdapter.Output(dropped: dropped)
+        return ExecAdapter.Output(dropped: dropped, unreadableLines: unreadableRows)
     }
 
     static func bind(_ value: any PostgresEncodable & Sendable, _ binds: inout PostgresBindings) {

@@ -167,9 +167,12 @@ public struct PackageJudge: Sendable {
         if !inScope {
             let target = Target(type: TargetType.allCases[typeIndex], value: String(decoding: valueBytes, as: UTF8.self))
             inScope = targets.contains(target)
-            canonical = TargetFormat.isValid(target)
+            // The request's own targets were checked when it was submitted; only another
+            // value needs the (slower) full check, libphonenumber's for a number.
+            canonical = inScope || TargetFormat.isValid(target)
         }
-        guard let (seconds, utc) = RFC3339.parse(timeBytes.assumingMemoryBound(to: UInt8.self)) else { return invalid() }
+        guard let time = RFC3339.parse(timeBytes.assumingMemoryBound(to: UInt8.self)) else { return invalid() }
+        let seconds = time.seconds, utc = time.canonical
         var has: UInt8 = 0
         var found = RecordRules.check(scan.fields, rules: rules[ci], present: &has)
         if !utc { found |= RecordRules.Defect.timeNotUTC.bit }
@@ -182,9 +185,10 @@ public struct PackageJudge: Sendable {
         guard case .object(let top)? = try? JSONParser.parse(line) else { return invalid() }
         guard top.count == 4, let c = top["category"]?.stringValue, let category = DataCategory(rawValue: c),
               case .object(let t)? = top["target"], let target = Self.target(t),
-              var timeText = top["time"]?.stringValue, let (seconds, utc) = timeText.withUTF8({ RFC3339.parse($0) }),
+              let timeText = top["time"]?.stringValue, let time = RFC3339.parse(timeText),
               case .object(let fields)? = top["record"]
         else { return invalid() }
+        let seconds = time.seconds, utc = time.canonical
         let ci = DataCategory.allCases.firstIndex(of: category)!
         var has: UInt8 = 0
         var found = RecordRules.check(fields, rules: rules[ci], present: &has)

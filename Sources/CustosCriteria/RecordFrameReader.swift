@@ -12,7 +12,8 @@ public struct RecordFrameReader: Sendable {
         public var targetValue: UnsafeRawBufferPointer
         /// Seconds since 1970.
         public var seconds: Double
-        /// Whether the time was written in UTC (`Z`).
+        /// Whether the time is written as Custos writes it: UTC, upper-case `T` and `Z`, at
+        /// most nine fraction digits (`RFC3339.Reading.canonical`).
         public var utc: Bool
     }
 
@@ -27,8 +28,9 @@ public struct RecordFrameReader: Sendable {
         guard RecordScanner.scan(line, categories: categoryNames, fieldNames: fieldNames, into: &scan),
               case .index(let ci) = scan.category, let type = scan.targetType, let value = scan.targetValue, let time = scan.time,
               let ti = typeNames.firstIndex(where: { RecordScanner.equal(type, $0) }),
-              let (seconds, utc) = RFC3339.parse(time.assumingMemoryBound(to: UInt8.self))
+              let reading = RFC3339.parse(time.assumingMemoryBound(to: UInt8.self))
         else { return nil }
-        return Frame(category: DataCategory.allCases[ci], targetType: TargetType.allCases[ti], targetValue: value, seconds: seconds, utc: utc)
+        return Frame(category: DataCategory.allCases[ci], targetType: TargetType.allCases[ti], targetValue: value, seconds: reading.seconds,
+                     utc: reading.canonical)
     }
 }

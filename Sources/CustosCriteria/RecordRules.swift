@@ -13,7 +13,8 @@ public enum RecordRules {
         case schemaInvalid
         /// An identifier not in its canonical form (E.164, RFC 5952, lower-case hex).
         case identifierNotCanonical
-        /// A time not in UTC (RFC 3339 ending in Z).
+        /// A time not in UTC as the record schema writes it (RFC 3339, upper-case `T`, ending
+        /// in `Z`, at most nine fraction digits).
         case timeNotUTC
 
         public var code: String {

@@ -37,6 +37,15 @@ public struct Target: Codable, Sendable, Hashable {
         self.platform = platform
     }
 
+    /// The target with its value as it is compared, hashed and stored: Unicode NFC (UAX #15)
+    /// for text identifiers, and an e-mail address's domain in lower case. What is refused
+    /// stays refused (`TargetFormat.isValid`); nothing else is rewritten.
+    public var normalized: Target {
+        var t = self
+        t.value = TargetFormat.normalizedText(type, value)
+        return t
+    }
+
     /// Checks the fields beside `value`; each violation names `field` (e.g. `targets[2]`).
     func validateQualifiers(_ v: inout Validator, _ field: String) {
         let isIP = type == .ipv4 || type == .ipv6
@@ -270,7 +279,7 @@ public enum ProviderID {
 public enum TargetFormat {
     public static func rule(for type: TargetType) -> String {
         switch type {
-        case .msisdn: return "must be an E.164 number: + then 7 to 15 digits"
+        case .msisdn: return "must be a valid telephone number in E.164: + then the country code and number, no national prefix"
         case .imsi: return "must be 15 digits"
         case .imei: return "must be 15 or 16 digits"
         case .ipv4: return "must be a dotted-quad IPv4 address"
@@ -285,16 +294,14 @@ public enum TargetFormat {
         let digits = { (s: Substring) in !s.isEmpty && s.utf8.allSatisfy { (0x30...0x39).contains($0) } }
         switch t.type {
         case .msisdn:
-            guard v.hasPrefix("+") else { return false }
-            let rest = v.dropFirst()
-            return (7...15).contains(rest.count) && digits(rest) && !rest.hasPrefix("0")
+            // libphonenumber decides: "+840912345678" (a national prefix after the country
+            // code) or a number no plan has are refused, not taken as written.
+            guard v.hasPrefix("+"), v.utf8.count <= 16, digits(v.dropFirst()) else { return false }
+            return PhoneNumber.isE164(v)
         case .imsi: return v.count == 15 && digits(Substring(v))
         case .imei: return (15...16).contains(v.count) && digits(Substring(v))
         case .ipv4:
-            let parts = v.split(separator: ".", omittingEmptySubsequences: false)
-            return parts.count == 4 && parts.allSatisfy { p in
-                digits(p) && p.count <= 3 && (p == "0" || !p.hasPrefix("0")) && Int(p)! <= 255
-            }
+            return canonicalIPv4(v) == v
         case .ipv6:
             return canonicalIPv6(v) == v
         case .email:
@@ -305,6 +312,43 @@ public enum TargetFormat {
             return (1...128).contains(v.count) && v.allSatisfy { !$0.isNewline && $0 != "\u{0}" }
         }
     }
+
+    /// NFC (UAX #15) for the text identifiers (e-mail, account, bank account, national id),
+    /// with an e-mail address's domain in lower case; other types as they are.
+    public static func normalizedText(_ type: TargetType, _ value: String) -> String {
+        switch type {
+        case .email:
+            let nfc = value.precomposedStringWithCanonicalMapping
+            guard let at = nfc.lastIndex(of: "@") else { return nfc }
+            return nfc[..<at] + nfc[at...].lowercased()
+        case .account, .bankAccount, .nationalId:
+            return value.precomposedStringWithCanonicalMapping
+        case .msisdn, .imsi, .imei, .ipv4, .ipv6:
+            return value
+        }
+    }
+}
+
+/// The dotted-quad text of an IPv4 address (`inet_pton`, then `inet_ntop`), or nil. Leading
+/// zeros are refused, as `inet_pton` refuses them (POSIX: "ddd.ddd.ddd.ddd", each decimal).
+public func canonicalIPv4(_ text: String) -> String? {
+    guard (7...15).contains(text.utf8.count), !text.contains(":") else { return nil }
+    var address = in_addr()
+    guard inet_pton(AF_INET, text, &address) == 1 else { return nil }
+    var out = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+    guard inet_ntop(AF_INET, &address, &out, socklen_t(out.count)) != nil else { return nil }
+    return String(decoding: out.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// The IPv4 address an IPv4-mapped IPv6 address carries (`::ffff:203.0.113.7` →
+/// `203.0.113.7`, RFC 4291 §2.5.5.2), or nil for any other text.
+public func ipv4MappedAddress(_ text: String) -> String? {
+    guard text.utf8.count <= 45, text.contains(":") else { return nil }
+    var address = in6_addr()
+    guard inet_pton(AF_INET6, text, &address) == 1 else { return nil }
+    let bytes = withUnsafeBytes(of: &address) { Array($0) }
+    guard bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xFF, bytes[11] == 0xFF else { return nil }
+    return bytes[12...].map(String.init).joined(separator: ".")
 }
 
 /// The request exactly as approved and sent to the provider. Its hash binds the package

@@ -66,8 +66,9 @@ struct Run: AsyncParsableCommand {
               adapters.fileDrop.directory, adapters.fileDrop.pollSeconds
                   the drop folder, and how often it is looked at (default 2)
               normalisation.defaultCountryCode
-                  digits (e.g. 84) that turn national numbers (0912...) into E.164; identifiers are put in canonical form and
-                  times in UTC before records are kept
+                  the country calling code (digits, e.g. 84) of numbers written without one (0912..., 912..., 84912...),
+                  read by libphonenumber into E.164; identifiers are put in canonical form and times in UTC before records
+                  are kept, and a record that cannot be read is counted (its line number logged) and not sent
               adapters.preservation.command
                   the program that freezes the data of a preservation order; it gets {"action": "preserve" | "extend" | "release",
                   "request": ..., "until": ...} on stdin, and exit status 0 means done (unset: preservation orders are refused)

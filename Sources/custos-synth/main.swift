@@ -1,4 +1,5 @@
 import ArgumentParser
+import CustosCriteria
 import CustosModel
 import Foundation
 
@@ -62,7 +63,8 @@ struct Synth: ParsableCommand {
         // What the records cover: the whole window, with a year of retention before it.
         let retained = Timestamp.format(Date(timeIntervalSince1970: from - 365 * 86_400))
         buffer += "{\"coverage\":{\"from\":\"\(input.request.window.from)\",\"to\":\"\(input.request.window.to)\",\"retainedSince\":\"\(retained)\"}}\n"
-        for i in 0..<outOfScope { try emit(Target(type: .msisdn, value: "+8400000\(String(format: "%05d", i % 100_000))")) }
+        // Other people's (valid) numbers: records the connector must not send.
+        for i in 0..<outOfScope { try emit(Target(type: .msisdn, value: "+84908\(String(format: "%06d", i % 1_000_000))")) }
         try out.write(contentsOf: Data(buffer.utf8))
     }
 }
@@ -73,16 +75,8 @@ extension Synth {
     static func utc(_ seconds: Int64) -> String {
         let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         let secs = seconds - days * 86_400
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
-        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        let (y, m, d) = RFC3339.civil(Int(days))
+        func two(_ v: some BinaryInteger) -> String { v < 10 ? "0\(v)" : "\(v)" }
         return "\(y)-\(two(m))-\(two(d))T\(two(secs / 3600)):\(two(secs / 60 % 60)):\(two(secs % 60)).000Z"
     }
 }

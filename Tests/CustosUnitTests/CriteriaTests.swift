@@ -224,13 +224,43 @@ struct CriteriaTests {
     @Test func theFastTimeParserAgreesWithFoundation() {
         for text in ["2026-10-15T08:30:00Z", "1970-01-01T00:00:00Z", "2000-02-29T23:59:59.250Z", "2099-12-31T23:59:59.999999999Z"] {
             let parsed = RFC3339.parse(text)
-            #expect(parsed?.utc == true && abs(parsed!.seconds - Timestamp.parse(text)!.timeIntervalSince1970) < 1e-3, "\(text)")  // Foundation keeps milliseconds
+            #expect(parsed?.canonical == true && abs(parsed!.seconds - Timestamp.parse(text)!.timeIntervalSince1970) < 1e-3, "\(text)")  // Foundation keeps milliseconds
         }
         #expect(RFC3339.parse("2026-10-15T15:30:00+07:00")?.seconds == RFC3339.parse("2026-10-15T08:30:00Z")?.seconds)
-        #expect(RFC3339.parse("2026-10-15T15:30:00+07:00")?.utc == false)
+        #expect(RFC3339.parse("2026-10-15T15:30:00+07:00")?.canonical == false)
         for bad in ["2026-02-30T00:00:00Z", "2026-10-15 08:30:00Z", "2026-10-15T08:30:00", "2026-10-15T08:30:00.Z", "2026-13-01T00:00:00Z", "x"] {
             #expect(RFC3339.parse(bad) == nil, "\(bad)")
         }
+    }
+
+    /// One reader for every path, and what it writes (`schemas/records/record.json`'s time).
+    @Test func timesAreWrittenInUTCWithEveryDigitKept() {
+        let cases: [(String, String?)] = [
+            // RFC 3339 §5.6 allows lower-case t and z: read, written in upper case.
+            ("2026-11-05T08:30:00z", "2026-11-05T08:30:00Z"),
+            ("2026-11-05t08:30:00Z", "2026-11-05T08:30:00Z"),
+            ("2026-11-05t15:30:00+07:00", "2026-11-05T08:30:00Z"),
+            // A leap second is kept as written (its offset applied).
+            ("2016-12-31T23:59:60Z", "2016-12-31T23:59:60Z"),
+            ("2017-01-01T06:59:60+07:00", "2016-12-31T23:59:60Z"),
+            // Every fraction digit, up to nine: a microsecond apart stays apart.
+            ("2026-11-05T15:30:00.123456+07:00", "2026-11-05T08:30:00.123456Z"),
+            ("2026-11-05T15:30:00.123457+07:00", "2026-11-05T08:30:00.123457Z"),
+            ("2026-11-05T08:30:00.123456789Z", "2026-11-05T08:30:00.123456789Z"),
+            ("2026-11-05T08:30:00.1234567891Z", nil),
+            // Offsets that cross a day, a month, a year and a leap day.
+            ("2026-01-01T03:00:00+05:30", "2025-12-31T21:30:00Z"),
+            ("2024-02-29T23:30:00-01:00", "2024-03-01T00:30:00Z"),
+            ("2026-03-01T00:15:00+00:30", "2026-02-28T23:45:00Z"),
+            ("2026-11-05T08:30:00-00:00", "2026-11-05T08:30:00Z"),
+            ("2026-11-05T08:30:00", nil), ("2026-11-05 08:30:00Z", nil), ("2026-11-05T08:30:00+0700", nil),
+        ]
+        for (text, expected) in cases {
+            #expect(RFC3339.utc(text)?.text == expected, "\(text)")
+        }
+        #expect(RFC3339.utc("2016-12-31T23:59:60Z")?.seconds == RFC3339.utc("2017-01-01T00:00:00Z")?.seconds)
+        #expect(RFC3339.parse("2026-11-05T08:30:00z")?.canonical == false)  // the judge: time-not-utc until written as Custos writes it
+        #expect(RFC3339.parse("2026-11-05T08:30:00.1234567891Z")?.canonical == false)
     }
 
     /// `schemas/records/examples`: what the JSON Schemas accept, the rules accept, and what
