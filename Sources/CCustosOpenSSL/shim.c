@@ -7,6 +7,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/pkcs7.h>
 #include <openssl/rsa.h>
 #include <openssl/ts.h>
 #include <openssl/x509.h>
@@ -206,6 +207,29 @@ done:
     return ok ? 1 : -1;
 }
 
+// The version and digest-algorithm fields of a SignedData, which no signature covers and
+// OpenSSL does not check: the SignedData version RFC 5652 §5.1 gives its content (1 for
+// id-data, 3 for any other, as an RFC 3161 token's TSTInfo), exactly one digest algorithm
+// and it is the signer's, one signer info of version 1 (issuerAndSerialNumber). Read through
+// the PKCS #7 view of the structure, whose fields OpenSSL makes public.
+static int signed_data_fields_are_strict(PKCS7 *p7, long version) {
+    if (!p7 || !PKCS7_type_is_signed(p7) || !p7->d.sign) return 0;
+    PKCS7_SIGNED *sd = p7->d.sign;
+    if (ASN1_INTEGER_get(sd->version) != version || sk_X509_ALGOR_num(sd->md_algs) != 1) return 0;
+    if (sk_PKCS7_SIGNER_INFO_num(sd->signer_info) != 1) return 0;
+    PKCS7_SIGNER_INFO *si = sk_PKCS7_SIGNER_INFO_value(sd->signer_info, 0);
+    if (ASN1_INTEGER_get(si->version) != 1) return 0;
+    return OBJ_cmp(sk_X509_ALGOR_value(sd->md_algs, 0)->algorithm, si->digest_alg->algorithm) == 0;
+}
+
+// A signature algorithm OID fit for an RSA or EC signer: OpenSSL picks the algorithm from the
+// key and would accept any OID in a signer info, a field no signature covers.
+static int known_signature_nid(int nid) {
+    return nid == NID_ecdsa_with_SHA256 || nid == NID_ecdsa_with_SHA384 || nid == NID_ecdsa_with_SHA512 || nid == NID_X9_62_id_ecPublicKey
+        || nid == NID_rsaEncryption || nid == NID_sha256WithRSAEncryption || nid == NID_sha384WithRSAEncryption
+        || nid == NID_sha512WithRSAEncryption || nid == NID_rsassaPss;
+}
+
 int custos_cms_verify(const unsigned char *cms_der, size_t cms_len, const unsigned char *data, size_t data_len,
                       const unsigned char *trust_pem, size_t trust_len, int64_t at_time, int check_chain,
                       custos_buf *out_signer_der, char *err, size_t errlen) {
@@ -216,6 +240,29 @@ int custos_cms_verify(const unsigned char *cms_der, size_t cms_len, const unsign
     BIO *content = BIO_new_mem_buf(data, (int)data_len);
     STACK_OF(X509) *signers = NULL;
     if (!cms || p != cms_der + cms_len) { fail(err, errlen, "signature is not a DER CMS structure"); goto done; }
+    // Signed bytes are checked as they are: BER that OpenSSL would read the same way as other
+    // bytes (another length form, say) is refused, so one signature has one encoding.
+    {
+        unsigned char *again = NULL;
+        int again_len = i2d_CMS_ContentInfo(cms, &again);
+        int same = again_len == (int)cms_len && memcmp(again, cms_der, cms_len) == 0;
+        OPENSSL_free(again);
+        if (!same) { fail(err, errlen, "signature is not in DER (it re-encodes to other bytes)"); result = 0; goto done; }
+    }
+    {
+        const unsigned char *q = cms_der;
+        PKCS7 *p7 = d2i_PKCS7(NULL, &q, (long)cms_len);
+        int strict = signed_data_fields_are_strict(p7, 1);
+        PKCS7_free(p7);
+        if (!strict) { fail(err, errlen, "signature: SignedData or signer info version, or digest algorithms, not as CMS v1 writes them"); result = 0; goto done; }
+    }
+    // Custos signs data (manifests, checkpoints): any other content type names other content.
+    if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed
+        || OBJ_obj2nid(CMS_get0_eContentType(cms)) != NID_pkcs7_data) {
+        fail(err, errlen, "signature is not SignedData over data (id-data)");
+        result = 0;
+        goto done;
+    }
     if (!store) { fail(err, errlen, "no trust anchors"); goto done; }
     if (!content) { fail(err, errlen, "out of memory"); goto done; }
     if (CMS_verify(cms, NULL, store, content, NULL, CMS_BINARY | (check_chain ? 0 : CMS_NO_SIGNER_CERT_VERIFY)) != 1) {
@@ -225,6 +272,22 @@ int custos_cms_verify(const unsigned char *cms_der, size_t cms_len, const unsign
     }
     signers = CMS_get0_signers(cms);
     if (!signers || sk_X509_num(signers) != 1) { fail(err, errlen, "expected exactly one signer"); result = 0; goto done; }
+    // The signer info's fields the signature does not cover are checked too: SHA-256, a
+    // signature algorithm of the signer's key type (OpenSSL picks it from the key and would
+    // accept any OID here), and no unsigned attributes (custos writes none).
+    {
+        CMS_SignerInfo *si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+        EVP_PKEY *pk = NULL;
+        X509_ALGOR *digest = NULL, *sig = NULL;
+        CMS_SignerInfo_get0_algs(si, &pk, NULL, &digest, &sig);
+        int dnid = digest ? OBJ_obj2nid(digest->algorithm) : NID_undef;
+        int snid = sig ? OBJ_obj2nid(sig->algorithm) : NID_undef;
+        int ec = pk && EVP_PKEY_is_a(pk, "EC");
+        int ok = dnid == NID_sha256 && CMS_unsigned_get_attr_count(si) <= 0 && known_signature_nid(snid)
+                 && (ec ? (snid == NID_ecdsa_with_SHA256 || snid == NID_X9_62_id_ecPublicKey)
+                        : (snid == NID_rsaEncryption || snid == NID_sha256WithRSAEncryption || snid == NID_rsassaPss));
+        if (!ok) { fail(err, errlen, "signer info: not SHA-256 with the signer's key type, or unsigned attributes"); result = 0; goto done; }
+    }
     unsigned char *der = NULL;
     int n = i2d_X509(sk_X509_value(signers, 0), &der);
     if (n <= 0) { fail(err, errlen, "cannot encode the signer"); goto done; }
@@ -332,6 +395,25 @@ int custos_ts_verify(const unsigned char *response_der, size_t response_len, con
     TS_VERIFY_CTX_set_imprint(ctx, imprint, 32); /* and the imprint */
     TS_VERIFY_CTX_set_flags(ctx, TS_VFY_VERSION | TS_VFY_SIGNATURE | TS_VFY_IMPRINT);
     if (TS_RESP_verify_response(ctx, resp) != 1) { fail(err, errlen, "time-stamp does not verify"); result = 0; goto done; }
+    // What the TSA's signature does not cover is checked as it is: DER exactly (no other
+    // encoding of the same values), status granted, a known signature algorithm.
+    {
+        unsigned char *again = NULL;
+        int again_len = i2d_TS_RESP(resp, &again);
+        int same = again_len == (int)response_len && memcmp(again, response_der, response_len) == 0;
+        OPENSSL_free(again);
+        const ASN1_INTEGER *status = TS_STATUS_INFO_get0_status(TS_RESP_get_status_info(resp));
+        STACK_OF(PKCS7_SIGNER_INFO) *infos = PKCS7_get_signer_info(TS_RESP_get_token(resp));
+        PKCS7_SIGNER_INFO *si = infos && sk_PKCS7_SIGNER_INFO_num(infos) == 1 ? sk_PKCS7_SIGNER_INFO_value(infos, 0) : NULL;
+        X509_ALGOR *digest = NULL, *sig = NULL;
+        if (si) PKCS7_SIGNER_INFO_get0_algs(si, NULL, &digest, &sig);
+        if (!same || ASN1_INTEGER_get(status) != 0 || !si || !sig || !known_signature_nid(OBJ_obj2nid(sig->algorithm))
+            || !signed_data_fields_are_strict(TS_RESP_get_token(resp), 3)) {
+            fail(err, errlen, "time-stamp response: not DER as received, not granted, or an unknown signature algorithm");
+            result = 0;
+            goto done;
+        }
+    }
     TS_TST_INFO *info = TS_RESP_get_tst_info(resp);
     *gen_time = asn1_time_to_unix(TS_TST_INFO_get_time(info));
     *accuracy_micros = -1;

@@ -229,19 +229,22 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
                               + "records you may see, each provable against its signed records root")
         }
         let parts = try await store.bundleParts(id)
+        let m = package.manifest
+        // The README a court's expert follows is bound like every other member: the export's
+        // custody event records its hash, and custos verify checks it (SPEC §8).
+        let readme = EvidenceBundle.readme(manifest: m, signer: package.signer, timeStampedAt: package.timeStampedAt)
         // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
         let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),
-                                                       objects: ["manifestSha256": package.manifestSha256])
+                                                       objects: ["manifestSha256": package.manifestSha256, "readmeSha256": Digest.sha256Hex(Array(readme.utf8))])
         let (checkpoint, proofs) = try await store.custodyProofs(package: id, including: exportIndex, timeout: exportWait)
         let custody = EvidenceBundle.Custody(
             checkpoint: Array(checkpoint.text.utf8), signature: Array(Data(base64Encoded: checkpoint.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: checkpoint.timeStamp) ?? Data()), proofs: try CanonicalJSON.encode(proofs))
-        let m = package.manifest
         let head = EvidenceBundle.head(
             manifest: try CanonicalJSON.encode(m), request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
             criteria: parts.criteria, custody: custody, packageId: id, contentSize: m.content.size,
-            readme: EvidenceBundle.readme(manifest: m, signer: package.signer, timeStampedAt: package.timeStampedAt))
+            readme: readme)
         let tail = EvidenceBundle.tail(contentSize: m.content.size)
         let length = Int64(head.count) + m.content.size + Int64(tail.count)
         let headers: HTTPFields = [

@@ -102,7 +102,8 @@ public enum EvidenceBundle {
           content.ndjson     the records, one JSON object per line, grouped per (target x
                              category) result in the order of the manifest's "results".
           signer.pem, verification.json
-                             for reading only: the signing certificate, and the broker's verdict.
+                             for reading: the signing certificate (the one in manifest.p7s),
+                             and the broker's verdict (its hash is in the custody events).
           criteria.json      (when present) the broker's verdict on the four criteria of
                              Directive 57: đúng (correct), đủ (complete), sạch (clean), sống
                              (live); custos verify judges the content again and compares.
@@ -149,8 +150,9 @@ public enum EvidenceBundle {
           custos verify <this bundle file> --trust <folder with provider-ca.pem, tsa-ca.pem,
           custody-ca.pem and, optionally, witnesses.pem>
           checks all of the above, every chunk, both kinds of Merkle root, every result, every
-          custody event's inclusion proof and every co-signature, and prints every failure it
-          finds. Exit status: 0 valid, 1 invalid, 2 unusable input, 3 authentic but not
+          custody event's inclusion proof and every co-signature, that every file here is the
+          one the custody events or signatures bind (this README included: its SHA-256 is
+          recorded in the export's custody event), and prints every failure it finds. Exit status: 0 valid, 1 invalid, 2 unusable input, 3 authentic but not
           admissible on the four criteria (criteria.json).
 
         """
@@ -230,6 +232,8 @@ public struct BundleVerifier: Sendable {
     private var failures: [PackageVerification.Failure] = []
     private var unusable: String?
     private var folder: String?
+    /// Entry names in the order they came.
+    private var order: [String] = []
 
     /// Small entries larger than this make a bundle unusable (the content has no limit).
     public static let maximumSmallEntry = 64 << 20
@@ -264,6 +268,7 @@ public struct BundleVerifier: Sendable {
             if folder == nil { folder = parts[0] }
             guard folder == parts[0] else { throw Unusable("entries of more than one folder") }
             guard seen.insert(parts[1]).inserted else { throw Unusable("entry \(parts[1]) appears twice") }
+            order.append(parts[1])
             let entry = EvidenceBundle.Entry(rawValue: parts[1])
             if entry == nil { failures.append(.init(code: .manifestFormat, detail: "unexpected entry \(parts[1]) in the bundle")) }
             if entry == .content {
@@ -296,7 +301,49 @@ public struct BundleVerifier: Sendable {
             current = nil
         case .trailingData(let n):
             failures.append(.init(code: .trailingData, detail: "\(n) bytes after the end of the archive"))
+        case .nonCanonical(let why):
+            if !failures.contains(where: { $0.code == .bundleFormat && $0.detail == why }) { failures.append(.init(code: .bundleFormat, detail: why)) }
         }
+    }
+
+    /// SPEC §8: every member is bound — by a hash in a proven custody event, by a signature,
+    /// or (the content) by the signed manifest's chunk hashes — and the bundle's bytes are
+    /// canonical. A member that differs from what binds it, one the custody events name but
+    /// the bundle lacks, and one nothing binds are each a `bundle-member` failure; an edit can
+    /// never leave the outcome better than the untouched bundle's.
+    private func bindings(manifest: Manifest, custody: CustodyCheck, signer: CertificateInfo?) -> [PackageVerification.Failure] {
+        var out: [PackageVerification.Failure] = []
+        func fail(_ d: String) { out.append(.init(code: .bundleMember, detail: d)) }
+        let events = custody.events.filter { $0.subject.packageId == manifest.packageId && $0.subject.chunk == nil }
+        func hashes(_ kind: CustodyEvent.Kind, _ key: String) -> [String] { events.filter { $0.kind == kind }.compactMap { $0.objects[key] } }
+        func sha(_ entry: EvidenceBundle.Entry) -> String? { files[entry].map(Digest.sha256Hex) }
+        /// `entry` must be present and match every proven `kind` event's `key` (at least one).
+        func check(_ entry: EvidenceBundle.Entry, _ kind: CustodyEvent.Kind, _ key: String, matchAny: Bool = false) {
+            let named = hashes(kind, key)
+            guard !named.isEmpty else { return fail("no proven \(kind) event records the SHA-256 of \(entry.rawValue)") }
+            guard let have = sha(entry) else { return fail("\(entry.rawValue) is missing, but a proven \(kind) event names it") }
+            let ok = matchAny ? named.contains(have) : named.allSatisfy { $0 == have }
+            if !ok { fail("\(entry.rawValue) differs from the SHA-256 a proven \(kind) event records") }
+        }
+        check(.manifest, .manifestReceived, "manifestSha256")
+        check(.signature, .manifestReceived, "signatureSha256")
+        check(.timeStamp, .manifestReceived, "timeStampSha256")
+        check(.verification, .verdict, "verdictSha256")
+        if !hashes(.criteria, "criteriaSha256").isEmpty || files[.criteria] != nil { check(.criteria, .criteria, "criteriaSha256") }
+        // The README is written at export; each export records the hash of the one it wrote.
+        check(.readme, .packageExported, "readmeSha256", matchAny: true)
+        // The signer's certificate, for reading: exactly the one the CMS signature carries
+        // (when the signature could not be checked, that failure is already reported).
+        if let signer, files[.signer] != Array(signer.pem.utf8) {
+            fail("signer.pem is not the certificate that signed the manifest")
+        }
+        // Canonical bytes: the folder is the package's, the entries in their order.
+        if folder != EvidenceBundle.folder(manifest.packageId) {
+            out.append(.init(code: .bundleFormat, detail: "the bundle's folder is not named after its package"))
+        }
+        let expected = EvidenceBundle.Entry.allCases.filter { $0 != .criteria || files[.criteria] != nil }.map(\.rawValue)
+        if order != expected { out.append(.init(code: .bundleFormat, detail: "the entries are not in the bundle's order")) }
+        return out
     }
 
     struct Unusable: Error, CustomStringConvertible {
@@ -353,6 +400,8 @@ public struct BundleVerifier: Sendable {
                 witnesses: custody.witnesses.map { .init(name: $0.name, checkpointSize: $0.checkpointSize, signer: $0.signer, trusted: $0.trusted) })
         }
 
+        all += bindings(manifest: manifest, custody: custody, signer: signatures.signer)
+
         // The four criteria, judged again from what is here, against the delivery facts the
         // broker's verdict states (its time-stamp time replaced by the one verified here).
         if let carried = files[.criteria] {
@@ -387,6 +436,7 @@ public struct BundleVerifier: Sendable {
             "custody events and inclusion proofs": codes.isDisjoint(with: [.custodyFormat, .custodyEvent, .custodyProof]),
             "custody checkpoint signature and time-stamp": codes.isDisjoint(with: [.checkpointSignature, .checkpointTimeStamp]),
             "witness co-signatures": !codes.contains(.cosignature),
+            "every member bound, canonical bytes": codes.isDisjoint(with: [.bundleMember, .bundleFormat]),
         ]
         if files[.criteria] != nil {
             report.checks["four criteria judged again"] = !codes.contains(.criteria)

@@ -35,6 +35,13 @@ public struct PackageVerification: Codable, Sendable, Hashable {
             case cosignature
             /// The bundle's verdict on the four criteria differs from the one judged again here.
             case criteria
+            /// A bundle member differs from what binds it (the hash a proven custody event
+            /// records, or the CMS signature), a member the custody events name is missing, or
+            /// a member nothing binds is present.
+            case bundleMember = "bundle-member"
+            /// The bundle's bytes are not canonical: a tar header, padding or end other than
+            /// custos writes, entries out of order, or a folder not named after the package.
+            case bundleFormat = "bundle-format"
             /// Authentic, but the four criteria (judged again) do not all pass.
             case notAdmissible = "not-admissible"
         }

@@ -54,8 +54,12 @@ public enum Tar {
         case begin(name: String, size: Int64)
         case data([UInt8])
         case endOfFile
-        /// Bytes after the end-of-archive marker.
+        /// Bytes after the end-of-archive marker (zero bytes included: a bundle ends there).
         case trailingData(Int)
+        /// A byte that is not as `Tar` writes it: a header other than `Tar.header(name:size:)`
+        /// would write, or padding that is not zero. The bytes of a bundle are canonical, so
+        /// one package gives one file and one SHA-256.
+        case nonCanonical(String)
     }
 
     /// Parses an archive fed in slices of any size, calling back for each event.
@@ -73,8 +77,7 @@ public enum Tar {
             while i < bytes.count {
                 switch state {
                 case .ended:
-                    let extra = bytes[i...].firstIndex(where: { $0 != 0 }).map { _ in bytes.count - i } ?? 0
-                    if extra > 0 { try emit(.trailingData(extra)) }
+                    try emit(.trailingData(bytes.count - i))
                     return
                 case .header:
                     let n = min(Tar.blockSize - headerBuffer.count, bytes.count - i)
@@ -90,6 +93,9 @@ public enum Tar {
                     }
                     guard zeroBlocks == 0 else { throw FormatError(reason: "a single zero block inside the archive") }
                     let (name, size) = try Self.parse(block)
+                    if name.utf8.count > 100 || block != Tar.header(name: name, size: size) {
+                        try emit(.nonCanonical("the header of \(name.utf8.count <= 100 ? name : "an entry") is not as custos writes it"))
+                    }
                     try emit(.begin(name: name, size: size))
                     let pad = Tar.padding(after: size).count
                     if size == 0 { try emit(.endOfFile); state = .header } else { state = .data(remaining: size, padding: pad) }
@@ -105,6 +111,7 @@ public enum Tar {
                     }
                 case .padding(let left):
                     let n = min(left, bytes.count - i)
+                    if bytes[i..<i + n].contains(where: { $0 != 0 }) { try emit(.nonCanonical("padding after an entry holds bytes other than zero")) }
                     i += n
                     state = left - n == 0 ? .header : .padding(left - n)
                 }

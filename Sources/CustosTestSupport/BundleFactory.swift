@@ -190,8 +190,6 @@ public struct BundleFactory: Sendable {
         default: break
         }
         let verification = Array("{}".utf8)
-        var log = TestCustodyLog()
-        try log.recordHistory(of: manifest, verification: verification)
         let custodyDefect: TestCustodyLog.Defect? = switch defect {
         case .custodyEventEdited: .eventEditedAfterProof
         case .checkpointSignedByStranger: .checkpointSignedByStranger
@@ -212,10 +210,14 @@ public struct BundleFactory: Sendable {
             criteria = try CanonicalJSON.encode(judge.finish(checks: [], delivery: .init(deliveredAt: delivered, deadline: deadline, timeStampedAt: stampedAt),
                                                              judgedAt: Timestamp.format(delivered)))
         }
+        let signerInfo = try CertificateInfo(pem: signerCert)
+        let readme = EvidenceBundle.readme(manifest: manifest, signer: signerInfo.commonName, timeStampedAt: nil)
+        var log = TestCustodyLog()
+        try log.recordHistory(of: manifest, members: .init(manifest: manifestBytes, signature: signature, timeStamp: timeStamp, verification: verification,
+                                                           criteria: criteria, readme: readme))
         let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: stranger, defect: custodyDefect)
-        let readme = EvidenceBundle.readme(manifest: manifest, signer: try CertificateInfo(pem: signerCert).commonName, timeStampedAt: nil)
         var out = EvidenceBundle.head(manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp,
-                                      signerPEM: signerCert, verification: verification, criteria: criteria, custody: custody, packageId: manifest.packageId,
+                                      signerPEM: signerInfo.pem, verification: verification, criteria: criteria, custody: custody, packageId: manifest.packageId,
                                       contentSize: Int64(body.count), readme: readme)
         out += body + EvidenceBundle.tail(contentSize: Int64(body.count))
         if defect == .trailingGarbage { out += Array("TRAILING GARBAGE".utf8) }

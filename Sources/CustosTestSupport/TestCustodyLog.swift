@@ -65,17 +65,38 @@ public struct TestCustodyLog: Sendable {
                                       proofs: try CanonicalJSON.encode(CustodyProofs(events: events, cosignatures: [], witnessed: witnessed)))
     }
 
+    /// The bundle members the broker's custody events record the hashes of.
+    public struct Members {
+        public var manifest: [UInt8]
+        public var signature: [UInt8]
+        public var timeStamp: [UInt8]
+        public var verification: [UInt8]
+        public var criteria: [UInt8]?
+        public var readme: String
+
+        public init(manifest: [UInt8], signature: [UInt8], timeStamp: [UInt8], verification: [UInt8], criteria: [UInt8]?, readme: String) {
+            self.manifest = manifest
+            self.signature = signature
+            self.timeStamp = timeStamp
+            self.verification = verification
+            self.criteria = criteria
+            self.readme = readme
+        }
+    }
+
     /// The history of one package as the broker records it, between unrelated events.
-    public mutating func recordHistory(of manifest: Manifest, verification: [UInt8]) throws {
+    public mutating func recordHistory(of manifest: Manifest, members: Members) throws {
         let provider = CustodyEvent.Actor(type: .provider, id: manifest.providerId)
         let request = CustodyEvent.Subject(requestId: manifest.requestId)
         let package = CustodyEvent.Subject(requestId: manifest.requestId, packageId: manifest.packageId)
-        let manifestSha = Digest.sha256Hex(try CanonicalJSON.encode(manifest))
+        let manifestSha = Digest.sha256Hex(members.manifest)
         try append(.init(kind: .caseCreated, at: Timestamp.now(), actor: .init(type: .user, id: "someone-else"), subject: .init(caseId: UUID())))
         try append(.init(kind: .request("approved"), at: Timestamp.now(), actor: .init(type: .user, id: "approver"), subject: request,
                          objects: ["requestHash": manifest.requestHash]))
         try append(.init(kind: .request("dispatched"), at: Timestamp.now(), actor: .broker, subject: request))
-        try append(.init(kind: .manifestReceived, at: Timestamp.now(), actor: provider, subject: package, objects: ["manifestSha256": manifestSha]))
+        try append(.init(kind: .manifestReceived, at: Timestamp.now(), actor: provider, subject: package,
+                         objects: ["manifestSha256": manifestSha, "signatureSha256": Digest.sha256Hex(members.signature),
+                                   "timeStampSha256": Digest.sha256Hex(members.timeStamp)]))
         for c in manifest.chunks {
             try append(.init(kind: .chunkReceived, at: Timestamp.now(), actor: provider,
                              subject: .init(requestId: manifest.requestId, packageId: manifest.packageId, chunk: c.index), objects: ["chunkSha256": c.sha256]))
@@ -83,9 +104,12 @@ public struct TestCustodyLog: Sendable {
         }
         try append(.init(kind: .packageCompleted, at: Timestamp.now(), actor: provider, subject: package,
                          objects: ["manifestSha256": manifestSha, "chunksRoot": manifest.chunksRoot]))
+        if let criteria = members.criteria {
+            try append(.init(kind: .criteria, at: Timestamp.now(), actor: .broker, subject: package, objects: ["criteriaSha256": Digest.sha256Hex(criteria)]))
+        }
         try append(.init(kind: .verdict, at: Timestamp.now(), actor: .broker, subject: package,
-                         objects: ["verdictSha256": Digest.sha256Hex(verification), "manifestSha256": manifestSha], details: ["outcome": "verified"]))
+                         objects: ["verdictSha256": Digest.sha256Hex(members.verification), "manifestSha256": manifestSha], details: ["outcome": "verified"]))
         try append(.init(kind: .packageExported, at: Timestamp.now(), actor: .init(type: .user, id: "investigator", address: "192.0.2.10", agent: "custos"),
-                         subject: package))
+                         subject: package, objects: ["manifestSha256": manifestSha, "readmeSha256": Digest.sha256Hex(Array(members.readme.utf8))]))
     }
 }

@@ -57,15 +57,17 @@ enum LargeBundle {
 
         var log = TestCustodyLog()
         let verification = Array("{}".utf8)
-        try log.recordHistory(of: manifest, verification: verification)
+        let signerPEM = try CertificateInfo(pem: pki.signer).pem
+        let readme = EvidenceBundle.readme(manifest: manifest, signer: BundleFactory.provider, timeStampedAt: nil)
+        try log.recordHistory(of: manifest, members: .init(manifest: manifestBytes, signature: signature, timeStamp: timeStamp, verification: verification,
+                                                           criteria: nil, readme: readme))
         let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: pki)
 
         _ = FileManager.default.createFile(atPath: path, contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         try out.write(contentsOf: EvidenceBundle.head(
-            manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp, signerPEM: pki.signer,
-            verification: verification, custody: custody, packageId: manifest.packageId, contentSize: size,
-            readme: EvidenceBundle.readme(manifest: manifest, signer: BundleFactory.provider, timeStampedAt: nil)))
+            manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp, signerPEM: signerPEM,
+            verification: verification, custody: custody, packageId: manifest.packageId, contentSize: size, readme: readme))
         let input = try FileHandle(forReadingFrom: URL(fileURLWithPath: contentPath))
         while let data = try input.read(upToCount: 8 << 20), !data.isEmpty { try out.write(contentsOf: data) }
         try input.close()

@@ -39,9 +39,10 @@ struct BundleVectorTests {
             let r = try Self.verifyFile(url)
             #expect(r.outcome == .valid, "\(url.lastPathComponent): \(r.failures) \(r.unusable ?? "")")
             #expect(r.checks.values.allSatisfy { $0 })
-            // The chain of custody: approval, dispatch, manifest, every chunk, completion, verdict and export, proven; the witness trusted.
+            // The chain of custody: approval, dispatch, manifest, every chunk, completion, the
+            // criteria (when judged), verdict and export, proven; the witness trusted.
             let custody = try #require(r.custody)
-            #expect(custody.events.count == 6 + (r.chunkCount ?? 0))
+            #expect(custody.events.count == 6 + (r.chunkCount ?? 0) + (r.criteria == nil ? 0 : 1))
             #expect(custody.witnesses.map(\.trusted) == [true])
             // A bundle with the broker's verdict is judged again here: the standard one is admissible.
             if url.lastPathComponent == "standard.tar" {
