@@ -71,18 +71,37 @@ public struct ExecAdapter: Sendable {
 
     /// Stops a running program on cancellation, or one about to start.
     final class Stopper: Sendable {
-        private let state = Mutex<(pid: Int32?, stopped: Bool)>((nil, false))
+        private let state = Mutex<(pid: Int32?, stopped: Bool, finished: Bool)>((nil, false, false))
+        /// How long a stopped program has after SIGTERM before SIGKILL.
+        static let grace: Duration = .seconds(3)
 
         func stop() {
             let pid = state.withLock { s -> Int32? in s.stopped = true; return s.pid }
-            if let pid { kill(pid, SIGTERM) }
+            if let pid { terminate(pid) }
         }
 
         /// Records the started program; false when a stop came first (it is stopped at once).
         func started(_ pid: Int32) -> Bool {
             let stopped = state.withLock { s -> Bool in s.pid = pid; return s.stopped }
-            if stopped { kill(pid, SIGTERM) }
+            if stopped { terminate(pid) }
             return !stopped
+        }
+
+        /// The program's output is read to its end and the program reaped.
+        func finished() { state.withLock { $0.finished = true } }
+
+        /// SIGTERM to the program's process group (Foundation starts each program as the
+        /// leader of its own), so that a shell's children go too; SIGKILL after `grace` if
+        /// its output is still open then (a program that ignores SIGTERM would otherwise keep
+        /// the connector waiting).
+        private func terminate(_ pid: Int32) {
+            kill(-pid, SIGTERM)
+            kill(pid, SIGTERM)
+            DispatchQueue.global().asyncAfter(deadline: .now() + .seconds(Int(Self.grace.components.seconds))) {
+                guard !self.state.withLock({ $0.finished }) else { return }
+                kill(-pid, SIGKILL)
+                kill(pid, SIGKILL)
+            }
         }
 
         var stopped: Bool { state.withLock { $0.stopped } }
@@ -137,6 +156,7 @@ public struct ExecAdapter: Sendable {
             }
         }
         process.waitUntilExit()
+        stopper.finished()
         if let failure { throw failure }
         if stopper.stopped { throw Failure(reason: "stopped: the request was cancelled") }
         try output.finish()

@@ -89,6 +89,11 @@ public struct ProviderConnector: Service {
                 group.cancelAll()
             }
         } onGracefulShutdown: {
+            // SIGTERM or SIGINT: stop now, not when the running adapters finish (they can run
+            // for an hour). Each running job is cancelled — its adapter stopped, its query
+            // cancelled on the server — and stays in the state directory, resumed at the next
+            // start; nothing is refused or sent for it.
+            running.stopAll()
             consumer.close()
             urgentConsumer.close()
             queue.finish()
@@ -209,6 +214,7 @@ public struct ProviderConnector: Service {
                 do {
                     try await extract(body.request)
                 } catch let failure as ExecAdapter.Failure {
+                    if running.stopping { logger.warning("extraction stopped for shutdown; the job resumes on the next start", metadata: meta); return }
                     if revoked() { logger.warning("extraction stopped: request revoked", metadata: meta); return }
                     metrics.refusals.increment()
                     meta[LogKey.reason] = "\(failure.reason)"
@@ -246,6 +252,10 @@ public struct ProviderConnector: Service {
                 logger.info("package sent", metadata: meta)
             }
         } catch {
+            if running.stopping {
+                logger.warning("job stopped for shutdown; it resumes on the next start", metadata: meta)
+                return
+            }
             metrics.jobFailures.increment()
             meta[LogKey.reason] = "\(String(describing: error))"
             logger.error("job stopped; it resumes on the next start", metadata: meta)
@@ -534,11 +544,23 @@ final class RunningJobs: Sendable {
     func run(_ id: UUID, _ body: @escaping @Sendable () async -> Void) async {
         let task = Task { await body() }
         tasks.withLock { $0[id] = task }
+        if stopping { task.cancel() }
         await task.value
         tasks.withLock { _ = $0.removeValue(forKey: id) }
     }
 
     func cancel(_ id: UUID) { tasks.withLock { $0[id] }?.cancel() }
+
+    private let stoppingFlag = Mutex(false)
+
+    /// Whether the connector is shutting down (a cancelled job then stays to be resumed).
+    var stopping: Bool { stoppingFlag.withLock { $0 } }
+
+    /// Shutdown: every running job is cancelled, and any that starts afterwards too.
+    func stopAll() {
+        stoppingFlag.withLock { $0 = true }
+        tasks.withLock { Array($0.values) }.forEach { $0.cancel() }
+    }
 
     var count: Int { tasks.withLock { $0.count } }
 }

@@ -274,7 +274,10 @@ public struct BundleVerifier: Sendable {
             if entry == .content {
                 guard let manifest else { throw Unusable("content.ndjson comes before manifest.json") }
                 content = ContentVerifier(manifest: manifest)
-                judge = request.map { PackageJudge(request: $0, manifest: manifest) }
+                // The four criteria are judged again only for a bundle that states a verdict
+                // (criteria.json comes before the content): the judge's duplicate table grows
+                // with the records, and a bundle without a verdict is checked on integrity alone.
+                judge = files[.criteria] == nil ? nil : request.map { PackageJudge(request: $0, manifest: manifest) }
             } else if size > Int64(Self.maximumSmallEntry) {
                 throw Unusable("entry \(parts[1]) is larger than \(Self.maximumSmallEntry) bytes")
             }

@@ -27,7 +27,7 @@ struct Options: ParsableArguments {
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run until SIGINT or SIGTERM, resuming unfinished jobs from the state directory first.",
+        abstract: "Run until SIGINT or SIGTERM (running adapters are stopped, their jobs kept and resumed at the next start), resuming unfinished jobs from the state directory first.",
         discussion: """
             Settings: config file key (environment variable); the environment wins over the file.
               providerId (CUSTOS_PROVIDER_ID)

@@ -63,6 +63,45 @@ struct ConnectorOperationsTests {
         #expect((package["criteria"] as? [String: Any])?["admissible"] as? Bool == true, "\(package["criteria"] ?? "")")
     }
 
+    /// SIGTERM stops the connector within 10 s even while an adapter runs — one that ignores
+    /// SIGTERM and leaves a child holding its output, here — and the job is kept: the next
+    /// start runs it to the end (it used to need SIGKILL).
+    @Test func sigtermStopsTheConnectorPromptlyAndKeepsTheJob() async throws {
+        let d = try Deployment(adapter: [Self.synth])
+        defer { d.stop() }
+        let (runs, release) = (d.path("runs"), d.path("release"))
+        d.connectorConfig["adapters"] = [
+            "traffic": ["command": ["/bin/sh", "-c",
+                                    "echo run >> \(runs); if [ ! -e \(release) ]; then trap '' TERM; sleep 600 & wait; sleep 600; fi; exec \(Self.synth) --records-per-target 10"]],
+        ]
+        try await d.setUp()
+        try await d.startBroker()
+        try await d.startConnector()
+        let request = try await d.submitRequest(categories: ["traffic"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", request])
+        try await waitFor(runs, ContinuousClock.now + .seconds(120))
+        try await Task.sleep(for: .milliseconds(500))
+        let connector = try #require(d.connector)
+        let stoppedAt = ContinuousClock.now
+        kill(connector.process.processIdentifier, SIGTERM)
+        while connector.process.isRunning && ContinuousClock.now - stoppedAt < .seconds(15) { try await Task.sleep(for: .milliseconds(100)) }
+        let took = ContinuousClock.now - stoppedAt
+        if connector.process.isRunning { connector.kill9() }
+        try #require(took < .seconds(10), "the connector took \(took) to stop")
+        #expect(connector.process.terminationReason == .exit, "it was killed, not stopped")
+        #expect(connector.output.contains("stopped for shutdown"), "\(connector.output.suffix(2000))")
+        #expect(!connector.output.contains("refusing the request"))
+        #expect(FileManager.default.fileExists(atPath: d.path("state/jobs/\(request)/request.json")))
+        // The next start resumes the job, and this time the adapter finishes.
+        _ = FileManager.default.createFile(atPath: release, contents: nil)
+        try await d.startConnector()
+        let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
+        #expect(watched.status == 0, "connector: \(d.connector!.output.suffix(2000))")
+        #expect(lines(runs) == 2)
+        let view = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        #expect(view["state"] as? String == "verified")
+    }
+
     @Test func checkTestsEveryConnectionAndTheSQLAndFileDropAdaptersServeAWholeExchangeWatchedByMetrics() async throws {
         let d = try Deployment(adapter: [Self.synth])
         defer { d.stop() }
