@@ -111,13 +111,21 @@ extension BrokerStore {
         case .manifest:
             guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
             let body = try SignedEnvelope.body(ManifestBody.self, from: json).body
-            try await acceptManifest(conn, body, header: header, provider: provider, custody: custody)
+            // The manifest's bytes as the provider signed them: its member of the message,
+            // which must itself be RFC 8785 canonical (then the member is exactly the bytes sent).
+            guard CanonicalJSON.serialize(json).elementsEqual(value) else {
+                throw IngestRejection(reason: "malformed: the manifest message is not RFC 8785 canonical JSON, so its signed manifest cannot be kept as sent")
+            }
+            guard case .object(let members) = json, case .object(let bodyMembers)? = members["body"], let manifestJSON = bodyMembers["manifest"] else {
+                throw IngestRejection(reason: "malformed: the manifest message has no body.manifest")
+            }
+            try await acceptManifest(conn, body, signedBytes: CanonicalJSON.serialize(manifestJSON), header: header, provider: provider, custody: custody)
         case .manifestPart:
             guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
             let part = try SignedEnvelope.body(ManifestPartBody.self, from: json).body
-            if let body = try await acceptManifestPart(conn, part, bytes: value, header: header) {
+            if let (body, signedBytes) = try await acceptManifestPart(conn, part, bytes: value, header: header) {
                 guard body.manifest.packageId == part.packageId else { throw IngestRejection(reason: "manifest parts name another package than their manifest") }
-                try await acceptManifest(conn, body, header: header, provider: provider, custody: custody)
+                try await acceptManifest(conn, body, signedBytes: signedBytes, header: header, provider: provider, custody: custody)
             }
         case .chunk:
             let body = try SignedEnvelope.body(ChunkBody.self, from: json).body
@@ -165,8 +173,11 @@ extension BrokerStore {
     }
 
     /// Keeps one part of a manifest sent in parts; once every part is in, returns the body
-    /// they make (checked against its SHA-256) and removes the parts.
-    private func acceptManifestPart(_ conn: PostgresConnection, _ part: ManifestPartBody, bytes: [UInt8], header: EnvelopeHeader) async throws -> ManifestBody? {
+    /// they make (checked against its SHA-256) with the manifest's bytes as signed, and removes
+    /// the parts.
+    private func acceptManifestPart(_ conn: PostgresConnection, _ part: ManifestPartBody, bytes: [UInt8], header: EnvelopeHeader) async throws
+        -> (ManifestBody, [UInt8])?
+    {
         guard (2...Topics.maximumManifestParts).contains(part.count), (0..<part.count).contains(part.index), part.size == bytes.count,
               (1...Topics.maximumChunkBytes).contains(bytes.count), Digest.isSHA256Hex(part.sha256), Digest.isSHA256Hex(part.bodySha256)
         else { throw IngestRejection(reason: "manifest part is malformed") }
@@ -192,13 +203,18 @@ extension BrokerStore {
         ).decode(ByteBuffer.self) { whole += data.readableBytesView }
         try await conn.query("DELETE FROM manifest_parts WHERE package_id = \(part.packageId)", logger: logger)
         guard Digest.sha256Hex(whole) == part.bodySha256 else { throw IngestRejection(reason: "manifest parts do not make the body their SHA-256 names") }
-        guard case .object? = try? JSONParser.parse(whole), let body = try? JSONDecoder().decode(ManifestBody.self, from: Data(whole)) else {
-            throw IngestRejection(reason: "manifest parts do not make a manifest message body")
+        guard case .object(let members)? = try? JSONParser.parse(whole), let manifestJSON = members["manifest"],
+              let body = try? JSONDecoder().decode(ManifestBody.self, from: Data(whole))
+        else { throw IngestRejection(reason: "manifest parts do not make a manifest message body") }
+        guard CanonicalJSON.serialize(.object(members)).elementsEqual(whole) else {
+            throw IngestRejection(reason: "malformed: the manifest parts' body is not RFC 8785 canonical JSON, so its signed manifest cannot be kept as sent")
         }
-        return body
+        return (body, CanonicalJSON.serialize(manifestJSON))
     }
 
-    private func acceptManifest(_ conn: PostgresConnection, _ body: ManifestBody, header: EnvelopeHeader, provider: String,
+    /// `signedBytes`: the manifest exactly as the provider signed and sent it; they are what is
+    /// stored, hashed and verified, never a re-encoding of the decoded manifest.
+    private func acceptManifest(_ conn: PostgresConnection, _ body: ManifestBody, signedBytes canonical: [UInt8], header: EnvelopeHeader, provider: String,
                                 custody: CustodyRecorder) async throws {
         let m = body.manifest
         guard m.requestId == header.requestId else { throw IngestRejection(reason: "manifest names another request than its envelope") }
@@ -208,7 +224,6 @@ extension BrokerStore {
         guard let signature = Data(base64Encoded: body.signature), let timeStamp = Data(base64Encoded: body.timeStamp),
               !signature.isEmpty, !timeStamp.isEmpty, signature.count < 1 << 20, timeStamp.count < 1 << 20
         else { throw IngestRejection(reason: "manifest signature or time-stamp is not base64 DER") }
-        let canonical = try CanonicalJSON.encode(m)
         let manifestSha = Digest.sha256Hex(canonical)
         let actor = CustodyEvent.Actor(type: .provider, id: provider)
         // A package for a revoked or lapsed emergency is kept, but sealed from the start.
@@ -290,7 +305,7 @@ extension BrokerStore {
             approved = approvedJSON.flatMap { try? JSONDecoder().decode(ApprovedRequest.self, from: Data($0.utf8)) }
         }
         var failures = PackageVerifier.checkManifest(manifest, expectedProvider: provider, expectedRequest: requestId, expectedRequestHash: requestHash ?? "")
-        let manifestBytes = try CanonicalJSON.encode(manifest)
+        let manifestBytes = Array(manifestJSON.utf8)  // as the provider signed and sent them
         let signatureCheck = PackageSignatureVerifier.verify(
             manifest: manifestBytes, signature: Array(signatureBuffer.readableBytesView), timeStamp: Array(timeStampBuffer.readableBytesView),
             providerId: provider, providerTrust: providerRow?.0 ?? "", tsaTrust: tsaTrust)

@@ -28,7 +28,7 @@ extension BrokerStore {
             signature: Data(signature.readableBytesView).base64EncodedString(), timeStamp: Data(timeStamp.readableBytesView).base64EncodedString(),
             timeStampedAt: stampedAt.map(Timestamp.format), timeStampAccuracyMicroseconds: accuracy, signer: signer,
             manifestSha256: sha, verification: summary, receivedAt: Timestamp.format(receivedAt), sealed: sealed,
-            sealReason: sealReason, criteria: try criteria.map { try JSONDecoder().decode(Verdict.self, from: Data($0.utf8)) })
+            sealReason: sealReason, criteria: try criteria.map { try JSONDecoder().decode(Verdict.self, from: Data($0.utf8)) }, manifestText: manifest)
     }
 
     public func chunk(package id: UUID, index: Int) async throws -> ByteBuffer {
@@ -47,15 +47,17 @@ extension BrokerStore {
         public var verification: [UInt8]
         /// The four criteria's verdict (canonical JSON), when the package has one.
         public var criteria: [UInt8]?
+        /// The manifest exactly as the provider signed and sent it.
+        public var manifest: [UInt8]
     }
 
     public func bundleParts(_ id: UUID) async throws -> BundleParts {
-        for try await (request, signer, verification, criteria) in try await client.query("""
-            SELECT r.approved_request, p.signer_certificate, p.verification, p.criteria FROM packages p JOIN requests r ON r.id = p.request_id
+        for try await (request, signer, verification, criteria, manifest) in try await client.query("""
+            SELECT r.approved_request, p.signer_certificate, p.verification, p.criteria, p.manifest FROM packages p JOIN requests r ON r.id = p.request_id
             WHERE p.id = \(id)
-            """, logger: logger).decode((String?, String?, String?, String?).self) {
+            """, logger: logger).decode((String?, String?, String?, String?, String).self) {
             return BundleParts(request: Array((request ?? "").utf8), signerPEM: signer ?? "", verification: Array((verification ?? "").utf8),
-                               criteria: criteria.map { Array($0.utf8) })
+                               criteria: criteria.map { Array($0.utf8) }, manifest: Array(manifest.utf8))
         }
         throw BrokerError(.notFound, "no such package")
     }

@@ -241,7 +241,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
             checkpoint: Array(checkpoint.text.utf8), signature: Array(Data(base64Encoded: checkpoint.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: checkpoint.timeStamp) ?? Data()), proofs: try CanonicalJSON.encode(proofs))
         let head = EvidenceBundle.head(
-            manifest: try CanonicalJSON.encode(m), request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
+            manifest: parts.manifest, request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
             criteria: parts.criteria, custody: custody, packageId: id, contentSize: m.content.size,
             readme: readme)

@@ -204,7 +204,8 @@ public struct CustosClient: Sendable {
         try FileManager.default.moveItem(atPath: partial, toPath: contentPath)
         ok = true
         // Exactly the bytes that were signed and time-stamped, so that stock openssl can check them.
-        try Data(try CanonicalJSON.encode(manifest)).write(to: URL(fileURLWithPath: base + ".manifest.json"))
+        // The bytes the provider signed (a broker older than manifestText: its canonical re-encoding).
+        try Data(package.manifestText.map { Array($0.utf8) } ?? (try CanonicalJSON.encode(manifest))).write(to: URL(fileURLWithPath: base + ".manifest.json"))
         try (Data(base64Encoded: package.signature) ?? Data()).write(to: URL(fileURLWithPath: base + ".manifest.p7s"))
         try (Data(base64Encoded: package.timeStamp) ?? Data()).write(to: URL(fileURLWithPath: base + ".manifest.tsr"))
         return Download(contentPath: contentPath, manifestPath: base + ".manifest.json", size: received, sha256: sha,

@@ -231,6 +231,10 @@ public enum API {
         public var providerId: String
         public var state: PackageState
         public var manifest: Manifest
+        /// The manifest exactly as the provider signed and sent it (RFC 8785 canonical JSON,
+        /// UTF-8): what `signature` covers and `manifestSha256` hashes. `manifest` is the same
+        /// document decoded, for reading; never re-encode it to check the signature.
+        public var manifestText: String?
         /// CMS SignedData over the manifest's canonical JSON, DER, base64.
         public var signature: String
         /// RFC 3161 TimeStampResp over the signature, DER, base64.
@@ -254,7 +258,8 @@ public enum API {
 
         public init(id: UUID, requestId: UUID, providerId: String, state: PackageState, manifest: Manifest, signature: String, timeStamp: String,
                     timeStampedAt: String?, timeStampAccuracyMicroseconds: Int64?, signer: String?, manifestSha256: String, verification: PackageVerificationSummary?, receivedAt: String,
-                    sealed: Bool = false, sealReason: String? = nil, criteria: Verdict? = nil) {
+                    sealed: Bool = false, sealReason: String? = nil, criteria: Verdict? = nil, manifestText: String? = nil) {
+            self.manifestText = manifestText
             self.criteria = criteria
             self.sealed = sealed
             self.sealReason = sealReason

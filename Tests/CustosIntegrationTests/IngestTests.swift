@@ -116,6 +116,73 @@ struct IngestTests {
     }
 
 
+    /// The UUIDs of a JSON document in lower case, as RFC 9562 and most UUID libraries write
+    /// them (Swift's `UUID` writes upper case).
+    static func lowercasingUUIDs(_ value: JSONValue) -> JSONValue {
+        switch value {
+        case .string(let s) where UUID(uuidString: s) != nil: .string(s.lowercased())
+        case .array(let items): .array(items.map(lowercasingUUIDs))
+        case .object(let members): .object(members.mapValues(lowercasingUUIDs))
+        default: value
+        }
+    }
+
+    /// A third party's connector, built from `schemas/` alone, spelling its UUIDs in lower case:
+    /// the broker keeps, hashes and checks the manifest's bytes as signed, never re-encoded
+    /// (it used to re-encode them in upper case, and every such delivery failed).
+    @Test func aManifestWrittenWithLowerCaseUUIDsIsKeptAndVerifiedAsSigned() async throws {
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            let p = try package(for: r)
+            let manifestJSON = Self.lowercasingUUIDs(try JSONParser.parse(try CanonicalJSON.encode(p.manifest)))
+            let signed = CanonicalJSON.serialize(manifestJSON)
+            #expect(signed != (try CanonicalJSON.encode(p.manifest)))
+            let signature = try CMS.sign(signed, certificate: pki.signer, key: pki.signerKey)
+            let tsr = try pki.tsa.respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(signature), nonce: TimeStamp.makeNonce()), serial: 8)
+            // The manifest message as that connector writes it: canonical, signed by its key.
+            let pid = p.manifest.packageId
+            let template = try JSONParser.parse(try SignedEnvelope.encode(Envelope(type: .manifest, id: .derived("m", pid.lowercased), requestId: r.id,
+                                                                                    sender: "prov-a", body: p.body), signer: provider))
+            guard case .object(var envelope) = template else { Issue.record("not an object"); return }
+            envelope["signature"] = nil
+            envelope["body"] = .object(["manifest": manifestJSON, "signature": .string(Data(signature).base64EncodedString()),
+                                        "timeStamp": .string(Data(tsr).base64EncodedString())])
+            let value = try provider.sign(CanonicalJSON.serialize(.object(envelope)))
+            envelope["signature"] = .object(["alg": .string(provider.algorithm), "keyId": .string(provider.publicKey.keyId), "value": .string(value)])
+            offset.next += 1
+            let m = KafkaMessage(topic: topic, partition: 0, offset: offset.next, key: [], value: CanonicalJSON.serialize(.object(envelope)))
+            let (_, chunks, _) = try messages(p, r)
+            let done = try message(.complete, r.id, CompleteBody(packageId: pid, chunkCount: p.chunks.count, manifestSha256: Digest.sha256Hex(signed)),
+                                   id: .derived("done", pid.lowercased))
+            for msg in [m] + chunks + [done] {
+                let outcome = try await store.ingest(msg, providerKeys: keys)
+                if case .deadLettered(let why) = outcome { Issue.record("dead-lettered: \(why)") }
+            }
+            let view = try await store.package(pid, viewer: nil)
+            #expect(view.state == .verified, "\(view.verification?.failures ?? [])")
+            #expect(view.manifestText.map { Array($0.utf8) } == signed)
+            #expect(view.manifestSha256 == Digest.sha256Hex(signed))
+            #expect(view.criteria?.admissible == true)
+            let bundleManifest = try await store.bundleParts(pid).manifest
+            #expect(bundleManifest == signed)
+            _ = client
+            // The same message (under a new id) not in RFC 8785 form — a space after a colon —
+            // is refused with its reason, rather than "fixed".
+            envelope["signature"] = nil
+            envelope["id"] = .string(UUID().uuidString.lowercased())
+            let again = try provider.sign(CanonicalJSON.serialize(.object(envelope)))
+            envelope["signature"] = .object(["alg": .string(provider.algorithm), "keyId": .string(provider.publicKey.keyId), "value": .string(again)])
+            var spaced = CanonicalJSON.serialize(.object(envelope))
+            let colon = try #require(spaced.firstIndex(of: UInt8(ascii: ":")))
+            spaced.insert(UInt8(ascii: " "), at: colon + 1)
+            offset.next += 1
+            let outcome = try await store.ingest(KafkaMessage(topic: topic, partition: 0, offset: offset.next, key: [], value: spaced), providerKeys: keys)
+            guard case .deadLettered(let why) = outcome else { Issue.record("not refused: \(outcome)"); return }
+            #expect(why.contains("canonical"), "\(why)")
+        }
+    }
+
     @Test func aCompletePackageIsJudgedOnTheFourCriteria() async throws {
         try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
             let r = try await approvedRequest(store)
