@@ -42,13 +42,32 @@ extension BrokerStore {
         guard (message.header(Topics.envelopeHeader) != nil) == (header.type == .chunk || header.type == .manifestPart) else {
             return try await deadLetter(message, reason: "malformed: only chunk and manifest-part messages carry their envelope in a header")
         }
+        // What the message says: its type, request, sender and body, and a chunk's data — not
+        // when it was sent or its signature (a sender may send the same message again after a
+        // restart, signed anew: ES256 signatures differ each time).
+        var said: [String: JSONValue] = [:]
+        if case .object(let members) = opened.json {
+            for key in ["type", "requestId", "sender", "body"] { said[key] = members[key] }
+        }
+        var content = CanonicalJSON.serialize(.object(said))
+        if message.header(Topics.envelopeHeader) != nil { content += Digest.sha256Bytes(message.value) }
+        let contentSha256 = Digest.sha256Hex(content)
         do {
             return try await client.custodyTransaction(logger: logger) { conn, custody in
                 let fresh = try await conn.query("""
-                    INSERT INTO inbox (message_id, message_type, request_id) VALUES (\(header.id), \(header.type.rawValue), \(header.requestId))
+                    INSERT INTO inbox (message_id, message_type, request_id, content_sha256) VALUES (\(header.id), \(header.type.rawValue), \(header.requestId), \(contentSha256))
                     ON CONFLICT DO NOTHING RETURNING 1
                     """, logger: logger).decode(Int.self).first { _ in true } != nil
-                guard fresh else { return .duplicate }
+                guard fresh else {
+                    // Seen before: the same content is a redelivery; other content under the
+                    // same id is a conflict, refused with its reason rather than dropped.
+                    let applied = try await conn.query("SELECT content_sha256 FROM inbox WHERE message_id = \(header.id)", logger: logger)
+                        .decode(String?.self).first { _ in true } ?? nil
+                    if let applied, applied != contentSha256 {
+                        throw IngestRejection(reason: "conflict: a message with this id was already applied with other content")
+                    }
+                    return .duplicate
+                }
                 try await apply(conn, header: header, json: opened.json, value: message.value, provider: expectedSender, custody: custody)
                 return .applied(header.type)
             }

@@ -360,5 +360,11 @@ enum Migrations {
                 PRIMARY KEY (package_id, idx)
             );
             """),
+        Migration(version: 15, name: "message content in the inbox", sql: """
+            -- SHA-256 of what a provider message says (its signed bytes less the signature, and a
+            -- chunk's data): the same id again with other content is a conflict, not a duplicate.
+            -- Null for messages applied before this column existed.
+            ALTER TABLE inbox ADD COLUMN content_sha256 text;
+            """),
     ]
 }

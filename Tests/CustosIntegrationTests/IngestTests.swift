@@ -260,6 +260,28 @@ struct IngestTests {
         }
     }
 
+    /// A message id seen before: the same content (even signed again: ES256 signatures differ)
+    /// is a duplicate; other content is a conflict, dead-lettered with its reason, and has no
+    /// effect (it used to be dropped silently). Out-of-range numbers are refused too.
+    @Test func aMessageIdAppliedBeforeWithOtherContentIsAConflict() async throws {
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, _, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            let id = UUID()
+            #expect(try await store.ingest(try message(.status, r.id, StatusBody(phase: .extracting, percent: 10), id: id), providerKeys: keys) == .applied(.status))
+            #expect(try await store.ingest(try message(.status, r.id, StatusBody(phase: .extracting, percent: 10), id: id), providerKeys: keys) == .duplicate)
+            let conflict = try await store.ingest(try message(.status, r.id, StatusBody(phase: .streaming, percent: 90), id: id), providerKeys: keys)
+            guard case .deadLettered(let why) = conflict else { Issue.record("not refused: \(conflict)"); return }
+            #expect(why.contains("conflict"))
+            #expect(try await store.request(r.id, viewer: nil).progress?.percent == 10)
+            for percent in [101, -1, Int.max] {
+                let bad = try await store.ingest(try message(.status, r.id, StatusBody(phase: .streaming, percent: percent)), providerKeys: keys)
+                guard case .deadLettered(let reason) = bad else { Issue.record("percent \(percent) accepted"); continue }
+                #expect(reason.contains(percent == Int.max ? "badBody" : "percent"), "\(reason)")
+            }
+        }
+    }
+
     @Test func aWholePackageIsVerifiedOnceEvenWhenEveryMessageArrivesTwice() async throws {
         try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
             let r = try await approvedRequest(store)
