@@ -126,13 +126,6 @@ public struct RecordGate: Sendable {
         return .record(target, CanonicalJSON.serialize(.object(out)))
     }
 
-    /// An RFC 3339 time with any offset, as Custos writes it (`RFC3339.utc`): UTC, upper-case
-    /// `T` and `Z`, every fraction digit (up to nine) and a leap second kept. Nil without an
-    /// offset, or not a time.
-    static func utc(_ text: String) -> (text: String, date: Date)? {
-        RFC3339.utc(text).map { ($0.text, Date(timeIntervalSince1970: $0.seconds)) }
-    }
-
     /// A target in its canonical form, or nil when its value cannot be read as its type:
     /// - telephone numbers through libphonenumber to E.164 (`defaultCountryCode` for numbers
     ///   written without one): "+84 (0) 912 345 678", "0912 345 678", "84912345678";
@@ -165,7 +158,7 @@ public struct RecordGate: Sendable {
     }
 }
 
-/// A value behind a lock (Foundation's formatters are not thread-safe).
+/// A value behind a lock, shared with a cancellation handler (the SQL adapter's flags).
 final class LockedValue<Value>: @unchecked Sendable {
     private var value: Value
     private let lock = NSLock()
