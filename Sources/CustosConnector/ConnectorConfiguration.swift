@@ -54,6 +54,13 @@ public struct ConnectorConfiguration: Sendable {
     /// The adapter per category (category keys in snake case: `ip_session`, `kyc_document`);
     /// `adapters.default` serves categories without one of their own. Each names one kind.
     public var adapters: [DataCategory: Adapter]
+    /// `adapters.<category>.retentionDays` (or `adapters.default.retentionDays`): how long the
+    /// provider keeps this category's data. Set, it declares the coverage of every result the
+    /// adapter does not declare itself (a CSV, SQL or file-drop export cannot): the request's
+    /// window up to the extraction, from no earlier than the retention horizon
+    /// (`coverage(window:asOf:retention:)`). Unset: undeclared coverage, which keeps a package
+    /// from being admissible (đủ warns).
+    public var retention: [DataCategory: Duration] = [:]
     /// `adapters.sql.databaseURL`: `postgres://user:password@host:port/database`, for the sql adapters.
     public var sqlDatabase: PostgresURL?
     /// `adapters.fileDrop.directory`: where staff drop exports; `adapters.fileDrop.pollSeconds` (default 2).
@@ -109,10 +116,18 @@ public struct ConnectorConfiguration: Sendable {
             }
             return drop ? .fileDrop : nil
         }
+        func retentionDays(_ prefix: String) throws -> Duration? {
+            guard let days = reader.int(forKey: ConfigKey("\(prefix).retentionDays")) else { return nil }
+            guard (1...36_500).contains(days) else { throw ConfigurationError(key: "\(prefix).retentionDays", reason: "must be 1 to 36500 days") }
+            return .seconds(days * 86_400)
+        }
         var adapters: [DataCategory: Adapter] = [:]
         let fallback = try adapter("adapters.default")
+        let fallbackRetention = try retentionDays("adapters.default")
         for c in DataCategory.allCases {
-            if let a = try adapter("adapters.\(c.rawValue.replacingOccurrences(of: "-", with: "_"))") ?? fallback { adapters[c] = a }
+            let prefix = "adapters.\(c.rawValue.replacingOccurrences(of: "-", with: "_"))"
+            if let a = try adapter(prefix) ?? fallback { adapters[c] = a }
+            if let r = try retentionDays(prefix) ?? fallbackRetention { retention[c] = r }
         }
         guard !adapters.isEmpty else {
             throw ConfigurationError(key: "adapters", reason: "configure adapters.default or at least one adapters.<category> (command, sql or fileDrop)")
@@ -148,5 +163,21 @@ public struct ConnectorConfiguration: Sendable {
         guard (1...1024).contains(inFlightChunks) else { throw ConfigurationError(key: "streaming.inFlightChunks", reason: "must be 1 to 1024") }
         criteria.maximumExtractionAge = try reader.seconds("criteria.maximumExtractionAgeSeconds", default: criteria.maximumExtractionAge)
         criteria.maximumTimeStampDistance = try reader.seconds("criteria.maximumTimeStampDistanceSeconds", default: criteria.maximumTimeStampDistance)
+    }
+}
+
+extension ConnectorConfiguration {
+    /// The coverage a provider that keeps a category for `retention` can state for a request
+    /// extracted at `asOf`: the request's window, from no earlier than the retention horizon
+    /// (asOf − retention) and to no later than `asOf`; the horizon itself as `retainedSince`.
+    /// A horizon inside the window is a declared retention gap (đủ warns); nil when nothing of
+    /// the window can be covered (it ends before the horizon or starts after `asOf`).
+    public static func coverage(window: TimeWindow, asOf: Date, retention: Duration) -> Manifest.Coverage? {
+        guard let from = Timestamp.parse(window.from), let to = Timestamp.parse(window.to) else { return nil }
+        let horizon = asOf.addingTimeInterval(-Double(retention.components.seconds))
+        let start = max(from, horizon), end = min(to, asOf)
+        guard start <= end else { return nil }
+        return Manifest.Coverage(from: start == from ? window.from : Timestamp.format(start), to: end == to ? window.to : Timestamp.format(end),
+                                 retainedSince: Timestamp.format(horizon))
     }
 }

@@ -423,6 +423,12 @@ public struct ProviderConnector: Service {
             let output = try await run(adapter, request, category, sink: sink, declared: declared)
             var declaredNow: [ResultSpools.Done.Declared] = []
             for target in request.targets {
+                // What the adapter did not declare, the configured retention does (CSV, SQL and
+                // file-drop exports have no coverage line).
+                if declared.coverage(for: target) == nil, let retention = configuration.retention[category],
+                   let c = ConnectorConfiguration.coverage(window: request.window, asOf: Timestamp.parse(asOf) ?? Date(), retention: retention) {
+                    declared.add(target, c)
+                }
                 if let c = declared.coverage(for: target) {
                     coverage[ResultSpools.ResultKey(target: target, category: category)] = c
                     declaredNow.append(.init(target: target, coverage: c))

@@ -61,6 +61,10 @@ struct Run: AsyncParsableCommand {
                        record's time
                   fileDrop: true: an export the provider's staff drop into adapters.fileDrop.directory as <request id>.ndjson
                        or <request id>.csv (write it under another name, then rename it)
+              adapters.<category>.retentionDays (or adapters.default.retentionDays)
+                  how many days the provider keeps this data (1 to 36500); declares the coverage of every result the adapter
+                  does not declare itself (CSV, SQL and file-drop exports cannot): the window up to the extraction, from no
+                  earlier than the retention horizon. Unset: undeclared coverage, and the package is not admissible
               adapters.sql.databaseURL (CUSTOS_ADAPTERS_SQL_DATABASE_URL)
                   postgres://user:password@host:port/database, for the sql adapters
               adapters.fileDrop.directory, adapters.fileDrop.pollSeconds

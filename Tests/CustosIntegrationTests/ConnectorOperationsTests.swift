@@ -121,11 +121,12 @@ struct ConnectorOperationsTests {
         try FileManager.default.createDirectory(atPath: drop, withIntermediateDirectories: true)
         d.connectorConfig["adapters"] = [
             "traffic": ["command": [Self.synth, "--records-per-target", "30"]],
+            // SQL and file-drop exports have no coverage line: the retention declares it.
             "subscriber": ["sql": """
                 SELECT seen AS time, full_name AS name, to_char(since, 'YYYY-MM-DD') AS "contractStart"
                 FROM \(schema).subscribers WHERE msisdn = $1 AND seen >= $2 AND seen < $3
-                """],
-            "financial": ["fileDrop": true],
+                """, "retentionDays": 730],
+            "financial": ["fileDrop": true, "retentionDays": 3650],
             "sql": ["databaseURL": try TestServices.databaseURL()],
             "fileDrop": ["directory": drop, "pollSeconds": 1],
         ]
@@ -182,6 +183,10 @@ struct ConnectorOperationsTests {
         #expect(content.contains(#""counterparty":"SYN001""#) && content.contains(#""time":"2026-11-10T02:00:00Z""#) && content.contains(#""amount":150000"#))
         #expect(!content.contains("Someone Else") && !content.contains("SYN003"))
         #expect(!FileManager.default.fileExists(atPath: drop + "/\(request).csv"))  // claimed
+        // Every result's coverage declared (the exec adapter's own, the others' from retention):
+        // the package is admissible.
+        let package = try json(try await d.cliOK(d.investigator, ["package", "show", packageId, "--json"]))
+        #expect((package["criteria"] as? [String: Any])?["admissible"] as? Bool == true, "\(package["criteria"] ?? "")")
         // The operator's list: what was kept and what was not sent.
         let status = try await run("custos-connector", ["status", "--config", d.path("connector.json")], environment: d.env)
         #expect(status.stdout.contains("extracted: 33 records, 1 outside the request (not sent)"), "\(status.stdout)")

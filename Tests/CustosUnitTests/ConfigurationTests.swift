@@ -53,6 +53,24 @@ struct ConfigurationTests {
         #expect { try BrokerConfiguration(reader: noTSA) } throws: { String(describing: $0).contains("custody.tsaURL") }
     }
 
+    /// `adapters.<category>.retentionDays`: the coverage a CSV, SQL or file-drop export
+    /// declares (they have no coverage line of their own).
+    @Test func retentionDeclaresCoverage() {
+        let window = TimeWindow(from: "2026-10-01T00:00:00Z", to: "2026-11-01T00:00:00Z")
+        let asOf = Timestamp.parse("2026-11-30T00:00:00Z")!
+        // Kept for two years: the whole window, the horizon before it.
+        let whole = ConnectorConfiguration.coverage(window: window, asOf: asOf, retention: .seconds(730 * 86_400))
+        #expect(whole == Manifest.Coverage(from: window.from, to: window.to, retainedSince: "2024-11-30T00:00:00.000Z"))
+        // Kept for 45 days: from the horizon, inside the window (a declared retention gap).
+        let partial = ConnectorConfiguration.coverage(window: window, asOf: asOf, retention: .seconds(45 * 86_400))
+        #expect(partial?.from == "2026-10-16T00:00:00.000Z" && partial?.to == window.to && partial?.retainedSince == "2026-10-16T00:00:00.000Z")
+        // Kept for ten days: nothing of the window is left.
+        #expect(ConnectorConfiguration.coverage(window: window, asOf: asOf, retention: .seconds(10 * 86_400)) == nil)
+        // A window that runs past the extraction is covered up to it.
+        let open = TimeWindow(from: "2026-11-20T00:00:00Z", to: "2026-12-31T00:00:00Z")
+        #expect(ConnectorConfiguration.coverage(window: open, asOf: asOf, retention: .seconds(730 * 86_400))?.to == "2026-11-30T00:00:00.000Z")
+    }
+
     @Test func theConnectorExampleInDeployIsValid() async throws {
         let reader = try await ConfigSource.reader(configFile: Self.deploy.appendingPathComponent("connector.example.json").path, environment: [:])
         let c = try ConnectorConfiguration(reader: reader)
