@@ -132,7 +132,8 @@ public enum JSONWebToken {
             }
             let algorithm = header.alg ?? ""
             guard let key = keys.first(where: { $0.algorithm == algorithm }) else {
-                throw Failure("the token's algorithm \(algorithm.prefix(20)) is not accepted")
+                // The header's text is the caller's: it is not echoed into the answer or the log.
+                throw Failure("the token's algorithm is not accepted (the trusted key's: \(keys.map(\.algorithm).joined(separator: ", ")))")
             }
             if header.fields["crit"] != nil {
                 throw Failure("the token's crit header names extensions this broker does not understand (RFC 7515 §4.1.11)")
