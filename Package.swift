@@ -172,7 +172,7 @@ let package = Package(
         .executableTarget(
             name: "custos-broker",
             dependencies: [
-                "CustosBroker", "CustosRuntime", "CustosCommandLine", "CustosCustody", "CustosMerkle", "CustosPKI",
+                "CustosBroker", "CustosRuntime", "CustosCommandLine", "CustosCustody", "CustosMerkle", "CustosPKI", "CustosCanonicalJSON",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
@@ -191,7 +191,7 @@ let package = Package(
         .executableTarget(
             name: "custos",
             dependencies: [
-                "CustosClient", "CustosModel", "CustosRuntime", "CustosEvidence", "CustosCustody", "CustosMerkle", "CustosPKI",
+                "CustosClient", "CustosModel", "CustosRuntime", "CustosEvidence", "CustosCustody", "CustosMerkle", "CustosPKI", "CustosCanonicalJSON",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -249,7 +249,7 @@ let package = Package(
         .testTarget(
             name: "CustosIntegrationTests",
             dependencies: [
-                "CustosBroker", "CustosConnector", "CustosClient", "CustosKafka", "CustosModel", "CustosEvidence", "CustosRuntime",
+                "CustosBroker", "CustosCanonicalJSON", "CustosConnector", "CustosClient", "CustosKafka", "CustosModel", "CustosEvidence", "CustosRuntime",
                 "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),

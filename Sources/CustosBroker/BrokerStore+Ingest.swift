@@ -36,11 +36,15 @@ extension BrokerStore {
             return try await deadLetter(message, reason: error.description)
         }
         let header = opened.header
+        // The sender is authenticated from here on: whatever stops its message is answered
+        // with a signed message receipt, so that the provider learns why (SPEC §7).
+        let answer = Answer(provider: expectedSender, requestId: header.requestId,
+                            messageId: opened.json["id"]?.stringValue ?? header.id.lowercased, messageType: header.type.rawValue)
         guard header.type.direction == .fromProvider else {
-            return try await deadLetter(message, reason: "wrongDirection: \(header.type.rawValue) is not a provider message")
+            return try await deadLetter(message, reason: "wrongDirection: \(header.type.rawValue) is not a provider message", answer: answer)
         }
         guard (message.header(Topics.envelopeHeader) != nil) == (header.type == .chunk || header.type == .manifestPart) else {
-            return try await deadLetter(message, reason: "malformed: only chunk and manifest-part messages carry their envelope in a header")
+            return try await deadLetter(message, reason: "malformed: only chunk and manifest-part messages carry their envelope in a header", answer: answer)
         }
         // What the message says: its type, request, sender and body, and a chunk's data — not
         // when it was sent or its signature (a sender may send the same message again after a
@@ -72,23 +76,45 @@ extension BrokerStore {
                 return .applied(header.type)
             }
         } catch let rejection as IngestRejection {
-            return try await deadLetter(message, reason: rejection.reason)
+            return try await deadLetter(message, reason: rejection.reason, answer: answer)
         } catch let error as SignedEnvelope.DecodeError {
-            return try await deadLetter(message, reason: error.description)
+            return try await deadLetter(message, reason: error.description, answer: answer)
         } catch let error as PSQLError where error.serverInfo?[.sqlState]?.hasPrefix("22") == true {
             // A value the database refuses (SQLSTATE class 22, data exception) is the
             // message's fault, not an outage: retrying it would stall the partition for good.
-            return try await deadLetter(message, reason: "malformed: a value the database cannot store (SQLSTATE \(error.serverInfo?[.sqlState] ?? ""))")
+            return try await deadLetter(message, reason: "malformed: a value the database cannot store (SQLSTATE \(error.serverInfo?[.sqlState] ?? ""))",
+                                        answer: answer)
         }
     }
 
-    private func deadLetter(_ m: KafkaMessage, reason: String) async throws -> IngestOutcome {
+    /// Whom to tell that a message was not applied: its authenticated sender, on its topic.
+    struct Answer {
+        var provider: String
+        var requestId: UUID
+        /// The message's `id` and `type` exactly as it wrote them.
+        var messageId: String
+        var messageType: String
+    }
+
+    /// Keeps a message that cannot be applied in `dead_letters` with its reason, and, when its
+    /// sender is authenticated (`answer`), queues a signed message receipt that tells it why, in
+    /// the same transaction. The receipt's id derives from the message's id, so a redelivered
+    /// message is answered once.
+    private func deadLetter(_ m: KafkaMessage, reason: String, answer: Answer? = nil) async throws -> IngestOutcome {
         let payload = m.header(Topics.envelopeHeader) ?? m.value
-        try await client.query("""
-            INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, reason, payload)
-            VALUES (\(m.topic), \(Int(m.partition)), \(m.offset), \(reason), \(ByteBuffer(bytes: payload)))
-            ON CONFLICT DO NOTHING
-            """, logger: logger)
+        try await client.transaction(logger: logger) { conn in
+            try await conn.query("""
+                INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, reason, payload)
+                VALUES (\(m.topic), \(Int(m.partition)), \(m.offset), \(reason), \(ByteBuffer(bytes: payload)))
+                ON CONFLICT DO NOTHING
+                """, logger: logger)
+            if let answer {
+                let receipt = Envelope(type: .receipt, id: UUID.derived("receipt", "message", answer.messageId), requestId: answer.requestId, sender: "broker",
+                                       body: ReceiptBody(rejectedMessageId: answer.messageId, messageType: answer.messageType, reason: reason,
+                                                         receivedAt: Timestamp.now()))
+                try await Self.enqueue(conn, receipt, topic: Topics.toProvider(answer.provider), signer: signer, logger: logger)
+            }
+        }
         logger.warning("message dead-lettered", metadata: [
             LogKey.topic: "\(m.topic)", LogKey.partition: "\(m.partition)", LogKey.offset: "\(m.offset)", LogKey.reason: "\(reason)",
         ])
@@ -181,7 +207,14 @@ extension BrokerStore {
             guard row.spec.isPreservation else { throw IngestRejection(reason: "only a preservation order is confirmed as preserved") }
             guard body.requestHash == row.requestHash else { throw IngestRejection(reason: "preserved request hash differs from the request as approved") }
             guard let until = Timestamp.parse(body.until) else { throw IngestRejection(reason: "until must be an RFC 3339 UTC time") }
-            guard !RequestState.ended.contains(row.state) else { throw IngestRejection(reason: "the preservation order is \(row.state.rawValue)") }
+            guard !RequestState.ended.contains(row.state) else {
+                // A confirmation that crossed the order's end on the wire (an extension confirmed
+                // after the release was sent): nothing to change, and nothing wrong to report.
+                logger.info("preservation confirmed after the order ended; nothing to change", metadata: [
+                    LogKey.request: "\(header.requestId.lowercased)", LogKey.outcome: "\(row.state.rawValue)",
+                ])
+                return
+            }
             // The first confirmation moves the order on; one after an extension is recorded too.
             let note = "frozen until \(Timestamp.format(until))"
             try await Self.advance(conn, header.requestId, to: .preserved, actor: actor, note: note, custody: custody,
@@ -388,9 +421,11 @@ extension BrokerStore {
                                      custody: custody, packageId: packageId, logger: logger)
             }
         }
+        // The package id as the provider's signed manifest spells it.
+        let packageIdAsSent = (try? JSONParser.parse(manifestBytes))?["packageId"]?.stringValue ?? packageId.lowercased
         let receipt = Envelope(
             type: .receipt, id: UUID.derived("receipt", packageId.lowercased), requestId: requestId, sender: "broker",
-            body: ReceiptBody(packageId: packageId, outcome: verification.valid ? .accepted : .rejected,
+            body: ReceiptBody(packageId: packageIdAsSent, outcome: verification.valid ? .accepted : .rejected,
                               manifestSha256: verification.manifestSha256, reasons: verification.failures.map(\.description),
                               receivedAt: Timestamp.now()))
         try await Self.enqueue(conn, receipt, topic: Topics.toProvider(provider), signer: signer, logger: logger)

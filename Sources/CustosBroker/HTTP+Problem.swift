@@ -1,3 +1,4 @@
+import CustosCanonicalJSON
 import CustosEvidence
 import CustosModel
 import Foundation
@@ -54,7 +55,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             logger.error("unexpected error", metadata: [LogKey.error: "\(loggable(error))", "http.path": "\(path)"])
             problem = API.Problem(type: "about:blank", title: "Internal Server Error", status: 500)
         }
-        let body = (try? JSONEncoder().encode(problem)) ?? Data()
+        let body = (try? CanonicalJSON.encode(problem)) ?? []
         return Response(status: .init(code: problem.status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body)))
     }
 

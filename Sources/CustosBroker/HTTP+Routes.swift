@@ -29,6 +29,10 @@ public struct BrokerRequestContext: RequestContext, RemoteAddressRequestContext 
     public let remoteAddress: SocketAddress?
     let channel: any Channel
 
+    /// Responses are RFC 8785 canonical JSON, with ids in lower case (RFC 9562 §4) like
+    /// everything else Custos writes.
+    public var responseEncoder: CanonicalResponseEncoder { CanonicalResponseEncoder() }
+
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         remoteAddress = source.channel.remoteAddress
@@ -40,6 +44,16 @@ public struct BrokerRequestContext: RequestContext, RemoteAddressRequestContext 
     func clientCertificateSha256() async -> String? {
         guard let certificate = try? await channel.nioSSL_peerCertificate().get(), let der = try? certificate.toDERBytes() else { return nil }
         return Digest.sha256Hex(der)
+    }
+}
+
+/// Writes a handler's value as RFC 8785 canonical JSON (`CanonicalJSON.encode`): members in
+/// canonical order, UUIDs in lower case; `application/json; charset=utf-8`.
+public struct CanonicalResponseEncoder: ResponseEncoder {
+    public func encode(_ value: some Encodable, from request: Request, context: some RequestContext) throws -> Response {
+        let bytes = try CanonicalJSON.encode(value)
+        return Response(status: .ok, headers: [.contentType: "application/json; charset=utf-8", .contentLength: "\(bytes.count)"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 }
 

@@ -38,7 +38,7 @@ public struct CustosClient: Sendable {
         var request = makeRequest(method, path)
         if let body {
             request.headers.add(name: "Content-Type", value: "application/json")
-            request.body = .bytes(ByteBuffer(data: try JSONEncoder().encode(body)))
+            request.body = .bytes(ByteBuffer(bytes: try CanonicalJSON.encode(body)))
         }
         let response: HTTPClientResponse
         do { response = try await http.execute(request, timeout: .seconds(60)) } catch {

@@ -15,6 +15,8 @@ struct ConnectorMetrics: Sendable {
     let chunksSent = Metrics.Counter(label: "custos_connector_chunks_sent_total")
     let bytesSent = Metrics.Counter(label: "custos_connector_bytes_sent_total")
     let jobFailures = Metrics.Counter(label: "custos_connector_job_failures_total")
+    /// Messages the broker answered with a message receipt: it could not apply them.
+    let messagesNotApplied = Metrics.Counter(label: "custos_connector_messages_not_applied_total")
     let inFlight = Metrics.Gauge(label: "custos_connector_jobs_in_flight")
     let extractionSeconds = Metrics.Timer(label: "custos_connector_extraction_seconds", preferredDisplayUnit: .seconds)
 

@@ -125,7 +125,13 @@ public struct ProviderConnector: Service {
             guard id == header.requestId, body.request.providerId == configuration.providerId else {
                 throw ConnectorError(reason: "request is addressed to another provider or id")
             }
-            guard try body.request.hash() == body.requestHash else { throw ConnectorError(reason: "request hash does not match the request") }
+            // The hash is checked over the request member as received, never re-encoded (SPEC §2).
+            guard let requestMember = json["body"]?["request"], Digest.sha256Hex(CanonicalJSON.serialize(requestMember)) == body.requestHash else {
+                logger.error("request refused: its requestHash is not the SHA-256 of its request", metadata: [LogKey.request: "\(id.lowercased)"])
+                try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
+                               body: RefusalBody(reason: .requestHashMismatch, detail: "requestHash is not the SHA-256 of the canonical request member"))
+                return
+            }
             let urgent = body.request.priority == .emergency
             guard urgent == lane else { throw ConnectorError(reason: "\(body.request.priority.rawValue) request on the \(lane ? "urgent" : "normal") topic") }
             if !jobs.exists(id, "request.json") {
@@ -147,6 +153,19 @@ public struct ProviderConnector: Service {
             if [.received, .extracted, .packaged].contains(jobs.phase(id)) { queue.schedule(id, urgent: urgent) }
         case .receipt:
             let body = try SignedEnvelope.body(ReceiptBody.self, from: json).body
+            if let messageId = body.messageId {
+                // One of our messages the broker could not apply, and why: the operator's cue.
+                metrics.messagesNotApplied.increment()
+                logger.error("the broker could not apply a message", metadata: [
+                    LogKey.request: "\(header.requestId.lowercased)", "custos.message_id": "\(messageId)",
+                    "custos.message_type": "\(body.messageType ?? "")", LogKey.reason: "\(body.reasons.joined(separator: "; "))",
+                ])
+                // Kept as received, beside the job it concerns, when there is one.
+                if jobs.exists(header.requestId, "request.json"), UUID(uuidString: messageId) != nil {
+                    try jobs.write(header.requestId, "not-applied-\(messageId.lowercased()).json", Data(message.value))
+                }
+                return
+            }
             guard jobs.exists(header.requestId, "request.json") else { throw ConnectorError(reason: "receipt for an unknown request") }
             // The signed message itself, as received: the provider's proof of delivery (or of the rejection and why).
             try jobs.write(header.requestId, "receipt.json", Data(message.value))

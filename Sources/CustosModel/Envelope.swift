@@ -129,19 +129,44 @@ public struct RequestBody: Codable, Sendable, Hashable {
     }
 }
 
+/// The broker's signed answer on `custos.to.<provider>` (schema `messages/receipt.json`), of
+/// one of two kinds:
+/// - a **package receipt**, once a package is complete and judged: `packageId` and
+///   `manifestSha256`, `accepted` or `rejected` with every reason;
+/// - a **message receipt**, for an authenticated provider message the broker could not apply
+///   (SPEC §7): `messageId` and `messageType`, always `rejected`, with the reason.
+/// Ids are echoed exactly as the provider wrote them, whatever their case.
 public struct ReceiptBody: Codable, Sendable, Hashable {
     public enum Outcome: String, Codable, Sendable { case accepted, rejected }
-    public var packageId: UUID
+    /// The package, as its manifest spells its id (package receipts).
+    public var packageId: String?
+    /// SHA-256 of the manifest's bytes as signed, lower-case hex (package receipts).
+    public var manifestSha256: String?
+    /// The message not applied, its envelope `id` as sent (message receipts).
+    public var messageId: String?
+    /// That message's `type` (message receipts).
+    public var messageType: String?
     public var outcome: Outcome
-    public var manifestSha256: String
+    /// Why, for `rejected`: failure codes with their detail (package), or the reason the message
+    /// could not be applied. Never quotes the message's content.
     public var reasons: [String]
     public var receivedAt: String
 
-    public init(packageId: UUID, outcome: Outcome, manifestSha256: String, reasons: [String], receivedAt: String) {
+    /// A package receipt.
+    public init(packageId: String, outcome: Outcome, manifestSha256: String, reasons: [String], receivedAt: String) {
         self.packageId = packageId
-        self.outcome = outcome
         self.manifestSha256 = manifestSha256
+        self.outcome = outcome
         self.reasons = reasons
+        self.receivedAt = receivedAt
+    }
+
+    /// A message receipt: `message` could not be applied, for `reason`.
+    public init(rejectedMessageId: String, messageType: String, reason: String, receivedAt: String) {
+        self.messageId = rejectedMessageId
+        self.messageType = messageType
+        self.outcome = .rejected
+        self.reasons = [reason]
         self.receivedAt = receivedAt
     }
 }
@@ -238,6 +263,9 @@ public struct RefusalBody: Codable, Sendable, Hashable {
         case needsClarification = "needs-clarification"
         case invalidRequest = "invalid-request"
         case extractionFailed = "extraction-failed"
+        /// The request's `requestHash` is not the SHA-256 of its canonical `request` member
+        /// (SPEC §2): the provider cannot know what was approved, so it does nothing.
+        case requestHashMismatch = "request-hash-mismatch"
     }
     public var reason: Reason
     public var detail: String

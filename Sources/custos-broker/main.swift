@@ -1,4 +1,5 @@
 import ArgumentParser
+import CustosCanonicalJSON
 import CustosBroker
 import CustosCommandLine
 import CustosCustody
@@ -278,9 +279,7 @@ struct Audit: AsyncParsableCommand {
             try await store.audit(logCertificate: certificate, witnessCheckpoints: held)
         }
         if json {
-            let e = JSONEncoder()
-            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try e.encode(report), as: UTF8.self))
+            print(CanonicalJSON.pretty(try CanonicalJSON.tree(report)))
         } else {
             print("custody audit: \(report.ok ? "CONSISTENT" : "DIVERGENT")")
             print("  \(report.events) events, \(report.checkpoints) signed checkpoints, \(report.witnessCheckpoints) held elsewhere")

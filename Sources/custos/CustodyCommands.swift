@@ -1,4 +1,5 @@
 import ArgumentParser
+import CustosCanonicalJSON
 import Crypto
 import CustosClient
 import CustosCustody
@@ -178,9 +179,7 @@ struct Witness: AsyncParsableCommand {
                 }
                 let signature = try new.sign(certificate: certPEM, key: keyPEM)
                 let stored = try await client.cosign(size: new.size, signature: signature)
-                let e = JSONEncoder()
-                e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                try e.encode(stored).write(to: URL(fileURLWithPath: state + ".tmp"))
+                try Data((CanonicalJSON.pretty(try CanonicalJSON.tree(stored)) + "\n").utf8).write(to: URL(fileURLWithPath: state + ".tmp"))
                 guard rename(state + ".tmp", state) == 0 else { throw ValidationError("cannot write the state file \(state)") }
                 try connection.emit(stored) {
                     "co-signed checkpoint \(new.origin) #\(new.size)" + (previous.map { ", consistent with #\($0.size)" } ?? " (first one seen)")

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CustosCanonicalJSON
 import CustosClient
 import CustosCustody
 import CustosEvidence
@@ -37,9 +38,7 @@ struct Connection: ParsableArguments {
 
     func emit<T: Encodable>(_ value: T, text: () -> String) throws {
         if json {
-            let e = JSONEncoder()
-            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            print(String(decoding: try e.encode(value), as: UTF8.self))
+            print(CanonicalJSON.pretty(try CanonicalJSON.tree(value)))
         } else {
             print(text())
         }
@@ -475,9 +474,7 @@ struct Verify: ParsableCommand {
     }
 
     func printJSON(_ report: BundleReport) throws {
-        let e = JSONEncoder()
-        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        print(String(decoding: try e.encode(report), as: UTF8.self))
+        print(CanonicalJSON.pretty(try CanonicalJSON.tree(report)))
     }
 
     static func render(_ r: BundleReport) -> String {

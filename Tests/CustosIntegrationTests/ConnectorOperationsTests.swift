@@ -1,3 +1,5 @@
+import CustosEvidence
+import CustosKafka
 import CustosModel
 import CustosRuntime
 import CustosTestSupport
@@ -61,6 +63,36 @@ struct ConnectorOperationsTests {
         let manifest = try #require(package["manifest"] as? [String: Any])
         #expect((manifest["content"] as? [String: Any])?["recordCount"] as? Int == 140)
         #expect((package["criteria"] as? [String: Any])?["admissible"] as? Bool == true, "\(package["criteria"] ?? "")")
+    }
+
+    /// A request whose `requestHash` is not the SHA-256 of its request member is refused with
+    /// `request-hash-mismatch` (the hash is taken over the member as received). The broker
+    /// cannot apply that refusal — the request was never approved — and answers it with a
+    /// signed message receipt that the connector reports: both sides learn why.
+    @Test func aRequestWhoseHashDoesNotMatchIsRefusedAndTheBrokerSaysWhyItCannotApplyTheRefusal() async throws {
+        let d = try Deployment(adapter: [Self.synth])
+        defer { d.stop() }
+        try await d.setUp()
+        try await d.startBroker()
+        let request = try #require(UUID(uuidString: try await d.submitRequest(categories: ["traffic"])))
+        var spec = SyntheticRequest.spec
+        spec.providerId = d.provider
+        var approved = SyntheticRequest.approve(spec)
+        approved.requestId = request
+        let brokerKey = try SigningKey.load(path: d.path("broker.key"))
+        let envelope = Envelope(type: .request, id: UUID(), requestId: request, sender: "broker",
+                                body: RequestBody(request: approved, requestHash: String(repeating: "a", count: 64), deliverBy: nil))
+        let producer = try KafkaProducer(configuration: try TestServices.kafka(), logger: TestServices.logger)
+        defer { producer.shutdown() }
+        _ = try await producer.ensureTopics([Topics.toProvider(d.provider)])
+        try await producer.send(OutgoingMessage(topic: Topics.toProvider(d.provider), key: Array(request.lowercased.utf8),
+                                                value: try SignedEnvelope.encode(envelope, signer: brokerKey)))
+        try await d.startConnector()
+        let connector = try #require(d.connector)
+        _ = try await connector.waitFor("request refused: its requestHash is not the SHA-256 of its request", timeout: .seconds(60))
+        let answer = try await connector.waitFor("the broker could not apply a message", timeout: .seconds(60))
+        #expect(answer.contains("refusal") && answer.contains("not dispatched"), "\(answer)")
+        #expect(!FileManager.default.fileExists(atPath: d.path("state/jobs/\(request.lowercased)/request.json")), "nothing was started")
     }
 
     /// SIGTERM stops the connector within 10 s even while an adapter runs — one that ignores

@@ -1,3 +1,4 @@
+import CustosCanonicalJSON
 import CustosEvidence
 import CustosKafka
 import CustosTestSupport
@@ -148,7 +149,7 @@ struct ExchangeEndToEndTests {
         flattered.replaceSubrange(at, with: boast)
         try flattered.write(to: URL(fileURLWithPath: d.path("flattered.tar")))
         let flatteredCheck = try await run("custos", ["verify", d.path("flattered.tar"), "--trust", trust, "--json"], environment: d.env)
-        #expect(flatteredCheck.status == 1 && flatteredCheck.stdout.contains("\"code\" : \"criteria\""), "\(flatteredCheck.stdout.suffix(800))")
+        #expect(flatteredCheck.status == 1 && flatteredCheck.stdout.contains("\"code\": \"criteria\""), "\(flatteredCheck.stdout.suffix(800))")
         try Data("not a bundle".utf8).write(to: URL(fileURLWithPath: d.path("garbage.tar")))
         #expect(try await run("custos", ["verify", d.path("garbage.tar"), "--trust", trust], environment: d.env).status == 2)
         let extracted = d.path("extracted")
@@ -178,7 +179,7 @@ struct ExchangeEndToEndTests {
         let brokerKey = try VerifyingKey.load(path: d.path("broker.pub"))
         let opened = try SignedEnvelope.open(Array(try Data(contentsOf: URL(fileURLWithPath: receiptFile)))) { $0 == "broker" ? brokerKey : nil }
         let receipt = try SignedEnvelope.body(ReceiptBody.self, from: opened.json).body
-        #expect(receipt.outcome == .accepted && receipt.packageId.uuidString.lowercased() == packageId)
+        #expect(receipt.outcome == .accepted && receipt.packageId == packageId && receipt.messageId == nil)
 
         // A request whose only adapter fails is refused by the provider, with a reason.
         let refusedRequest = try await d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["kyc-document"])
@@ -247,6 +248,19 @@ struct ExchangeEndToEndTests {
         let report = try validate(envelopes)
         #expect(report.status == 0, "schema violations:\n\(report.output)")
         #expect(report.output.contains("\(envelopes.count) valid, 0 invalid"))
+        // The connector's messages were all applied: no message receipt says otherwise.
+        let notApplied = envelopes.compactMap { bytes -> String? in
+            guard let json = try? JSONParser.parse(bytes), json["type"]?.stringValue == "receipt", let id = json["body"]?["messageId"]?.stringValue else { return nil }
+            return "\(json["body"]?["messageType"]?.stringValue ?? "") \(id): \(json["body"]?["reasons"].map { String(decoding: CanonicalJSON.serialize($0), as: UTF8.self) } ?? "")"
+        }
+        #expect(notApplied.isEmpty, "\(notApplied)")
+        // Custos writes every id in lower case (RFC 9562 §4), on both sides of the wire.
+        let upperCaseUUID = #/[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}/#
+        let withUpperCase = envelopes.filter { (try? upperCaseUUID.firstMatch(in: String(decoding: $0, as: UTF8.self))) != nil }
+        #expect(withUpperCase.isEmpty, "\(withUpperCase.count) messages carry an upper-case UUID")
+        let orderJSON = try await d.cliOK(d.investigator, ["request", "status", order, "--json"])
+        let upperInAPI = try upperCaseUUID.firstMatch(in: orderJSON)
+        #expect(orderJSON.contains(order.lowercased()) && upperInAPI == nil, "the API writes ids in lower case")
     }
 
     @Test func anEmergencyTakesTheUrgentLaneAndItsRevocationSealsThePackageAndStopsTheProvider() async throws {

@@ -116,26 +116,27 @@ struct IngestTests {
     }
 
 
-    /// The UUIDs of a JSON document in lower case, as RFC 9562 and most UUID libraries write
-    /// them (Swift's `UUID` writes upper case).
-    static func lowercasingUUIDs(_ value: JSONValue) -> JSONValue {
+    /// The UUIDs of a JSON document in upper case, as some UUID libraries write them (Custos
+    /// writes lower case, as RFC 9562 §4 does).
+    static func upperCasingUUIDs(_ value: JSONValue) -> JSONValue {
         switch value {
-        case .string(let s) where UUID(uuidString: s) != nil: .string(s.lowercased())
-        case .array(let items): .array(items.map(lowercasingUUIDs))
-        case .object(let members): .object(members.mapValues(lowercasingUUIDs))
+        case .string(let s) where UUID(uuidString: s) != nil: .string(s.uppercased())
+        case .array(let items): .array(items.map(upperCasingUUIDs))
+        case .object(let members): .object(members.mapValues(upperCasingUUIDs))
         default: value
         }
     }
 
-    /// A third party's connector, built from `schemas/` alone, spelling its UUIDs in lower case:
-    /// the broker keeps, hashes and checks the manifest's bytes as signed, never re-encoded
-    /// (it used to re-encode them in upper case, and every such delivery failed).
-    @Test func aManifestWrittenWithLowerCaseUUIDsIsKeptAndVerifiedAsSigned() async throws {
+    /// A third party's connector, built from `schemas/` alone, spelling its UUIDs in another
+    /// case than Custos: the broker keeps, hashes and checks the manifest's bytes as signed,
+    /// never re-encoded (it used to re-encode them, and every such delivery failed), and its
+    /// receipt echoes the package id as the manifest spells it.
+    @Test func aManifestWrittenWithUpperCaseUUIDsIsKeptAndVerifiedAsSigned() async throws {
         try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
             let r = try await approvedRequest(store)
             let keys = try await store.providers()
             let p = try package(for: r)
-            let manifestJSON = Self.lowercasingUUIDs(try JSONParser.parse(try CanonicalJSON.encode(p.manifest)))
+            let manifestJSON = Self.upperCasingUUIDs(try JSONParser.parse(try CanonicalJSON.encode(p.manifest)))
             let signed = CanonicalJSON.serialize(manifestJSON)
             #expect(signed != (try CanonicalJSON.encode(p.manifest)))
             let signature = try CMS.sign(signed, certificate: pki.signer, key: pki.signerKey)
@@ -166,7 +167,9 @@ struct IngestTests {
             #expect(view.criteria?.admissible == true)
             let bundleManifest = try await store.bundleParts(pid).manifest
             #expect(bundleManifest == signed)
-            _ = client
+            let receipt = try await client.query("SELECT payload FROM outbox WHERE message_type = 'receipt'").collect()[0].decode(ByteBuffer.self)
+            let opened = try SignedEnvelope.open(Array(receipt.readableBytesView)) { _ in store.signer.publicKey }
+            #expect(try SignedEnvelope.body(ReceiptBody.self, from: opened.json).body.packageId == pid.uuidString.uppercased())
             // The same message (under a new id) not in RFC 8785 form — a space after a colon —
             // is refused with its reason, rather than "fixed".
             envelope["signature"] = nil
@@ -391,6 +394,63 @@ struct IngestTests {
             let letters = try await client.query("SELECT reason FROM dead_letters ORDER BY id").collect().map { try $0.decode(String.self) }
             #expect(letters.count == 6)
             #expect(letters.allSatisfy { !$0.contains("+849") })
+        }
+    }
+
+    /// A message as another implementation may write it: its ids in upper case, signed as sent.
+    func upperCaseMessage<Body: Codable & Sendable>(_ type: MessageType, _ request: UUID, _ body: Body) throws -> (KafkaMessage, id: String) {
+        let id = UUID().uuidString
+        #expect(id == id.uppercased())
+        guard case .object(var members) = try CanonicalJSON.tree(Envelope(type: type, id: UUID(), requestId: request, sender: "prov-a", body: body)) else {
+            throw IngestRejection(reason: "not an object")
+        }
+        members["id"] = .string(id)
+        members["requestId"] = .string(request.uuidString)
+        let signature = try provider.sign(CanonicalJSON.serialize(.object(members)))
+        members["signature"] = .object(["alg": .string(provider.algorithm), "keyId": .string(provider.publicKey.keyId), "value": .string(signature)])
+        offset.next += 1
+        return (KafkaMessage(topic: topic, partition: 0, offset: offset.next, key: [], value: CanonicalJSON.serialize(.object(members))), id)
+    }
+
+    @Test func everyAuthenticatedMessageNotAppliedIsAnsweredWithASignedReceiptThatEchoesItsId() async throws {
+        try await TestServices.withStore(tsaTrust: pki.tsaCA) { store, client, _ in
+            let r = try await approvedRequest(store)
+            let keys = try await store.providers()
+            func receipts() async throws -> [(topic: String, envelope: Envelope<ReceiptBody>, bytes: [UInt8])] {
+                try await client.query("SELECT topic, payload FROM outbox WHERE message_type = 'receipt' ORDER BY id").collect().map { row in
+                    let (topic, payload) = try row.decode((String, ByteBuffer).self)
+                    let bytes = Array(payload.readableBytesView)
+                    let opened = try SignedEnvelope.open(bytes) { $0 == "broker" ? store.signer.publicKey : nil }
+                    return (topic, try SignedEnvelope.body(ReceiptBody.self, from: opened.json), bytes)
+                }
+            }
+            // An ack whose hash is not the request's, with its id in upper case.
+            let (wrongHash, id) = try upperCaseMessage(.ack, r.id, AckBody(requestHash: String(repeating: "0", count: 64)))
+            guard case .deadLettered(let reason) = try await store.ingest(wrongHash, providerKeys: keys) else { Issue.record("wrong hash accepted"); return }
+            var answered = try await receipts()
+            try #require(answered.count == 1)
+            let receipt = answered[0]
+            #expect(receipt.topic == Topics.toProvider("prov-a") && receipt.envelope.requestId == r.id)
+            #expect(receipt.envelope.body.messageId == id, "the id is echoed as sent, in upper case")
+            #expect(receipt.envelope.body.messageType == "ack" && receipt.envelope.body.outcome == .rejected)
+            #expect(receipt.envelope.body.reasons == [reason] && receipt.envelope.body.packageId == nil)
+            #expect(!String(decoding: receipt.bytes, as: UTF8.self).contains(r.id.uuidString), "Custos writes its own ids in lower case")
+            // Redelivered (at another offset): dead-lettered again, answered once.
+            var again = wrongHash
+            again.offset += 1000
+            _ = try await store.ingest(again, providerKeys: keys)
+            #expect(try await receipts().count == 1)
+            // A message for a request the broker does not know, and a status out of range.
+            let stranger = UUID()
+            _ = try await store.ingest(try message(.ack, stranger, AckBody(requestHash: r.hash)), providerKeys: keys)
+            _ = try await store.ingest(try message(.status, r.id, StatusBody(phase: .streaming, percent: 101)), providerKeys: keys)
+            answered = try await receipts()
+            #expect(answered.map(\.envelope.body.reasons) == [[reason], ["unknown request"], ["status percent is outside 0 to 100"]])
+            #expect(answered[1].envelope.requestId == stranger)
+            // What cannot be authenticated is never answered: it may not come from the provider.
+            _ = try await store.ingest(try message(.ack, r.id, AckBody(requestHash: r.hash), signer: SigningKey.generate()), providerKeys: keys)
+            _ = try await store.ingest(KafkaMessage(topic: topic, partition: 0, offset: 777, key: [], value: Array("{not json".utf8)), providerKeys: keys)
+            #expect(try await receipts().count == 3)
         }
     }
 

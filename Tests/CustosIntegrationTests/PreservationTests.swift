@@ -80,6 +80,10 @@ struct PreservationTests {
             await #expect { try await store.extendPreservation(r.id, by: inv) } throws: { Self.status($0) == .conflict }
             await #expect { try await store.releasePreservation(r.id, reason: nil, by: inv) } throws: { Self.status($0) == .conflict }
             #expect(view.timeline.map(\.state).suffix(3) == ["preserved", "preserved", "released"])
+            // The extension's confirmation crossed the release on the wire: applied, changing nothing.
+            let late = try ingest.message(.preserved, r.id, PreservationTermBody(requestHash: r.hash, until: Timestamp.format(extended)))
+            #expect(try await store.ingest(late, providerKeys: keys) == .applied(.preserved))
+            #expect(try await store.request(r.id, viewer: nil).state == .released)
         }
     }
 

@@ -1,4 +1,5 @@
 import CustosCanonicalJSON
+import Foundation
 import Testing
 
 @Suite("RFC 8785 canonical JSON")
@@ -65,5 +66,56 @@ struct CanonicalJSONTests {
     @Test func codableEncodingIsCanonical() throws {
         struct S: Codable { var b = "x/y"; var a = [1, 2]; var c: Double = 1.5 }
         #expect(String(decoding: try CanonicalJSON.encode(S()), as: UTF8.self) == #"{"a":[1,2],"b":"x/y","c":1.5}"#)
+    }
+}
+
+@Suite("Encoding Swift values as canonical JSON")
+struct CanonicalEncoderTests {
+    struct Sample: Codable, Equatable {
+        var id: UUID
+        var ids: [UUID]
+        var optional: UUID?
+        var absent: String?
+        var nested: [String: [Int]]
+        var data: Data
+        var text: String
+        var ratio: Double
+        var big: Int64
+    }
+
+    static let uuid = UUID(uuidString: "3F2C5B8E-1A2B-4C3D-8E9F-0123456789AB")!
+
+    @Test func writesUUIDsInLowerCaseAndTheRestAsJSONEncoderDoes() throws {
+        let value = Sample(id: Self.uuid, ids: [Self.uuid], optional: Self.uuid, absent: nil, nested: ["b": [2, 1], "a": []],
+                           data: Data([0, 255, 1]), text: "é\u{0}\"/", ratio: 0.5, big: 9_007_199_254_740_993)
+        let text = String(decoding: try CanonicalJSON.encode(value), as: UTF8.self)
+        let lower = "3f2c5b8e-1a2b-4c3d-8e9f-0123456789ab"
+        #expect(text == #"{"big":9007199254740992,"data":"AP8B","id":"\#(lower)","ids":["\#(lower)"],"nested":{"a":[],"b":[2,1]},"optional":"\#(lower)","ratio":0.5,"text":"é\u0000\"/"}"#)
+        // The same tree JSONEncoder would have made, but for the ids' case.
+        let encoder = JSONEncoder()
+        let viaFoundation = String(decoding: try CanonicalJSON.canonicalize(try encoder.encode(value)), as: UTF8.self)
+        #expect(viaFoundation == text.replacingOccurrences(of: lower, with: Self.uuid.uuidString))
+        // Upper case is still read.
+        let decoded = try JSONDecoder().decode(Sample.self, from: Data(viaFoundation.utf8))
+        #expect(decoded.id == Self.uuid)
+    }
+
+    @Test func refusesNumbersJSONCannotHold() {
+        #expect(throws: EncodingError.self) { try CanonicalJSON.encode(["x": Double.nan]) }
+        #expect(throws: EncodingError.self) { try CanonicalJSON.encode([Double.infinity]) }
+    }
+
+    @Test(.timeLimit(.minutes(1))) func aMillionArrayItemsEncodeInLinearTime() throws {
+        // The manifest lists every chunk: building its array must not copy it per item.
+        let items = (0..<1_000_000).map { $0 }
+        let bytes = try CanonicalJSON.encode(items)
+        #expect(bytes.count > 6_000_000 && bytes.first == UInt8(ascii: "["))
+    }
+
+    @Test func prettyIsTheCanonicalFormIndented() throws {
+        let value: JSONValue = .object(["b": .array([.number(1), .string("x")]), "a": .object([:]), "c": .array([])])
+        #expect(CanonicalJSON.pretty(value) == "{\n  \"a\": {},\n  \"b\": [\n    1,\n    \"x\"\n  ],\n  \"c\": []\n}")
+        let reparsed = try CanonicalJSON.canonicalize(Array(CanonicalJSON.pretty(value).utf8))
+        #expect(reparsed == CanonicalJSON.serialize(value))
     }
 }
