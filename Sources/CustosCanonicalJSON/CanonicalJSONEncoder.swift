@@ -23,6 +23,7 @@ struct CanonicalJSONEncoder {
     /// A value the encoder writes itself rather than through its `encode(to:)`.
     static func special<T: Encodable>(_ value: T, at path: [any CodingKey]) throws -> JSONValue? {
         switch value {
+        case let json as JSONValue: return json
         case let uuid as UUID: return .string(uuid.uuidString.lowercased())
         case let data as Data: return .string(data.base64EncodedString())
         case let url as URL: return .string(url.absoluteString)

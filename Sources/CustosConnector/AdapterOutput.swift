@@ -30,15 +30,22 @@ struct AdapterOutput {
     private(set) var unreadableLines: [Int] = []
     /// How many unreadable line numbers are kept for the log.
     static let unreadableLinesKept = 100
+    /// The unreadable records by where they belong and why (the manifest's `notSent`).
+    private(set) var notSent: [ExecAdapter.NotSentKey: Int] = [:]
+    /// The category a line that is no record at all is counted under: the adapter's, when it
+    /// returns that category only (exec); nil for a file drop, which holds every category.
+    let unreadableCategory: DataCategory?
     private var pending: [UInt8] = []
     private var lineNumber = 0
     private enum Format { case unknown, json, csv([String]) }
     private var format = Format.unknown
     private let numeric: Set<String>
 
-    init(gate: RecordGate, category: DataCategory, sink: @escaping ExecAdapter.Sink, coverage: @escaping ExecAdapter.CoverageSink) {
+    init(gate: RecordGate, category: DataCategory, holdsOtherCategories: Bool = false, sink: @escaping ExecAdapter.Sink,
+         coverage: @escaping ExecAdapter.CoverageSink) {
         self.gate = gate
         self.category = category
+        unreadableCategory = holdsOtherCategories ? nil : category
         self.sink = sink
         self.coverage = coverage
         numeric = RecordRules.numericFields(category)
@@ -97,7 +104,7 @@ struct AdapterOutput {
             return true
         }
         if fast { return }
-        guard case .object(let object)? = try? JSONParser.parse(line) else { return unreadable() }
+        guard case .object(let object)? = try? JSONParser.parse(line) else { return unreadable(.unreadableRecord, nil, unreadableCategory) }
         if let c = object["coverage"] {
             guard let covered = ExecAdapter.coverage(c), object.keys.allSatisfy({ $0 == "coverage" || $0 == "target" }) else {
                 throw Failure(reason: "output line \(lineNumber) is not a coverage declaration (from, to in RFC 3339 UTC)")
@@ -121,7 +128,9 @@ struct AdapterOutput {
     }
 
     private mutating func csv(_ line: ArraySlice<UInt8>, _ header: [String]) throws {
-        guard let cells = try? Self.cells(line, lineNumber), cells.count == header.count else { return unreadable() }
+        guard let cells = try? Self.cells(line, lineNumber), cells.count == header.count else {
+            return unreadable(.unreadableRecord, nil, unreadableCategory)
+        }
         var target: [String: JSONValue] = [:]
         var frame: [String: JSONValue] = [:]
         var record: [String: JSONValue] = [:]
@@ -143,14 +152,16 @@ struct AdapterOutput {
     private mutating func admit(_ outcome: RecordGate.Outcome) throws {
         switch outcome {
         case .record(let target, let bytes): try bytes.withUnsafeBytes { try sink(target, $0) }
-        case .dropped(.unreadable): unreadable()
         case .dropped(let why): dropped[why, default: 0] += 1
+        case .unreadable(let reason, let target, let category): unreadable(reason, target, category ?? unreadableCategory)
         }
     }
 
-    /// A record that cannot be read: counted, its line number kept, the rest goes on.
-    private mutating func unreadable() {
+    /// A record that cannot be read: counted by where it belongs and why, its line number
+    /// kept, the rest goes on.
+    private mutating func unreadable(_ reason: Manifest.NotSent.Reason, _ target: Target?, _ category: DataCategory?) {
         dropped[.unreadable, default: 0] += 1
+        notSent[ExecAdapter.NotSentKey(reason: reason, category: category, target: target), default: 0] += 1
         if unreadableLines.count < Self.unreadableLinesKept { unreadableLines.append(lineNumber) }
     }
 

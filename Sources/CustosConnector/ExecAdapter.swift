@@ -33,12 +33,24 @@ public struct ExecAdapter: Sendable {
         /// The line (or row) numbers of the first unreadable records, at most
         /// `AdapterOutput.unreadableLinesKept`, for the operator (never their content).
         public var unreadableLines: [Int] = []
+        /// The unreadable records, by where they belong and why: what the manifest's
+        /// `notSent` says (package SPEC §3).
+        public var notSent: [NotSentKey: Int] = [:]
         public var outOfScope: Int { dropped.values.reduce(0, +) }
 
-        public init(dropped: [RecordGate.Drop: Int], unreadableLines: [Int] = []) {
+        public init(dropped: [RecordGate.Drop: Int], unreadableLines: [Int] = [], notSent: [NotSentKey: Int] = [:]) {
             self.dropped = dropped
             self.unreadableLines = unreadableLines
+            self.notSent = notSent
         }
+    }
+
+    /// Where records not sent belong: a result (`target` and `category`), a category, or
+    /// nothing that could be read.
+    public struct NotSentKey: Hashable, Codable, Sendable {
+        public var reason: Manifest.NotSent.Reason
+        public var category: DataCategory?
+        public var target: Target?
     }
 
     /// Receives each in-scope record (its bytes without the newline) with its target, on the
@@ -68,6 +80,11 @@ public struct ExecAdapter: Sendable {
             stopper.stop()
         }
     }
+
+    /// Writing to a program that exited without reading its input (`cat export.csv`) must be
+    /// an `EPIPE` error, not SIGPIPE, whose default action ends the whole connector without
+    /// a word. Done once, before the first program starts; evaluated for its effect.
+    static let pipeSignalIgnored: Void = { signal(SIGPIPE, SIG_IGN) }()
 
     /// Stops a running program on cancellation, or one about to start.
     final class Stopper: Sendable {
@@ -117,6 +134,7 @@ public struct ExecAdapter: Sendable {
         guard let program = command.first, let executable = Self.resolve(program) else {
             throw Failure(reason: "program \(command.first ?? "(none)") not found")
         }
+        Self.pipeSignalIgnored
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = Array(command.dropFirst())
@@ -164,7 +182,7 @@ public struct ExecAdapter: Sendable {
             let how = process.terminationReason == .exit ? "exited with status \(process.terminationStatus)" : "was stopped (signal \(process.terminationStatus)), possibly by its time-out"
             throw Failure(reason: "program \(how); its stderr is in the job directory")
         }
-        return Output(dropped: output.dropped, unreadableLines: output.unreadableLines)
+        return Output(dropped: output.dropped, unreadableLines: output.unreadableLines, notSent: output.notSent)
     }
 
     /// A coverage declaration's value, when its times are RFC 3339 UTC.

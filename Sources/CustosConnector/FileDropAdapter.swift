@@ -61,7 +61,7 @@ public struct FileDropAdapter: Sendable {
     public func read(_ file: URL, request: ApprovedRequest, category: DataCategory, sink: @escaping ExecAdapter.Sink,
                      coverage: @escaping ExecAdapter.CoverageSink) throws -> ExecAdapter.Output {
         var output = AdapterOutput(gate: RecordGate(request: request, category: category, settings: normalisation), category: category,
-                                   sink: sink, coverage: coverage)
+                                   holdsOtherCategories: true, sink: sink, coverage: coverage)
         guard let handle = FileHandle(forReadingAtPath: file.path) else { throw ExecAdapter.Failure(reason: "cannot read the claimed drop \(file.lastPathComponent)") }
         defer { try? handle.close() }
         while let block = try handle.read(upToCount: 1 << 20), !block.isEmpty {
@@ -72,6 +72,6 @@ public struct FileDropAdapter: Sendable {
         var dropped = output.dropped
         // Records of the other requested categories the file holds are read in their turn.
         dropped[.elsewhere] = nil
-        return ExecAdapter.Output(dropped: dropped, unreadableLines: output.unreadableLines)
+        return ExecAdapter.Output(dropped: dropped, unreadableLines: output.unreadableLines, notSent: output.notSent)
     }
 }

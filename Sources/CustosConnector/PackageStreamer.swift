@@ -34,16 +34,19 @@ struct PackageStreamer: Sendable {
                     results.append(Manifest.Result(target: target, category: category, status: .cannotExecute, recordCount: 0, size: 0,
                                                    recordsRoot: summary.recordsRoot, reason: reason))
                 } else {
-                    results.append(Manifest.Result(target: target, category: category, status: summary.recordCount > 0 ? .data : .noData,
-                                                   recordCount: summary.recordCount, size: summary.size, recordsRoot: summary.recordsRoot,
-                                                   coverage: summary.coverage))
+                    var result = Manifest.Result(target: target, category: category, status: summary.recordCount > 0 ? .data : .noData,
+                                                 recordCount: summary.recordCount, size: summary.size, recordsRoot: summary.recordsRoot,
+                                                 coverage: summary.coverage)
+                    result.notSent = extraction.notSent(target: target, category: category)
+                    results.append(result)
                 }
             }
         }
-        let manifest = Manifest(
+        var manifest = Manifest(
             packageId: UUID(), requestId: request.requestId, requestHash: requestHash, providerId: providerId,
             asOf: extraction.asOf, createdAt: Timestamp.now(), results: results,
             content: .init(size: size, recordCount: results.reduce(0) { $0 + $1.recordCount }), chunks: chunks, chunksRoot: chunksRoot)
+        manifest.notSent = extraction.unattributedNotSent
         let canonical = try CanonicalJSON.encode(manifest)
         let signature = try CMS.sign(canonical, certificate: identity.certificate, key: identity.key, chain: identity.chain)
         try jobs.write(request.requestId, "manifest.p7s", Data(signature))
@@ -61,17 +64,26 @@ struct PackageStreamer: Sendable {
         let (manifest, body) = try loadManifest(id)
         let key = Array(id.lowercased.utf8)
         let topic = Topics.fromProvider(providerId)
-        let manifestSha = Digest.sha256Hex(try CanonicalJSON.encode(manifest))
+        // The manifest goes as the bytes that were signed, never re-encoded (they may predate
+        // this version of the connector): its member of the body is exactly manifest.json.
+        let signedManifest = Array(try jobs.read(id, "manifest.json"))
+        let manifestSha = Digest.sha256Hex(signedManifest)
+        let manifestJSON = try JSONParser.parse(signedManifest)
+        guard CanonicalJSON.serialize(manifestJSON) == signedManifest, case .object(var bodyMembers) = try CanonicalJSON.tree(body) else {
+            throw JobStoreError(reason: "the job's manifest.json is not RFC 8785 canonical JSON")
+        }
+        bodyMembers["manifest"] = manifestJSON
+        let bodyJSON = JSONValue.object(bodyMembers)
 
         // The manifest goes (again) first: the broker ignores it if it has it already. One too
         // large for a Kafka message (a package of thousands of chunks) goes in parts, in order.
         let manifestEnvelope = Envelope(type: .manifest, id: .derived("manifest", manifest.packageId.lowercased), requestId: id,
-                                        sender: providerId, body: body)
+                                        sender: providerId, body: bodyJSON)
         let manifestMessage = try SignedEnvelope.encode(manifestEnvelope, signer: signer)
         if manifestMessage.count <= Topics.maximumManifestMessageBytes {
             try await producer.send(OutgoingMessage(topic: topic, key: key, value: manifestMessage))
         } else {
-            let whole = try CanonicalJSON.encode(body)
+            let whole = CanonicalJSON.serialize(bodyJSON)
             let parts = stride(from: 0, to: whole.count, by: Topics.maximumChunkBytes).map { whole[$0..<min($0 + Topics.maximumChunkBytes, whole.count)] }
             guard parts.count <= Topics.maximumManifestParts else { throw JobStoreError(reason: "the manifest is too large even in parts (\(parts.count) parts)") }
             let bodySha = Digest.sha256Hex(whole)
@@ -139,4 +151,37 @@ struct Extraction: Codable, Sendable {
     var outOfScope: Int
     /// Categories no adapter could serve, with the reason.
     var cannotExecute: [String: String]
+    /// The records not sent because they could not be read, by where they belong and why.
+    var notSent: [NotSentCount]?
+
+    struct NotSentCount: Codable, Sendable, Hashable {
+        var key: ExecAdapter.NotSentKey
+        var count: Int
+    }
+
+    /// Each adapter's counts, merged: a file drop's lines that are no record at all (no
+    /// category) are met again in each category's reading of the same file, so they count
+    /// once (the largest); every other count adds up.
+    static func merge(_ runs: [[ExecAdapter.NotSentKey: Int]]) -> [NotSentCount] {
+        var total: [ExecAdapter.NotSentKey: Int] = [:]
+        for run in runs {
+            for (key, n) in run {
+                total[key] = key.category == nil ? max(total[key] ?? 0, n) : (total[key] ?? 0) + n
+            }
+        }
+        return total.map { NotSentCount(key: $0.key, count: $0.value) }
+            .sorted { ($0.key.reason.rawValue, $0.key.category?.rawValue ?? "", $0.key.target?.value ?? "") < ($1.key.reason.rawValue, $1.key.category?.rawValue ?? "", $1.key.target?.value ?? "") }
+    }
+
+    /// The manifest's `notSent` for one result: the records tied to its target and category.
+    func notSent(target: Target, category: DataCategory) -> [Manifest.NotSent]? {
+        let own = (notSent ?? []).filter { $0.key.target == target && $0.key.category == category }
+        return own.isEmpty ? nil : own.map { Manifest.NotSent(reason: $0.key.reason, count: $0.count) }
+    }
+
+    /// The manifest's top-level `notSent`: the records tied to no one result.
+    var unattributedNotSent: [Manifest.NotSent]? {
+        let rest = (notSent ?? []).filter { $0.key.target == nil }
+        return rest.isEmpty ? nil : rest.map { Manifest.NotSent(category: $0.key.category, reason: $0.key.reason, count: $0.count) }
+    }
 }

@@ -37,6 +37,7 @@ public struct PreservationAdapter: Sendable {
         guard let program = command.first, let executable = ExecAdapter.resolve(program) else {
             throw ExecAdapter.Failure(reason: "program \(command.first ?? "(none)") not found")
         }
+        ExecAdapter.pipeSignalIgnored
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = Array(command.dropFirst())

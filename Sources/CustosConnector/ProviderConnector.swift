@@ -422,6 +422,10 @@ public struct ProviderConnector: Service {
         var cannotExecute: [String: String] = [:]
         var coverage: [ResultSpools.ResultKey: Manifest.Coverage] = [:]
         var dropped: [RecordGate.Drop: Int] = [:]
+        var notSent: [[ExecAdapter.NotSentKey: Int]] = []
+        func counts(_ entries: [Extraction.NotSentCount]?) -> [ExecAdapter.NotSentKey: Int] {
+            Dictionary((entries ?? []).map { ($0.key, $0.count) }, uniquingKeysWith: +)
+        }
         for category in request.categories {
             guard let adapter = configuration.adapters[category] else {
                 cannotExecute[category.rawValue] = "no adapter configured for this category"
@@ -433,6 +437,7 @@ public struct ProviderConnector: Service {
                 let output = ExecAdapter.Output(dropped: Dictionary(uniqueKeysWithValues: done.dropped.compactMap { k, v in RecordGate.Drop(rawValue: k).map { ($0, v) } }))
                 outOfScope += output.outOfScope
                 dropped.merge(output.dropped, uniquingKeysWith: +)
+                notSent.append(counts(done.notSent))
                 logger.info("adapter finished before the restart; not run again", metadata: [LogKey.request: "\(id.lowercased)", "custos.category": "\(category.rawValue)"])
                 continue
             }
@@ -453,7 +458,9 @@ public struct ProviderConnector: Service {
                     declaredNow.append(.init(target: target, coverage: c))
                 }
             }
-            try spools.finish(category, .init(dropped: Dictionary(uniqueKeysWithValues: output.dropped.map { ($0.key.rawValue, $0.value) }), coverage: declaredNow))
+            try spools.finish(category, .init(dropped: Dictionary(uniqueKeysWithValues: output.dropped.map { ($0.key.rawValue, $0.value) }), coverage: declaredNow,
+                                              notSent: output.notSent.map { Extraction.NotSentCount(key: $0.key, count: $0.value) }))
+            notSent.append(output.notSent)
             outOfScope += output.outOfScope
             dropped.merge(output.dropped, uniquingKeysWith: +)
             for (why, n) in output.dropped { metrics.outOfScope(why).increment(by: n) }
@@ -478,7 +485,8 @@ public struct ProviderConnector: Service {
             Extraction.ResultSummary(recordCount: tree.count, size: tree.size, recordsRoot: tree.root, coverage: coverage[key])
         }
         metrics.recordsExtracted.increment(by: results.reduce(0) { $0 + $1.recordCount })
-        let extraction = Extraction(asOf: asOf, results: results, outOfScope: outOfScope, cannotExecute: cannotExecute)
+        let extraction = Extraction(asOf: asOf, results: results, outOfScope: outOfScope, cannotExecute: cannotExecute,
+                                    notSent: Extraction.merge(notSent))
         try jobs.write(id, "extraction.json", Data(try CanonicalJSON.encode(extraction)))
     }
 }

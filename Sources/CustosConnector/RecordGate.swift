@@ -37,7 +37,21 @@ public struct RecordGate: Sendable {
 
     public enum Outcome {
         case record(Target, [UInt8])
+        /// Out of scope: another target, category or time. Never the request's business.
         case dropped(Drop)
+        /// Could not be read (`Drop.unreadable`): not sent, counted in the manifest's
+        /// `notSent` under `reason` — in the result of `target` and `category` when both are
+        /// known (`unreadable-time`), by `category` when only that is (`unreadable-target`).
+        case unreadable(Manifest.NotSent.Reason, Target?, DataCategory?)
+
+        /// Why it was not sent, or nil for a record.
+        public var drop: Drop? {
+            switch self {
+            case .record: nil
+            case .dropped(let why): why
+            case .unreadable: .unreadable
+            }
+        }
     }
 
     let settings: Settings
@@ -95,22 +109,23 @@ public struct RecordGate: Sendable {
         case .drop(let why)?: return .dropped(why)
         case nil: break
         }
-        guard case .object(let frame)? = try? JSONParser.parse(line) else { return .dropped(.unreadable) }
+        guard case .object(let frame)? = try? JSONParser.parse(line) else { return .unreadable(.unreadableRecord, nil, nil) }
         return admit(frame, original: line)
     }
 
     /// One record as an object: `{category, target, time, record}`.
     public func admit(_ frame: [String: JSONValue], original: [UInt8]? = nil) -> Outcome {
-        guard let c = frame["category"]?.stringValue, let cat = DataCategory(rawValue: c) else { return .dropped(.unreadable) }
+        guard let c = frame["category"]?.stringValue, let cat = DataCategory(rawValue: c) else { return .unreadable(.unreadableRecord, nil, nil) }
+        // Scope first, then what it takes to tie the record to a result, then its time.
+        guard cat == category else { return .dropped(categories.contains(cat) ? .elsewhere : .category) }
         guard case .object(let t)? = frame["target"], let writtenType = t["type"]?.stringValue.flatMap(TargetType.init(rawValue:)),
-              let value = t["value"]?.stringValue, let timeText = frame["time"]?.stringValue, let time = RFC3339.utc(timeText),
-              let (type, canonical) = Self.canonical(writtenType, value, countryCode: settings.defaultCountryCode)
-        else { return .dropped(.unreadable) }
+              let value = t["value"]?.stringValue, let (type, canonical) = Self.canonical(writtenType, value, countryCode: settings.defaultCountryCode)
+        else { return .unreadable(.unreadableTarget, nil, cat) }
         var port: Int?
         if case .number(let n)? = t["port"], n == n.rounded(), (1...65535).contains(n) { port = Int(n) }
         let target = Target(type: type, value: canonical, port: port, at: t["at"]?.stringValue, platform: t["platform"]?.stringValue)
-        guard cat == category else { return .dropped(categories.contains(cat) ? .elsewhere : .category) }
         guard targets.contains(target) else { return .dropped(.target) }
+        guard let timeText = frame["time"]?.stringValue, let time = RFC3339.utc(timeText) else { return .unreadable(.unreadableTime, target, cat) }
         guard seconds.contains(time.seconds) else { return .dropped(.window) }
         // Kept byte for byte when nothing changed (String == is canonical equivalence: the
         // bytes are compared, so an NFD value is written again in NFC).

@@ -53,6 +53,9 @@ final class ResultSpools: @unchecked Sendable {
         }
         var dropped: [String: Int]
         var coverage: [Declared]
+        /// The unreadable records by where they belong and why (absent in jobs begun before
+        /// the manifest's `notSent`).
+        var notSent: [Extraction.NotSentCount]?
     }
 
     func doneFile(_ category: DataCategory) -> URL { directory.appendingPathComponent("done-\(category.rawValue).json") }

@@ -109,6 +109,7 @@ public struct SQLAdapter: Sendable {
                       _ sink: @escaping ExecAdapter.Sink, _ logger: Logger) async throws -> ExecAdapter.Output {
         var dropped: [RecordGate.Drop: Int] = [:]
         var unreadableRows: [Int] = []  // numbered across the request's targets, from 1
+        var notSent: [ExecAdapter.NotSentKey: Int] = [:]
         var row = 0
         for target in request.targets {
             try Task.checkCancellation()
@@ -130,13 +131,15 @@ public struct SQLAdapter: Sendable {
                 let frame: [String: JSONValue] = ["category": .string(category.rawValue), "time": .string(time), "record": .object(columns), "target": .object(t)]
                 switch gate.admit(frame) {
                 case .record(let t, let bytes): try bytes.withUnsafeBytes { try sink(t, $0) }
-                case .dropped(let why):
-                    dropped[why, default: 0] += 1
-                    if why == .unreadable, unreadableRows.count < AdapterOutput.unreadableLinesKept { unreadableRows.append(row) }
+                case .dropped(let why): dropped[why, default: 0] += 1
+                case .unreadable(let reason, let t, let c):
+                    dropped[.unreadable, default: 0] += 1
+                    notSent[ExecAdapter.NotSentKey(reason: reason, category: c ?? category, target: t), default: 0] += 1
+                    if unreadableRows.count < AdapterOutput.unreadableLinesKept { unreadableRows.append(row) }
                 }
             }
         }
-        return ExecAdapter.Output(dropped: dropped, unreadableLines: unreadableRows)
+        return ExecAdapter.Output(dropped: dropped, unreadableLines: unreadableRows, notSent: notSent)
     }
 
     static func bind(_ value: any PostgresEncodable & Sendable, _ binds: inout PostgresBindings) {

@@ -51,6 +51,8 @@ public struct PackageJudge: Sendable {
         public static let coverageUndeclared = "coverage-undeclared"
         public static let coverageGap = "coverage-gap"
         public static let retentionGap = "retention-gap"
+        public static let recordsNotSent = "records-not-sent"
+        public static let noDataWithRecordsNotSent = "no-data-with-records-not-sent"
         // sạch — clean
         public static let duplicateRecord = "duplicate-record"
         // sống — live
@@ -278,6 +280,23 @@ public struct PackageJudge: Sendable {
         if undeclared > 0 { complete.append(.init(code: Code.coverageUndeclared, status: .warn, count: undeclared)) }
         if gaps > 0 { complete.append(.init(code: Code.coverageGap, status: .warn, count: gaps)) }
         if retention > 0 { complete.append(.init(code: Code.retentionGap, status: .warn, count: retention)) }
+        // Records the provider's systems returned but could not read are not in the package:
+        // their count (every one the manifest declares), and the no-data results they may
+        // belong to — their own, or any of their category's, or any at all when not even the
+        // category could be read.
+        let unattributed = manifest.notSent ?? []
+        // The provider's counts, added without overflow (a count below 1 fails the manifest's
+        // own check; here it adds nothing).
+        let notSent = (unattributed + manifest.results.flatMap { $0.notSent ?? [] }).reduce(0) { total, entry in
+            let (sum, overflow) = total.addingReportingOverflow(max(0, entry.count))
+            return overflow ? Int.max : sum
+        }
+        if notSent > 0 { complete.append(.init(code: Code.recordsNotSent, status: .warn, count: notSent)) }
+        let doubtfulNoData = manifest.results.filter { result in
+            result.status == .noData
+                && (!(result.notSent ?? []).isEmpty || unattributed.contains { $0.category == nil || $0.category == result.category })
+        }.count
+        if doubtfulNoData > 0 { complete.append(.init(code: Code.noDataWithRecordsNotSent, status: .warn, count: doubtfulNoData)) }
 
         // sạch
         var clean = RecordRules.Defect.allCases.filter { defects[$0.rawValue] > 0 }.map { Verdict.Reason(code: $0.code, status: .fail, count: defects[$0.rawValue]) }

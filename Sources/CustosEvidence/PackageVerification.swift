@@ -247,6 +247,12 @@ public enum PackageVerifier {
         if checkedSum(manifest.results.map { Int64($0.recordCount) }) != Int64(manifest.content.recordCount) {
             fail(.resultCounts, "per-result record counts do not add up to the content's record count")
         }
+        // Records not sent (SPEC §3): each count at least 1; a result's entries are its own
+        // category's, so they name none.
+        let notSent = (manifest.notSent ?? []) + manifest.results.flatMap { $0.notSent ?? [] }
+        if notSent.contains(where: { $0.count < 1 }) || manifest.results.contains(where: { ($0.notSent ?? []).contains { $0.category != nil } }) {
+            fail(.manifestFormat, "notSent counts must be at least 1, and a result's notSent names no category")
+        }
         return failures
     }
 }

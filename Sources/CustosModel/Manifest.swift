@@ -25,6 +25,11 @@ public struct Manifest: Codable, Sendable, Hashable {
     public var chunksRoot: String
     /// `true`: a partial delivery, more packages follow for this request. Absent: the final one.
     public var partial: Bool?
+    /// Records the provider's systems returned that were not sent because they could not be
+    /// read, and that cannot be tied to one result: by category (absent when not even that
+    /// could be read) and reason. Absent when there are none. Those tied to one result are in
+    /// its `notSent`. Package SPEC §3.
+    public var notSent: [NotSent]?
 
     public init(packageId: UUID, requestId: UUID, requestHash: String, providerId: String, asOf: String,
                 createdAt: String, results: [Result], content: Content, chunks: [Chunk], chunksRoot: String, partial: Bool? = nil) {
@@ -59,6 +64,9 @@ public struct Manifest: Codable, Sendable, Hashable {
         /// provider retains this data, and the gaps inside (an outage, a purge). Undeclared
         /// coverage makes the package incomplete (đủ: warn).
         public var coverage: Coverage?
+        /// Records of this target and category that were not sent, by reason (`category` is
+        /// absent: it is the result's). Absent when there are none.
+        public var notSent: [NotSent]?
 
         public init(target: Target, category: DataCategory, status: Status, recordCount: Int, size: Int64, recordsRoot: String, reason: String? = nil,
                     coverage: Coverage? = nil) {
@@ -95,6 +103,35 @@ public struct Manifest: Codable, Sendable, Hashable {
             self.to = to
             self.retainedSince = retainedSince
             self.gaps = gaps
+        }
+    }
+
+    /// A count of records not sent, and why (package SPEC §3). They were returned by the
+    /// provider's systems but could not be read, so neither they nor their hashes are in the
+    /// package; the count tells a court that a `no-data` or a short result is not the whole
+    /// story (đủ warns).
+    public struct NotSent: Codable, Sendable, Hashable {
+        public enum Reason: String, Codable, Sendable, CaseIterable {
+            /// Not a record at all: not a JSON object, a CSV row of the wrong width or with a
+            /// broken quote, or no readable category.
+            case unreadableRecord = "unreadable-record"
+            /// Its category is readable, its target is missing or cannot be read as its type
+            /// (a telephone number that is no valid number, an address `inet_pton` refuses).
+            case unreadableTarget = "unreadable-target"
+            /// Its target and category are the result's; its time is missing or not RFC 3339
+            /// with a UTC offset.
+            case unreadableTime = "unreadable-time"
+        }
+        /// Only at the manifest's top level: the category the records were returned for.
+        public var category: DataCategory?
+        public var reason: Reason
+        /// How many records, ≥ 1.
+        public var count: Int
+
+        public init(category: DataCategory? = nil, reason: Reason, count: Int) {
+            self.category = category
+            self.reason = reason
+            self.count = count
         }
     }
 

@@ -38,6 +38,9 @@ public struct BundleFactory: Sendable {
         case criteriaCompleteMissingResult = "criteria-complete-missing-result"
         case criteriaCleanDuplicateRecord = "criteria-clean-duplicate-record"
         case criteriaLiveDeliveredLate = "criteria-live-delivered-late"
+        /// A no-data result while records of its category could not be read and were not sent
+        /// (the manifest's `notSent`): đủ warns, and a warning is not admissible.
+        case criteriaCompleteRecordsNotSent = "criteria-complete-records-not-sent"
 
         /// For a criteria defect: the criterion that fails and its reason code.
         public var criterion: (Verdict.Criterion, String)? {
@@ -46,14 +49,19 @@ public struct BundleFactory: Sendable {
             case .criteriaCompleteMissingResult: (.complete, "missing-result")
             case .criteriaCleanDuplicateRecord: (.clean, "duplicate-record")
             case .criteriaLiveDeliveredLate: (.live, "delivered-late")
+            case .criteriaCompleteRecordsNotSent: (.complete, "no-data-with-records-not-sent")
             default: nil
             }
         }
 
+        /// For a criteria defect: the criterion's status (a warning is not a pass either).
+        public var criterionStatus: Verdict.Status { self == .criteriaCompleteRecordsNotSent ? .warn : .fail }
+
         /// The failure each defect must be reported with.
         public var expected: PackageVerification.Failure.Code {
             switch self {
-            case .criteriaCorrectTargetOutOfScope, .criteriaCompleteMissingResult, .criteriaCleanDuplicateRecord, .criteriaLiveDeliveredLate: .notAdmissible
+            case .criteriaCorrectTargetOutOfScope, .criteriaCompleteMissingResult, .criteriaCleanDuplicateRecord, .criteriaLiveDeliveredLate,
+                 .criteriaCompleteRecordsNotSent: .notAdmissible
             case .flippedBitInChunk, .reorderedChunks: .chunkHash
             case .missingChunk: .contentSize
             case .trailingGarbage: .trailingData
@@ -155,6 +163,9 @@ public struct BundleFactory: Sendable {
             // Extracted just before the vectors are written, so that sống holds for the time-stamp made now.
             asOf: Timestamp.format(now.addingTimeInterval(-600)), createdAt: Timestamp.format(now.addingTimeInterval(-300)), results: results,
             content: .init(size: size, recordCount: results.reduce(0) { $0 + $1.recordCount }), chunks: chunks, chunksRoot: root)
+        if defect == .criteriaCompleteRecordsNotSent, let noData = results.first(where: { $0.status == .noData }) {
+            manifest.notSent = [.init(category: noData.category, reason: .unreadableTarget, count: 2)]
+        }
         if defect == .swappedMerkleRoot { (manifest.results[0].recordsRoot, manifest.results[2].recordsRoot) = (manifest.results[2].recordsRoot, manifest.results[0].recordsRoot) }
 
         var manifestBytes = try CanonicalJSON.encode(manifest)

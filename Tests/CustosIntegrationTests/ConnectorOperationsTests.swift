@@ -95,6 +95,48 @@ struct ConnectorOperationsTests {
         #expect(!FileManager.default.fileExists(atPath: d.path("state/jobs/\(request.lowercased)/request.json")), "nothing was started")
     }
 
+    /// "No data, 2 records not sent: unreadable target" — in the signed manifest, not only in
+    /// the operator's log: the provider's system returned two records for the number, written
+    /// as a number that is none, and one with no time. The package says so and đủ warns.
+    @Test func recordsThatCouldNotBeReadAreCountedInTheSignedManifestAndĐủWarns() async throws {
+        let d = try Deployment(adapter: [Self.synth])
+        defer { d.stop() }
+        func line(_ value: String, time: String?) -> String {
+            #"{"category":"traffic","record":{"direction":"outgoing","durationSeconds":61,"otherParty":"+84907000123"},"target":{"type":"msisdn","value":"\#(value)"}"#
+                + (time.map { #","time":"\#($0)"}"# } ?? "}")
+        }
+        let output = [#"{"coverage":{"from":"2026-11-01T00:00:00Z","to":"2026-11-20T00:00:00Z"}}"#,
+                      line("+84 12", time: "2026-11-05T08:30:00Z"), line("call me maybe", time: "2026-11-05T08:31:00Z"),
+                      line("+84912345678", time: nil), line("+84987654321", time: "2026-11-05T08:32:00Z")].joined(separator: "\n") + "\n"
+        try Data(output.utf8).write(to: URL(fileURLWithPath: d.path("export.ndjson")))
+        d.connectorConfig["adapters"] = ["traffic": ["command": ["/bin/cat", d.path("export.ndjson")]]]
+        try await d.setUp()
+        try await d.startBroker()
+        try await d.startConnector()
+        let request = try await d.submitRequest(targets: ["msisdn:+84912345678", "msisdn:+84987654321"], categories: ["traffic"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", request])
+        let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "60"])
+        #expect(watched.status == 0, "connector: \(d.connector!.output.suffix(3000))")
+        let view = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        let packageId = try #require((view["packages"] as? [[String: Any]])?.first?["id"] as? String)
+        let package = try json(try await d.cliOK(d.investigator, ["package", "show", packageId, "--json"]))
+        let manifest = try #require(package["manifest"] as? [String: Any])
+        let results = try #require(manifest["results"] as? [[String: Any]])
+        #expect(results.map { $0["status"] as? String } == ["no-data", "data"])
+        func notSent(_ value: Any?) -> [String] {
+            (value as? [[String: Any]] ?? []).map { "\($0["category"] ?? "-") \($0["reason"] ?? "") \($0["count"] ?? "")" }
+        }
+        #expect(notSent(results[0]["notSent"]) == ["- unreadable-time 1"])
+        #expect(results[1]["notSent"] == nil)
+        #expect(notSent(manifest["notSent"]) == ["traffic unreadable-target 2"])
+        let criteria = try #require(package["criteria"] as? [String: Any])
+        #expect(criteria["admissible"] as? Bool == false)
+        let complete = try #require((criteria["criteria"] as? [String: Any])?["complete"] as? [String: Any])
+        let reasons = (complete["reasons"] as? [[String: Any]] ?? []).map { "\($0["code"] ?? "") \($0["status"] ?? "") \($0["count"] ?? "")" }
+        #expect(Set(reasons) == ["records-not-sent warn 3", "no-data-with-records-not-sent warn 1"], "\(reasons)")
+        #expect(!d.connector!.output.contains("+849") && !d.connector!.output.contains("call me"), "the connector's log names a target")
+    }
+
     /// SIGTERM stops the connector within 10 s even while an adapter runs — one that ignores
     /// SIGTERM and leaves a child holding its output, here — and the job is kept: the next
     /// start runs it to the end (it used to need SIGKILL).

@@ -184,6 +184,6 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
 
     deinit {
         stop()
-        try? FileManager.default.removeItem(at: dir)
+        if ProcessInfo.processInfo.environment["CUSTOS_KEEP_TEST_DIRS"] == nil { try? FileManager.default.removeItem(at: dir) }
     }
 }

@@ -52,10 +52,14 @@ struct CriteriaTests {
             frame(t, "location", "2026-10-16T09:00:00Z", "{\"cellId\":\"452-04-1234-56\",\"latitude\":21.0285,\"longitude\":105.8542}")
         }
 
+        var notSent: [Manifest.NotSent]?
+
         var manifest: Manifest {
-            Manifest(packageId: UUID(uuidString: "00000000-0000-4000-8000-0000000000aa")!, requestId: request.requestId, requestHash: "",
-                     providerId: "prov-a", asOf: asOf, createdAt: asOf, results: results,
-                     content: .init(size: 0, recordCount: lines.count), chunks: [], chunksRoot: "")
+            var m = Manifest(packageId: UUID(uuidString: "00000000-0000-4000-8000-0000000000aa")!, requestId: request.requestId, requestHash: "",
+                             providerId: "prov-a", asOf: asOf, createdAt: asOf, results: results,
+                             content: .init(size: 0, recordCount: lines.count), chunks: [], chunksRoot: "")
+            m.notSent = notSent
+            return m
         }
 
         func judge() -> Verdict {
@@ -98,6 +102,9 @@ struct CriteriaTests {
          .complete, .warn, "coverage-gap", 1),
         ("coverage that starts late", { $0.results[2].coverage?.from = "2026-10-05T00:00:00Z" }, .complete, .warn, "coverage-gap", 1),
         ("data no longer retained", { $0.results[0].coverage?.retainedSince = "2026-10-10T00:00:00Z" }, .complete, .warn, "retention-gap", 1),
+        ("records of a data result not sent", { $0.results[0].notSent = [.init(reason: .unreadableTime, count: 2)] }, .complete, .warn, "records-not-sent", 2),
+        ("records of a category not sent", { $0.notSent = [.init(category: .traffic, reason: .unreadableTarget, count: 1), .init(reason: .unreadableRecord, count: 3)] },
+         .complete, .warn, "records-not-sent", 4),
         // sạch
         ("a record missing a required field", { $0.lines[0] = Crafted.frame(CriteriaTests.a, "traffic", "2026-10-15T08:30:00Z", "{\"direction\":\"outgoing\",\"durationSeconds\":1}") },
          .clean, .fail, "schema-invalid", 1),
@@ -125,6 +132,31 @@ struct CriteriaTests {
         for other in Verdict.Criterion.allCases where other != criterion {
             #expect(v.status(other) == .pass, "\(name): \(other) is \(String(describing: v.status(other))) \(v.reasons(other))")
         }
+    }
+
+    /// "No data, 2 records not sent: unreadable target": a court sees both, and đủ warns.
+    @Test func aNoDataResultWithRecordsNotSentIsWarnedAbout() {
+        var crafted = Crafted()
+        crafted.lines.removeLast()  // b's location: none
+        crafted.results[3] = Manifest.Result(target: CriteriaTests.b, category: .location, status: .noData, recordCount: 0, size: 0, recordsRoot: "")
+        // Unreadable traffic records cannot be b's location.
+        crafted.notSent = [.init(category: .traffic, reason: .unreadableTarget, count: 2)]
+        var v = crafted.judge()
+        #expect(v.reasons(.complete).map(\.code) == ["records-not-sent"])
+        // Unreadable location records may be.
+        crafted.notSent = [.init(category: .location, reason: .unreadableTarget, count: 2)]
+        v = crafted.judge()
+        #expect(v.status(.complete) == .warn && !v.admissible)
+        #expect(Set(v.reasons(.complete).map { "\($0.code) \($0.count)" }) == ["records-not-sent 2", "no-data-with-records-not-sent 1"])
+        // So may records of no readable category, and the result's own.
+        crafted.notSent = [.init(reason: .unreadableRecord, count: 1)]
+        crafted.results[3].notSent = [.init(reason: .unreadableTime, count: 2)]
+        v = crafted.judge()
+        #expect(Set(v.reasons(.complete).map { "\($0.code) \($0.count)" }) == ["records-not-sent 3", "no-data-with-records-not-sent 1"])
+        // The manifest's own check: counts of at least 1, no category inside a result.
+        crafted.results[3].notSent = [.init(category: .location, reason: .unreadableTime, count: 0)]
+        let failures = PackageVerifier.checkManifest(crafted.manifest, expectedProvider: "prov-a", expectedRequest: crafted.request.requestId, expectedRequestHash: "")
+        #expect(failures.contains { $0.code == .manifestFormat && $0.detail.contains("notSent") })
     }
 
     @Test func outOfScopeRecordsAreCountedAsQuarantinedAndTheQualityReportCountsFields() {

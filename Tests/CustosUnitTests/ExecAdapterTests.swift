@@ -33,6 +33,22 @@ struct ExecAdapterTests {
         #expect(out.coverage[1].0 == Target(type: .msisdn, value: "+84987654321") && out.coverage[1].1.gaps?.first?.reason == "outage")
     }
 
+    /// A program that never reads the request on its stdin (`cat export.csv`) used to end the
+    /// whole connector, silently, with SIGPIPE about one run in four. The request is written to
+    /// a pipe whose reader has gone: an error the adapter ignores, and its records are kept.
+    @Test func aProgramThatDoesNotReadItsInputStopsNothing() async throws {
+        let line = #"{"category":"traffic","target":{"type":"msisdn","value":"+84912345678"},"time":"2026-10-15T08:30:00Z","record":{}}"#
+        for _ in 0..<20 {
+            let stderr = FileManager.default.temporaryDirectory.appendingPathComponent("custos-exec-\(UUID().uuidString).stderr")
+            defer { try? FileManager.default.removeItem(at: stderr) }
+            let records = Mutex(0)
+            // Its stdin closed at once, so the connector's write finds no reader.
+            _ = try await ExecAdapter(command: ["/bin/sh", "-c", "exec 0<&-; echo '\(line)'"], timeout: .seconds(30))
+                .run(request: Self.request, category: .traffic, sink: { _, _ in records.withLock { $0 += 1 } }, coverage: { _, _ in }, stderrFile: stderr)
+            #expect(records.withLock { $0 } == 1)
+        }
+    }
+
     @Test func aMalformedDeclarationStopsTheAdapterWithAClearReason() async throws {
         await #expect { _ = try await run(#"echo '{"coverage":{"from":"yesterday","to":"2026-11-01T00:00:00Z"}}'"#) } throws: {
             String(describing: $0).contains("line 1 is not a coverage declaration")

@@ -24,8 +24,7 @@ struct RecordGateTests {
 
     func dropped(_ text: String) -> RecordGate.Drop? {
         var gate = Self.gate
-        if case .dropped(let why) = gate.admit(line: Array(text.utf8)) { return why }
-        return nil
+        return gate.admit(line: Array(text.utf8)).drop
     }
 
     /// What the fast path takes, it decides as the full look does.
@@ -128,8 +127,8 @@ struct RecordGateTests {
         }
         for (type, value) in [("ipv4", "203.0.113.256"), ("ipv4", "203.0.113"), ("ipv6", "::gggg"), ("ipv4", "1.2.3.4.5")] {
             var g = gate
-            guard case .dropped(let why) = g.admit(line: line(type, value)) else { Issue.record("\(type) \(value) kept"); continue }
-            #expect(why == .unreadable, "\(type) \(value)")
+            guard case .unreadable(let why, nil, .ipSession) = g.admit(line: line(type, value)) else { Issue.record("\(type) \(value) kept"); continue }
+            #expect(why == .unreadableTarget, "\(type) \(value)")
         }
         // Not an IPv4-mapped address: an IPv6 one (IPv4-compatible ::a.b.c.d is deprecated).
         #expect(RecordGate.canonical(.ipv6, "::203.0.113.7", countryCode: nil)?.type == .ipv6)
@@ -194,6 +193,18 @@ struct RecordGateTests {
         #expect(out.records.count == 2)
         #expect(out.dropped == [.unreadable: 4])
         #expect(out.unreadableLines == [3, 4, 5, 6])
+        // Where each belongs, for the manifest's notSent: the wrong-width row and the broken
+        // quote are no records at all (this adapter returns traffic only); the unreadable
+        // number is traffic of some target; the unreadable time is this result's.
+        let target = Target(type: .msisdn, value: "+84912345678")
+        #expect(out.notSent == [.init(reason: .unreadableRecord, category: .traffic, target: nil): 2,
+                                .init(reason: .unreadableTarget, category: .traffic, target: nil): 1,
+                                .init(reason: .unreadableTime, category: .traffic, target: target): 1])
+        // A file drop holds every category: a row that is no record at all belongs to none.
+        #expect(try read(mixed, fileDrop: true).notSent[.init(reason: .unreadableRecord, category: nil, target: nil)] == 2)
+        // Another category's rows are that category's business, readable or not.
+        #expect(try read(mixed.replacingOccurrences(of: "traffic,msisdn,not a number", with: "location,msisdn,not a number")).notSent
+            == [.init(reason: .unreadableRecord, category: .traffic, target: nil): 2, .init(reason: .unreadableTime, category: .traffic, target: target): 1])
         let json = Self.line("+84912345678") + "\nnot json\n" + Self.line("+84912345678", time: "2026-10-15 08:30") + "\n" + Self.line("+84912345678", time: "2026-10-15T08:31:00Z") + "\n"
         let j = try read(json)
         #expect(j.records.count == 2 && j.dropped == [.unreadable: 2] && j.unreadableLines == [2, 3])
@@ -209,18 +220,18 @@ struct RecordGateTests {
         #expect(dropped("[1,2]") == .unreadable)
     }
 
-    func read(_ text: String, category: DataCategory = .traffic, request: ApprovedRequest = Self.request) throws
-        -> (records: [String], dropped: [RecordGate.Drop: Int], unreadableLines: [Int])
+    func read(_ text: String, category: DataCategory = .traffic, request: ApprovedRequest = Self.request, fileDrop: Bool = false) throws
+        -> (records: [String], dropped: [RecordGate.Drop: Int], unreadableLines: [Int], notSent: [ExecAdapter.NotSentKey: Int])
     {
         let records = Mutex<[String]>([])
         var output = AdapterOutput(gate: RecordGate(request: request, category: category, settings: .init(defaultCountryCode: "84")),
-                                   category: category, sink: { _, r in records.withLock { $0.append(String(decoding: r, as: UTF8.self)) } },
+                                   category: category, holdsOtherCategories: fileDrop, sink: { _, r in records.withLock { $0.append(String(decoding: r, as: UTF8.self)) } },
                                    coverage: { _, _ in })
         // In awkward slices, as a pipe delivers them.
         let bytes = Array(text.utf8)
         for start in stride(from: 0, to: bytes.count, by: 7) { try output.consume(bytes[start..<min(start + 7, bytes.count)]) }
         try output.finish()
-        return (records.withLock { $0 }, output.dropped, output.unreadableLines)
+        return (records.withLock { $0 }, output.dropped, output.unreadableLines, output.notSent)
     }
 
     @Test func csvExportsBecomeTypedRecords() throws {
