@@ -13,8 +13,11 @@ public struct KeysCommand: ParsableCommand {
         public init() {}
 
         public func run() throws {
-            try SigningKey.generate().write(privatePath: privateKey, publicPath: publicKey)
+            let key = SigningKey.generate()
+            try key.write(privatePath: privateKey, publicPath: publicKey)
             print("wrote \(privateKey) and \(publicKey)")
+            // What the receiver of the public key confirms over a second channel (schemas/README.md).
+            print("key id (SHA-256 of the public key's SubjectPublicKeyInfo): \(key.publicKey.keyId)")
         }
     }
 }

@@ -36,8 +36,8 @@ public enum ConnectorCheck {
             return (.ok, "\"\(info.commonName)\", valid until \(Timestamp.format(info.notAfter)); the key signs for it")
         }
         await add("broker public key") {
-            _ = try VerifyingKey.load(path: c.brokerPublicKeyFile)
-            return (.ok, c.brokerPublicKeyFile)
+            let keys = try VerifyingKey.loadAll(path: c.brokerPublicKeyFile)
+            return (.ok, "\(c.brokerPublicKeyFile): " + keys.map { "\($0.algorithm) key \($0.keyId.prefix(16))…" }.joined(separator: ", "))
         }
         await add("state directory") {
             let jobs = try JobStore(stateDirectory: c.stateDirectory)

@@ -24,7 +24,9 @@ public struct ProviderConnector: Service {
     let signer: SigningKey
     let identity: SignerIdentity
     let timeStamps: TimeStampClient
-    let brokerKey: VerifyingKey
+    /// The broker's public keys (`brokerPublicKeyFile`): its current key and, around a key
+    /// change, the next or previous one.
+    let brokerKeys: [VerifyingKey]
     let logger: Logger
     let onAccepted: @Sendable (UUID, Priority) -> Void
     let running = RunningJobs()
@@ -40,7 +42,7 @@ public struct ProviderConnector: Service {
         self.signer = try SigningKey.load(path: configuration.signingKeyFile)
         self.identity = try SignerIdentity(configuration: configuration)
         self.timeStamps = TimeStampClient(url: configuration.tsaURL, trust: try String(contentsOfFile: configuration.tsaTrustFile, encoding: .utf8))
-        self.brokerKey = try VerifyingKey.load(path: configuration.brokerPublicKeyFile)
+        self.brokerKeys = try VerifyingKey.loadAll(path: configuration.brokerPublicKeyFile)
         self.logger = logger
         self.onAccepted = onAccepted
     }
@@ -117,7 +119,7 @@ public struct ProviderConnector: Service {
     }
 
     private func handle(_ message: KafkaMessage, queue: JobQueue, urgent lane: Bool) async throws {
-        let (header, json) = try SignedEnvelope.open(message.value) { $0 == "broker" ? brokerKey : nil }
+        let (header, json) = try SignedEnvelope.open(message.value, keysFor: { $0 == "broker" ? brokerKeys : [] })
         switch header.type {
         case .request:
             let body = try SignedEnvelope.body(RequestBody.self, from: json).body
@@ -343,7 +345,7 @@ public struct ProviderConnector: Service {
                 logger.info("data preserved", metadata: [LogKey.request: "\(id.lowercased)"])
             }
             for name in jobs.files(id, prefix: "extension-") where !jobs.exists(id, name + ".done") {
-                let (_, json) = try SignedEnvelope.open([UInt8](try jobs.read(id, name))) { $0 == "broker" ? brokerKey : nil }
+                let (_, json) = try SignedEnvelope.open([UInt8](try jobs.read(id, name)), keysFor: { $0 == "broker" ? brokerKeys : [] })
                 let extension_ = try SignedEnvelope.body(PreservationTermBody.self, from: json).body
                 try await adapter.run(.extend, request: request, until: extension_.until, stderrFile: stderr)
                 try await confirm(extension_.until, step: extension_.until)

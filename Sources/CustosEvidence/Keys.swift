@@ -173,4 +173,26 @@ extension VerifyingKey {
         }
         return try VerifyingKey(pem: text)
     }
+
+    /// Every public key in a PEM file (one `-----BEGIN PUBLIC KEY-----` block each,
+    /// SubjectPublicKeyInfo, RFC 5280 §4.1.2.7), in file order: a receiver holds the current
+    /// key and, around a key change, the next or the previous one too.
+    /// Errors: the file cannot be read, holds no key, or a block is not a P-256 or RSA key.
+    public static func loadAll(path: String) throws -> [VerifyingKey] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw KeyError(reason: "cannot read public key file \(path)")
+        }
+        let end = "-----END PUBLIC KEY-----"
+        var keys: [VerifyingKey] = []
+        var rest = Substring(text)
+        while let begin = rest.range(of: "-----BEGIN PUBLIC KEY-----") {
+            guard let close = rest.range(of: end, range: begin.upperBound..<rest.endIndex) else {
+                throw KeyError(reason: "public key file \(path) has a key without its END line")
+            }
+            keys.append(try VerifyingKey(pem: String(rest[begin.lowerBound..<close.upperBound])))
+            rest = rest[close.upperBound...]
+        }
+        guard !keys.isEmpty else { throw KeyError(reason: "public key file \(path) holds no PUBLIC KEY block") }
+        return keys
+    }
 }

@@ -26,6 +26,15 @@ public enum SignedEnvelope {
     public static func open<Bytes: Collection>(
         _ bytes: Bytes, keyFor: (String) -> VerifyingKey?
     ) throws(DecodeError) -> (header: EnvelopeHeader, json: JSONValue) where Bytes.Element == UInt8 {
+        try open(bytes, keysFor: { keyFor($0).map { [$0] } ?? [] })
+    }
+
+    /// `open`, for a sender with several keys (around a key change): the signature is checked
+    /// with the key its `keyId` names (SHA-256 of the key's SubjectPublicKeyInfo), or, when it
+    /// names none of them, with each key of its `alg`.
+    public static func open<Bytes: Collection>(
+        _ bytes: Bytes, keysFor: (String) -> [VerifyingKey]
+    ) throws(DecodeError) -> (header: EnvelopeHeader, json: JSONValue) where Bytes.Element == UInt8 {
         let json: JSONValue
         do { json = try JSONParser.parse(bytes) } catch {
             throw DecodeError(code: .malformed, reason: error.description)
@@ -38,11 +47,16 @@ public enum SignedEnvelope {
             throw DecodeError(code: .malformed, reason: "envelope header: \(DecodingErrorDescription(error))")
         }
         guard header.version == 1 else { throw DecodeError(code: .unsupportedVersion, reason: "envelope version \(header.version) is not supported") }
-        guard let key = keyFor(header.sender) else { throw DecodeError(code: .unknownSender, reason: "sender is not registered") }
-        guard case .object(let sig)? = members.removeValue(forKey: "signature"),
-              sig["alg"]?.stringValue == key.algorithm, let value = sig["value"]?.stringValue
-        else { throw DecodeError(code: .badSignature, reason: "signature missing, or not \(key.algorithm) as the sender's key requires") }
-        guard key.isValidSignature(value, for: CanonicalJSON.serialize(.object(members))) else {
+        let keys = keysFor(header.sender)
+        guard !keys.isEmpty else { throw DecodeError(code: .unknownSender, reason: "sender is not registered") }
+        let algorithms = Set(keys.map(\.algorithm)).sorted().joined(separator: " or ")
+        guard case .object(let sig)? = members.removeValue(forKey: "signature"), let alg = sig["alg"]?.stringValue,
+              keys.contains(where: { $0.algorithm == alg }), let value = sig["value"]?.stringValue
+        else { throw DecodeError(code: .badSignature, reason: "signature missing, or not \(algorithms) as the sender's key requires") }
+        let named = keys.filter { $0.algorithm == alg && $0.keyId == sig["keyId"]?.stringValue }
+        let candidates = named.isEmpty ? keys.filter { $0.algorithm == alg } : named
+        let signed = CanonicalJSON.serialize(.object(members))
+        guard candidates.contains(where: { $0.isValidSignature(value, for: signed) }) else {
             throw DecodeError(code: .badSignature, reason: "signature does not verify with the sender's registered key")
         }
         return (header, json)

@@ -49,7 +49,8 @@ struct Run: AsyncParsableCommand {
               tsa.trustFile (CUSTOS_TSA_TRUST_FILE)
                   CA certificates, PEM, the TSA must chain to (required)
               brokerPublicKeyFile (CUSTOS_BROKER_PUBLIC_KEY_FILE)
-                  the broker's public key; requests it did not sign are refused (required)
+                  the broker's public key, PEM; requests it did not sign are refused (required). Around a
+                  key change the file holds both keys: each message is checked with the one it names
               stateDirectory (CUSTOS_STATE_DIRECTORY)
                   durable job state, resumed after a crash (required)
               adapters.<category>.command | .sql | .fileDrop

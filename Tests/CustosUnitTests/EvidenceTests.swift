@@ -39,6 +39,26 @@ struct EnvelopeTests {
         #expect { try SignedEnvelope.open(bytes) { _ in other.publicKey } } throws: { ($0 as? SignedEnvelope.DecodeError)?.code == .badSignature }
     }
 
+    /// Around a key change the receiver holds both keys, read from one PEM file: each message
+    /// is checked with the key its keyId names; a third key's signature is still refused.
+    @Test func aReceiverHoldingTheOldAndTheNewKeyVerifiesBoth() throws {
+        let next = SigningKey.generate()
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("custos-keys-\(UUID().uuidString.lowercased()).pem")
+        defer { try? FileManager.default.removeItem(at: file) }
+        try Data((broker.publicKey.pem + "\n" + next.publicKey.pem).utf8).write(to: file)
+        let keys = try VerifyingKey.loadAll(path: file.path)
+        #expect(keys == [broker.publicKey, next.publicKey])
+        let envelope = Envelope(type: .ack, id: UUID(), requestId: UUID(), sender: "broker", body: AckBody(requestHash: String(repeating: "a", count: 64)))
+        for signer in [broker, next] {
+            #expect(try SignedEnvelope.open(try SignedEnvelope.encode(envelope, signer: signer), keysFor: { _ in keys }).header.type == .ack)
+        }
+        #expect { try SignedEnvelope.open(try SignedEnvelope.encode(envelope, signer: other), keysFor: { _ in keys }) } throws: {
+            ($0 as? SignedEnvelope.DecodeError)?.code == .badSignature
+        }
+        try Data("no key here".utf8).write(to: file)
+        #expect { try VerifyingKey.loadAll(path: file.path) } throws: { "\($0)".contains("holds no PUBLIC KEY") }
+    }
+
     @Test func unknownSendersAndGarbageAreRefused() throws {
         var bytes = try sample()
         #expect { try SignedEnvelope.open(bytes) { _ in nil } } throws: { ($0 as? SignedEnvelope.DecodeError)?.code == .unknownSender }
