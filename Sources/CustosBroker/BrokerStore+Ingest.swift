@@ -39,7 +39,8 @@ extension BrokerStore {
         // The sender is authenticated from here on: whatever stops its message is answered
         // with a signed message receipt, so that the provider learns why (SPEC §7).
         let answer = Answer(provider: expectedSender, requestId: header.requestId,
-                            messageId: opened.json["id"]?.stringValue ?? header.id.lowercased, messageType: header.type.rawValue)
+                            messageId: opened.json["id"]?.stringValue ?? header.id.lowercased, messageType: header.type.rawValue,
+                            packageId: (header.type == .chunk || header.type == .manifestPart) ? opened.json["body"]?["packageId"]?.stringValue : nil)
         guard header.type.direction == .fromProvider else {
             return try await deadLetter(message, reason: "wrongDirection: \(header.type.rawValue) is not a provider message", answer: answer)
         }
@@ -94,6 +95,18 @@ extension BrokerStore {
         /// The message's `id` and `type` exactly as it wrote them.
         var messageId: String
         var messageType: String
+        /// A chunk's or manifest part's package: its messages are answered once per package
+        /// and reason (a refused manifest would otherwise bring one receipt per chunk).
+        var packageId: String?
+
+        /// The receipt's id: the same each time the same thing is answered, and never the same
+        /// for two providers.
+        func receiptId(reason: String) -> UUID {
+            if let packageId {
+                return UUID.derived("receipt", provider, messageType, packageId.lowercased(), reason)
+            }
+            return UUID.derived("receipt", provider, "message", messageId.lowercased())
+        }
     }
 
     /// Keeps a message that cannot be applied in `dead_letters` with its reason, and, when its
@@ -109,7 +122,7 @@ extension BrokerStore {
                 ON CONFLICT DO NOTHING
                 """, logger: logger)
             if let answer {
-                let receipt = Envelope(type: .receipt, id: UUID.derived("receipt", "message", answer.messageId), requestId: answer.requestId, sender: "broker",
+                let receipt = Envelope(type: .receipt, id: answer.receiptId(reason: reason), requestId: answer.requestId, sender: "broker",
                                        body: ReceiptBody(rejectedMessageId: answer.messageId, messageType: answer.messageType, reason: reason,
                                                          receivedAt: Timestamp.now()))
                 try await Self.enqueue(conn, receipt, topic: Topics.toProvider(answer.provider), signer: signer, logger: logger)
@@ -128,7 +141,9 @@ extension BrokerStore {
         do { row = try await Self.lockRequest(conn, header.requestId, logger: logger) } catch is BrokerError {
             throw IngestRejection(reason: "unknown request")
         }
-        guard row.providerId == provider else { throw IngestRejection(reason: "request was not addressed to this provider") }
+        // The same words as for a request that does not exist: a provider cannot learn of
+        // another's requests from the answer.
+        guard row.providerId == provider else { throw IngestRejection(reason: "unknown request") }
         guard row.state.rank >= RequestState.approved.rank, row.state != .rejected, row.state != .withdrawn else {
             throw IngestRejection(reason: "request is \(row.state.rawValue), not dispatched")
         }
@@ -207,14 +222,19 @@ extension BrokerStore {
             guard row.spec.isPreservation else { throw IngestRejection(reason: "only a preservation order is confirmed as preserved") }
             guard body.requestHash == row.requestHash else { throw IngestRejection(reason: "preserved request hash differs from the request as approved") }
             guard let until = Timestamp.parse(body.until) else { throw IngestRejection(reason: "until must be an RFC 3339 UTC time") }
-            guard !RequestState.ended.contains(row.state) else {
+            let confirmedBefore = try await conn.query(
+                "SELECT 1 FROM request_events WHERE request_id = \(header.requestId) AND state = 'preserved' LIMIT 1", logger: logger
+            ).decode(Int.self).first { _ in true } != nil
+            guard !RequestState.ended.contains(row.state) || !confirmedBefore else {
                 // A confirmation that crossed the order's end on the wire (an extension confirmed
                 // after the release was sent): nothing to change, and nothing wrong to report.
+                // A first confirmation after the end is refused below, and the provider told.
                 logger.info("preservation confirmed after the order ended; nothing to change", metadata: [
                     LogKey.request: "\(header.requestId.lowercased)", LogKey.outcome: "\(row.state.rawValue)",
                 ])
                 return
             }
+            guard !RequestState.ended.contains(row.state) else { throw IngestRejection(reason: "the preservation order is \(row.state.rawValue)") }
             // The first confirmation moves the order on; one after an extension is recorded too.
             let note = "frozen until \(Timestamp.format(until))"
             try await Self.advance(conn, header.requestId, to: .preserved, actor: actor, note: note, custody: custody,

@@ -28,8 +28,8 @@ struct CanonicalJSONEncoder {
         case let data as Data: return .string(data.base64EncodedString())
         case let url as URL: return .string(url.absoluteString)
         case let decimal as Decimal:
-            let d = NSDecimalNumber(decimal: decimal).doubleValue
-            return try number(d, at: path)
+            // From its decimal text, correctly rounded, as JSONEncoder's text would be read.
+            return try number(Double(decimal.description) ?? .nan, at: path)
         default: return nil
         }
     }
@@ -64,10 +64,11 @@ private final class Slot {
         if let members {
             var out: [String: JSONValue] = [:]
             out.reserveCapacity(members.count)
-            for (k, slot) in members { if let v = slot.value { out[k] = v } }
+            // A member whose value encoded nothing is `{}`, as JSONEncoder writes it.
+            for (k, slot) in members { out[k] = slot.value ?? .object([:]) }
             return .object(out)
         }
-        if let items { return .array(items.map { $0.value ?? .null }) }
+        if let items { return .array(items.map { $0.value ?? .object([:]) }) }
         return scalar
     }
 
@@ -152,7 +153,7 @@ private struct Keyed<Key: CodingKey>: KeyedEncodingContainerProtocol {
     mutating func encode(_ value: Bool, forKey key: Key) throws { set(.bool(value), key) }
     mutating func encode(_ value: String, forKey key: Key) throws { set(.string(value), key) }
     mutating func encode(_ value: Double, forKey key: Key) throws { set(try CanonicalJSONEncoder.number(value, at: codingPath + [key]), key) }
-    mutating func encode(_ value: Float, forKey key: Key) throws { set(try CanonicalJSONEncoder.number(Double(value), at: codingPath + [key]), key) }
+    mutating func encode(_ value: Float, forKey key: Key) throws { set(try CanonicalJSONEncoder.number(Double("\(value)") ?? .nan, at: codingPath + [key]), key) }
     mutating func encode(_ value: Int, forKey key: Key) throws { set(.number(Double(value)), key) }
     mutating func encode(_ value: Int8, forKey key: Key) throws { set(.number(Double(value)), key) }
     mutating func encode(_ value: Int16, forKey key: Key) throws { set(.number(Double(value)), key) }
@@ -195,7 +196,7 @@ private struct Unkeyed: UnkeyedEncodingContainer {
     mutating func encode(_ value: Bool) throws { append(.bool(value)) }
     mutating func encode(_ value: String) throws { append(.string(value)) }
     mutating func encode(_ value: Double) throws { append(try CanonicalJSONEncoder.number(value, at: nextPath)) }
-    mutating func encode(_ value: Float) throws { append(try CanonicalJSONEncoder.number(Double(value), at: nextPath)) }
+    mutating func encode(_ value: Float) throws { append(try CanonicalJSONEncoder.number(Double("\(value)") ?? .nan, at: nextPath)) }
     mutating func encode(_ value: Int) throws { append(.number(Double(value))) }
     mutating func encode(_ value: Int8) throws { append(.number(Double(value))) }
     mutating func encode(_ value: Int16) throws { append(.number(Double(value))) }
@@ -241,7 +242,7 @@ private struct Single: SingleValueEncodingContainer {
     mutating func encode(_ value: Bool) throws { set(.bool(value)) }
     mutating func encode(_ value: String) throws { set(.string(value)) }
     mutating func encode(_ value: Double) throws { set(try CanonicalJSONEncoder.number(value, at: codingPath)) }
-    mutating func encode(_ value: Float) throws { set(try CanonicalJSONEncoder.number(Double(value), at: codingPath)) }
+    mutating func encode(_ value: Float) throws { set(try CanonicalJSONEncoder.number(Double("\(value)") ?? .nan, at: codingPath)) }
     mutating func encode(_ value: Int) throws { set(.number(Double(value))) }
     mutating func encode(_ value: Int8) throws { set(.number(Double(value))) }
     mutating func encode(_ value: Int16) throws { set(.number(Double(value))) }

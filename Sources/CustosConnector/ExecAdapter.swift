@@ -81,10 +81,51 @@ public struct ExecAdapter: Sendable {
         }
     }
 
-    /// Writing to a program that exited without reading its input (`cat export.csv`) must be
-    /// an `EPIPE` error, not SIGPIPE, whose default action ends the whole connector without
-    /// a word. Done once, before the first program starts; evaluated for its effect.
-    static let pipeSignalIgnored: Void = { signal(SIGPIPE, SIG_IGN) }()
+    /// How a program is started so that it gets SIGPIPE's default action. SwiftNIO ignores
+    /// SIGPIPE in the whole process once it opens a socket (Linux has no per-socket switch),
+    /// and an ignored signal stays ignored across exec, where not even a shell can reset it:
+    /// `zcat big.gz | head` would then fail with "Broken pipe" instead of ending quietly. GNU
+    /// env's `--default-signal=PIPE` (coreutils ≥ 8.31) resets it before it execs the program.
+    /// Empty when this system's env lacks the option (the program then inherits the ignore).
+    static let defaultSignals: [String] = {
+        let probe = Process()
+        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        probe.arguments = ["--default-signal=PIPE", "/bin/true"]
+        probe.standardOutput = FileHandle.nullDevice
+        probe.standardError = FileHandle.nullDevice
+        guard (try? probe.run()) != nil else { return [] }
+        probe.waitUntilExit()
+        return probe.terminationReason == .exit && probe.terminationStatus == 0 ? ["/usr/bin/env", "--default-signal=PIPE"] : []
+    }()
+
+    /// `process` set to run `executable` with `arguments`, through `defaultSignals`.
+    static func configure(_ process: Process, executable: String, arguments: [String]) {
+        let launch = defaultSignals + [executable] + arguments
+        process.executableURL = URL(fileURLWithPath: launch[0])
+        process.arguments = Array(launch.dropFirst())
+    }
+
+    /// Writes `input` to a program's stdin and closes it, on a thread of its own that blocks
+    /// SIGPIPE: writing to a program that exited without reading its input (`cat export.csv`)
+    /// is then an `EPIPE` error, ignored, instead of SIGPIPE, whose default action ends the
+    /// whole connector without a word. The signal is raised on the writing thread (Linux
+    /// directs it there), stays pending while blocked and is dropped when the thread ends.
+    /// Only this thread blocks it, so the programs the connector starts (from other threads)
+    /// keep SIGPIPE's default action: `zcat … | head` in an adapter still ends quietly.
+    /// `done` is called once the input is written (or refused) and closed.
+    static func feed(_ input: [UInt8], to handle: FileHandle, done: @escaping @Sendable () -> Void = {}) {
+        let thread = Thread {
+            var pipeSignal = sigset_t()
+            sigemptyset(&pipeSignal)
+            sigaddset(&pipeSignal, SIGPIPE)
+            pthread_sigmask(SIG_BLOCK, &pipeSignal, nil)
+            try? handle.write(contentsOf: input)
+            try? handle.close()
+            done()
+        }
+        thread.name = "custos-adapter-input"
+        thread.start()
+    }
 
     /// Stops a running program on cancellation, or one about to start.
     final class Stopper: Sendable {
@@ -134,10 +175,8 @@ public struct ExecAdapter: Sendable {
         guard let program = command.first, let executable = Self.resolve(program) else {
             throw Failure(reason: "program \(command.first ?? "(none)") not found")
         }
-        Self.pipeSignalIgnored
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = Array(command.dropFirst())
+        Self.configure(process, executable: executable, arguments: Array(command.dropFirst()))
         let stdin = Pipe(), stdout = Pipe()
         _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
         process.standardInput = stdin
@@ -153,11 +192,7 @@ public struct ExecAdapter: Sendable {
         defer { timer.cancel() }
 
         // Feed stdin from its own thread, so a program that writes before reading cannot deadlock.
-        let writer = Thread {
-            try? stdin.fileHandleForWriting.write(contentsOf: input)
-            try? stdin.fileHandleForWriting.close()
-        }
-        writer.start()
+        Self.feed(input, to: stdin.fileHandleForWriting)
 
         var output = AdapterOutput(gate: RecordGate(request: request, category: category, settings: normalisation), category: category,
                                    sink: sink, coverage: coverage)

@@ -69,11 +69,11 @@ struct PackageStreamer: Sendable {
         let signedManifest = Array(try jobs.read(id, "manifest.json"))
         let manifestSha = Digest.sha256Hex(signedManifest)
         let manifestJSON = try JSONParser.parse(signedManifest)
-        guard CanonicalJSON.serialize(manifestJSON) == signedManifest, case .object(var bodyMembers) = try CanonicalJSON.tree(body) else {
+        guard CanonicalJSON.serialize(manifestJSON) == signedManifest else {
             throw JobStoreError(reason: "the job's manifest.json is not RFC 8785 canonical JSON")
         }
-        bodyMembers["manifest"] = manifestJSON
-        let bodyJSON = JSONValue.object(bodyMembers)
+        // ManifestBody's members, with the manifest as parsed from its signed bytes.
+        let bodyJSON = JSONValue.object(["manifest": manifestJSON, "signature": .string(body.signature), "timeStamp": .string(body.timeStamp)])
 
         // The manifest goes (again) first: the broker ignores it if it has it already. One too
         // large for a Kafka message (a package of thousands of chunks) goes in parts, in order.

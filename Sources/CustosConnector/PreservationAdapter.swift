@@ -37,10 +37,8 @@ public struct PreservationAdapter: Sendable {
         guard let program = command.first, let executable = ExecAdapter.resolve(program) else {
             throw ExecAdapter.Failure(reason: "program \(command.first ?? "(none)") not found")
         }
-        ExecAdapter.pipeSignalIgnored
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = Array(command.dropFirst())
+        ExecAdapter.configure(process, executable: executable, arguments: Array(command.dropFirst()))
         let stdin = Pipe()
         _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
         process.standardInput = stdin
@@ -52,8 +50,9 @@ public struct PreservationAdapter: Sendable {
         timer.setEventHandler { if process.isRunning { process.terminate() } }
         timer.resume()
         defer { timer.cancel() }
-        try? stdin.fileHandleForWriting.write(contentsOf: input)
-        try? stdin.fileHandleForWriting.close()
+        let written = DispatchSemaphore(value: 0)
+        ExecAdapter.feed(input, to: stdin.fileHandleForWriting) { written.signal() }
+        written.wait()
         process.waitUntilExit()
         guard process.terminationReason == .exit, process.terminationStatus == 0 else {
             let how = process.terminationReason == .exit ? "exited with status \(process.terminationStatus)" : "was stopped, possibly by its time-out"

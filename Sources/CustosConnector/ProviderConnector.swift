@@ -118,6 +118,21 @@ public struct ProviderConnector: Service {
         }
     }
 
+    /// The member paths of `received` that `known` (the same value as this connector's types
+    /// read and write it) lacks, e.g. `request.window.narrowedTo`. Names only, never values.
+    static func unknownMembers(_ received: JSONValue, _ known: JSONValue, at path: String = "request") -> [String] {
+        switch (received, known) {
+        case (.object(let r), .object(let k)):
+            return r.keys.sorted().flatMap { key in
+                k[key].map { unknownMembers(r[key]!, $0, at: "\(path).\(key)") } ?? ["\(path).\(key)"]
+            }
+        case (.array(let r), .array(let k)) where r.count == k.count:
+            return zip(r, k).enumerated().flatMap { i, pair in unknownMembers(pair.0, pair.1, at: "\(path)[\(i)]") }
+        default:
+            return []
+        }
+    }
+
     private func handle(_ message: KafkaMessage, queue: JobQueue, urgent lane: Bool) async throws {
         let (header, json) = try SignedEnvelope.open(message.value, keysFor: { $0 == "broker" ? brokerKeys : [] })
         switch header.type {
@@ -132,6 +147,17 @@ public struct ProviderConnector: Service {
                 logger.error("request refused: its requestHash is not the SHA-256 of its request", metadata: [LogKey.request: "\(id.lowercased)"])
                 try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
                                body: RefusalBody(reason: .requestHashMismatch, detail: "requestHash is not the SHA-256 of the canonical request member"))
+                return
+            }
+            // What this connector would drop when it reads the request (a member a later broker
+            // added, which may narrow what was approved) is refused, never ignored.
+            let unknown = Self.unknownMembers(requestMember, try CanonicalJSON.tree(body.request))
+            guard unknown.isEmpty else {
+                logger.error("request refused: it has members this connector does not know", metadata: [
+                    LogKey.request: "\(id.lowercased)", "custos.members": "\(unknown.joined(separator: ","))",
+                ])
+                try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
+                               body: RefusalBody(reason: .invalidRequest, detail: "members this connector does not know: \(unknown.joined(separator: ", "))"))
                 return
             }
             let urgent = body.request.priority == .emergency

@@ -250,8 +250,10 @@ public enum PackageVerifier {
         // Records not sent (SPEC §3): each count at least 1; a result's entries are its own
         // category's, so they name none.
         let notSent = (manifest.notSent ?? []) + manifest.results.flatMap { $0.notSent ?? [] }
-        if notSent.contains(where: { $0.count < 1 }) || manifest.results.contains(where: { ($0.notSent ?? []).contains { $0.category != nil } }) {
-            fail(.manifestFormat, "notSent counts must be at least 1, and a result's notSent names no category")
+        let lists = [manifest.notSent] + manifest.results.map(\.notSent)
+        if notSent.contains(where: { $0.count < 1 }) || manifest.results.contains(where: { ($0.notSent ?? []).contains { $0.category != nil } })
+            || lists.contains(where: { $0?.isEmpty == true }) {
+            fail(.manifestFormat, "notSent counts must be at least 1, a notSent list is left out rather than empty, and a result's notSent names no category")
         }
         return failures
     }

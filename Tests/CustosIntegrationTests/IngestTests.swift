@@ -447,10 +447,19 @@ struct IngestTests {
             answered = try await receipts()
             #expect(answered.map(\.envelope.body.reasons) == [[reason], ["unknown request"], ["status percent is outside 0 to 100"]])
             #expect(answered[1].envelope.requestId == stranger)
+            // The chunks of a package whose manifest never came: one answer for the package and
+            // reason, not one per chunk.
+            let p = try package(for: r)
+            let (_, chunks, _) = try messages(p, r)
+            try #require(chunks.count > 1)
+            for chunk in chunks { _ = try await store.ingest(chunk, providerKeys: keys) }
+            answered = try await receipts()
+            #expect(answered.count == 4 && answered[3].envelope.body.messageType == "chunk")
+            #expect(answered[3].envelope.body.reasons == ["chunk for a package whose manifest was not received"])
             // What cannot be authenticated is never answered: it may not come from the provider.
             _ = try await store.ingest(try message(.ack, r.id, AckBody(requestHash: r.hash), signer: SigningKey.generate()), providerKeys: keys)
             _ = try await store.ingest(KafkaMessage(topic: topic, partition: 0, offset: 777, key: [], value: Array("{not json".utf8)), providerKeys: keys)
-            #expect(try await receipts().count == 3)
+            #expect(try await receipts().count == 4)
         }
     }
 

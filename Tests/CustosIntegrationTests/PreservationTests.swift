@@ -99,6 +99,10 @@ struct PreservationTests {
             try await watcher.fire(at: until.addingTimeInterval(0.5))  // within a second of its end
             let view = try await store.request(r.id, viewer: nil)
             #expect(view.state == .expired && view.clocks.allSatisfy { $0.stoppedAt != nil })
+            // A first confirmation after the end is no crossing on the wire: refused, and told.
+            let keys = try await store.providers()
+            let late = try ingest.message(.preserved, r.id, PreservationTermBody(requestHash: r.hash, until: clock.deadline))
+            #expect(try await store.ingest(late, providerKeys: keys) == .deadLettered("the preservation order is expired"))
             let releases = try await Self.sent(client, store, r.id, .preservationRelease, PreservationReleaseBody.self)
             #expect(releases.map(\.reason) == [.expired])
             #expect(try await watcher.fire(at: until.addingTimeInterval(10_000)) == 0)  // once
@@ -112,7 +116,7 @@ struct PreservationTests {
             await #expect { try await store.extendPreservation(production, by: inv) } throws: { Self.status($0) == .conflict }
             await #expect { try await store.releasePreservation(production, reason: nil, by: inv) } throws: { Self.status($0) == .conflict }
             let hash = try #require(try await store.request(production, viewer: nil).requestHash)
-            let keys = try await store.providers()
+            _ = keys
             let confirmed = try ingest.message(.preserved, production, PreservationTermBody(requestHash: hash, until: Timestamp.now()))
             #expect(try await store.ingest(confirmed, providerKeys: keys) == .deadLettered("only a preservation order is confirmed as preserved"))
             #expect(try await store.request(production, viewer: nil).clocks.map(\.clock).sorted() == ["acknowledgement", "delivery"])

@@ -36,14 +36,17 @@ struct ExecAdapterTests {
     /// A program that never reads the request on its stdin (`cat export.csv`) used to end the
     /// whole connector, silently, with SIGPIPE about one run in four. The request is written to
     /// a pipe whose reader has gone: an error the adapter ignores, and its records are kept.
+    /// The program itself keeps SIGPIPE's default action (not ignored, as it would inherit a
+    /// process-wide ignore): it writes its record only if its SigIgn mask lacks bit 13.
     @Test func aProgramThatDoesNotReadItsInputStopsNothing() async throws {
         let line = #"{"category":"traffic","target":{"type":"msisdn","value":"+84912345678"},"time":"2026-10-15T08:30:00Z","record":{}}"#
+        let sigpipeDefault = #"m=$(sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status); [ $(( 0x$m & 4096 )) -eq 0 ]"#
         for _ in 0..<20 {
             let stderr = FileManager.default.temporaryDirectory.appendingPathComponent("custos-exec-\(UUID().uuidString).stderr")
             defer { try? FileManager.default.removeItem(at: stderr) }
             let records = Mutex(0)
             // Its stdin closed at once, so the connector's write finds no reader.
-            _ = try await ExecAdapter(command: ["/bin/sh", "-c", "exec 0<&-; echo '\(line)'"], timeout: .seconds(30))
+            _ = try await ExecAdapter(command: ["/bin/sh", "-c", "exec 0<&-; \(sigpipeDefault) && echo '\(line)'"], timeout: .seconds(30))
                 .run(request: Self.request, category: .traffic, sink: { _, _ in records.withLock { $0 += 1 } }, coverage: { _, _ in }, stderrFile: stderr)
             #expect(records.withLock { $0 } == 1)
         }

@@ -277,4 +277,16 @@ struct RecordGateTests {
         #expect(spilled.finish() == inMemory)
         #expect(!spilled.failed)
     }
+
+    /// A request member this connector's types would drop (one a later broker added, which
+    /// may narrow what was approved) is named, so that the request is refused, not obeyed in part.
+    @Test func membersTheConnectorDoesNotKnowAreNamed() throws {
+        let known = try CanonicalJSON.tree(Self.request)
+        #expect(ProviderConnector.unknownMembers(known, known).isEmpty)
+        guard case .object(var members) = known, case .object(var window)? = members["window"] else { Issue.record("not an object"); return }
+        window["onlyBetween"] = .string("08:00-09:00")
+        members["window"] = .object(window)
+        members["narrowing"] = .array([.object(["x": .null])])
+        #expect(ProviderConnector.unknownMembers(.object(members), known) == ["request.narrowing", "request.window.onlyBetween"])
+    }
 }
