@@ -57,7 +57,7 @@ struct OpenAPITests {
             if line.hasPrefix("  "), !line.hasPrefix("   ") { section = String(line.dropFirst(2).prefix { $0 != ":" }) }
             if line.hasPrefix("    "), !line.hasPrefix("     ") { defined.insert(section + "/" + line.dropFirst(4).prefix { $0 != ":" }) }
         }
-        let refs = text.matches(of: /#\/components\/([a-zA-Z]+\/[A-Za-z0-9]+)/).map { String($0.output.1) }
+        let refs = text.matches(of: /#\/components\/([a-zA-Z]+\/[A-Za-z0-9._-]+)/).map { String($0.output.1) }
         #expect(refs.count > 50)
         #expect(Set(refs).subtracting(defined).isEmpty, "unresolved: \(Set(refs).subtracting(defined).sorted())")
     }
