@@ -214,7 +214,7 @@ let package = Package(
         // Writes schemas/package/vectors/ (valid and invalid bundles, trust anchors).
         .executableTarget(
             name: "custos-vectors",
-            dependencies: ["CustosTestSupport", "CustosPKI"],
+            dependencies: ["CustosTestSupport", "CustosPKI", "CustosCriteria"],
             swiftSettings: swiftSettings
         ),
 

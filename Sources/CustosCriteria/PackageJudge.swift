@@ -95,6 +95,8 @@ public struct PackageJudge: Sendable {
     /// memory (16 to 64 bytes a record).
     public init(request: ApprovedRequest, manifest: Manifest, digests: (any DigestStore)? = nil) {
         store = digests
+        // The table in memory is used only without a store: then it need not be allocated.
+        if digests != nil { seen = DigestSet(capacity: 0) }
         self.request = request
         self.manifest = manifest
         targets = Set(request.targets)

@@ -229,6 +229,8 @@ public struct BundleVerifier: Sendable {
     private var manifest: Manifest?
     private var request: ApprovedRequest?
     private var judge: PackageJudge?
+    /// Where the judge's record digests go (removed when the verifier is done with them).
+    private var spill: SpillingDigests?
     private var failures: [PackageVerification.Failure] = []
     private var unusable: String?
     private var folder: String?
@@ -275,9 +277,16 @@ public struct BundleVerifier: Sendable {
                 guard let manifest else { throw Unusable("content.ndjson comes before manifest.json") }
                 content = ContentVerifier(manifest: manifest)
                 // The four criteria are judged again only for a bundle that states a verdict
-                // (criteria.json comes before the content): the judge's duplicate table grows
-                // with the records, and a bundle without a verdict is checked on integrity alone.
-                judge = files[.criteria] == nil ? nil : request.map { PackageJudge(request: $0, manifest: manifest) }
+                // (criteria.json comes before the content); a bundle without one is checked on
+                // integrity alone. The duplicate search's digests go to temporary files, so
+                // that memory stays flat whatever the bundle's size.
+                if files[.criteria] != nil, let request {
+                    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("custos-verify-\(UUID().uuidString.lowercased())")
+                    do { spill = try SpillingDigests(directory: directory) } catch {
+                        throw Unusable("the duplicate search cannot write its temporary files in \(FileManager.default.temporaryDirectory.path) (TMPDIR)")
+                    }
+                    judge = PackageJudge(request: request, manifest: manifest, digests: spill)
+                }
             } else if size > Int64(Self.maximumSmallEntry) {
                 throw Unusable("entry \(parts[1]) is larger than \(Self.maximumSmallEntry) bytes")
             }
@@ -412,6 +421,12 @@ public struct BundleVerifier: Sendable {
                let delivery = PackageJudge.Delivery(stated.delivery, timeStampedAt: signatures.genTime) {
                 let again = judge.finish(checks: all.map(\.code.rawValue), delivery: delivery,
                                          bounds: PackageJudge.Bounds(stated.delivery), judgedAt: stated.judgedAt)
+                if spill?.failed == true {
+                    // The duplicate count is incomplete: the bundle cannot be judged here.
+                    report.unusable = "the duplicate search could not write its temporary files in \(FileManager.default.temporaryDirectory.path) (TMPDIR full?)"
+                    return report
+                }
+                spill = nil
                 report.criteria = again
                 if again.admissible != stated.admissible || again.criteria != stated.criteria || again.counts != stated.counts || again.quality != stated.quality {
                     all.append(.init(code: .criteria, detail: "the bundle's verdict on the four criteria differs from the one judged here"))

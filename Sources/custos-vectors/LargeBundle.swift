@@ -1,4 +1,5 @@
 import CustosCanonicalJSON
+import CustosCriteria
 import CustosEvidence
 import CustosModel
 import CustosPKI
@@ -7,9 +8,10 @@ import Foundation
 
 /// A large valid bundle for the verify benchmark, written in constant memory: the content goes
 /// to a temporary file while chunks and the records root are computed, then the bundle is
-/// assembled around a copy of it.
+/// assembled around a copy of it. `judged`: it also carries the broker's verdict on the four
+/// criteria (criteria.json, admissible), so that `custos verify` judges the content again.
 enum LargeBundle {
-    static func write(mebibytes: Int, to path: String, trustDirectory: String) throws {
+    static func write(mebibytes: Int, to path: String, trustDirectory: String, judged: Bool = false) throws {
         let pki = try TestPKI(signerName: BundleFactory.provider)
         let target = Target(type: .msisdn, value: "+84912345678")
         let request = ApprovedRequest(
@@ -49,25 +51,44 @@ enum LargeBundle {
         let manifest = Manifest(
             packageId: UUID(), requestId: request.requestId, requestHash: Digest.sha256Hex(requestBytes), providerId: BundleFactory.provider,
             asOf: Timestamp.now(), createdAt: Timestamp.now(),
-            results: [.init(target: target, category: .traffic, status: .data, recordCount: tree.count, size: tree.size, recordsRoot: tree.root)],
+            results: [.init(target: target, category: .traffic, status: .data, recordCount: tree.count, size: tree.size, recordsRoot: tree.root,
+                            coverage: .init(from: request.window.from, to: request.window.to, retainedSince: "2025-10-01T00:00:00Z"))],
             content: .init(size: size, recordCount: tree.count), chunks: chunks, chunksRoot: root)
         let manifestBytes = try CanonicalJSON.encode(manifest)
         let signature = try CMS.sign(manifestBytes, certificate: pki.signer, key: pki.signerKey)
         let timeStamp = try pki.tsa.respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(signature), nonce: TimeStamp.makeNonce()), serial: 1)
+
+        // The broker's verdict: the content judged as the broker judges it, delivered just
+        // after its time-stamp, its clock ten days on; the digests on disk (constant memory).
+        var criteria: [UInt8]?
+        if judged {
+            let spill = try SpillingDigests(directory: URL(fileURLWithPath: path + ".digests"))
+            var judge = PackageJudge(request: request, manifest: manifest, digests: spill)
+            let input = try FileHandle(forReadingFrom: URL(fileURLWithPath: contentPath))
+            while let data = try input.read(upToCount: 8 << 20), !data.isEmpty { data.withUnsafeBytes { judge.consume(content: $0) } }
+            try input.close()
+            guard case .valid(let token) = TimeStamp.verify(response: timeStamp, sha256: Digest.sha256Bytes(signature), trust: pki.tsaCA) else {
+                throw ValidationFailure("the bench time-stamp does not verify")
+            }
+            let delivered = Date().addingTimeInterval(5)
+            criteria = try CanonicalJSON.encode(judge.finish(checks: [], delivery: .init(deliveredAt: delivered, deadline: delivered.addingTimeInterval(10 * 86_400),
+                                                                                          timeStampedAt: token.genTime),
+                                                             judgedAt: Timestamp.format(delivered)))
+        }
 
         var log = TestCustodyLog()
         let verification = Array("{}".utf8)
         let signerPEM = try CertificateInfo(pem: pki.signer).pem
         let readme = EvidenceBundle.readme(manifest: manifest, signer: BundleFactory.provider, timeStampedAt: nil)
         try log.recordHistory(of: manifest, members: .init(manifest: manifestBytes, signature: signature, timeStamp: timeStamp, verification: verification,
-                                                           criteria: nil, readme: readme))
+                                                           criteria: criteria, readme: readme))
         let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: pki)
 
         _ = FileManager.default.createFile(atPath: path, contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
         try out.write(contentsOf: EvidenceBundle.head(
             manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp, signerPEM: signerPEM,
-            verification: verification, custody: custody, packageId: manifest.packageId, contentSize: size, readme: readme))
+            verification: verification, criteria: criteria, custody: custody, packageId: manifest.packageId, contentSize: size, readme: readme))
         let input = try FileHandle(forReadingFrom: URL(fileURLWithPath: contentPath))
         while let data = try input.read(upToCount: 8 << 20), !data.isEmpty { try out.write(contentsOf: data) }
         try input.close()
@@ -81,4 +102,9 @@ enum LargeBundle {
         try Data(pki.witnessCertificate.utf8).write(to: URL(fileURLWithPath: trustDirectory + "/witnesses.pem"))
         print("wrote \(path): \(tree.count) records, \(size) bytes of content in \(chunks.count) chunks")
     }
+}
+
+struct ValidationFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
 }

@@ -5,15 +5,18 @@ import Foundation
 /// defect, named after it, with `EXPECTED.json` mapping each to the failure it must raise) and
 /// `trust/` (the CA certificates to verify them with; no private key is written).
 /// Usage: custos-vectors [DIRECTORY]   (default: schemas/package/vectors)
-///        custos-vectors --large MIB FILE TRUSTDIR   (one valid bundle of MIB MiB of CDR-like records, for ops/bench)
+///        custos-vectors --large MIB FILE TRUSTDIR [--judged]   (one valid bundle of MIB MiB of CDR-like records, for ops/bench
+///                                                       and ops/test; --judged: with the broker's verdict, criteria.json)
 ///        custos-vectors --custody [DIRECTORY]      (Merkle proof vectors; default: schemas/custody/vectors)
 if CommandLine.arguments.dropFirst().first == "--large" {
-    let args = Array(CommandLine.arguments.dropFirst(2))
+    var args = Array(CommandLine.arguments.dropFirst(2))
+    let judged = args.last == "--judged"
+    if judged { args.removeLast() }
     guard args.count == 3, let mib = Int(args[0]), mib > 0 else {
-        FileHandle.standardError.write(Data("usage: custos-vectors --large MIB FILE TRUSTDIR\n".utf8))
+        FileHandle.standardError.write(Data("usage: custos-vectors --large MIB FILE TRUSTDIR [--judged]\n".utf8))
         exit(2)
     }
-    try LargeBundle.write(mebibytes: mib, to: args[1], trustDirectory: args[2])
+    try LargeBundle.write(mebibytes: mib, to: args[1], trustDirectory: args[2], judged: judged)
     exit(0)
 }
 if CommandLine.arguments.dropFirst().first == "--custody" {

@@ -427,7 +427,9 @@ struct Verify: ParsableCommand {
             broker's custody log) and, optionally, witnesses.pem (the certificates of the outside witnesses you trust; \
             other co-signatures are shown as untrusted). Every custody event is checked against its inclusion proof and \
             the signed, time-stamped checkpoint. When the bundle carries the broker's verdict (criteria.json), the four \
-            criteria — đúng, đủ, sạch, sống — are judged again from the content. Every failure is reported, not only the \
+            criteria — đúng, đủ, sạch, sống — are judged again from the content, in constant memory: the duplicate search \
+            keeps its record digests (16 bytes a record) in temporary files under TMPDIR, removed afterwards. Every \
+            failure is reported, not only the \
             first. Exit status: 0 valid, 1 invalid, 2 unusable input (unreadable file, not a bundle, missing trust \
             anchors), 3 inadmissible (authentic and intact, but the four criteria do not all pass).
             """)
