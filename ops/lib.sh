@@ -35,6 +35,8 @@ demo_pki() {
   mkdir -p "$dir"
   ( cd "$dir"
   [ -f broker.key ] || custos-broker keys generate --private-key broker.key --public-key broker.pub >/dev/null
+  # The chunk store's AES-256 key (kept: the demo's stored packages are encrypted under it).
+  [ -f storage.key ] || custos-broker storage-key --out storage.key >/dev/null
   # A demo PKI: the provider's CA and signing certificate (common name = provider id), and a
   # TSA for the broker's built-in RFC 3161 service. Real deployments bring their own.
   if [ ! -f provider.pem ]; then

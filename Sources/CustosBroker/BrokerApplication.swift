@@ -51,8 +51,10 @@ public func buildApplication(
     }
     let postgres = configuration.database.makeClient(logger: logger)
     let producer = try KafkaProducer(configuration: configuration.kafka, logger: logger)
+    let chunkStore = try DirectoryChunkStore(root: URL(fileURLWithPath: configuration.storageDirectory),
+                                             key: try DirectoryChunkStore.loadKey(path: configuration.storageKeyFile))
     let store = BrokerStore(client: postgres, signer: signer, tsaTrust: tsaTrust, clocks: configuration.clocks, criteriaBounds: configuration.criteriaBounds,
-                            logger: logger)
+                            chunks: chunkStore, logger: logger)
     let ready = Gate()
     let relay = OutboxRelay(client: postgres, producer: producer, pollInterval: configuration.outboxPollInterval, wakeup: store.outboxWakeup, ready: ready, logger: logger)
     var webhooks = configuration.webhooks
@@ -97,7 +99,7 @@ public func buildApplication(
 
 /// Runs `body` with a started pool and migrated schema, for the admin commands.
 public func withBrokerStore<R: Sendable>(
-    configuration: DatabaseConfiguration, signingKeyFile: String?, logger: Logger,
+    configuration: DatabaseConfiguration, signingKeyFile: String?, chunks: (any ChunkStore)? = nil, logger: Logger,
     _ body: @Sendable (BrokerStore) async throws -> R
 ) async throws -> R {
     // The pool's run() task starts concurrently with the first query; PostgresNIO warns about
@@ -110,7 +112,7 @@ public func withBrokerStore<R: Sendable>(
         defer { group.cancelAll() }
         try await Migrator.migrate(client: client, schema: configuration.schema, logger: logger)
         let signer = try signingKeyFile.map { try SigningKey.load(path: $0) } ?? SigningKey.generate()
-        return try await body(BrokerStore(client: client, signer: signer, tsaTrust: "", logger: logger))
+        return try await body(BrokerStore(client: client, signer: signer, tsaTrust: "", chunks: chunks, logger: logger))
     }
 }
 

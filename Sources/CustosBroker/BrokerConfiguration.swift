@@ -34,6 +34,13 @@ public struct BrokerConfiguration: Sendable {
     /// `tsa.trustFile`: CA certificates (PEM) that the time-stamping authorities of providers'
     /// packages must chain to.
     public var tsaTrustFile: String
+    /// `storage.directory`: the chunk store, a directory (local, or a filesystem that every
+    /// broker instance mounts) where package chunks are kept, content-addressed
+    /// (`DirectoryChunkStore`). PostgreSQL keeps only their index.
+    public var storageDirectory: String
+    /// `storage.keyFile`: the AES-256-GCM key that encrypts chunks at rest, 64 hex digits
+    /// (`custos-broker keys storage-key` writes one). Losing it loses every stored package.
+    public var storageKeyFile: String
     /// `tsa.certificateFile`, `tsa.keyFile`, `tsa.chainFile`, `tsa.policy`: when set, the broker
     /// also serves RFC 3161 time-stamps at `POST /tsa` with this identity (self-hosted and tests;
     /// an external TSA is a configuration change at the connector).
@@ -84,6 +91,8 @@ public struct BrokerConfiguration: Sendable {
         kafka = try reader.kafkaConfiguration(clientId: "custos-broker")
         signingKeyFile = try reader.require("signingKeyFile")
         tsaTrustFile = try reader.require("tsa.trustFile")
+        storageDirectory = try reader.require("storage.directory")
+        storageKeyFile = try reader.require("storage.keyFile")
         tsaCertificateFile = reader.string(forKey: "tsa.certificateFile")
         tsaKeyFile = reader.string(forKey: "tsa.keyFile")
         tsaChainFile = reader.string(forKey: "tsa.chainFile")

@@ -5,6 +5,9 @@ import CustosModel
 public struct BrokerError: Error, Sendable, CustomStringConvertible {
     public enum Code: String, Sendable {
         case unauthorized, forbidden, notFound = "not-found", conflict, invalid, tooLarge = "too-large", unavailable
+        /// Stored evidence cannot be read back (a chunk missing or corrupted in the chunk
+        /// store): never served; 500, with the chunk named.
+        case storageFailure = "storage-failure"
     }
     public var code: Code
     public var reason: String

@@ -188,18 +188,9 @@ extension BrokerStore {
                 try await acceptManifest(conn, body, signedBytes: signedBytes, header: header, provider: provider, custody: custody)
             }
         case .chunk:
+            guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
             let body = try SignedEnvelope.body(ChunkBody.self, from: json).body
             try await acceptChunk(conn, body, bytes: value, header: header, provider: provider, custody: custody)
-        case .complete:
-            let body = try SignedEnvelope.body(CompleteBody.self, from: json).body
-            let updated = try await conn.query("""
-                UPDATE packages SET complete_received = true
-                WHERE id = \(body.packageId) AND request_id = \(header.requestId) AND chunk_count = \(body.chunkCount)
-                  AND manifest_sha256 = \(body.manifestSha256)
-                RETURNING 1
-                """, logger: logger).decode(Int.self).first { _ in true } != nil
-            guard updated else { throw IngestRejection(reason: "completion does not match a received manifest") }
-            try await finalizeIfComplete(conn, packageId: body.packageId, custody: custody)
         case .clarificationRequest:
             let body = try SignedEnvelope.body(ClarificationRequestBody.self, from: json).body
             let question = body.question.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -298,6 +289,7 @@ extension BrokerStore {
         else { throw IngestRejection(reason: "manifest signature or time-stamp is not base64 DER") }
         let manifestSha = Digest.sha256Hex(canonical)
         let actor = CustodyEvent.Actor(type: .provider, id: provider)
+        try await claimArrival(conn, packageId: m.packageId, requestId: m.requestId, provider: provider)
         // A package for a revoked or lapsed emergency is kept, but sealed from the start.
         let sealReason = try await Emergency.sealOnArrival(conn, request: m.requestId, logger: logger)
         let inserted = try await conn.query("""
@@ -319,46 +311,31 @@ extension BrokerStore {
         }
         try await Self.advance(conn, header.requestId, to: .inProgress, actor: actor, note: "manifest received: \(m.chunks.count) chunks",
                                custody: custody, packageId: m.packageId, logger: logger)
+        // The manifest comes last (package protocol v2): the package may be complete now.
+        try await finalizeIfComplete(conn, packageId: m.packageId, custody: custody)
     }
 
-    private func acceptChunk(_ conn: PostgresConnection, _ body: ChunkBody, bytes: [UInt8], header: EnvelopeHeader, provider: String,
-                             custody: CustodyRecorder) async throws {
-        guard bytes.count == body.size, bytes.count <= Topics.maximumChunkBytes else { throw IngestRejection(reason: "chunk size differs from its envelope") }
-        guard Digest.sha256Hex(bytes) == body.sha256 else { throw IngestRejection(reason: "chunk SHA-256 differs from its envelope") }
-        var known: (Int, String)?
-        for try await r in try await conn.query(
-            "SELECT chunk_count, state FROM packages WHERE id = \(body.packageId) AND request_id = \(header.requestId) FOR UPDATE",
-            logger: logger
-        ).decode((Int, String).self) { known = r }
-        guard let (count, state) = known else { throw IngestRejection(reason: "chunk for a package whose manifest was not received") }
-        guard (0..<count).contains(body.index) else { throw IngestRejection(reason: "chunk index outside the manifest's chunk list") }
-        guard state == PackageState.receiving.rawValue else { return }
-        let inserted = try await conn.query("""
-            INSERT INTO package_chunks (package_id, idx, sha256, size, data) VALUES (\(body.packageId), \(body.index), \(body.sha256), \(body.size), \(ByteBuffer(bytes: bytes)))
-            ON CONFLICT DO NOTHING RETURNING 1
-            """, logger: logger).decode(Int.self).first { _ in true } != nil
-        if inserted {
-            custody.record(CustodyEvent(
-                kind: .chunkReceived, at: Timestamp.now(), actor: .init(type: .provider, id: provider),
-                subject: .init(requestId: header.requestId, packageId: body.packageId, chunk: body.index),
-                objects: ["chunkSha256": body.sha256], details: ["size": "\(body.size)"]))
-        }
-        try await finalizeIfComplete(conn, packageId: body.packageId, custody: custody)
-    }
-
-    /// When the completion and every chunk are in, verifies the package against its signed
-    /// manifest and the request as approved, records the verdict, and queues a signed receipt.
+    /// When the signed manifest is in and every chunk it lists has been checked as it arrived
+    /// (`acceptChunk`), finalises the package: compares the roots, sizes and counts built on
+    /// the way with the manifest, checks the signature and the time-stamp, finishes the four
+    /// criteria's verdict, records it, and queues a signed receipt. Reads no chunk again, unless
+    /// this process has no arrival for the package (after a restart: it is rebuilt from the
+    /// chunk store).
     func finalizeIfComplete(_ conn: PostgresConnection, packageId: UUID, custody: CustodyRecorder) async throws {
-        var row: (UUID, String, String, ByteBuffer, ByteBuffer, Int, Bool, String)?
+        var row: (UUID, String, String, ByteBuffer, ByteBuffer, Int, String)?
         for try await r in try await conn.query("""
-            SELECT request_id, provider_id, manifest, manifest_signature, time_stamp, chunk_count, complete_received, state FROM packages WHERE id = \(packageId)
-            """, logger: logger).decode((UUID, String, String, ByteBuffer, ByteBuffer, Int, Bool, String).self) { row = r }
-        guard let (requestId, provider, manifestJSON, signatureBuffer, timeStampBuffer, chunkCount, completeReceived, state) = row,
-              completeReceived, state == PackageState.receiving.rawValue
+            SELECT request_id, provider_id, manifest, manifest_signature, time_stamp, chunk_count, state FROM packages WHERE id = \(packageId)
+            """, logger: logger).decode((UUID, String, String, ByteBuffer, ByteBuffer, Int, String).self) { row = r }
+        guard let (requestId, provider, manifestJSON, signatureBuffer, timeStampBuffer, chunkCount, state) = row,
+              state == PackageState.receiving.rawValue
         else { return }
-        let received = try await conn.query("SELECT count(*) FROM package_chunks WHERE package_id = \(packageId)", logger: logger)
+        let checked = try await conn.query("SELECT checked FROM arriving_packages WHERE package_id = \(packageId)", logger: logger)
             .decode(Int.self).first { _ in true } ?? 0
-        guard received == chunkCount else { return }
+        guard checked >= chunkCount else { return }
+        var arrival = try await advance(conn, packageId: packageId, requestId: requestId)
+        defer { arrivals.remove(packageId) }
+        let beyond = try await conn.query("SELECT count(*) FROM package_chunks WHERE package_id = \(packageId) AND idx >= \(chunkCount)", logger: logger)
+            .decode(Int.self).first { _ in true } ?? 0
 
         let manifest = try JSONDecoder().decode(Manifest.self, from: Data(manifestJSON.utf8))
         let subject = CustodyEvent.Subject(requestId: requestId, packageId: packageId)
@@ -369,39 +346,38 @@ extension BrokerStore {
         var providerRow: (String, String)?
         for try await r in try await conn.query("SELECT ca_certificate_pem, certificate_pem FROM providers WHERE id = \(provider)", logger: logger)
             .decode((String, String).self) { providerRow = r }
-        var requestHash: String?, approved: ApprovedRequest?
-        for try await (hash, approvedJSON) in try await conn.query(
-            "SELECT request_hash, approved_request FROM requests WHERE id = \(requestId)", logger: logger
-        ).decode((String?, String?).self) {
-            requestHash = hash
-            approved = approvedJSON.flatMap { try? JSONDecoder().decode(ApprovedRequest.self, from: Data($0.utf8)) }
-        }
+        let requestHash = try await conn.query("SELECT request_hash FROM requests WHERE id = \(requestId)", logger: logger)
+            .decode(String?.self).first { _ in true } ?? nil
         var failures = PackageVerifier.checkManifest(manifest, expectedProvider: provider, expectedRequest: requestId, expectedRequestHash: requestHash ?? "")
         let manifestBytes = Array(manifestJSON.utf8)  // as the provider signed and sent them
         let signatureCheck = PackageSignatureVerifier.verify(
             manifest: manifestBytes, signature: Array(signatureBuffer.readableBytesView), timeStamp: Array(timeStampBuffer.readableBytesView),
             providerId: provider, providerTrust: providerRow?.0 ?? "", tsaTrust: tsaTrust)
         failures += signatureCheck.failures
-        // Stream the chunks once, in order, through the content checks and the four criteria:
-        // constant memory, but for the record digests the duplicate search keeps.
-        var content = ContentVerifier(manifest: manifest)
-        var judge = approved.map { PackageJudge(request: $0, manifest: manifest) }
-        for i in 0..<chunkCount {
-            for try await data in try await conn.query(
-                "SELECT data FROM package_chunks WHERE package_id = \(packageId) AND idx = \(i)", logger: logger
-            ).decode(ByteBuffer.self) {
-                data.withUnsafeReadableBytes { bytes in
-                    content.consume(bytes)
-                    judge?.consume(content: bytes)
-                }
-            }
+        // Built as the chunks arrived: compared with the manifest now, nothing read again.
+        var contentFailures = arrival.content.finish(against: manifest)
+        if beyond > 0, !contentFailures.contains(where: { $0.code == .trailingData }) {
+            contentFailures.append(.init(code: .trailingData, detail: "\(beyond) chunks past the last chunk of the manifest"))
         }
-        failures += content.finish()
+        if contentFailures.contains(where: { $0.code == .chunkHash }) {
+            // Which chunks differ, by index (the index's hashes against the manifest's list).
+            var named: [PackageVerification.Failure] = []
+            for try await (idx, sha) in try await conn.query(
+                "SELECT idx, sha256 FROM package_chunks WHERE package_id = \(packageId) AND idx < \(chunkCount) ORDER BY idx", logger: logger
+            ).decode((Int, String).self) where named.count < 1000 && idx < manifest.chunks.count && manifest.chunks[idx].sha256 != sha {
+                named.append(.init(code: .chunkHash, detail: "chunk \(idx) SHA-256 differs from the manifest"))
+            }
+            if !named.isEmpty { contentFailures = contentFailures.filter { $0.code != .chunkHash } + named }
+        }
+        failures += contentFailures
+        if arrival.digests?.failed == true {
+            logger.warning("the duplicate count is incomplete: record digests could not be written", metadata: [LogKey.package: "\(packageId.lowercased)"])
+        }
         let verification = PackageVerification(failures: failures, manifestSha256: Digest.sha256Hex(manifestBytes), checkedAt: Timestamp.now())
         // The verdict: delivered now, against the delivery clock (if it has one), time-stamped when the token says.
         let deadline = try await conn.query("SELECT deadline FROM request_clocks WHERE request_id = \(requestId) AND clock = 'delivery'", logger: logger)
             .decode(Date.self).first { _ in true }
-        let criteria = judge?.finish(checks: failures.map(\.code.rawValue), delivery: .init(deliveredAt: Date(), deadline: deadline, timeStampedAt: signatureCheck.genTime),
+        let criteria = arrival.judge?.finish(manifest: manifest, checks: failures.map(\.code.rawValue), delivery: .init(deliveredAt: Date(), deadline: deadline, timeStampedAt: signatureCheck.genTime),
                                      bounds: criteriaBounds)
         let criteriaJSON = try criteria.map { String(decoding: try CanonicalJSON.encode($0), as: UTF8.self) }
         if let criteria, let criteriaJSON {

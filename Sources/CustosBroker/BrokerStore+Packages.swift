@@ -31,10 +31,22 @@ extension BrokerStore {
             sealReason: sealReason, criteria: try criteria.map { try JSONDecoder().decode(Verdict.self, from: Data($0.utf8)) }, manifestText: manifest)
     }
 
+    /// Chunk `index` of a package, read from the chunk store and checked against its index
+    /// (SHA-256). A chunk that is missing or corrupted is never served: it is a failed package
+    /// read, reported with its location (`BrokerError` internal; the caller's response says so).
     public func chunk(package id: UUID, index: Int) async throws -> ByteBuffer {
-        for try await data in try await client.query(
-            "SELECT data FROM package_chunks WHERE package_id = \(id) AND idx = \(index)", logger: logger
-        ).decode(ByteBuffer.self) { return data }
+        for try await (sha, location, data) in try await client.query(
+            "SELECT sha256, location, data FROM package_chunks WHERE package_id = \(id) AND idx = \(index)", logger: logger
+        ).decode((String, String?, ByteBuffer?).self) {
+            do {
+                return ByteBuffer(bytes: try readChunk(sha256: sha, location: location, data: data))
+            } catch let e as ChunkStoreError {
+                logger.error("package read failed: a stored chunk cannot be read", metadata: [
+                    LogKey.package: "\(id.lowercased)", "custos.chunk": "\(index)", LogKey.error: "\(e)",
+                ])
+                throw BrokerError(.storageFailure, "package read failed: chunk \(index) is \(e.kind.rawValue) in the chunk store (\(e.location))")
+            }
+        }
         throw BrokerError(.notFound, "chunk \(index) of the package is missing")
     }
 }

@@ -63,8 +63,14 @@ public struct BrokerStore: Sendable {
     /// Signalled after a transaction queues an urgent message; the outbox relay waits on it.
     public let outboxWakeup = Wakeup()
 
+    /// Where package chunks are kept (`storage.*`); nil for the admin commands, which read none.
+    public let chunks: (any ChunkStore)?
+    /// Packages whose chunks are arriving: what has been checked so far, in memory.
+    let arrivals = Arrivals()
+
     public init(client: PostgresClient, signer: SigningKey, tsaTrust: String, clocks: LegalClock.Settings = .init(),
-                criteriaBounds: PackageJudge.Bounds = .init(), logger: Logger) {
+                criteriaBounds: PackageJudge.Bounds = .init(), chunks: (any ChunkStore)? = nil, logger: Logger) {
+        self.chunks = chunks
         self.criteriaBounds = criteriaBounds
         self.client = client
         self.signer = signer
@@ -411,11 +417,13 @@ public struct BrokerStore: Sendable {
         }
         let timeline = try await timelineEntries(id)
         var packages: [API.PackageSummary] = []
+        // Packages with their manifest, then those whose chunks are still arriving without one.
         for try await (pid, pstate, count, size, sha, msha, received) in try await client.query("""
-            SELECT p.id, p.state, p.chunk_count, p.content_size, p.chunks_root, p.manifest_sha256,
-                   (SELECT count(*) FROM package_chunks c WHERE c.package_id = p.id)
-            FROM packages p WHERE p.request_id = \(id) ORDER BY p.received_at
-            """, logger: logger).decode((UUID, String, Int, Int64, String, String, Int).self) {
+            SELECT a.package_id, coalesce(p.state, 'receiving'), p.chunk_count, p.content_size, p.chunks_root, p.manifest_sha256,
+                   (SELECT count(*) FROM package_chunks c WHERE c.package_id = a.package_id)
+            FROM arriving_packages a LEFT JOIN packages p ON p.id = a.package_id
+            WHERE a.request_id = \(id) ORDER BY p.received_at NULLS LAST, a.first_at
+            """, logger: logger).decode((UUID, String, Int?, Int64?, String?, String?, Int).self) {
             packages.append(API.PackageSummary(id: pid, state: PackageState(rawValue: pstate) ?? .receiving, chunkCount: count,
                                                chunksReceived: received, contentSize: size, chunksRoot: sha, manifestSha256: msha))
         }

@@ -33,6 +33,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
             case .invalid: .badRequest
             case .tooLarge: .contentTooLarge
             case .unavailable: .serviceUnavailable
+            case .storageFailure: .internalServerError
             }
             problem = API.Problem(type: "urn:custos:problem:\(e.code.rawValue)", title: status.reasonPhrase, status: status.code,
                                   detail: e.reason, violations: e.violations.isEmpty ? nil : e.violations)

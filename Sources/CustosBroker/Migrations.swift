@@ -366,5 +366,29 @@ enum Migrations {
             -- Null for messages applied before this column existed.
             ALTER TABLE inbox ADD COLUMN content_sha256 text;
             """),
+        Migration(version: 16, name: "package protocol v2: chunks first, in the chunk store", sql: """
+            -- Chunks arrive before their manifest and are kept in the chunk store (storage.*);
+            -- package_chunks is their index: location in the store, and the results each holds
+            -- (the chunk message's `results`, canonical JSON). `data` is kept only for chunks
+            -- stored here before the chunk store existed, which are still served from here.
+            ALTER TABLE package_chunks DROP CONSTRAINT IF EXISTS package_chunks_package_id_fkey;
+            ALTER TABLE package_chunks ALTER COLUMN data DROP NOT NULL;
+            ALTER TABLE package_chunks ADD COLUMN request_id uuid REFERENCES requests(id), ADD COLUMN location text, ADD COLUMN results text;
+            UPDATE package_chunks c SET request_id = p.request_id FROM packages p WHERE p.id = c.package_id;
+            ALTER TABLE package_chunks ALTER COLUMN request_id SET NOT NULL;
+            ALTER TABLE package_chunks ADD CONSTRAINT package_chunks_stored CHECK ((data IS NULL) <> (location IS NULL));
+            -- A package whose chunks are arriving: whose it is, and how many chunks (0 ..< checked)
+            -- have been checked in order. Made by its first chunk or its manifest.
+            CREATE TABLE arriving_packages (
+                package_id uuid PRIMARY KEY,
+                request_id uuid NOT NULL REFERENCES requests(id),
+                provider_id text NOT NULL,
+                checked int NOT NULL DEFAULT 0 CHECK (checked >= 0),
+                first_at timestamptz NOT NULL DEFAULT now()
+            );
+            INSERT INTO arriving_packages (package_id, request_id, provider_id, checked)
+                SELECT p.id, p.request_id, p.provider_id, (SELECT count(*) FROM package_chunks c WHERE c.package_id = p.id) FROM packages p;
+            CREATE INDEX package_chunks_by_request ON package_chunks(request_id);
+            """),
     ]
 }

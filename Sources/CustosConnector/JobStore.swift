@@ -10,11 +10,14 @@ import Foundation
 /// | file | written when |
 /// | --- | --- |
 /// | `request.json` | the request arrived (before its Kafka offset is stored) |
-/// | `records.ndjson`, `extraction.json` | the adapters finished; the content is final |
+/// | `results/<i>.ndjson`, `results/done-<category>.json` | result *i*'s records, as its adapter writes them (the content is the spools in result order); a category's adapter finished |
+/// | `package-id`, `progress` | the package the chunks go out under (new when an adapter has to run again after a restart); every chunk below `progress` is acknowledged by Kafka |
+/// | `extraction.json` | the adapters finished; the content is final |
+/// | `chunks.json` | every chunk is acknowledged: their list, root and total size |
 /// | `manifest.json`, `manifest.p7s` | the package was built and signed (CMS, DER) |
 /// | `manifest.tsr` | the signature was time-stamped (RFC 3161 response, DER) |
-/// | `progress` | every chunk below this index is acknowledged by Kafka |
-/// | `sent` | manifest, chunks and completion are all acknowledged |
+/// | `sent` | the manifest, the package's last message, is acknowledged |
+/// | `criteria.json` | the connector's own verdict on the four criteria, made after sending |
 /// | `receipt.json` | the broker's signed receipt arrived (the message as received) |
 /// | `answer-<question id>.json` | the investigator's answer to a question (the message as received) |
 /// | `revoked.json` | the broker revoked the (emergency) request: nothing more is done or sent |

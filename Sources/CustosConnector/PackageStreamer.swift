@@ -5,10 +5,11 @@ import CustosModel
 import CustosPKI
 import Foundation
 
-/// Builds the package from a finished spool and streams it: the manifest, every chunk (each
-/// at most 512 KiB, read from disk as it goes, so memory stays constant), then completion.
-/// At most `inFlight` chunks wait for Kafka at once; `progress` records the first chunk
-/// not yet acknowledged, so a restarted connector resumes there.
+/// Package protocol v2 (`schemas/package/SPEC.md` §7): the content goes out as chunks while
+/// the adapters still run — read from the result spools in result order as they are written,
+/// each chunk at most 512 KiB — and the signed, time-stamped manifest goes last. At most
+/// `inFlight` chunks wait for Kafka at once; `progress` records the first chunk of the job's
+/// package (`package-id`) not yet acknowledged, so a restarted connector resumes there.
 struct PackageStreamer: Sendable {
     let jobs: JobStore
     let producer: KafkaProducer
@@ -17,15 +18,108 @@ struct PackageStreamer: Sendable {
     let providerId: String
     let inFlight: Int
 
-    /// Hashes the content into chunks and writes the signed manifest, once.
-    func buildPackage(_ request: ApprovedRequest, requestHash: String, extraction: Extraction) throws {
-        var chunker = ChunkAccumulator()
-        let handle = try FileHandle(forReadingFrom: jobs.file(request.requestId, "records.ndjson"))
-        defer { try? handle.close() }
-        while let data = try handle.read(upToCount: 1 << 20), !data.isEmpty {
-            data.withUnsafeBytes { chunker.append($0) }
+    /// The chunks of a package, once its content has been streamed whole (`chunks.json`).
+    struct ChunkList: Codable, Sendable {
+        var packageId: UUID
+        var chunks: [Manifest.Chunk]
+        var chunksRoot: String
+        var size: Int64
+    }
+
+    /// The job's package id: kept while its content is the same (every adapter had finished
+    /// before a restart), new otherwise — chunks already sent under the old id may hold records
+    /// of an adapter that runs again, so they are never mixed with the new ones.
+    func packageId(_ id: UUID, contentIsFinal: Bool) throws -> UUID {
+        if contentIsFinal, let data = try? jobs.read(id, "package-id"), let kept = UUID(uuidString: String(decoding: data, as: UTF8.self)) {
+            return kept
         }
-        let (chunks, chunksRoot, size) = chunker.finish()
+        let fresh = UUID()
+        try jobs.write(id, "progress", Data("0".utf8))
+        try jobs.write(id, "package-id", Data(fresh.lowercased.utf8))
+        return fresh
+    }
+
+    /// Streams the content of `spools` — result by result, each read up to what has been
+    /// written, waiting while its adapter runs — as chunks of `packageId`. Chunks below the
+    /// job's `progress` were acknowledged before a restart: they are hashed, not sent again.
+    /// Returns once every result is closed and read and every chunk acknowledged; writes
+    /// `chunks.json`.
+    func streamContent(_ id: UUID, packageId: UUID, spools: SpoolProgress) async throws -> ChunkList {
+        let key = Array(id.lowercased.utf8)
+        let topic = Topics.fromProvider(providerId)
+        let skip = jobs.progress(id)
+        var accumulator = ChunkAccumulator()
+        var buffer: [UInt8] = []
+        buffer.reserveCapacity(Topics.maximumChunkBytes)
+        var starts: [ChunkBody.ResultStart] = []
+        var window: [(index: Int, future: DeliveryFuture)] = []
+
+        func acknowledge(all: Bool) async throws {
+            while let first = window.first, all || window.count >= inFlight {
+                _ = try await first.future.value
+                window.removeFirst()
+                try jobs.write(id, "progress", Data(String(window.first?.index ?? first.index + 1).utf8))
+            }
+        }
+        func emit() async throws {
+            guard !buffer.isEmpty else { return }
+            let index = accumulator.chunks.count
+            accumulator.append(buffer)
+            accumulator.cut()
+            let chunk = accumulator.chunks[index]
+            if index >= skip {
+                let envelope = Envelope(type: .chunk, id: .derived("chunk", packageId.lowercased, String(index)), requestId: id, sender: providerId,
+                                        body: ChunkBody(packageId: packageId, index: index, size: chunk.size, sha256: chunk.sha256, results: starts))
+                window.append((index, try producer.enqueue(OutgoingMessage(
+                    topic: topic, key: key, value: buffer,
+                    headers: [KafkaHeader(key: Topics.envelopeHeader, value: try SignedEnvelope.encode(envelope, signer: signer))]))))
+                try await acknowledge(all: false)
+            }
+            buffer.removeAll(keepingCapacity: true)
+            starts = starts.last.map { [ChunkBody.ResultStart(result: $0.result, offset: 0)] } ?? []
+        }
+
+        for result in 0..<spools.count {
+            var read: Int64 = 0
+            var handle: FileHandle?
+            defer { try? handle?.close() }
+            while true {
+                let (written, closed) = spools.snapshot(result)
+                if written > read {
+                    if handle == nil { handle = try FileHandle(forReadingFrom: ResultSpools.file(spools.directory, result)) }
+                    try handle!.seek(toOffset: UInt64(read))
+                    guard let block = try handle!.read(upToCount: Int(min(written - read, 1 << 20))), !block.isEmpty else {
+                        throw JobStoreError(reason: "result spool \(result) is shorter than written")
+                    }
+                    if read == 0 {
+                        // The result's first bytes: it begins here (a chunk starts in one result only).
+                        if buffer.isEmpty { starts = [.init(result: result, offset: 0)] } else { starts.append(.init(result: result, offset: buffer.count)) }
+                    }
+                    read += Int64(block.count)
+                    var offset = 0
+                    while offset < block.count {
+                        let n = min(Topics.maximumChunkBytes - buffer.count, block.count - offset)
+                        block.withUnsafeBytes { buffer.append(contentsOf: $0[offset..<offset + n]) }
+                        offset += n
+                        if buffer.count == Topics.maximumChunkBytes { try await emit() }
+                    }
+                } else if closed {
+                    break
+                } else {
+                    try await Task.sleep(for: .milliseconds(2))  // the adapter is still writing this result
+                }
+            }
+        }
+        try await emit()
+        try await acknowledge(all: true)
+        let (chunks, root, size) = accumulator.finish()
+        let list = ChunkList(packageId: packageId, chunks: chunks, chunksRoot: root, size: size)
+        try jobs.write(id, "chunks.json", Data(try CanonicalJSON.encode(list)))
+        return list
+    }
+
+    /// Builds the manifest from the streamed chunks and the extraction, and signs it, once.
+    func buildPackage(_ request: ApprovedRequest, requestHash: String, extraction: Extraction, chunks list: ChunkList) throws {
         var results: [Manifest.Result] = []
         for target in request.targets {
             for category in request.categories {
@@ -43,9 +137,9 @@ struct PackageStreamer: Sendable {
             }
         }
         var manifest = Manifest(
-            packageId: UUID(), requestId: request.requestId, requestHash: requestHash, providerId: providerId,
+            packageId: list.packageId, requestId: request.requestId, requestHash: requestHash, providerId: providerId,
             asOf: extraction.asOf, createdAt: Timestamp.now(), results: results,
-            content: .init(size: size, recordCount: results.reduce(0) { $0 + $1.recordCount }), chunks: chunks, chunksRoot: chunksRoot)
+            content: .init(size: list.size, recordCount: results.reduce(0) { $0 + $1.recordCount }), chunks: list.chunks, chunksRoot: list.chunksRoot)
         manifest.notSent = extraction.unattributedNotSent
         let canonical = try CanonicalJSON.encode(manifest)
         let signature = try CMS.sign(canonical, certificate: identity.certificate, key: identity.key, chain: identity.chain)
@@ -53,32 +147,20 @@ struct PackageStreamer: Sendable {
         try jobs.write(request.requestId, "manifest.json", Data(canonical))
     }
 
-    func loadManifest(_ id: UUID) throws -> (Manifest, ManifestBody) {
-        let manifest = try JSONDecoder().decode(Manifest.self, from: try jobs.read(id, "manifest.json"))
-        let body = ManifestBody(manifest: manifest, signature: try jobs.read(id, "manifest.p7s").base64EncodedString(),
-                                timeStamp: try jobs.read(id, "manifest.tsr").base64EncodedString())
-        return (manifest, body)
-    }
-
-    func stream(_ id: UUID, onProgress: @Sendable (Int) async -> Void = { _ in }) async throws {
-        let (manifest, body) = try loadManifest(id)
+    /// Sends the signed, time-stamped manifest — the package's last message — as the bytes
+    /// that were signed, never re-encoded; one too large for a Kafka message goes in parts.
+    func sendManifest(_ id: UUID) async throws {
         let key = Array(id.lowercased.utf8)
         let topic = Topics.fromProvider(providerId)
-        // The manifest goes as the bytes that were signed, never re-encoded (they may predate
-        // this version of the connector): its member of the body is exactly manifest.json.
         let signedManifest = Array(try jobs.read(id, "manifest.json"))
-        let manifestSha = Digest.sha256Hex(signedManifest)
         let manifestJSON = try JSONParser.parse(signedManifest)
-        guard CanonicalJSON.serialize(manifestJSON) == signedManifest else {
-            throw JobStoreError(reason: "the job's manifest.json is not RFC 8785 canonical JSON")
+        guard CanonicalJSON.serialize(manifestJSON) == signedManifest, let packageId = manifestJSON["packageId"]?.stringValue.flatMap(UUID.init(uuidString:)) else {
+            throw JobStoreError(reason: "the job's manifest.json is not RFC 8785 canonical JSON with a packageId")
         }
         // ManifestBody's members, with the manifest as parsed from its signed bytes.
-        let bodyJSON = JSONValue.object(["manifest": manifestJSON, "signature": .string(body.signature), "timeStamp": .string(body.timeStamp)])
-
-        // The manifest goes (again) first: the broker ignores it if it has it already. One too
-        // large for a Kafka message (a package of thousands of chunks) goes in parts, in order.
-        let manifestEnvelope = Envelope(type: .manifest, id: .derived("manifest", manifest.packageId.lowercased), requestId: id,
-                                        sender: providerId, body: bodyJSON)
+        let bodyJSON = JSONValue.object(["manifest": manifestJSON, "signature": .string(try jobs.read(id, "manifest.p7s").base64EncodedString()),
+                                         "timeStamp": .string(try jobs.read(id, "manifest.tsr").base64EncodedString())])
+        let manifestEnvelope = Envelope(type: .manifest, id: .derived("manifest", packageId.lowercased), requestId: id, sender: providerId, body: bodyJSON)
         let manifestMessage = try SignedEnvelope.encode(manifestEnvelope, signer: signer)
         if manifestMessage.count <= Topics.maximumManifestMessageBytes {
             try await producer.send(OutgoingMessage(topic: topic, key: key, value: manifestMessage))
@@ -89,49 +171,14 @@ struct PackageStreamer: Sendable {
             let bodySha = Digest.sha256Hex(whole)
             var sent: [DeliveryFuture] = []
             for (i, part) in parts.enumerated() {
-                let envelope = Envelope(type: .manifestPart, id: .derived("manifest-part", manifest.packageId.lowercased, String(i)), requestId: id,
-                                        sender: providerId, body: ManifestPartBody(packageId: manifest.packageId, index: i, count: parts.count, size: part.count,
+                let envelope = Envelope(type: .manifestPart, id: .derived("manifest-part", packageId.lowercased, String(i)), requestId: id,
+                                        sender: providerId, body: ManifestPartBody(packageId: packageId, index: i, count: parts.count, size: part.count,
                                                                                    sha256: Digest.sha256Hex(Array(part)), bodySha256: bodySha))
                 sent.append(try producer.enqueue(OutgoingMessage(topic: topic, key: key, value: Array(part),
                                                                  headers: [KafkaHeader(key: Topics.envelopeHeader, value: try SignedEnvelope.encode(envelope, signer: signer))])))
             }
             for f in sent { _ = try await f.value }
         }
-
-        let handle = try FileHandle(forReadingFrom: jobs.file(id, "records.ndjson"))
-        defer { try? handle.close() }
-        var next = jobs.progress(id)
-        var window: [(index: Int, future: DeliveryFuture)] = []
-        var offset = manifest.chunks.prefix(next).reduce(Int64(0)) { $0 + Int64($1.size) }
-        try handle.seek(toOffset: UInt64(offset))
-        var lastReported = -1
-        for chunk in manifest.chunks.dropFirst(next) {
-            guard let data = try handle.read(upToCount: chunk.size), data.count == chunk.size else {
-                throw JobStoreError(reason: "spool is shorter than its manifest")
-            }
-            offset += Int64(chunk.size)
-            let envelope = Envelope(
-                type: .chunk, id: .derived("chunk", manifest.packageId.lowercased, String(chunk.index)), requestId: id, sender: providerId,
-                body: ChunkBody(packageId: manifest.packageId, index: chunk.index, size: chunk.size, sha256: chunk.sha256))
-            let message = OutgoingMessage(
-                topic: topic, key: key, value: Array(data),
-                headers: [KafkaHeader(key: Topics.envelopeHeader, value: try SignedEnvelope.encode(envelope, signer: signer))])
-            window.append((chunk.index, try producer.enqueue(message)))
-            // Back-pressure: wait for the oldest chunk once the window is full.
-            while window.count >= inFlight || (chunk.index == manifest.chunks.count - 1 && !window.isEmpty) {
-                _ = try await window.removeFirst().future.value
-                next = window.first?.index ?? chunk.index + 1
-                try jobs.write(id, "progress", Data(String(next).utf8))
-                let percent = manifest.chunks.isEmpty ? 100 : next * 100 / manifest.chunks.count
-                if percent / 10 != lastReported / 10 {
-                    lastReported = percent
-                    await onProgress(percent)
-                }
-            }
-        }
-        let complete = Envelope(type: .complete, id: .derived("complete", manifest.packageId.lowercased), requestId: id, sender: providerId,
-                                body: CompleteBody(packageId: manifest.packageId, chunkCount: manifest.chunks.count, manifestSha256: manifestSha))
-        try await producer.send(OutgoingMessage(topic: topic, key: key, value: try SignedEnvelope.encode(complete, signer: signer)))
         try jobs.write(id, "sent", Data())
     }
 }

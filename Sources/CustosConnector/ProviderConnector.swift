@@ -197,7 +197,7 @@ public struct ProviderConnector: Service {
             guard jobs.exists(header.requestId, "request.json") else { throw ConnectorError(reason: "receipt for an unknown request") }
             // The signed message itself, as received: the provider's proof of delivery (or of the rejection and why).
             try jobs.write(header.requestId, "receipt.json", Data(message.value))
-            if body.outcome == .accepted { jobs.remove(header.requestId, "records.ndjson") }
+            removeContentIfAccepted(header.requestId)
             logger.info("receipt received", metadata: [LogKey.request: "\(header.requestId.lowercased)", LogKey.outcome: "\(body.outcome.rawValue)"])
         case .revocation:
             let body = try SignedEnvelope.body(RevocationBody.self, from: json).body
@@ -255,11 +255,23 @@ public struct ProviderConnector: Service {
             }
             let streamer = PackageStreamer(jobs: jobs, producer: producer, signer: signer, identity: identity, providerId: configuration.providerId,
                                            inFlight: configuration.inFlightChunks)
+            let spoolDirectory = jobs.file(id, "results")
+            let resultCount = body.request.targets.count * body.request.categories.count
             if jobs.phase(id) == .received {
                 try await send(.status, id: .derived("status", id.lowercased, "extracting"), request: id, body: StatusBody(phase: .extracting, percent: 0))
                 let started = ContinuousClock.now
+                // Package protocol v2: the chunks go out while the adapters run. The package id
+                // is kept only when no adapter runs again (their content is then the same).
+                let final = body.request.categories.allSatisfy { configuration.adapters[$0] == nil || FileManager.default.fileExists(
+                    atPath: spoolDirectory.appendingPathComponent("done-\($0.rawValue).json").path) }
+                let packageId = try streamer.packageId(id, contentIsFinal: final)
                 do {
-                    try await extract(body.request)
+                    let spools = try ResultSpools(directory: spoolDirectory, request: body.request)
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask { _ = try await streamer.streamContent(id, packageId: packageId, spools: spools.progress) }
+                        try await extract(body.request, spools: spools)
+                        try await group.waitForAll()
+                    }
                 } catch let failure as ExecAdapter.Failure {
                     if running.stopping { logger.warning("extraction stopped for shutdown; the job resumes on the next start", metadata: meta); return }
                     if revoked() { logger.warning("extraction stopped: request revoked", metadata: meta); return }
@@ -274,29 +286,42 @@ public struct ProviderConnector: Service {
                 let took = ContinuousClock.now - started
                 metrics.extractionSeconds.recordNanoseconds(took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
                 meta["custos.duration_ms"] = "\(took.components.seconds * 1000 + took.components.attoseconds / 1_000_000_000_000_000)"
-                logger.info("extraction finished", metadata: meta)
+                logger.info("extraction finished; every chunk is acknowledged", metadata: meta)
             }
             guard !revoked() else { return }
             if jobs.phase(id) == .extracted {
                 let extraction = try JSONDecoder().decode(Extraction.self, from: try jobs.read(id, "extraction.json"))
-                try streamer.buildPackage(body.request, requestHash: body.requestHash, extraction: extraction)
+                let list: PackageStreamer.ChunkList
+                if let data = try? jobs.read(id, "chunks.json"), let kept = try? JSONDecoder().decode(PackageStreamer.ChunkList.self, from: data) {
+                    list = kept
+                } else {
+                    // Stopped while chunks were still going out: the rest go now, from the spools.
+                    list = try await streamer.streamContent(id, packageId: try streamer.packageId(id, contentIsFinal: true),
+                                                            spools: .finished(directory: spoolDirectory, results: resultCount))
+                }
+                try streamer.buildPackage(body.request, requestHash: body.requestHash, extraction: extraction, chunks: list)
             }
             if jobs.phase(id) == .packaged && !jobs.exists(id, "manifest.tsr") {
                 try await timeStamp(id)
             }
             guard !revoked() else { return }
-            if jobs.phase(id) == .packaged && !jobs.exists(id, "criteria.json") {
-                try foresee(id, body)
-            }
             if jobs.phase(id) == .packaged {
-                try await send(.status, id: .derived("status", id.lowercased, "streaming"), request: id, body: StatusBody(phase: .streaming, percent: 0))
-                try await streamer.stream(id)
+                try await send(.status, id: .derived("status", id.lowercased, "streaming"), request: id, body: StatusBody(phase: .streaming, percent: 100))
+                try await streamer.sendManifest(id)
                 metrics.packagesSent.increment()
                 if let manifest = try? JSONDecoder().decode(Manifest.self, from: try jobs.read(id, "manifest.json")) {
                     metrics.chunksSent.increment(by: manifest.chunks.count)
                     metrics.bytesSent.increment(by: Int(manifest.content.size))
                 }
                 logger.info("package sent", metadata: meta)
+                // After the manifest, not before: the verdict is the broker's to give, and the
+                // package does not wait for this one.
+                if !jobs.exists(id, "criteria.json") {
+                    do { try foresee(id, body, results: resultCount) } catch {
+                        logger.warning("the four criteria could not be foreseen", metadata: [LogKey.request: "\(id.lowercased)", LogKey.reason: "\(error)"])
+                    }
+                }
+                removeContentIfAccepted(id, byTheJob: true)
             }
         } catch {
             if running.stopping {
@@ -313,17 +338,13 @@ public struct ProviderConnector: Service {
     /// deadline is the broker's to know), keeps the verdict in the job (`custos-connector
     /// status` shows it) and tells the operator what would not pass — reason codes and counts,
     /// never a record. The package is sent either way: the verdict is the broker's to give.
-    private func foresee(_ id: UUID, _ body: RequestBody) throws {
+    private func foresee(_ id: UUID, _ body: RequestBody, results: Int) throws {
         let manifest = try JSONDecoder().decode(Manifest.self, from: try jobs.read(id, "manifest.json"))
         // Digests on disk: constant memory however many records (the broker keeps them in memory).
         let digests = try SpillingDigests(directory: jobs.file(id, "digests"))
         var judge = PackageJudge(request: body.request, manifest: manifest, digests: digests)
         defer { if digests.failed { logger.warning("the duplicate count is incomplete: record digests could not be written to the job directory", metadata: [LogKey.request: "\(id.lowercased)"]) } }
-        let handle = try FileHandle(forReadingFrom: jobs.file(id, "records.ndjson"))
-        defer { try? handle.close() }
-        while let block = try handle.read(upToCount: 1 << 20), !block.isEmpty {
-            block.withUnsafeBytes { judge.consume(content: $0) }
-        }
+        try ResultSpools.readContent(directory: jobs.file(id, "results"), results: results) { judge.consume(content: $0) }
         var stampedAt: Date?
         if let response = try? jobs.read(id, "manifest.tsr"), let signature = try? jobs.read(id, "manifest.p7s"),
            case .valid(let token) = TimeStamp.verify(response: [UInt8](response), sha256: Digest.sha256Bytes([UInt8](signature)), trust: timeStamps.trust) {
@@ -391,6 +412,16 @@ public struct ProviderConnector: Service {
         }
     }
 
+    /// The content (the result spools) is let go once the broker has accepted the package, and
+    /// the job no longer reads it (its own verdict, written after the manifest is sent).
+    private func removeContentIfAccepted(_ id: UUID, byTheJob: Bool = false) {
+        guard byTheJob || jobs.exists(id, "criteria.json") || !running.isRunning(id),
+              let data = try? jobs.read(id, "receipt.json"), let (_, json) = try? SignedEnvelope.open([UInt8](data), keysFor: { $0 == "broker" ? brokerKeys : [] }),
+              let receipt = try? SignedEnvelope.body(ReceiptBody.self, from: json).body, receipt.outcome == .accepted
+        else { return }
+        jobs.remove(id, "results")
+    }
+
     /// Gets an RFC 3161 time-stamp over the package signature, retrying while the TSA is away.
     private func timeStamp(_ id: UUID) async throws {
         let signature = [UInt8](try jobs.read(id, "manifest.p7s"))
@@ -442,9 +473,8 @@ public struct ProviderConnector: Service {
     /// Runs each requested category's adapter (those that finished before a restart are not
     /// run again), grouping records per result, then writes the content file and the
     /// extraction summary.
-    private func extract(_ request: ApprovedRequest) async throws {
+    private func extract(_ request: ApprovedRequest, spools: ResultSpools) async throws {
         let id = request.requestId
-        let spools = try ResultSpools(directory: jobs.file(id, "results"), request: request)
         let asOf = try spools.asOf()
         var outOfScope = 0
         var cannotExecute: [String: String] = [:]
@@ -457,6 +487,7 @@ public struct ProviderConnector: Service {
         for category in request.categories {
             guard let adapter = configuration.adapters[category] else {
                 cannotExecute[category.rawValue] = "no adapter configured for this category"
+                spools.close(category)
                 continue
             }
             // Finished before a restart: not run again.
@@ -502,7 +533,7 @@ public struct ProviderConnector: Service {
                 ])
             }
         }
-        try spools.concatenate(into: jobs.file(id, "records.ndjson"))
+        try spools.flush()
         if outOfScope > 0 {
             var metadata: Logger.Metadata = [LogKey.request: "\(id.lowercased)", "custos.out_of_scope": "\(outOfScope)"]
             for (why, n) in dropped { metadata["custos.out_of_scope.\(why.rawValue)"] = "\(n)" }
@@ -611,6 +642,8 @@ final class RunningJobs: Sendable {
     }
 
     func cancel(_ id: UUID) { tasks.withLock { $0[id] }?.cancel() }
+
+    func isRunning(_ id: UUID) -> Bool { tasks.withLock { $0[id] != nil } }
 
     private let stoppingFlag = Mutex(false)
 

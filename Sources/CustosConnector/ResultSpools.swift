@@ -1,6 +1,44 @@
 import CustosEvidence
 import CustosModel
 import Foundation
+import Synchronization
+
+/// How far each result's spool has been written, and whether it is closed (its category's
+/// adapter has finished, so no record will be added): what the package streamer reads up to
+/// while the adapters still run (package protocol v2, chunks go out during extraction).
+final class SpoolProgress: Sendable {
+    private let state: Mutex<(sizes: [Int64], closed: [Bool])>
+    let directory: URL
+
+    init(directory: URL, results: Int) {
+        self.directory = directory
+        state = Mutex((Array(repeating: 0, count: results), Array(repeating: false, count: results)))
+    }
+
+    /// Every spool in `directory` as it is on disk, every result closed: a finished extraction.
+    static func finished(directory: URL, results: Int) -> SpoolProgress {
+        let p = SpoolProgress(directory: directory, results: results)
+        for i in 0..<results {
+            let size = (try? FileManager.default.attributesOfItem(atPath: ResultSpools.file(directory, i).path)[.size] as? NSNumber)?.int64Value ?? 0
+            p.set(i, size: size, closed: true)
+        }
+        return p
+    }
+
+    var count: Int { state.withLock { $0.sizes.count } }
+
+    func set(_ i: Int, size: Int64? = nil, closed: Bool? = nil) {
+        state.withLock { s in
+            if let size { s.sizes[i] = size }
+            if let closed { s.closed[i] = closed }
+        }
+    }
+
+    func grow(_ i: Int, by n: Int) { state.withLock { $0.sizes[i] += Int64(n) } }
+
+    /// Result `i`'s bytes written so far, and whether it is closed.
+    func snapshot(_ i: Int) -> (size: Int64, closed: Bool) { state.withLock { ($0.sizes[i], $0.closed[i]) } }
+}
 
 /// One spool file per result while adapters run (`results/<index>.ndjson` in the job
 /// directory), so that the content can be grouped by result without holding it in memory.
@@ -20,6 +58,8 @@ final class ResultSpools: @unchecked Sendable {
     private var buffered = 0
     /// The last record's result (consecutive records mostly share it).
     private var last: (key: ResultKey, index: Int)?
+    /// What the streamer may read.
+    let progress: SpoolProgress
 
     struct ResultKey: Hashable { var target: Target; var category: DataCategory }
 
@@ -31,6 +71,7 @@ final class ResultSpools: @unchecked Sendable {
         self.index = index
         trees = Array(repeating: RecordTree(), count: index.count)
         buffers = Array(repeating: [], count: index.count)
+        progress = SpoolProgress(directory: directory, results: index.count)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     }
 
@@ -69,7 +110,13 @@ final class ResultSpools: @unchecked Sendable {
         for i in results(of: category) {
             try? FileManager.default.removeItem(at: file(i))
             trees[i] = RecordTree()
+            progress.set(i, size: 0, closed: false)
         }
+    }
+
+    /// A category no adapter serves: its results are closed, empty.
+    func close(_ category: DataCategory) {
+        for i in results(of: category) { progress.set(i, closed: true) }
     }
 
     /// After it finished: its spools and the marker are made durable.
@@ -85,6 +132,7 @@ final class ResultSpools: @unchecked Sendable {
         let h = try FileHandle(forUpdating: doneFile(category))
         try h.synchronize()
         try h.close()
+        close(category)
     }
 
     /// A category finished before a restart: its marker, and its results' trees rebuilt from
@@ -107,10 +155,16 @@ final class ResultSpools: @unchecked Sendable {
                 pending.removeFirst(start)
             }
         }
+        for i in results(of: category) {
+            progress.set(i, size: trees[i].size, closed: true)
+        }
         return done
     }
 
-    func file(_ i: Int) -> URL { directory.appendingPathComponent("\(i).ndjson") }
+    func file(_ i: Int) -> URL { Self.file(directory, i) }
+
+    /// Result `i`'s spool in `directory`.
+    static func file(_ directory: URL, _ i: Int) -> URL { directory.appendingPathComponent("\(i).ndjson") }
 
     func append(target: Target, category: DataCategory, record: UnsafeRawBufferPointer) throws {
         let i: Int
@@ -137,31 +191,20 @@ final class ResultSpools: @unchecked Sendable {
             try h.seekToEnd()
             try h.write(contentsOf: bytes)
             try h.close()
+            progress.grow(i, by: bytes.count)
         }
         for i in buffers.indices { buffers[i].removeAll(keepingCapacity: true) }
         buffered = 0
     }
 
-    /// Concatenates the spools in result order into `content`, durably, and removes them.
-    func concatenate(into content: URL) throws {
-        try flush()
-        let present = (0..<trees.count).filter { FileManager.default.fileExists(atPath: file($0).path) }
-        if present.count == 1 {
-            // One result holds every record: its spool is the content (already durable).
-            try? FileManager.default.removeItem(at: content)
-            try FileManager.default.moveItem(at: file(present[0]), to: content)
-            try? FileManager.default.removeItem(at: directory)
-            return
+    /// The content — every spool in `directory`, in result order — in blocks of up to 1 MiB.
+    static func readContent(directory: URL, results: Int, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        for i in 0..<results {
+            guard let input = FileHandle(forReadingAtPath: file(directory, i).path) else { continue }
+            defer { try? input.close() }
+            while let block = try input.read(upToCount: 1 << 20), !block.isEmpty {
+                try block.withUnsafeBytes { try body($0) }
+            }
         }
-        _ = FileManager.default.createFile(atPath: content.path, contents: nil)
-        let out = try FileHandle(forWritingTo: content)
-        defer { try? out.close() }
-        for i in 0..<trees.count where FileManager.default.fileExists(atPath: file(i).path) {
-            let input = try FileHandle(forReadingFrom: file(i))
-            while let block = try input.read(upToCount: 1 << 20), !block.isEmpty { try out.write(contentsOf: block) }
-            try input.close()
-        }
-        try out.synchronize()
-        try? FileManager.default.removeItem(at: directory)
     }
 }

@@ -64,7 +64,8 @@ public struct PackageJudge: Sendable {
     }
 
     let request: ApprovedRequest
-    let manifest: Manifest
+    /// The signed manifest, when it is known before the records (nil: it comes to `finish`).
+    let manifest: Manifest?
     let targets: Set<Target>
     let window: ClosedRange<Double>
     /// When true, every record takes the full parser's path (the tests compare both paths).
@@ -94,6 +95,16 @@ public struct PackageJudge: Sendable {
     /// `digests`: where to keep the records' digests for the duplicate count; by default in
     /// memory (16 to 64 bytes a record).
     public init(request: ApprovedRequest, manifest: Manifest, digests: (any DigestStore)? = nil) {
+        self.init(request: request, manifest: Optional(manifest), digests: digests)
+    }
+
+    /// For records that arrive before their manifest (package protocol v2, SPEC §7): the
+    /// manifest is given to `finish(manifest:checks:delivery:bounds:judgedAt:)`.
+    public init(request: ApprovedRequest, digests: (any DigestStore)? = nil) {
+        self.init(request: request, manifest: nil, digests: digests)
+    }
+
+    private init(request: ApprovedRequest, manifest: Manifest?, digests: (any DigestStore)?) {
         store = digests
         // The table in memory is used only without a store: then it need not be allocated.
         if digests != nil { seen = DigestSet(capacity: 0) }
@@ -249,7 +260,10 @@ public struct PackageJudge: Sendable {
 
     /// `checks`: the failure codes of the package's signature, binding and content checks
     /// (`PackageVerification`), sorted here into đúng and đủ.
-    public mutating func finish(checks: [String], delivery: Delivery, bounds: Bounds = Bounds(), judgedAt: String = Timestamp.now()) -> Verdict {
+    /// `manifest`: the signed manifest, when the judge was made without it.
+    public mutating func finish(manifest given: Manifest? = nil, checks: [String], delivery: Delivery, bounds: Bounds = Bounds(),
+                                judgedAt: String = Timestamp.now()) -> Verdict {
+        guard let manifest = given ?? self.manifest else { preconditionFailure("PackageJudge.finish needs the manifest") }
         // A last line without its newline is still a record (the content checks report it).
         var pending = lines
         lines = RecordLines()

@@ -1,7 +1,7 @@
 import Foundation
 
 /// The judge's record digests kept on disk, so that a verdict takes constant memory whatever
-/// the package's size (the connector's foreseen verdict, and `custos verify` on a court
+/// the package's size (the connector's foreseen verdict, the broker's as chunks arrive, and `custos verify` on a court
 /// expert's laptop): each digest (16 bytes) goes to one of 256 partition files by its first
 /// byte, and at the end each partition is counted on its own in memory (1/256th of the
 /// digests at a time: 5 M records take about 0.3 MiB then). The files and `directory` are
@@ -14,7 +14,6 @@ public final class SpillingDigests: DigestStore, @unchecked Sendable {
     static let bufferBytes = 4 << 10
     public let directory: URL
     private var buffers: [[UInt8]]
-    private var handles: [FileHandle?]
     /// True when a partition file could not be written: the duplicate count is then
     /// incomplete, and must be reported so rather than trusted.
     public private(set) var failed = false
@@ -25,7 +24,6 @@ public final class SpillingDigests: DigestStore, @unchecked Sendable {
         try? FileManager.default.removeItem(at: directory)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         buffers = Array(repeating: [], count: Self.partitions)
-        handles = Array(repeating: nil, count: Self.partitions)
     }
 
     deinit { try? FileManager.default.removeItem(at: directory) }
@@ -42,14 +40,15 @@ public final class SpillingDigests: DigestStore, @unchecked Sendable {
 
     private func flush(_ p: Int) {
         guard !buffers[p].isEmpty else { return }
-        do {
-            if handles[p] == nil {
-                _ = FileManager.default.createFile(atPath: file(p).path, contents: nil)
-                handles[p] = try FileHandle(forWritingTo: file(p))
-            }
-            try handles[p]!.write(contentsOf: buffers[p])
-        } catch {
+        // Opened for each block and closed again: a judge holds no file descriptors between
+        // blocks, so that a broker judging many packages at once does not run out of them.
+        let fd = open(file(p).path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        if fd < 0 {
             failed = true
+        } else {
+            let n = buffers[p].withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
+            if n != buffers[p].count { failed = true }
+            close(fd)
         }
         buffers[p].removeAll(keepingCapacity: true)
     }
@@ -58,8 +57,6 @@ public final class SpillingDigests: DigestStore, @unchecked Sendable {
         var duplicates = 0
         for p in 0..<Self.partitions {
             flush(p)
-            try? handles[p]?.close()
-            handles[p] = nil
             guard let data = FileManager.default.contents(atPath: file(p).path) else { continue }
             var set = DigestSet(capacity: data.count / 16)
             data.withUnsafeBytes { raw in

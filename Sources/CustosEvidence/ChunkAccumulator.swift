@@ -43,6 +43,12 @@ public struct ChunkAccumulator: Sendable {
         currentSize = 0
     }
 
+    /// Ends the current chunk here, even short of `chunkSize` (a chunk already ended, or none
+    /// begun, is left alone).
+    public mutating func cut() {
+        if currentSize > 0 { closeChunk() }
+    }
+
     /// Closes the last partial chunk; returns the chunk list, their Merkle root and the size.
     public mutating func finish() -> (chunks: [Manifest.Chunk], chunksRoot: String, size: Int64) {
         if currentSize > 0 { closeChunk() }

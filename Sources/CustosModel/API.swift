@@ -205,16 +205,20 @@ public enum API {
         }
     }
 
+    /// A package of the request. Its chunks come first and its signed manifest last (package
+    /// protocol v2): until the manifest is in, only `chunksReceived` is known, and
+    /// `chunkCount`, `contentSize`, `chunksRoot` and `manifestSha256` are absent.
     public struct PackageSummary: Codable, Sendable, Hashable {
         public var id: UUID
         public var state: PackageState
-        public var chunkCount: Int
+        public var chunkCount: Int?
         public var chunksReceived: Int
-        public var contentSize: Int64
-        public var chunksRoot: String
-        public var manifestSha256: String
+        /// Bytes.
+        public var contentSize: Int64?
+        public var chunksRoot: String?
+        public var manifestSha256: String?
 
-        public init(id: UUID, state: PackageState, chunkCount: Int, chunksReceived: Int, contentSize: Int64, chunksRoot: String, manifestSha256: String) {
+        public init(id: UUID, state: PackageState, chunkCount: Int?, chunksReceived: Int, contentSize: Int64?, chunksRoot: String?, manifestSha256: String?) {
             self.id = id
             self.state = state
             self.chunkCount = chunkCount

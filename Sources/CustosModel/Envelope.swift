@@ -22,7 +22,6 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     /// One part of a manifest too large for one Kafka message (its bytes are the value).
     case manifestPart = "manifest-part"
     case chunk
-    case complete
     /// The provider asks the investigator a question about the request (its clocks pause).
     case clarificationRequest = "clarification-request"
     /// The provider confirms a preservation order: the data is frozen until `until`.
@@ -31,7 +30,7 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     public var direction: Direction {
         switch self {
         case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease: return .toProvider
-        case .ack, .status, .refusal, .manifest, .manifestPart, .chunk, .complete, .clarificationRequest, .preserved: return .fromProvider
+        case .ack, .status, .refusal, .manifest, .manifestPart, .chunk, .clarificationRequest, .preserved: return .fromProvider
         }
     }
 
@@ -290,22 +289,57 @@ public struct ManifestBody: Codable, Sendable, Hashable {
     }
 }
 
+/// One chunk of a package's content (package protocol v2, `schemas/package/SPEC.md` §7): the
+/// chunk's bytes are the Kafka value; this body travels in the `custos-envelope` header.
+/// Chunks go out while the extraction runs, before the manifest, which comes last.
 public struct ChunkBody: Codable, Sendable, Hashable {
-    public var packageId: UUID
-    public var index: Int
-    public var size: Int
-    public var sha256: String
+    /// Where a result's bytes begin in this chunk.
+    public struct ResultStart: Codable, Sendable, Hashable {
+        /// The result's index in the manifest's `results` (SPEC §3: target by target, category
+        /// by category as in the request).
+        public var result: Int
+        /// The byte offset in this chunk at which the result's bytes (or their continuation
+        /// from the previous chunk, for the first entry) begin.
+        public var offset: Int
 
-    public init(packageId: UUID, index: Int, size: Int, sha256: String) {
+        public init(result: Int, offset: Int) {
+            self.result = result
+            self.offset = offset
+        }
+    }
+
+    public var packageId: UUID
+    /// 0, 1, 2... in content order.
+    public var index: Int
+    /// Bytes, 1 to 524,288 (`Topics.maximumChunkBytes`).
+    public var size: Int
+    /// SHA-256 of the chunk's bytes, 64 lower-case hex digits.
+    public var sha256: String
+    /// The results whose bytes this chunk holds, in content order: the first at offset 0 (the
+    /// result the chunk begins in, which may continue from the previous chunk), then each that
+    /// begins in this chunk. Offsets and result indices strictly increase; results without
+    /// records appear in no chunk. The broker builds each result's records Merkle tree from
+    /// these as the chunks arrive; the manifest confirms them at the end.
+    public var results: [ResultStart]
+
+    public init(packageId: UUID, index: Int, size: Int, sha256: String, results: [ResultStart]) {
         self.packageId = packageId
         self.index = index
         self.size = size
         self.sha256 = sha256
+        self.results = results
+    }
+
+    /// Whether `results` is well formed for this chunk (SPEC §7): non-empty, the first at
+    /// offset 0, offsets inside the chunk, offsets and result indices strictly increasing.
+    public var resultsAreWellFormed: Bool {
+        guard let first = results.first, first.offset == 0, first.result >= 0, results.count <= size else { return false }
+        return zip(results, results.dropFirst()).allSatisfy { a, b in b.offset > a.offset && b.offset < size && b.result > a.result }
     }
 }
 
 /// A manifest message's body (`ManifestBody`, RFC 8785 canonical JSON) too large for one
-/// Kafka message travels in parts, in order, before the package's chunks: part `index` of
+/// Kafka message travels in parts, in order, after the package's chunks: part `index` of
 /// `count` is the Kafka value, `size` bytes with SHA-256 `sha256`; `bodySha256` is the SHA-256
 /// of the whole body. The broker applies the manifest once every part is in.
 public struct ManifestPartBody: Codable, Sendable, Hashable {
@@ -323,18 +357,6 @@ public struct ManifestPartBody: Codable, Sendable, Hashable {
         self.size = size
         self.sha256 = sha256
         self.bodySha256 = bodySha256
-    }
-}
-
-public struct CompleteBody: Codable, Sendable, Hashable {
-    public var packageId: UUID
-    public var chunkCount: Int
-    public var manifestSha256: String
-
-    public init(packageId: UUID, chunkCount: Int, manifestSha256: String) {
-        self.packageId = packageId
-        self.chunkCount = chunkCount
-        self.manifestSha256 = manifestSha256
     }
 }
 

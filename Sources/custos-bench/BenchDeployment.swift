@@ -31,7 +31,9 @@ struct BenchDeployment {
         let services = ["CUSTOS_DATABASE_URL": databaseURL, "CUSTOS_KAFKA_BROKERS": brokers]
         self.services = services
         let path = { (file: String) in dir.appendingPathComponent(file).path }
+        try Data(DirectoryChunkStore.newKeyText().utf8).write(to: dir.appendingPathComponent("storage.key"))
         try JSONSerialization.data(withJSONObject: [
+            "storage": ["directory": path("chunks"), "keyFile": path("storage.key")],
             "signingKeyFile": path("broker.key"), "http": ["host": "127.0.0.1", "port": 0], "providers": ["refreshSeconds": 1],
             "database": ["schema": "bench_\(name)_\(tag)"], "kafka": ["groupId": "custos-bench-\(tag)"],
             "tsa": ["trustFile": path("tsa-ca.pem"), "certificateFile": path("tsa.pem"), "keyFile": path("tsa.key")],

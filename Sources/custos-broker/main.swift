@@ -21,7 +21,8 @@ struct BrokerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "custos-broker",
         abstract: "Custos broker: HTTP API, workflow, Kafka outbox relay and response ingestion, package verification.",
-        subcommands: [Serve.self, Migrate.self, Agencies.self, Users.self, Providers.self, Witnesses.self, Audit.self, KeysCommand.self, PKICommand.self],
+        subcommands: [Serve.self, Migrate.self, Agencies.self, Users.self, Providers.self, Witnesses.self, Audit.self, KeysCommand.self, StorageKey.self,
+                      PKICommand.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -250,12 +251,14 @@ struct Witnesses: AsyncParsableCommand {
 
 struct Audit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Recompute the custody log's Merkle tree from the stored events and report the first divergence from any signed checkpoint.",
+        abstract: "Recompute the custody log's Merkle tree from the stored events and report the first divergence from any signed checkpoint; check every stored chunk against its index.",
         discussion: """
             Every checkpoint the log signed is checked, and so is each checkpoint given with --checkpoint (for instance the \
             one a witness last co-signed: custos witness cosign keeps it in its state file), which catches a log whose \
             newest events and checkpoints were deleted. Reads custody.certificateFile from the configuration to check \
-            checkpoint signatures. Exit status: 0 consistent, 1 divergence or other problems found.
+            checkpoint signatures. Then every package chunk the index lists is read back from the chunk store \
+            (storage.directory, decrypted with storage.keyFile) and checked against its SHA-256 and size; each one missing \
+            or corrupted is named. Exit status: 0 consistent, 1 divergence or other problems found.
             """)
     @OptionGroup var options: ConfigOptions
     @Option(name: .customLong("checkpoint"), help: "A checkpoint held elsewhere: JSON as custos custody checkpoint --json prints it (repeatable).")
@@ -275,11 +278,13 @@ struct Audit: AsyncParsableCommand {
             else { throw ValidationError("\(path) is not a checkpoint (JSON as custos custody checkpoint --json prints)") }
             return .init(text: Array(view.text.utf8), signature: Array(signature), source: "witness-held (\(path))")
         }
-        let report = try await withAdminStore(options) { store in
-            try await store.audit(logCertificate: certificate, witnessCheckpoints: held)
+        let chunkStore = try DirectoryChunkStore(root: URL(fileURLWithPath: try reader.require("storage.directory")),
+                                                 key: try DirectoryChunkStore.loadKey(path: try reader.require("storage.keyFile")))
+        let (report, chunks) = try await withAdminStore(options, chunks: chunkStore) { store in
+            (try await store.audit(logCertificate: certificate, witnessCheckpoints: held), try await store.auditChunks())
         }
         if json {
-            print(CanonicalJSON.pretty(try CanonicalJSON.tree(report)))
+            print(CanonicalJSON.pretty(.object(["custody": try CanonicalJSON.tree(report), "chunks": try CanonicalJSON.tree(chunks)])))
         } else {
             print("custody audit: \(report.ok ? "CONSISTENT" : "DIVERGENT")")
             print("  \(report.events) events, \(report.checkpoints) signed checkpoints, \(report.witnessCheckpoints) held elsewhere")
@@ -290,8 +295,26 @@ struct Audit: AsyncParsableCommand {
                 if let e = d.firstChangedEvent { print("    first event whose hash differs from the one integrated: \(e)") }
             }
             for p in report.problems { print("  - \(p)") }
+            print("chunk store: \(chunks.problems.isEmpty ? "CONSISTENT" : "DAMAGED"): \(chunks.chunks) chunks, \(chunks.bytes) bytes checked")
+            for p in chunks.problems { print("  - \(p)") }
         }
-        if !report.ok { throw ExitCode(1) }
+        if !report.ok || !chunks.problems.isEmpty { throw ExitCode(1) }
+    }
+}
+
+struct StorageKey: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "storage-key",
+        abstract: "Write a new AES-256 key for the chunk store (storage.keyFile): 64 hex digits, mode 0600. Refuses to overwrite a file.",
+        discussion: "Every stored chunk is encrypted under this key (AES-256-GCM). Keep a copy apart from the store: without it, no package can be read.")
+    @Option(help: "Where to write the key.") var out: String
+
+    func run() throws {
+        guard !FileManager.default.fileExists(atPath: out) else { throw ValidationError("\(out) exists; a storage key is never overwritten") }
+        guard FileManager.default.createFile(atPath: out, contents: Data(DirectoryChunkStore.newKeyText().utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw ValidationError("cannot write \(out)")
+        }
+        print("wrote \(out)")
     }
 }
 
@@ -302,10 +325,10 @@ let adminActor = CustodyEvent.Actor(type: .admin, id: ProcessInfo.processInfo.en
 
 /// Runs an admin command against the database. PostgresNIO's errors are generic on purpose
 /// (they may sit in logs); an operator at a terminal gets the server's message and SQLSTATE.
-func withAdminStore<R: Sendable>(_ options: ConfigOptions, _ body: @Sendable (BrokerStore) async throws -> R) async throws -> R {
+func withAdminStore<R: Sendable>(_ options: ConfigOptions, chunks: (any ChunkStore)? = nil, _ body: @Sendable (BrokerStore) async throws -> R) async throws -> R {
     let (db, logger) = try await adminSetup(options)
     do {
-        return try await withBrokerStore(configuration: db, signingKeyFile: nil, logger: logger, body)
+        return try await withBrokerStore(configuration: db, signingKeyFile: nil, chunks: chunks, logger: logger, body)
     } catch let error as PSQLError {
         let message = error.serverInfo?[.message] ?? "\(error.code)"
         let state = error.serverInfo?[.sqlState].map { " (SQLSTATE \($0))" } ?? ""

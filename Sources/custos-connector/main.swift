@@ -160,7 +160,7 @@ struct Status: AsyncParsableCommand {
         if ids.isEmpty { print("no jobs"); return }
         for id in ids {
             let phase = jobs.phase(id)
-            let progress = phase == .packaged ? " (chunks acknowledged: \(jobs.progress(id)))" : ""
+            let progress = [.received, .extracted, .packaged].contains(phase) && jobs.exists(id, "package-id") ? " (chunks acknowledged: \(jobs.progress(id)))" : ""
             print("\(id.uuidString.lowercased())  \(phase.rawValue)\(progress)")
             if let summary = jobs.extractionSummary(id) {
                 print("  extracted: \(summary.records) records\(summary.outOfScope > 0 ? ", \(summary.outOfScope) outside the request (not sent)" : "")"

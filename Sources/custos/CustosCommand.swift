@@ -318,7 +318,12 @@ struct Request: AsyncParsableCommand {
                 "  question \(q.id.lowercased) (\(q.askedAt)): \(q.question)" + (q.answer.map { "\n    answer by \(q.answeredBy ?? "?"): \($0)" } ?? "\n    (not answered)")
             }
             lines += v.timeline.map { "  " + line($0) }
-            lines += v.packages.map { "  package \($0.id.lowercased): \($0.state.rawValue), \($0.chunksReceived)/\($0.chunkCount) chunks, \($0.contentSize) bytes, chunks root \($0.chunksRoot)" }
+            lines += v.packages.map { p in
+                guard let count = p.chunkCount, let size = p.contentSize, let root = p.chunksRoot else {
+                    return "  package \(p.id.lowercased): \(p.state.rawValue), \(p.chunksReceived) chunks so far, manifest not yet received"
+                }
+                return "  package \(p.id.lowercased): \(p.state.rawValue), \(p.chunksReceived)/\(count) chunks, \(size) bytes, chunks root \(root)"
+            }
             return lines.joined(separator: "\n")
         }
     }

@@ -21,8 +21,8 @@ struct AgencyIsolationTests {
             let r = try await ingest.approvedRequest(store)
             let keys = try await store.providers()
             let p = try ingest.package(for: r)
-            let (m, chunks, done) = try ingest.messages(p, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m, chunks) = try ingest.messages(p, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             let packageId = p.manifest.packageId
             #expect(try await store.package(packageId, viewer: nil).state == .verified)
             let caseId = try await store.request(r.id, viewer: nil).spec.caseId

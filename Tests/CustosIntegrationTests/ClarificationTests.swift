@@ -92,8 +92,8 @@ struct ClarificationTests {
             let r = try await ingest.approvedRequest(store)
             let keys = try await store.providers()
             func deliver(_ p: IngestTests.Package) async throws {
-                let (m, chunks, done) = try ingest.messages(p, r)
-                for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+                let (m, chunks) = try ingest.messages(p, r)
+                for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             }
             let first = try ingest.package(for: r, partial: true)
             try await deliver(first)

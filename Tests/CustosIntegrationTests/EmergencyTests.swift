@@ -126,8 +126,9 @@ struct EmergencyTests {
 
     @Test func aRevokedEmergencySealsItsPackagesForGoodAndTellsTheProvider() async throws {
         let ingest = try IngestTests()
-        try await TestServices.withStore(tsaTrust: ingest.pki.tsaCA) { _, client, _ in
-            let store = BrokerStore(client: client, signer: .generate(), tsaTrust: ingest.pki.tsaCA, clocks: Self.settings(), logger: TestServices.logger)
+        try await TestServices.withStore(tsaTrust: ingest.pki.tsaCA) { base, client, _ in
+            let store = BrokerStore(client: client, signer: .generate(), tsaTrust: ingest.pki.tsaCA, clocks: Self.settings(), chunks: base.chunks,
+                                    logger: TestServices.logger)
             let p = try await Self.people(store, ingest.pki)
             let id = try await Self.submitted(store, by: p.inv)
             try await store.approve(id, by: p.duty)
@@ -135,8 +136,8 @@ struct EmergencyTests {
             let keys = try await store.providers()
             // One package delivered before the review...
             let first = try ingest.package(for: r)
-            let (m, chunks, done) = try ingest.messages(first, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m, chunks) = try ingest.messages(first, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             #expect(try await store.package(first.manifest.packageId, viewer: nil).state == .verified)
 
             try await store.review(id, decision: .revoke, reason: "no threat to life after all", by: p.reviewer)
@@ -158,8 +159,8 @@ struct EmergencyTests {
 
             // ...and one that arrives afterwards is sealed on arrival.
             let late = try ingest.package(for: r)
-            let (m2, chunks2, done2) = try ingest.messages(late, r)
-            for msg in [m2] + chunks2 + [done2] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m2, chunks2) = try ingest.messages(late, r)
+            for msg in chunks2 + [m2] { _ = try await store.ingest(msg, providerKeys: keys) }
             let lateView = try await store.package(late.manifest.packageId, viewer: p.inv)
             #expect(lateView.sealed && lateView.sealReason == "the emergency was revoked by a reviewer")
         }

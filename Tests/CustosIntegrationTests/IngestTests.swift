@@ -103,16 +103,16 @@ struct IngestTests {
             + "\"time\":\"\(time)\"}"
     }
 
-    func messages(_ p: Package, _ r: Approved) throws -> (manifest: KafkaMessage, chunks: [KafkaMessage], complete: KafkaMessage) {
+    /// The package's messages (package protocol v2): its chunks, each in result 0 (the
+    /// package has one result), and the manifest, which is sent last.
+    func messages(_ p: Package, _ r: Approved) throws -> (manifest: KafkaMessage, chunks: [KafkaMessage]) {
         let pid = p.manifest.packageId
         let m = try message(.manifest, r.id, p.body, id: .derived("m", pid.lowercased))
         let cs = try p.chunks.enumerated().map { i, bytes in
-            try message(.chunk, r.id, ChunkBody(packageId: pid, index: i, size: bytes.count, sha256: Digest.sha256Hex(bytes)),
+            try message(.chunk, r.id, ChunkBody(packageId: pid, index: i, size: bytes.count, sha256: Digest.sha256Hex(bytes), results: [.init(result: 0, offset: 0)]),
                         id: .derived("c", pid.lowercased, "\(i)"), chunk: bytes)
         }
-        let done = try message(.complete, r.id, CompleteBody(packageId: pid, chunkCount: p.chunks.count, manifestSha256: Digest.sha256Hex(try CanonicalJSON.encode(p.manifest))),
-                               id: .derived("done", pid.lowercased))
-        return (m, cs, done)
+        return (m, cs)
     }
 
 
@@ -153,10 +153,8 @@ struct IngestTests {
             envelope["signature"] = .object(["alg": .string(provider.algorithm), "keyId": .string(provider.publicKey.keyId), "value": .string(value)])
             offset.next += 1
             let m = KafkaMessage(topic: topic, partition: 0, offset: offset.next, key: [], value: CanonicalJSON.serialize(.object(envelope)))
-            let (_, chunks, _) = try messages(p, r)
-            let done = try message(.complete, r.id, CompleteBody(packageId: pid, chunkCount: p.chunks.count, manifestSha256: Digest.sha256Hex(signed)),
-                                   id: .derived("done", pid.lowercased))
-            for msg in [m] + chunks + [done] {
+            let (_, chunks) = try messages(p, r)
+            for msg in chunks + [m] {
                 let outcome = try await store.ingest(msg, providerKeys: keys)
                 if case .deadLettered(let why) = outcome { Issue.record("dead-lettered: \(why)") }
             }
@@ -191,8 +189,8 @@ struct IngestTests {
             let r = try await approvedRequest(store)
             let keys = try await store.providers()
             let good = try package(for: r)
-            let (m, chunks, done) = try messages(good, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m, chunks) = try messages(good, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             let view = try await store.package(good.manifest.packageId, viewer: nil)
             let criteria = try #require(view.criteria)
             #expect(criteria.admissible, "\(criteria.criteria)")
@@ -204,8 +202,8 @@ struct IngestTests {
 
             // Tampered content: signed and counted as declared no more (đúng, đủ fail).
             let bad = try package(for: r) { slices in slices[0][30] ^= 0x01 }
-            let (m2, chunks2, done2) = try messages(bad, r)
-            for msg in [m2] + chunks2 + [done2] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m2, chunks2) = try messages(bad, r)
+            for msg in chunks2 + [m2] { _ = try await store.ingest(msg, providerKeys: keys) }
             let badCriteria = try #require(try await store.package(bad.manifest.packageId, viewer: nil).criteria)
             #expect(!badCriteria.admissible && badCriteria.status(.correct) == .fail)
         }
@@ -218,7 +216,7 @@ struct IngestTests {
             let r = try await approvedRequest(store)
             let keys = try await store.providers()
             let p = try package(for: r)
-            let (_, chunks, done) = try messages(p, r)
+            let (_, chunks) = try messages(p, r)
             let whole = try CanonicalJSON.encode(p.body)
             let cut = [0, whole.count / 3, 2 * whole.count / 3, whole.count]
             let pid = p.manifest.packageId
@@ -241,7 +239,7 @@ struct IngestTests {
             var missing = try await client.query("SELECT count(*) FROM packages WHERE id = \(pid)").collect()[0].decode(Int.self)
             #expect(missing == 0)  // not yet: a part is missing
             #expect(try await store.ingest(try part(1), providerKeys: keys) == .applied(.manifestPart))
-            for msg in chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            for msg in chunks { _ = try await store.ingest(msg, providerKeys: keys) }
             let view = try await store.package(pid, viewer: nil)
             #expect(view.state == .verified && view.criteria?.admissible == true)
             missing = try await client.query("SELECT count(*) FROM manifest_parts").collect()[0].decode(Int.self)
@@ -291,14 +289,15 @@ struct IngestTests {
             let keys = try await store.providers()
             #expect(try await store.ingest(try message(.ack, r.id, AckBody(requestHash: r.hash), id: .derived("ack")), providerKeys: keys) == .applied(.ack))
             let p = try package(for: r)
-            let (m, chunks, done) = try messages(p, r)
-            // Completion first, then chunks in reverse: finalisation waits for the last piece.
-            for msg in [m, done] + chunks.reversed() {
+            let (m, chunks) = try messages(p, r)
+            // The manifest first, then the chunks in reverse: each waits in the chunk store until
+            // those before it are in, and finalisation waits for the last piece.
+            for msg in [m] + chunks.reversed() {
                 let type = try SignedEnvelope.open(msg.header(Topics.envelopeHeader) ?? msg.value) { _ in provider.publicKey }.header.type
                 #expect(try await store.ingest(msg, providerKeys: keys) == .applied(type))
             }
             // Redelivery of everything: no second effect.
-            for msg in [m] + chunks + [done] {
+            for msg in chunks + [m] {
                 #expect(try await store.ingest(msg, providerKeys: keys) == .duplicate)
             }
             let view = try await store.request(r.id, viewer: nil)
@@ -322,8 +321,8 @@ struct IngestTests {
             let r = try await rsa.approvedRequest(store)
             let keys = try await store.providers()
             let p = try rsa.package(for: r)
-            let (m, chunks, done) = try rsa.messages(p, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m, chunks) = try rsa.messages(p, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.state == .verified, "\(pkg.verification?.failures ?? [])")
         }
@@ -337,8 +336,8 @@ struct IngestTests {
             let impostor = try TestPKI(signerName: "prov-a")
             var p = try package(for: r)
             p.body = try signed(p.manifest, by: impostor)
-            let (m, chunks, done) = try messages(p, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m, chunks) = try messages(p, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.state == .rejected)
             let codes = Set(pkg.verification?.failures.map { String($0.prefix { $0 != ":" }) } ?? [])
@@ -358,8 +357,8 @@ struct IngestTests {
             let signature = try CMS.sign(try CanonicalJSON.encode(p.manifest), certificate: other, key: otherKey)
             let tsr = try pki.tsa.respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(signature), nonce: TimeStamp.makeNonce()), serial: 8)
             p.body = ManifestBody(manifest: p.manifest, signature: Data(signature).base64EncodedString(), timeStamp: Data(tsr).base64EncodedString())
-            let (m, chunks, done) = try messages(p, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m, chunks) = try messages(p, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.verification?.failures.contains { $0.hasPrefix("wrong-provider") } == true)
         }
@@ -383,7 +382,7 @@ struct IngestTests {
             #expect(try await store.ingest(wrongTopic, providerKeys: keys) == .deadLettered("unknownSender: sender is not registered"))
             // A chunk whose bytes differ from its own envelope's hash.
             let p = try package(for: r)
-            var (m, chunks, _) = try messages(p, r)
+            var (m, chunks) = try messages(p, r)
             #expect(try await store.ingest(m, providerKeys: keys) == .applied(.manifest))
             chunks[0].value[0] ^= 0x01
             #expect(try await store.ingest(chunks[0], providerKeys: keys) == .deadLettered("chunk SHA-256 differs from its envelope"))
@@ -447,15 +446,19 @@ struct IngestTests {
             answered = try await receipts()
             #expect(answered.map(\.envelope.body.reasons) == [[reason], ["unknown request"], ["status percent is outside 0 to 100"]])
             #expect(answered[1].envelope.requestId == stranger)
-            // The chunks of a package whose manifest never came: one answer for the package and
+            // Chunks whose results do not start at offset 0: one answer for the package and
             // reason, not one per chunk.
             let p = try package(for: r)
-            let (_, chunks, _) = try messages(p, r)
-            try #require(chunks.count > 1)
-            for chunk in chunks { _ = try await store.ingest(chunk, providerKeys: keys) }
+            try #require(p.chunks.count > 1)
+            for (i, bytes) in p.chunks.enumerated() {
+                let chunk = try message(.chunk, r.id, ChunkBody(packageId: p.manifest.packageId, index: i, size: bytes.count, sha256: Digest.sha256Hex(bytes),
+                                                               results: [.init(result: 0, offset: 1)]), chunk: bytes)
+                _ = try await store.ingest(chunk, providerKeys: keys)
+            }
             answered = try await receipts()
-            #expect(answered.count == 4 && answered[3].envelope.body.messageType == "chunk")
-            #expect(answered[3].envelope.body.reasons == ["chunk for a package whose manifest was not received"])
+            try #require(answered.count == 4)
+            #expect(answered[3].envelope.body.messageType == "chunk")
+            #expect(answered[3].envelope.body.reasons.first?.hasPrefix("malformed: the chunk's results") == true, "\(answered[3].envelope.body.reasons)")
             // What cannot be authenticated is never answered: it may not come from the provider.
             _ = try await store.ingest(try message(.ack, r.id, AckBody(requestHash: r.hash), signer: SigningKey.generate()), providerKeys: keys)
             _ = try await store.ingest(KafkaMessage(topic: topic, partition: 0, offset: 777, key: [], value: Array("{not json".utf8)), providerKeys: keys)
@@ -469,8 +472,8 @@ struct IngestTests {
             let keys = try await store.providers()
             // Each chunk is consistent with its own envelope, but not with the signed manifest.
             let p = try package(for: r) { $0[1][3] ^= 0x20 }
-            let (m, chunks, done) = try messages(p, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m, chunks) = try messages(p, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.state == .rejected)
             #expect(pkg.verification?.failures.contains { $0.hasPrefix("chunk-hash") } == true)
@@ -490,8 +493,8 @@ struct IngestTests {
             var other = r
             other.hash = String(repeating: "e", count: 64)
             let p = try package(for: other)
-            let (m, chunks, done) = try messages(p, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m, chunks) = try messages(p, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             let pkg = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(pkg.state == .rejected)
             #expect(pkg.verification?.failures.contains { $0.hasPrefix("request-hash") } == true)

@@ -49,7 +49,7 @@ struct PreservationTests {
 
             // Nothing is delivered for it.
             let package = try ingest.package(for: r)
-            let (m, _, _) = try ingest.messages(package, r)
+            let (m, _) = try ingest.messages(package, r)
             #expect(try await store.ingest(m, providerKeys: keys) == .deadLettered("a preservation order delivers no data"))
             // The provider confirms; a confirmation bound to another request hash is refused.
             let wrong = try ingest.message(.preserved, r.id, PreservationTermBody(requestHash: String(repeating: "0", count: 64), until: clock.deadline))

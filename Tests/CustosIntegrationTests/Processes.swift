@@ -1,3 +1,4 @@
+import CustosBroker
 import CustosEvidence
 import CustosTestSupport
 import Foundation
@@ -108,7 +109,9 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
                              ("witness.pem", pki.witnessCertificate), ("witness.key", pki.witnessKey)] {
             try Data(text.utf8).write(to: URL(fileURLWithPath: path(name)))
         }
+        try Data(DirectoryChunkStore.newKeyText().utf8).write(to: URL(fileURLWithPath: path("storage.key")))
         let broker: [String: Any] = [
+            "storage": ["directory": path("chunks"), "keyFile": path("storage.key")],
             "signingKeyFile": path("broker.key"), "http": ["host": "127.0.0.1", "port": 0], "providers": ["refreshSeconds": 1],
             "tsa": ["trustFile": path("tsa-ca.pem"), "certificateFile": path("tsa.pem"), "keyFile": path("tsa.key")],
             "custody": ["certificateFile": path("custody.pem"), "keyFile": path("custody.key"), "origin": "tests.custos/custody"],

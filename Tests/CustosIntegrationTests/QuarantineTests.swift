@@ -25,8 +25,8 @@ struct QuarantineTests {
             ]
             // The out-of-scope records sit between in-scope ones, across chunk boundaries.
             let p = try ingest.package(for: r, chunkSize: 333, extra: outside + [IngestTests.traffic(target: "+84912345678", seconds: 99)])
-            let (m, chunks, done) = try ingest.messages(p, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: try await store.providers()) }
+            let (m, chunks) = try ingest.messages(p, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: try await store.providers()) }
             let view = try await store.package(p.manifest.packageId, viewer: nil)
             #expect(view.state == .verified)
             let verdict = try #require(view.criteria)
@@ -90,8 +90,8 @@ struct QuarantineTests {
         try await TestServices.withStore(tsaTrust: ingest.pki.tsaCA) { store, _, _ in
             let r = try await ingest.approvedRequest(store)
             let p = try ingest.package(for: r)
-            let (m, chunks, done) = try ingest.messages(p, r)
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: try await store.providers()) }
+            let (m, chunks) = try ingest.messages(p, r)
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: try await store.providers()) }
             let investigator = try await store.addUser(name: "inv-w", role: .investigator, by: .testAdmin).token
             let app = Application(router: buildRouter(store: store, maxBodyBytes: 64 * 1024, logger: TestServices.logger))
             try await app.test(.router) { http in

@@ -59,8 +59,8 @@ struct RequestGroupTests {
             // Then each goes its own way: prov-a delivers, prov-b refuses.
             let keys = try await store.providers()
             let package = try ingest.package(for: IngestTests.Approved(id: first, hash: try #require(a.requestHash)))
-            let (m, chunks, done) = try ingest.messages(package, IngestTests.Approved(id: first, hash: a.requestHash!))
-            for msg in [m] + chunks + [done] { _ = try await store.ingest(msg, providerKeys: keys) }
+            let (m, chunks) = try ingest.messages(package, IngestTests.Approved(id: first, hash: a.requestHash!))
+            for msg in chunks + [m] { _ = try await store.ingest(msg, providerKeys: keys) }
             let refusal = try SignedEnvelope.encode(Envelope(type: .refusal, id: UUID(), requestId: second, sender: "prov-b",
                                                              body: RefusalBody(reason: .notOurCustomer, detail: "")), signer: try SigningKey(pem: pkiB.signerKey))
             let outcome = try await store.ingest(KafkaMessage(topic: "custos.from.prov-b", partition: 0, offset: 1, key: [], value: refusal), providerKeys: keys)

@@ -1,3 +1,4 @@
+import Crypto
 @testable import CustosBroker
 import CustosCustody
 import CustosEvidence
@@ -61,8 +62,12 @@ enum TestServices {
             group.addTask { await client.run(); return nil }
             defer { group.cancelAll() }
             try await Migrator.migrate(client: client, schema: db.schema, logger: logger)
+            // A chunk store of its own, under a fresh AES-256 key, removed afterwards.
+            let chunkDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(unique("custos-chunks-"))
+            defer { try? FileManager.default.removeItem(at: chunkDirectory) }
+            let chunks = try DirectoryChunkStore(root: chunkDirectory, key: SymmetricKey(size: .bits256))
             do {
-                let r = try await body(BrokerStore(client: client, signer: signer, tsaTrust: tsaTrust, logger: logger), client, db)
+                let r = try await body(BrokerStore(client: client, signer: signer, tsaTrust: tsaTrust, chunks: chunks, logger: logger), client, db)
                 try await client.query(PostgresQuery(unsafeSQL: "DROP SCHEMA \"\(db.schema)\" CASCADE"))
                 return r
             } catch {

@@ -33,6 +33,7 @@ struct ConfigurationTests {
         }
         let unsigned = try await ConfigSource.reader(configFile: nil, environment: [
             "CUSTOS_DATABASE_URL": "postgres://x@h/d", "CUSTOS_KAFKA_BROKERS": "k:9092", "CUSTOS_SIGNING_KEY_FILE": "/k", "CUSTOS_TSA_TRUST_FILE": "/t",
+            "CUSTOS_STORAGE_DIRECTORY": "/s", "CUSTOS_STORAGE_KEY_FILE": "/sk",
             "CUSTOS_CUSTODY_CERTIFICATE_FILE": "/c", "CUSTOS_CUSTODY_KEY_FILE": "/k", "CUSTOS_CUSTODY_TSA_URL": "http://tsa",
             "CUSTOS_WEBHOOKS_URLS": "https://hooks.example/a"])
         #expect { try BrokerConfiguration(reader: unsigned) } throws: { String(describing: $0).contains("webhooks.secretFile") }
@@ -49,6 +50,7 @@ struct ConfigurationTests {
         // Checkpoints need a TSA: the built-in one, or custody.tsaURL.
         let noTSA = try await ConfigSource.reader(configFile: nil, environment: [
             "CUSTOS_DATABASE_URL": "postgres://x@h/d", "CUSTOS_KAFKA_BROKERS": "k:9092", "CUSTOS_SIGNING_KEY_FILE": "/k", "CUSTOS_TSA_TRUST_FILE": "/t",
+            "CUSTOS_STORAGE_DIRECTORY": "/s", "CUSTOS_STORAGE_KEY_FILE": "/sk",
             "CUSTOS_CUSTODY_CERTIFICATE_FILE": "/c", "CUSTOS_CUSTODY_KEY_FILE": "/k"])
         #expect { try BrokerConfiguration(reader: noTSA) } throws: { String(describing: $0).contains("custody.tsaURL") }
     }
