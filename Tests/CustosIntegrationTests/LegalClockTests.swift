@@ -93,8 +93,10 @@ struct LegalClockTests {
                 try await Task.sleep(for: .milliseconds(50))
             }
             let fired = try #require(firedAt, "the acknowledgement clock did not fire")
-            // One check interval (1 s), and the pass that records it.
-            #expect(fired >= deadline && fired.timeIntervalSince(deadline) < 1.2, "fired \(fired.timeIntervalSince(deadline)) s after the deadline")
+            // One check interval (1 s), and the pass that records it — on two cores shared with
+            // the rest of the suite (a package streaming and being judged), which can hold a pass
+            // back by most of a second.
+            #expect(fired >= deadline && fired.timeIntervalSince(deadline) < 2.0, "fired \(fired.timeIntervalSince(deadline)) s after the deadline")
         }
     }
 }

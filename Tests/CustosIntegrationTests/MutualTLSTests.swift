@@ -126,6 +126,7 @@ struct MutualTLSTests {
         #expect(throws: (any Error).self) { try brokerTLSConfiguration(certificateChain: try f.text("server.pem"), key: "garbage", clientCAs: nil) }
         let reader = try await ConfigSource.reader(configFile: nil, environment: [
             "CUSTOS_DATABASE_URL": "postgres://x@h/d", "CUSTOS_KAFKA_BROKERS": "k:9092", "CUSTOS_SIGNING_KEY_FILE": "/k", "CUSTOS_TSA_TRUST_FILE": "/t",
+            "CUSTOS_STORAGE_DIRECTORY": "/s", "CUSTOS_STORAGE_KEY_FILE": "/sk",
             "CUSTOS_CUSTODY_CERTIFICATE_FILE": "/c", "CUSTOS_CUSTODY_KEY_FILE": "/k", "CUSTOS_CUSTODY_TSA_URL": "http://tsa",
             "CUSTOS_HTTP_TLS_CLIENT_TRUST_FILE": f.path("ca.pem")])
         #expect { try BrokerConfiguration(reader: reader) } throws: { String(describing: $0).contains("http.tls.clientTrustFile") }
