@@ -86,12 +86,13 @@ extension BrokerStore {
     /// fed to the package's checks in index order — a chunk that arrives early waits in the
     /// store. When the manifest is in and every chunk it lists has been checked, the package
     /// is finalised.
-    func acceptChunk(_ conn: PostgresConnection, _ body: ChunkBody, bytes: [UInt8], header: EnvelopeHeader, provider: String,
+    /// `sha256`: the SHA-256 of `bytes` (hex), taken once by the caller.
+    func acceptChunk(_ conn: PostgresConnection, _ body: ChunkBody, bytes: [UInt8], sha256: String, header: EnvelopeHeader, provider: String,
                      custody: CustodyRecorder) async throws {
         guard bytes.count == body.size, (1...Topics.maximumChunkBytes).contains(bytes.count) else {
             throw IngestRejection(reason: "chunk size differs from its envelope")
         }
-        guard Digest.isSHA256Hex(body.sha256), Digest.sha256Hex(bytes) == body.sha256 else { throw IngestRejection(reason: "chunk SHA-256 differs from its envelope") }
+        guard Digest.isSHA256Hex(body.sha256), sha256 == body.sha256 else { throw IngestRejection(reason: "chunk SHA-256 differs from its envelope") }
         guard (0..<Self.maximumChunks).contains(body.index) else { throw IngestRejection(reason: "chunk index outside 0 to \(Self.maximumChunks - 1)") }
         guard body.resultsAreWellFormed, body.results.allSatisfy({ $0.result < Self.maximumResults }) else {
             throw IngestRejection(reason: "malformed: the chunk's results must start at offset 0 and increase in offset and result, inside the chunk")

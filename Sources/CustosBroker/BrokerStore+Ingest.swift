@@ -55,7 +55,9 @@ extension BrokerStore {
             for key in ["type", "requestId", "sender", "body"] { said[key] = members[key] }
         }
         var content = CanonicalJSON.serialize(.object(said))
-        if message.header(Topics.envelopeHeader) != nil { content += Digest.sha256Bytes(message.value) }
+        // A chunk's (or manifest part's) SHA-256, taken once: it is checked against the envelope too.
+        let valueSha256 = message.header(Topics.envelopeHeader) != nil ? Digest.sha256Bytes(message.value) : nil
+        if let valueSha256 { content += valueSha256 }
         let contentSha256 = Digest.sha256Hex(content)
         do {
             return try await client.custodyTransaction(logger: logger) { conn, custody in
@@ -73,7 +75,8 @@ extension BrokerStore {
                     }
                     return .duplicate
                 }
-                try await apply(conn, header: header, json: opened.json, value: message.value, provider: expectedSender, custody: custody)
+                try await apply(conn, header: header, json: opened.json, value: message.value, valueSha256: valueSha256?.hexString,
+                                provider: expectedSender, custody: custody)
                 return .applied(header.type)
             }
         } catch let rejection as IngestRejection {
@@ -134,7 +137,7 @@ extension BrokerStore {
         return .deadLettered(reason)
     }
 
-    private func apply(_ conn: PostgresConnection, header: EnvelopeHeader, json: JSONValue, value: [UInt8], provider: String,
+    private func apply(_ conn: PostgresConnection, header: EnvelopeHeader, json: JSONValue, value: [UInt8], valueSha256: String?, provider: String,
                        custody: CustodyRecorder) async throws {
         let actor = CustodyEvent.Actor(type: .provider, id: provider)
         let row: RequestRow
@@ -190,7 +193,7 @@ extension BrokerStore {
         case .chunk:
             guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
             let body = try SignedEnvelope.body(ChunkBody.self, from: json).body
-            try await acceptChunk(conn, body, bytes: value, header: header, provider: provider, custody: custody)
+            try await acceptChunk(conn, body, bytes: value, sha256: valueSha256 ?? Digest.sha256Hex(value), header: header, provider: provider, custody: custody)
         case .clarificationRequest:
             let body = try SignedEnvelope.body(ClarificationRequestBody.self, from: json).body
             let question = body.question.trimmingCharacters(in: .whitespacesAndNewlines)
