@@ -97,40 +97,52 @@ extension BrokerStore {
         guard body.resultsAreWellFormed, body.results.allSatisfy({ $0.result < Self.maximumResults }) else {
             throw IngestRejection(reason: "malformed: the chunk's results must start at offset 0 and increase in offset and result, inside the chunk")
         }
-        try await claimArrival(conn, packageId: body.packageId, requestId: header.requestId, provider: provider)
-        let state = try await conn.query("SELECT state FROM packages WHERE id = \(body.packageId)", logger: logger).decode(String.self).first { _ in true }
-        guard state == nil || state == PackageState.receiving.rawValue else { return }  // finalised already: a redelivery
-
-        let exists = try await conn.query("SELECT 1 FROM package_chunks WHERE package_id = \(body.packageId) AND idx = \(body.index)", logger: logger)
-            .decode(Int.self).first { _ in true } != nil
-        guard !exists else { return }  // stored once; a copy sent again (after a crash) adds nothing
-        let location = try bytes.withUnsafeBytes { try chunkStore().put($0, sha256: body.sha256) }
-        try await conn.query("""
+        let claim = try await claimArrival(conn, packageId: body.packageId, requestId: header.requestId, provider: provider)
+        if claim.manifestIn {
+            let state = try await conn.query("SELECT state FROM packages WHERE id = \(body.packageId)", logger: logger).decode(String.self).first { _ in true }
+            guard state == nil || state == PackageState.receiving.rawValue else { return }  // finalised already: a redelivery
+        }
+        // Indexed first, stored second: if the store fails, the transaction (and the index row)
+        // is rolled back, and the message is tried again. A chunk indexed before (sent again
+        // after a crash) adds nothing.
+        let store = try chunkStore()
+        let location = store.location(sha256: body.sha256)
+        let inserted = try await conn.query("""
             INSERT INTO package_chunks (package_id, idx, request_id, sha256, size, location, results)
             VALUES (\(body.packageId), \(body.index), \(header.requestId), \(body.sha256), \(body.size), \(location),
                     \(String(decoding: try CanonicalJSON.encode(body.results), as: UTF8.self)))
-            """, logger: logger)
+            ON CONFLICT DO NOTHING RETURNING 1
+            """, logger: logger).decode(Int.self).first { _ in true } != nil
+        guard inserted else { return }
+        let stored = try bytes.withUnsafeBytes { try store.put($0, sha256: body.sha256) }
+        guard stored == location else {
+            throw ChunkStoreError(kind: .unwritable, location: stored, detail: "the store put the chunk elsewhere than its content address \(location)")
+        }
         custody.record(CustodyEvent(
             kind: .chunkReceived, at: Timestamp.now(), actor: .init(type: .provider, id: provider),
             subject: .init(requestId: header.requestId, packageId: body.packageId, chunk: body.index),
             objects: ["chunkSha256": body.sha256], details: ["size": "\(body.size)"]))
-        try await advance(conn, packageId: body.packageId, requestId: header.requestId, arrived: (body, bytes))
-        try await finalizeIfComplete(conn, packageId: body.packageId, custody: custody)
+        try await advance(conn, packageId: body.packageId, requestId: header.requestId, arrived: (body, bytes),
+                          known: (claim.checked, claim.stored + 1))
+        if claim.manifestIn { try await finalizeIfComplete(conn, packageId: body.packageId, custody: custody) }
     }
 
-    /// The package's arrival row — who sends it, how many chunks are checked — made by its
-    /// first chunk or its manifest, and locked for this transaction. A package id another
-    /// request or provider uses is refused.
-    func claimArrival(_ conn: PostgresConnection, packageId: UUID, requestId: UUID, provider: String) async throws {
-        try await conn.query("""
-            INSERT INTO arriving_packages (package_id, request_id, provider_id) VALUES (\(packageId), \(requestId), \(provider))
-            ON CONFLICT DO NOTHING
-            """, logger: logger)
-        var owner: (UUID, String)?
-        for try await r in try await conn.query(
-            "SELECT request_id, provider_id FROM arriving_packages WHERE package_id = \(packageId) FOR UPDATE", logger: logger
-        ).decode((UUID, String).self) { owner = r }
-        guard let owner, owner.0 == requestId, owner.1 == provider else { throw IngestRejection(reason: "the package belongs to another request") }
+    /// The package's arrival row — who sends it, how many chunks are checked and stored,
+    /// whether its manifest is in — made by its first chunk or its manifest, and locked for
+    /// this transaction (one statement). A package id another request or provider uses is
+    /// refused.
+    @discardableResult
+    func claimArrival(_ conn: PostgresConnection, packageId: UUID, requestId: UUID, provider: String, manifest: Bool = false) async throws
+        -> (checked: Int, stored: Int, manifestIn: Bool)
+    {
+        var row: (UUID, String, Int, Int, Bool)?
+        for try await r in try await conn.query("""
+            INSERT INTO arriving_packages (package_id, request_id, provider_id, manifest_in) VALUES (\(packageId), \(requestId), \(provider), \(manifest))
+            ON CONFLICT (package_id) DO UPDATE SET manifest_in = arriving_packages.manifest_in OR EXCLUDED.manifest_in
+            RETURNING request_id, provider_id, checked, stored, manifest_in
+            """, logger: logger).decode((UUID, String, Int, Int, Bool).self) { row = r }
+        guard let row, row.0 == requestId, row.1 == provider else { throw IngestRejection(reason: "the package belongs to another request") }
+        return (row.2, row.3, row.4)
     }
 
     /// A package's chunks are indexed 0 ..< this.
@@ -142,9 +154,18 @@ extension BrokerStore {
     /// next is stored: `arrived` from the message in hand, the others read back from the chunk
     /// store (and checked against their index). Records the new count.
     @discardableResult
-    func advance(_ conn: PostgresConnection, packageId: UUID, requestId: UUID, arrived: (ChunkBody, [UInt8])? = nil) async throws -> Arrival {
-        let checked = try await conn.query("SELECT checked FROM arriving_packages WHERE package_id = \(packageId)", logger: logger)
-            .decode(Int.self).first { _ in true } ?? 0
+    /// `known`: the arrival row's counts as this transaction has them (checked, and stored
+    /// with the chunk in hand), when the caller has them already; they spare a query, and
+    /// the search for early chunks when none waits.
+    func advance(_ conn: PostgresConnection, packageId: UUID, requestId: UUID, arrived: (ChunkBody, [UInt8])? = nil,
+                 known: (checked: Int, stored: Int)? = nil) async throws -> Arrival {
+        var checked = 0, stored = Int.max
+        if let known {
+            (checked, stored) = known
+        } else {
+            checked = try await conn.query("SELECT checked FROM arriving_packages WHERE package_id = \(packageId)", logger: logger)
+                .decode(Int.self).first { _ in true } ?? 0
+        }
         var arrival: Arrival
         if let kept = arrivals.take(packageId, checked: checked) {
             arrival = kept
@@ -158,15 +179,20 @@ extension BrokerStore {
             if let (body, bytes) = arrived, body.index == arrival.checked {
                 arrival.consume(bytes, sha256: Digest.bytes(hex: body.sha256)!, results: body.results)
             }
-            // Chunks that arrived early, now next in line.
-            var next = arrival.checked
-            for try await idx in try await conn.query("""
-                SELECT idx FROM package_chunks WHERE package_id = \(packageId) AND idx >= \(arrival.checked) ORDER BY idx
-                """, logger: logger).decode(Int.self) where idx == next {
-                next += 1
+            if stored > arrival.checked {
+                // Chunks that arrived early, now next in line.
+                var next = arrival.checked
+                for try await idx in try await conn.query("""
+                    SELECT idx FROM package_chunks WHERE package_id = \(packageId) AND idx >= \(arrival.checked) ORDER BY idx
+                    """, logger: logger).decode(Int.self) where idx == next {
+                    next += 1
+                }
+                if next > arrival.checked { try await feed(conn, packageId: packageId, into: &arrival, from: arrival.checked, to: next) }
             }
-            if next > arrival.checked { try await feed(conn, packageId: packageId, into: &arrival, from: arrival.checked, to: next) }
-            if arrival.checked != checked {
+            if let known {
+                try await conn.query("UPDATE arriving_packages SET checked = \(arrival.checked), stored = \(known.stored) WHERE package_id = \(packageId)",
+                                     logger: logger)
+            } else if arrival.checked != checked {
                 try await conn.query("UPDATE arriving_packages SET checked = \(arrival.checked) WHERE package_id = \(packageId)", logger: logger)
             }
         } catch {

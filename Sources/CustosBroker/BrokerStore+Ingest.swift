@@ -292,7 +292,7 @@ extension BrokerStore {
         else { throw IngestRejection(reason: "manifest signature or time-stamp is not base64 DER") }
         let manifestSha = Digest.sha256Hex(canonical)
         let actor = CustodyEvent.Actor(type: .provider, id: provider)
-        try await claimArrival(conn, packageId: m.packageId, requestId: m.requestId, provider: provider)
+        try await claimArrival(conn, packageId: m.packageId, requestId: m.requestId, provider: provider, manifest: true)
         // A package for a revoked or lapsed emergency is kept, but sealed from the start.
         let sealReason = try await Emergency.sealOnArrival(conn, request: m.requestId, logger: logger)
         let inserted = try await conn.query("""

@@ -16,8 +16,11 @@ import Foundation
 /// must throw `ChunkStoreError` for a chunk that is absent or whose bytes do not authenticate.
 /// Chunks are content-addressed, so two brokers writing the same chunk at once is harmless.
 public protocol ChunkStore: Sendable {
+    /// Where the chunk whose SHA-256 is `sha256` is (or would be) kept: chunks are
+    /// content-addressed, so the index row can be written before the bytes.
+    func location(sha256: String) -> String
     /// Stores `bytes`, whose SHA-256 is `sha256` (64 lower-case hex digits), durably, and
-    /// returns where. Storing the same bytes again stores nothing new.
+    /// returns where (`location(sha256:)`). Storing the same bytes again stores nothing new.
     func put(_ bytes: UnsafeRawBufferPointer, sha256: String) throws -> String
     /// The chunk at `location`: its bytes, checked to have SHA-256 `sha256`.
     /// Throws `ChunkStoreError` when it is missing, cannot be decrypted, or differs.
@@ -75,9 +78,11 @@ public struct DirectoryChunkStore: ChunkStore {
         root.appendingPathComponent(String(sha256.prefix(2))).appendingPathComponent(sha256)
     }
 
+    public func location(sha256: String) -> String { "file:\(sha256.prefix(2))/\(sha256)" }
+
     public func put(_ bytes: UnsafeRawBufferPointer, sha256: String) throws -> String {
         precondition(Digest.isSHA256Hex(sha256))
-        let location = "file:\(sha256.prefix(2))/\(sha256)"
+        let location = location(sha256: sha256)
         let url = path(sha256)
         // Content-addressed: a chunk already stored intact is not stored twice.
         if FileManager.default.fileExists(atPath: url.path), (try? get(location: location, sha256: sha256)) != nil { return location }
@@ -109,7 +114,7 @@ public struct DirectoryChunkStore: ChunkStore {
     }
 
     public func get(location: String, sha256: String) throws -> [UInt8] {
-        guard location == "file:\(sha256.prefix(2))/\(sha256)", Digest.isSHA256Hex(sha256) else {
+        guard Digest.isSHA256Hex(sha256), location == self.location(sha256: sha256) else {
             throw ChunkStoreError(kind: .missing, location: location, detail: "not a location of this store")
         }
         guard let data = FileManager.default.contents(atPath: path(sha256).path) else {

@@ -377,17 +377,20 @@ enum Migrations {
             UPDATE package_chunks c SET request_id = p.request_id FROM packages p WHERE p.id = c.package_id;
             ALTER TABLE package_chunks ALTER COLUMN request_id SET NOT NULL;
             ALTER TABLE package_chunks ADD CONSTRAINT package_chunks_stored CHECK ((data IS NULL) <> (location IS NULL));
-            -- A package whose chunks are arriving: whose it is, and how many chunks (0 ..< checked)
-            -- have been checked in order. Made by its first chunk or its manifest.
+            -- A package whose chunks are arriving: whose it is, how many chunks (0 ..< checked)
+            -- have been checked in order, how many are stored, and whether its manifest is in.
+            -- Made by its first chunk or its manifest.
             CREATE TABLE arriving_packages (
                 package_id uuid PRIMARY KEY,
                 request_id uuid NOT NULL REFERENCES requests(id),
                 provider_id text NOT NULL,
                 checked int NOT NULL DEFAULT 0 CHECK (checked >= 0),
+                stored int NOT NULL DEFAULT 0 CHECK (stored >= 0),
+                manifest_in boolean NOT NULL DEFAULT false,
                 first_at timestamptz NOT NULL DEFAULT now()
             );
-            INSERT INTO arriving_packages (package_id, request_id, provider_id, checked)
-                SELECT p.id, p.request_id, p.provider_id, (SELECT count(*) FROM package_chunks c WHERE c.package_id = p.id) FROM packages p;
+            INSERT INTO arriving_packages (package_id, request_id, provider_id, checked, stored, manifest_in)
+                SELECT p.id, p.request_id, p.provider_id, 0, (SELECT count(*) FROM package_chunks c WHERE c.package_id = p.id), true FROM packages p;
             CREATE INDEX package_chunks_by_request ON package_chunks(request_id);
             """),
     ]
