@@ -409,6 +409,14 @@ extension BrokerStore {
             try await Self.advance(conn, requestId, to: .partiallyDelivered, actor: providerActor, note: note, custody: custody,
                                    packageId: packageId, details: ["outcome": newState.rawValue], recordAnyway: true, logger: logger)
         } else {
+            // Packages of this request abandoned without a manifest (a connector that restarted
+            // mid-extraction sends anew under another id) will not complete: what this process
+            // holds of them in memory, and their digest files, go.
+            for try await abandoned in try await conn.query("""
+                SELECT package_id FROM arriving_packages WHERE request_id = \(requestId) AND package_id <> \(packageId) AND NOT manifest_in
+                """, logger: logger).decode(UUID.self) {
+                arrivals.remove(abandoned)
+            }
             try await Self.advance(conn, requestId, to: .delivered, actor: providerActor, note: "package \(packageId.lowercased) complete",
                                    custody: custody, packageId: packageId, logger: logger)
             if verification.valid {
