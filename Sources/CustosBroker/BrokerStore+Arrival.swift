@@ -81,9 +81,9 @@ extension BrokerStore {
         return chunks
     }
 
-    /// A chunk of package protocol v2: checked against its authenticated envelope, written to
-    /// the chunk store (durably, before the caller stores its Kafka offset), indexed once, then
-    /// fed to the package's checks in index order — a chunk that arrives early waits in the
+    /// A chunk of package protocol v2: checked against its authenticated envelope, indexed
+    /// once and written to the chunk store (durably, in the same transaction, before the caller
+    /// stores its Kafka offset), then fed to the package's checks in index order — a chunk that arrives early waits in the
     /// store. When the manifest is in and every chunk it lists has been checked, the package
     /// is finalised.
     /// `sha256`: the SHA-256 of `bytes` (hex), taken once by the caller.

@@ -112,11 +112,10 @@ public struct RedactedContentVerifier: Sendable {
 
     static func marker(_ bytes: UnsafeRawBufferPointer) -> ([UInt8], Int)? {
         guard case .object(let top)? = try? JSONParser.parse(bytes), top.count == 1, case .object(let w)? = top["withheld"], w.count == 2,
-              let hex = w["leaf"]?.stringValue, let leaf = Self.bytes(hex: hex), leaf.count == 32,
+              let hex = w["leaf"]?.stringValue, let leaf = Digest.bytes(hex: hex), leaf.count == 32,
               case .number(let n)? = w["size"], n >= 1, n == n.rounded(), n < 1e15
         else { return nil }
         return (leaf, Int(n))
     }
 
-    static func bytes(hex: String) -> [UInt8]? { Digest.bytes(hex: hex) }
 }
