@@ -23,7 +23,8 @@ struct Arrival: Sendable {
     mutating func consume(_ bytes: [UInt8], sha256: [UInt8], results: [ChunkBody.ResultStart]) {
         bytes.withUnsafeBytes { raw in
             content.consume(chunk: raw, sha256: sha256, results: results)
-            judge?.consume(content: raw)
+            let leaves = content.takeLeaves()
+            judge?.consume(content: raw, leaves: leaves)
         }
         checked += 1
     }
@@ -69,6 +70,7 @@ final class Arrivals: Sendable {
             let digests = try? SpillingDigests(directory: spool.appendingPathComponent(id.lowercased + "-" + UUID().uuidString.lowercased()))
             arrival.digests = digests
             arrival.judge = PackageJudge(request: request, digests: digests)
+            arrival.content = ArrivingContent(collectsLeaves: true)
         }
         return arrival
     }

@@ -91,6 +91,8 @@ public struct PackageJudge: Sendable {
     private var shown = false
     /// A record line split across content slices, until its end arrives.
     private var lines = RecordLines()
+    /// Content bytes consumed so far (where the next slice begins).
+    private var contentOffset: Int64 = 0
 
     /// `digests`: where to keep the records' digests for the duplicate count; by default in
     /// memory (16 to 64 bytes a record).
@@ -143,10 +145,31 @@ public struct PackageJudge: Sendable {
 
     /// Content, in slices of any size: cut into record lines and judged.
     public mutating func consume(content bytes: UnsafeRawBufferPointer) {
+        consume(content: bytes, leaves: [])
+    }
+
+    /// Content, in slices of any size, with the Merkle leaf digests of the records that end in
+    /// this slice, as the content checks computed them (`RecordLeaf`, in content order). A
+    /// record whose line matches a leaf exactly (same end, same length) takes that leaf as its
+    /// duplicate-search key instead of hashing its bytes again; any other is hashed here, so
+    /// missing or misplaced leaves change nothing but the time taken.
+    public mutating func consume(content bytes: UnsafeRawBufferPointer, leaves: [RecordLeaf]) {
         var pending = lines
         lines = RecordLines()
-        pending.consume(bytes) { consume(record: $0) }
+        let base = contentOffset
+        var next = 0
+        pending.consume(bytes) { line, newline in
+            let end = base + Int64(newline)
+            while next < leaves.count && leaves[next].end < end { next += 1 }
+            if next < leaves.count, leaves[next].end == end, leaves[next].length == line.count {
+                consume(record: line, key: (leaves[next].a, leaves[next].b))
+                next += 1
+            } else {
+                consume(record: line, key: nil)
+            }
+        }
         lines = pending
+        contentOffset += Int64(bytes.count)
     }
 
     /// One record: its line's bytes without the newline. Returns whether investigators may see
@@ -155,11 +178,17 @@ public struct PackageJudge: Sendable {
     /// nobody can tell whether the authorisation covers it.
     @discardableResult
     public mutating func consume(record line: UnsafeRawBufferPointer) -> Bool {
+        consume(record: line, key: nil)
+    }
+
+    /// `key`: the record's leaf digest, first 128 bits, when the caller has it (nil: hashed here).
+    @discardableResult
+    private mutating func consume(record line: UnsafeRawBufferPointer, key: (UInt64, UInt64)?) -> Bool {
         counts.records += 1
         shown = false
-        // Byte-identical records are duplicates (SHA-256, first 128 bits kept).
-        let digest = SHA256.hash(data: line)
-        let (a, b) = digest.withUnsafeBytes { ($0.loadUnaligned(as: UInt64.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) }
+        // Byte-identical records are duplicates: their Merkle leaf digests are equal (first
+        // 128 bits kept). The content checks compute the same digest for the records root.
+        let (a, b) = key ?? RecordLeaf.key(line)
         let fresh = store == nil ? seen.insert(a, b) : store!.insert(a, b)
         if !fresh { counts.duplicates += 1 }
         if !alwaysParse && RecordScanner.scan(line, categories: categoryNames, fieldNames: fieldNames, into: &scan) {
@@ -368,6 +397,11 @@ public struct RecordLines: Sendable {
     public init() {}
 
     public mutating func consume(_ bytes: UnsafeRawBufferPointer, _ line: (UnsafeRawBufferPointer) -> Void) {
+        consume(bytes) { l, _ in line(l) }
+    }
+
+    /// The same, also giving where in `bytes` each line's newline is.
+    public mutating func consume(_ bytes: UnsafeRawBufferPointer, _ line: (UnsafeRawBufferPointer, Int) -> Void) {
         guard let base = bytes.baseAddress else { return }
         var start = 0
         while start < bytes.count {
@@ -377,10 +411,10 @@ public struct RecordLines: Sendable {
             }
             let end = base.distance(to: UnsafeRawPointer(nl))
             if pending.isEmpty {
-                line(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+                line(UnsafeRawBufferPointer(rebasing: bytes[start..<end]), end)
             } else {
                 pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
-                pending.withUnsafeBytes { line($0) }
+                pending.withUnsafeBytes { line($0, end) }
                 pending.removeAll(keepingCapacity: true)
             }
             start = end + 1

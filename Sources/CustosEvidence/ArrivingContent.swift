@@ -1,3 +1,4 @@
+import CustosCriteria
 import Crypto
 import CustosMerkle
 import CustosModel
@@ -30,8 +31,22 @@ public struct ArrivingContent: Sendable {
     private var recordHash = MerkleTree.leafHasher()
     private var recordLength = 0
     private var failures: [PackageVerification.Failure] = []
+    /// Whether to keep each record's leaf digest for `takeLeaves()` (for the judge).
+    private let collectsLeaves: Bool
+    private var leaves: [RecordLeaf] = []
 
-    public init() {}
+    /// `collectsLeaves`: keep each complete record's leaf digest until `takeLeaves()`, so
+    /// that a `PackageJudge` fed the same chunks need not hash the records again.
+    public init(collectsLeaves: Bool = false) {
+        self.collectsLeaves = collectsLeaves
+    }
+
+    /// The leaf digests of the records completed since the last call (content order; empty
+    /// unless made with `collectsLeaves`), for `PackageJudge.consume(content:leaves:)`.
+    public mutating func takeLeaves() -> [RecordLeaf] {
+        defer { leaves.removeAll(keepingCapacity: true) }
+        return leaves
+    }
 
     private mutating func fail(_ code: PackageVerification.Failure.Code, _ detail: String) {
         if failures.count < 1000 { failures.append(.init(code: code, detail: detail)) }
@@ -56,7 +71,7 @@ public struct ArrivingContent: Sendable {
                 if closed[start.result] != nil { fail(.resultSize, "result \(start.result) appears twice in the content") }
                 current = (start.result, RecordTree())
             }
-            consumeRecords(UnsafeRawBufferPointer(rebasing: bytes[start.offset..<end]))
+            consumeRecords(UnsafeRawBufferPointer(rebasing: bytes[start.offset..<end]), at: size + Int64(start.offset))
         }
         size += Int64(bytes.count)
         chunkCount += 1
@@ -71,7 +86,8 @@ public struct ArrivingContent: Sendable {
         fail(.chunkMissing, "chunk \(index) could not be read: \(why)")
     }
 
-    private mutating func consumeRecords(_ bytes: UnsafeRawBufferPointer) {
+    /// `offset`: where `bytes` begin in the content.
+    private mutating func consumeRecords(_ bytes: UnsafeRawBufferPointer, at offset: Int64) {
         guard !bytes.isEmpty, let base = bytes.baseAddress else { return }
         var start = 0
         while start < bytes.count {
@@ -80,7 +96,9 @@ public struct ArrivingContent: Sendable {
             recordHash.update(bufferPointer: UnsafeRawBufferPointer(start: base + start, count: i - start))
             recordLength += i - start
             if i < bytes.count {
-                current!.records.appendLeaf(recordHash.finalize(), length: recordLength)
+                let leaf = recordHash.finalize()
+                current!.records.appendLeaf(leaf, length: recordLength)
+                if collectsLeaves { leaves.append(RecordLeaf(end: offset + Int64(i), length: recordLength, digest: leaf)) }
                 recordHash = MerkleTree.leafHasher()
                 recordLength = 0
                 i += 1

@@ -228,7 +228,8 @@ public struct BundleVerifier: Sendable {
     private var content: ContentVerifier?
     private var manifest: Manifest?
     private var request: ApprovedRequest?
-    private var judge: PackageJudge?
+    /// Judges on a thread of its own while this one hashes (nil: integrity only).
+    private var judge: PipelinedJudge?
     /// Where the judge's record digests go (removed when the verifier is done with them).
     private var spill: SpillingDigests?
     private var failures: [PackageVerification.Failure] = []
@@ -275,7 +276,7 @@ public struct BundleVerifier: Sendable {
             if entry == nil { failures.append(.init(code: .manifestFormat, detail: "unexpected entry \(parts[1]) in the bundle")) }
             if entry == .content {
                 guard let manifest else { throw Unusable("content.ndjson comes before manifest.json") }
-                content = ContentVerifier(manifest: manifest)
+                content = ContentVerifier(manifest: manifest, collectsLeaves: files[.criteria] != nil && request != nil)
                 // The four criteria are judged again only for a bundle that states a verdict
                 // (criteria.json comes before the content); a bundle without one is checked on
                 // integrity alone. The duplicate search's digests go to temporary files, so
@@ -285,7 +286,7 @@ public struct BundleVerifier: Sendable {
                     do { spill = try SpillingDigests(directory: directory) } catch {
                         throw Unusable("the duplicate search cannot write its temporary files in \(FileManager.default.temporaryDirectory.path) (TMPDIR)")
                     }
-                    judge = PackageJudge(request: request, manifest: manifest, digests: spill)
+                    judge = PipelinedJudge(PackageJudge(request: request, manifest: manifest, digests: spill))
                 }
             } else if size > Int64(Self.maximumSmallEntry) {
                 throw Unusable("entry \(parts[1]) is larger than \(Self.maximumSmallEntry) bytes")
@@ -293,10 +294,8 @@ public struct BundleVerifier: Sendable {
             current = (entry, parts[1], [])
         case .data(let bytes):
             if current?.entry == .content {
-                bytes.withUnsafeBytes { b in
-                    content!.consume(b)
-                    judge?.consume(content: b)
-                }
+                bytes.withUnsafeBytes { content!.consume($0) }
+                judge?.consume(content: bytes, leaves: content!.takeLeaves())
             } else if current?.entry != nil {
                 current!.bytes += bytes
             }
@@ -417,7 +416,7 @@ public struct BundleVerifier: Sendable {
         // The four criteria, judged again from what is here, against the delivery facts the
         // broker's verdict states (its time-stamp time replaced by the one verified here).
         if let carried = files[.criteria] {
-            if let stated = try? JSONDecoder().decode(Verdict.self, from: Data(carried)), var judge,
+            if let stated = try? JSONDecoder().decode(Verdict.self, from: Data(carried)), var judge = judge?.drain(),
                let delivery = PackageJudge.Delivery(stated.delivery, timeStampedAt: signatures.genTime) {
                 let again = judge.finish(checks: all.map(\.code.rawValue), delivery: delivery,
                                          bounds: PackageJudge.Bounds(stated.delivery), judgedAt: stated.judgedAt)

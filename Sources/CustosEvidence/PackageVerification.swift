@@ -1,3 +1,4 @@
+import CustosCriteria
 import CustosMerkle
 import Crypto
 import CustosCanonicalJSON
@@ -84,9 +85,15 @@ public struct ContentVerifier: Sendable {
     private var results: ResultCursor
     private var recordHash = SHA256()
     private var recordLength = 0
+    /// Whether to keep each record's leaf digest for `takeLeaves()` (for the judge).
+    private let collectsLeaves: Bool
+    private var leaves: [RecordLeaf] = []
 
-    public init(manifest: Manifest) {
+    /// `collectsLeaves`: keep each complete record's leaf digest until `takeLeaves()`, so
+    /// that a `PackageJudge` fed the same content need not hash the records again.
+    public init(manifest: Manifest, collectsLeaves: Bool = false) {
         self.manifest = manifest
+        self.collectsLeaves = collectsLeaves
         results = ResultCursor(manifest.results)
         recordHash = MerkleTree.leafHasher()
     }
@@ -152,7 +159,9 @@ public struct ContentVerifier: Sendable {
             recordHash.update(bufferPointer: UnsafeRawBufferPointer(start: base + start, count: i - start))
             recordLength += i - start
             if i < limit {  // a newline: the record is complete
-                results.records.appendLeaf(recordHash.finalize(), length: recordLength)
+                let leaf = recordHash.finalize()
+                results.records.appendLeaf(leaf, length: recordLength)
+                if collectsLeaves { leaves.append(RecordLeaf(end: received + Int64(i), length: recordLength, digest: leaf)) }
                 resetRecord()
                 i += 1
             }
@@ -160,6 +169,13 @@ public struct ContentVerifier: Sendable {
             start = i
             if results.remaining == 0 { nextResult() }
         }
+    }
+
+    /// The leaf digests of the records completed since the last call (content order; empty
+    /// unless made with `collectsLeaves`), for `PackageJudge.consume(content:leaves:)`.
+    public mutating func takeLeaves() -> [RecordLeaf] {
+        defer { leaves.removeAll(keepingCapacity: true) }
+        return leaves
     }
 
     /// Every failure found, after the last byte.

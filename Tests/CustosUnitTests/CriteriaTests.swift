@@ -1,3 +1,4 @@
+import Crypto
 import CustosCanonicalJSON
 @testable import CustosCriteria
 import CustosEvidence
@@ -225,6 +226,52 @@ struct CriteriaTests {
         }
         #expect(disagreements.isEmpty, "the paths disagree on: \(disagreements.prefix(5))")
         #expect(lines.count > 5_000)
+    }
+
+    /// The content checks hand the judge each record's leaf digest (`RecordLeaf`), so that the
+    /// duplicate search hashes nothing again. The leaves are used where they match a line
+    /// exactly, and only there: the verdict is the one hashing every line would reach, however
+    /// the content is sliced and whatever leaves are missing or misplaced.
+    @Test func leavesFromTheContentChecksKeyTheDuplicateSearchAsHashingDoes() throws {
+        var crafted = Crafted()
+        crafted.lines += [crafted.lines[0], crafted.lines[2], crafted.lines[0]]  // three duplicates
+        let content = Array(crafted.lines.joined(separator: "\n").utf8) + [0x0A]
+        // The leaves as the broker's content checks compute them (one chunk, one result).
+        var arriving = ArrivingContent(collectsLeaves: true)
+        arriving.consume(chunk: content, sha256: Array(SHA256.hash(data: content)), results: [.init(result: 0, offset: 0)])
+        let leaves = arriving.takeLeaves()
+        #expect(leaves.count == crafted.lines.count)
+        #expect(arriving.takeLeaves().isEmpty)
+        var end: Int64 = -1
+        for (leaf, line) in zip(leaves, crafted.lines) {
+            end += Int64(line.utf8.count) + 1
+            let key = Array(line.utf8).withUnsafeBytes { RecordLeaf.key($0) }
+            #expect(leaf.end == end && leaf.length == line.utf8.count && leaf.a == key.0 && leaf.b == key.1)
+        }
+        func judged(slice: Int, _ given: (Range<Int>) -> [RecordLeaf]) -> Verdict {
+            var judge = PackageJudge(request: crafted.request, manifest: crafted.manifest)
+            var at = 0
+            while at < content.count {
+                let range = at..<min(content.count, at + slice)
+                content[range].withUnsafeBytes { judge.consume(content: $0, leaves: given(range)) }
+                at = range.upperBound
+            }
+            return judge.finish(checks: [], delivery: crafted.delivery, judgedAt: "2026-11-20T10:00:01Z")
+        }
+        let hashed = crafted.judge()
+        #expect(hashed.counts.duplicates == 3)
+        func ending(in r: Range<Int>) -> [RecordLeaf] { leaves.filter { r.contains(Int($0.end)) } }
+        for slice in [1, 7, 64, content.count] {
+            #expect(judged(slice: slice, ending) == hashed)
+            #expect(judged(slice: slice) { _ in [] } == hashed)
+            // Misplaced: every leaf one byte off, or one byte short: none is used.
+            #expect(judged(slice: slice) { r in ending(in: r).map { RecordLeaf(end: $0.end + 1, length: $0.length, a: $0.a, b: $0.b) } } == hashed)
+            #expect(judged(slice: slice) { r in ending(in: r).map { RecordLeaf(end: $0.end, length: $0.length - 1, a: $0.a, b: $0.b) } } == hashed)
+        }
+        // A leaf that matches a line is taken as given: a wrong digest there changes the count.
+        var wrong = leaves
+        wrong[1] = RecordLeaf(end: wrong[1].end, length: wrong[1].length, a: leaves[0].a, b: leaves[0].b)
+        #expect(judged(slice: content.count) { _ in wrong }.counts.duplicates == 4)
     }
 
     @Test func theDigestTableFindsEveryRepeatAcrossGrowthAndTheZeroDigest() {
