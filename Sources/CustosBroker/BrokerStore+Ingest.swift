@@ -44,6 +44,10 @@ extension BrokerStore {
         guard header.type.direction == .fromProvider else {
             return try await deadLetter(message, reason: "wrongDirection: \(header.type.rawValue) is not a provider message", answer: answer)
         }
+        // Every number and string within the bounds its schema sets, before the database sees any.
+        if let violation = MessageBounds.violation(in: opened.json, type: header.type) {
+            return try await deadLetter(message, reason: violation, answer: answer)
+        }
         guard (message.header(Topics.envelopeHeader) != nil) == (header.type == .chunk || header.type == .manifestPart) else {
             return try await deadLetter(message, reason: "malformed: only chunk and manifest-part messages carry their envelope in a header", answer: answer)
         }
@@ -83,11 +87,11 @@ extension BrokerStore {
             return try await deadLetter(message, reason: rejection.reason, answer: answer)
         } catch let error as SignedEnvelope.DecodeError {
             return try await deadLetter(message, reason: error.description, answer: answer)
-        } catch let error as PSQLError where error.serverInfo?[.sqlState]?.hasPrefix("22") == true {
-            // A value the database refuses (SQLSTATE class 22, data exception) is the
-            // message's fault, not an outage: retrying it would stall the partition for good.
-            return try await deadLetter(message, reason: "malformed: a value the database cannot store (SQLSTATE \(error.serverInfo?[.sqlState] ?? ""))",
-                                        answer: answer)
+        } catch {
+            // A failure about the message is dead-lettered at once; only one about the database
+            // (or the chunk store) is thrown, for the consumer to retry the same message.
+            guard case .message(let reason) = IngestFailure.cause(of: error) else { throw error }
+            return try await deadLetter(message, reason: reason, answer: answer)
         }
     }
 
@@ -272,6 +276,7 @@ extension BrokerStore {
         guard case .object(let members)? = try? JSONParser.parse(whole), let manifestJSON = members["manifest"],
               let body = try? JSONDecoder().decode(ManifestBody.self, from: Data(whole))
         else { throw IngestRejection(reason: "manifest parts do not make a manifest message body") }
+        if let violation = MessageBounds.violation(in: .object(["body": .object(members)]), type: .manifest) { throw IngestRejection(reason: violation) }
         guard CanonicalJSON.serialize(.object(members)).elementsEqual(whole) else {
             throw IngestRejection(reason: "malformed: the manifest parts' body is not RFC 8785 canonical JSON, so its signed manifest cannot be kept as sent")
         }
