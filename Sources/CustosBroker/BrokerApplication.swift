@@ -68,7 +68,9 @@ public func buildApplication(
     let notifier = WebhookNotifier(client: postgres, settings: webhooks, wakeup: webhookWakeup, ready: ready, logger: logger)
     let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
     let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
-                                    refreshInterval: configuration.providerRefreshInterval, ready: ready, logger: logger)
+                                    refreshInterval: configuration.providerRefreshInterval, concurrency: configuration.ingestConcurrency,
+                                    urgentConcurrency: configuration.ingestUrgentConcurrency,
+                                    partitionBufferBytes: configuration.ingestPartitionBufferBytes, ready: ready, logger: logger)
     let tls = try configuration.tlsCertificateFile.map { file in
         try brokerTLSConfiguration(certificateChain: try readFile(file, key: "http.tls.certificateFile"),
                                    key: try readFile(configuration.tlsKeyFile!, key: "http.tls.keyFile"),

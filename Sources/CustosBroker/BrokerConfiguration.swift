@@ -53,6 +53,16 @@ public struct BrokerConfiguration: Sendable {
     /// `providers.refreshSeconds`: how often the list of registered providers (and so the
     /// topics consumed) is re-read.
     public var providerRefreshInterval: Duration = .seconds(5)
+    /// `ingest.concurrency`: provider messages applied at once, each request's in order
+    /// (requests and providers in parallel, urgent ones first).
+    public var ingestConcurrency: Int = 4
+    /// `ingest.urgentConcurrency`: further workers that apply only emergency requests' messages
+    /// (from `custos.from.<provider>.urgent`, or of a request the broker knows is an emergency),
+    /// so that no bulk delivery delays them.
+    public var ingestUrgentConcurrency: Int = 2
+    /// `ingest.partitionBufferBytes`: message bytes read from one Kafka partition and not yet
+    /// applied; past this the partition is paused until half of them are (memory stays bounded).
+    public var ingestPartitionBufferBytes: Int = 16 << 20
     /// `custody.origin`: the name of this custody log, the first line of every checkpoint;
     /// witnesses tell logs apart by it.
     public var custodyOrigin: String = "custos.local/custody"
@@ -115,6 +125,14 @@ public struct BrokerConfiguration: Sendable {
         consumerGroup = reader.string(forKey: "kafka.groupId", default: consumerGroup)
         outboxPollInterval = .milliseconds(reader.int(forKey: "outbox.pollMilliseconds", default: 100))
         providerRefreshInterval = .seconds(reader.int(forKey: "providers.refreshSeconds", default: 5))
+        ingestConcurrency = reader.int(forKey: "ingest.concurrency", default: ingestConcurrency)
+        guard (1...256).contains(ingestConcurrency) else { throw ConfigurationError(key: "ingest.concurrency", reason: "must be 1 to 256") }
+        ingestUrgentConcurrency = reader.int(forKey: "ingest.urgentConcurrency", default: ingestUrgentConcurrency)
+        guard (0...64).contains(ingestUrgentConcurrency) else { throw ConfigurationError(key: "ingest.urgentConcurrency", reason: "must be 0 to 64") }
+        ingestPartitionBufferBytes = reader.int(forKey: "ingest.partitionBufferBytes", default: ingestPartitionBufferBytes)
+        guard ingestPartitionBufferBytes >= 2 << 20 else {
+            throw ConfigurationError(key: "ingest.partitionBufferBytes", reason: "must be at least 2 MiB (four chunks)")
+        }
         custodyOrigin = reader.string(forKey: "custody.origin", default: custodyOrigin)
         custodyCertificateFile = try reader.require("custody.certificateFile")
         custodyKeyFile = try reader.require("custody.keyFile")

@@ -27,7 +27,8 @@ extension BrokerStore {
     /// stores the Kafka offset only after this returns; a message seen before (by id) has
     /// no second effect, so redelivery after any crash is harmless.
     public func ingest(_ message: KafkaMessage, providerKeys: [String: VerifyingKey]) async throws -> IngestOutcome {
-        let expectedSender = message.topic.hasPrefix("custos.from.") ? String(message.topic.dropFirst("custos.from.".count)) : ""
+        // The sender a message on this topic must be signed by (either lane).
+        let expectedSender = Topics.provider(fromTopic: message.topic) ?? ""
         let envelopeBytes = message.header(Topics.envelopeHeader) ?? message.value
         let opened: (header: EnvelopeHeader, json: JSONValue)
         do {

@@ -227,6 +227,12 @@ public struct BrokerStore: Sendable {
         }
     }
 
+    /// Whether request `id` is an emergency (priority `emergency`); false for an unknown id.
+    func isEmergency(_ id: UUID) async throws -> Bool {
+        try await client.query("SELECT (spec::jsonb ->> 'priority') = 'emergency' FROM requests WHERE id = \(id)", logger: logger)
+            .decode(Bool?.self).first { _ in true }.flatMap { $0 } ?? false
+    }
+
     public func providers() async throws -> [String: VerifyingKey] {
         var out: [String: VerifyingKey] = [:]
         for try await (id, pem) in try await client.query("SELECT id, public_key_pem FROM providers", logger: logger).decode((String, String).self) {

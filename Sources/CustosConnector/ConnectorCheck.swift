@@ -52,7 +52,7 @@ public enum ConnectorCheck {
         await add("kafka") {
             let producer = try KafkaProducer(configuration: c.kafka, logger: logger)
             defer { producer.shutdown(timeout: .seconds(1)) }
-            let topics = [Topics.toProvider(c.providerId), Topics.toProviderUrgent(c.providerId), Topics.fromProvider(c.providerId)]
+            let topics = Topics.all(c.providerId)
             let (brokers, existing) = try await producer.metadata(topics: topics)
             let missing = topics.filter { !existing.contains($0) }
             if missing.isEmpty { return (.ok, "\(c.kafka.bootstrapServers): \(brokers) broker(s); topics \(topics.joined(separator: ", ")) exist") }

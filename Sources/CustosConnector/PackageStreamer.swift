@@ -46,7 +46,7 @@ struct PackageStreamer: Sendable {
     /// `chunks.json`.
     func streamContent(_ id: UUID, packageId: UUID, spools: SpoolProgress) async throws -> ChunkList {
         let key = Array(id.lowercased.utf8)
-        let topic = Topics.fromProvider(providerId)
+        let topic = Topics.fromProvider(providerId, urgent: jobs.isUrgent(id))
         let skip = jobs.progress(id)
         var accumulator = ChunkAccumulator()
         var buffer: [UInt8] = []
@@ -151,7 +151,7 @@ struct PackageStreamer: Sendable {
     /// that were signed, never re-encoded; one too large for a Kafka message goes in parts.
     func sendManifest(_ id: UUID) async throws {
         let key = Array(id.lowercased.utf8)
-        let topic = Topics.fromProvider(providerId)
+        let topic = Topics.fromProvider(providerId, urgent: jobs.isUrgent(id))
         let signedManifest = Array(try jobs.read(id, "manifest.json"))
         let manifestJSON = try JSONParser.parse(signedManifest)
         guard CanonicalJSON.serialize(manifestJSON) == signedManifest, let packageId = manifestJSON["packageId"]?.stringValue.flatMap(UUID.init(uuidString:)) else {

@@ -50,7 +50,7 @@ public struct ProviderConnector: Service {
     public func run() async throws {
         let provider = configuration.providerId
         // The topics exist before anyone waits on them (where the cluster allows creating them).
-        await producer.ensureTopicsOrWarn([Topics.toProvider(provider), Topics.toProviderUrgent(provider), Topics.fromProvider(provider)], logger: logger)
+        await producer.ensureTopicsOrWarn(Topics.all(provider), logger: logger)
         let consumer = try KafkaConsumer(configuration: configuration.kafka, groupId: configuration.groupId,
                                          topics: [Topics.toProvider(provider)], logger: logger)
         // Its own group, so that the normal lane's rebalances and backlog never hold it up.
@@ -228,14 +228,16 @@ public struct ProviderConnector: Service {
     }
 
     private func send<Body: Codable & Sendable>(_ type: MessageType, id: UUID, request: UUID, body: Body) async throws {
-        try await Self.send(type, id: id, request: request, body: body, providerId: configuration.providerId, signer: signer, producer: producer)
+        try await Self.send(type, id: id, request: request, body: body, providerId: configuration.providerId, signer: signer, producer: producer,
+                            urgent: jobs.isUrgent(request))
     }
 
-    /// Signs a message as this provider and sends it on `custos.from.<provider>`.
+    /// Signs a message as this provider and sends it on `custos.from.<provider>`, or on
+    /// `custos.from.<provider>.urgent` when the request is an emergency (`urgent`).
     public static func send<Body: Codable & Sendable>(_ type: MessageType, id: UUID, request: UUID, body: Body, providerId: String,
-                                                      signer: SigningKey, producer: KafkaProducer) async throws {
+                                                      signer: SigningKey, producer: KafkaProducer, urgent: Bool) async throws {
         let envelope = Envelope(type: type, id: id, requestId: request, sender: providerId, body: body)
-        try await producer.send(OutgoingMessage(topic: Topics.fromProvider(providerId), key: Array(request.lowercased.utf8),
+        try await producer.send(OutgoingMessage(topic: Topics.fromProvider(providerId, urgent: urgent), key: Array(request.lowercased.utf8),
                                                 value: try SignedEnvelope.encode(envelope, signer: signer)))
     }
 

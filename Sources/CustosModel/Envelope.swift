@@ -41,6 +41,25 @@ public enum Topics {
     public static func toProvider(_ providerId: String) -> String { "custos.to.\(providerId)" }
     public static func toProviderUrgent(_ providerId: String) -> String { "custos.to.\(providerId).urgent" }
     public static func fromProvider(_ providerId: String) -> String { "custos.from.\(providerId)" }
+    /// The urgent return lane: every message a provider sends about an emergency request (ack,
+    /// status, chunks, manifest, questions). The broker consumes it apart, with workers of its
+    /// own, so that no bulk delivery delays an emergency's.
+    public static func fromProviderUrgent(_ providerId: String) -> String { "custos.from.\(providerId).urgent" }
+    /// Where a provider sends a message about a request: the urgent return lane for an emergency.
+    public static func fromProvider(_ providerId: String, urgent: Bool) -> String { urgent ? fromProviderUrgent(providerId) : fromProvider(providerId) }
+    /// The provider whose messages `topic` carries (`custos.from.<provider>` or
+    /// `custos.from.<provider>.urgent`; provider ids hold no dot), or nil for another topic.
+    public static func provider(fromTopic topic: String) -> String? {
+        guard topic.hasPrefix("custos.from.") else { return nil }
+        var name = topic.dropFirst("custos.from.".count)
+        if name.hasSuffix(".urgent") { name = name.dropLast(".urgent".count) }
+        return name.isEmpty || name.contains(".") ? nil : String(name)
+    }
+
+    /// Every topic of one provider, both ways.
+    public static func all(_ providerId: String) -> [String] {
+        [toProvider(providerId), toProviderUrgent(providerId), fromProvider(providerId), fromProviderUrgent(providerId)]
+    }
 
     /// Kafka header that carries the envelope of a binary chunk message.
     public static let envelopeHeader = "custos-envelope"

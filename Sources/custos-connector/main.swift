@@ -204,7 +204,7 @@ struct Clarify: AsyncParsableCommand {
             defer { group.cancelAll() }
             try await ProviderConnector.send(.clarificationRequest, id: questionId, request: id, body: ClarificationRequestBody(question: text),
                                              providerId: configuration.providerId, signer: try SigningKey.load(path: configuration.signingKeyFile),
-                                             producer: producer)
+                                             producer: producer, urgent: jobs.isUrgent(id))
         }
         print("question \(questionId.uuidString.lowercased()) sent")
     }

@@ -242,7 +242,7 @@ struct ExchangeEndToEndTests {
         #expect(orderTimeline.contains("extended until") && orderTimeline.contains("released"))
 
         // Every message the broker and the connector emitted validates against schemas/messages.
-        let envelopes = try await collectEnvelopes(topics: [Topics.toProvider(d.provider), Topics.fromProvider(d.provider)],
+        let envelopes = try await collectEnvelopes(topics: Topics.all(d.provider),
                                                    mustSee: [.request, .receipt, .ack, .status, .refusal, .manifest, .chunk,
                                                              .clarificationRequest, .clarification, .preserved, .preservationExtension, .preservationRelease])
         let report = try validate(envelopes)
@@ -298,8 +298,12 @@ struct ExchangeEndToEndTests {
         let timeline = try await d.cliOK(d.investigator, ["request", "timeline", request])
         #expect(timeline.contains("emergency-revoked"))
 
-        // The urgent topic's messages validate against schemas/messages.
-        let envelopes = try await collectEnvelopes(topics: [Topics.toProviderUrgent(d.provider)], mustSee: [.request, .revocation])
+        // The urgent topics' messages validate against schemas/messages. The connector sent the
+        // emergency's whole return — ack, status, chunks, manifest — on the urgent return lane.
+        let envelopes = try await collectEnvelopes(topics: [Topics.toProviderUrgent(d.provider), Topics.fromProviderUrgent(d.provider)],
+                                                   mustSee: [.request, .revocation, .ack, .status, .chunk, .manifest])
+        let returned = try await collectEnvelopes(topics: [Topics.fromProvider(d.provider)], mustSee: [])
+        #expect(returned.isEmpty, "\(returned.count) messages of the emergency came back on the normal topic")
         let report = try validate(envelopes)
         #expect(report.status == 0 && report.output.contains("\(envelopes.count) valid, 0 invalid"), "schema violations:\n\(report.output)")
     }

@@ -1,0 +1,293 @@
+import CustosKafka
+import Synchronization
+
+/// Where one Kafka partition's messages stand in the broker: read in offset order, applied
+/// in any order (each request's in order, different requests in parallel).
+///
+/// The offset stored for the partition is its low watermark — the first message read and not
+/// yet applied — so a crash re-reads every message not applied and skips none (each is
+/// idempotent by id). It also counts the bytes read and not yet applied, for back-pressure.
+/// Pure: unit-tested without Kafka.
+struct PartitionProgress: Sendable {
+    /// One message read: its place in the partition and its size.
+    struct Ticket: Sendable, Hashable {
+        /// Counts the times the partition's offsets went back (a rebalance gave it back to this
+        /// consumer from its committed offset): a ticket from before is applied, but moves no
+        /// watermark.
+        var generation: Int
+        var offset: Int64
+        var bytes: Int
+    }
+
+    private(set) var generation = 0
+    /// Offsets read in this generation, in order, from `head` on.
+    private var read: [Int64] = []
+    private var head = 0
+    private var applied: Set<Int64> = []
+    private var lastRead: Int64 = -1
+    /// Bytes read and not yet applied (every generation's).
+    private(set) var bytesInFlight = 0
+    /// Whether this consumer has paused the partition.
+    private(set) var paused = false
+
+    init() {}
+
+    /// A message read at `offset`, of `bytes` bytes.
+    mutating func read(offset: Int64, bytes: Int) -> Ticket {
+        if offset <= lastRead {
+            // Read again from an earlier offset: what this generation waited for comes again.
+            generation += 1
+            read.removeAll()
+            head = 0
+            applied.removeAll()
+        }
+        lastRead = offset
+        read.append(offset)
+        bytesInFlight += bytes
+        return Ticket(generation: generation, offset: offset, bytes: bytes)
+    }
+
+    /// A message applied. Returns the offset to store (the first one not applied) when the
+    /// low watermark moved, else nil.
+    mutating func applied(_ ticket: Ticket) -> Int64? {
+        bytesInFlight -= ticket.bytes
+        guard ticket.generation == generation else { return nil }
+        applied.insert(ticket.offset)
+        var next: Int64?
+        while head < read.count, applied.remove(read[head]) != nil {
+            next = read[head] + 1
+            head += 1
+        }
+        if head >= 1024, head * 2 >= read.count {
+            read.removeFirst(head)
+            head = 0
+        }
+        return next
+    }
+
+    /// Whether to pause the partition now: `limit` bytes or more are in flight.
+    mutating func shouldPause(limit: Int) -> Bool {
+        guard !paused, bytesInFlight >= limit else { return false }
+        paused = true
+        return true
+    }
+
+    /// Whether to resume the partition now: it is paused and half of `limit` or less is in flight.
+    mutating func shouldResume(limit: Int) -> Bool {
+        guard paused, bytesInFlight <= limit / 2 else { return false }
+        paused = false
+        return true
+    }
+}
+
+/// One consumer's partitions: what each has read and applied, the offsets stored, and the
+/// pauses for back-pressure.
+final class IngestSource: Sendable {
+    let consumer: KafkaConsumer
+    /// The urgent return lane's consumer (`custos.from.<provider>.urgent`).
+    let urgent: Bool
+    /// Bytes read and not yet applied per partition before it is paused.
+    let bufferLimit: Int
+    private let partitions = Mutex<[PartitionKey: PartitionProgress]>([:])
+
+    struct PartitionKey: Hashable, Sendable {
+        var topic: String
+        var partition: Int32
+    }
+
+    init(consumer: KafkaConsumer, urgent: Bool, bufferLimit: Int) {
+        self.consumer = consumer
+        self.urgent = urgent
+        self.bufferLimit = bufferLimit
+    }
+
+    /// Notes `message` as read (and pauses its partition if too much of it waits).
+    func read(_ message: KafkaMessage) -> PartitionProgress.Ticket {
+        let key = PartitionKey(topic: message.topic, partition: message.partition)
+        let bytes = message.value.count + message.headers.reduce(0) { $0 + $1.value.count } + 64
+        let (ticket, pause) = partitions.withLock { p -> (PartitionProgress.Ticket, Bool) in
+            let t = p[key, default: PartitionProgress()].read(offset: message.offset, bytes: bytes)
+            return (t, p[key]!.shouldPause(limit: bufferLimit))
+        }
+        if pause { consumer.pause(topic: key.topic, partition: key.partition) }
+        return ticket
+    }
+
+    /// Notes `message` as applied: stores the partition's new low watermark, if it moved, and
+    /// resumes the partition if it was paused and has drained.
+    func applied(_ message: KafkaMessage, _ ticket: PartitionProgress.Ticket) throws {
+        let key = PartitionKey(topic: message.topic, partition: message.partition)
+        let (next, resume) = partitions.withLock { p -> (Int64?, Bool) in
+            guard p[key] != nil else { return (nil, false) }
+            let n = p[key]!.applied(ticket)
+            return (n, p[key]!.shouldResume(limit: bufferLimit))
+        }
+        if resume { consumer.resume(topic: key.topic, partition: key.partition) }
+        if let next { try consumer.store(topic: key.topic, partition: key.partition, next: next) }
+    }
+
+    /// Bytes read and not yet applied, over every partition.
+    var bytesInFlight: Int { partitions.withLock { $0.values.reduce(0) { $0 + $1.bytesInFlight } } }
+}
+
+/// A message to apply, with where it came from.
+struct IngestWork: Sendable {
+    let message: KafkaMessage
+    let source: IngestSource
+    let ticket: PartitionProgress.Ticket
+}
+
+/// The broker's ingest lanes: one per request (the Kafka key is the request id), each applied
+/// in the order its messages were read, one message at a time; different lanes in parallel,
+/// by a bounded number of workers. Lanes of emergency requests are taken before any other, and
+/// urgent-only workers take nothing else, so that no bulk delivery delays an emergency. A lane
+/// is put back at the end of the queue after each message: a package of thousands of chunks
+/// shares the workers with every other request instead of holding one for its whole length.
+/// `Work`: what a lane carries (`IngestWork` in the broker).
+final class IngestLanes<Work: Sendable>: Sendable {
+    private struct Lane {
+        var queue: [Work] = []
+        var head = 0
+        var urgent = false
+        /// A worker holds it (its next message waits for that one).
+        var running = false
+        /// It is in one of the runnable queues.
+        var queued = false
+        var isEmpty: Bool { head == queue.count }
+        mutating func pop() -> Work {
+            let w = queue[head]
+            head += 1
+            if head == queue.count {
+                queue.removeAll(keepingCapacity: true)
+                head = 0
+            }
+            return w
+        }
+    }
+
+    private struct Waiter {
+        var urgentOnly: Bool
+        var continuation: CheckedContinuation<(String, Work)?, Never>
+    }
+
+    private struct State {
+        var lanes: [String: Lane] = [:]
+        var runnable = FIFO()
+        var runnableUrgent = FIFO()
+        var waiting: [Waiter] = []
+        var closed = false
+
+        /// Hands runnable lanes to waiting workers; returns the hand-overs to resume.
+        mutating func match() -> [(CheckedContinuation<(String, Work)?, Never>, (String, Work))] {
+            var out: [(CheckedContinuation<(String, Work)?, Never>, (String, Work))] = []
+            var i = 0
+            while i < waiting.count {
+                let w = waiting[i]
+                guard let key = runnableUrgent.pop() ?? (w.urgentOnly ? nil : runnable.pop()) else { i += 1; continue }
+                lanes[key]!.queued = false
+                lanes[key]!.running = true
+                out.append((w.continuation, (key, lanes[key]!.pop())))
+                waiting.remove(at: i)
+            }
+            return out
+        }
+
+        mutating func enqueue(_ key: String) {
+            guard let lane = lanes[key], !lane.running, !lane.queued, !lane.isEmpty else { return }
+            lanes[key]!.queued = true
+            if lane.urgent { runnableUrgent.push(key) } else { runnable.push(key) }
+        }
+    }
+
+    /// A queue of lane keys.
+    private struct FIFO {
+        var items: [String] = []
+        var head = 0
+        var isEmpty: Bool { head == items.count }
+        mutating func push(_ s: String) { items.append(s) }
+        mutating func pop() -> String? {
+            guard head < items.count else { return nil }
+            let s = items[head]
+            head += 1
+            if head >= 256, head * 2 >= items.count {
+                items.removeFirst(head)
+                head = 0
+            }
+            return s
+        }
+        mutating func remove(_ s: String) {
+            if let i = items[head...].firstIndex(of: s) { items.remove(at: i) }
+        }
+    }
+
+    private let state = Mutex(State())
+
+    init() {}
+
+    /// Queues `work` on the lane `key`. `urgent`: the lane carries an emergency's messages
+    /// (from then on it stays urgent).
+    func submit(_ work: Work, lane key: String, urgent: Bool) {
+        let handOver = state.withLock { s -> [(CheckedContinuation<(String, Work)?, Never>, (String, Work))] in
+            guard !s.closed else { return [] }
+            var lane = s.lanes[key] ?? Lane()
+            let promoted = urgent && !lane.urgent && lane.queued
+            lane.urgent = lane.urgent || urgent
+            lane.queue.append(work)
+            s.lanes[key] = lane
+            if promoted {
+                s.runnable.remove(key)
+                s.lanes[key]!.queued = false
+            }
+            s.enqueue(key)
+            return s.match()
+        }
+        for (c, w) in handOver { c.resume(returning: w) }
+    }
+
+    /// The next message for a worker, with its lane's key; nil once the lanes are closed.
+    /// `urgentOnly`: take only urgent lanes' messages.
+    func next(urgentOnly: Bool) async -> (String, Work)? {
+        await withCheckedContinuation { (c: CheckedContinuation<(String, Work)?, Never>) in
+            let handOver = state.withLock { s -> [(CheckedContinuation<(String, Work)?, Never>, (String, Work))]? in
+                guard !s.closed else { return nil }
+                s.waiting.append(Waiter(urgentOnly: urgentOnly, continuation: c))
+                return s.match()
+            }
+            guard let handOver else { return c.resume(returning: nil) }
+            for (c, w) in handOver { c.resume(returning: w) }
+        }
+    }
+
+    /// The worker is done with the lane's message: the lane's next one may go.
+    func done(_ key: String) {
+        let handOver = state.withLock { s -> [(CheckedContinuation<(String, Work)?, Never>, (String, Work))] in
+            guard s.lanes[key] != nil else { return [] }
+            s.lanes[key]!.running = false
+            if s.lanes[key]!.isEmpty {
+                s.lanes[key] = nil
+            } else {
+                s.enqueue(key)
+            }
+            return s.match()
+        }
+        for (c, w) in handOver { c.resume(returning: w) }
+    }
+
+    /// No more work is handed out; waiting workers get nil. Messages not handed out are not
+    /// applied (their offsets are not stored: they are read again).
+    func close() {
+        let waiters = state.withLock { s -> [Waiter] in
+            s.closed = true
+            defer { s.waiting = [] }
+            return s.waiting
+        }
+        for w in waiters { w.continuation.resume(returning: nil) }
+    }
+
+    var isClosed: Bool { state.withLock { $0.closed } }
+
+    /// Messages queued and not yet handed to a worker, and lanes open.
+    var depth: (messages: Int, lanes: Int) {
+        state.withLock { s in (s.lanes.values.reduce(0) { $0 + $1.queue.count - $1.head }, s.lanes.count) }
+    }
+}
