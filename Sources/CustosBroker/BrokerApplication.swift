@@ -70,7 +70,7 @@ public func buildApplication(
     let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
                                     refreshInterval: configuration.providerRefreshInterval, concurrency: configuration.ingestConcurrency,
                                     urgentConcurrency: configuration.ingestUrgentConcurrency,
-                                    partitionBufferBytes: configuration.ingestPartitionBufferBytes, ready: ready, logger: logger)
+                                    bufferBytes: configuration.ingestBufferBytes, ready: ready, logger: logger)
     let tls = try configuration.tlsCertificateFile.map { file in
         try brokerTLSConfiguration(certificateChain: try readFile(file, key: "http.tls.certificateFile"),
                                    key: try readFile(configuration.tlsKeyFile!, key: "http.tls.keyFile"),

@@ -60,9 +60,10 @@ public struct BrokerConfiguration: Sendable {
     /// (from `custos.from.<provider>.urgent`, or of a request the broker knows is an emergency),
     /// so that no bulk delivery delays them.
     public var ingestUrgentConcurrency: Int = 2
-    /// `ingest.partitionBufferBytes`: message bytes read from one Kafka partition and not yet
-    /// applied; past this the partition is paused until half of them are (memory stays bounded).
-    public var ingestPartitionBufferBytes: Int = 16 << 20
+    /// `ingest.bufferBytes`: message bytes read and not yet applied, per consumer (the normal
+    /// topics', and the urgent return lane's); past this reading waits until half of them are
+    /// applied, so memory stays bounded.
+    public var ingestBufferBytes: Int = 32 << 20
     /// `custody.origin`: the name of this custody log, the first line of every checkpoint;
     /// witnesses tell logs apart by it.
     public var custodyOrigin: String = "custos.local/custody"
@@ -129,9 +130,9 @@ public struct BrokerConfiguration: Sendable {
         guard (1...256).contains(ingestConcurrency) else { throw ConfigurationError(key: "ingest.concurrency", reason: "must be 1 to 256") }
         ingestUrgentConcurrency = reader.int(forKey: "ingest.urgentConcurrency", default: ingestUrgentConcurrency)
         guard (0...64).contains(ingestUrgentConcurrency) else { throw ConfigurationError(key: "ingest.urgentConcurrency", reason: "must be 0 to 64") }
-        ingestPartitionBufferBytes = reader.int(forKey: "ingest.partitionBufferBytes", default: ingestPartitionBufferBytes)
-        guard ingestPartitionBufferBytes >= 2 << 20 else {
-            throw ConfigurationError(key: "ingest.partitionBufferBytes", reason: "must be at least 2 MiB (four chunks)")
+        ingestBufferBytes = reader.int(forKey: "ingest.bufferBytes", default: ingestBufferBytes)
+        guard ingestBufferBytes >= 4 << 20 else {
+            throw ConfigurationError(key: "ingest.bufferBytes", reason: "must be at least 4 MiB (eight chunks)")
         }
         custodyOrigin = reader.string(forKey: "custody.origin", default: custodyOrigin)
         custodyCertificateFile = try reader.require("custody.certificateFile")

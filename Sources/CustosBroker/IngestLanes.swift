@@ -6,10 +6,9 @@ import Synchronization
 ///
 /// The offset stored for the partition is its low watermark — the first message read and not
 /// yet applied — so a crash re-reads every message not applied and skips none (each is
-/// idempotent by id). It also counts the bytes read and not yet applied, for back-pressure.
-/// Pure: unit-tested without Kafka.
+/// idempotent by id). Pure: unit-tested without Kafka.
 struct PartitionProgress: Sendable {
-    /// One message read: its place in the partition and its size.
+    /// One message read: its place in the partition and its size in bytes.
     struct Ticket: Sendable, Hashable {
         /// Counts the times the partition's offsets went back (a rebalance gave it back to this
         /// consumer from its committed offset): a ticket from before is applied, but moves no
@@ -25,10 +24,6 @@ struct PartitionProgress: Sendable {
     private var head = 0
     private var applied: Set<Int64> = []
     private var lastRead: Int64 = -1
-    /// Bytes read and not yet applied (every generation's).
-    private(set) var bytesInFlight = 0
-    /// Whether this consumer has paused the partition.
-    private(set) var paused = false
 
     init() {}
 
@@ -43,14 +38,12 @@ struct PartitionProgress: Sendable {
         }
         lastRead = offset
         read.append(offset)
-        bytesInFlight += bytes
         return Ticket(generation: generation, offset: offset, bytes: bytes)
     }
 
     /// A message applied. Returns the offset to store (the first one not applied) when the
     /// low watermark moved, else nil.
     mutating func applied(_ ticket: Ticket) -> Int64? {
-        bytesInFlight -= ticket.bytes
         guard ticket.generation == generation else { return nil }
         applied.insert(ticket.offset)
         var next: Int64?
@@ -64,31 +57,26 @@ struct PartitionProgress: Sendable {
         }
         return next
     }
-
-    /// Whether to pause the partition now: `limit` bytes or more are in flight.
-    mutating func shouldPause(limit: Int) -> Bool {
-        guard !paused, bytesInFlight >= limit else { return false }
-        paused = true
-        return true
-    }
-
-    /// Whether to resume the partition now: it is paused and half of `limit` or less is in flight.
-    mutating func shouldResume(limit: Int) -> Bool {
-        guard paused, bytesInFlight <= limit / 2 else { return false }
-        paused = false
-        return true
-    }
 }
 
-/// One consumer's partitions: what each has read and applied, the offsets stored, and the
-/// pauses for back-pressure.
+/// One consumer's partitions: what each has read and applied, and the offsets stored; and
+/// its buffer: the bytes read and not yet applied. Once `bufferLimit` bytes wait, reading
+/// stops until half of them are applied, so memory stays bounded (librdkafka's own read-ahead,
+/// `queued.max.messages.kbytes`, is kept small for the same reason). The urgent return lane has
+/// a consumer and a buffer of its own, so a full bulk buffer never keeps an emergency unread.
 final class IngestSource: Sendable {
     let consumer: KafkaConsumer
     /// The urgent return lane's consumer (`custos.from.<provider>.urgent`).
     let urgent: Bool
-    /// Bytes read and not yet applied per partition before it is paused.
+    /// Bytes read and not yet applied past which reading waits.
     let bufferLimit: Int
-    private let partitions = Mutex<[PartitionKey: PartitionProgress]>([:])
+    private let state = Mutex(State())
+
+    private struct State {
+        var partitions: [PartitionKey: PartitionProgress] = [:]
+        var bytesInFlight = 0
+        var waiting: CheckedContinuation<Void, Never>?
+    }
 
     struct PartitionKey: Hashable, Sendable {
         var topic: String
@@ -101,33 +89,52 @@ final class IngestSource: Sendable {
         self.bufferLimit = bufferLimit
     }
 
-    /// Notes `message` as read (and pauses its partition if too much of it waits).
+    /// Notes `message` as read.
     func read(_ message: KafkaMessage) -> PartitionProgress.Ticket {
         let key = PartitionKey(topic: message.topic, partition: message.partition)
         let bytes = message.value.count + message.headers.reduce(0) { $0 + $1.value.count } + 64
-        let (ticket, pause) = partitions.withLock { p -> (PartitionProgress.Ticket, Bool) in
-            let t = p[key, default: PartitionProgress()].read(offset: message.offset, bytes: bytes)
-            return (t, p[key]!.shouldPause(limit: bufferLimit))
+        return state.withLock { s in
+            s.bytesInFlight += bytes
+            return s.partitions[key, default: PartitionProgress()].read(offset: message.offset, bytes: bytes)
         }
-        if pause { consumer.pause(topic: key.topic, partition: key.partition) }
-        return ticket
     }
 
-    /// Notes `message` as applied: stores the partition's new low watermark, if it moved, and
-    /// resumes the partition if it was paused and has drained.
+    /// Returns once fewer than `bufferLimit` bytes wait (at once, mostly). One reader waits at a time.
+    func room() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                guard s.bytesInFlight >= bufferLimit else { return true }
+                s.waiting = c
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    /// Notes `message` as applied: stores its partition's new low watermark, if it moved, and
+    /// lets reading go on once half the buffer is free.
     func applied(_ message: KafkaMessage, _ ticket: PartitionProgress.Ticket) throws {
         let key = PartitionKey(topic: message.topic, partition: message.partition)
-        let (next, resume) = partitions.withLock { p -> (Int64?, Bool) in
-            guard p[key] != nil else { return (nil, false) }
-            let n = p[key]!.applied(ticket)
-            return (n, p[key]!.shouldResume(limit: bufferLimit))
+        let (next, wake) = state.withLock { s -> (Int64?, CheckedContinuation<Void, Never>?) in
+            s.bytesInFlight -= ticket.bytes
+            var wake: CheckedContinuation<Void, Never>?
+            if s.bytesInFlight <= bufferLimit / 2 {
+                wake = s.waiting
+                s.waiting = nil
+            }
+            return (s.partitions[key]?.applied(ticket), wake)
         }
-        if resume { consumer.resume(topic: key.topic, partition: key.partition) }
+        wake?.resume()
         if let next { try consumer.store(topic: key.topic, partition: key.partition, next: next) }
     }
 
-    /// Bytes read and not yet applied, over every partition.
-    var bytesInFlight: Int { partitions.withLock { $0.values.reduce(0) { $0 + $1.bytesInFlight } } }
+    /// Lets a reader waiting for room go (at shutdown).
+    func release() {
+        state.withLock { s -> CheckedContinuation<Void, Never>? in defer { s.waiting = nil }; return s.waiting }?.resume()
+    }
+
+    /// Bytes read and not yet applied.
+    var bytesInFlight: Int { state.withLock { $0.bytesInFlight } }
 }
 
 /// A message to apply, with where it came from.

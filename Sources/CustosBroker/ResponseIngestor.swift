@@ -16,8 +16,8 @@ import Synchronization
 /// `urgentConcurrency` more that take only emergencies' messages. An emergency's lane is taken
 /// before any other, whichever topic its messages came on (the broker knows its requests).
 /// A partition's offset is stored only up to its first message not yet applied
-/// (`PartitionProgress`); a partition with `partitionBufferBytes` read and not applied is
-/// paused. A message the store cannot apply because of the message is dead-lettered by
+/// (`PartitionProgress`); each consumer stops reading while `bufferBytes` read wait to be
+/// applied (`IngestSource`). A message the store cannot apply because of the message is dead-lettered by
 /// `ingest`; only a failure of the database is retried, the same message, never skipped.
 struct ResponseIngestor: Service {
     let store: BrokerStore
@@ -27,7 +27,7 @@ struct ResponseIngestor: Service {
     let refreshInterval: Duration
     let concurrency: Int
     let urgentConcurrency: Int
-    let partitionBufferBytes: Int
+    let bufferBytes: Int
     let ready: Gate
     let logger: Logger
 
@@ -63,14 +63,18 @@ struct ResponseIngestor: Service {
         }
         keys.value.withLock { $0 = initial }
         await ensureTopics(initial)
+        var kafka = kafka
+        // librdkafka's own read-ahead stays small (a quarter of the lanes' buffer): it is one queue
+        // for every partition, so a bulk partition read far ahead would keep the others waiting.
+        kafka.properties["queued.max.messages.kbytes"] = kafka.properties["queued.max.messages.kbytes"] ?? "\(max(1024, bufferBytes / 4096))"
         var urgentKafka = kafka
         // The urgent lane's fetches return at once rather than waiting to fill a batch.
         urgentKafka.properties["fetch.wait.max.ms"] = urgentKafka.properties["fetch.wait.max.ms"] ?? "10"
         let normal = IngestSource(consumer: try KafkaConsumer(configuration: kafka, groupId: groupId, topics: topics(initial, urgent: false), logger: logger),
-                                  urgent: false, bufferLimit: partitionBufferBytes)
+                                  urgent: false, bufferLimit: bufferBytes)
         let urgent = IngestSource(consumer: try KafkaConsumer(configuration: urgentKafka, groupId: groupId + ".urgent", topics: topics(initial, urgent: true),
                                                               logger: logger),
-                                  urgent: true, bufferLimit: partitionBufferBytes)
+                                  urgent: true, bufferLimit: bufferBytes)
         logger.info("consuming provider topics", metadata: ["kafka.topics": "\((topics(initial, urgent: false) + topics(initial, urgent: true)).joined(separator: ","))"])
         let lanes = IngestLanes<IngestWork>()
         let emergencies = Emergencies()
@@ -94,6 +98,8 @@ struct ResponseIngestor: Service {
             }
         } onGracefulShutdown: {
             lanes.close()
+            normal.release()
+            urgent.release()
         }
         lanes.close()
         // Commits the offsets stored, after the last message applied.
@@ -123,6 +129,9 @@ struct ResponseIngestor: Service {
             if !urgent, let requestId { urgent = await emergencies.isEmergency(requestId, store: store) }
             IngestMetrics.read(topic: message.topic, bytes: ticket.bytes)
             lanes.submit(IngestWork(message: message, source: source, ticket: ticket), lane: lane, urgent: urgent)
+            // Back-pressure: no more is read while the buffer is full.
+            await source.room()
+            if lanes.isClosed { return }
         }
     }
 

@@ -153,27 +153,6 @@ public final class KafkaConsumer: Sendable {
         state.withLock { $0.stored[TopicPartition(topic: topic, partition: partition)] = next }
     }
 
-    /// Stops fetching `topic`/`partition` (back-pressure: its messages wait in Kafka, not in
-    /// memory). librdkafka drops what it had fetched ahead and, on `resume`, fetches again
-    /// from the message after the last one this consumer returned: nothing is skipped.
-    public func pause(topic: String, partition: Int32) {
-        pauseOrResume(topic: topic, partition: partition, pause: true)
-    }
-
-    /// Fetches `topic`/`partition` again after `pause`.
-    public func resume(topic: String, partition: Int32) {
-        pauseOrResume(topic: topic, partition: partition, pause: false)
-    }
-
-    private func pauseOrResume(topic: String, partition: Int32, pause: Bool) {
-        let list = rd_kafka_topic_partition_list_new(1)
-        defer { rd_kafka_topic_partition_list_destroy(list) }
-        rd_kafka_topic_partition_list_add(list, topic, partition)
-        // Per-partition errors (a partition not assigned any more) need no action: a partition
-        // assigned anew is fetched from its committed offset.
-        _ = pause ? rd_kafka_pause_partitions(client.handle, list) : rd_kafka_resume_partitions(client.handle, list)
-    }
-
     /// Commits the stored offsets now and waits for the broker's answer.
     public func commit() throws {
         let stored = state.withLock { $0.stored }

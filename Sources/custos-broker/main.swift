@@ -107,8 +107,8 @@ struct Serve: AsyncParsableCommand {
               ingest.concurrency, ingest.urgentConcurrency (CUSTOS_INGEST_CONCURRENCY, CUSTOS_INGEST_URGENT_CONCURRENCY)
                   workers applying provider messages, each request's in order (default 4), and more
                   for emergencies' messages alone, from custos.from.<provider>.urgent (default 2)
-              ingest.partitionBufferBytes (CUSTOS_INGEST_PARTITION_BUFFER_BYTES)
-                  bytes read from one Kafka partition and not yet applied before it is paused (default 16777216)
+              ingest.bufferBytes (CUSTOS_INGEST_BUFFER_BYTES)
+                  bytes read and not yet applied, per consumer, before reading waits (default 33554432)
               log.level (CUSTOS_LOG_LEVEL)
                   trace, debug, info, notice, warning, error (default info)
             On start it prints one line, "custos-broker listening on http://HOST:PORT".

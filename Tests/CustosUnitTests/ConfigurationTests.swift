@@ -21,14 +21,14 @@ struct ConfigurationTests {
         #expect(c.checkpointInterval == .seconds(1) && c.clocks.delivery == .seconds(864_000) && c.clocks.escalateAfter == .seconds(3600))
         #expect(c.webhooks.urls == ["https://duty-desk.authority.internal/custos-hooks"] && c.webhookSecretFile == "/etc/custos/webhook-secret")
         #expect(c.webhooks.events == Set(WebhookSettings.Event.allCases) && c.webhooks.maxAttempts == 12)
-        #expect(c.ingestConcurrency == 4 && c.ingestUrgentConcurrency == 2 && c.ingestPartitionBufferBytes == 16 << 20)
+        #expect(c.ingestConcurrency == 4 && c.ingestUrgentConcurrency == 2 && c.ingestBufferBytes == 32 << 20)
     }
 
     @Test func ingestSettingsAreChecked() async throws {
         let file = Self.deploy.appendingPathComponent("broker.example.json").path
         for (env, named) in [(["CUSTOS_INGEST_CONCURRENCY": "0"], "ingest.concurrency"),
                              (["CUSTOS_INGEST_URGENT_CONCURRENCY": "-1"], "ingest.urgentConcurrency"),
-                             (["CUSTOS_INGEST_PARTITION_BUFFER_BYTES": "1000"], "ingest.partitionBufferBytes")] {
+                             (["CUSTOS_INGEST_BUFFER_BYTES": "1000"], "ingest.bufferBytes")] {
             let reader = try await ConfigSource.reader(configFile: file, environment: env)
             #expect(throws: ConfigurationError.self, "\(named)") { try BrokerConfiguration(reader: reader) }
             do { _ = try BrokerConfiguration(reader: reader) } catch let e as ConfigurationError { #expect(e.key == named) }
