@@ -12,13 +12,15 @@ import Hummingbird
 import Logging
 import NIOCore
 import PostgresNIO
+import Prometheus
 import ServiceLifecycle
 
 /// Assembles `custos-broker serve`: the HTTP API, the PostgreSQL pool, the outbox relay, the
 /// response ingestor and the Kafka producer, in one service group with signal handling.
 /// `onRunning` receives the address the HTTP server actually listens on.
+/// `metrics`: the registry `GET /metrics` exports (the caller bootstraps swift-metrics with it).
 public func buildApplication(
-    configuration: BrokerConfiguration, logger: Logger,
+    configuration: BrokerConfiguration, metrics: PrometheusCollectorRegistry? = nil, logger: Logger,
     onRunning: @escaping @Sendable (String) async -> Void = { _ in }
 ) throws -> some ApplicationProtocol {
     try LibRdKafka.checkVersion()
@@ -67,7 +69,10 @@ public func buildApplication(
                                          webhookWakeup: webhookWakeup, logger: logger)
     let notifier = WebhookNotifier(client: postgres, settings: webhooks, wakeup: webhookWakeup, ready: ready, logger: logger)
     let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
-    let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup,
+    let consumers = IngestConsumers()
+    let gauges = BrokerGauges(client: postgres, consumers: consumers, interval: .seconds(5), ready: ready, logger: logger)
+    let health = BrokerHealth(client: postgres, producer: producer, custodyStaleAfter: max(.seconds(30), configuration.checkpointInterval * 10), logger: logger)
+    let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup, consumers: consumers,
                                     refreshInterval: configuration.providerRefreshInterval, concurrency: configuration.ingestConcurrency,
                                     urgentConcurrency: configuration.ingestUrgentConcurrency,
                                     bufferBytes: configuration.ingestBufferBytes, ready: ready, logger: logger)
@@ -78,10 +83,11 @@ public func buildApplication(
     }
     var app = Application(
         router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, timeStampAuthority: authority,
-                            exportWait: max(.seconds(10), configuration.checkpointInterval * 3), jwt: jwt, logger: logger),
+                            exportWait: max(.seconds(10), configuration.checkpointInterval * 3), jwt: jwt, metrics: metrics, health: health, logger: logger),
         server: try brokerServer(tls: tls),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
         services: [postgres, relay, ingestor, integrator, clockWatcher, KafkaProducerService(producer: producer)] as [any Service]
+            + (metrics == nil ? [] : [gauges])
             + (webhooks.urls.isEmpty ? [] : [notifier]),
         onServerRunning: { channel in
             let port = channel.localAddress?.port ?? configuration.httpPort

@@ -7,6 +7,7 @@ import CustosKafka
 import CustosModel
 import Foundation
 import Logging
+import Metrics
 import PostgresNIO
 
 /// A provider message that is well-formed but cannot be accepted (unknown request, a chunk
@@ -341,6 +342,13 @@ extension BrokerStore {
         let checked = try await conn.query("SELECT checked FROM arriving_packages WHERE package_id = \(packageId)", logger: logger)
             .decode(Int.self).first { _ in true } ?? 0
         guard checked >= chunkCount else { return }
+        let finalising = Meter(label: "custos_packages_finalising")
+        finalising.increment()
+        let started = ContinuousClock.now
+        defer {
+            finalising.decrement()
+            Metrics.Timer(label: "custos_package_finalise_seconds", preferredDisplayUnit: .seconds).record(duration: ContinuousClock.now - started)
+        }
         var arrival = try await advance(conn, packageId: packageId, requestId: requestId)
         defer { arrivals.remove(packageId) }
         let beyond = try await conn.query("SELECT count(*) FROM package_chunks WHERE package_id = \(packageId) AND idx >= \(chunkCount)", logger: logger)

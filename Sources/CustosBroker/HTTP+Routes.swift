@@ -6,6 +6,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import Prometheus
 import NIOSSL
 import PostgresNIO
 
@@ -61,13 +62,29 @@ public struct CanonicalResponseEncoder: ResponseEncoder {
 /// `exportWait`: how long an export may wait for the checkpoint that includes it (a few
 /// checkpoint intervals).
 /// `jwt`: when set, bearer tokens may also be JWTs from that identity provider.
+/// `metrics`: when set, `GET /metrics` exports it (Prometheus text format), and every request
+/// is counted and timed by matched route and status (Hummingbird's `MetricsMiddleware`).
+/// `health`: what `GET /health` checks (without it, only that the process answers).
 public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, exportWait: Duration = .seconds(10),
-                        jwt: JWTSettings? = nil, logger: Logger) -> Router<BrokerRequestContext> {
+                        jwt: JWTSettings? = nil, metrics: PrometheusCollectorRegistry? = nil, health: BrokerHealth? = nil,
+                        logger: Logger) -> Router<BrokerRequestContext> {
     let router = Router(context: BrokerRequestContext.self)
+    if metrics != nil { router.add(middleware: MetricsMiddleware()) }
     router.add(middleware: ProblemMiddleware(logger: logger))
     let api = BrokerAPI(store: store, maxBodyBytes: maxBodyBytes, jwt: jwt)
 
-    router.get("/health") { _, _ in "ok" }
+    router.get("/health") { _, _ -> Response in
+        let report = await health?.check() ?? BrokerHealth.Report(status: "ok", database: "not checked", kafka: "not checked", custody: "not checked")
+        let bytes = try JSONEncoder().encode(report)
+        return Response(status: report.status == "ok" ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+    if let metrics {
+        router.get("/metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(bytes: metrics.emitToBuffer())))
+        }
+    }
     if let authority = timeStampAuthority {
         // RFC 3161 §3.4, time-stamp protocol via HTTP. Answers even a malformed request with a
         // signed rejection status, as the RFC asks; only a wrong media type is refused outright.

@@ -7,10 +7,15 @@ import Metrics
 import PostgresNIO
 import ServiceLifecycle
 
-/// Relays outbox rows to Kafka. Rows are locked (`FOR UPDATE SKIP LOCKED`, so several broker
-/// instances share the work), produced in order, and marked sent in the same transaction
+/// Relays outbox rows to Kafka: produced in order, and marked sent in the same transaction
 /// once Kafka has acknowledged them. A crash between the two only sends a message again,
 /// under the same id, which the provider ignores.
+///
+/// One relay runs at a time, whichever broker instance it is in: each pass first takes a
+/// transaction-scoped advisory lock (`pg_try_advisory_xact_lock`); an instance that does not
+/// get it does nothing this pass. Two relays taking rows side by side could send one request's
+/// messages out of order. The lock goes with the transaction, so when its holder dies the
+/// next pass of another instance takes over.
 struct OutboxRelay: Service {
     let client: PostgresClient
     let producer: KafkaProducer
@@ -28,6 +33,9 @@ struct OutboxRelay: Service {
 
     func relayOnce(limit: Int = 200) async throws -> Int {
         try await client.custodyTransaction(logger: logger) { conn, custody in
+            let mine = try await conn.query("SELECT pg_try_advisory_xact_lock(hashtext('custos.outbox.relay'))", logger: logger)
+                .decode(Bool.self).first { _ in true } ?? false
+            guard mine else { return 0 }
             var rows: [(Int64, String, UUID, String, ByteBuffer)] = []
             for try await r in try await conn.query("""
                 SELECT id, message_type, request_id, topic, payload FROM outbox

@@ -24,6 +24,8 @@ struct ResponseIngestor: Service {
     let producer: KafkaProducer
     let kafka: KafkaConfiguration
     let groupId: String
+    /// Where the consumers are shown, once made (for their lag, `BrokerGauges`).
+    let consumers: IngestConsumers
     let refreshInterval: Duration
     let concurrency: Int
     let urgentConcurrency: Int
@@ -76,6 +78,7 @@ struct ResponseIngestor: Service {
                                                               logger: logger),
                                   urgent: true, bufferLimit: bufferBytes)
         logger.info("consuming provider topics", metadata: ["kafka.topics": "\((topics(initial, urgent: false) + topics(initial, urgent: true)).joined(separator: ","))"])
+        consumers.set([normal, urgent])
         let lanes = IngestLanes<IngestWork>()
         let emergencies = Emergencies()
 
@@ -93,7 +96,14 @@ struct ResponseIngestor: Service {
                         }
                     }
                 }
-                defer { group.cancelAll() }
+                defer {
+                    // However the group ends (shutdown, or a consumer's fatal error), the workers
+                    // and readers are let go before it waits for them.
+                    lanes.close()
+                    normal.release()
+                    urgent.release()
+                    group.cancelAll()
+                }
                 try await group.next()
             }
         } onGracefulShutdown: {

@@ -153,6 +153,27 @@ public final class KafkaConsumer: Sendable {
         state.withLock { $0.stored[TopicPartition(topic: topic, partition: partition)] = next }
     }
 
+    /// Consumer lag of each partition assigned to this consumer: the partition's high
+    /// watermark (as of the last fetch) minus this consumer's position, in messages. A
+    /// partition not fetched yet is left out. Asks the Kafka cluster nothing.
+    public func lag() -> [(topic: String, partition: Int32, messages: Int64)] {
+        guard !state.withLock({ $0.closed }) else { return [] }
+        var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+        guard rd_kafka_assignment(client.handle, &assigned) == RD_KAFKA_RESP_ERR_NO_ERROR, let assigned else { return [] }
+        defer { rd_kafka_topic_partition_list_destroy(assigned) }
+        _ = rd_kafka_position(client.handle, assigned)
+        var out: [(topic: String, partition: Int32, messages: Int64)] = []
+        for i in 0..<Int(assigned.pointee.cnt) {
+            let tp = assigned.pointee.elems[i]
+            var low: Int64 = 0, high: Int64 = 0
+            guard tp.offset >= 0, rd_kafka_get_watermark_offsets(client.handle, tp.topic, tp.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
+                  high >= 0
+            else { continue }
+            out.append((String(cString: tp.topic), tp.partition, max(0, high - tp.offset)))
+        }
+        return out
+    }
+
     /// Commits the stored offsets now and waits for the broker's answer.
     public func commit() throws {
         let stored = state.withLock { $0.stored }

@@ -52,6 +52,19 @@ struct BenchDeployment {
         return (databaseURL, brokers)
     }
 
+    /// The path of `program`, built beside this benchmark, or a clear exit (status 2).
+    static func besideThis(_ program: String) -> String {
+        let path = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(program).path
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            FileHandle.standardError.write(Data("custos-bench: \(program) must be built beside it (\(path))\n".utf8))
+            exit(2)
+        }
+        return path
+    }
+
+    /// A fresh name part for one run's provider, schema, groups and folder.
+    static func newTag() -> String { String(UInt32.random(in: 0...UInt32.max), radix: 36) }
+
     func path(_ file: String) -> String { dir.appendingPathComponent(file).path }
 
     /// Writes a config file and reads it with the services' environment.

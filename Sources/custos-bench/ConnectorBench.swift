@@ -40,7 +40,7 @@ enum ConnectorBench {
             FileHandle.standardError.write(Data("custos-bench: \(program) must be built beside it\n".utf8))
             exit(2)
         }
-        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let tag = BenchDeployment.newTag()
         let provider = "bench-connector-\(tag)", schema = "bench_connector_\(tag)"
         let deployment = try await BenchDeployment("connector", tag: tag, provider: provider, databaseURL: databaseURL, brokers: brokers,
                                                    in: URL(fileURLWithPath: env["CUSTOS_BENCH_DIR"] ?? FileManager.default.temporaryDirectory.path))

@@ -54,12 +54,8 @@ enum UrgentBench {
         var logger = Logger(label: "custos-bench")
         logger.logLevel = .error
         let (databaseURL, brokers) = BenchDeployment.servicesFromEnvironment()
-        let synth = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("custos-synth").path
-        guard FileManager.default.isExecutableFile(atPath: synth) else {
-            FileHandle.standardError.write(Data("custos-bench: custos-synth must be built beside it (\(synth))\n".utf8))
-            exit(2)
-        }
-        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let synth = BenchDeployment.besideThis("custos-synth")
+        let tag = BenchDeployment.newTag()
         let provider = "bench-urgent-\(tag)"
         let deployment = try await BenchDeployment("urgent", tag: tag, provider: provider, databaseURL: databaseURL, brokers: brokers)
         defer { deployment.remove() }

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Metrics
+import Prometheus
 import CustosCanonicalJSON
 import CustosBroker
 import CustosCommandLine
@@ -111,6 +113,8 @@ struct Serve: AsyncParsableCommand {
                   bytes read and not yet applied, per consumer, before reading waits (default 33554432)
               log.level (CUSTOS_LOG_LEVEL)
                   trace, debug, info, notice, warning, error (default info)
+            GET /metrics (Prometheus) and GET /health (database, Kafka and the custody log's checkpoints; 503 when
+            one fails) answer without authentication: expose them to the operators' network only.
             On start it prints one line, "custos-broker listening on http://HOST:PORT".
             """)
     @OptionGroup var options: ConfigOptions
@@ -120,7 +124,9 @@ struct Serve: AsyncParsableCommand {
         _ = LogSetup.bootstrap(level: reader.string(forKey: "log.level"))
         let logger = Logger(label: "custos-broker")
         let configuration = try BrokerConfiguration(reader: reader)
-        let app = try buildApplication(configuration: configuration, logger: logger) { address in
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let app = try buildApplication(configuration: configuration, metrics: registry, logger: logger) { address in
             // One line on stdout that scripts can wait for.
             print("custos-broker listening on \(address)")
             fflush(nil)

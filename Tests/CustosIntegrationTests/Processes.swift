@@ -89,7 +89,8 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
 
     var connectorConfig: [String: Any] = [:]
 
-    init(adapter: [String], inFlightChunks: Int = 32) throws {
+    /// `environment`: more settings for every process (`CUSTOS_…`).
+    init(adapter: [String], inFlightChunks: Int = 32, environment: [String: String] = [:]) throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent(TestServices.unique("custos-e2e-"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         provider = TestServices.unique("prov-")
@@ -99,7 +100,7 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
         env["CUSTOS_DATABASE_SCHEMA"] = TestServices.unique("e2e_")
         env["CUSTOS_KAFKA_GROUP_ID"] = TestServices.unique("custos-broker-")
         env["CUSTOS_LOG_LEVEL"] = "info"
-        self.env = env
+        self.env = env.merging(environment) { _, b in b }
         try SigningKey.generate().write(privatePath: path("broker.key"), publicPath: path("broker.pub"))
         // The provider's CA and signing certificate, and the broker's TSA, as files.
         let pki = try TestPKI(signerName: provider)
@@ -146,10 +147,19 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
         url = String(line.split(separator: " ").last!)
     }
 
-    /// Starts the connector, time-stamping with the broker's built-in TSA.
-    func startConnector() async throws {
+    /// Another `custos-broker serve` on the same configuration, database and consumer group
+    /// (`environment` changes some of it); returns it and its URL.
+    func startAnotherBroker(_ name: String, environment: [String: String] = [:]) async throws -> (ChildProcess, String) {
+        let other = try ChildProcess("custos-broker", ["serve", "--config", path("broker.json")], environment: env.merging(environment) { _, b in b },
+                                     log: dir.appendingPathComponent("\(name).log"))
+        let line = try await other.waitFor("custos-broker listening on http")
+        return (other, String(line.split(separator: " ").last!))
+    }
+
+    /// Starts the connector, time-stamping with the broker's built-in TSA (or `tsa`'s).
+    func startConnector(tsa: String? = nil) async throws {
         var config = connectorConfig
-        config["tsa"] = ["url": url + "/tsa", "trustFile": path("tsa-ca.pem")]
+        config["tsa"] = ["url": (tsa ?? url) + "/tsa", "trustFile": path("tsa-ca.pem")]
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: path("connector.json")))
         connector = try ChildProcess("custos-connector", ["run", "--config", path("connector.json")], environment: env, log: dir.appendingPathComponent("connector.log"))
         _ = try await connector!.waitFor("custos-connector running")

@@ -4,6 +4,7 @@ import CustosTestSupport
 import Foundation
 import Hummingbird
 import Logging
+import Prometheus
 import Testing
 
 /// `schemas/openapi.yaml` against the router `custos-broker serve` builds: every registered
@@ -37,7 +38,7 @@ struct OpenAPITests {
         let logger = Logger(label: "openapi-test")
         let store = BrokerStore(client: db.makeClient(logger: logger), signer: .generate(), tsaTrust: "", logger: logger)
         let pki = try TestPKI()
-        let router = buildRouter(store: store, maxBodyBytes: 1024, timeStampAuthority: pki.tsa, logger: logger)
+        let router = buildRouter(store: store, maxBodyBytes: 1024, timeStampAuthority: pki.tsa, metrics: PrometheusCollectorRegistry(), logger: logger)
         let served = Set(router.routes.map { route -> String in
             let path = route.path.description.split(separator: "/").map { $0.hasPrefix(":") ? "{\($0.dropFirst())}" : String($0) }
             return "\(route.method.rawValue) /" + path.joined(separator: "/")
