@@ -153,7 +153,9 @@ struct IngestWork: Sendable {
 /// `Work`: what a lane carries (`IngestWork` in the broker).
 final class IngestLanes<Work: Sendable>: Sendable {
     private struct Lane {
-        var queue: [Work] = []
+        /// Messages from `head` on; those before it were handed out and are let go (nil), so
+        /// that a lane that never empties — a long package — holds only what still waits.
+        var queue: [Work?] = []
         var head = 0
         var urgent = false
         /// A worker holds it (its next message waits for that one).
@@ -162,10 +164,14 @@ final class IngestLanes<Work: Sendable>: Sendable {
         var queued = false
         var isEmpty: Bool { head == queue.count }
         mutating func pop() -> Work {
-            let w = queue[head]
+            let w = queue[head]!
+            queue[head] = nil
             head += 1
             if head == queue.count {
                 queue.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head >= 64, head * 2 >= queue.count {
+                queue.removeFirst(head)
                 head = 0
             }
             return w

@@ -71,6 +71,31 @@ struct IngestLaneTests {
         #expect(await lanes.next(urgentOnly: false) == nil)
     }
 
+    /// A lane that never empties (a long package: the reader keeps adding while workers take)
+    /// lets go of each message once handed out; it used to keep every one until it emptied,
+    /// and a 2 GB package then held 2 GB.
+    @Test func aLaneThatNeverEmptiesLetsGoOfWhatItHandedOut() async throws {
+        final class Box: Sendable { let alive = Mutex(0) }
+        final class Tracked: Sendable {
+            let box: Box
+            init(_ box: Box) { self.box = box; box.alive.withLock { $0 += 1 } }
+            deinit { box.alive.withLock { $0 -= 1 } }
+        }
+        let box = Box()
+        let lanes = IngestLanes<Tracked>()
+        for _ in 0..<10 { lanes.submit(Tracked(box), lane: "bulk", urgent: false) }
+        for _ in 0..<5_000 {
+            lanes.submit(Tracked(box), lane: "bulk", urgent: false)
+            let taken = try #require(await lanes.next(urgentOnly: false))
+            lanes.done(taken.0)
+        }
+        // Ten wait in the lane; none of the 5,000 handed out is kept.
+        let alive = box.alive.withLock { $0 }
+        #expect(alive == 10, "\(alive) messages alive, 10 waiting")
+        #expect(lanes.depth.messages == 10)
+        lanes.close()
+    }
+
     @Test func workersApplyEveryMessageOnceEachRequestInOrder() async {
         let lanes = IngestLanes<(lane: Int, seq: Int)>()
         final class Tally: Sendable {
