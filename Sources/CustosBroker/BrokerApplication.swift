@@ -101,6 +101,11 @@ public func buildApplication(
             "custody-log": Digest.sha256Hex(try CertificateInfo(pem: checkpointSigner.certificate).der),
         ].merging(try authority.map { ["time-stamping": Digest.sha256Hex(try CertificateInfo(pem: $0.certificate).der)] } ?? [:]) { a, _ in a })
         ready.open()
+        // Temporary files of chunk writes a killed instance never finished (never served).
+        Task.detached(priority: .background) {
+            let removed = chunkStore.sweepTemporaryFiles(olderThan: 3600)
+            if removed > 0 { logger.notice("removed unfinished chunk writes", metadata: ["files": "\(removed)"]) }
+        }
     }
     return app
 }

@@ -41,12 +41,24 @@ struct BrokerGauges: Service {
                              pass: { try await sample(); return 0 }, idle: { try await Task.sleep(for: interval) })
     }
 
+    /// Partitions whose lag the last sample reported (one revoked since drops to 0).
+    final class Reported: Sendable {
+        let partitions = Mutex<Set<[String]>>([])
+    }
+    let reported = Reported()
+
     func sample() async throws {
+        var now = Set<[String]>()
         for source in consumers.all {
             for (topic, partition, messages) in source.consumer.lag() {
                 Gauge(label: "custos_ingest_consumer_lag_messages", dimensions: [("topic", topic), ("partition", "\(partition)")]).record(messages)
+                now.insert([topic, "\(partition)"])
             }
             Gauge(label: "custos_ingest_buffered_bytes", dimensions: [("lane", source.urgent ? "urgent" : "normal")]).record(source.bytesInFlight)
+        }
+        // Partitions taken over by another instance: this one no longer lags on them.
+        for gone in reported.partitions.withLock({ p -> Set<[String]> in defer { p = now }; return p.subtracting(now) }) {
+            Gauge(label: "custos_ingest_consumer_lag_messages", dimensions: [("topic", gone[0]), ("partition", gone[1])]).record(0)
         }
         let rows = try await client.query("""
             SELECT (SELECT count(*) FROM outbox WHERE sent_at IS NULL),
@@ -123,14 +135,26 @@ public struct BrokerHealth: Sendable {
         return report
     }
 
-    /// Runs `body` for at most 5 s.
+    /// Runs `body` for at most 5 s: a check that never answers (a connection that hangs) is a
+    /// failed check, and the answer does not wait for it.
     private func probe<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async -> Result<T, any Error> {
-        await withTaskGroup(of: Result<T, any Error>?.self) { group in
-            group.addTask { do { return .success(try await body()) } catch { return .failure(error) } }
-            group.addTask { try? await Task.sleep(for: .seconds(5)); return nil }
-            let first = await group.next()!
-            group.cancelAll()
-            return first ?? .failure(CancellationError())
+        let once = Once<T>()
+        return await withCheckedContinuation { (c: CheckedContinuation<Result<T, any Error>, Never>) in
+            once.waiting.withLock { $0 = c }
+            let work = Task {
+                do { once.resume(.success(try await body())) } catch { once.resume(.failure(error)) }
+            }
+            Task {
+                try? await Task.sleep(for: .seconds(5))
+                work.cancel()
+                once.resume(.failure(CancellationError()))
+            }
         }
     }
+}
+
+/// A continuation resumed once, by whichever comes first (`BrokerHealth`'s probes).
+private final class Once<T: Sendable>: Sendable {
+    let waiting = Mutex<CheckedContinuation<Result<T, any Error>, Never>?>(nil)
+    func resume(_ r: Result<T, any Error>) { waiting.withLock { c in defer { c = nil }; return c }?.resume(returning: r) }
 }

@@ -46,6 +46,11 @@ extension BrokerStore {
         guard header.type.direction == .fromProvider else {
             return try await deadLetter(message, reason: "wrongDirection: \(header.type.rawValue) is not a provider message", answer: answer)
         }
+        // The Kafka key is the request id (SPEC §7): each request's messages are applied in order
+        // by it, so a message keyed otherwise could overtake its request's others.
+        if !message.key.isEmpty, UUID(uuidString: String(decoding: message.key, as: UTF8.self)) != header.requestId {
+            return try await deadLetter(message, reason: "malformed: the Kafka key is not the message's request id", answer: answer)
+        }
         // Every number and string within the bounds its schema sets, before the database sees any.
         if let violation = MessageBounds.violation(in: opened.json, type: header.type) {
             return try await deadLetter(message, reason: violation, answer: answer)
@@ -87,11 +92,9 @@ extension BrokerStore {
             }
         } catch let rejection as IngestRejection {
             return try await deadLetter(message, reason: rejection.reason, answer: answer)
-        } catch let error as SignedEnvelope.DecodeError {
-            return try await deadLetter(message, reason: error.description, answer: answer)
         } catch {
-            // A failure about the message is dead-lettered at once; only one about the database
-            // (or the chunk store) is thrown, for the consumer to retry the same message.
+            // A failure about the message is dead-lettered at once; one about the database (or
+            // the chunk store), or one not foreseen, is thrown for the consumer to retry.
             guard case .message(let reason) = IngestFailure.cause(of: error) else { throw error }
             return try await deadLetter(message, reason: reason, answer: answer)
         }
@@ -122,7 +125,7 @@ extension BrokerStore {
     /// sender is authenticated (`answer`), queues a signed message receipt that tells it why, in
     /// the same transaction. The receipt's id derives from the message's id, so a redelivered
     /// message is answered once.
-    private func deadLetter(_ m: KafkaMessage, reason: String, answer: Answer? = nil) async throws -> IngestOutcome {
+    func deadLetter(_ m: KafkaMessage, reason: String, answer: Answer? = nil) async throws -> IngestOutcome {
         let payload = m.header(Topics.envelopeHeader) ?? m.value
         try await client.transaction(logger: logger) { conn in
             try await conn.query("""

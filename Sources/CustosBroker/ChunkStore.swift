@@ -80,6 +80,26 @@ public struct DirectoryChunkStore: ChunkStore {
 
     public func location(sha256: String) -> String { "file:\(sha256.prefix(2))/\(sha256)" }
 
+    /// Removes the temporary files (`.<sha256>.<uuid>.tmp`) of writes that never finished —
+    /// a broker killed in the middle of one — once older than `age` seconds, so that a write
+    /// another instance has in progress is left alone. Never touches a stored chunk. Returns how
+    /// many it removed. `custos-broker serve` runs it in the background at start (1 hour).
+    @discardableResult
+    public func sweepTemporaryFiles(olderThan age: TimeInterval) -> Int {
+        let cutoff = Date().addingTimeInterval(-age)
+        var removed = 0
+        guard let shards = try? FileManager.default.contentsOfDirectory(atPath: root.path) else { return 0 }
+        for shard in shards where shard.count == 2 {
+            let directory = root.appendingPathComponent(shard)
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [] where name.hasPrefix(".") && name.hasSuffix(".tmp") {
+                let file = directory.appendingPathComponent(name)
+                guard let modified = (try? FileManager.default.attributesOfItem(atPath: file.path))?[.modificationDate] as? Date, modified < cutoff else { continue }
+                if unlink(file.path) == 0 { removed += 1 }
+            }
+        }
+        return removed
+    }
+
     public func put(_ bytes: UnsafeRawBufferPointer, sha256: String) throws -> String {
         precondition(Digest.isSHA256Hex(sha256))
         let location = location(sha256: sha256)

@@ -76,6 +76,8 @@ final class IngestSource: Sendable {
         var partitions: [PartitionKey: PartitionProgress] = [:]
         var bytesInFlight = 0
         var waiting: CheckedContinuation<Void, Never>?
+        /// Shutdown: reading never waits again.
+        var released = false
     }
 
     struct PartitionKey: Hashable, Sendable {
@@ -92,7 +94,8 @@ final class IngestSource: Sendable {
     /// Notes `message` as read.
     func read(_ message: KafkaMessage) -> PartitionProgress.Ticket {
         let key = PartitionKey(topic: message.topic, partition: message.partition)
-        let bytes = message.value.count + message.headers.reduce(0) { $0 + $1.value.count } + 64
+        // Every byte the message holds, so that none can be sent that the buffer does not count.
+        let bytes = message.key.count + message.value.count + message.headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.count } + message.topic.utf8.count + 64
         return state.withLock { s in
             s.bytesInFlight += bytes
             return s.partitions[key, default: PartitionProgress()].read(offset: message.offset, bytes: bytes)
@@ -103,7 +106,7 @@ final class IngestSource: Sendable {
     func room() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = state.withLock { s -> Bool in
-                guard s.bytesInFlight >= bufferLimit else { return true }
+                guard s.bytesInFlight >= bufferLimit, !s.released else { return true }
                 s.waiting = c
                 return false
             }
@@ -128,9 +131,13 @@ final class IngestSource: Sendable {
         if let next { try consumer.store(topic: key.topic, partition: key.partition, next: next) }
     }
 
-    /// Lets a reader waiting for room go (at shutdown).
+    /// Lets a reader waiting for room go, and any later one (at shutdown).
     func release() {
-        state.withLock { s -> CheckedContinuation<Void, Never>? in defer { s.waiting = nil }; return s.waiting }?.resume()
+        state.withLock { s -> CheckedContinuation<Void, Never>? in
+            s.released = true
+            defer { s.waiting = nil }
+            return s.waiting
+        }?.resume()
     }
 
     /// Bytes read and not yet applied.

@@ -131,6 +131,8 @@ struct ResponseIngestor: Service {
     /// Reads `source`'s messages into their request's lane, until cancelled.
     private func read(_ source: IngestSource, into lanes: IngestLanes<IngestWork>, emergencies: Emergencies) async throws {
         for try await message in source.consumer.messages {
+            // Shutdown: a message polled meanwhile is not read (it is read again on restart).
+            if lanes.isClosed { return }
             let ticket = source.read(message)
             // The Kafka key is the request id (SPEC §7); a message without one has a lane per partition.
             let requestId = UUID(uuidString: String(decoding: message.key, as: UTF8.self))
@@ -160,8 +162,14 @@ struct ResponseIngestor: Service {
         }
     }
 
+    /// Attempts at a message whose failure is of no foreseen kind (`IngestFailure.unforeseen`)
+    /// before it is dead-lettered: about 20 s of back-off.
+    static let unforeseenAttempts = 8
+
     /// Applies one message; a failure of the database is retried, the same message, with
-    /// back-off. Returns false only when shutdown stopped it before it was applied.
+    /// back-off, for as long as it takes; one not foreseen, `unforeseenAttempts` times, then
+    /// the message is dead-lettered. Returns false only when shutdown stopped it before it was
+    /// applied.
     private func apply(_ message: KafkaMessage, keys: Keys, lanes: IngestLanes<IngestWork>) async -> Bool {
         var attempt = 0
         while true {
@@ -172,6 +180,11 @@ struct ResponseIngestor: Service {
             } catch {
                 attempt += 1
                 if Task.isCancelled || lanes.isClosed { return false }
+                if case .unforeseen(let kind) = IngestFailure.cause(of: error), attempt >= Self.unforeseenAttempts,
+                   let outcome = try? await store.deadLetter(message, reason: "not applied after \(attempt) attempts (\(kind))") {
+                    IngestMetrics.applied(outcome, topic: message.topic)
+                    return true
+                }
                 logger.error("ingest failed; retrying the same message", metadata: [
                     LogKey.topic: "\(message.topic)", LogKey.offset: "\(message.offset)", LogKey.error: "\(loggable(error))",
                 ])

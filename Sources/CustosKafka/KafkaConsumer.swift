@@ -138,7 +138,15 @@ public final class KafkaConsumer: Sendable {
         // _STATE means the partition was revoked meanwhile; whoever owns it now re-reads the
         // message and finds it already processed (every message is idempotent by id).
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__STATE else { throw KafkaError(err, "store offset") }
-        state.withLock { $0.stored[TopicPartition(topic: message.topic, partition: message.partition)] = message.offset + 1 }
+        remember(TopicPartition(topic: message.topic, partition: message.partition), message.offset + 1, assigned: err == RD_KAFKA_RESP_ERR_NO_ERROR)
+    }
+
+    /// Keeps the highest offset stored per partition for `commit()`, and forgets a partition
+    /// this consumer no longer holds (committing it would rewind its new owner).
+    private func remember(_ tp: TopicPartition, _ next: Int64, assigned: Bool) {
+        state.withLock { s in
+            if assigned { s.stored[tp] = max(s.stored[tp] ?? next, next) } else { s.stored[tp] = nil }
+        }
     }
 
     /// Marks everything before `next` in `topic`/`partition` as processed (`next` is the
@@ -150,7 +158,7 @@ public final class KafkaConsumer: Sendable {
         rd_kafka_topic_partition_list_add(list, topic, partition)!.pointee.offset = next
         let err = rd_kafka_offsets_store(client.handle, list)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__STATE else { throw KafkaError(err, "store offset") }
-        state.withLock { $0.stored[TopicPartition(topic: topic, partition: partition)] = next }
+        remember(TopicPartition(topic: topic, partition: partition), next, assigned: err == RD_KAFKA_RESP_ERR_NO_ERROR)
     }
 
     /// Consumer lag of each partition assigned to this consumer: the partition's high
@@ -174,9 +182,19 @@ public final class KafkaConsumer: Sendable {
         return out
     }
 
-    /// Commits the stored offsets now and waits for the broker's answer.
+    /// Commits the stored offsets of the partitions this consumer holds now, and waits for the
+    /// broker's answer.
     public func commit() throws {
-        let stored = state.withLock { $0.stored }
+        var stored = state.withLock { $0.stored }
+        var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+        if rd_kafka_assignment(client.handle, &assigned) == RD_KAFKA_RESP_ERR_NO_ERROR, let assigned {
+            defer { rd_kafka_topic_partition_list_destroy(assigned) }
+            var held = Set<TopicPartition>()
+            for i in 0..<Int(assigned.pointee.cnt) {
+                held.insert(TopicPartition(topic: String(cString: assigned.pointee.elems[i].topic), partition: assigned.pointee.elems[i].partition))
+            }
+            stored = stored.filter { held.contains($0.key) }
+        }
         guard !stored.isEmpty else { return }
         let list = rd_kafka_topic_partition_list_new(Int32(stored.count))
         defer { rd_kafka_topic_partition_list_destroy(list) }

@@ -59,41 +59,67 @@ public enum MessageBounds {
     /// Bounds every message has (`schemas/messages/envelope.json`).
     public static let envelope: [String: Bound] = ["signature.value": .string(maxLength: 1024)]
 
+    /// Every path that leads to a bounded field, by message type (the fields' own paths too):
+    /// below any other, no path is built (a long member name costs its length once).
+    static let pathsToBounds: [MessageType: Set<String>] = {
+        var out: [MessageType: Set<String>] = [:]
+        for type in MessageType.allCases {
+            var paths = Set<String>([""])
+            for key in Array((fields[type] ?? [:]).keys) + Array(envelope.keys) {
+                var prefix = ""
+                for part in key.split(separator: ".") {
+                    prefix = prefix.isEmpty ? String(part) : prefix + "." + part
+                    paths.insert(prefix)
+                    if prefix.hasSuffix("[]") { paths.insert(String(prefix.dropLast(2))) }
+                }
+            }
+            out[type] = paths
+        }
+        return out
+    }()
+
     /// The first value of a provider's message (its whole JSON, envelope and body) that breaks
     /// a bound, as a reason naming its field — never its value — or nil. Besides the table:
     /// no string anywhere may hold U+0000, and no number anywhere may lie beyond ±(2^53 − 1).
+    /// Linear in the message's size.
     public static func violation(in message: JSONValue, type: MessageType) -> String? {
         let table = fields[type] ?? [:]
-        func bound(_ path: String) -> Bound? { table[path] ?? envelope[path] }
-        // A path is named only when it is one of the schema's: others are the sender's words.
-        func named(_ path: String, _ what: String) -> String { bound(path) != nil ? path : what }
-        func check(_ value: JSONValue, _ path: String) -> String? {
+        let known = pathsToBounds[type] ?? [""]
+        // `path`: the value's path while it may lead to a bounded field, else nil.
+        func check(_ value: JSONValue, _ path: String?, _ bound: Bound?) -> String? {
             switch value {
             case .string(let s):
-                if s.utf8.contains(0) { return "malformed: \(named(path, "a string")) holds a NUL character (U+0000)" }
-                if case .string(let max)? = bound(path), s.unicodeScalars.count > max {
-                    return "malformed: \(path) is longer than \(max) characters"
+                if s.utf8.contains(0) { return "malformed: \(bound != nil ? path! : "a string") holds a NUL character (U+0000)" }
+                if case .string(let max)? = bound, s.unicodeScalars.count > max {
+                    return "malformed: \(path!) is longer than \(max) characters"
                 }
             case .number(let d):
-                if case .integer(let range)? = bound(path) {
+                if case .integer(let range)? = bound {
                     guard d.rounded() == d, d >= Double(range.lowerBound), d <= Double(range.upperBound) else {
-                        return "malformed: \(path) must be an integer from \(range.lowerBound) to \(range.upperBound)"
+                        return "malformed: \(path!) must be an integer from \(range.lowerBound) to \(range.upperBound)"
                     }
                 } else if !(abs(d) <= Double(safeInteger)) {
                     return "malformed: a number is beyond ±(2^53 − 1)"
                 }
             case .array(let items):
-                for item in items { if let v = check(item, path + "[]") { return v } }
+                let itemPath = path.map { $0 + "[]" }
+                let itemBound = itemPath.flatMap { table[$0] ?? envelope[$0] }
+                let next = itemPath.flatMap { known.contains($0) ? $0 : nil }
+                for item in items { if let v = check(item, next, itemBound) { return v } }
             case .object(let members):
                 for (key, member) in members.sorted(by: { $0.key < $1.key }) {
                     if key.utf8.contains(0) { return "malformed: a member name holds a NUL character (U+0000)" }
-                    if let v = check(member, path.isEmpty ? key : path + "." + key) { return v }
+                    let childPath = path.flatMap { p -> String? in
+                        let c = p.isEmpty ? key : p + "." + key
+                        return known.contains(c) ? c : nil
+                    }
+                    if let v = check(member, childPath, childPath.flatMap { table[$0] ?? envelope[$0] }) { return v }
                 }
             case .null, .bool:
                 break
             }
             return nil
         }
-        return check(message, "")
+        return check(message, "", nil)
     }
 }

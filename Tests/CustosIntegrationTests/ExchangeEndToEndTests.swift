@@ -349,9 +349,15 @@ struct ExchangeEndToEndTests {
         d.connector!.kill9()
         let first = try String(contentsOfFile: d.path("state/jobs/\(request)/package-id"), encoding: .utf8)
 
-        // 2. kill -9 the broker in the middle of ingesting what the connector sent.
-        let beforeKill = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
-        let received = ((beforeKill["packages"] as? [[String: Any]])?.first?["chunksReceived"] as? Int) ?? 0
+        // 2. kill -9 the broker in the middle of ingesting what the connector sent (once it has
+        //    taken some in: a loaded machine may be a moment behind).
+        var received = 0
+        let ingestDeadline = ContinuousClock.now + .seconds(60)
+        while received == 0 && ContinuousClock.now < ingestDeadline {
+            let beforeKill = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+            received = ((beforeKill["packages"] as? [[String: Any]])?.first?["chunksReceived"] as? Int) ?? 0
+            if received == 0 { try await Task.sleep(for: .milliseconds(20)) }
+        }
         d.broker!.kill9()
         #expect(progress >= 15 && received > 0, "not killed mid-stream (connector \(progress), broker \(received))")
 
