@@ -47,9 +47,13 @@ struct LegalClockTests {
         let pki = try TestPKI(signerName: "prov-a")
         try await TestServices.withStore { _, client, _ in
             let store = BrokerStore(client: client, signer: .generate(), tsaTrust: "", clocks: Self.clocks(), logger: TestServices.logger)
-            let start = Date()
             let silent = try await Self.approved(store, pki, 0)
             let acknowledged = try await Self.approved(store, pki, 1)
+            // The moment `silent` was approved, as its clock says (on a loaded machine, seconds
+            // may pass between taking the time here and the approval).
+            let start = try await client.query(
+                "SELECT deadline FROM request_clocks WHERE request_id = \(silent) AND clock = 'acknowledgement'", logger: TestServices.logger
+            ).collect()[0].decode(Date.self).addingTimeInterval(-60)
             _ = try await client.custodyTransaction(logger: TestServices.logger) { conn, custody in
                 try await BrokerStore.advance(conn, acknowledged, to: .acknowledged, actor: .init(type: .provider, id: "prov-a"), custody: custody, logger: TestServices.logger)
             }
