@@ -82,7 +82,8 @@ struct Run: AsyncParsableCommand {
               concurrency (CUSTOS_CONCURRENCY)
                   requests processed at once, emergencies first (default 2)
               urgentConcurrency (CUSTOS_URGENT_CONCURRENCY)
-                  further workers kept for emergency requests (custos.to.<provider>.urgent) alone (default 1)
+                  further workers kept for emergency requests (custos.to.<provider>.urgent) alone (default 1); everything
+                  about an emergency goes back on custos.from.<provider>.urgent, the broker's urgent return lane
               kafka.urgentFetchWaitMilliseconds
                   longest wait of a fetch on the urgent topic (default 10; librdkafka's fetch.wait.max.ms)
               streaming.inFlightChunks
