@@ -110,22 +110,21 @@ public struct BrokerHealth: Sendable {
     }
 
     func check() async -> Report {
-        async let database = probe { () async throws -> Int64 in
+        // Custody events not yet in a checkpoint, and the newest checkpoint's age in seconds.
+        async let database = probe { () async throws -> (lag: Int64, age: Double) in
             try await client.query("""
                 SELECT (SELECT coalesce(max(idx) + 1, 0) FROM custody_events) - (SELECT coalesce(max(size), 0) FROM custody_checkpoints),
                        coalesce((SELECT extract(epoch FROM now() - max(created_at)) FROM custody_checkpoints), 1e9)::float8
-                """, logger: logger).decode((Int64, Double).self).first { _ in true }.map { lag, age in
-                    // Events waiting and no checkpoint for a while: the integrator is stuck.
-                    lag > 0 && age > Double(custodyStaleAfter.components.seconds) ? -lag : lag
-                } ?? 0
+                """, logger: logger).decode((Int64, Double).self).first { _ in true } ?? (0, 0)
         }
         async let kafka = probe { try await producer.metadata(topics: [], timeout: .seconds(3)).brokers }
         let (db, k) = await (database, kafka)
         var report = Report(status: "ok", database: "ok", kafka: "ok", custody: "ok")
         switch db {
-        case .success(let lag):
-            report.custodyLagEvents = abs(lag)
-            if lag < 0 { report.custody = "stale: \(-lag) events wait for a checkpoint" }
+        case .success(let (lag, age)):
+            report.custodyLagEvents = lag
+            // Events waiting and no checkpoint for a while: the integrator is stuck.
+            if lag > 0 && age > Double(custodyStaleAfter.components.seconds) { report.custody = "stale: \(lag) events wait for a checkpoint" }
         case .failure:
             report.database = "unreachable"
             report.custody = "unknown"

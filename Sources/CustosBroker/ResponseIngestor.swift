@@ -111,7 +111,6 @@ struct ResponseIngestor: Service {
             normal.release()
             urgent.release()
         }
-        lanes.close()
         // Commits the offsets stored, after the last message applied.
         normal.consumer.close()
         urgent.consumer.close()

@@ -130,15 +130,7 @@ public final class KafkaConsumer: Sendable {
     /// `auto.commit.interval.ms`), by `commit()`, or when the consumer closes. Call it only
     /// after the message's effects are durable.
     public func store(_ message: KafkaMessage) throws {
-        let list = rd_kafka_topic_partition_list_new(1)
-        defer { rd_kafka_topic_partition_list_destroy(list) }
-        let tp = rd_kafka_topic_partition_list_add(list, message.topic, message.partition)!
-        tp.pointee.offset = message.offset + 1
-        let err = rd_kafka_offsets_store(client.handle, list)
-        // _STATE means the partition was revoked meanwhile; whoever owns it now re-reads the
-        // message and finds it already processed (every message is idempotent by id).
-        guard err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__STATE else { throw KafkaError(err, "store offset") }
-        remember(TopicPartition(topic: message.topic, partition: message.partition), message.offset + 1, assigned: err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        try store(topic: message.topic, partition: message.partition, next: message.offset + 1)
     }
 
     /// Keeps the highest offset stored per partition for `commit()`, and forgets a partition
@@ -157,6 +149,8 @@ public final class KafkaConsumer: Sendable {
         defer { rd_kafka_topic_partition_list_destroy(list) }
         rd_kafka_topic_partition_list_add(list, topic, partition)!.pointee.offset = next
         let err = rd_kafka_offsets_store(client.handle, list)
+        // _STATE means the partition was revoked meanwhile; whoever owns it now re-reads the
+        // message and finds it already processed (every message is idempotent by id).
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__STATE else { throw KafkaError(err, "store offset") }
         remember(TopicPartition(topic: topic, partition: partition), next, assigned: err == RD_KAFKA_RESP_ERR_NO_ERROR)
     }

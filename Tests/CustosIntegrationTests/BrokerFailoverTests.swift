@@ -2,7 +2,6 @@
 import CustosModel
 import CustosRuntime
 import Foundation
-import FoundationNetworking
 import PostgresNIO
 import Testing
 
@@ -13,14 +12,9 @@ import Testing
 /// the package is verified once, with nothing lost and nothing stored twice.
 @Suite("Several broker instances", .serialized, .timeLimit(.minutes(6)))
 struct BrokerFailoverTests {
-    func httpGet(_ url: String) async throws -> (status: Int, body: String) {
-        let (data, response) = try await URLSession.shared.data(from: try #require(URL(string: url)))
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
-    }
-
     /// The messages this instance applied for `provider` on its normal lane (its metrics).
     func applied(_ url: String, provider: String) async throws -> Int {
-        let metrics = try await httpGet(url + "/metrics").body
+        let metrics = try await TestServices.httpGet(url + "/metrics").body
         return metrics.split(separator: "\n").filter {
             $0.hasPrefix("custos_ingest_messages_total{") && $0.contains("provider=\"\(provider)\"") && $0.contains("lane=\"normal\"")
         }.reduce(0) { $0 + (Int(Double($1.split(separator: " ").last ?? "0") ?? 0)) }
@@ -43,7 +37,7 @@ struct BrokerFailoverTests {
         let (second, secondURL) = try await d.startAnotherBroker("broker-2")
         defer { second.stop() }
         let firstURL = d.url
-        #expect(try await httpGet(firstURL + "/health").status == 200)
+        #expect(try await TestServices.httpGet(firstURL + "/health").status == 200)
         try await d.startConnector(tsa: tsaURL)
         let request = try await d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["traffic"])
         _ = try await d.cliOK(d.approver, ["request", "approve", request])
@@ -116,7 +110,7 @@ struct BrokerFailoverTests {
         #expect(store.sweepTemporaryFiles(olderThan: 0) == files.count - stored.count)
         #expect(try FileManager.default.subpathsOfDirectory(atPath: d.path("chunks")).filter { $0.contains("/") }.count == chunkCount)
         #expect(try await d.admin(["audit"]).hasPrefix("custody audit: CONSISTENT"))
-        let health = try await httpGet(survivor + "/health")
+        let health = try await TestServices.httpGet(survivor + "/health")
         #expect(health.status == 200 && health.body.contains("\"custody\":\"ok\""), "\(health.body)")
     }
 

@@ -266,20 +266,16 @@ struct ConnectorOperationsTests {
         #expect(status.stdout.contains("extracted: 33 records, 1 outside the request (not sent)"), "\(status.stdout)")
 
         // The operator's endpoint: metrics (never a target) and health.
-        let metrics = try await httpGet(endpoint + "/metrics")
+        let metrics = try await TestServices.httpGet(endpoint + "/metrics")
         #expect(metrics.status == 200)
         for line in ["custos_connector_packages_sent_total 1", "custos_connector_records_extracted_total 33", "custos_connector_requests_total 1",
                      #"custos_connector_records_out_of_scope_total{reason="target"} 1"#] {
             #expect(metrics.body.contains(line), "metrics lack \(line):\n\(metrics.body)")
         }
         #expect(!metrics.body.contains("8491234") && !metrics.body.contains("8490000"))
-        let health = try await httpGet(endpoint + "/health")
+        let health = try await TestServices.httpGet(endpoint + "/health")
         #expect(health.status == 200 && health.body.contains(#""status":"ok""#), "\(health.body)")
         #expect(!d.connector!.output.contains("+849"), "the connector's log names a target")
     }
 
-    func httpGet(_ url: String) async throws -> (status: Int, body: String) {
-        let (data, response) = try await URLSession.shared.data(from: try #require(URL(string: url)))
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
-    }
 }

@@ -6,6 +6,7 @@ import CustosKafka
 import CustosModel
 import CustosTestSupport
 import Foundation
+import FoundationNetworking
 import Logging
 import PostgresNIO
 import Testing
@@ -42,6 +43,12 @@ enum TestServices {
     static func kafka() throws -> KafkaConfiguration {
         let brokers = try #require(environment["CUSTOS_KAFKA_BROKERS"], "no CUSTOS_KAFKA_BROKERS: run ops/services up, or set it")
         return KafkaConfiguration(bootstrapServers: brokers, clientId: "custos-tests")
+    }
+
+    /// GET `url`: the status and the body as text.
+    static func httpGet(_ url: String) async throws -> (status: Int, body: String) {
+        let (data, response) = try await URLSession.shared.data(from: try #require(URL(string: url)))
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
     }
 
     static func unique(_ prefix: String) -> String {
