@@ -29,13 +29,13 @@ enum Emergency {
     @discardableResult
     static func end(_ conn: PostgresConnection, _ id: UUID, outcome: Outcome, reviewer: UUID?, actor: CustodyEvent.Actor, reason: String?,
                     signer: SigningKey, custody: CustodyRecorder, logger: Logger) async throws -> Bool {
-        var found: (String, String, String?, UUID)?
+        var found: (String, String?, UUID)?
         for try await r in try await conn.query("""
             UPDATE requests SET review = \(outcome.rawValue), reviewed_by = \(reviewer), reviewed_at = now(), updated_at = now()
             WHERE id = \(id) AND review = 'pending'
-            RETURNING state, provider_id, request_hash, case_id
-            """, logger: logger).decode((String, String, String?, UUID).self) { found = r }
-        guard let (stateText, provider, hash, caseId) = found else { return false }
+            RETURNING provider_id, request_hash, case_id
+            """, logger: logger).decode((String, String?, UUID).self) { found = r }
+        guard let (provider, hash, caseId) = found else { return false }
         try await conn.query(
             "UPDATE request_clocks SET stopped_at = now() WHERE request_id = \(id) AND clock = 'review' AND stopped_at IS NULL", logger: logger)
         try await conn.query(
@@ -48,12 +48,7 @@ enum Emergency {
         guard outcome != .confirmed else { return true }
 
         // Not yet delivered: the request ends here, and its clocks stop.
-        let state = RequestState(rawValue: stateText) ?? .draft
-        if state.rank < RequestState.delivered.rank && !RequestState.ended.contains(state) {
-            try await conn.query("UPDATE requests SET state = 'revoked', updated_at = now() WHERE id = \(id)", logger: logger)
-            try await BrokerStore.event(conn, id, .revoked, actor: actor, note: outcome.sealReason, custody: custody, caseId: caseId, logger: logger)
-            try await LegalClock.stop(conn, id, reaching: .revoked, logger: logger)
-        }
+        try await BrokerStore.advance(conn, id, .revoke, actor: actor, note: outcome.sealReason, custody: custody, caseId: caseId, logger: logger)
         var sealed: [UUID] = []
         for try await p in try await conn.query("""
             UPDATE packages SET sealed = true, seal_reason = \(outcome.sealReason) WHERE request_id = \(id) AND NOT sealed RETURNING id

@@ -156,14 +156,14 @@ extension BrokerStore {
         // The same words as for a request that does not exist: a provider cannot learn of
         // another's requests from the answer.
         guard row.providerId == provider else { throw IngestRejection(reason: "unknown request") }
-        guard row.state.rank >= RequestState.approved.rank, row.state != .rejected, row.state != .withdrawn else {
+        guard RequestLifecycle.sent.contains(row.state) else {
             throw IngestRejection(reason: "request is \(row.state.rawValue), not dispatched")
         }
         switch header.type {
         case .ack:
             let body = try SignedEnvelope.body(AckBody.self, from: json).body
             guard body.requestHash == row.requestHash else { throw IngestRejection(reason: "acknowledged request hash differs from the request as approved") }
-            try await Self.advance(conn, header.requestId, to: .acknowledged, actor: actor, custody: custody, logger: logger)
+            try await Self.advance(conn, header.requestId, .acknowledge, actor: actor, custody: custody, logger: logger)
         case .status:
             let body = try SignedEnvelope.body(StatusBody.self, from: json).body
             guard (0...100).contains(body.percent) else { throw IngestRejection(reason: "status percent is outside 0 to 100") }
@@ -172,14 +172,14 @@ extension BrokerStore {
                 UPDATE requests SET progress_phase = \(body.phase.rawValue), progress_percent = \(body.percent), progress_at = now()
                 WHERE id = \(header.requestId)
                 """, logger: logger)
-            try await Self.advance(conn, header.requestId, to: .inProgress, actor: actor, note: "\(body.phase.rawValue) \(body.percent)%", custody: custody,
+            try await Self.advance(conn, header.requestId, .progress, actor: actor, note: "\(body.phase.rawValue) \(body.percent)%", custody: custody,
                                    details: ["phase": body.phase.rawValue, "percent": "\(body.percent)"], logger: logger)
         case .refusal:
             let body = try SignedEnvelope.body(RefusalBody.self, from: json).body
-            try await conn.query("UPDATE requests SET state = 'refused', updated_at = now() WHERE id = \(header.requestId) AND state <> 'verified'", logger: logger)
-            try await LegalClock.stop(conn, header.requestId, reaching: .refused, logger: logger)
-            try await Self.event(conn, header.requestId, .refused, actor: actor, note: body.reason.rawValue, custody: custody,
-                                 details: ["reason": body.reason.rawValue], logger: logger)
+            // A refusal that crossed the request's end on the wire (verified, expired, revoked)
+            // changes nothing, and a repeated one is not recorded twice.
+            try await Self.advance(conn, header.requestId, .refuse, actor: actor, note: body.reason.rawValue, custody: custody,
+                                   details: ["reason": body.reason.rawValue], logger: logger)
         case .manifest:
             guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
             let body = try SignedEnvelope.body(ManifestBody.self, from: json).body
@@ -209,7 +209,7 @@ extension BrokerStore {
             guard (1...ClarificationRequestBody.maximumLength).contains(question.count) else {
                 throw IngestRejection(reason: "clarification question must be 1 to \(ClarificationRequestBody.maximumLength) characters")
             }
-            guard !RequestState.ended.contains(row.state), row.state != .verified, row.state != .delivered else {
+            guard RequestLifecycle.awaitsProvider(row.state) else {
                 throw IngestRejection(reason: "request is \(row.state.rawValue); nothing to clarify")
             }
             try await conn.query("INSERT INTO clarifications (id, request_id, question) VALUES (\(header.id), \(header.requestId), \(question))", logger: logger)
@@ -240,7 +240,7 @@ extension BrokerStore {
             guard !RequestState.ended.contains(row.state) else { throw IngestRejection(reason: "the preservation order is \(row.state.rawValue)") }
             // The first confirmation moves the order on; one after an extension is recorded too.
             let note = "frozen until \(Timestamp.format(until))"
-            try await Self.advance(conn, header.requestId, to: .preserved, actor: actor, note: note, custody: custody,
+            try await Self.advance(conn, header.requestId, .preserve, actor: actor, note: note, custody: custody,
                                    details: ["until": Timestamp.format(until)], recordAnyway: true, logger: logger)
         case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease:
             throw IngestRejection(reason: "not a provider message")
@@ -322,7 +322,7 @@ extension BrokerStore {
                                             objects: ["noteSha256": Digest.sha256Hex(Array(sealReason.utf8))], details: ["onArrival": "true"]))
             }
         }
-        try await Self.advance(conn, header.requestId, to: .inProgress, actor: actor, note: "manifest received: \(m.chunks.count) chunks",
+        try await Self.advance(conn, header.requestId, .progress, actor: actor, note: "manifest received: \(m.chunks.count) chunks",
                                custody: custody, packageId: m.packageId, logger: logger)
         // The manifest comes last (package protocol v2): the package may be complete now.
         try await finalizeIfComplete(conn, packageId: m.packageId, custody: custody)
@@ -423,7 +423,7 @@ extension BrokerStore {
             // More follow: the request stays open and its delivery clock runs on; it is verified
             // only with its final package. A second partial package is still on the timeline.
             let note = "partial package \(packageId.lowercased) \(verification.valid ? "verified" : "failed verification")"
-            try await Self.advance(conn, requestId, to: .partiallyDelivered, actor: providerActor, note: note, custody: custody,
+            try await Self.advance(conn, requestId, .deliverPart, actor: providerActor, note: note, custody: custody,
                                    packageId: packageId, details: ["outcome": newState.rawValue], recordAnyway: true, logger: logger)
         } else {
             // Packages of this request abandoned without a manifest (a connector that restarted
@@ -434,10 +434,10 @@ extension BrokerStore {
                 """, logger: logger).decode(UUID.self) {
                 arrivals.remove(abandoned)
             }
-            try await Self.advance(conn, requestId, to: .delivered, actor: providerActor, note: "package \(packageId.lowercased) complete",
+            try await Self.advance(conn, requestId, .deliver, actor: providerActor, note: "package \(packageId.lowercased) complete",
                                    custody: custody, packageId: packageId, logger: logger)
             if verification.valid {
-                try await Self.advance(conn, requestId, to: .verified, actor: .broker, note: "package \(packageId.lowercased) verified",
+                try await Self.advance(conn, requestId, .verify, actor: .broker, note: "package \(packageId.lowercased) verified",
                                        custody: custody, packageId: packageId, logger: logger)
             } else {
                 try await Self.event(conn, requestId, .delivered, actor: .broker,

@@ -10,25 +10,23 @@ import PostgresNIO
 /// or release early. The order ends at its clock's deadline; either way the provider is told
 /// with a signed `preservation-release`. Nothing is delivered for it.
 enum Preservation {
-    /// The states of an order still running: it may be extended, released, or end by its clock.
-    static let running: [RequestState] = [.approved, .dispatched, .acknowledged, .preserved]
-
     /// Ends an order that is still running (acknowledged or preserved, or not yet either), in
     /// the caller's transaction: state `released` (by a person) or `expired` (its clock), its
     /// clocks stopped, the provider told. Returns whether it ended.
     @discardableResult
     static func end(_ conn: PostgresConnection, _ id: UUID, reason: PreservationReleaseBody.Reason, actor: CustodyEvent.Actor, note: String?,
                     signer: SigningKey, custody: CustodyRecorder, logger: Logger) async throws -> Bool {
-        let state: RequestState = reason == .released ? .released : .expired
+        let rule = RequestLifecycle.rule(reason == .released ? .release : .endPreservation)
+        let state = rule.to
         var found: (String, String, UUID, String)?
         for try await r in try await conn.query("""
             UPDATE requests SET state = \(state.rawValue), updated_at = now()
-            WHERE id = \(id) AND state = ANY(\(running.map(\.rawValue)))
+            WHERE id = \(id) AND state = ANY(\(rule.from.map(\.rawValue)))
             RETURNING provider_id, request_hash, case_id, spec
             """, logger: logger).decode((String, String, UUID, String).self) { found = r }
         guard let (provider, hash, caseId, specJSON) = found else { return false }
         try await BrokerStore.event(conn, id, state, actor: actor, note: note, custody: custody, caseId: caseId, logger: logger)
-        try await conn.query("UPDATE request_clocks SET stopped_at = now() WHERE request_id = \(id) AND stopped_at IS NULL", logger: logger)
+        try await LegalClock.stop(conn, id, by: reason == .released ? .release : .endPreservation, logger: logger)
         let spec = try JSONDecoder().decode(RequestSpec.self, from: Data(specJSON.utf8))
         let envelope = Envelope(type: .preservationRelease, id: UUID.derived("preservation-release", id.lowercased), requestId: id, sender: "broker",
                                 body: PreservationReleaseBody(requestHash: hash, reason: reason, decidedAt: Timestamp.now()))
@@ -46,7 +44,7 @@ extension BrokerStore {
         try await client.custodyTransaction(logger: logger) { conn, custody in
             let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
             guard row.spec.isPreservation else { throw BrokerError(.conflict, "only a preservation order is extended") }
-            guard Preservation.running.contains(row.state), let hash = row.requestHash else {
+            guard RequestLifecycle.preservationRunning.contains(row.state), let hash = row.requestHash else {
                 throw BrokerError(.conflict, "the preservation order is \(row.state.rawValue), not running")
             }
             let extra = LegalClock.seconds(clocks.preservationExtension)

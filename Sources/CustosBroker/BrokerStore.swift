@@ -312,7 +312,7 @@ public struct BrokerStore: Sendable {
             for id in try await Self.parts(conn, id, agency: user.agency, logger: logger) {
                 let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
                 guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author submits it") }
-                guard row.state == .draft else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not draft") }
+                try Self.check(.submit, from: row.state, by: .author)
                 guard row.spec.legalBasis.document != nil else {
                     throw BrokerError(.invalid, "a request is submitted with its decision", violations: [
                         FieldViolation(field: "legalBasis.document", rule: "is required to submit: upload the decision (POST /v1/documents) and name it"),
@@ -335,9 +335,7 @@ public struct BrokerStore: Sendable {
             for id in try await Self.parts(conn, id, agency: user.agency, logger: logger) {
                 let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
                 guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author withdraws it") }
-                guard row.state == .draft || row.state == .submitted else {
-                    throw BrokerError(.conflict, "request is \(row.state.rawValue); only a draft or submitted request can be withdrawn")
-                }
+                try Self.check(.withdraw, from: row.state, by: .author)
                 try await conn.query("UPDATE requests SET state = 'withdrawn', updated_at = now() WHERE id = \(id)", logger: logger)
                 try await Self.event(conn, id, .withdrawn, actor: user.actor, note: reason, custody: custody, caseId: row.spec.caseId, logger: logger)
             }
@@ -362,7 +360,7 @@ public struct BrokerStore: Sendable {
                 } else {
                     guard user.roles.contains(.approver) else { throw BrokerError(.forbidden, "normal requests are approved by an approver, not on the fast track") }
                 }
-                guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
+                try Self.check(.approve, from: row.state, by: RequestLifecycle.approver(for: row.spec.priority))
                 guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot approve it (four eyes)") }
                 let submitter = try await Self.userName(conn, row.submittedBy!, logger: logger)
                 let now = Date()
@@ -398,7 +396,7 @@ public struct BrokerStore: Sendable {
             // A request to several providers is decided as one: every part at once.
             for id in try await Self.parts(conn, id, agency: user.agency, logger: logger) {
                 let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
-                guard row.state == .submitted else { throw BrokerError(.conflict, "request is \(row.state.rawValue), not submitted") }
+                try Self.check(.reject, from: row.state, by: .approver)
                 guard row.submittedBy != user.id else { throw BrokerError(.forbidden, "the submitter of a request cannot decide on it (four eyes)") }
                 try await conn.query("UPDATE requests SET state = 'rejected', updated_at = now() WHERE id = \(id)", logger: logger)
                 try await Self.event(conn, id, .rejected, actor: user.actor, note: reason, custody: custody, caseId: row.spec.caseId, logger: logger)
@@ -547,23 +545,37 @@ public struct BrokerStore: Sendable {
                                     subject: .init(caseId: caseId, requestId: id, packageId: packageId), objects: objects, details: details))
     }
 
-    /// Moves a request forward to `state` unless it is already there or further along; returns
-    /// whether it moved. Late or repeated provider messages thus never move a request back.
+    /// Checks a person's `transition` against `RequestLifecycle`: `BrokerError.conflict` (409)
+    /// from a state it does not leave from, `.forbidden` (403) for an owner who may not cause it.
+    static func check(_ transition: RequestLifecycle.Transition, from state: RequestState, by owner: RequestLifecycle.Owner) throws {
+        switch RequestLifecycle.decide(transition, from: state, by: owner) {
+        case .move, .stay: return
+        case .refuse(let refusal):
+            if case .notOwner = refusal { throw BrokerError(.forbidden, refusal.reason) }
+            throw BrokerError(.conflict, refusal.reason)
+        }
+    }
+
+    /// Carries out `transition` (a message's or a clock's: `RequestLifecycle`) on a request,
+    /// in the caller's transaction: the request moves if its state is one the transition
+    /// leaves from, and then its event is recorded and the clocks it satisfies stop. Returns
+    /// whether it moved; late or repeated messages thus never move a request back.
     /// `recordAnyway`: the step is on the timeline even when the request does not move (a
     /// second partial package, a confirmation after an extension).
     @discardableResult
-    static func advance(_ conn: PostgresConnection, _ id: UUID, to state: RequestState, actor: CustodyEvent.Actor, note: String? = nil,
-                        custody: CustodyRecorder, packageId: UUID? = nil, details: [String: String] = [:], recordAnyway: Bool = false,
-                        logger: Logger) async throws -> Bool {
-        let before = RequestState.allCases.filter { $0.rank < state.rank && !RequestState.ended.contains($0) }.map(\.rawValue)
+    static func advance(_ conn: PostgresConnection, _ id: UUID, _ transition: RequestLifecycle.Transition, actor: CustodyEvent.Actor, note: String? = nil,
+                        custody: CustodyRecorder, caseId: UUID? = nil, packageId: UUID? = nil, details: [String: String] = [:],
+                        recordAnyway: Bool = false, logger: Logger) async throws -> Bool {
+        let rule = RequestLifecycle.rule(transition)
         let rows = try await conn.query(
-            "UPDATE requests SET state = \(state.rawValue), updated_at = now() WHERE id = \(id) AND state = ANY(\(before)) RETURNING 1",
+            "UPDATE requests SET state = \(rule.to.rawValue), updated_at = now() WHERE id = \(id) AND state = ANY(\(rule.from.map(\.rawValue))) RETURNING 1",
             logger: logger)
         let moved = try await rows.decode(Int.self).first { _ in true } != nil
         if moved || recordAnyway {
-            try await event(conn, id, state, actor: actor, note: note, custody: custody, packageId: packageId, details: details, logger: logger)
+            try await event(conn, id, rule.to, actor: actor, note: note, custody: custody, caseId: caseId, packageId: packageId, details: details,
+                            logger: logger)
         }
-        if moved { try await LegalClock.stop(conn, id, reaching: state, logger: logger) }
+        if moved { try await LegalClock.stop(conn, id, by: transition, logger: logger) }
         return moved
     }
 

@@ -1,15 +1,18 @@
+import Foundation
 import Logging
 import NIOCore
 import PostgresNIO
 
 extension DatabaseConfiguration {
-    /// A pool whose sessions all work in `schema`.
-    public func makeClient(logger: Logger) -> PostgresClient {
+    /// A pool whose sessions all work in `schema`. Each session names this process to the
+    /// server (`application_name`, shown in `pg_stat_activity`): `custos-broker/<pid>` by
+    /// default, so that an operator sees which instance holds which lock.
+    public func makeClient(logger: Logger, applicationName: String = "custos-broker/\(getpid())") -> PostgresClient {
         var c = PostgresClient.Configuration(
             host: host, port: port, username: username, password: password, database: database,
             tls: requireTLS ? .require(.clientDefault) : .disable)
         c.options.maximumConnections = maxConnections
-        c.options.additionalStartupParameters = [("search_path", schema)]
+        c.options.additionalStartupParameters = [("search_path", schema), ("application_name", applicationName)]
         return PostgresClient(configuration: c, backgroundLogger: logger)
     }
 }

@@ -122,16 +122,10 @@ public enum LegalClock {
             """, logger: logger)
     }
 
-    /// Stops the clocks a state satisfies: acknowledgement stops the first, delivery (or an
-    /// end: refusal, verification) both.
-    static func stop(_ conn: PostgresConnection, _ id: UUID, reaching state: RequestState, logger: Logger) async throws {
-        // The review clock runs on after delivery: it ends only with a review (or a withdrawal).
-        let kinds: [String] = switch state {
-        case .acknowledged, .inProgress, .partiallyDelivered, .preserved: [Kind.acknowledgement.rawValue]
-        case .delivered, .verified, .refused, .expired, .revoked: [Kind.acknowledgement.rawValue, Kind.delivery.rawValue]
-        case .withdrawn, .rejected, .released: Kind.allCases.map(\.rawValue)
-        default: []
-        }
+    /// Stops the clocks `transition` satisfies (`RequestLifecycle.clocksStopped(by:)`), in the
+    /// caller's transaction.
+    static func stop(_ conn: PostgresConnection, _ id: UUID, by transition: RequestLifecycle.Transition, logger: Logger) async throws {
+        let kinds = RequestLifecycle.clocksStopped(by: transition).map(\.rawValue)
         guard !kinds.isEmpty else { return }
         try await conn.query(
             "UPDATE request_clocks SET stopped_at = now() WHERE request_id = \(id) AND clock = ANY(\(kinds)) AND stopped_at IS NULL", logger: logger)
@@ -225,7 +219,7 @@ public struct LegalClockWatcher: Service {
                     try await conn.query(
                         "UPDATE request_clocks SET expired_at = now(), stopped_at = now() WHERE request_id = \(id) AND clock = \(clock)", logger: logger)
                     try await record(.clockExpired, .clockExpired, expireAt)
-                    try await BrokerStore.advance(conn, id, to: .expired, actor: .broker, note: "\(clock) clock expired", custody: custody, logger: logger)
+                    try await BrokerStore.advance(conn, id, .expire, actor: .broker, note: "\(clock) clock expired", custody: custody, logger: logger)
                 }
             }
             return (due.count, lapsed)

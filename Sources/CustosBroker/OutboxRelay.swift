@@ -48,7 +48,7 @@ struct OutboxRelay: Service {
             try await producer.send(batch: messages)
             try await conn.query("UPDATE outbox SET sent_at = now() WHERE id = ANY(\(rows.map(\.0)))", logger: logger)
             for (_, type, requestId, _, _) in rows where type == MessageType.request.rawValue {
-                try await BrokerStore.advance(conn, requestId, to: .dispatched, actor: .broker, custody: custody, logger: logger)
+                try await BrokerStore.advance(conn, requestId, .dispatch, actor: .broker, custody: custody, logger: logger)
             }
             relayed.increment(by: rows.count)
             return rows.count

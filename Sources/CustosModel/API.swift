@@ -369,23 +369,9 @@ public enum RequestState: String, Codable, Sendable, CaseIterable {
     /// A preservation order the investigator ended before its clock: the provider may let go.
     case released
 
-    /// States off the happy path that end a request: nothing moves it on from them.
+    /// States off the happy path that end a request: nothing moves it on from them (the
+    /// broker's `RequestLifecycle` holds the transitions).
     public static let ended: Set<RequestState> = [.rejected, .refused, .withdrawn, .expired, .revoked, .released]
-
-    /// Order along the happy path, so that late or repeated messages never move a request back.
-    public var rank: Int {
-        switch self {
-        case .draft: 0
-        case .submitted: 1
-        case .approved, .rejected, .withdrawn: 2
-        case .dispatched: 3
-        case .acknowledged: 4
-        case .inProgress: 5
-        case .partiallyDelivered: 6
-        case .delivered, .refused, .expired, .revoked, .preserved, .released: 7
-        case .verified: 8
-        }
-    }
 }
 
 public enum PackageState: String, Codable, Sendable {

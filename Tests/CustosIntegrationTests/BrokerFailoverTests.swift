@@ -9,7 +9,8 @@ import Testing
 /// one Kafka consumer group and one chunk store. The one ingesting a package is killed with
 /// `kill -9` in the middle of it — its custody integrator running its one-second checkpoints,
 /// its outbox relay, its clock watcher: the other takes its partitions and its work over, and
-/// the package is verified once, with nothing lost and nothing stored twice.
+/// the package is verified once, with nothing lost and nothing stored twice. Then one is killed
+/// inside a custody checkpoint's transaction, and the other checkpoints in its place.
 @Suite("Several broker instances", .serialized, .timeLimit(.minutes(6)))
 struct BrokerFailoverTests {
     /// The messages this instance applied for `provider` on its normal lane (its metrics).
@@ -112,6 +113,58 @@ struct BrokerFailoverTests {
         #expect(try await d.admin(["audit"]).hasPrefix("custody audit: CONSISTENT"))
         let health = try await TestServices.httpGet(survivor + "/health")
         #expect(health.status == 200 && health.body.contains("\"custody\":\"ok\""), "\(health.body)")
+
+        // Then an instance killed in the middle of a checkpoint: a third joins, and the one whose
+        // integrator is inside its checkpoint transaction (integration lock taken, new leaves
+        // read and hashed, its tiles being written) is killed there. Its transaction rolls back, its
+        // advisory lock goes with it, and the other integrates the same events into the next
+        // checkpoint: the log stays whole.
+        let (third, thirdURL) = try await d.startAnotherBroker("broker-3")
+        defer { third.stop() }
+        let survivorProcess = victim.url == firstURL ? second : d.broker!
+        let blocker = db.makeClient(logger: TestServices.logger, applicationName: "custos-tests")
+        do { try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await blocker.run() }
+            defer { group.cancelAll() }
+            let checkpointsBefore = try await blocker.query("SELECT count(*) FROM custody_checkpoints").collect()[0].decode(Int.self)
+            let killed: ChildProcess = try await blocker.withConnection { conn in
+                // Holding the tiles in EXCLUSIVE mode lets proofs read them but stops the integrator
+                // that holds the integration lock at its tile INSERT. (The checkpoints table is
+                // append-only: not even the broker's role may lock it.)
+                try await conn.query("BEGIN", logger: TestServices.logger)
+                try await conn.query("LOCK TABLE custody_tiles IN EXCLUSIVE MODE", logger: TestServices.logger)
+                _ = try await d.submitRequest(targets: ["msisdn:+84912345679"])  // new custody events to integrate
+                var holder: Int32?
+                let deadline = ContinuousClock.now + .seconds(30)
+                while holder == nil && ContinuousClock.now < deadline {
+                    for try await name in try await blocker.query("""
+                        SELECT application_name FROM pg_stat_activity
+                        WHERE application_name LIKE 'custos-broker/%' AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO custody_tiles%'
+                        """).decode(String.self) { holder = Int32(name.split(separator: "/").last ?? "") }
+                    if holder == nil { try await Task.sleep(for: .milliseconds(100)) }
+                }
+                let pid = try #require(holder, "no instance reached its checkpoint's tile INSERT within 30 s")
+                let killed = try #require([survivorProcess, third].first { $0.process.processIdentifier == pid }, "pid \(pid) is neither instance")
+                killed.kill9()
+                try await conn.query("COMMIT", logger: TestServices.logger)
+                return killed
+            }
+            let alive = killed === third ? survivor : thirdURL
+            // The living instance checkpoints every event, past the killed one's attempt.
+            let deadline = ContinuousClock.now + .seconds(30)
+            var lag = -1
+            while lag != 0 && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+                lag = try await blocker.query("SELECT (SELECT count(*) FROM custody_events) - (SELECT coalesce(max(size), 0) FROM custody_checkpoints)")
+                    .collect()[0].decode(Int.self)
+            }
+            #expect(lag == 0, "\(lag) custody events never reached a checkpoint after the kill")
+            let checkpointsAfter = try await blocker.query("SELECT count(*) FROM custody_checkpoints").collect()[0].decode(Int.self)
+            #expect(checkpointsAfter > checkpointsBefore)
+            let health = try await TestServices.httpGet(alive + "/health")
+            #expect(health.status == 200 && health.body.contains("\"custody\":\"ok\""), "\(health.body)")
+        } } catch { Issue.record("\(String(reflecting: error))"); throw error }
+        #expect(try await d.admin(["audit"]).hasPrefix("custody audit: CONSISTENT"))
     }
 
     func json(_ text: String) throws -> [String: Any] {

@@ -56,7 +56,7 @@ struct LegalClockTests {
                 "SELECT deadline FROM request_clocks WHERE request_id = \(silent) AND clock = 'acknowledgement'", logger: TestServices.logger
             ).collect()[0].decode(Date.self).addingTimeInterval(-60)
             _ = try await client.custodyTransaction(logger: TestServices.logger) { conn, custody in
-                try await BrokerStore.advance(conn, acknowledged, to: .acknowledged, actor: .init(type: .provider, id: "prov-a"), custody: custody, logger: TestServices.logger)
+                try await BrokerStore.advance(conn, acknowledged, .acknowledge, actor: .init(type: .provider, id: "prov-a"), custody: custody, logger: TestServices.logger)
             }
             let watcher = LegalClockWatcher(store: store, logger: TestServices.logger)
             #expect(try await watcher.fire(at: start.addingTimeInterval(55)) == 0)
