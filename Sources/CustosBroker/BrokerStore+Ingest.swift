@@ -191,18 +191,20 @@ extension BrokerStore {
             guard case .object(let members) = json, case .object(let bodyMembers)? = members["body"], let manifestJSON = bodyMembers["manifest"] else {
                 throw IngestRejection(reason: "malformed: the manifest message has no body.manifest")
             }
-            try await acceptManifest(conn, body, signedBytes: CanonicalJSON.serialize(manifestJSON), header: header, provider: provider, custody: custody)
+            try await packages.acceptManifest(conn, body, signedBytes: CanonicalJSON.serialize(manifestJSON), requestId: header.requestId, provider: provider,
+                                              custody: custody)
         case .manifestPart:
             guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
             let part = try SignedEnvelope.body(ManifestPartBody.self, from: json).body
-            if let (body, signedBytes) = try await acceptManifestPart(conn, part, bytes: value, header: header) {
+            if let (body, signedBytes) = try await packages.acceptManifestPart(conn, part, bytes: value, requestId: header.requestId) {
                 guard body.manifest.packageId == part.packageId else { throw IngestRejection(reason: "manifest parts name another package than their manifest") }
-                try await acceptManifest(conn, body, signedBytes: signedBytes, header: header, provider: provider, custody: custody)
+                try await packages.acceptManifest(conn, body, signedBytes: signedBytes, requestId: header.requestId, provider: provider, custody: custody)
             }
         case .chunk:
             guard !row.spec.isPreservation else { throw IngestRejection(reason: "a preservation order delivers no data") }
             let body = try SignedEnvelope.body(ChunkBody.self, from: json).body
-            try await acceptChunk(conn, body, bytes: value, sha256: valueSha256 ?? Digest.sha256Hex(value), header: header, provider: provider, custody: custody)
+            try await packages.acceptChunk(conn, body, bytes: value, sha256: valueSha256 ?? Digest.sha256Hex(value), requestId: header.requestId,
+                                           provider: provider, custody: custody)
         case .clarificationRequest:
             let body = try SignedEnvelope.body(ClarificationRequestBody.self, from: json).body
             let question = body.question.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -245,214 +247,5 @@ extension BrokerStore {
         case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease:
             throw IngestRejection(reason: "not a provider message")
         }
-    }
-
-    /// Keeps one part of a manifest sent in parts; once every part is in, returns the body
-    /// they make (checked against its SHA-256) with the manifest's bytes as signed, and removes
-    /// the parts.
-    private func acceptManifestPart(_ conn: PostgresConnection, _ part: ManifestPartBody, bytes: [UInt8], header: EnvelopeHeader) async throws
-        -> (ManifestBody, [UInt8])?
-    {
-        guard (2...Topics.maximumManifestParts).contains(part.count), (0..<part.count).contains(part.index), part.size == bytes.count,
-              (1...Topics.maximumChunkBytes).contains(bytes.count), Digest.isSHA256Hex(part.sha256), Digest.isSHA256Hex(part.bodySha256)
-        else { throw IngestRejection(reason: "manifest part is malformed") }
-        guard Digest.sha256Hex(bytes) == part.sha256 else { throw IngestRejection(reason: "manifest part SHA-256 differs from its envelope") }
-        var others: (count: Int, body: String)?
-        for try await (count, body) in try await conn.query(
-            "SELECT count, body_sha256 FROM manifest_parts WHERE package_id = \(part.packageId) LIMIT 1", logger: logger
-        ).decode((Int, String).self) { others = (count, body) }
-        if let others, others.count != part.count || others.body != part.bodySha256 {
-            throw IngestRejection(reason: "manifest part disagrees with the package's other parts")
-        }
-        try await conn.query("""
-            INSERT INTO manifest_parts (package_id, request_id, idx, count, body_sha256, data)
-            VALUES (\(part.packageId), \(header.requestId), \(part.index), \(part.count), \(part.bodySha256), \(ByteBuffer(bytes: bytes)))
-            ON CONFLICT DO NOTHING
-            """, logger: logger)
-        let have = try await conn.query("SELECT count(*) FROM manifest_parts WHERE package_id = \(part.packageId)", logger: logger)
-            .decode(Int.self).first { _ in true } ?? 0
-        guard have == part.count else { return nil }
-        var whole: [UInt8] = []
-        for try await data in try await conn.query(
-            "SELECT data FROM manifest_parts WHERE package_id = \(part.packageId) ORDER BY idx", logger: logger
-        ).decode(ByteBuffer.self) { whole += data.readableBytesView }
-        try await conn.query("DELETE FROM manifest_parts WHERE package_id = \(part.packageId)", logger: logger)
-        guard Digest.sha256Hex(whole) == part.bodySha256 else { throw IngestRejection(reason: "manifest parts do not make the body their SHA-256 names") }
-        guard case .object(let members)? = try? JSONParser.parse(whole), let manifestJSON = members["manifest"],
-              let body = try? JSONDecoder().decode(ManifestBody.self, from: Data(whole))
-        else { throw IngestRejection(reason: "manifest parts do not make a manifest message body") }
-        if let violation = MessageBounds.violation(in: .object(["body": .object(members)]), type: .manifest) { throw IngestRejection(reason: violation) }
-        guard CanonicalJSON.serialize(.object(members)).elementsEqual(whole) else {
-            throw IngestRejection(reason: "malformed: the manifest parts' body is not RFC 8785 canonical JSON, so its signed manifest cannot be kept as sent")
-        }
-        return (body, CanonicalJSON.serialize(manifestJSON))
-    }
-
-    /// `signedBytes`: the manifest exactly as the provider signed and sent it; they are what is
-    /// stored, hashed and verified, never a re-encoding of the decoded manifest.
-    private func acceptManifest(_ conn: PostgresConnection, _ body: ManifestBody, signedBytes canonical: [UInt8], header: EnvelopeHeader, provider: String,
-                                custody: CustodyRecorder) async throws {
-        let m = body.manifest
-        guard m.requestId == header.requestId else { throw IngestRejection(reason: "manifest names another request than its envelope") }
-        guard m.chunks.count <= 1_000_000, m.chunks.allSatisfy({ $0.size > 0 && $0.size <= Topics.maximumChunkBytes && Digest.isSHA256Hex($0.sha256) }) else {
-            throw IngestRejection(reason: "manifest chunk list is malformed")
-        }
-        guard let signature = Data(base64Encoded: body.signature), let timeStamp = Data(base64Encoded: body.timeStamp),
-              !signature.isEmpty, !timeStamp.isEmpty, signature.count < 1 << 20, timeStamp.count < 1 << 20
-        else { throw IngestRejection(reason: "manifest signature or time-stamp is not base64 DER") }
-        let manifestSha = Digest.sha256Hex(canonical)
-        let actor = CustodyEvent.Actor(type: .provider, id: provider)
-        try await claimArrival(conn, packageId: m.packageId, requestId: m.requestId, provider: provider, manifest: true)
-        // A package for a revoked or lapsed emergency is kept, but sealed from the start.
-        let sealReason = try await Emergency.sealOnArrival(conn, request: m.requestId, logger: logger)
-        let inserted = try await conn.query("""
-            INSERT INTO packages (id, request_id, provider_id, manifest, manifest_signature, time_stamp, manifest_sha256, chunk_count, content_size, chunks_root,
-                                  sealed, seal_reason)
-            VALUES (\(m.packageId), \(m.requestId), \(provider), \(String(decoding: canonical, as: UTF8.self)), \(ByteBuffer(data: signature)),
-                    \(ByteBuffer(data: timeStamp)), \(manifestSha), \(m.chunks.count), \(m.content.size), \(m.chunksRoot), \(sealReason != nil), \(sealReason))
-            ON CONFLICT (id) DO NOTHING RETURNING 1
-            """, logger: logger).decode(Int.self).first { _ in true } != nil
-        if inserted {
-            custody.record(CustodyEvent(
-                kind: .manifestReceived, at: Timestamp.now(), actor: actor, subject: .init(requestId: m.requestId, packageId: m.packageId),
-                objects: ["manifestSha256": manifestSha, "signatureSha256": Digest.sha256Hex(signature), "timeStampSha256": Digest.sha256Hex(timeStamp)],
-                details: ["chunks": "\(m.chunks.count)", "size": "\(m.content.size)"]))
-            if let sealReason {
-                custody.record(CustodyEvent(kind: .packageSealed, at: Timestamp.now(), actor: .broker, subject: .init(requestId: m.requestId, packageId: m.packageId),
-                                            objects: ["noteSha256": Digest.sha256Hex(Array(sealReason.utf8))], details: ["onArrival": "true"]))
-            }
-        }
-        try await Self.advance(conn, header.requestId, .progress, actor: actor, note: "manifest received: \(m.chunks.count) chunks",
-                               custody: custody, packageId: m.packageId, logger: logger)
-        // The manifest comes last (package protocol v2): the package may be complete now.
-        try await finalizeIfComplete(conn, packageId: m.packageId, custody: custody)
-    }
-
-    /// When the signed manifest is in and every chunk it lists has been checked as it arrived
-    /// (`acceptChunk`), finalises the package: compares the roots, sizes and counts built on
-    /// the way with the manifest, checks the signature and the time-stamp, finishes the four
-    /// criteria's verdict, records it, and queues a signed receipt. Reads no chunk again, unless
-    /// this process has no arrival for the package (after a restart: it is rebuilt from the
-    /// chunk store).
-    func finalizeIfComplete(_ conn: PostgresConnection, packageId: UUID, custody: CustodyRecorder) async throws {
-        var row: (UUID, String, String, ByteBuffer, ByteBuffer, Int, String)?
-        for try await r in try await conn.query("""
-            SELECT request_id, provider_id, manifest, manifest_signature, time_stamp, chunk_count, state FROM packages WHERE id = \(packageId)
-            """, logger: logger).decode((UUID, String, String, ByteBuffer, ByteBuffer, Int, String).self) { row = r }
-        guard let (requestId, provider, manifestJSON, signatureBuffer, timeStampBuffer, chunkCount, state) = row,
-              state == PackageState.receiving.rawValue
-        else { return }
-        let checked = try await conn.query("SELECT checked FROM arriving_packages WHERE package_id = \(packageId)", logger: logger)
-            .decode(Int.self).first { _ in true } ?? 0
-        guard checked >= chunkCount else { return }
-        let finalising = Meter(label: "custos_packages_finalising")
-        finalising.increment()
-        let started = ContinuousClock.now
-        defer {
-            finalising.decrement()
-            Metrics.Timer(label: "custos_package_finalise_seconds", preferredDisplayUnit: .seconds).record(duration: ContinuousClock.now - started)
-        }
-        var arrival = try await advance(conn, packageId: packageId, requestId: requestId)
-        defer { arrivals.remove(packageId) }
-        let beyond = try await conn.query("SELECT count(*) FROM package_chunks WHERE package_id = \(packageId) AND idx >= \(chunkCount)", logger: logger)
-            .decode(Int.self).first { _ in true } ?? 0
-
-        let manifest = try JSONDecoder().decode(Manifest.self, from: Data(manifestJSON.utf8))
-        let subject = CustodyEvent.Subject(requestId: requestId, packageId: packageId)
-        let providerActor = CustodyEvent.Actor(type: .provider, id: provider)
-        custody.record(CustodyEvent(kind: .packageCompleted, at: Timestamp.now(), actor: providerActor, subject: subject,
-                                    objects: ["manifestSha256": Digest.sha256Hex(Array(manifestJSON.utf8)), "chunksRoot": manifest.chunksRoot],
-                                    details: ["chunks": "\(chunkCount)", "size": "\(manifest.content.size)"]))
-        var providerRow: (String, String)?
-        for try await r in try await conn.query("SELECT ca_certificate_pem, certificate_pem FROM providers WHERE id = \(provider)", logger: logger)
-            .decode((String, String).self) { providerRow = r }
-        let requestHash = try await conn.query("SELECT request_hash FROM requests WHERE id = \(requestId)", logger: logger)
-            .decode(String?.self).first { _ in true } ?? nil
-        var failures = PackageVerifier.checkManifest(manifest, expectedProvider: provider, expectedRequest: requestId, expectedRequestHash: requestHash ?? "")
-        let manifestBytes = Array(manifestJSON.utf8)  // as the provider signed and sent them
-        let signatureCheck = PackageSignatureVerifier.verify(
-            manifest: manifestBytes, signature: Array(signatureBuffer.readableBytesView), timeStamp: Array(timeStampBuffer.readableBytesView),
-            providerId: provider, providerTrust: providerRow?.0 ?? "", tsaTrust: tsaTrust)
-        failures += signatureCheck.failures
-        // Built as the chunks arrived: compared with the manifest now, nothing read again.
-        var contentFailures = arrival.content.finish(against: manifest)
-        if beyond > 0, !contentFailures.contains(where: { $0.code == .trailingData }) {
-            contentFailures.append(.init(code: .trailingData, detail: "\(beyond) chunks past the last chunk of the manifest"))
-        }
-        if contentFailures.contains(where: { $0.code == .chunkHash }) {
-            // Which chunks differ, by index (the index's hashes against the manifest's list).
-            var named: [PackageVerification.Failure] = []
-            for try await (idx, sha) in try await conn.query(
-                "SELECT idx, sha256 FROM package_chunks WHERE package_id = \(packageId) AND idx < \(chunkCount) ORDER BY idx", logger: logger
-            ).decode((Int, String).self) where named.count < 1000 && idx < manifest.chunks.count && manifest.chunks[idx].sha256 != sha {
-                named.append(.init(code: .chunkHash, detail: "chunk \(idx) SHA-256 differs from the manifest"))
-            }
-            if !named.isEmpty { contentFailures = contentFailures.filter { $0.code != .chunkHash } + named }
-        }
-        failures += contentFailures
-        if arrival.digests?.failed == true {
-            logger.warning("the duplicate count is incomplete: record digests could not be written", metadata: [LogKey.package: "\(packageId.lowercased)"])
-        }
-        let verification = PackageVerification(failures: failures, manifestSha256: Digest.sha256Hex(manifestBytes), checkedAt: Timestamp.now())
-        // The verdict: delivered now, against the delivery clock (if it has one), time-stamped when the token says.
-        let deadline = try await conn.query("SELECT deadline FROM request_clocks WHERE request_id = \(requestId) AND clock = 'delivery'", logger: logger)
-            .decode(Date.self).first { _ in true }
-        let criteria = arrival.judge?.finish(manifest: manifest, checks: failures.map(\.code.rawValue), delivery: .init(deliveredAt: Date(), deadline: deadline, timeStampedAt: signatureCheck.genTime),
-                                     bounds: criteriaBounds)
-        let criteriaJSON = try criteria.map { String(decoding: try CanonicalJSON.encode($0), as: UTF8.self) }
-        if let criteria, let criteriaJSON {
-            var details = ["admissible": "\(criteria.admissible)"]
-            for c in Verdict.Criterion.allCases { details[c.rawValue] = criteria.status(c)?.rawValue ?? "" }
-            custody.record(CustodyEvent(kind: .criteria, at: Timestamp.now(), actor: .broker, subject: subject,
-                                        objects: ["criteriaSha256": Digest.sha256Hex(Array(criteriaJSON.utf8))], details: details))
-        }
-        let verdict = String(decoding: try CanonicalJSON.encode(verification), as: UTF8.self)
-        let newState: PackageState = verification.valid ? .verified : .rejected
-        custody.record(CustodyEvent(kind: .verdict, at: Timestamp.now(), actor: .broker, subject: subject,
-                                    objects: ["verdictSha256": Digest.sha256Hex(Array(verdict.utf8)), "manifestSha256": verification.manifestSha256],
-                                    details: ["outcome": newState.rawValue, "failures": Set(verification.failures.map(\.code.rawValue)).sorted().joined(separator: ",")]))
-        try await conn.query("""
-            UPDATE packages SET state = \(newState.rawValue), verification = \(verdict), verified_at = now(),
-                criteria = \(criteriaJSON), admissible = \(criteria?.admissible),
-                time_stamped_at = \(signatureCheck.genTime), time_stamp_accuracy_us = \(signatureCheck.accuracyMicroseconds),
-                signer = \(signatureCheck.signer?.commonName),
-                signer_certificate = \(signatureCheck.signer?.pem)
-            WHERE id = \(packageId)
-            """, logger: logger)
-        if manifest.partial == true {
-            // More follow: the request stays open and its delivery clock runs on; it is verified
-            // only with its final package. A second partial package is still on the timeline.
-            let note = "partial package \(packageId.lowercased) \(verification.valid ? "verified" : "failed verification")"
-            try await Self.advance(conn, requestId, .deliverPart, actor: providerActor, note: note, custody: custody,
-                                   packageId: packageId, details: ["outcome": newState.rawValue], recordAnyway: true, logger: logger)
-        } else {
-            // Packages of this request abandoned without a manifest (a connector that restarted
-            // mid-extraction sends anew under another id) will not complete: what this process
-            // holds of them in memory, and their digest files, go.
-            for try await abandoned in try await conn.query("""
-                SELECT package_id FROM arriving_packages WHERE request_id = \(requestId) AND package_id <> \(packageId) AND NOT manifest_in
-                """, logger: logger).decode(UUID.self) {
-                arrivals.remove(abandoned)
-            }
-            try await Self.advance(conn, requestId, .deliver, actor: providerActor, note: "package \(packageId.lowercased) complete",
-                                   custody: custody, packageId: packageId, logger: logger)
-            if verification.valid {
-                try await Self.advance(conn, requestId, .verify, actor: .broker, note: "package \(packageId.lowercased) verified",
-                                       custody: custody, packageId: packageId, logger: logger)
-            } else {
-                try await Self.event(conn, requestId, .delivered, actor: .broker,
-                                     note: "package \(packageId.lowercased) failed verification: " + verification.failures.map(\.code.rawValue).joined(separator: ","),
-                                     custody: custody, packageId: packageId, logger: logger)
-            }
-        }
-        // The package id as the provider's signed manifest spells it.
-        let packageIdAsSent = (try? JSONParser.parse(manifestBytes))?["packageId"]?.stringValue ?? packageId.lowercased
-        let receipt = Envelope(
-            type: .receipt, id: UUID.derived("receipt", packageId.lowercased), requestId: requestId, sender: "broker",
-            body: ReceiptBody(packageId: packageIdAsSent, outcome: verification.valid ? .accepted : .rejected,
-                              manifestSha256: verification.manifestSha256, reasons: verification.failures.map(\.description),
-                              receivedAt: Timestamp.now()))
-        try await Self.enqueue(conn, receipt, topic: Topics.toProvider(provider), signer: signer, logger: logger)
-        logger.info("package finalised", metadata: [LogKey.package: "\(packageId.lowercased)", LogKey.outcome: "\(newState.rawValue)"])
     }
 }

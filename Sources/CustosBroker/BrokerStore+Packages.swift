@@ -39,7 +39,7 @@ extension BrokerStore {
             "SELECT sha256, location, data FROM package_chunks WHERE package_id = \(id) AND idx = \(index)", logger: logger
         ).decode((String, String?, ByteBuffer?).self) {
             do {
-                return ByteBuffer(bytes: try readChunk(sha256: sha, location: location, data: data))
+                return ByteBuffer(bytes: try packages.readChunk(sha256: sha, location: location, data: data))
             } catch let e as ChunkStoreError {
                 logger.error("package read failed: a stored chunk cannot be read", metadata: [
                     LogKey.package: "\(id.lowercased)", "custos.chunk": "\(index)", LogKey.error: "\(e)",
@@ -72,5 +72,44 @@ extension BrokerStore {
                                criteria: criteria.map { Array($0.utf8) }, manifest: Array(manifest.utf8))
         }
         throw BrokerError(.notFound, "no such package")
+    }
+}
+
+extension BrokerStore {
+    /// What `custos-broker audit` found in the chunk store.
+    public struct ChunkAudit: Codable, Sendable {
+        /// Chunks the index lists, and their bytes.
+        public var chunks: Int
+        public var bytes: Int64
+        /// Each chunk that is missing or corrupted, by package, index and location.
+        public var problems: [String]
+    }
+
+    /// Reads every chunk the index lists back from the chunk store (or, for chunks stored
+    /// before it, from the index row) and checks it against the index's SHA-256 and size.
+    public func auditChunks() async throws -> ChunkAudit {
+        var audit = ChunkAudit(chunks: 0, bytes: 0, problems: [])
+        var after: (UUID, Int)? = nil
+        while true {
+            // In pages, so that memory does not grow with the store.
+            var page: [(UUID, Int, String, Int, String?, ByteBuffer?)] = []
+            let (lastPackage, lastIndex) = after ?? (UUID(uuid: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)), -1)
+            for try await r in try await client.query("""
+                SELECT package_id, idx, sha256, size, location, data FROM package_chunks
+                WHERE (package_id, idx) > (\(lastPackage), \(lastIndex)) ORDER BY package_id, idx LIMIT 256
+                """, logger: logger).decode((UUID, Int, String, Int, String?, ByteBuffer?).self) { page.append(r) }
+            guard let last = page.last else { return audit }
+            after = (last.0, last.1)
+            for (package, idx, sha, size, location, data) in page {
+                audit.chunks += 1
+                audit.bytes += Int64(size)
+                do {
+                    let bytes = try packages.readChunk(sha256: sha, location: location, data: data)
+                    if bytes.count != size { audit.problems.append("package \(package.lowercased) chunk \(idx): \(bytes.count) bytes, the index says \(size)") }
+                } catch let e as ChunkStoreError {
+                    audit.problems.append("package \(package.lowercased) chunk \(idx): \(e.kind.rawValue) at \(e.location): \(e.detail)")
+                }
+            }
+        }
     }
 }

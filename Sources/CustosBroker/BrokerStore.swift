@@ -65,8 +65,8 @@ public struct BrokerStore: Sendable {
 
     /// Where package chunks are kept (`storage.*`); nil for the admin commands, which read none.
     public let chunks: (any ChunkStore)?
-    /// Packages whose chunks are arriving: what has been checked so far, in memory.
-    let arrivals = Arrivals()
+    /// Package ingest: chunks checked as they arrive, manifests, verdicts.
+    let packages: PackageIngest
 
     public init(client: PostgresClient, signer: SigningKey, tsaTrust: String, clocks: LegalClock.Settings = .init(),
                 criteriaBounds: PackageJudge.Bounds = .init(), chunks: (any ChunkStore)? = nil, logger: Logger) {
@@ -78,6 +78,7 @@ public struct BrokerStore: Sendable {
         self.clocks = clocks
         self.logger = logger
         self.custody = CustodyAppender(client: client, logger: logger)
+        self.packages = PackageIngest(chunks: chunks, tsaTrust: tsaTrust, criteriaBounds: criteriaBounds, signer: signer, logger: logger)
     }
 
     /// Records an access (a view, a download, an export) durably before it is served.
