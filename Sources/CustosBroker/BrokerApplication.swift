@@ -70,6 +70,7 @@ public func buildApplication(
     let notifier = WebhookNotifier(client: postgres, settings: webhooks, wakeup: webhookWakeup, ready: ready, logger: logger)
     let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
     let consumers = IngestConsumers()
+    let liveFeed = LiveFeed(client: postgres, ready: ready, logger: logger)
     let gauges = BrokerGauges(client: postgres, consumers: consumers, interval: .seconds(5), ready: ready, logger: logger)
     let health = BrokerHealth(client: postgres, producer: producer, custodyStaleAfter: max(.seconds(30), configuration.checkpointInterval * 10), logger: logger)
     let ingestor = ResponseIngestor(store: store, producer: producer, kafka: configuration.kafka, groupId: configuration.consumerGroup, consumers: consumers,
@@ -83,10 +84,11 @@ public func buildApplication(
     }
     var app = Application(
         router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, timeStampAuthority: authority,
-                            exportWait: max(.seconds(10), configuration.checkpointInterval * 3), jwt: jwt, metrics: metrics, health: health, logger: logger),
+                            exportWait: max(.seconds(10), configuration.checkpointInterval * 3), jwt: jwt, metrics: metrics, health: health,
+                            liveFeed: liveFeed, logger: logger),
         server: try brokerServer(tls: tls),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
-        services: [postgres, relay, ingestor, integrator, clockWatcher, KafkaProducerService(producer: producer)] as [any Service]
+        services: [postgres, relay, ingestor, integrator, clockWatcher, liveFeed, KafkaProducerService(producer: producer)] as [any Service]
             + (metrics == nil ? [] : [gauges])
             + (webhooks.urls.isEmpty ? [] : [notifier]),
         onServerRunning: { channel in

@@ -38,6 +38,7 @@ extension BrokerStore {
             custody.record(CustodyEvent(kind: .request("clarification-answered"), at: Timestamp.now(), actor: user.actor,
                                         subject: .init(caseId: row.spec.caseId, requestId: requestId),
                                         objects: ["answerSha256": Digest.sha256Hex(Array(answer.utf8))], details: ["question": question.lowercased]))
+            try await LiveEvents.publish(conn, requestId: requestId, kind: .question, questionId: question, state: "answered", actor: user.name, logger: logger)
             let emergency = row.spec.priority == .emergency
             let envelope = Envelope(type: .clarification, id: UUID.derived("clarification", question.lowercased), requestId: requestId, sender: "broker",
                                     body: ClarificationBody(questionId: question, answer: answer, deliverBy: deliverBy))

@@ -222,6 +222,7 @@ extension BrokerStore {
             custody.record(CustodyEvent(kind: .request("clarification-requested"), at: Timestamp.now(), actor: actor,
                                         subject: .init(caseId: row.spec.caseId, requestId: header.requestId),
                                         objects: ["questionSha256": Digest.sha256Hex(Array(question.utf8))], details: ["question": header.id.lowercased]))
+            try await LiveEvents.publish(conn, requestId: header.requestId, kind: .question, questionId: header.id, state: "asked", actor: provider, logger: logger)
         case .preserved:
             let body = try SignedEnvelope.body(PreservationTermBody.self, from: json).body
             guard row.spec.isPreservation else { throw IngestRejection(reason: "only a preservation order is confirmed as preserved") }

@@ -255,6 +255,7 @@ public struct BrokerStore: Sendable {
             for try await d in try await conn.query(
                 "INSERT INTO cases (id, title, created_by, agency) VALUES (\(id), \(t), \(user.id), \(user.agency)) RETURNING created_at", logger: logger
             ).decode(Date.self) { at = d }
+            try await conn.query("INSERT INTO case_members (case_id, user_id) VALUES (\(id), \(user.id))", logger: logger)
             custody.record(CustodyEvent(kind: .caseCreated, at: Timestamp.format(at), actor: user.actor, subject: .init(caseId: id),
                                         objects: ["titleSha256": Digest.sha256Hex(Array(t.utf8))]))
             return at
@@ -277,6 +278,9 @@ public struct BrokerStore: Sendable {
             guard caseExists else {
                 throw BrokerError(.invalid, "invalid request", violations: [FieldViolation(field: "caseId", rule: "must name an existing case")])
             }
+            guard try await Self.isCaseMember(conn, spec.caseId, user.id, logger: logger) else {
+                throw BrokerError(.forbidden, "only a member of the case (its author, or a colleague it is shared with) adds requests to it")
+            }
             let providers = spec.providerIds ?? [spec.providerId]
             let registered = try await conn.query("SELECT count(*) FROM providers WHERE id = ANY(\(providers))", logger: logger).decode(Int.self).first { _ in true } ?? 0
             guard registered == providers.count else {
@@ -296,8 +300,9 @@ public struct BrokerStore: Sendable {
                 let partId = n == 0 ? id : UUID()
                 let partJSON = String(decoding: try CanonicalJSON.encode(part), as: UTF8.self)
                 try await conn.query("""
-                    INSERT INTO requests (id, case_id, provider_id, spec, state, created_by, group_id, created_at)
+                    INSERT INTO requests (id, case_id, provider_id, spec, state, created_by, group_id, agency, priority, kind, created_at)
                     VALUES (\(partId), \(spec.caseId), \(provider), \(partJSON), 'draft', \(user.id), \(providers.count > 1 ? id : nil),
+                            \(user.agency), \(spec.priority.rawValue), \((spec.kind ?? .production).rawValue),
                             now() + \(n) * interval '1 microsecond')
                     """, logger: logger)
                 try await Self.event(conn, partId, .draft, actor: user.actor, note: nil, custody: custody, caseId: spec.caseId,
@@ -312,7 +317,9 @@ public struct BrokerStore: Sendable {
             // A request to several providers is decided as one: every part at once.
             for id in try await Self.parts(conn, id, agency: user.agency, logger: logger) {
                 let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
-                guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author submits it") }
+                guard try await Self.actsAsAuthor(conn, row, user, logger: logger) else {
+                    throw BrokerError(.forbidden, "only the request's author, or a colleague the case is shared with, submits it")
+                }
                 try Self.check(.submit, from: row.state, by: .author)
                 guard row.spec.legalBasis.document != nil else {
                     throw BrokerError(.invalid, "a request is submitted with its decision", violations: [
@@ -335,7 +342,9 @@ public struct BrokerStore: Sendable {
             // A request to several providers is decided as one: every part at once.
             for id in try await Self.parts(conn, id, agency: user.agency, logger: logger) {
                 let row = try await Self.lockRequest(conn, id, agency: user.agency, logger: logger)
-                guard row.createdBy == user.id else { throw BrokerError(.forbidden, "only the request's author withdraws it") }
+                guard try await Self.actsAsAuthor(conn, row, user, logger: logger) else {
+                    throw BrokerError(.forbidden, "only the request's author, or a colleague the case is shared with, withdraws it")
+                }
                 try Self.check(.withdraw, from: row.state, by: .author)
                 try await conn.query("UPDATE requests SET state = 'withdrawn', updated_at = now() WHERE id = \(id)", logger: logger)
                 try await Self.event(conn, id, .withdrawn, actor: user.actor, note: reason, custody: custody, caseId: row.spec.caseId, logger: logger)
@@ -467,12 +476,17 @@ public struct BrokerStore: Sendable {
     /// A request's timeline as `viewer` may see it: every transition, decision and provider
     /// response, oldest first.
     public func timeline(_ id: UUID, viewer: AuthenticatedUser) async throws -> API.Timeline {
+        API.Timeline(requestId: id, state: try await requestState(id, viewer: viewer), timeline: try await timelineEntries(id))
+    }
+
+    /// The state of one of the viewer's agency's requests (another agency's: not found).
+    public func requestState(_ id: UUID, viewer: AuthenticatedUser) async throws -> RequestState {
         var state: String?
         for try await s in try await client.query("""
             SELECT r.state FROM requests r JOIN cases c ON c.id = r.case_id WHERE r.id = \(id) AND c.agency = \(viewer.agency)
             """, logger: logger).decode(String.self) { state = s }
         guard let state else { throw BrokerError(.notFound, "no such request") }
-        return API.Timeline(requestId: id, state: RequestState(rawValue: state) ?? .draft, timeline: try await timelineEntries(id))
+        return RequestState(rawValue: state) ?? .draft
     }
 
     private func timelineEntries(_ id: UUID) async throws -> [API.TimelineEntry] {
@@ -525,6 +539,14 @@ public struct BrokerStore: Sendable {
         throw BrokerError(.notFound, "no such request")
     }
 
+    /// Whether `user` acts on the request as its author (`RequestLifecycle.Owner.author`): the
+    /// investigator who drafted it, or a member of its case.
+    static func actsAsAuthor(_ conn: PostgresConnection, _ row: RequestRow, _ user: AuthenticatedUser, logger: Logger) async throws -> Bool {
+        if row.createdBy == user.id { return true }
+        guard user.roles.contains(.investigator) else { return false }
+        return try await isCaseMember(conn, row.spec.caseId, user.id, logger: logger)
+    }
+
     static func userName(_ conn: PostgresConnection, _ id: UUID, logger: Logger) async throws -> String {
         for try await name in try await conn.query("SELECT name FROM users WHERE id = \(id)", logger: logger).decode(String.self) {
             return name
@@ -544,6 +566,9 @@ public struct BrokerStore: Sendable {
         if let note { objects["noteSha256"] = Digest.sha256Hex(Array(note.utf8)) }
         custody.record(CustodyEvent(kind: .request(state.rawValue), at: Timestamp.now(), actor: actor,
                                     subject: .init(caseId: caseId, requestId: id, packageId: packageId), objects: objects, details: details))
+        // A refusal's reason is a code of the refusal message (an enum), not free text.
+        try await LiveEvents.publish(conn, requestId: id, kind: .request, packageId: packageId, state: state.rawValue, actor: actor.id,
+                                     reason: state == .refused ? details["reason"] : nil, logger: logger)
     }
 
     /// Checks a person's `transition` against `RequestLifecycle`: `BrokerError.conflict` (409)

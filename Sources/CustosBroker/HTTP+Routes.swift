@@ -21,6 +21,9 @@ extension API.CustodyEventView: ResponseEncodable {}
 extension API.CustodyEventList: ResponseEncodable {}
 extension API.InclusionProofView: ResponseEncodable {}
 extension API.ConsistencyProofView: ResponseEncodable {}
+extension API.Page: ResponseEncodable {}
+extension API.CaseSummary: ResponseEncodable {}
+extension API.Inbox: ResponseEncodable {}
 
 /// The request context of the broker's routes: Hummingbird's basics plus the client's address,
 /// which the custody log records for every access, and its connection, whose TLS client
@@ -65,9 +68,10 @@ public struct CanonicalResponseEncoder: ResponseEncoder {
 /// `metrics`: when set, `GET /metrics` exports it (Prometheus text format), and every request
 /// is counted and timed by matched route and status (Hummingbird's `MetricsMiddleware`).
 /// `health`: what `GET /health` checks (without it, only that the process answers).
+/// `liveFeed`: what `GET /v1/events` streams (without it, that route answers 503).
 public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, exportWait: Duration = .seconds(10),
                         jwt: JWTSettings? = nil, metrics: PrometheusCollectorRegistry? = nil, health: BrokerHealth? = nil,
-                        logger: Logger) -> Router<BrokerRequestContext> {
+                        liveFeed: LiveFeed? = nil, logger: Logger) -> Router<BrokerRequestContext> {
     let router = Router(context: BrokerRequestContext.self)
     if metrics != nil { router.add(middleware: MetricsMiddleware()) }
     router.add(middleware: ProblemMiddleware(logger: logger))
@@ -109,6 +113,44 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         let user = try await api.staff(request, context)
         let body = try await api.decode(API.CreateCase.self, request, context)
         return EditedResponse(status: .created, response: try await store.createCase(title: body.title, by: user))
+    }
+    v1.get("cases") { request, context in
+        let user = try await api.staff(request, context)
+        let q = request.uri.queryParameters
+        try api.onlyParameters(request, ["mine", "limit", "cursor"])
+        return try await store.listCases(mine: try api.flag(q.get("mine"), "mine"), limit: try api.limit(q.get("limit")),
+                                         cursor: try api.cursor(q.get("cursor")), viewer: user)
+    }
+    v1.get("cases/:id") { request, context in
+        let user = try await api.staff(request, context)
+        return try await store.caseSummary(try api.id(context), viewer: user)
+    }
+    v1.post("cases/:id/members") { request, context in
+        let user = try await api.staff(request, context)
+        let body = try await api.decode(API.AddMember.self, request, context)
+        return try await store.addCaseMember(try api.id(context), user: body.user, by: user)
+    }
+    v1.get("requests") { request, context in
+        let user = try await api.staff(request, context)
+        return try await store.listRequests(try api.requestFilter(request), viewer: user)
+    }
+    v1.get("inbox") { request, context in
+        let user = try await api.staff(request, context)
+        return try await store.inbox(for: user)
+    }
+    v1.get("events") { request, context in
+        let user = try await api.staff(request, context)
+        guard let liveFeed else { throw BrokerError(.unavailable, "live events are not served by this instance") }
+        try api.onlyParameters(request, ["request", "case"])
+        let q = request.uri.queryParameters
+        var filter = LiveFeed.Filter(agency: user.agency)
+        filter.requestId = try q.get("request").map { try api.uuid($0, "request") }
+        filter.caseId = try q.get("case").map { try api.uuid($0, "case") }
+        // One of the caller's agency's, or not found (as every route answers another agency's ids).
+        if let id = filter.requestId { _ = try await store.requestState(id, viewer: user) }
+        if let id = filter.caseId { _ = try await store.caseSummary(id, viewer: user) }
+        let lastEventId = request.headers[HTTPField.Name("Last-Event-ID")!].flatMap { Int64($0) }
+        return liveFeed.response(filter, lastEventId: lastEventId)
     }
     v1.post("documents") { request, context in
         let user = try await api.staff(request, context)
@@ -190,6 +232,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         let id = try api.id(context)
         let view = try await store.package(id, viewer: user)
         try await store.recordAccess(.packageViewed, by: user, subject: .init(requestId: view.requestId, packageId: id))
+        try await store.markOpened(package: id, by: user)
         return view
     }
     for (path, sealed) in [("packages/:id/seal", true), ("packages/:id/unseal", false)] {
@@ -219,6 +262,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         var objects = ["manifestSha256": package.manifestSha256, "chunksRoot": package.manifest.chunksRoot]
         if redact { objects["redacted"] = "quarantined and unreadable records withheld" }
         try await store.recordAccess(.packageDownloaded, by: user, subject: .init(requestId: package.requestId, packageId: id), objects: objects)
+        try await store.markOpened(package: id, by: user)
         let chunkCount = package.manifest.chunks.count
         var headers: HTTPFields = [
             .contentType: package.manifest.content.mediaType,
@@ -267,6 +311,7 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
         let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),
                                                        objects: ["manifestSha256": package.manifestSha256, "readmeSha256": Digest.sha256Hex(Array(readme.utf8))])
+        try await store.markOpened(package: id, by: user)
         let (checkpoint, proofs) = try await store.custodyProofs(package: id, including: exportIndex, timeout: exportWait)
         let custody = EvidenceBundle.Custody(
             checkpoint: Array(checkpoint.text.utf8), signature: Array(Data(base64Encoded: checkpoint.signature) ?? Data()),
@@ -371,6 +416,117 @@ struct BrokerAPI: Sendable {
         let user = try await user(request, context)
         guard !user.isOnlyWitness else { throw BrokerError(.forbidden, "witnesses see only the custody log") }
         return user
+    }
+
+    /// A UUID from the query (400 otherwise).
+    func uuid(_ text: String, _ name: String) throws -> UUID {
+        guard let id = UUID(uuidString: text) else {
+            throw BrokerError(.invalid, "\(name) must be a UUID", violations: [FieldViolation(field: name, rule: "must be a UUID")])
+        }
+        return id
+    }
+
+    /// Refuses query parameters other than `allowed` (a misspelt filter would otherwise list everything).
+    func onlyParameters(_ request: Request, _ allowed: Set<String>) throws {
+        for (name, _) in request.uri.queryParameters where !allowed.contains(String(name)) {
+            throw BrokerError(.invalid, "unknown query parameter", violations: [
+                FieldViolation(field: String(name.prefix(64)), rule: "is not a parameter of this list; known: \(allowed.sorted().joined(separator: ", "))"),
+            ])
+        }
+    }
+
+    /// `true` or `false` (absent: false).
+    func flag(_ text: String?, _ name: String) throws -> Bool {
+        guard let text else { return false }
+        guard text == "true" || text == "false" else {
+            throw BrokerError(.invalid, "\(name) must be true or false", violations: [FieldViolation(field: name, rule: "true or false")])
+        }
+        return text == "true"
+    }
+
+    /// A page size from 1 to `BrokerStore.maximumPage` (absent: 50).
+    func limit(_ text: String?) throws -> Int {
+        guard let text else { return 50 }
+        guard let n = Int(text), (1...BrokerStore.maximumPage).contains(n) else {
+            throw BrokerError(.invalid, "limit must be a whole number from 1 to \(BrokerStore.maximumPage)",
+                              violations: [FieldViolation(field: "limit", rule: "whole number from 1 to \(BrokerStore.maximumPage)")])
+        }
+        return n
+    }
+
+    /// A cursor from a previous page (400 for anything else).
+    func cursor(_ text: String?) throws -> BrokerStore.ListCursor? {
+        guard let text else { return nil }
+        guard let c = BrokerStore.ListCursor(String(text)) else {
+            throw BrokerError(.invalid, "the cursor is not one this broker gave", violations: [FieldViolation(field: "cursor", rule: "must be a page's `next`")])
+        }
+        return c
+    }
+
+    /// An RFC 3339 time from the query (400 otherwise).
+    func time(_ text: String?, _ name: String) throws -> Date? {
+        guard let text else { return nil }
+        guard let d = Timestamp.parse(String(text)) else {
+            throw BrokerError(.invalid, "\(name) must be an RFC 3339 time", violations: [FieldViolation(field: name, rule: "RFC 3339 time, e.g. 2026-11-30T08:00:00Z")])
+        }
+        return d
+    }
+
+    /// The filters of `GET /v1/requests`, each checked (400 with the field otherwise).
+    func requestFilter(_ request: Request) throws -> BrokerStore.RequestFilter {
+        try onlyParameters(request, ["state", "priority", "kind", "provider", "case", "submitter", "mine", "createdAfter", "createdBefore",
+                                     "updatedAfter", "updatedBefore", "sort", "limit", "cursor"])
+        let q = request.uri.queryParameters
+        var f = BrokerStore.RequestFilter()
+        for text in q.getAll("state") {
+            for name in text.split(separator: ",") {
+                guard let state = RequestState(rawValue: String(name)) else {
+                    throw BrokerError(.invalid, "unknown state", violations: [
+                        FieldViolation(field: "state", rule: "one or more of \(RequestState.allCases.map(\.rawValue).joined(separator: ", "))"),
+                    ])
+                }
+                f.states.append(state)
+            }
+        }
+        if let text = q.get("priority") {
+            guard let p = Priority(rawValue: String(text)) else {
+                throw BrokerError(.invalid, "unknown priority", violations: [FieldViolation(field: "priority", rule: "normal or emergency")])
+            }
+            f.priority = p
+        }
+        if let text = q.get("kind") {
+            guard let k = RequestKind(rawValue: String(text)) else {
+                throw BrokerError(.invalid, "unknown kind", violations: [FieldViolation(field: "kind", rule: "production or preservation")])
+            }
+            f.kind = k
+        }
+        if let text = q.get("provider") {
+            guard (1...64).contains(text.utf8.count) else {
+                throw BrokerError(.invalid, "invalid provider", violations: [FieldViolation(field: "provider", rule: "1 to 64 characters")])
+            }
+            f.provider = String(text)
+        }
+        f.caseId = try q.get("case").map { try uuid(String($0), "case") }
+        if let text = q.get("submitter") {
+            guard (1...200).contains(text.utf8.count), !text.utf8.contains(0) else {
+                throw BrokerError(.invalid, "invalid submitter", violations: [FieldViolation(field: "submitter", rule: "a user name")])
+            }
+            f.submitter = String(text)
+        }
+        f.mine = try flag(q.get("mine"), "mine")
+        f.createdAfter = try time(q.get("createdAfter"), "createdAfter")
+        f.createdBefore = try time(q.get("createdBefore"), "createdBefore")
+        f.updatedAfter = try time(q.get("updatedAfter"), "updatedAfter")
+        f.updatedBefore = try time(q.get("updatedBefore"), "updatedBefore")
+        if let text = q.get("sort") {
+            guard let sort = BrokerStore.ListSort(rawValue: String(text)) else {
+                throw BrokerError(.invalid, "unknown sort", violations: [FieldViolation(field: "sort", rule: "updated or created")])
+            }
+            f.sort = sort
+        }
+        f.limit = try limit(q.get("limit"))
+        f.cursor = try cursor(q.get("cursor"))
+        return f
     }
 
     func id(_ context: BrokerRequestContext) throws -> UUID {

@@ -204,6 +204,8 @@ public struct LegalClockWatcher: Service {
                     let details = ["clock": clock, "deadline": Timestamp.format(deadline), "due": Timestamp.format(at)]
                     custody.record(CustodyEvent(kind: kind, at: Timestamp.now(), actor: .broker, subject: subject, details: details))
                     try await webhooks.enqueue(conn, event, request: id, details: details, logger: logger)
+                    try await LiveEvents.publish(conn, requestId: id, kind: .clock, clock: clock,
+                                                 state: String(kind.rawValue.dropFirst("clock.".count)), actor: "broker", logger: logger)
                 }
                 if lateAt == nil && deadline <= t {
                     try await conn.query("UPDATE request_clocks SET late_at = now() WHERE request_id = \(id) AND clock = \(clock)", logger: logger)

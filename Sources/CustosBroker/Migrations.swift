@@ -393,5 +393,50 @@ enum Migrations {
                 SELECT p.id, p.request_id, p.provider_id, 0, (SELECT count(*) FROM package_chunks c WHERE c.package_id = p.id), true FROM packages p;
             CREATE INDEX package_chunks_by_request ON package_chunks(request_id);
             """),
+        Migration(version: 17, name: "work queues: lists, inbox, shared cases, live events", sql: """
+            -- What the lists filter and sort on, kept on the request itself (the spec is text):
+            -- its agency (its case's), priority and kind; each list is one index range scan.
+            ALTER TABLE requests ADD COLUMN agency text REFERENCES agencies(id), ADD COLUMN priority text, ADD COLUMN kind text;
+            UPDATE requests r SET agency = c.agency FROM cases c WHERE c.id = r.case_id;
+            UPDATE requests SET priority = coalesce(spec::jsonb->>'priority', 'normal'), kind = coalesce(spec::jsonb->>'kind', 'production');
+            ALTER TABLE requests ALTER COLUMN agency SET NOT NULL, ALTER COLUMN priority SET NOT NULL, ALTER COLUMN kind SET NOT NULL;
+            ALTER TABLE requests ADD CONSTRAINT requests_priority_check CHECK (priority IN ('normal', 'emergency'));
+            ALTER TABLE requests ADD CONSTRAINT requests_kind_check CHECK (kind IN ('production', 'preservation'));
+            CREATE INDEX requests_by_agency_updated ON requests (agency, updated_at DESC, id DESC);
+            CREATE INDEX requests_by_agency_created ON requests (agency, created_at DESC, id DESC);
+            CREATE INDEX requests_by_agency_state ON requests (agency, state, updated_at DESC, id DESC);
+            CREATE INDEX requests_by_case ON requests (case_id, updated_at DESC, id DESC);
+            CREATE INDEX requests_awaiting_review ON requests (agency) WHERE review = 'pending';
+            CREATE INDEX cases_by_agency_created ON cases (agency, created_at DESC, id DESC);
+            -- Colleagues an investigator shares a case with: they see and act on its requests as
+            -- its author does. The author is a member from the start.
+            CREATE TABLE case_members (
+                case_id uuid NOT NULL REFERENCES cases(id),
+                user_id uuid NOT NULL REFERENCES users(id),
+                added_by uuid REFERENCES users(id),
+                added_at timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (case_id, user_id)
+            );
+            CREATE INDEX case_members_by_user ON case_members (user_id, case_id);
+            INSERT INTO case_members (case_id, user_id) SELECT id, created_by FROM cases;
+            -- When a package was first opened by a person (viewed, downloaded or exported).
+            ALTER TABLE packages ADD COLUMN opened_at timestamptz;
+            CREATE INDEX packages_unopened ON packages (request_id) WHERE opened_at IS NULL AND state <> 'receiving';
+            CREATE INDEX clarifications_open ON clarifications (request_id) WHERE answer IS NULL;
+            -- The live feed (GET /v1/events): one row per state change, clock, question and
+            -- delivery, written in the transaction that causes it; ids and states only. Its id
+            -- is the Server-Sent Events id a client resumes from.
+            CREATE TABLE live_events (
+                id bigserial PRIMARY KEY,
+                at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                agency text NOT NULL,
+                case_id uuid NOT NULL,
+                request_id uuid,
+                kind text NOT NULL,
+                data text NOT NULL
+            );
+            CREATE INDEX live_events_by_agency ON live_events (agency, id);
+            CREATE INDEX live_events_by_time ON live_events (at);
+            """),
     ]
 }

@@ -427,6 +427,7 @@ struct PackageIngest: Sendable {
                                judge: &arrival.judge, against: against, tsaTrust: tsaTrust, bounds: criteriaBounds, deliveredAt: Date())
         for event in f.events { custody.record(event) }
         try await PackageStore.recordVerdict(conn, packageId: packageId, f, logger: logger)
+        try await LiveEvents.publish(conn, requestId: requestId, kind: .package, packageId: packageId, state: f.state.rawValue, actor: "broker", logger: logger)
         if manifest.partial == true {
             // More follow: the request stays open and its delivery clock runs on; it is verified
             // only with its final package. A second partial package is still on the timeline.

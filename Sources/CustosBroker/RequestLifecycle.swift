@@ -58,7 +58,7 @@ public enum RequestLifecycle {
 
     /// Who may cause a transition.
     public enum Owner: String, Sendable, CaseIterable {
-        /// The investigator who drafted the request.
+        /// The investigator who drafted the request, or a colleague its case is shared with.
         case author
         /// An investigator of the request's agency.
         case investigator

@@ -89,6 +89,62 @@ public struct CustosClient: Sendable {
         try await call(.POST, "/v1/requests/\(id.lowercased)/clarifications/\(question.lowercased)/answer", body: API.Answer(answer: answer))
     }
     public func timeline(_ id: UUID) async throws -> API.Timeline { try await call(.GET, "/v1/requests/\(id.lowercased)/timeline") }
+
+    /// `GET /v1/requests` with its query (`state=submitted&limit=50`…, already encoded).
+    public func listRequests(query: String) async throws -> API.Page<API.RequestSummary> {
+        try await call(.GET, "/v1/requests" + (query.isEmpty ? "" : "?" + query))
+    }
+    /// `GET /v1/cases`.
+    public func listCases(query: String) async throws -> API.Page<API.CaseSummary> {
+        try await call(.GET, "/v1/cases" + (query.isEmpty ? "" : "?" + query))
+    }
+    public func caseSummary(_ id: UUID) async throws -> API.CaseSummary { try await call(.GET, "/v1/cases/\(id.lowercased)") }
+    public func addCaseMember(_ id: UUID, user: String) async throws -> API.CaseSummary {
+        try await call(.POST, "/v1/cases/\(id.lowercased)/members", body: API.AddMember(user: user))
+    }
+    public func inbox() async throws -> API.Inbox { try await call(.GET, "/v1/inbox") }
+
+    /// The live feed (`GET /v1/events`, Server-Sent Events) of one request, one case or the
+    /// caller's agency, as decoded events, from `lastEventId` on. It ends when the broker
+    /// closes the stream; the caller reconnects with the last id it got.
+    /// `onOpen`: called once the broker has answered 200, so that the caller knows from when
+    /// on nothing is missed (or once opening failed: the stream then throws why).
+    public func events(request: UUID? = nil, case caseId: UUID? = nil, lastEventId: Int64? = nil,
+                       onOpen: @escaping @Sendable () -> Void = {}) -> AsyncThrowingStream<API.LiveEvent, any Error> {
+        var query: [String] = []
+        if let request { query.append("request=\(request.lowercased)") }
+        if let caseId { query.append("case=\(caseId.lowercased)") }
+        var r = makeRequest(.GET, "/v1/events" + (query.isEmpty ? "" : "?" + query.joined(separator: "&")))
+        r.headers.replaceOrAdd(name: "Accept", value: "text/event-stream")
+        if let lastEventId { r.headers.add(name: "Last-Event-ID", value: "\(lastEventId)") }
+        let request = r, http = self.http, baseURL = self.baseURL
+        return AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    let response: HTTPClientResponse
+                    do { response = try await http.execute(request, timeout: .hours(24)) } catch {
+                        throw ClientError(reason: "cannot reach the broker at \(baseURL): \(error)")
+                    }
+                    guard response.status == .ok else {
+                        throw Self.problem(response.status, try await response.body.collect(upTo: 1 << 20))
+                    }
+                    onOpen()
+                    var parser = ServerSentEvents.Parser()
+                    for try await buffer in response.body {
+                        for e in parser.consume(buffer.readableBytesView) {
+                            guard let event = try? JSONDecoder().decode(API.LiveEvent.self, from: Data(e.data.utf8)) else { continue }
+                            continuation.yield(event)
+                        }
+                    }
+                    continuation.finish()
+                } catch {
+                    onOpen()
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
+        }
+    }
     public func package(_ id: UUID) async throws -> API.PackageView { try await call(.GET, "/v1/packages/\(id.lowercased)") }
     public func setSealed(_ sealed: Bool, package id: UUID, reason: String) async throws -> API.PackageView {
         try await call(.POST, "/v1/packages/\(id.lowercased)/\(sealed ? "seal" : "unseal")", body: API.Seal(reason: reason))

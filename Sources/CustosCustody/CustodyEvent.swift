@@ -26,6 +26,8 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         /// .withdrawn, .dispatched, .acknowledged, .in-progress, .refused, .delivered, .verified.
         public static func request(_ state: String) -> Kind { Kind("request.\(state == "draft" ? "drafted" : state)") }
         public static let caseCreated = Kind("case.created")
+        /// An investigator shared a case with a colleague (`details.member`: the colleague's user name).
+        public static let caseMemberAdded = Kind("case.member-added")
         public static let requestViewed = Kind("request.viewed")
         public static let manifestReceived = Kind("package.manifest-received")
         public static let chunkReceived = Kind("package.chunk-received")

@@ -13,7 +13,7 @@ struct Custos: AsyncParsableCommand {
         commandName: "custos",
         abstract: "Custos command line for investigators, approvers, auditors and witnesses.",
         discussion: "The broker's address comes from --url or CUSTOS_URL; your bearer token from --token or CUSTOS_TOKEN, or, with mutual TLS, your client certificate from --client-certificate and --client-key (CUSTOS_CLIENT_CERTIFICATE, CUSTOS_CLIENT_KEY).",
-        subcommands: [WhoAmI.self, Case.self, Request.self, Package.self, Download.self, Export.self, Verify.self, Custody.self, Witness.self])
+        subcommands: [WhoAmI.self, Inbox.self, Case.self, Request.self, Package.self, Download.self, Export.self, Verify.self, Custody.self, Witness.self])
 }
 
 struct Connection: ParsableArguments {
@@ -59,8 +59,98 @@ struct WhoAmI: AsyncParsableCommand {
     }
 }
 
+/// Columns padded to their widest cell, two spaces apart; the last column is not padded.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    let widths = (0..<header.count).map { c in all.map { $0[c].count }.max() ?? 0 }
+    return all.map { row in
+        row.enumerated().map { c, cell in c == row.count - 1 ? cell : cell.padding(toLength: widths[c], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ")
+    }.joined(separator: "\n")
+}
+
+/// Query parameters, percent-encoded.
+func queryString(_ items: [(String, String?)]) -> String {
+    var allowed = CharacterSet.alphanumerics
+    allowed.insert(charactersIn: "-._~")
+    return items.compactMap { name, value in
+        value.map { "\(name)=\($0.addingPercentEncoding(withAllowedCharacters: allowed) ?? $0)" }
+    }.joined(separator: "&")
+}
+
+/// A page from `cursor` on and, with `all`, every page after it: their items, and the
+/// cursor after the last page fetched.
+func pages<Item>(all: Bool, from cursor: String?, _ fetch: (String?) async throws -> API.Page<Item>) async throws -> API.Page<Item> {
+    var page = try await fetch(cursor)
+    var items = page.items
+    while all, let next = page.next {
+        page = try await fetch(next)
+        items += page.items
+    }
+    return API.Page(items: items, next: page.next)
+}
+
+struct Inbox: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "What waits for you, nearest deadline first.",
+        discussion: "An approver sees submitted requests to approve, a duty approver submitted emergencies, a reviewer emergencies awaiting review, an investigator provider questions to answer and packages nobody has opened yet in their cases.")
+    @OptionGroup var connection: Connection
+    func run() async throws {
+        let inbox = try await connection.client.inbox()
+        try connection.emit(inbox) {
+            guard !inbox.items.isEmpty else { return "nothing waits for you" }
+            return table(["TASK", "PRIORITY", "DEADLINE", "SINCE", "REQUEST", "STATE", "QUESTION/PACKAGE"], inbox.items.map { i in
+                [i.task.rawValue, i.priority.rawValue, i.deadline ?? "-", i.since, i.requestId.lowercased, i.state.rawValue,
+                 (i.questionId ?? i.packageId)?.lowercased ?? "-"]
+            })
+        }
+    }
+}
+
 struct Case: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Cases.", subcommands: [Create.self])
+    static let configuration = CommandConfiguration(abstract: "Cases.", subcommands: [Create.self, List.self, Show.self, Share.self])
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List your agency's cases, newest first.")
+        @OptionGroup var connection: Connection
+        @Flag(help: "Only the cases you are a member of.") var mine = false
+        @Option(help: "Cases per page, 1 to 200.") var limit: Int = 50
+        @Option(help: "Start from this page cursor (a page's `next`).") var cursor: String?
+        @Flag(help: "Follow the cursor to the last page.") var all = false
+        func run() async throws {
+            let client = try connection.client
+            let shown = try await pages(all: all, from: cursor) {
+                try await client.listCases(query: queryString([("mine", mine ? "true" : nil), ("limit", "\(limit)"), ("cursor", $0)]))
+            }
+            try connection.emit(shown) {
+                table(["CASE", "CREATED", "BY", "REQUESTS", "OPEN", "TITLE"], shown.items.map { c in
+                    [c.id.lowercased, c.createdAt, c.createdBy, "\(c.requests)", "\(c.open)", c.title]
+                }) + (shown.next.map { "\nmore: --cursor \($0)" } ?? "")
+            }
+        }
+    }
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a case: its members and request counts.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Case id.") var id: String
+        func run() async throws {
+            let c = try await connection.client.caseSummary(try parseID(id))
+            try connection.emit(c) {
+                "case \(c.id.lowercased): \(c.title)\n  created \(c.createdAt) by \(c.createdBy)\n  members: \(c.members.joined(separator: ", "))\n  requests: \(c.requests) (\(c.open) open)"
+            }
+        }
+    }
+    struct Share: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Share a case with a colleague of your agency (an investigator).",
+            discussion: "They then see and act on its requests as their author does. Recorded in the custody log.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "Case id.") var id: String
+        @Option(help: "The colleague's user name.") var user: String
+        func run() async throws {
+            let c = try await connection.client.addCaseMember(try parseID(id), user: user)
+            try connection.emit(c) { "members: \(c.members.joined(separator: ", "))" }
+        }
+    }
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Open a case; prints its id.")
         @OptionGroup var connection: Connection
@@ -73,7 +163,48 @@ struct Case: AsyncParsableCommand {
 }
 
 struct Request: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Review.self, Answer.self, Extend.self, Release.self, Status.self, Timeline.self])
+    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, List.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Review.self, Answer.self, Extend.self, Release.self, Status.self, Timeline.self])
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "List your agency's requests, newest first, without their targets.",
+            discussion: "Every filter given must hold. Times are RFC 3339 (2026-11-30T08:00:00Z); --…-after is inclusive, --…-before exclusive.")
+        @OptionGroup var connection: Connection
+        @Option(help: "A state (repeat for several): \(RequestState.allCases.map(\.rawValue).joined(separator: ", ")).") var state: [String] = []
+        @Option(help: "normal or emergency.") var priority: String?
+        @Option(help: "production or preservation.") var kind: String?
+        @Option(help: "A provider id.") var provider: String?
+        @Option(name: .customLong("case"), help: "A case id.") var caseId: String?
+        @Option(help: "The user name of who submitted them.") var submitter: String?
+        @Flag(help: "Only requests of your cases, or that you submitted or approved.") var mine = false
+        @Option(help: "Created at or after.") var createdAfter: String?
+        @Option(help: "Created before.") var createdBefore: String?
+        @Option(help: "Last changed at or after.") var updatedAfter: String?
+        @Option(help: "Last changed before.") var updatedBefore: String?
+        @Option(help: "updated (last change, the default) or created.") var sort: String?
+        @Option(help: "Requests per page, 1 to 200.") var limit: Int = 50
+        @Option(help: "Start from this page cursor (a page's `next`).") var cursor: String?
+        @Flag(help: "Follow the cursor to the last page.") var all = false
+
+        func query(cursor: String?) -> String {
+            queryString(state.map { ("state", $0) } + [
+                ("priority", priority), ("kind", kind), ("provider", provider), ("case", caseId), ("submitter", submitter), ("mine", mine ? "true" : nil),
+                ("createdAfter", createdAfter), ("createdBefore", createdBefore), ("updatedAfter", updatedAfter), ("updatedBefore", updatedBefore),
+                ("sort", sort), ("limit", "\(limit)"), ("cursor", cursor),
+            ])
+        }
+
+        func run() async throws {
+            let client = try connection.client
+            let shown = try await pages(all: all, from: cursor) { try await client.listRequests(query: query(cursor: $0)) }
+            try connection.emit(shown) {
+                table(["REQUEST", "STATE", "PRIORITY", "KIND", "PROVIDER", "UPDATED", "NEXT DEADLINE", "CASE"], shown.items.map { r in
+                    [r.id.lowercased, r.state.rawValue, r.priority.rawValue, r.kind.rawValue, r.providerId, r.updatedAt,
+                     r.nextDeadline.map { "\($0) (\(r.nextClock ?? ""))" } ?? "-", r.caseId.lowercased]
+                }) + (shown.next.map { "\nmore: --cursor \($0)" } ?? "")
+            }
+        }
+    }
 
     struct Create: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Draft a request (and submit it with --submit); prints its id.")
@@ -281,16 +412,71 @@ struct Request: AsyncParsableCommand {
                 try connection.emit(v) { Self.render(v) }
                 return
             }
-            let deadline = ContinuousClock.now + .seconds(timeout)
-            var shown = 0
+            // The live feed (GET /v1/events), not polling: opened first, so that nothing happens
+            // between the request as read (one view, in the custody log) and the feed.
+            let outcome = try await withThrowingTaskGroup(of: Bool.self) { group in
+                group.addTask {
+                    try await Task.sleep(for: .seconds(timeout))
+                    return false
+                }
+                group.addTask {
+                    try await Self.follow(client, requestId)
+                    return true
+                }
+                defer { group.cancelAll() }
+                return try await group.next() ?? false
+            }
+            if !outcome { throw ExitCode(3) }
+        }
+
+        /// Whether a request in `state` has come to where `--watch` stops.
+        static func done(_ state: RequestState) -> Bool { state == .verified || state == .preserved || RequestState.ended.contains(state) }
+
+        /// Prints the request's timeline, then each step as the live feed announces it, until
+        /// it is done; reconnects (from the last event) if the stream breaks.
+        static func follow(_ client: CustosClient, _ requestId: UUID) async throws {
+            var lastEventId: Int64?
+            let (opened, open) = AsyncStream<Void>.makeStream()
+            var stream = client.events(request: requestId, onOpen: { open.finish() }).makeAsyncIterator()
+            let watching = Task { for await _ in opened {} }
+            await watching.value
+            let v = try await client.request(requestId)
+            for e in v.timeline { print(line(e)) }
+            fflush(nil)
+            if done(v.state) { return }
+            // A step the timeline already showed may come again on the feed (it happened between
+            // opening the feed and reading the request): within a second of the timeline's last
+            // entry, a state already shown is not printed again.
+            let shown = Set(v.timeline.map(\.state))
+            let horizon = v.timeline.last.flatMap { Timestamp.parse($0.at) }?.addingTimeInterval(1)
+            var failures = 0
             while true {
-                let v = try await client.request(requestId)
-                for e in v.timeline.dropFirst(shown) { print(Self.line(e)) }
-                fflush(nil)
-                shown = v.timeline.count
-                if v.state == .verified || v.state == .preserved || RequestState.ended.contains(v.state) { return }
-                if ContinuousClock.now > deadline { throw ExitCode(3) }
-                try await Task.sleep(for: .milliseconds(500))
+                do {
+                    while let event = try await stream.next() {
+                        failures = 0
+                        lastEventId = event.id
+                        guard event.kind == .request, let state = event.state else {
+                            if event.kind == .clock, let clock = event.clock, let phase = event.state {
+                                print(line(API.TimelineEntry(at: event.at, state: "clock " + phase, actor: event.actor ?? "broker", note: clock)))
+                            }
+                            continue
+                        }
+                        if shown.contains(state), let horizon, let at = Timestamp.parse(event.at), at <= horizon { continue }
+                        print(line(API.TimelineEntry(at: event.at, state: state, actor: event.actor ?? "", note: event.reason)))
+                        fflush(nil)
+                        if let s = RequestState(rawValue: state), done(s) { return }
+                    }
+                } catch let problem as API.Problem {
+                    throw problem  // refused (not found, forbidden): no use trying again
+                } catch {
+                    failures += 1
+                    if failures > 30 { throw error }
+                }
+                // The stream ended or broke (a broker restart): resume from the last event.
+                try await Task.sleep(for: .seconds(min(failures + 1, 5)))
+                stream = client.events(request: requestId, lastEventId: lastEventId).makeAsyncIterator()
+                // With no event yet there is nothing to resume from: the request itself says.
+                if lastEventId == nil, done(try await client.request(requestId).state) { return }
             }
         }
 

@@ -1,10 +1,13 @@
+@testable import CustosBroker
 import CustosCanonicalJSON
+import CustosRuntime
 import CustosEvidence
 import CustosKafka
 import CustosTestSupport
 import CustosModel
 import Foundation
 import Synchronization
+import PostgresNIO
 import Testing
 
 /// `custos-broker` and `custos-connector` as separate processes, driven through the `custos`
@@ -34,6 +37,11 @@ struct ExchangeEndToEndTests {
         let request = try await d.submitRequest()
         let own = try await d.cli(d.investigator, ["request", "approve", request])
         #expect(own.status != 0 && own.stderr.contains("403"))
+        // The approver learns of it from their inbox and the list of submitted requests.
+        #expect(try await d.cliOK(d.approver, ["inbox"]).contains("approve  normal"))
+        #expect(try await d.cliOK(d.approver, ["request", "list", "--state", "submitted"]).contains(request))
+        #expect(try json(try await d.cliOK(d.approver, ["inbox", "--json"]))["items"].map { "\($0)".contains(request) } == true)
+        #expect(try await d.cliOK(d.investigator, ["case", "list", "--mine"]).contains("E2E case"))
         _ = try await d.cliOK(d.approver, ["request", "approve", request])
         let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
         #expect(watched.status == 0, "status --watch: \(watched.stderr)\nbroker: \(d.broker!.output.suffix(2000))\nconnector: \(d.connector!.output.suffix(2000))")
@@ -186,6 +194,17 @@ struct ExchangeEndToEndTests {
         _ = try await d.cliOK(d.approver, ["request", "approve", refusedRequest])
         let refusedWatch = try await d.cli(d.investigator, ["request", "status", refusedRequest, "--watch", "--timeout", "120"])
         #expect(refusedWatch.stdout.contains("refused") && refusedWatch.stdout.contains("extraction-failed"))
+        // Watching read the request once (one view in the custody log), then followed the live feed.
+        let db = try DatabaseConfiguration(url: TestServices.databaseURL(), schema: try #require(d.env["CUSTOS_DATABASE_SCHEMA"]))
+        let client = db.makeClient(logger: TestServices.logger, applicationName: "custos-tests")
+        let views = try await withThrowingTaskGroup(of: Int.self) { group in
+            group.addTask { await client.run(); return 0 }
+            defer { group.cancelAll() }
+            return try await client.query("""
+                SELECT count(*) FROM custody_events WHERE kind = 'request.viewed' AND request_id = \(try #require(UUID(uuidString: refusedRequest)))
+                """, logger: TestServices.logger).collect()[0].decode(Int.self)
+        }
+        #expect(views == 1, "watching recorded \(views) views")
 
         // The provider asks a question while it works on a request; the investigator answers it,
         // and the answer reaches the connector.
