@@ -11,6 +11,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
+import NIOSSL
 import PostgresNIO
 import Prometheus
 import ServiceLifecycle
@@ -67,7 +68,19 @@ public func buildApplication(
     let webhookWakeup = Wakeup()
     let clockWatcher = LegalClockWatcher(store: store, interval: configuration.clockCheckInterval, ready: ready, webhooks: webhooks,
                                          webhookWakeup: webhookWakeup, logger: logger)
-    let notifier = WebhookNotifier(client: postgres, settings: webhooks, wakeup: webhookWakeup, ready: ready, logger: logger)
+    var email = configuration.email
+    if var smtp = email.smtp {
+        if let file = configuration.smtpPasswordFile {
+            smtp.password = try readFile(file, key: "notifications.smtp.passwordFile").trimmingCharacters(in: .newlines)
+        }
+        if let file = configuration.smtpCAFile {
+            do { smtp.trustRoots = try NIOSSLCertificate.fromPEMBytes(Array(try readFile(file, key: "notifications.smtp.caFile").utf8)) } catch let e as ConfigurationError {
+                throw e
+            } catch { throw ConfigurationError(key: "notifications.smtp.caFile", reason: "is not PEM certificates") }
+        }
+        email.smtp = smtp
+    }
+    let notifier = WebhookNotifier(client: postgres, settings: webhooks, email: email, wakeup: webhookWakeup, ready: ready, logger: logger)
     let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
     let consumers = IngestConsumers()
     let liveFeed = LiveFeed(client: postgres, ready: ready, logger: logger)
@@ -90,7 +103,7 @@ public func buildApplication(
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
         services: [postgres, relay, ingestor, integrator, clockWatcher, liveFeed, KafkaProducerService(producer: producer)] as [any Service]
             + (metrics == nil ? [] : [gauges])
-            + (webhooks.urls.isEmpty ? [] : [notifier]),
+            + (webhooks.urls.isEmpty && email.smtp == nil ? [] : [notifier]),
         onServerRunning: { channel in
             let port = channel.localAddress?.port ?? configuration.httpPort
             await onRunning("\(tls == nil ? "http" : "https")://\(configuration.httpHost):\(port)")

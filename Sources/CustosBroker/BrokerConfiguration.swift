@@ -96,6 +96,10 @@ public struct BrokerConfiguration: Sendable {
     /// `webhooks.*`: see `WebhookSettings` (the secret is read from `webhooks.secretFile` at start).
     public var webhooks = WebhookSettings()
     public var webhookSecretFile: String?
+    /// `notifications.*`: e-mail (the SMTP password is read from `notifications.smtp.passwordFile` at start).
+    public var email = EmailSettings()
+    public var smtpPasswordFile: String?
+    public var smtpCAFile: String?
 
     public init(reader: ConfigReader) throws {
         database = try DatabaseConfiguration(reader: reader)
@@ -181,6 +185,35 @@ public struct BrokerConfiguration: Sendable {
         webhooks.timeout = try seconds("webhooks.timeoutSeconds", webhooks.timeout)
         webhooks.maxAttempts = reader.int(forKey: "webhooks.maxAttempts", default: webhooks.maxAttempts)
         guard (1...100).contains(webhooks.maxAttempts) else { throw ConfigurationError(key: "webhooks.maxAttempts", reason: "must be 1 to 100") }
+        if let host = reader.string(forKey: "notifications.smtp.host") {
+            guard let from = reader.string(forKey: "notifications.smtp.from"), from.contains("@"), !from.contains(where: { "<> \r\n".contains($0) }) else {
+                throw ConfigurationError(key: "notifications.smtp.from", reason: "is required with notifications.smtp.host: the sender's address")
+            }
+            var smtp = SMTPSettings(host: host, port: reader.int(forKey: "notifications.smtp.port", default: 587), from: from)
+            guard (1...65535).contains(smtp.port) else { throw ConfigurationError(key: "notifications.smtp.port", reason: "must be 1 to 65535") }
+            let security = reader.string(forKey: "notifications.smtp.security", default: SMTPSettings.Security.startTLS.rawValue)
+            guard let s = SMTPSettings.Security(rawValue: security) else {
+                throw ConfigurationError(key: "notifications.smtp.security", reason: "must be starttls or none")
+            }
+            guard s == .startTLS || ["127.0.0.1", "::1", "localhost"].contains(host) else {
+                throw ConfigurationError(key: "notifications.smtp.security", reason: "none (no TLS) is allowed only for a relay on loopback")
+            }
+            smtp.security = s
+            smtp.username = reader.string(forKey: "notifications.smtp.username")
+            smtpPasswordFile = reader.string(forKey: "notifications.smtp.passwordFile")
+            guard (smtp.username == nil) == (smtpPasswordFile == nil) else {
+                throw ConfigurationError(key: "notifications.smtp.passwordFile", reason: "username and passwordFile go together")
+            }
+            smtpCAFile = reader.string(forKey: "notifications.smtp.caFile")
+            smtp.timeout = try seconds("notifications.smtp.timeoutSeconds", smtp.timeout)
+            email.smtp = smtp
+        }
+        if let link = reader.string(forKey: "notifications.link") {
+            guard let c = URLComponents(string: link), c.scheme == "http" || c.scheme == "https", c.host?.isEmpty == false else {
+                throw ConfigurationError(key: "notifications.link", reason: "must be an http or https URL")
+            }
+            email.link = link.hasSuffix("/") ? String(link.dropLast()) : link
+        }
         guard Checkpoint.isValidOrigin(custodyOrigin) else {
             throw ConfigurationError(key: "custody.origin", reason: "must be 1 to 200 printable ASCII characters without spaces")
         }

@@ -24,6 +24,7 @@ extension API.ConsistencyProofView: ResponseEncodable {}
 extension API.Page: ResponseEncodable {}
 extension API.CaseSummary: ResponseEncodable {}
 extension API.Inbox: ResponseEncodable {}
+extension API.NotificationSettings: ResponseEncodable {}
 
 /// The request context of the broker's routes: Hummingbird's basics plus the client's address,
 /// which the custody log records for every access, and its connection, whose TLS client
@@ -108,6 +109,13 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
     v1.get("me") { request, context in
         let u = try await api.user(request, context)
         return API.UserView(id: u.id, name: u.name, role: u.role, roles: Role.allCases.filter(u.roles.contains), agency: u.agency)
+    }
+    v1.get("me/notifications") { request, context in
+        try await store.notificationSettings(for: try await api.staff(request, context))
+    }
+    v1.put("me/notifications") { request, context in
+        let user = try await api.staff(request, context)
+        return try await store.setNotifications(try await api.decode(API.SetNotifications.self, request, context), for: user)
     }
     v1.post("cases") { request, context in
         let user = try await api.staff(request, context)

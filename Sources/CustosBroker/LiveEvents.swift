@@ -31,6 +31,9 @@ enum LiveEvents {
         try await conn.query("""
             INSERT INTO live_events (agency, case_id, request_id, kind, data) SELECT agency, case_id, id, \(kind.rawValue), \(data) FROM requests WHERE id = \(requestId)
             """, logger: logger)
+        // The people on duty hear of it by e-mail, queued in the same transaction.
+        try await Notifications.enqueue(conn, requestId: requestId, kind: kind, state: state, clock: clock, packageId: packageId, questionId: questionId,
+                                        logger: logger)
     }
 
     /// Publishes an event about a case, in the caller's transaction.

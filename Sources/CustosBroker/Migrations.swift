@@ -438,5 +438,14 @@ enum Migrations {
             CREATE INDEX live_events_by_agency ON live_events (agency, id);
             CREATE INDEX live_events_by_time ON live_events (at);
             """),
+        Migration(version: 18, name: "e-mail notifications", sql: """
+            -- Where a person is told by e-mail, and which events they chose (NULL: every one that
+            -- concerns their role or cases).
+            ALTER TABLE users ADD COLUMN email text CHECK (email IS NULL OR (length(email) <= 254 AND email ~ '^[^@[:space:]<>]+@[^@[:space:]<>]+$')),
+                              ADD COLUMN email_events text[];
+            -- The queue holds e-mails beside webhooks: channel, and the person it is for.
+            ALTER TABLE notifications ADD COLUMN channel text NOT NULL DEFAULT 'webhook' CHECK (channel IN ('webhook', 'email')),
+                                      ADD COLUMN recipient uuid REFERENCES users(id);
+            """),
     ]
 }

@@ -81,18 +81,35 @@ public struct WebhookSettings: Sendable {
     }
 }
 
-/// Delivers queued webhook notifications: claims due ones (so several broker instances share
-/// the work), POSTs each, and records the outcome; failures are retried with back-off.
+/// `notifications.*`: e-mail to the people on duty.
+public struct EmailSettings: Sendable {
+    /// `notifications.smtp.*`; nil: no e-mail is sent (none is queued for sending either:
+    /// queued ones wait until it is configured).
+    public var smtp: SMTPSettings?
+    /// `notifications.link`: the address the e-mails link to (`<link>/requests/<id>`), e.g.
+    /// the portal's; absent, they name the CLI command.
+    public var link: String?
+    public init(smtp: SMTPSettings? = nil, link: String? = nil) {
+        self.smtp = smtp
+        self.link = link
+    }
+}
+
+/// Delivers queued notifications, webhooks and e-mails: claims due ones (so several broker
+/// instances share the work), POSTs or mails each, and records the outcome; failures are
+/// retried with back-off, and an e-mail the server refuses for good (5xx) is given up at once.
 public struct WebhookNotifier: Service {
     let client: PostgresClient
     let settings: WebhookSettings
+    let email: EmailSettings
     let wakeup: Wakeup
     let ready: Gate
     let http: HTTPClient
     let logger: Logger
 
-    public init(client: PostgresClient, settings: WebhookSettings, wakeup: Wakeup, ready: Gate = Gate(open: true), http: HTTPClient = .shared,
-                logger: Logger) {
+    public init(client: PostgresClient, settings: WebhookSettings, email: EmailSettings = EmailSettings(), wakeup: Wakeup, ready: Gate = Gate(open: true),
+                http: HTTPClient = .shared, logger: Logger) {
+        self.email = email
         self.client = client
         self.settings = settings
         self.wakeup = wakeup
@@ -112,18 +129,20 @@ public struct WebhookNotifier: Service {
     public func deliverDue(at t: Date, limit: Int = 50) async throws -> Int {
         // Claimed for twice the time-out, so another instance does not send it meanwhile.
         let lease = t.addingTimeInterval(2 * Double(settings.timeout.components.seconds) + 1)
-        var due: [(UUID, String, String, String, Int)] = []
+        var due: [(UUID, String, String, String, Int, String)] = []
+        let channels = (settings.urls.isEmpty ? [] : ["webhook"]) + (email.smtp == nil ? [] : ["email"])
         for try await row in try await client.query("""
             UPDATE notifications SET next_attempt_at = \(lease)
             WHERE id IN (SELECT id FROM notifications WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt_at <= \(t)
+                           AND channel = ANY(\(channels))
                          ORDER BY next_attempt_at LIMIT \(limit) FOR UPDATE SKIP LOCKED)
-            RETURNING id, endpoint, event, payload, attempts
-            """, logger: logger).decode((UUID, String, String, String, Int).self) { due.append(row) }
-        for (id, endpoint, event, payload, attempts) in due {
-            let error = await post(endpoint, event: event, id: id, payload: Array(payload.utf8), at: t)
+            RETURNING id, endpoint, event, payload, attempts, channel
+            """, logger: logger).decode((UUID, String, String, String, Int, String).self) { due.append(row) }
+        for (id, endpoint, event, payload, attempts, channel) in due {
+            let (error, lasting) = channel == "email" ? await mail(endpoint, id: id, payload: payload) : (await post(endpoint, event: event, id: id, payload: Array(payload.utf8), at: t), false)
             let attempt = attempts + 1
             if let error {
-                let givenUp = attempt >= settings.maxAttempts
+                let givenUp = lasting || attempt >= settings.maxAttempts
                 let next = t.addingTimeInterval(WebhookSettings.retryDelay(afterAttempts: attempt))
                 try await client.query("""
                     UPDATE notifications SET attempts = \(attempt), last_error = \(error), next_attempt_at = \(next),
@@ -136,6 +155,21 @@ public struct WebhookNotifier: Service {
             }
         }
         return due.count
+    }
+
+    /// Mails one notification; returns why it failed (nil: sent), and whether the server
+    /// refused it for good.
+    func mail(_ address: String, id: UUID, payload: String) async -> (String?, Bool) {
+        guard let smtp = email.smtp else { return ("no SMTP server is configured", false) }
+        guard let message = Notifications.mail(to: address, id: id, payload: payload, link: email.link) else { return ("unreadable payload", true) }
+        do {
+            try await SMTPClient.send(message, settings: smtp)
+            return (nil, false)
+        } catch let e as SMTPError {
+            return (e.description, !e.isTransient)
+        } catch {
+            return ("\(type(of: error))", false)
+        }
     }
 
     /// POSTs one notification; returns why it failed, or nil.

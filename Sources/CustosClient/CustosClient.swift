@@ -103,6 +103,10 @@ public struct CustosClient: Sendable {
         try await call(.POST, "/v1/cases/\(id.lowercased)/members", body: API.AddMember(user: user))
     }
     public func inbox() async throws -> API.Inbox { try await call(.GET, "/v1/inbox") }
+    public func notificationSettings() async throws -> API.NotificationSettings { try await call(.GET, "/v1/me/notifications") }
+    public func setNotifications(_ change: API.SetNotifications) async throws -> API.NotificationSettings {
+        try await call(.PUT, "/v1/me/notifications", body: change)
+    }
 
     /// The live feed (`GET /v1/events`, Server-Sent Events) of one request, one case or the
     /// caller's agency, as decoded events, from `lastEventId` on. It ends when the broker

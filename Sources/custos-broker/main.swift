@@ -92,7 +92,20 @@ struct Serve: AsyncParsableCommand {
               webhooks.events (CUSTOS_WEBHOOKS_EVENTS)
                   clock.late, clock.escalated, clock.expired, emergency.lapsed (default all)
               webhooks.timeoutSeconds, webhooks.maxAttempts
-                  one delivery's time-out (default 10), and attempts before one is given up (default 12; retries back off 5 s to 1 h)
+                  one delivery's time-out (default 10), and attempts before one is given up (default 12; retries back off 5 s to 1 h;
+                  e-mails too)
+              notifications.smtp.host, notifications.smtp.port (CUSTOS_NOTIFICATIONS_SMTP_HOST, …_PORT)
+                  the SMTP server e-mails go to (default none: no e-mail; port default 587)
+              notifications.smtp.from
+                  the sender's address (required with a host)
+              notifications.smtp.security
+                  starttls (default: STARTTLS required) or none (only for a relay on loopback)
+              notifications.smtp.username, notifications.smtp.passwordFile
+                  AUTH PLAIN, over TLS only
+              notifications.smtp.caFile, notifications.smtp.timeoutSeconds
+                  CA certificates (PEM) the server's certificate chains to when not a public one; one delivery's time-out (default 30)
+              notifications.link
+                  the address e-mails link to as <link>/requests/<id> (the portal's); default: they name the CLI command
               http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
                   listen address (default 127.0.0.1:8080; port 0 picks one)
               http.tls.certificateFile, http.tls.keyFile (CUSTOS_HTTP_TLS_CERTIFICATE_FILE, CUSTOS_HTTP_TLS_KEY_FILE)

@@ -13,7 +13,7 @@ struct Custos: AsyncParsableCommand {
         commandName: "custos",
         abstract: "Custos command line for investigators, approvers, auditors and witnesses.",
         discussion: "The broker's address comes from --url or CUSTOS_URL; your bearer token from --token or CUSTOS_TOKEN, or, with mutual TLS, your client certificate from --client-certificate and --client-key (CUSTOS_CLIENT_CERTIFICATE, CUSTOS_CLIENT_KEY).",
-        subcommands: [WhoAmI.self, Inbox.self, Case.self, Request.self, Package.self, Download.self, Export.self, Verify.self, Custody.self, Witness.self])
+        subcommands: [WhoAmI.self, Inbox.self, Notifications.self, Case.self, Request.self, Package.self, Download.self, Export.self, Verify.self, Custody.self, Witness.self])
 }
 
 struct Connection: ParsableArguments {
@@ -88,6 +88,43 @@ func pages<Item>(all: Bool, from cursor: String?, _ fetch: (String?) async throw
         items += page.items
     }
     return API.Page(items: items, next: page.next)
+}
+
+struct Notifications: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "What you are told by e-mail.",
+        discussion: "Events reach you when your role or your cases concern them: request.submitted (approvers), emergency.submitted (duty approvers), review.due (reviewers), question.asked, package.delivered, clock.late, clock.escalated, clock.expired (the case's investigators). E-mails carry ids, states, deadlines and a link, never targets or free text.",
+        subcommands: [Show.self, Set.self], defaultSubcommand: Show.self)
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show your e-mail address and the events you get.")
+        @OptionGroup var connection: Connection
+        func run() async throws {
+            let n = try await connection.client.notificationSettings()
+            try connection.emit(n) { "e-mail: \(n.email ?? "(none: no e-mail is sent)")\nevents: \(n.events.joined(separator: ", "))" }
+        }
+    }
+    struct Set: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Choose your e-mail address and the events you get.")
+        @OptionGroup var connection: Connection
+        @Option(help: "Your e-mail address.") var email: String?
+        @Flag(help: "Stop e-mail altogether.") var noEmail = false
+        @Option(name: .customLong("event"), help: "An event to get (repeat for several; the others stop).") var events: [String] = []
+        @Flag(help: "Get every event.") var allEvents = false
+        func validate() throws {
+            if email != nil && noEmail { throw ValidationError("--email and --no-email exclude each other") }
+            if !events.isEmpty && allEvents { throw ValidationError("--event and --all-events exclude each other") }
+        }
+        func run() async throws {
+            let client = try connection.client
+            var change = API.SetNotifications()
+            if let email { change.email = .some(email) }
+            if noEmail { change.email = .some(nil) }
+            if !events.isEmpty { change.events = events }
+            if allEvents { change.events = try await client.notificationSettings().available }
+            let n = try await client.setNotifications(change)
+            try connection.emit(n) { "e-mail: \(n.email ?? "(none)")\nevents: \(n.events.joined(separator: ", "))" }
+        }
+    }
 }
 
 struct Inbox: AsyncParsableCommand {

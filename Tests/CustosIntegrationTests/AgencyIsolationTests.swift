@@ -80,6 +80,7 @@ struct AgencyIsolationTests {
                     case "/v1/cases" where method == .post: allowed = [.created]  // a case of their own
                     case "/v1/requests" where method == .post: allowed = [.badRequest, .forbidden]  // the case "does not exist" for them
                     case "/v1/cases", "/v1/requests", "/v1/inbox": allowed = [.ok]  // their own agency's lists: none of the first's
+                    case "/v1/me/notifications": allowed = [.ok]  // their own settings
                     case "/v1/events": allowed = [.notFound]  // a request of the first agency
                     case "/v1/documents": allowed = [.badRequest, .forbidden]  // no document in the body: nothing stored
                     case "/v1/documents/{sha256}": allowed = [.notFound]  // the first agency's decision

@@ -115,7 +115,7 @@ struct LegalClockTests {
                 #expect(fired < starts[first + 1], "not recorded in the first pass after the deadline")
             }
             // Until then, passes that found nothing to do waited the interval between them.
-            let gaps = zip(starts[1...first], starts[0..<first]).map { $0.timeIntervalSince($1) }
+            let gaps = (1..<(first + 1)).map { starts[$0].timeIntervalSince(starts[$0 - 1]) }
             #expect(gaps.allSatisfy { $0 >= 0.99 }, "passes closer than the interval: \(gaps)")
         }
     }

@@ -51,6 +51,25 @@ struct ConfigurationTests {
         #expect { try BrokerConfiguration(reader: unsigned) } throws: { String(describing: $0).contains("webhooks.secretFile") }
     }
 
+    @Test func notificationSettingsAreChecked() async throws {
+        let file = Self.deploy.appendingPathComponent("broker.example.json").path
+        let host = ["CUSTOS_NOTIFICATIONS_SMTP_HOST": "mail.authority.example"]
+        for (env, named) in [(host, "notifications.smtp.from"),  // a host needs a sender
+                             (host.merging(["CUSTOS_NOTIFICATIONS_SMTP_FROM": "custos@x.example", "CUSTOS_NOTIFICATIONS_SMTP_SECURITY": "none"]) { $1 },
+                              "notifications.smtp.security"),  // no TLS only on loopback
+                             (host.merging(["CUSTOS_NOTIFICATIONS_SMTP_FROM": "custos@x.example", "CUSTOS_NOTIFICATIONS_SMTP_USERNAME": "u"]) { $1 },
+                              "notifications.smtp.passwordFile"),
+                             (["CUSTOS_NOTIFICATIONS_LINK": "portal.example"], "notifications.link")] {
+            let reader = try await ConfigSource.reader(configFile: file, environment: env)
+            #expect { try BrokerConfiguration(reader: reader) } throws: { String(describing: $0).contains(named) }
+        }
+        let reader = try await ConfigSource.reader(configFile: file, environment: [
+            "CUSTOS_NOTIFICATIONS_SMTP_HOST": "127.0.0.1", "CUSTOS_NOTIFICATIONS_SMTP_PORT": "2525", "CUSTOS_NOTIFICATIONS_SMTP_FROM": "custos@x.example",
+            "CUSTOS_NOTIFICATIONS_SMTP_SECURITY": "none", "CUSTOS_NOTIFICATIONS_LINK": "https://portal.example/"])
+        let c = try BrokerConfiguration(reader: reader)
+        #expect(c.email.smtp?.port == 2525 && c.email.smtp?.security == SMTPSettings.Security.none && c.email.link == "https://portal.example")
+    }
+
     @Test func custodyAndClockSettingsAreChecked() async throws {
         let file = Self.deploy.appendingPathComponent("broker.example.json").path
         for (key, value, named) in [("CUSTOS_CUSTODY_ORIGIN", "has spaces", "custody.origin"),
