@@ -51,7 +51,7 @@ enum ListsBench {
             let spec = String(decoding: try JSONEncoder().encode(SyntheticRequest.spec), as: UTF8.self)
             try await client.query("""
                 INSERT INTO cases (id, title, created_by, agency, created_at)
-                SELECT gen_random_uuid(), 'Case ' || g, \(inv.id), 'default', now() - make_interval(mins => g) FROM generate_series(1, \(cases)) g
+                SELECT gen_random_uuid(), 'Case ' || g, \(inv.id), 'default', now() - make_interval(mins => g::int) FROM generate_series(1, \(cases)) g
                 """, logger: logger)
             try await client.query("INSERT INTO case_members (case_id, user_id) SELECT id, created_by FROM cases", logger: logger)
             let states = ["draft", "submitted", "approved", "dispatched", "acknowledged", "in-progress", "delivered", "verified", "refused", "expired"]
@@ -59,7 +59,7 @@ enum ListsBench {
                 INSERT INTO requests (id, case_id, provider_id, spec, state, created_by, submitted_by, agency, priority, kind, created_at, updated_at)
                 SELECT gen_random_uuid(), c.id, 'prov-a', \(spec), (\(states))[1 + g % 10], \(inv.id), CASE WHEN g % 10 <> 0 THEN \(inv.id)::uuid END, 'default',
                        CASE WHEN g % 50 = 7 THEN 'emergency' ELSE 'normal' END, CASE WHEN g % 20 = 3 THEN 'preservation' ELSE 'production' END,
-                       now() - make_interval(secs => g), now() - make_interval(secs => g)
+                       now() - make_interval(secs => g::double precision), now() - make_interval(secs => g::double precision)
                 FROM generate_series(1, \(requests)) g
                      JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM cases) c ON c.n = g % \(cases)
                 """, logger: logger)
