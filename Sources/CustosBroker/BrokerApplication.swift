@@ -80,6 +80,7 @@ public func buildApplication(
         }
         email.smtp = smtp
     }
+    let configuredWebhooks = webhooks
     let notifier = WebhookNotifier(client: postgres, settings: webhooks, email: email, wakeup: webhookWakeup, ready: ready, logger: logger)
     let integrator = CustodyIntegrator(client: postgres, signer: checkpointSigner, interval: configuration.checkpointInterval, ready: ready, logger: logger)
     let consumers = IngestConsumers()
@@ -111,6 +112,7 @@ public func buildApplication(
         logger: logger)
     app.beforeServerStarts {
         try await Migrator.migrate(client: postgres, schema: configuration.database.schema, logger: logger)
+        try await configuredWebhooks.record(on: postgres, logger: logger)
         try await store.recordKeyChanges([
             "message-signing": signer.publicKey.keyId,
             "custody-log": Digest.sha256Hex(try CertificateInfo(pem: checkpointSigner.certificate).der),

@@ -447,5 +447,10 @@ enum Migrations {
             ALTER TABLE notifications ADD COLUMN channel text NOT NULL DEFAULT 'webhook' CHECK (channel IN ('webhook', 'email')),
                                       ADD COLUMN recipient uuid REFERENCES users(id);
             """),
+        Migration(version: 19, name: "webhook endpoints", sql: """
+            -- The configured webhook endpoints and their events (webhooks.*), written at start, so
+            -- that the transaction that causes a work-queue event queues its webhooks in SQL.
+            CREATE TABLE webhook_endpoints (url text PRIMARY KEY, events text[] NOT NULL);
+            """),
     ]
 }

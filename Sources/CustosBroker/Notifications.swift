@@ -39,6 +39,9 @@ public enum Notifications {
             }
         }
 
+        /// Whether it goes to webhooks from here (clock events go from the clock watcher).
+        var webhook: Bool { ![.clockLate, .clockEscalated, .clockExpired].contains(self) }
+
         /// The notification a live event brings, if any.
         static func of(kind: API.LiveEvent.Kind, state: String?, priority: Priority?) -> Event? {
             switch (kind, state) {
@@ -78,6 +81,23 @@ public enum Notifications {
             FROM requests r JOIN users u ON u.agency = r.agency
             WHERE r.id = $5 AND u.email IS NOT NULL AND (u.email_events IS NULL OR $1 = ANY(u.email_events)) AND \(event.audience)
             """, binds: bindings(event.rawValue, clock, packageId, questionId, requestId)), logger: logger)
+        // The same events go to the webhooks that subscribed to them (clock events already go
+        // there from the clock watcher). A body of ids and states, like the clocks' webhooks.
+        guard event.webhook else { return }
+        var binds = PostgresBindings()
+        binds.append(event.rawValue)
+        binds.append(packageId)
+        binds.append(questionId)
+        binds.append(requestId)
+        try await conn.query(PostgresQuery(unsafeSQL: """
+            INSERT INTO notifications (id, channel, endpoint, event, request_id, payload)
+            SELECT n.id, 'webhook', n.url, $1, r.id,
+                   json_build_object('id', n.id, 'event', $1::text, 'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                                     'requestId', r.id, 'caseId', r.case_id, 'agency', r.agency, 'state', r.state, 'priority', r.priority,
+                                     'packageId', $2::uuid, 'questionId', $3::uuid)::text
+            FROM (SELECT gen_random_uuid() AS id, w.url FROM webhook_endpoints w WHERE $1 = ANY(w.events)) n, requests r
+            WHERE r.id = $4 AND (r.group_id IS NULL OR r.group_id = r.id OR $1 NOT IN ('request.submitted', 'emergency.submitted', 'review.due'))
+            """, binds: binds), logger: logger)
     }
 
     private static func bindings(_ event: String, _ clock: String?, _ packageId: UUID?, _ questionId: UUID?, _ requestId: UUID) -> PostgresBindings {

@@ -21,6 +21,13 @@ public struct WebhookSettings: Sendable {
         case clockExpired = "clock.expired"
         /// Nobody confirmed an emergency inside its review clock: its packages are sealed.
         case emergencyLapsed = "emergency.lapsed"
+        /// The work-queue events, as e-mailed to people (`Notifications.Event`): a request or an
+        /// emergency submitted, a review due, a provider's question, a package delivered.
+        case requestSubmitted = "request.submitted"
+        case emergencySubmitted = "emergency.submitted"
+        case reviewDue = "review.due"
+        case questionAsked = "question.asked"
+        case packageDelivered = "package.delivered"
     }
 
     /// `webhooks.urls`: the endpoints (http or https); empty, no webhooks.
@@ -52,6 +59,20 @@ public struct WebhookSettings: Sendable {
         mac.update(data: Array("\(timestamp).".utf8))
         mac.update(data: body)
         return "t=\(timestamp),v1=" + Data(mac.finalize()).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Records the endpoints and their events in the database (`webhook_endpoints`), at start,
+    /// so that a transaction that causes a work-queue event queues its webhooks in SQL
+    /// (`Notifications.enqueue`). Every instance has the same configuration.
+    func record(on client: PostgresClient, logger: Logger) async throws {
+        let urls = self.urls, events = self.events.map(\.rawValue).sorted()
+        try await client.transaction(logger: logger) { conn in
+            try await conn.query("SELECT pg_advisory_xact_lock(hashtext('custos.webhook.endpoints'))", logger: logger)
+            try await conn.query("DELETE FROM webhook_endpoints", logger: logger)
+            for url in urls {
+                try await conn.query("INSERT INTO webhook_endpoints (url, events) VALUES (\(url), \(events))", logger: logger)
+            }
+        }
     }
 
     /// Queues `event` about request `id` for every endpoint that subscribed to it, in the
@@ -118,9 +139,13 @@ public struct WebhookNotifier: Service {
         self.logger = logger
     }
 
+    /// How long an idle notifier waits before it looks again: a duty approver hears of an
+    /// emergency within this and one delivery (the query is one partial-index probe).
+    static let idleWait: Duration = .milliseconds(250)
+
     public func run() async throws {
         try await runPolling(ready: ready, logger: logger, failure: "webhook delivery pass failed; retrying",
-                             pass: { try await deliverDue(at: Date()) }, idle: { await wakeup.wait(timeout: .seconds(1)) })
+                             pass: { try await deliverDue(at: Date()) }, idle: { await wakeup.wait(timeout: Self.idleWait) })
     }
 
     /// One pass at time `t`: tries every notification due by then (at most `limit`); returns

@@ -85,12 +85,14 @@ struct Serve: AsyncParsableCommand {
                   for sống (live): how long before delivery a package's data may have been extracted (default 86400),
                   and how far from delivery its time-stamp may be (default 3600)
               webhooks.urls (CUSTOS_WEBHOOKS_URLS)
-                  http(s) endpoints told when a legal clock runs late, escalates or expires, or an emergency lapses
+                  http(s) endpoints told when a legal clock runs late, escalates or expires, an emergency lapses,
+                  or a request or emergency is submitted, a review falls due, a provider asks or a package arrives
                   (comma-separated in the environment; default none)
               webhooks.secretFile (CUSTOS_WEBHOOKS_SECRET_FILE)
                   shared secret (at least 16 characters) signing every delivery: header Custos-Signature t=UNIX,v1=HMAC-SHA256("t.body")
               webhooks.events (CUSTOS_WEBHOOKS_EVENTS)
-                  clock.late, clock.escalated, clock.expired, emergency.lapsed (default all)
+                  clock.late, clock.escalated, clock.expired, emergency.lapsed, request.submitted, emergency.submitted,
+                  review.due, question.asked, package.delivered (default all)
               webhooks.timeoutSeconds, webhooks.maxAttempts
                   one delivery's time-out (default 10), and attempts before one is given up (default 12; retries back off 5 s to 1 h;
                   e-mails too)

