@@ -383,9 +383,10 @@ public struct BrokerStore: Sendable {
                     UPDATE requests SET state = 'approved', approved_by = \(user.id), approved_request = \(approvedJSON),
                         request_hash = \(hash), review = \(emergency ? "pending" : nil), updated_at = now() WHERE id = \(id)
                     """, logger: logger)
+                // Clocks first: the approval's notifications (a review due) name their deadlines.
+                try await LegalClock.start(conn, id, spec: row.spec, preserveUntil: preserveUntil, settings: clocks, logger: logger)
                 try await Self.event(conn, id, .approved, actor: user.actor, note: nil, custody: custody, caseId: row.spec.caseId,
                                      objects: ["requestHash": hash], details: ["priority": row.spec.priority.rawValue], logger: logger)
-                try await LegalClock.start(conn, id, spec: row.spec, preserveUntil: preserveUntil, settings: clocks, logger: logger)
                 let envelope = Envelope(type: .request, id: UUID.derived("request", id.lowercased), requestId: id, sender: "broker",
                                         body: RequestBody(request: approved, requestHash: hash, deliverBy: try await LegalClock.deliveryDeadline(conn, id, logger: logger)))
                 try await Self.enqueue(conn, envelope, topic: emergency ? Topics.toProviderUrgent(row.spec.providerId) : Topics.toProvider(row.spec.providerId),

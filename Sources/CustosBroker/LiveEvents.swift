@@ -44,11 +44,16 @@ enum LiveEvents {
     }
 
     /// Rows with ids above `after`, in id order, at most `limit`; `agency` nil: every agency's.
-    static func read(_ client: PostgresClient, after: Int64, agency: String?, limit: Int, logger: Logger) async throws -> [(agency: String, event: API.LiveEvent)] {
+    /// `requestId`, `caseId`: only that request's or case's; `ids`: only those ids (a gap being
+    /// looked at again).
+    static func read(_ client: PostgresClient, after: Int64, agency: String?, requestId: UUID? = nil, caseId: UUID? = nil, ids: [Int64]? = nil,
+                     limit: Int, logger: Logger) async throws -> [(agency: String, event: API.LiveEvent)] {
         var out: [(agency: String, event: API.LiveEvent)] = []
         for try await (id, at, rowAgency, caseId, requestId, kind, data) in try await client.query("""
             SELECT id, at, agency, case_id, request_id, kind, data FROM live_events
-            WHERE id > \(after) AND (\(agency)::text IS NULL OR agency = \(agency)) ORDER BY id LIMIT \(limit)
+            WHERE id > \(after) AND (\(agency)::text IS NULL OR agency = \(agency)) AND (\(requestId)::uuid IS NULL OR request_id = \(requestId))
+              AND (\(caseId)::uuid IS NULL OR case_id = \(caseId)) AND (\(ids)::bigint[] IS NULL OR id = ANY(\(ids)))
+            ORDER BY id LIMIT \(limit)
             """, logger: logger).decode((Int64, Date, String, UUID, UUID?, String, String).self) {
             guard let kind = API.LiveEvent.Kind(rawValue: kind) else { continue }
             let d = (try? JSONDecoder().decode(Data.self, from: Foundation.Data(data.utf8))) ?? Data()
@@ -130,8 +135,8 @@ public final class LiveFeed: Service, Sendable {
     /// Events of `filter` with ids above `after`, from the table (a client resuming with
     /// `Last-Event-ID`), at most `limit`.
     public func replay(_ filter: Filter, after: Int64, limit: Int = 1000) async throws -> [API.LiveEvent] {
-        try await LiveEvents.read(client, after: after, agency: filter.agency, limit: limit, logger: logger)
-            .filter { filter.matches(agency: $0.agency, $0.event) }.map(\.event)
+        try await LiveEvents.read(client, after: after, agency: filter.agency, requestId: filter.requestId, caseId: filter.caseId, limit: limit, logger: logger)
+            .map(\.event)
     }
 
     public func run() async throws {
@@ -176,7 +181,22 @@ public final class LiveFeed: Service, Sendable {
             floor = try await client.query("SELECT coalesce(max(id), 0) FROM live_events", logger: logger).decode(Int64.self).first { _ in true } ?? 0
             state.withLock { $0.floor = floor }
         }
-        let rows = try await LiveEvents.read(client, after: floor, agency: nil, limit: 5000, logger: logger)
+        // New rows above the newest seen, and the ids below it not seen yet (a transaction that
+        // took its id earlier and committed later): each read once, however many rows wait.
+        let (newest, gaps) = state.withLock { s -> (Int64, [Int64]) in
+            let newest = max(s.floor, s.seen.keys.max() ?? s.floor)
+            var gaps: [Int64] = []
+            if newest > s.floor {
+                var id = s.floor + 1
+                while id < newest && gaps.count < 1000 && id - s.floor < 100_000 {
+                    if s.seen[id] == nil { gaps.append(id) }
+                    id += 1
+                }
+            }
+            return (newest, gaps)
+        }
+        var rows = try await LiveEvents.read(client, after: newest, agency: nil, limit: 5000, logger: logger)
+        if !gaps.isEmpty { rows = try await LiveEvents.read(client, after: floor, agency: nil, ids: gaps, limit: gaps.count, logger: logger) + rows }
         let now = ContinuousClock.now
         let targets = state.withLock { s -> [(API.LiveEvent, [AsyncStream<API.LiveEvent>.Continuation])] in
             var out: [(API.LiveEvent, [AsyncStream<API.LiveEvent>.Continuation])] = []
@@ -209,40 +229,66 @@ public final class LiveFeed: Service, Sendable {
             status: .ok,
             headers: [.contentType: "text/event-stream; charset=utf-8", .cacheControl: "no-store", HTTPField.Name("X-Accel-Buffering")!: "no"],
             body: ResponseBody { writer in
-                defer { feed.cancel(id) }
-                try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
-                var sent = Set<Int64>()
-                if let lastEventId {
-                    for event in try await feed.replay(filter, after: lastEventId) {
-                        sent.insert(event.id)
-                        try await writer.write(Self.frame(event))
-                    }
-                }
-                // Events and keep-alive comments through one sequence, so that one task writes.
-                let merged = AsyncStream<API.LiveEvent?> { continuation in
-                    let pump = Task {
-                        for await event in stream { continuation.yield(event) }
-                        continuation.finish()
-                    }
-                    let beat = Task {
-                        while !Task.isCancelled {
-                            try? await Task.sleep(for: .seconds(15))
-                            continuation.yield(nil)
+                // The stream ends when the broker shuts down (so that it stops at once), and after
+                // `maximumLifetime` (so that a login's end is noticed: the client resumes, and is
+                // authenticated again).
+                try await withGracefulShutdownHandler {
+                    defer { feed.cancel(id) }
+                    try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
+                    var sent = Set<Int64>()
+                    if let lastEventId {
+                        // What the client missed, page by page until caught up.
+                        var after = lastEventId
+                        while true {
+                            let page = try await feed.replay(filter, after: after)
+                            for event in page {
+                                sent.insert(event.id)
+                                try await writer.write(Self.frame(event))
+                            }
+                            guard let last = page.last, page.count == 1000 else { break }
+                            after = last.id
                         }
                     }
-                    continuation.onTermination = { _ in pump.cancel(); beat.cancel() }
-                }
-                for await item in merged {
-                    if let event = item {
-                        guard !sent.contains(event.id) else { continue }
-                        try await writer.write(Self.frame(event))
-                    } else {
-                        try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                    // Events and keep-alive comments through one bounded sequence, so that one task
+                    // writes; a client that does not keep up loses its stream and resumes.
+                    let limit = feed.bufferLimit
+                    let merged = AsyncStream<API.LiveEvent?>(bufferingPolicy: .bufferingOldest(limit)) { continuation in
+                        let pump = Task {
+                            for await event in stream {
+                                if case .dropped = continuation.yield(event) { break }
+                            }
+                            continuation.finish()
+                        }
+                        let beat = Task {
+                            while !Task.isCancelled {
+                                try? await Task.sleep(for: .seconds(15))
+                                continuation.yield(nil)
+                            }
+                        }
+                        let end = Task {
+                            try? await Task.sleep(for: Self.maximumLifetime)
+                            continuation.finish()
+                        }
+                        continuation.onTermination = { _ in pump.cancel(); beat.cancel(); end.cancel() }
                     }
+                    for await item in merged {
+                        if let event = item {
+                            guard !sent.contains(event.id) else { continue }
+                            try await writer.write(Self.frame(event))
+                        } else {
+                            try await writer.write(ByteBuffer(string: ": keep-alive\n\n"))
+                        }
+                    }
+                } onGracefulShutdown: {
+                    feed.cancel(id)
                 }
                 try await writer.finish(nil)
             })
     }
+
+    /// How long one event stream lasts before the broker ends it (the client resumes from its
+    /// last id, authenticated again).
+    public static let maximumLifetime: Duration = .seconds(15 * 60)
 
     /// One event in the text/event-stream format.
     static func frame(_ event: API.LiveEvent) -> ByteBuffer {

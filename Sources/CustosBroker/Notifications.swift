@@ -32,8 +32,8 @@ public enum Notifications {
             // A request to several providers is decided as one: its first part speaks for all.
             case .requestSubmitted: "u.role = 'approver' AND u.id IS DISTINCT FROM r.submitted_by AND (r.group_id IS NULL OR r.group_id = r.id)"
             case .emergencySubmitted: "u.role = 'duty-approver' AND u.id IS DISTINCT FROM r.submitted_by AND (r.group_id IS NULL OR r.group_id = r.id)"
-            case .reviewDue:
-                "u.role = 'reviewer' AND u.id IS DISTINCT FROM r.submitted_by AND u.id IS DISTINCT FROM r.approved_by AND (r.group_id IS NULL OR r.group_id = r.id)"
+            // Each part of an emergency to several providers is reviewed on its own.
+            case .reviewDue: "u.role = 'reviewer' AND u.id IS DISTINCT FROM r.submitted_by AND u.id IS DISTINCT FROM r.approved_by"
             case .questionAsked, .packageDelivered, .clockLate, .clockEscalated, .clockExpired:
                 "EXISTS (SELECT 1 FROM case_members m WHERE m.case_id = r.case_id AND m.user_id = u.id)"
             }
@@ -80,7 +80,7 @@ public enum Notifications {
                                                   AND ($2::text IS NULL OR k.clock = $2::text)))::text
             FROM requests r JOIN users u ON u.agency = r.agency
             WHERE r.id = $5 AND u.email IS NOT NULL AND (u.email_events IS NULL OR $1 = ANY(u.email_events)) AND \(event.audience)
-            """, binds: bindings(event.rawValue, clock, packageId, questionId, requestId)), logger: logger)
+            """, binds: bindings(event.rawValue, event == .reviewDue ? LegalClock.Kind.review.rawValue : clock, packageId, questionId, requestId)), logger: logger)
         // The same events go to the webhooks that subscribed to them (clock events already go
         // there from the clock watcher). A body of ids and states, like the clocks' webhooks.
         guard event.webhook else { return }
@@ -96,7 +96,7 @@ public enum Notifications {
                                      'requestId', r.id, 'caseId', r.case_id, 'agency', r.agency, 'state', r.state, 'priority', r.priority,
                                      'packageId', $2::uuid, 'questionId', $3::uuid)::text
             FROM (SELECT gen_random_uuid() AS id, w.url FROM webhook_endpoints w WHERE $1 = ANY(w.events)) n, requests r
-            WHERE r.id = $4 AND (r.group_id IS NULL OR r.group_id = r.id OR $1 NOT IN ('request.submitted', 'emergency.submitted', 'review.due'))
+            WHERE r.id = $4 AND (r.group_id IS NULL OR r.group_id = r.id OR $1 NOT IN ('request.submitted', 'emergency.submitted'))
             """, binds: binds), logger: logger)
     }
 

@@ -145,6 +145,11 @@ public enum SMTPClient {
                 throw SMTPError(code: nil, stage: "STARTTLS", detail: "the server does not offer STARTTLS, which notifications.smtp.security requires")
             }
             _ = try await command("STARTTLS", "STARTTLS", 220...220)
+            // Anything the server sent after its 220 came in plain text: a reply injected in
+            // front of the TLS session (RFC 3207 §6). Refused.
+            guard try await replies.isEmpty(on: channel.eventLoop).get() else {
+                throw SMTPError(code: nil, stage: "STARTTLS", detail: "the server sent more after agreeing to STARTTLS")
+            }
             var tls = TLSConfiguration.makeClientConfiguration()
             if let roots = settings.trustRoots { tls.trustRoots = .certificates(roots) }
             let context = try NIOSSLContext(configuration: tls)
@@ -203,6 +208,11 @@ public enum SMTPClient {
                 self.waiting.append(p)
                 return p.futureResult
             }
+        }
+
+        /// Whether no reply, or part of one, waits to be taken.
+        func isEmpty(on loop: any EventLoop) -> EventLoopFuture<Bool> {
+            loop.submit { self.ready.isEmpty && self.lines.isEmpty }
         }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {

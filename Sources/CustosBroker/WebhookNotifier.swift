@@ -151,9 +151,11 @@ public struct WebhookNotifier: Service {
     /// One pass at time `t`: tries every notification due by then (at most `limit`); returns
     /// how many it tried.
     @discardableResult
-    public func deliverDue(at t: Date, limit: Int = 50) async throws -> Int {
-        // Claimed for twice the time-out, so another instance does not send it meanwhile.
-        let lease = t.addingTimeInterval(2 * Double(settings.timeout.components.seconds) + 1)
+    public func deliverDue(at t: Date, limit: Int = 10) async throws -> Int {
+        // Claimed for as long as the batch may take, one time-out each (the longer of a webhook's
+        // and an e-mail's), so another instance does not send them meanwhile.
+        let each = max(settings.timeout, email.smtp?.timeout ?? .zero)
+        let lease = t.addingTimeInterval(Double(limit) * Double(each.components.seconds) + 1)
         var due: [(UUID, String, String, String, Int, String)] = []
         let channels = (settings.urls.isEmpty ? [] : ["webhook"]) + (email.smtp == nil ? [] : ["email"])
         for try await row in try await client.query("""

@@ -135,7 +135,8 @@ struct NotificationTests {
             }
             let all = server.messages
             #expect(all.contains { $0.contains("To: appr2@police.example") && $0.contains("Request \(String(normal.lowercased.prefix(8))) awaits approval") })
-            #expect(all.contains { $0.contains("To: rev@police.example") && $0.contains("awaits review") })
+            #expect(all.contains { $0.contains("To: rev@police.example") && $0.contains("awaits review") && $0.contains("Clock:    review")
+                                   && $0.contains("Deadline:") })
             #expect(!all.contains { $0.contains("To: appr@police.example") })  // chose clock events only
             #expect(!all.contains { $0.contains("To: inv@police.example") })  // their own submissions
             #expect(!all.contains { $0.contains("To: duty@police.example") && $0.contains(normal.lowercased) })  // not an emergency
