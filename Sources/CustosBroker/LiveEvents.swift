@@ -134,7 +134,10 @@ public final class LiveFeed: Service, Sendable {
 
     /// Events of `filter` with ids above `after`, from the table (a client resuming with
     /// `Last-Event-ID`), at most `limit`.
-    public func replay(_ filter: Filter, after: Int64, limit: Int = 1000) async throws -> [API.LiveEvent] {
+    /// The most events one replay returns; a client further behind gets the rest page by page.
+    public static let replayPage = 1000
+
+    public func replay(_ filter: Filter, after: Int64, limit: Int = LiveFeed.replayPage) async throws -> [API.LiveEvent] {
         try await LiveEvents.read(client, after: after, agency: filter.agency, requestId: filter.requestId, caseId: filter.caseId, limit: limit, logger: logger)
             .map(\.event)
     }
@@ -245,7 +248,7 @@ public final class LiveFeed: Service, Sendable {
                                 sent.insert(event.id)
                                 try await writer.write(Self.frame(event))
                             }
-                            guard let last = page.last, page.count == 1000 else { break }
+                            guard let last = page.last, page.count == Self.replayPage else { break }
                             after = last.id
                         }
                     }

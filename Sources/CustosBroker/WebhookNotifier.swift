@@ -82,8 +82,7 @@ public struct WebhookSettings: Sendable {
         guard !urls.isEmpty, events.contains(event) else { return }
         var row: (UUID, String, String, String)?
         for try await r in try await conn.query("""
-            SELECT r.case_id, c.agency, r.state, coalesce((r.spec::jsonb)->>'priority', 'normal')
-            FROM requests r JOIN cases c ON c.id = r.case_id WHERE r.id = \(id)
+            SELECT case_id, agency, state, priority FROM requests WHERE id = \(id)
             """, logger: logger).decode((UUID, String, String, String).self) { row = r }
         guard let (caseId, agency, state, priority) = row else { return }
         for url in urls {

@@ -475,8 +475,7 @@ struct Request: AsyncParsableCommand {
             var lastEventId: Int64?
             let (opened, open) = AsyncStream<Void>.makeStream()
             var stream = client.events(request: requestId, onOpen: { open.finish() }).makeAsyncIterator()
-            let watching = Task { for await _ in opened {} }
-            await watching.value
+            for await _ in opened {}  // until the feed is open (or failed to open)
             let v = try await client.request(requestId)
             for e in v.timeline { print(line(e)) }
             fflush(nil)
