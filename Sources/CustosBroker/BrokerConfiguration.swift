@@ -100,6 +100,8 @@ public struct BrokerConfiguration: Sendable {
     public var email = EmailSettings()
     public var smtpPasswordFile: String?
     public var smtpCAFile: String?
+    /// `portal.enabled` and `portal.timeZone`: see `PortalSettings` (`secureCookies` follows HTTPS).
+    public var portal = PortalSettings()
 
     public init(reader: ConfigReader) throws {
         database = try DatabaseConfiguration(reader: reader)
@@ -213,6 +215,11 @@ public struct BrokerConfiguration: Sendable {
                 throw ConfigurationError(key: "notifications.link", reason: "must be an http or https URL")
             }
             email.link = link.hasSuffix("/") ? String(link.dropLast()) : link
+        }
+        portal.enabled = reader.bool(forKey: "portal.enabled", default: true)
+        portal.timeZone = reader.string(forKey: "portal.timeZone", default: portal.timeZone)
+        guard TimeZone(identifier: portal.timeZone) != nil else {
+            throw ConfigurationError(key: "portal.timeZone", reason: "must be an IANA time zone, e.g. Asia/Ho_Chi_Minh")
         }
         guard Checkpoint.isValidOrigin(custodyOrigin) else {
             throw ConfigurationError(key: "custody.origin", reason: "must be 1 to 200 printable ASCII characters without spaces")

@@ -85,6 +85,23 @@ extension BrokerStore {
         return out
     }
 
+    /// A request's events (its packages' included), in log order, at most `limit`; for a viewer
+    /// who does not read the whole log, only a request of its own agency (else not found).
+    public func custodyEvents(request id: UUID, viewer: AuthenticatedUser, limit: Int = 500) async throws -> [API.CustodyEventView] {
+        let agency = viewer.readsWholeCustodyLog ? nil : viewer.agency
+        let known = try await client.query("""
+            SELECT 1 FROM requests r JOIN cases c ON c.id = r.case_id WHERE r.id = \(id) AND (\(agency)::text IS NULL OR c.agency = \(agency))
+            """, logger: logger).decode(Int.self).first { _ in true } != nil
+        guard known else { throw BrokerError(.notFound, "no such request") }
+        var out: [API.CustodyEventView] = []
+        for try await (idx, entry) in try await client.query("""
+            SELECT idx, entry FROM custody_events WHERE request_id = \(id) ORDER BY idx LIMIT \(limit)
+            """, logger: logger).decode((Int64, ByteBuffer).self) {
+            out.append(API.CustodyEventView(index: UInt64(idx), entry: String(decoding: entry.readableBytesView, as: UTF8.self)))
+        }
+        return out
+    }
+
     /// Reads tiles; a tile the store lacks is simply absent from the answer.
     func tiles(_ ids: [TileID]) async throws -> [TileID: [SHA256Digest]] {
         try await client.withConnection { try await TileStore.read(ids, on: $0, logger: logger) }

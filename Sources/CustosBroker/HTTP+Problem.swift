@@ -25,16 +25,7 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
         var headers: HTTPFields = [.contentType: "application/problem+json"]
         switch error {
         case let e as BrokerError:
-            let status: HTTPResponse.Status = switch e.code {
-            case .unauthorized: .unauthorized
-            case .forbidden: .forbidden
-            case .notFound: .notFound
-            case .conflict: .conflict
-            case .invalid: .badRequest
-            case .tooLarge: .contentTooLarge
-            case .unavailable: .serviceUnavailable
-            case .storageFailure: .internalServerError
-            }
+            let status = e.code.status
             problem = API.Problem(type: "urn:custos:problem:\(e.code.rawValue)", title: status.reasonPhrase, status: status.code,
                                   detail: e.reason, violations: e.violations.isEmpty ? nil : e.violations)
             if e.code == .unauthorized { headers[.wwwAuthenticate] = "Bearer realm=\"custos\"" }
@@ -62,4 +53,20 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
 
     /// SQLSTATE class 22 (data exception): the value, not the database, is at fault.
     static func isRefusedValue(_ sqlState: String) -> Bool { sqlState.hasPrefix("22") }
+}
+
+extension BrokerError.Code {
+    /// The HTTP status the API's problem details and the portal's pages answer with.
+    var status: HTTPResponse.Status {
+        switch self {
+        case .unauthorized: .unauthorized
+        case .forbidden: .forbidden
+        case .notFound: .notFound
+        case .conflict: .conflict
+        case .invalid: .badRequest
+        case .tooLarge: .contentTooLarge
+        case .unavailable: .serviceUnavailable
+        case .storageFailure: .internalServerError
+        }
+    }
 }

@@ -70,13 +70,17 @@ public struct CanonicalResponseEncoder: ResponseEncoder {
 /// is counted and timed by matched route and status (Hummingbird's `MetricsMiddleware`).
 /// `health`: what `GET /health` checks (without it, only that the process answers).
 /// `liveFeed`: what `GET /v1/events` streams (without it, that route answers 503).
+/// `portal`: when set and enabled, the web portal is served under `/portal/` (`Portal`).
 public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, exportWait: Duration = .seconds(10),
                         jwt: JWTSettings? = nil, metrics: PrometheusCollectorRegistry? = nil, health: BrokerHealth? = nil,
-                        liveFeed: LiveFeed? = nil, logger: Logger) -> Router<BrokerRequestContext> {
+                        liveFeed: LiveFeed? = nil, portal: PortalSettings? = nil, logger: Logger) -> Router<BrokerRequestContext> {
     let router = Router(context: BrokerRequestContext.self)
     if metrics != nil { router.add(middleware: MetricsMiddleware()) }
     router.add(middleware: ProblemMiddleware(logger: logger))
-    let api = BrokerAPI(store: store, maxBodyBytes: maxBodyBytes, jwt: jwt)
+    let api = BrokerAPI(store: store, maxBodyBytes: maxBodyBytes, jwt: jwt, exportWait: exportWait)
+    if let portal, portal.enabled {
+        Portal(store: store, api: api, settings: portal, liveFeed: liveFeed, logger: logger).add(to: router)
+    }
 
     router.get("/health") { _, _ -> Response in
         let report = await health?.check() ?? BrokerHealth.Report(status: "ok", database: "not checked", kafka: "not checked", custody: "not checked")
@@ -257,91 +261,10 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         return API.CustodyEventList(events: try await store.custodyEvents(package: try api.id(context), viewer: user))
     }
     v1.get("packages/:id/content") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
-        let package = try await store.package(id, viewer: user)
-        guard package.state == .verified else {
-            throw BrokerError(.conflict, "package is \(package.state.rawValue); only verified packages are released")
-        }
-        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed (\(package.sealReason ?? "no reason given")); its content is not released") }
-        // Records outside the request (quarantined) or unreadable are for auditors only: anyone
-        // else gets the content redacted (SPEC §11), every record shown still provable.
-        let redact = package.withholdsRecords && !user.roles.contains(.auditor)
-        var objects = ["manifestSha256": package.manifestSha256, "chunksRoot": package.manifest.chunksRoot]
-        if redact { objects["redacted"] = "quarantined and unreadable records withheld" }
-        try await store.recordAccess(.packageDownloaded, by: user, subject: .init(requestId: package.requestId, packageId: id), objects: objects)
-        try await store.markOpened(package: id, by: user)
-        let chunkCount = package.manifest.chunks.count
-        var headers: HTTPFields = [
-            .contentType: package.manifest.content.mediaType,
-            HTTPField.Name("Custos-Chunks-Root")!: package.manifest.chunksRoot,
-        ]
-        guard redact else {
-            headers[.contentLength] = "\(package.manifest.content.size)"
-            return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-                for i in 0..<chunkCount {
-                    try await writer.write(try await store.chunk(package: id, index: i))
-                }
-                try await writer.finish(nil)
-            })
-        }
-        let approved = try JSONDecoder().decode(ApprovedRequest.self, from: Data(try await store.bundleParts(id).request))
-        headers[HTTPField.Name("Custos-Content")!] = "redacted"
-        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            var redactor = ContentRedactor(request: approved, manifest: package.manifest)
-            for i in 0..<chunkCount {
-                var out = ByteBuffer()
-                let chunk = try await store.chunk(package: id, index: i)
-                chunk.withUnsafeReadableBytes { bytes in redactor.consume(bytes) { out.writeBytes($0) } }
-                if i == chunkCount - 1 { redactor.finish { out.writeBytes($0) } }
-                try await writer.write(out)
-            }
-            try await writer.finish(nil)
-        })
+        try await api.content(try api.id(context), for: try await api.staff(request, context))
     }
     v1.get("packages/:id/bundle") { request, context in
-        let user = try await api.staff(request, context)
-        let id = try api.id(context)
-        let package = try await store.package(id, viewer: user)
-        guard package.state != .receiving else { throw BrokerError(.conflict, "package is still being received") }
-        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed (\(package.sealReason ?? "no reason given")); it is not exported") }
-        if package.withholdsRecords && !user.roles.contains(.auditor) {
-            let counts = package.criteria?.counts
-            throw BrokerError(.forbidden, "the package holds \(counts?.quarantined ?? 0) quarantined (out-of-scope) and \(counts?.unreadable ?? 0) unreadable records; "
-                              + "a bundle carries the signed content whole, so only an auditor exports it. The content endpoint gives the "
-                              + "records you may see, each provable against its signed records root")
-        }
-        let parts = try await store.bundleParts(id)
-        let m = package.manifest
-        // The README a court's expert follows is bound like every other member: the export's
-        // custody event records its hash, and custos verify checks it (SPEC §8).
-        let readme = EvidenceBundle.readme(manifest: m, signer: package.signer, timeStampedAt: package.timeStampedAt)
-        // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
-        let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),
-                                                       objects: ["manifestSha256": package.manifestSha256, "readmeSha256": Digest.sha256Hex(Array(readme.utf8))])
-        try await store.markOpened(package: id, by: user)
-        let (checkpoint, proofs) = try await store.custodyProofs(package: id, including: exportIndex, timeout: exportWait)
-        let custody = EvidenceBundle.Custody(
-            checkpoint: Array(checkpoint.text.utf8), signature: Array(Data(base64Encoded: checkpoint.signature) ?? Data()),
-            timeStamp: Array(Data(base64Encoded: checkpoint.timeStamp) ?? Data()), proofs: try CanonicalJSON.encode(proofs))
-        let head = EvidenceBundle.head(
-            manifest: parts.manifest, request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
-            timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
-            criteria: parts.criteria, custody: custody, packageId: id, contentSize: m.content.size,
-            readme: readme)
-        let tail = EvidenceBundle.tail(contentSize: m.content.size)
-        let length = Int64(head.count) + m.content.size + Int64(tail.count)
-        let headers: HTTPFields = [
-            .contentType: "application/x-tar",
-            .contentLength: "\(length)",
-            .contentDisposition: "attachment; filename=\"\(EvidenceBundle.folder(id)).tar\"",
-        ]
-        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
-            try await writer.write(ByteBuffer(bytes: head))
-            for i in 0..<m.chunks.count { try await writer.write(try await store.chunk(package: id, index: i)) }
-            try await writer.write(ByteBuffer(bytes: tail))
-            try await writer.finish(nil)
-        })
+        try await api.bundle(try api.id(context), for: try await api.staff(request, context))
     }
 
     // The custody log: checkpoints, events and proofs for auditors and witnesses.
@@ -383,6 +306,101 @@ struct BrokerAPI: Sendable {
     let store: BrokerStore
     let maxBodyBytes: Int
     let jwt: JWTSettings?
+    var exportWait: Duration = .seconds(10)
+
+    /// A verified package's content, streamed chunk by chunk (redacted for all but auditors
+    /// when it withholds records: SPEC §11); recorded as `package.downloaded`. The API's
+    /// `GET /v1/packages/{id}/content` and the portal's download are this one function.
+    func content(_ id: UUID, for user: AuthenticatedUser) async throws -> Response {
+        let store = self.store
+        let package = try await store.package(id, viewer: user)
+        guard package.state == .verified else {
+            throw BrokerError(.conflict, "package is \(package.state.rawValue); only verified packages are released")
+        }
+        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed (\(package.sealReason ?? "no reason given")); its content is not released") }
+        // Records outside the request (quarantined) or unreadable are for auditors only: anyone
+        // else gets the content redacted (SPEC §11), every record shown still provable.
+        let redact = package.withholdsRecords && !user.roles.contains(.auditor)
+        var objects = ["manifestSha256": package.manifestSha256, "chunksRoot": package.manifest.chunksRoot]
+        if redact { objects["redacted"] = "quarantined and unreadable records withheld" }
+        try await store.recordAccess(.packageDownloaded, by: user, subject: .init(requestId: package.requestId, packageId: id), objects: objects)
+        try await store.markOpened(package: id, by: user)
+        let chunkCount = package.manifest.chunks.count
+        var headers: HTTPFields = [
+            .contentType: package.manifest.content.mediaType,
+            HTTPField.Name("Custos-Chunks-Root")!: package.manifest.chunksRoot,
+        ]
+        guard redact else {
+            headers[.contentLength] = "\(package.manifest.content.size)"
+            return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+                for i in 0..<chunkCount {
+                    try await writer.write(try await store.chunk(package: id, index: i))
+                }
+                try await writer.finish(nil)
+            })
+        }
+        let approved = try JSONDecoder().decode(ApprovedRequest.self, from: Data(try await store.bundleParts(id).request))
+        headers[HTTPField.Name("Custos-Content")!] = "redacted"
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            var redactor = ContentRedactor(request: approved, manifest: package.manifest)
+            for i in 0..<chunkCount {
+                var out = ByteBuffer()
+                let chunk = try await store.chunk(package: id, index: i)
+                chunk.withUnsafeReadableBytes { bytes in redactor.consume(bytes) { out.writeBytes($0) } }
+                if i == chunkCount - 1 { redactor.finish { out.writeBytes($0) } }
+                try await writer.write(out)
+            }
+            try await writer.finish(nil)
+        })
+    }
+
+    /// A package's evidence bundle (tar, SPEC §8), streamed; recorded as `package.exported`,
+    /// and it waits for the checkpoint that includes that event. The API's
+    /// `GET /v1/packages/{id}/bundle` and the portal's export are this one function.
+    func bundle(_ id: UUID, for user: AuthenticatedUser) async throws -> Response {
+        let store = self.store
+        let exportWait = self.exportWait
+        let package = try await store.package(id, viewer: user)
+        guard package.state != .receiving else { throw BrokerError(.conflict, "package is still being received") }
+        guard !package.sealed else { throw BrokerError(.forbidden, "package is sealed (\(package.sealReason ?? "no reason given")); it is not exported") }
+        if package.withholdsRecords && !user.roles.contains(.auditor) {
+            let counts = package.criteria?.counts
+            throw BrokerError(.forbidden, "the package holds \(counts?.quarantined ?? 0) quarantined (out-of-scope) and \(counts?.unreadable ?? 0) unreadable records; "
+                              + "a bundle carries the signed content whole, so only an auditor exports it. The content endpoint gives the "
+                              + "records you may see, each provable against its signed records root")
+        }
+        let parts = try await store.bundleParts(id)
+        let m = package.manifest
+        // The README a court's expert follows is bound like every other member: the export's
+        // custody event records its hash, and custos verify checks it (SPEC §8).
+        let readme = EvidenceBundle.readme(manifest: m, signer: package.signer, timeStampedAt: package.timeStampedAt)
+        // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
+        let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),
+                                                       objects: ["manifestSha256": package.manifestSha256, "readmeSha256": Digest.sha256Hex(Array(readme.utf8))])
+        try await store.markOpened(package: id, by: user)
+        let (checkpoint, proofs) = try await store.custodyProofs(package: id, including: exportIndex, timeout: exportWait)
+        let custody = EvidenceBundle.Custody(
+            checkpoint: Array(checkpoint.text.utf8), signature: Array(Data(base64Encoded: checkpoint.signature) ?? Data()),
+            timeStamp: Array(Data(base64Encoded: checkpoint.timeStamp) ?? Data()), proofs: try CanonicalJSON.encode(proofs))
+        let head = EvidenceBundle.head(
+            manifest: parts.manifest, request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
+            timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
+            criteria: parts.criteria, custody: custody, packageId: id, contentSize: m.content.size,
+            readme: readme)
+        let tail = EvidenceBundle.tail(contentSize: m.content.size)
+        let length = Int64(head.count) + m.content.size + Int64(tail.count)
+        let headers: HTTPFields = [
+            .contentType: "application/x-tar",
+            .contentLength: "\(length)",
+            .contentDisposition: "attachment; filename=\"\(EvidenceBundle.folder(id)).tar\"",
+        ]
+        return Response(status: .ok, headers: headers, body: ResponseBody { writer in
+            try await writer.write(ByteBuffer(bytes: head))
+            for i in 0..<m.chunks.count { try await writer.write(try await store.chunk(package: id, index: i)) }
+            try await writer.write(ByteBuffer(bytes: tail))
+            try await writer.finish(nil)
+        })
+    }
 
     /// The authenticated caller, with the client it came from (for the custody log).
     func user(_ request: Request, _ context: BrokerRequestContext) async throws -> AuthenticatedUser {

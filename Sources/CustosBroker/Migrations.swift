@@ -452,5 +452,36 @@ enum Migrations {
             -- that the transaction that causes a work-queue event queues its webhooks in SQL.
             CREATE TABLE webhook_endpoints (url text PRIMARY KEY, events text[] NOT NULL);
             """),
+        Migration(version: 20, name: "portal sign-in and sessions", sql: """
+            -- Sign-in to the portal: a bcrypt password and an RFC 6238 TOTP secret (custos-broker
+            -- users enrol). totp_last_step: the newest time step a code was accepted for, so that
+            -- no code is accepted twice (RFC 6238 §5.2). Failed sign-ins lock the user out a while.
+            ALTER TABLE users ADD COLUMN password_bcrypt text, ADD COLUMN totp_secret text, ADD COLUMN totp_last_step bigint NOT NULL DEFAULT 0,
+                              ADD COLUMN failed_signins integer NOT NULL DEFAULT 0, ADD COLUMN locked_until timestamptz;
+            -- Portal sessions, server-side: the cookie holds a random token, stored only as its
+            -- SHA-256. csrf: the token every form of the session carries.
+            CREATE TABLE portal_sessions (
+                id_sha256 bytea PRIMARY KEY,
+                user_id uuid NOT NULL REFERENCES users(id),
+                csrf text NOT NULL,
+                method text NOT NULL CHECK (method IN ('password', 'certificate')),
+                certificate_sha256 text,
+                created_at timestamptz NOT NULL DEFAULT now(),
+                last_seen_at timestamptz NOT NULL DEFAULT now(),
+                second_factor_at timestamptz NOT NULL DEFAULT now(),
+                ended_at timestamptz
+            );
+            CREATE INDEX portal_sessions_by_user ON portal_sessions (user_id);
+            -- The last result of custos-broker audit, which the portal shows auditors.
+            CREATE TABLE audit_results (
+                id bigserial PRIMARY KEY,
+                at timestamptz NOT NULL DEFAULT now(),
+                consistent boolean NOT NULL,
+                events bigint NOT NULL,
+                checkpoints bigint NOT NULL,
+                chunks bigint NOT NULL,
+                problems integer NOT NULL
+            );
+            """),
     ]
 }

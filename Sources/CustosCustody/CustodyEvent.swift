@@ -50,6 +50,13 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         public static let agencyAdded = Kind("admin.agency-added")
         public static let keyChanged = Kind("admin.key-changed")
         public static let userCertificateAdded = Kind("admin.user-certificate-added")
+        /// A user was given a portal password and TOTP secret (`custos-broker users enrol`).
+        public static let userEnrolled = Kind("admin.user-enrolled")
+        /// Portal sign-in (`details.via`: password or certificate), sign-out, and a lock-out after
+        /// failed sign-ins.
+        public static let userSignedIn = Kind("user.signed-in")
+        public static let userSignedOut = Kind("user.signed-out")
+        public static let userLockedOut = Kind("user.locked-out")
         public static let documentUploaded = Kind("document.uploaded")
         public static let documentViewed = Kind("document.viewed")
     }

@@ -108,6 +108,10 @@ struct Serve: AsyncParsableCommand {
                   CA certificates (PEM) the server's certificate chains to when not a public one; one delivery's time-out (default 30)
               notifications.link
                   the address e-mails link to as <link>/requests/<id> (the portal's); default: they name the CLI command
+              portal.enabled, portal.timeZone
+                  serve the web portal under /portal/ (default true); the time zone it shows times in until a person
+                  picks another (default Asia/Ho_Chi_Minh; UTC is shown beside it). People sign in with the password
+                  and TOTP second factor of `users enrol`, or a certificate of `users add-certificate` (with HTTPS)
               http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
                   listen address (default 127.0.0.1:8080; port 0 picks one)
               http.tls.certificateFile, http.tls.keyFile (CUSTOS_HTTP_TLS_CERTIFICATE_FILE, CUSTOS_HTTP_TLS_KEY_FILE)
@@ -161,7 +165,7 @@ struct Migrate: AsyncParsableCommand {
 }
 
 struct Users: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Manage users.", subcommands: [Add.self, SetRole.self, AddCertificate.self])
+    static let configuration = CommandConfiguration(abstract: "Manage users.", subcommands: [Add.self, SetRole.self, AddCertificate.self, Enrol.self])
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
@@ -209,6 +213,27 @@ extension Users {
             guard let pem = try? String(contentsOfFile: certificate, encoding: .utf8) else { throw ValidationError("cannot read \(certificate)") }
             try await withAdminStore(options) { store in try await store.addUserCertificate(name: name, certificate: pem, by: adminActor) }
             print("certificate registered for \(name)")
+        }
+    }
+}
+
+extension Users {
+    struct Enrol: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Give a user a portal password and a new TOTP second factor, and print the otpauth:// URI for their authenticator app (shown once).",
+            discussion: """
+                The password is read from standard input (one line, 12 to 72 bytes), never from the command line. Enrolling \
+                again replaces both. The portal asks for the password and a 6-digit code (RFC 6238, 30 s steps) at sign-in, \
+                and the code again before approving, rejecting, reviewing or exporting when the last one is older than 5 \
+                minutes. Recorded in the custody log as admin.user-enrolled.
+                """)
+        @OptionGroup var options: ConfigOptions
+        @Argument(help: "User name.") var name: String
+
+        func run() async throws {
+            guard let line = readLine(strippingNewline: true), !line.isEmpty else { throw ValidationError("give the password on standard input") }
+            let secret = try await withAdminStore(options) { store in try await store.enrol(name: name, password: line, by: adminActor) }
+            print(PortalSignIn.authenticatorURI(secret: secret, user: name))
         }
     }
 }
@@ -307,7 +332,10 @@ struct Audit: AsyncParsableCommand {
         let chunkStore = try DirectoryChunkStore(root: URL(fileURLWithPath: try reader.require("storage.directory")),
                                                  key: try DirectoryChunkStore.loadKey(path: try reader.require("storage.keyFile")))
         let (report, chunks) = try await withAdminStore(options, chunks: chunkStore) { store in
-            (try await store.audit(logCertificate: certificate, witnessCheckpoints: held), try await store.auditChunks())
+            let result = (try await store.audit(logCertificate: certificate, witnessCheckpoints: held), try await store.auditChunks())
+            // What the portal shows auditors as the audit's last result.
+            try await store.recordAudit(result.0, chunks: result.1)
+            return result
         }
         if json {
             print(CanonicalJSON.pretty(.object(["custody": try CanonicalJSON.tree(report), "chunks": try CanonicalJSON.tree(chunks)])))
