@@ -107,8 +107,9 @@ struct Portal: Sendable {
         portal.get("requests/:id/live") { request, context in
             await page(request, context) { v in
                 let id = try api.id(context)
-                let html = try v.resources.render("request-live", try await requestContext(id, &v, record: false))
-                return html200(html)
+                var c = try await requestContext(id, &v, record: false)
+                c.merge(base(&v, title: "", nav: "")) { a, _ in a }
+                return html200(try v.resources.render("request-live", c))
             }
         }
         portal.get("requests/:id/events") { request, context in

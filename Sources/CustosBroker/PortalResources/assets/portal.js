@@ -11,16 +11,32 @@
   function followLive(live) {
     if (!window.EventSource) return;
     var source = new EventSource(live.dataset.events);
+    var status = document.getElementById("live-status");
     var pending = false;
+    var deferred = false;
+    // Never replace what a person is typing: while a field of the live part has focus or text,
+    // the refresh waits until they leave it.
+    function busy() {
+      var active = document.activeElement;
+      if (active && live.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName)) return true;
+      return Array.prototype.some.call(live.querySelectorAll("textarea, input:not([type=hidden])"), function (f) { return f.value !== ""; });
+    }
     function refresh() {
       if (pending) return;
+      if (busy()) { deferred = true; return; }
       pending = true;
       fetch(live.dataset.live, { credentials: "same-origin", headers: { "Accept": "text/html" } })
         .then(function (r) { if (!r.ok) throw new Error(String(r.status)); return r.text(); })
-        .then(function (html) { live.innerHTML = html; wireDownloads(live); })
+        .then(function (html) {
+          live.innerHTML = html;
+          wireDownloads(live);
+          var state = document.getElementById("request-state");
+          if (status && state) status.textContent = state.textContent;
+        })
         .catch(function () { /* the next event tries again */ })
         .finally(function () { pending = false; });
     }
+    live.addEventListener("focusout", function () { if (deferred) { setTimeout(function () { if (!busy()) { deferred = false; refresh(); } }, 0); } });
     source.onmessage = refresh;
     ["request", "clock", "question", "package", "case-member"].forEach(function (kind) { source.addEventListener(kind, refresh); });
     window.addEventListener("pagehide", function () { source.close(); });
