@@ -37,38 +37,7 @@ enum ListsBench {
             defer { group.cancelAll() }
             try await Migrator.migrate(client: client, schema: schema, logger: logger)
             let store = BrokerStore(client: client, signer: .generate(), tsaTrust: "", logger: logger)
-            let pki = try TestPKI(signerName: "prov-a")
-            let admin = CustodyEvent.Actor(type: .admin, id: "bench")
-            try await store.registerProvider(id: "prov-a", certificate: pki.signer, caCertificate: pki.providerCA, by: admin)
-            let (inv, invToken) = try await store.addUser(name: "inv", role: .investigator, by: admin)
-            let (_, approverToken) = try await store.addUser(name: "appr", role: .approver, by: admin)
-
-            // The agency's history: cases a minute apart, requests a second apart, every tenth a
-            // draft, the others submitted by the investigator; 2% emergencies, 5% preservation
-            // orders; running clocks on those between approval and delivery.
-            let started = ContinuousClock.now
-            let spec = String(decoding: try JSONEncoder().encode(SyntheticRequest.spec), as: UTF8.self)
-            try await client.query("""
-                INSERT INTO cases (id, title, created_by, agency, created_at)
-                SELECT gen_random_uuid(), 'Case ' || g, \(inv.id), 'default', now() - make_interval(mins => g::int) FROM generate_series(1, \(cases)) g
-                """, logger: logger)
-            try await client.query("INSERT INTO case_members (case_id, user_id) SELECT id, created_by FROM cases", logger: logger)
-            let states = ["draft", "submitted", "approved", "dispatched", "acknowledged", "in-progress", "delivered", "verified", "refused", "expired"]
-            try await client.query("""
-                INSERT INTO requests (id, case_id, provider_id, spec, state, created_by, submitted_by, agency, priority, kind, created_at, updated_at)
-                SELECT gen_random_uuid(), c.id, 'prov-a', \(spec), (\(states))[1 + g % 10], \(inv.id), CASE WHEN g % 10 <> 0 THEN \(inv.id)::uuid END, 'default',
-                       CASE WHEN g % 50 = 7 THEN 'emergency' ELSE 'normal' END, CASE WHEN g % 20 = 3 THEN 'preservation' ELSE 'production' END,
-                       now() - make_interval(secs => g::double precision), now() - make_interval(secs => g::double precision)
-                FROM generate_series(1, \(requests)) g
-                     JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM cases) c ON c.n = g % \(cases)
-                """, logger: logger)
-            try await client.query("""
-                INSERT INTO request_clocks (request_id, clock, started_at, deadline, escalate_at, expire_at)
-                SELECT id, 'delivery', created_at, created_at + interval '10 days', created_at + interval '10 days 1 hour', created_at + interval '20 days'
-                FROM requests WHERE state IN ('approved', 'dispatched', 'acknowledged', 'in-progress')
-                """, logger: logger)
-            try await client.query("ANALYZE", logger: logger)
-            print("filled: \(requests) requests over \(cases) cases in \(ContinuousClock.now - started)")
+            let (_, invToken, approverToken) = try await fill(store: store, client: client, requests: requests, cases: cases, logger: logger)
 
             let address = Mutex<String?>(nil)
             let app = Application(router: buildRouter(store: store, maxBodyBytes: 64 * 1024, logger: logger),
@@ -122,6 +91,49 @@ enum ListsBench {
         }
     }
 
+    /// Fills one agency ("default") with `requests` requests over `cases` cases: cases a minute
+    /// apart, requests a second apart, every tenth a draft and the others submitted by the
+    /// investigator "inv"; 2% emergencies, 5% preservation orders; running clocks on those between
+    /// approval and delivery. Returns the investigator and the bearer tokens of "inv" and the
+    /// approver "appr".
+    static func fill(store: BrokerStore, client: PostgresClient, requests: Int, cases: Int, logger: Logger) async throws
+        -> (investigator: AuthenticatedUser, investigatorToken: String, approverToken: String)
+    {
+        let pki = try TestPKI(signerName: "prov-a")
+        let admin = CustodyEvent.Actor(type: .admin, id: "bench")
+        try await store.registerProvider(id: "prov-a", certificate: pki.signer, caCertificate: pki.providerCA, by: admin)
+        let (inv, invToken) = try await store.addUser(name: "inv", role: .investigator, by: admin)
+        let (_, approverToken) = try await store.addUser(name: "appr", role: .approver, by: admin)
+
+        // The agency's history: cases a minute apart, requests a second apart, every tenth a
+        // draft, the others submitted by the investigator; 2% emergencies, 5% preservation
+        // orders; running clocks on those between approval and delivery.
+        let started = ContinuousClock.now
+        let spec = String(decoding: try JSONEncoder().encode(SyntheticRequest.spec), as: UTF8.self)
+        try await client.query("""
+            INSERT INTO cases (id, title, created_by, agency, created_at)
+            SELECT gen_random_uuid(), 'Case ' || g, \(inv.id), 'default', now() - make_interval(mins => g::int) FROM generate_series(1, \(cases)) g
+            """, logger: logger)
+        try await client.query("INSERT INTO case_members (case_id, user_id) SELECT id, created_by FROM cases", logger: logger)
+        let states = ["draft", "submitted", "approved", "dispatched", "acknowledged", "in-progress", "delivered", "verified", "refused", "expired"]
+        try await client.query("""
+            INSERT INTO requests (id, case_id, provider_id, spec, state, created_by, submitted_by, agency, priority, kind, created_at, updated_at)
+            SELECT gen_random_uuid(), c.id, 'prov-a', \(spec), (\(states))[1 + g % 10], \(inv.id), CASE WHEN g % 10 <> 0 THEN \(inv.id)::uuid END, 'default',
+                   CASE WHEN g % 50 = 7 THEN 'emergency' ELSE 'normal' END, CASE WHEN g % 20 = 3 THEN 'preservation' ELSE 'production' END,
+                   now() - make_interval(secs => g::double precision), now() - make_interval(secs => g::double precision)
+            FROM generate_series(1, \(requests)) g
+                 JOIN (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM cases) c ON c.n = g % \(cases)
+            """, logger: logger)
+        try await client.query("""
+            INSERT INTO request_clocks (request_id, clock, started_at, deadline, escalate_at, expire_at)
+            SELECT id, 'delivery', created_at, created_at + interval '10 days', created_at + interval '10 days 1 hour', created_at + interval '20 days'
+            FROM requests WHERE state IN ('approved', 'dispatched', 'acknowledged', 'in-progress')
+            """, logger: logger)
+        try await client.query("ANALYZE", logger: logger)
+        print("filled: \(requests) requests over \(cases) cases in \(ContinuousClock.now - started)")
+        return (inv, invToken, approverToken)
+    }
+
     struct Result {
         var rate: Double
         var p50: Double
@@ -135,9 +147,14 @@ enum ListsBench {
 
     /// Runs wrk against `url` and reads its latency distribution (milliseconds).
     static func wrk(_ url: String, token: String, seconds: Int, script: String) throws -> Result {
+        try wrk(url, header: "Authorization: Bearer \(token)", seconds: seconds, script: script)
+    }
+
+    /// Runs wrk against `url` with one extra request header (e.g. a cookie).
+    static func wrk(_ url: String, header: String, seconds: Int, script: String) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/wrk")
-        p.arguments = ["-t1", "-c2", "-d\(seconds)s", "--latency", "-s", script, "-H", "Authorization: Bearer \(token)", url]
+        p.arguments = ["-t1", "-c2", "-d\(seconds)s", "--latency", "-s", script, "-H", header, url]
         let out = Pipe()
         p.standardOutput = out
         try p.run()

@@ -38,6 +38,11 @@ if arguments.first == "return" {
                               count: arguments.dropFirst(2).first.flatMap { Int($0) } ?? 100)
     exit(0)
 }
+if arguments.first == "portal" {
+    let n = arguments.dropFirst().compactMap { Int($0) }
+    try await PortalBench.run(requests: n.first ?? 100_000, cases: n.dropFirst().first ?? 5_000, seconds: n.dropFirst(2).first ?? 10)
+    exit(0)
+}
 if arguments.first == "lists" {
     try await ListsBench.run(requests: arguments.dropFirst().first.flatMap { Int($0) } ?? 100_000, cases: arguments.dropFirst(2).first.flatMap { Int($0) } ?? 5_000,
                              seconds: arguments.dropFirst(3).first.flatMap { Int($0) } ?? 10)
@@ -50,7 +55,7 @@ if arguments.first == "connector" {
     exit(0)
 }
 guard arguments.first == "custody" else {
-    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB] | custos-bench criteria [RECORDS] | custos-bench connector [RECORDS] [PADDING] [--without-baseline] | custos-bench return [BULK-MB] [COUNT] | custos-bench lists [REQUESTS] [CASES] [SECONDS]\n".utf8))
+    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB] | custos-bench criteria [RECORDS] | custos-bench connector [RECORDS] [PADDING] [--without-baseline] | custos-bench return [BULK-MB] [COUNT] | custos-bench lists [REQUESTS] [CASES] [SECONDS] | custos-bench portal [REQUESTS] [CASES] [SECONDS]\n".utf8))
     exit(2)
 }
 let seconds = arguments.dropFirst().first.flatMap { Double($0) } ?? 20
