@@ -179,7 +179,9 @@ extension Portal {
             events = try await store.custodyEvents(package: id, viewer: user)
             c["packageId"] = id.lowercased
         } else if let r = q.get("request"), !r.isEmpty {
-            events = try await store.custodyEvents(request: try api.uuid(String(r), "request"), viewer: user)
+            let id = try api.uuid(String(r), "request")
+            events = try await store.custodyEvents(request: id, viewer: user)
+            c["requestId"] = id.lowercased
         }
         c["events"] = events.map { e -> [String: Any] in
             let event = try? CustodyEvent.decode(entry: Array(e.entry.utf8))

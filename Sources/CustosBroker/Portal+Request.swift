@@ -39,7 +39,7 @@ extension Portal {
                         "admissible": v.t(verdict.admissible ? "admissible" : "not_admissible"), "admissibleClass": verdict.admissible ? "pass" : "fail",
                         "criteria": Verdict.Criterion.allCases.compactMap { criterion -> [String: Any]? in
                             guard let cv = verdict.criteria[criterion.rawValue] else { return nil }
-                            return ["name": "\(criterion.name) (\(v.t("criterion_\(criterion.rawValue)")))", "status": cv.status.rawValue,
+                            return ["name": v.language == .vi ? criterion.name : "\(criterion.name) (\(v.t("criterion_\(criterion.rawValue)")))", "status": cv.status.rawValue,
                                     "statusLabel": v.t("status_\(cv.status.rawValue)"),
                                     "reasons": cv.reasons.map { ["code": $0.code, "statusLabel": v.t("status_\($0.status.rawValue)"), "count": $0.count] as [String: Any] }]
                         },
@@ -70,7 +70,7 @@ extension Portal {
             "kindLabel": v.t("kind_\((r.spec.kind ?? .production).rawValue)"),
             "caseId": r.spec.caseId.lowercased, "caseTitle": summary.title, "members": summary.members.joined(separator: ", "),
             "providerId": (r.spec.providerIds ?? [r.spec.providerId]).joined(separator: ", "),
-            "createdAt": v.time.show(r.createdAt), "submittedBy": r.submittedBy as Any, "approvedBy": r.approvedBy as Any,
+            "createdAt": v.time.show(r.createdAt),
             "decisionNumber": r.spec.legalBasis.decisionNumber, "authority": r.spec.legalBasis.issuingAuthority, "issuedOn": r.spec.legalBasis.issuedOn,
             "targets": r.spec.targets.map { t -> [String: Any] in
                 var q: [String] = []
@@ -87,6 +87,9 @@ extension Portal {
             "timeline": r.timeline.map { ["state": $0.state, "stateLabel": stateLabel($0.state, v), "at": v.time.show($0.at), "actor": $0.actor] },
         ]
         if let document { view["document"] = document }
+        // Set only when known: Mustache would show an absent optional as text.
+        if let s = r.submittedBy { view["submittedBy"] = s }
+        if let a = r.approvedBy { view["approvedBy"] = a }
         if let e = r.spec.emergency { view["ground"] = v.t("ground_\(e.ground.rawValue)"); view["statement"] = e.statement }
         if let review = r.review { view["review"] = ["label": v.t("review_\(review.state.rawValue)")] }
 

@@ -124,30 +124,39 @@ public struct PortalResources: Sendable {
 /// How the portal shows times: in the person's time zone, with UTC beside it
 /// ("30/11/2026 21:06 ICT (14:06 UTC)"), and clocks as time left.
 public struct PortalTime: Sendable {
-    public var timeZone: TimeZone
-    public var language: PortalLanguage
+    public let timeZone: TimeZone
+    public let language: PortalLanguage
+    /// Made once: a page shows many times, and a calendar is costly to make.
+    private let local: Calendar
+    private let utc: Calendar
 
     public init(timeZone: TimeZone, language: PortalLanguage) {
         self.timeZone = timeZone
         self.language = language
+        var local = Calendar(identifier: .gregorian)
+        local.timeZone = timeZone
+        var utc = Calendar(identifier: .gregorian)
+        utc.timeZone = TimeZone(identifier: "UTC")!
+        self.local = local
+        self.utc = utc
     }
 
-    private func parts(_ date: Date, _ zone: TimeZone) -> DateComponents {
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = zone
-        return calendar.dateComponents([.year, .month, .day, .hour, .minute], from: date)
-    }
+    private static let fields: Set<Calendar.Component> = [.year, .month, .day, .hour, .minute]
+    private static func two(_ v: Int?) -> String { let v = v ?? 0; return v < 10 ? "0\(v)" : "\(v)" }
 
-    /// "dd/MM/yyyy HH:mm ABBR (HH:mm UTC)" (the UTC date as well when it differs).
+    /// "dd/MM/yyyy HH:mm GMT+7 (HH:mm UTC)" (the UTC date as well when it differs). The offset
+    /// is written from the zone's offset at that date, so that it is right across summer time.
     public func show(_ date: Date) -> String {
-        let l = parts(date, timeZone)
-        let u = parts(date, TimeZone(identifier: "UTC")!)
-        func two(_ v: Int?) -> String { let v = v ?? 0; return v < 10 ? "0\(v)" : "\(v)" }
-        let local = "\(two(l.day))/\(two(l.month))/\(l.year ?? 0) \(two(l.hour)):\(two(l.minute))"
-        let abbreviation = timeZone.abbreviation(for: date) ?? timeZone.identifier
-        if timeZone.secondsFromGMT(for: date) == 0 { return "\(local) UTC" }
-        let utcDate = (u.day != l.day) ? "\(two(u.day))/\(two(u.month)) " : ""
-        return "\(local) \(abbreviation) (\(utcDate)\(two(u.hour)):\(two(u.minute)) UTC)"
+        let l = local.dateComponents(Self.fields, from: date)
+        let localText = "\(Self.two(l.day))/\(Self.two(l.month))/\(l.year ?? 0) \(Self.two(l.hour)):\(Self.two(l.minute))"
+        let offset = timeZone.secondsFromGMT(for: date)
+        if offset == 0 { return "\(localText) UTC" }
+        let u = utc.dateComponents(Self.fields, from: date)
+        let sign = offset < 0 ? "-" : "+"
+        let hours = abs(offset) / 3600, minutes = (abs(offset) % 3600) / 60
+        let zone = "GMT\(sign)\(hours)" + (minutes == 0 ? "" : ":\(Self.two(minutes))")
+        let utcDate = (u.day != l.day) ? "\(Self.two(u.day))/\(Self.two(u.month)) " : ""
+        return "\(localText) \(zone) (\(utcDate)\(Self.two(u.hour)):\(Self.two(u.minute)) UTC)"
     }
 
     /// An RFC 3339 time as `show` shows it; the text itself when it does not parse.
@@ -179,8 +188,7 @@ public struct PortalTime: Sendable {
         var c = DateComponents()
         (c.year, c.month, c.day, c.hour, c.minute) = (pieces[0], pieces[1], pieces[2], pieces[3], pieces[4])
         c.second = pieces.count > 5 ? pieces[5] : 0
-        var calendar = Calendar(identifier: .gregorian)
-        calendar.timeZone = timeZone
+        let calendar = local
         guard (1...12).contains(c.month!), (1...31).contains(c.day!), (0...23).contains(c.hour!), (0...59).contains(c.minute!),
               let date = calendar.date(from: c), calendar.dateComponents([.day], from: date).day == c.day else { return nil }
         return Timestamp.format(date)
@@ -189,9 +197,8 @@ public struct PortalTime: Sendable {
     /// An RFC 3339 UTC time as a `datetime-local` value in this time zone.
     public func local(fromUTC text: String) -> String {
         guard let date = Timestamp.parse(text) else { return "" }
-        let p = parts(date, timeZone)
-        func two(_ v: Int?) -> String { let v = v ?? 0; return v < 10 ? "0\(v)" : "\(v)" }
-        return "\(p.year ?? 0)-\(two(p.month))-\(two(p.day))T\(two(p.hour)):\(two(p.minute))"
+        let p = local.dateComponents(Self.fields, from: date)
+        return "\(p.year ?? 0)-\(Self.two(p.month))-\(Self.two(p.day))T\(Self.two(p.hour)):\(Self.two(p.minute))"
     }
 }
 

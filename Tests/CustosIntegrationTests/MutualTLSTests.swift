@@ -46,14 +46,16 @@ struct MutualTLSTests {
         }
     }
 
-    func client(_ f: Files, as name: String?) throws -> HTTPClient {
+    func client(_ f: Files, as name: String?, followRedirects: Bool = true) throws -> HTTPClient {
         var tls = TLSConfiguration.makeClientConfiguration()
         tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(f.path("ca.pem")))
         if let name {
             tls.certificateChain = try NIOSSLCertificate.fromPEMFile(f.path("\(name).pem")).map { .certificate($0) }
             tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: f.path("\(name).key"), format: .pem))
         }
-        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
+        var configuration = HTTPClient.Configuration(tlsConfiguration: tls)
+        if !followRedirects { configuration.redirectConfiguration = .disallow }
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
 
     func me(_ http: HTTPClient, _ url: String, token: String? = nil) async throws -> (Int, String) {
@@ -116,6 +118,63 @@ struct MutualTLSTests {
 
             let kinds = try await db.query("SELECT kind FROM custody_events WHERE kind = 'admin.user-certificate-added'").collect()
             #expect(kinds.count == 1)
+        }
+    }
+
+    /// The portal's sign-in by certificate: the page offers it when the connection presents one;
+    /// a registered certificate opens a session (a `Secure` cookie under HTTPS), an unregistered
+    /// one is refused.
+    @Test func thePortalSignsInByRegisteredCertificate() async throws {
+        let f = try Files()
+        defer { try? FileManager.default.removeItem(at: f.dir) }
+        try await TestServices.withStore { store, db, _ in
+            _ = try await store.addUser(name: "alice", role: .investigator, by: .testAdmin)
+            try await store.addUserCertificate(name: "alice", certificate: try f.text("alice.pem"), by: .testAdmin)
+            let tls = try brokerTLSConfiguration(certificateChain: try f.text("server.pem"), key: try f.text("server.key"), clientCAs: try f.text("ca.pem"))
+            let address = Mutex<Int?>(nil)
+            let app = Application(router: buildRouter(store: store, maxBodyBytes: 64 * 1024, portal: PortalSettings(secureCookies: true), logger: TestServices.logger),
+                                  server: try brokerServer(tls: tls), configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                                  onServerRunning: { channel in address.withLock { $0 = channel.localAddress?.port } }, logger: TestServices.logger)
+            let server = Task { try await app.runService() }
+            defer { server.cancel() }
+            var port: Int?
+            while port == nil { try await Task.sleep(for: .milliseconds(10)); port = address.withLock { $0 } }
+            let url = "https://127.0.0.1:\(port!)"
+            let alice = try client(f, as: "alice", followRedirects: false), mallory = try client(f, as: "mallory", followRedirects: false)
+            func send(_ http: HTTPClient, _ path: String, cookie: String? = nil, form: String? = nil) async throws -> (Int, [String], String) {
+                var request = HTTPClientRequest(url: url + path)
+                if let cookie { request.headers.add(name: "Cookie", value: cookie) }
+                if let form {
+                    request.method = .POST
+                    request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
+                    request.body = .bytes(ByteBuffer(string: form))
+                }
+                let response = try await http.execute(request, timeout: .seconds(10))
+                return (Int(response.status.code), response.headers["Set-Cookie"], String(buffer: try await response.body.collect(upTo: 1 << 20)))
+            }
+            func checks() async throws {
+                for (http, expected) in [(alice, 303), (mallory, 403)] {
+                    let (status, cookies, page) = try await send(http, "/portal/sign-in")
+                    #expect(status == 200 && page.contains("/portal/sign-in/certificate"))
+                    let signin = try #require(cookies.first { $0.hasPrefix("custos_signin=") })
+                    #expect(signin.contains("Secure") && signin.contains("HttpOnly") && signin.contains("SameSite=Strict"))
+                    let value = String(signin.split(separator: ";")[0])
+                    let csrf = String(value.dropFirst("custos_signin=".count))
+                    let (answer, set, _) = try await send(http, "/portal/sign-in/certificate", cookie: value, form: "_csrf=\(csrf)&next=%2Fportal%2F")
+                    #expect(answer == expected)
+                    guard expected == 303 else { continue }
+                    let session = try #require(set.first { $0.hasPrefix("custos_session=") })
+                    #expect(session.contains("Secure"))
+                    let (home, _, dashboard) = try await send(http, "/portal/", cookie: String(session.split(separator: ";")[0]))
+                    #expect(home == 200 && dashboard.contains("alice"))
+                }
+            }
+            let outcome: Result<Void, any Error>
+            do { try await checks(); outcome = .success(()) } catch { outcome = .failure(error) }
+            for c in [alice, mallory] { try? await c.shutdown() }
+            try outcome.get()
+            let signedIn = try await db.query("SELECT entry FROM custody_events WHERE kind = 'user.signed-in'").collect()
+            #expect(signedIn.count == 1)
         }
     }
 
