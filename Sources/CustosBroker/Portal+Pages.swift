@@ -19,7 +19,7 @@ extension Portal {
         var out: [String: Any] = ["name": v.t("clock_\(c.clock)"), "deadline": v.time.show(c.deadline)]
         let running = c.stoppedAt == nil && c.expiredAt == nil && c.pausedAt == nil
         out["running"] = running
-        if running, let deadline = Timestamp.parse(c.deadline) {
+        if running, let deadline = PortalTime.parse(c.deadline) {
             let left = v.time.left(until: deadline, now: now, resources: v.resources)
             out["left"] = left.text
             out["overdue"] = left.overdue
@@ -30,7 +30,7 @@ extension Portal {
     }
 
     func deadline(_ text: String?, _ v: PortalVisit) -> [String: Any]? {
-        guard let text, let date = Timestamp.parse(text) else { return nil }
+        guard let text, let date = PortalTime.parse(text) else { return nil }
         let left = v.time.left(until: date, resources: v.resources)
         return ["left": left.text, "overdue": left.overdue]
     }

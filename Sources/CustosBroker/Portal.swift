@@ -1,4 +1,5 @@
 import Crypto
+import CustosCriteria
 import CustosModel
 import Foundation
 import HTTPTypes
@@ -126,43 +127,48 @@ public struct PortalResources: Sendable {
 public struct PortalTime: Sendable {
     public let timeZone: TimeZone
     public let language: PortalLanguage
-    /// Made once: a page shows many times, and a calendar is costly to make.
-    private let local: Calendar
-    private let utc: Calendar
 
     public init(timeZone: TimeZone, language: PortalLanguage) {
         self.timeZone = timeZone
         self.language = language
-        var local = Calendar(identifier: .gregorian)
-        local.timeZone = timeZone
-        var utc = Calendar(identifier: .gregorian)
-        utc.timeZone = TimeZone(identifier: "UTC")!
-        self.local = local
-        self.utc = utc
     }
 
-    private static let fields: Set<Calendar.Component> = [.year, .month, .day, .hour, .minute]
-    private static func two(_ v: Int?) -> String { let v = v ?? 0; return v < 10 ? "0\(v)" : "\(v)" }
+    /// An RFC 3339 time, read by the project's own reader (`RFC3339`): a page shows hundreds,
+    /// and Foundation's formatter takes a lock and microseconds each.
+    public static func parse(_ text: String) -> Date? {
+        RFC3339.parse(text).map { Date(timeIntervalSince1970: $0.seconds) }
+    }
+
+    private static func two(_ v: Int) -> String { v < 10 ? "0\(v)" : "\(v)" }
+
+    /// Year, month, day, hour and minute of `seconds` since 1970 (proleptic Gregorian).
+    private static func fields(_ seconds: Int) -> (year: Int, month: Int, day: Int, hour: Int, minute: Int) {
+        let days = seconds >= 0 ? seconds / 86400 : (seconds - 86399) / 86400
+        let second = seconds - days * 86400
+        let (y, m, d) = RFC3339.civil(days)
+        return (y, m, d, second / 3600, (second % 3600) / 60)
+    }
 
     /// "dd/MM/yyyy HH:mm GMT+7 (HH:mm UTC)" (the UTC date as well when it differs). The offset
-    /// is written from the zone's offset at that date, so that it is right across summer time.
+    /// is the zone's at that date, so that it is right across summer time.
     public func show(_ date: Date) -> String {
-        let l = local.dateComponents(Self.fields, from: date)
-        let localText = "\(Self.two(l.day))/\(Self.two(l.month))/\(l.year ?? 0) \(Self.two(l.hour)):\(Self.two(l.minute))"
+        let t = Int(date.timeIntervalSince1970.rounded(.down))
         let offset = timeZone.secondsFromGMT(for: date)
+        let l = Self.fields(t + offset)
+        let localText = "\(Self.two(l.day))/\(Self.two(l.month))/\(l.year) \(Self.two(l.hour)):\(Self.two(l.minute))"
         if offset == 0 { return "\(localText) UTC" }
-        let u = utc.dateComponents(Self.fields, from: date)
+        let u = Self.fields(t)
         let sign = offset < 0 ? "-" : "+"
         let hours = abs(offset) / 3600, minutes = (abs(offset) % 3600) / 60
         let zone = "GMT\(sign)\(hours)" + (minutes == 0 ? "" : ":\(Self.two(minutes))")
-        let utcDate = (u.day != l.day) ? "\(Self.two(u.day))/\(Self.two(u.month)) " : ""
+        let utcDate = u.day != l.day ? "\(Self.two(u.day))/\(Self.two(u.month)) " : ""
         return "\(localText) \(zone) (\(utcDate)\(Self.two(u.hour)):\(Self.two(u.minute)) UTC)"
     }
 
     /// An RFC 3339 time as `show` shows it; the text itself when it does not parse.
     public func show(_ rfc3339: String?) -> String {
         guard let rfc3339 else { return "" }
-        return Timestamp.parse(rfc3339).map(show) ?? rfc3339
+        return Self.parse(rfc3339).map(show) ?? rfc3339
     }
 
     /// How long until `deadline` ("2 h 14 min left"), or how long past it ("overdue by 5 min").
@@ -184,21 +190,23 @@ public struct PortalTime: Sendable {
     /// RFC 3339 UTC time; nil when it is not such a value.
     public func utc(fromLocal text: String) -> String? {
         let pieces = text.split(whereSeparator: { "-T:".contains($0) }).map { Int($0) }
-        guard pieces.count >= 5, pieces.allSatisfy({ $0 != nil }) else { return nil }
-        var c = DateComponents()
-        (c.year, c.month, c.day, c.hour, c.minute) = (pieces[0], pieces[1], pieces[2], pieces[3], pieces[4])
-        c.second = pieces.count > 5 ? pieces[5] : 0
-        let calendar = local
-        guard (1...12).contains(c.month!), (1...31).contains(c.day!), (0...23).contains(c.hour!), (0...59).contains(c.minute!),
-              let date = calendar.date(from: c), calendar.dateComponents([.day], from: date).day == c.day else { return nil }
+        guard pieces.count == 5 || pieces.count == 6, pieces.allSatisfy({ $0 != nil }) else { return nil }
+        let (year, month, day, hour, minute) = (pieces[0]!, pieces[1]!, pieces[2]!, pieces[3]!, pieces[4]!)
+        let second = pieces.count > 5 ? pieces[5]! : 0
+        guard (1...9999).contains(year), (1...12).contains(month), (1...31).contains(day), (0...23).contains(hour), (0...59).contains(minute),
+              (0...59).contains(second) else { return nil }
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = timeZone
+        let c = DateComponents(year: year, month: month, day: day, hour: hour, minute: minute, second: second)
+        guard let date = calendar.date(from: c), calendar.component(.day, from: date) == day else { return nil }
         return Timestamp.format(date)
     }
 
     /// An RFC 3339 UTC time as a `datetime-local` value in this time zone.
     public func local(fromUTC text: String) -> String {
-        guard let date = Timestamp.parse(text) else { return "" }
-        let p = local.dateComponents(Self.fields, from: date)
-        return "\(p.year ?? 0)-\(Self.two(p.month))-\(Self.two(p.day))T\(Self.two(p.hour)):\(Self.two(p.minute))"
+        guard let date = Self.parse(text) else { return "" }
+        let l = Self.fields(Int(date.timeIntervalSince1970.rounded(.down)) + timeZone.secondsFromGMT(for: date))
+        return "\(l.year)-\(Self.two(l.month))-\(Self.two(l.day))T\(Self.two(l.hour)):\(Self.two(l.minute))"
     }
 }
 
