@@ -100,8 +100,11 @@ public struct BrokerConfiguration: Sendable {
     public var email = EmailSettings()
     public var smtpPasswordFile: String?
     public var smtpCAFile: String?
-    /// `portal.enabled` and `portal.timeZone`: see `PortalSettings` (`secureCookies` follows HTTPS).
+    /// `portal.enabled` and `portal.timeZone`: see `PortalSettings`.
     public var portal = PortalSettings()
+    /// `portal.secureCookies`: cookies carry `Secure`; default: when the broker serves HTTPS.
+    /// Set it to true when TLS ends at a proxy in front of the broker.
+    public var portalSecureCookies: Bool?
 
     public init(reader: ConfigReader) throws {
         database = try DatabaseConfiguration(reader: reader)
@@ -217,6 +220,7 @@ public struct BrokerConfiguration: Sendable {
             email.link = link.hasSuffix("/") ? String(link.dropLast()) : link
         }
         portal.enabled = reader.bool(forKey: "portal.enabled", default: true)
+        portalSecureCookies = reader.bool(forKey: "portal.secureCookies")
         portal.timeZone = reader.string(forKey: "portal.timeZone", default: portal.timeZone)
         guard TimeZone(identifier: portal.timeZone) != nil else {
             throw ConfigurationError(key: "portal.timeZone", reason: "must be an IANA time zone, e.g. Asia/Ho_Chi_Minh")

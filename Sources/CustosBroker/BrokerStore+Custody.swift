@@ -85,10 +85,10 @@ extension BrokerStore {
         return out
     }
 
-    /// A request's events (its packages' included), in log order, at most `limit`; for a viewer
-    /// who does not read the whole log, only a request of its own agency (else not found).
+    /// A request's events (its packages' included), in log order, at most `limit`; only a
+    /// request of the viewer's own agency (else not found), as for a package's events.
     public func custodyEvents(request id: UUID, viewer: AuthenticatedUser, limit: Int = 500) async throws -> [API.CustodyEventView] {
-        let agency = viewer.readsWholeCustodyLog ? nil : viewer.agency
+        let agency: String? = viewer.agency
         let known = try await client.query("""
             SELECT 1 FROM requests r JOIN cases c ON c.id = r.case_id WHERE r.id = \(id) AND (\(agency)::text IS NULL OR c.agency = \(agency))
             """, logger: logger).decode(Int.self).first { _ in true } != nil

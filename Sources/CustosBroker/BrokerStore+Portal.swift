@@ -5,6 +5,7 @@ import Foundation
 import HummingbirdBcrypt
 import HummingbirdOTP
 import NIOCore
+import NIOPosix
 import PostgresNIO
 
 /// The portal's sign-in: a bcrypt password (hummingbird-auth's `Bcrypt`) with a mandatory
@@ -101,6 +102,10 @@ extension BrokerStore {
                 WHERE name = \(name) RETURNING agency
                 """, logger: logger).decode(String.self).first { _ in true }
             guard let agency else { throw BrokerError(.notFound, "no such user") }
+            // A new password ends every session the old one opened.
+            try await conn.query("""
+                UPDATE portal_sessions SET ended_at = now() WHERE user_id = (SELECT id FROM users WHERE name = \(name)) AND ended_at IS NULL
+                """, logger: logger)
             custody.record(CustodyEvent(kind: .userEnrolled, at: Timestamp.now(), actor: actor, subject: .init(user: name, agency: agency)))
         }
         return secret
@@ -119,8 +124,10 @@ extension BrokerStore {
             row = Row(id: id, hash: hash, secret: secret, lastStep: lastStep, lockedUntil: lockedUntil, agency: agency)
         }
         if let until = row?.lockedUntil, until > now { return .failure(.lockedOut(until: until)) }
-        // bcrypt runs whether or not the name exists, so that timing does not tell names apart.
-        let passwordOK = Bcrypt.verify(password, hash: row?.hash ?? Self.unusableBcrypt)
+        // bcrypt runs whether or not the name exists, so that timing does not tell names apart,
+        // and on NIO's thread pool: its quarter second would hold a concurrency thread.
+        let hash = row?.hash ?? Self.unusableBcrypt
+        let passwordOK = try await NIOThreadPool.singleton.runIfActive { Bcrypt.verify(password, hash: hash) }
         let step = row?.secret.flatMap { PortalSignIn.matchingStep(code: code, secret: $0, now: now) }
         guard let row, row.hash != nil, passwordOK, let step, step > row.lastStep else {
             guard let row else { return .failure(.wrongCredentials) }
@@ -139,42 +146,57 @@ extension BrokerStore {
                 return .failure(.wrongCredentials)
             }
         }
-        let token = try await openSession(userId: row.id, name: name, agency: row.agency, method: "password", certificate: nil,
-                                          totpStep: step, address: address, agent: agent)
+        guard let token = try await openSession(userId: row.id, name: name, agency: row.agency, method: "password", certificate: nil,
+                                                totpStep: step, address: address, agent: agent, now: now) else {
+            return .failure(.wrongCredentials)  // the same code used meanwhile, or locked meanwhile
+        }
         return .success(token)
     }
 
     /// Opens a session for the user a verified TLS client certificate names (`users
     /// add-certificate`); nil when the certificate is not registered.
     public func signIn(certificateSha256: String, address: String?, agent: String?) async throws -> String? {
-        guard let user = try await user(certificateSha256: certificateSha256) else { return nil }
+        // An outside witness reads the custody log through the API only, as there.
+        guard let user = try await user(certificateSha256: certificateSha256), !user.isOnlyWitness else { return nil }
         return try await openSession(userId: user.id, name: user.name, agency: user.agency, method: "certificate", certificate: certificateSha256,
-                                     totpStep: nil, address: address, agent: agent)
+                                     totpStep: nil, address: address, agent: agent, now: Date())
     }
 
+    /// Opens a session; nil when a TOTP step is given and it is not newer than the last one
+    /// accepted, or the user is locked out (checked and recorded in one statement, so that two
+    /// sign-ins with one code, or one racing a lock-out, cannot both succeed).
     private func openSession(userId: UUID, name: String, agency: String, method: String, certificate: String?, totpStep: Int64?,
-                             address: String?, agent: String?) async throws -> String {
+                             address: String?, agent: String?, now: Date) async throws -> String? {
         let token = Self.randomToken()
         let csrf = Self.randomToken()
-        try await client.custodyTransaction(logger: logger) { conn, custody in
+        return try await client.custodyTransaction(logger: logger) { conn, custody -> String? in
             if let totpStep {
-                // Accepted once: a code seen again (replayed) fails the check above.
-                try await conn.query("UPDATE users SET totp_last_step = \(totpStep), failed_signins = 0, locked_until = NULL WHERE id = \(userId)", logger: logger)
+                let accepted = try await conn.query("""
+                    UPDATE users SET totp_last_step = \(totpStep), failed_signins = 0, locked_until = NULL
+                    WHERE id = \(userId) AND totp_last_step < \(totpStep) AND (locked_until IS NULL OR locked_until <= \(now)) RETURNING 1
+                    """, logger: logger).decode(Int.self).first { _ in true } != nil
+                guard accepted else { return nil }
             }
+            // Sessions past their lifetime are of no use to anyone: dropped as new ones open.
+            try await conn.query("""
+                DELETE FROM portal_sessions WHERE user_id = \(userId) AND (ended_at IS NOT NULL OR created_at < \(now.addingTimeInterval(-PortalSignIn.maximumLifetime)))
+                """, logger: logger)
             try await conn.query("""
                 INSERT INTO portal_sessions (id_sha256, user_id, csrf, method, certificate_sha256)
                 VALUES (\(ByteBuffer(bytes: Self.tokenHash(token))), \(userId), \(csrf), \(method), \(certificate))
                 """, logger: logger)
             custody.record(CustodyEvent(kind: .userSignedIn, at: Timestamp.now(), actor: .init(type: .user, id: name, address: address, agent: agent),
                                         subject: .init(user: name, agency: agency), details: ["via": method]))
+            return token
         }
-        return token
     }
 
     /// The open session a cookie token names: not ended, seen within the idle time-out and
     /// younger than the maximum lifetime. Seeing it moves its idle time-out on (written at most
     /// every 30 s, so that page loads do not each write).
-    public func session(token: String, now: Date = Date()) async throws -> PortalSession? {
+    /// `touch`: false for what a page does on its own (the live part's refreshes, the event
+    /// stream), which must not keep an unattended session alive.
+    public func session(token: String, now: Date = Date(), touch: Bool = true) async throws -> PortalSession? {
         guard token.utf8.count == 64 else { return nil }
         let hash = ByteBuffer(bytes: Self.tokenHash(token))
         let idle = now.addingTimeInterval(-PortalSignIn.idleTimeout)
@@ -186,11 +208,13 @@ extension BrokerStore {
             FROM portal_sessions s JOIN users u ON u.id = s.user_id
             WHERE s.id_sha256 = \(hash) AND s.ended_at IS NULL AND s.last_seen_at > \(idle) AND s.created_at > \(born)
             """, logger: logger).decode((UUID, String, String, String, String, String, String?, Date, Date, Date, String?).self) {
-            found = PortalSession(user: AuthenticatedUser(id: id, name: name, role: Role(rawValue: role) ?? .investigator, agency: agency),
+            // A role this version does not know grants nothing.
+            guard let role = Role(rawValue: role) else { return nil }
+            found = PortalSession(user: AuthenticatedUser(id: id, name: name, role: role, agency: agency),
                                   csrf: csrf, method: method, certificateSha256: cert, secondFactorAt: factorAt, createdAt: createdAt, hasTOTP: secret != nil)
             lastSeen = seen
         }
-        if found != nil, now.timeIntervalSince(lastSeen) > 30 {
+        if touch, found != nil, now.timeIntervalSince(lastSeen) > 30 {
             try await client.query("UPDATE portal_sessions SET last_seen_at = \(now) WHERE id_sha256 = \(hash)", logger: logger)
         }
         return found
@@ -200,16 +224,33 @@ extension BrokerStore {
     /// exporting) and, when right, renews the session's second factor. A code is accepted once.
     public func confirmSecondFactor(token: String, userId: UUID, code: String, now: Date = Date()) async throws -> Bool {
         var secret: String?
-        var lastStep: Int64 = 0
-        for try await (s, l) in try await client.query("SELECT totp_secret, totp_last_step FROM users WHERE id = \(userId)", logger: logger)
-            .decode((String?, Int64).self) { (secret, lastStep) = (s, l) }
-        guard let secret, let step = PortalSignIn.matchingStep(code: code, secret: secret, now: now), step > lastStep else { return false }
-        return try await client.withTransaction(logger: logger) { conn in
-            let updated = try await conn.query("UPDATE users SET totp_last_step = \(step) WHERE id = \(userId) AND totp_last_step < \(step) RETURNING 1",
-                                               logger: logger).decode(Int.self).first { _ in true } != nil
-            guard updated else { return false }
-            try await conn.query("UPDATE portal_sessions SET second_factor_at = \(now) WHERE id_sha256 = \(ByteBuffer(bytes: Self.tokenHash(token)))", logger: logger)
-            return true
+        for try await s in try await client.query("SELECT totp_secret FROM users WHERE id = \(userId)", logger: logger).decode(String?.self) { secret = s }
+        let step = secret.flatMap { PortalSignIn.matchingStep(code: code, secret: $0, now: now) }
+        return try await client.custodyTransaction(logger: logger) { conn, custody in
+            if let step {
+                let accepted = try await conn.query("""
+                    UPDATE users SET totp_last_step = \(step), failed_signins = 0 WHERE id = \(userId) AND totp_last_step < \(step) RETURNING 1
+                    """, logger: logger).decode(Int.self).first { _ in true } != nil
+                if accepted {
+                    try await conn.query("UPDATE portal_sessions SET second_factor_at = \(now) WHERE id_sha256 = \(ByteBuffer(bytes: Self.tokenHash(token)))",
+                                         logger: logger)
+                    return true
+                }
+            }
+            // A wrong code counts as a failed sign-in: the fifth in a row locks the user out and
+            // ends their sessions, so that a stolen session cannot guess its way to an approval.
+            let locked = try await conn.query("""
+                UPDATE users SET failed_signins = CASE WHEN failed_signins + 1 >= \(PortalSignIn.attemptsBeforeLockout) THEN 0 ELSE failed_signins + 1 END,
+                                 locked_until = CASE WHEN failed_signins + 1 >= \(PortalSignIn.attemptsBeforeLockout)
+                                                     THEN \(now.addingTimeInterval(PortalSignIn.lockout)) ELSE locked_until END
+                WHERE id = \(userId) RETURNING locked_until > \(now), name, agency
+                """, logger: logger).decode((Bool?, String, String).self).first { _ in true }
+            if let locked, locked.0 == true {
+                try await conn.query("UPDATE portal_sessions SET ended_at = \(now) WHERE user_id = \(userId) AND ended_at IS NULL", logger: logger)
+                custody.record(CustodyEvent(kind: .userLockedOut, at: Timestamp.now(), actor: .init(type: .user, id: locked.1),
+                                            subject: .init(user: locked.1, agency: locked.2)))
+            }
+            return false
         }
     }
 

@@ -185,8 +185,11 @@ extension Portal {
         }
         c["events"] = events.map { e -> [String: Any] in
             let event = try? CustodyEvent.decode(entry: Array(e.entry.utf8))
-            return ["index": e.index, "kind": event?.kind.rawValue ?? "?", "at": v.time.show(event?.at), "actor": event.map { "\($0.actor.type.rawValue) \($0.actor.id)" } ?? "",
-                    "packageId": c["packageId"] ?? ""]
+            var row: [String: Any] = ["index": e.index, "kind": event?.kind.rawValue ?? "?", "at": v.time.show(event?.at),
+                                      "actor": event.map { "\($0.actor.type.rawValue) \($0.actor.id)" } ?? ""]
+            // Set only when there is one: Mustache takes an empty string as true.
+            if let p = c["packageId"] { row["packageId"] = p }
+            return row
         }
         c["hasEvents"] = !events.isEmpty
         if let text = q.get("event"), !text.isEmpty {
@@ -323,13 +326,7 @@ extension Portal {
                 emergency = EmergencyGrounds(ground: ground, statement: f.statement)
             } else { fail("emergency", v.t("err_ground_needed")) }
         }
-        var document: LegalDocument?
-        if errors.isEmpty, let file = body.files["document"], file.bytes.readableBytes > 0 {
-            let type = LegalDocument.mediaType(forFileName: file.fileName) ?? file.contentType.lowercased()
-            do { document = try await store.uploadDocument(file.bytes, mediaType: type, by: user).document } catch let e as BrokerError {
-                fail("document", e.reason)
-            }
-        }
+        let file = body.files["document"].flatMap { $0.bytes.readableBytes > 0 ? $0 : nil }
         guard errors.isEmpty else { return try await newRequest(&v, form: f, errors: errors, status: .badRequest) }
 
         var caseId: UUID
@@ -340,7 +337,7 @@ extension Portal {
         }
         var spec = RequestSpec(
             caseId: caseId, providerId: f.providers[0],
-            legalBasis: LegalBasis(decisionNumber: f.decisionNumber, issuingAuthority: f.authority, issuedOn: f.issuedOn, document: document),
+            legalBasis: LegalBasis(decisionNumber: f.decisionNumber, issuingAuthority: f.authority, issuedOn: f.issuedOn),
             targets: targets, categories: f.categories.compactMap(DataCategory.init(rawValue:)),
             window: TimeWindow(from: from!, to: to!), priority: f.emergency ? .emergency : .normal, emergency: emergency,
             kind: f.preservation ? .preservation : nil)
@@ -362,11 +359,20 @@ extension Portal {
             }
             fail(field, "\(violation.field): \(violation.rule)")
         }
-        if body.value("then") == "submit", document == nil { fail("document", v.t("err_document_needed")) }
+        if body.value("then") == "submit", file == nil { fail("document", v.t("err_document_needed")) }
         guard errors.isEmpty else { return try await newRequest(&v, form: f, errors: errors, status: .badRequest) }
+        // The decision is stored (a custody event) only for a request that passed its rules.
+        if let file {
+            let type = LegalDocument.mediaType(forFileName: file.fileName) ?? file.contentType.lowercased()
+            do { spec.legalBasis.document = try await store.uploadDocument(file.bytes, mediaType: type, by: user).document } catch let e as BrokerError {
+                fail("document", e.reason)
+                return try await newRequest(&v, form: f, errors: errors, status: .badRequest)
+            }
+        }
         if UUID(uuidString: f.caseId) == nil {
             caseId = try await store.createCase(title: f.caseTitle, by: user).id
             spec.caseId = caseId
+            f.caseId = caseId.lowercased  // sent again after a refusal, the form names this case
         }
         let id: UUID
         do { id = try await store.createRequest(spec, by: user) } catch let e as BrokerError where e.code == .invalid {

@@ -105,7 +105,7 @@ struct Portal: Sendable {
         portal.post("requests") { request, context in await page(request, context) { v in try await createRequest(request, context, &v) } }
         portal.get("requests/:id") { request, context in await page(request, context) { v in try await requestPage(try api.id(context), &v) } }
         portal.get("requests/:id/live") { request, context in
-            await page(request, context) { v in
+            await page(request, context, touch: false) { v in
                 let id = try api.id(context)
                 var c = try await requestContext(id, &v, record: false)
                 c.merge(base(&v, title: "", nav: "")) { a, _ in a }
@@ -113,7 +113,7 @@ struct Portal: Sendable {
             }
         }
         portal.get("requests/:id/events") { request, context in
-            await page(request, context) { v in
+            await page(request, context, touch: false) { v in
                 guard let liveFeed else { throw BrokerError(.unavailable, "live events are not served by this instance") }
                 let id = try api.id(context)
                 _ = try await store.requestState(id, viewer: v.user!)
@@ -173,7 +173,8 @@ struct Portal: Sendable {
     /// Runs `body` for a page: resolves language, time zone and session (sending people who are
     /// not signed in, or whose session ended, to the sign-in page), adds the security headers,
     /// and turns errors into pages (404 for another agency's ids, as the API answers).
-    func page(_ request: Request, _ context: BrokerRequestContext, signedIn: Bool = true,
+    /// `touch`: false for what the page's script asks on its own (see `BrokerStore.session`).
+    func page(_ request: Request, _ context: BrokerRequestContext, signedIn: Bool = true, touch: Bool = true,
               _ body: (inout PortalVisit) async throws -> Response) async -> Response {
         let resources: PortalResources
         switch PortalResources.shared {
@@ -193,7 +194,9 @@ struct Portal: Sendable {
         var v = PortalVisit(resources: resources, language: language, time: PortalTime(timeZone: zone, language: language), cookies: cookies)
         var response: Response
         do {
-            if let token = request.cookies[Self.sessionCookie]?.value, !token.isEmpty, var session = try await store.session(token: token) {
+            if let token = request.cookies[Self.sessionCookie]?.value, !token.isEmpty, var session = try await store.session(token: token, touch: touch) {
+                // As the API's staff routes: an outside witness reads the custody log there, and nothing here.
+                guard !session.user.isOnlyWitness else { throw BrokerError(.forbidden, v.t("role_needed_staff")) }
                 session.user.address = context.remoteAddress?.ipAddress
                 session.user.agent = request.headers[.userAgent].map { String($0.prefix(200)) }
                 v.session = session
@@ -357,7 +360,8 @@ struct Portal: Sendable {
             v.cookies.append(cookie(Self.signInCookie, "", maxAge: 0))
             throw PortalRedirect(location: Self.safeNext(f.value("next")))
         case .failure(.lockedOut):
-            return try await again("signin_locked", status: .forbidden)
+            // The same answer as a wrong password: a lock-out does not tell which names exist.
+            return try await again("signin_failed", status: .unauthorized)
         case .failure(.throttled):
             return try await again("signin_throttled", status: .tooManyRequests)
         case .failure(.wrongCredentials):

@@ -108,10 +108,11 @@ struct Serve: AsyncParsableCommand {
                   CA certificates (PEM) the server's certificate chains to when not a public one; one delivery's time-out (default 30)
               notifications.link
                   the address e-mails link to as <link>/requests/<id> (the portal's); default: they name the CLI command
-              portal.enabled, portal.timeZone
+              portal.enabled, portal.timeZone, portal.secureCookies
                   serve the web portal under /portal/ (default true); the time zone it shows times in until a person
-                  picks another (default Asia/Ho_Chi_Minh; UTC is shown beside it). People sign in with the password
-                  and TOTP second factor of `users enrol`, or a certificate of `users add-certificate` (with HTTPS)
+                  picks another (default Asia/Ho_Chi_Minh; UTC is shown beside it); whether its cookies carry Secure
+                  (default: with HTTPS; set true when TLS ends at a proxy). People sign in with the password and
+                  TOTP second factor of `users enrol`, or a certificate of `users add-certificate` (with HTTPS)
               http.host, http.port (CUSTOS_HTTP_HOST, CUSTOS_HTTP_PORT)
                   listen address (default 127.0.0.1:8080; port 0 picks one)
               http.tls.certificateFile, http.tls.keyFile (CUSTOS_HTTP_TLS_CERTIFICATE_FILE, CUSTOS_HTTP_TLS_KEY_FILE)

@@ -178,8 +178,8 @@ class PortalJourneys(unittest.TestCase):
         self.assertIn("QĐ-0042/2026", appr.page_source)
         self.check_page(appr, "request-approver")
         appr.find_element(By.ID, "approve").click()
-        self.wait(appr, EC.presence_of_element_located((By.ID, "request-state")))
-        self.assertNotEqual(self.state(appr), "submitted")
+        # The answer is the request page again, no longer submitted.
+        self.wait(appr, lambda d: d.find_element(By.ID, "request-state").get_attribute("data-state") != "submitted")
 
         # The connector delivers; the investigator's open page turns to verified without a reload.
         self.wait(inv, lambda d: d.find_element(By.ID, "request-state").get_attribute("data-state") == "verified", timeout=120)
@@ -187,9 +187,13 @@ class PortalJourneys(unittest.TestCase):
         self.check_page(inv, "request-verified")
 
         # Download: progress, every chunk checked against the signed manifest, the SHA-256 shown.
-        link = self.wait(inv, EC.element_to_be_clickable((By.CSS_SELECTOR, "a[data-download]")))
-        package_id = link.get_attribute("data-download")
-        link.click()
+        # Found and clicked in one step, again if a live refresh replaced the link meanwhile.
+        def click_download(d):
+            link = d.find_element(By.CSS_SELECTOR, "a[data-download]")
+            package = link.get_attribute("data-download")
+            link.click()
+            return package
+        package_id = self.wait(inv, click_download)
         output = self.wait(inv, lambda d: d.find_element(By.CSS_SELECTOR, f".download[data-package='{package_id}'] output[data-sha256]"), timeout=60)
         shown = output.get_attribute("data-sha256")
         self.assertEqual(output.get_attribute("data-checked"), "chunks")

@@ -130,6 +130,9 @@ struct MutualTLSTests {
         try await TestServices.withStore { store, db, _ in
             _ = try await store.addUser(name: "alice", role: .investigator, by: .testAdmin)
             try await store.addUserCertificate(name: "alice", certificate: try f.text("alice.pem"), by: .testAdmin)
+            // Mallory's certificate names an outside witness: the API's custody routes only, never the portal.
+            _ = try await store.registerWitness(name: "mallory", certificate: try f.text("mallory.pem"), by: .testAdmin)
+            try await store.addUserCertificate(name: "mallory", certificate: try f.text("mallory.pem"), by: .testAdmin)
             let tls = try brokerTLSConfiguration(certificateChain: try f.text("server.pem"), key: try f.text("server.key"), clientCAs: try f.text("ca.pem"))
             let address = Mutex<Int?>(nil)
             let app = Application(router: buildRouter(store: store, maxBodyBytes: 64 * 1024, portal: PortalSettings(secureCookies: true), logger: TestServices.logger),

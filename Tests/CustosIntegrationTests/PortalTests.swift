@@ -118,10 +118,15 @@ struct PortalTests {
             #expect(try await b.signIn("appr", code: code) == .seeOther)
             var other = Browser(http: http)
             #expect(try await other.signIn("appr", code: code) == .unauthorized)
-            // Wrong passwords count too; the fifth failure locks, and then even the right ones fail.
-            for _ in 0..<3 { #expect(try await other.signIn("appr", password: "not the password", code: "000000") == .unauthorized) }
-            #expect(try await other.signIn("appr", password: "not the password", code: "000000") == .forbidden)
-            #expect(try await other.signIn("appr", code: PortalSignIn.code(secret: secret, at: Date().addingTimeInterval(30))) == .forbidden)
+            // Wrong passwords count too; the fifth failure locks, and then even the right ones fail
+            // (with the same answer, so that a lock-out does not tell which names exist).
+            for _ in 0..<4 { #expect(try await other.signIn("appr", password: "not the password", code: "000000") == .unauthorized) }
+            #expect(try await other.signIn("appr", code: PortalSignIn.code(secret: secret, at: Date().addingTimeInterval(30))) == .unauthorized)
+            // The session opened before the lock-out is not touched by it; wrong codes inside a
+            // session count the same way (below, in fourEyesSecondFactorAgainAndAnotherAgencysIds).
+            let locked = try await client.query("SELECT locked_until > now() FROM users WHERE name = 'appr'", logger: TestServices.logger)
+                .decode(Bool.self).first { _ in true }
+            #expect(locked == true)
             var kinds: [String] = []
             for try await k in try await client.query("SELECT kind FROM custody_events ORDER BY idx", logger: TestServices.logger).decode(String.self) { kinds.append(k) }
             #expect(kinds.filter { $0 == "user.locked-out" }.count == 1)
@@ -176,6 +181,10 @@ struct PortalTests {
             let token = try #require(Browser.field("_csrf", in: page.body))
             let withoutCode = try await appr.send(.post, "/portal/requests/\(id.lowercased)/approve", form: [("_csrf", token)])
             #expect(withoutCode.status == .forbidden)
+            let wrongCode = try await appr.send(.post, "/portal/requests/\(id.lowercased)/approve", form: [("_csrf", token), ("code", "000000")])
+            #expect(wrongCode.status == .forbidden)
+            #expect(try await client.query("SELECT failed_signins FROM users WHERE name = 'appr'", logger: TestServices.logger)
+                .decode(Int.self).first { _ in true } == 1)  // a wrong code counts towards the lock-out (a missing one does not)
             #expect(try await store.request(id, viewer: w.p.inv).state == .submitted)
             let next = PortalSignIn.code(secret: w.secrets["appr"]!, at: Date().addingTimeInterval(30))
             let approved = try await appr.send(.post, "/portal/requests/\(id.lowercased)/approve", form: [("_csrf", token), ("code", next)])

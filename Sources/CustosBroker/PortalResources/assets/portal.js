@@ -19,14 +19,20 @@
     function busy() {
       var active = document.activeElement;
       if (active && live.contains(active) && /^(INPUT|TEXTAREA|SELECT)$/.test(active.tagName)) return true;
+      if (live.querySelector(".download[data-busy]")) return true; // a download in progress keeps its progress bar
       return Array.prototype.some.call(live.querySelectorAll("textarea, input:not([type=hidden])"), function (f) { return f.value !== ""; });
     }
     function refresh() {
       if (pending) return;
       if (busy()) { deferred = true; return; }
       pending = true;
-      fetch(live.dataset.live, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-        .then(function (r) { if (!r.ok) throw new Error(String(r.status)); return r.text(); })
+      fetch(live.dataset.live, { credentials: "same-origin", redirect: "manual", headers: { "Accept": "text/html" } })
+        .then(function (r) {
+          // The session ended (a redirect to sign-in): the whole page goes there.
+          if (r.type === "opaqueredirect" || r.status === 401) { source.close(); window.location.reload(); throw new Error("signed out"); }
+          if (!r.ok) throw new Error(String(r.status));
+          return r.text();
+        })
         .then(function (html) {
           live.innerHTML = html;
           wireDownloads(live);
@@ -49,6 +55,7 @@
     var messages = document.body.dataset;
     progress.hidden = false;
     progress.value = 0;
+    box.dataset.busy = "true";
     output.textContent = messages.downloading || "";
     var manifest;
     fetch(link.dataset.manifest, { credentials: "same-origin" })
@@ -96,6 +103,7 @@
             output.dataset.sha256 = sha;
             output.dataset.checked = file.redacted ? "redacted" : "chunks";
             output.textContent = (file.redacted ? messages.redacted : messages.checked) + " SHA-256 " + sha;
+            delete box.dataset.busy;
             var a = document.createElement("a");
             a.href = URL.createObjectURL(file.blob);
             a.download = link.getAttribute("download");
@@ -106,6 +114,7 @@
       })
       .catch(function (e) {
         output.dataset.failed = "true";
+        delete box.dataset.busy;
         output.textContent = (messages.downloadFailed || "") + " " + e.message;
       });
   }
