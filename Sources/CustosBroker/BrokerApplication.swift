@@ -67,7 +67,7 @@ public func buildApplication(
     }
     let webhookWakeup = Wakeup()
     let clockWatcher = LegalClockWatcher(store: store, interval: configuration.clockCheckInterval, ready: ready, webhooks: webhooks,
-                                         webhookWakeup: webhookWakeup, logger: logger)
+                                         webhookWakeup: webhookWakeup, resend: configuration.resend, logger: logger)
     var email = configuration.email
     if var smtp = email.smtp {
         if let file = configuration.smtpPasswordFile {

@@ -84,6 +84,9 @@ public struct BrokerConfiguration: Sendable {
     public var jwtPublicKeyFile: String?
     public var jwtAudience: String = "custos"
     public var jwtIssuer: String?
+    /// `outbox.acknowledgementTimeoutSeconds`, `outbox.emergencyAcknowledgementTimeoutSeconds`,
+    /// `outbox.maxResends`: see `ResendSettings`.
+    public var resend = ResendSettings()
     /// `clocks.*`: see `LegalClock.Settings`.
     public var clocks = LegalClock.Settings()
     /// `clocks.checkMilliseconds`: how often due clocks are looked for (a clock fires within this).
@@ -168,6 +171,10 @@ public struct BrokerConfiguration: Sendable {
         clocks.preservation = try seconds("clocks.preservationSeconds", clocks.preservation)
         clocks.preservationExtension = try seconds("clocks.preservationExtensionSeconds", clocks.preservationExtension)
         clockCheckInterval = .milliseconds(max(10, reader.int(forKey: "clocks.checkMilliseconds", default: 1000)))
+        resend.after = try seconds("outbox.acknowledgementTimeoutSeconds", resend.after)
+        resend.emergencyAfter = try seconds("outbox.emergencyAcknowledgementTimeoutSeconds", resend.emergencyAfter)
+        resend.maxResends = reader.int(forKey: "outbox.maxResends", default: resend.maxResends)
+        guard (0...100).contains(resend.maxResends) else { throw ConfigurationError(key: "outbox.maxResends", reason: "must be 0 to 100") }
         criteriaBounds.maximumExtractionAge = try seconds("criteria.maximumExtractionAgeSeconds", criteriaBounds.maximumExtractionAge)
         criteriaBounds.maximumTimeStampDistance = try seconds("criteria.maximumTimeStampDistanceSeconds", criteriaBounds.maximumTimeStampDistance)
         webhooks.urls = reader.stringArray(forKey: "webhooks.urls", default: [])

@@ -145,10 +145,13 @@ public struct LegalClockWatcher: Service {
     let now: @Sendable () -> Date
     let webhooks: WebhookSettings
     let webhookWakeup: Wakeup
+    /// When unacknowledged request messages are sent again (`RequestResend`).
+    let resend: ResendSettings
 
     public init(store: BrokerStore, interval: Duration = .seconds(1), ready: Gate = Gate(open: true),
-                webhooks: WebhookSettings = WebhookSettings(), webhookWakeup: Wakeup = Wakeup(), logger: Logger,
-                now: @escaping @Sendable () -> Date = Date.init) {
+                webhooks: WebhookSettings = WebhookSettings(), webhookWakeup: Wakeup = Wakeup(), resend: ResendSettings = ResendSettings(),
+                logger: Logger, now: @escaping @Sendable () -> Date = Date.init) {
+        self.resend = resend
         self.webhooks = webhooks
         self.webhookWakeup = webhookWakeup
         self.client = store.client
@@ -165,9 +168,19 @@ public struct LegalClockWatcher: Service {
                              pass: { try await fire(at: now()) }, idle: { try await Task.sleep(for: interval) })
     }
 
-    /// One pass at time `t`: records what is due, and returns how many clocks it touched.
+    /// One pass at time `t`: records what is due, and returns how many clocks it touched; then
+    /// marks unacknowledged request messages due at `t` for a re-send (`RequestResend`).
     @discardableResult
     public func fire(at t: Date, limit: Int = 500) async throws -> Int {
+        let clocks = try await fireClocks(at: t, limit: limit)
+        let resent = try await client.custodyTransaction(logger: logger) { conn, custody in
+            try await RequestResend.markDue(conn, at: t, settings: resend, custody: custody, logger: logger)
+        }
+        if resent > 0 { wakeup.signal() }
+        return clocks
+    }
+
+    func fireClocks(at t: Date, limit: Int) async throws -> Int {
         let (count, lapsed) = try await client.custodyTransaction(logger: logger) { conn, custody in
             var lapsed = false
             var due: [(UUID, String, Date, Date, Date?, Date?, Date?, Date?, UUID)] = []

@@ -483,5 +483,12 @@ enum Migrations {
                 problems integer NOT NULL
             );
             """),
+        Migration(version: 21, name: "request messages sent again until acknowledged", sql: """
+            -- How many times a request message was sent again for want of the provider's ack
+            -- (RequestResend); the row's sent_at is its last sending.
+            ALTER TABLE outbox ADD COLUMN resends integer NOT NULL DEFAULT 0;
+            CREATE INDEX outbox_requests ON outbox (request_id) WHERE message_type = 'request';
+            CREATE INDEX requests_dispatched ON requests (id) WHERE state = 'dispatched';
+            """),
     ]
 }

@@ -29,6 +29,9 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         /// An investigator shared a case with a colleague (`details.member`: the colleague's user name).
         public static let caseMemberAdded = Kind("case.member-added")
         public static let requestViewed = Kind("request.viewed")
+        /// A request message sent again, same id and bytes, for want of the provider's `ack`
+        /// (`details.attempt`, `details.messageId`).
+        public static let requestResent = Kind("request.resent")
         public static let manifestReceived = Kind("package.manifest-received")
         public static let chunkReceived = Kind("package.chunk-received")
         public static let packageCompleted = Kind("package.completed")

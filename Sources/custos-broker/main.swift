@@ -124,6 +124,9 @@ struct Serve: AsyncParsableCommand {
                   largest request body (default 1048576)
               outbox.pollMilliseconds (CUSTOS_OUTBOX_POLL_MILLISECONDS)
                   idle outbox poll interval (default 100); urgent messages leave at once
+              outbox.acknowledgementTimeoutSeconds, outbox.emergencyAcknowledgementTimeoutSeconds, outbox.maxResends
+                  a request message its provider has not acknowledged within this (default 300; 30 for an emergency) is
+                  sent again, same id and bytes, after twice as long each time, at most maxResends times (default 10)
               providers.refreshSeconds (CUSTOS_PROVIDERS_REFRESH_SECONDS)
                   how often newly registered providers are picked up (default 5)
               ingest.concurrency, ingest.urgentConcurrency (CUSTOS_INGEST_CONCURRENCY, CUSTOS_INGEST_URGENT_CONCURRENCY)
