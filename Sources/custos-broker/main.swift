@@ -227,7 +227,7 @@ extension Users {
             abstract: "Give a user a portal password and a new TOTP second factor, and print the otpauth:// URI for their authenticator app (shown once).",
             discussion: """
                 The password is read from standard input (one line, 12 to 72 bytes), never from the command line. Enrolling \
-                again replaces both. The portal asks for the password and a 6-digit code (RFC 6238, 30 s steps) at sign-in, \
+                again replaces both and ends the user's portal sessions. The portal asks for the password and a 6-digit code (RFC 6238, 30 s steps) at sign-in, \
                 and the code again before approving, rejecting, reviewing or exporting when the last one is older than 5 \
                 minutes. Recorded in the custody log as admin.user-enrolled.
                 """)
