@@ -131,11 +131,11 @@ struct Portal: Sendable {
                     throw BrokerError(.notFound, "no such document")
                 }
                 let (view, content) = try await store.document(sha, viewer: v.user!)
-                var headers: HTTPFields = [.contentType: view.document.mediaType, .contentDisposition: "inline"]
+                // The request page shows it inline (same origin only); nothing in it runs.
+                var headers: HTTPFields = [.contentType: view.document.mediaType, .contentDisposition: "inline",
+                                           .contentSecurityPolicy: "default-src 'none'; frame-ancestors 'self'; sandbox",
+                                           HTTPField.Name("X-Frame-Options")!: "SAMEORIGIN"]
                 PortalHeaders.page(&headers)
-                // The request page shows it inline (same origin only).
-                headers[.contentSecurityPolicy] = "default-src 'none'; frame-ancestors 'self'"
-                headers[HTTPField.Name("X-Frame-Options")!] = "SAMEORIGIN"
                 return Response(status: .ok, headers: headers, body: .init(byteBuffer: content))
             }
         }
@@ -155,6 +155,10 @@ struct Portal: Sendable {
                 response.headers[.contentDisposition] = "attachment; filename=\"\(try api.id(context).lowercased).ndjson\""
                 return response
             }
+        }
+        // Any other path under /portal: the portal's own "not found" page, not the API's JSON.
+        portal.get("**") { request, context in
+            await page(request, context, signedIn: false) { _ in throw BrokerError(.notFound, "no such page") }
         }
         portal.post("packages/:id/bundle") { request, context in
             await page(request, context) { v in

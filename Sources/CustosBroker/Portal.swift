@@ -295,9 +295,11 @@ enum PortalHeaders {
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'self'; "
         + "frame-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
+    /// Sets the headers a response does not already carry (the decision document sets its
+    /// own policy, to be shown inline by the portal's own pages).
     static func page(_ fields: inout HTTPFields) {
-        fields[.contentSecurityPolicy] = contentSecurityPolicy
-        fields[HTTPField.Name("X-Frame-Options")!] = "DENY"
+        if fields[.contentSecurityPolicy] == nil { fields[.contentSecurityPolicy] = contentSecurityPolicy }
+        if fields[HTTPField.Name("X-Frame-Options")!] == nil { fields[HTTPField.Name("X-Frame-Options")!] = "DENY" }
         fields[HTTPField.Name("Referrer-Policy")!] = "no-referrer"
         fields[.xContentTypeOptions] = "nosniff"
         fields[.cacheControl] = "no-store"

@@ -245,6 +245,13 @@ struct PortalTests {
             #expect(view.spec.legalBasis.document == SyntheticDecision.document)
             let document = try await b.send(.get, "/portal/documents/\(SyntheticDecision.document.sha256)")
             #expect(document.status == .ok && document.headers[.contentType] == "application/pdf")
+            // Shown inline by the portal's own pages, and by no one else's.
+            #expect(document.headers[.contentSecurityPolicy]?.contains("frame-ancestors 'self'") == true)
+            #expect(document.headers[HTTPField.Name("X-Frame-Options")!] == "SAMEORIGIN")
+            // A path the portal does not have: its own page, not the API's JSON.
+            let missing = try await b.send(.get, "/portal/users")
+            #expect(missing.status == .notFound && missing.headers[.contentType]?.hasPrefix("text/html") == true)
+            #expect(missing.headers[.contentSecurityPolicy] == PortalHeaders.contentSecurityPolicy)
         }
     }
 }
