@@ -61,7 +61,6 @@ public enum PortalSignIn {
     public enum Failure: Error, Equatable {
         case wrongCredentials
         case lockedOut(until: Date)
-        case throttled
     }
 }
 

@@ -45,7 +45,7 @@ extension Portal {
                         },
                     ] as [String: Any]
                 }
-                item["downloadable"] = view.state == .verified && !view.sealed && user.roles.contains(.investigator) || (view.state == .verified && user.roles.contains(.auditor))
+                item["downloadable"] = view.state == .verified && !view.sealed && !user.roles.isDisjoint(with: [.investigator, .auditor])
                 item.merge(codeField(v, "export-\(p.id.lowercased)")) { a, _ in a }
                 if record, view.state == .verified {
                     try await store.recordAccess(.packageViewed, by: user, subject: .init(requestId: id, packageId: p.id))

@@ -366,8 +366,6 @@ struct Portal: Sendable {
         case .failure(.lockedOut):
             // The same answer as a wrong password: a lock-out does not tell which names exist.
             return try await again("signin_failed", status: .unauthorized)
-        case .failure(.throttled):
-            return try await again("signin_throttled", status: .tooManyRequests)
         case .failure(.wrongCredentials):
             return try await again("signin_failed", status: .unauthorized)
         }

@@ -201,13 +201,6 @@ public struct PortalTime: Sendable {
         guard let date = calendar.date(from: c), calendar.component(.day, from: date) == day else { return nil }
         return Timestamp.format(date)
     }
-
-    /// An RFC 3339 UTC time as a `datetime-local` value in this time zone.
-    public func local(fromUTC text: String) -> String {
-        guard let date = Self.parse(text) else { return "" }
-        let l = Self.fields(Int(date.timeIntervalSince1970.rounded(.down)) + timeZone.secondsFromGMT(for: date))
-        return "\(l.year)-\(Self.two(l.month))-\(Self.two(l.day))T\(Self.two(l.hour)):\(Self.two(l.minute))"
-    }
 }
 
 /// A form body: `application/x-www-form-urlencoded` (WHATWG URL §5.1) or `multipart/form-data`

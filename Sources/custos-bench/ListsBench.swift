@@ -39,32 +39,11 @@ enum ListsBench {
             let store = BrokerStore(client: client, signer: .generate(), tsaTrust: "", logger: logger)
             let (_, invToken, approverToken) = try await fill(store: store, client: client, requests: requests, cases: cases, logger: logger)
 
-            let address = Mutex<String?>(nil)
-            let app = Application(router: buildRouter(store: store, maxBodyBytes: 64 * 1024, logger: logger),
-                                  configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "custos-bench"),
-                                  onServerRunning: { channel in address.withLock { $0 = "http://127.0.0.1:\(channel.localAddress?.port ?? 0)" } },
-                                  logger: logger)
-            group.addTask { try await app.runService() }
-            var base: String?
-            while base == nil {
-                try await Task.sleep(for: .milliseconds(50))
-                base = address.withLock { $0 }
-            }
-            let root = base!
-
-            let script = FileManager.default.temporaryDirectory.appendingPathComponent("custos-bench-wrk-\(getpid()).lua")
-            // Each connection waits 10 ms after each answer: two make about 200 requests/s.
-            try Data("function delay()\n  return 10\nend\n".utf8).write(to: script)
-            defer { try? FileManager.default.removeItem(at: script) }
-            var worst = 0.0
-            var baseline = 0.0
-            for (label, path, token) in [("GET /v1/me (baseline)", "/v1/me", invToken), ("GET /v1/inbox (approver)", "/v1/inbox", approverToken),
-                                         ("GET /v1/requests?state=submitted&limit=50", "/v1/requests?state=submitted&limit=50", invToken)] {
-                let r = try wrk(root + path, token: token, seconds: seconds, script: script.path)
-                if path == "/v1/me" { baseline = r.p99 } else { worst = max(worst, r.p99) }
-                let ratio = path == "/v1/me" ? "" : String(format: ", %.2f× the baseline's p99", r.p99 / baseline)
-                print(String(format: "%@: %.0f requests/s, p50 %.1f ms, p99 %.1f ms%@", label, r.rate, r.p50, r.p99, ratio))
-            }
+            let root = try await serve(buildRouter(store: store, maxBodyBytes: 64 * 1024, logger: logger), logger: logger, group: &group)
+            var worst = try measure(root, [("GET /v1/me (baseline)", "/v1/me", "Authorization: Bearer \(invToken)"),
+                                           ("GET /v1/inbox (approver)", "/v1/inbox", "Authorization: Bearer \(approverToken)"),
+                                           ("GET /v1/requests?state=submitted&limit=50", "/v1/requests?state=submitted&limit=50", "Authorization: Bearer \(invToken)")],
+                                    seconds: seconds)
 
             // The cursor, page after page, to the 100th.
             var cursor: String?
@@ -134,6 +113,38 @@ enum ListsBench {
         return (inv, invToken, approverToken)
     }
 
+    /// Serves `router` on a free loopback port as a task of `group`; returns its base address.
+    static func serve(_ router: Router<BrokerRequestContext>, logger: Logger, group: inout ThrowingTaskGroup<Void, any Error>) async throws -> String {
+        let address = Mutex<String?>(nil)
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "custos-bench"),
+                              onServerRunning: { channel in address.withLock { $0 = "http://127.0.0.1:\(channel.localAddress?.port ?? 0)" } },
+                              logger: logger)
+        group.addTask { try await app.runService() }
+        while true {
+            try await Task.sleep(for: .milliseconds(50))
+            if let base = address.withLock({ $0 }) { return base }
+        }
+    }
+
+    /// Loads each (label, path, header) under wrk for `seconds`, the first being the baseline;
+    /// prints each one's rate, p50, p99 and p99 against the baseline's, and returns the worst p99
+    /// of the others (milliseconds).
+    static func measure(_ root: String, _ loads: [(label: String, path: String, header: String)], seconds: Int) throws -> Double {
+        let script = FileManager.default.temporaryDirectory.appendingPathComponent("custos-bench-wrk-\(getpid()).lua")
+        // Each connection waits 10 ms after each answer: two make about 200 requests/s.
+        try Data("function delay()\n  return 10\nend\n".utf8).write(to: script)
+        defer { try? FileManager.default.removeItem(at: script) }
+        var worst = 0.0
+        var baseline = 0.0
+        for (i, load) in loads.enumerated() {
+            let r = try wrk(root + load.path, header: load.header, seconds: seconds, script: script.path)
+            if i == 0 { baseline = r.p99 } else { worst = max(worst, r.p99) }
+            let ratio = i == 0 ? "" : String(format: ", %.2f× the baseline's p99", r.p99 / baseline)
+            print(String(format: "%@: %.0f requests/s, p50 %.1f ms, p99 %.1f ms%@", load.label, r.rate, r.p50, r.p99, ratio))
+        }
+        return worst
+    }
+
     struct Result {
         var rate: Double
         var p50: Double
@@ -145,12 +156,8 @@ enum ListsBench {
         init(_ d: String) { description = d }
     }
 
-    /// Runs wrk against `url` and reads its latency distribution (milliseconds).
-    static func wrk(_ url: String, token: String, seconds: Int, script: String) throws -> Result {
-        try wrk(url, header: "Authorization: Bearer \(token)", seconds: seconds, script: script)
-    }
-
-    /// Runs wrk against `url` with one extra request header (e.g. a cookie).
+    /// Runs wrk against `url` with one extra request header (a bearer token, a cookie) and reads
+    /// its latency distribution (milliseconds).
     static func wrk(_ url: String, header: String, seconds: Int, script: String) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/wrk")

@@ -105,7 +105,6 @@ struct PortalTests {
             var kinds: [String] = []
             for try await k in try await client.query("SELECT kind FROM custody_events ORDER BY idx", logger: TestServices.logger).decode(String.self) { kinds.append(k) }
             #expect(kinds.contains("user.signed-in") && kinds.contains("user.signed-out") && kinds.contains("admin.user-enrolled"))
-            _ = store
         }
     }
 
