@@ -67,7 +67,8 @@ public func buildApplication(
     }
     let webhookWakeup = Wakeup()
     let clockWatcher = LegalClockWatcher(store: store, interval: configuration.clockCheckInterval, ready: ready, webhooks: webhooks,
-                                         webhookWakeup: webhookWakeup, resend: configuration.resend, logger: logger)
+                                         webhookWakeup: webhookWakeup, resend: configuration.resend,
+                                         chunkResend: configuration.chunkResend, logger: logger)
     var email = configuration.email
     if var smtp = email.smtp {
         if let file = configuration.smtpPasswordFile {

@@ -87,6 +87,9 @@ public struct BrokerConfiguration: Sendable {
     /// `outbox.acknowledgementTimeoutSeconds`, `outbox.emergencyAcknowledgementTimeoutSeconds`,
     /// `outbox.maxResends`: see `ResendSettings`.
     public var resend = ResendSettings()
+    /// `packages.missingChunksAfterSeconds`, `packages.emergencyMissingChunksAfterSeconds`,
+    /// `packages.maxResendRequests`: see `ChunkResendSettings`.
+    public var chunkResend = ChunkResendSettings()
     /// `clocks.*`: see `LegalClock.Settings`.
     public var clocks = LegalClock.Settings()
     /// `clocks.checkMilliseconds`: how often due clocks are looked for (a clock fires within this).
@@ -175,6 +178,10 @@ public struct BrokerConfiguration: Sendable {
         resend.emergencyAfter = try seconds("outbox.emergencyAcknowledgementTimeoutSeconds", resend.emergencyAfter)
         resend.maxResends = reader.int(forKey: "outbox.maxResends", default: resend.maxResends)
         guard (0...100).contains(resend.maxResends) else { throw ConfigurationError(key: "outbox.maxResends", reason: "must be 0 to 100") }
+        chunkResend.after = try seconds("packages.missingChunksAfterSeconds", chunkResend.after)
+        chunkResend.emergencyAfter = try seconds("packages.emergencyMissingChunksAfterSeconds", chunkResend.emergencyAfter)
+        chunkResend.maxRequests = reader.int(forKey: "packages.maxResendRequests", default: chunkResend.maxRequests)
+        guard (0...100).contains(chunkResend.maxRequests) else { throw ConfigurationError(key: "packages.maxResendRequests", reason: "must be 0 to 100") }
         criteriaBounds.maximumExtractionAge = try seconds("criteria.maximumExtractionAgeSeconds", criteriaBounds.maximumExtractionAge)
         criteriaBounds.maximumTimeStampDistance = try seconds("criteria.maximumTimeStampDistanceSeconds", criteriaBounds.maximumTimeStampDistance)
         webhooks.urls = reader.stringArray(forKey: "webhooks.urls", default: [])

@@ -70,8 +70,14 @@ extension BrokerStore {
         let valueSha256 = message.header(Topics.envelopeHeader) != nil ? Digest.sha256Bytes(message.value) : nil
         if let valueSha256 { content += valueSha256 }
         let contentSha256 = Digest.sha256Hex(content)
+        // A manifest (or its first part) sent again names its package: its provider lacks the receipt.
+        let manifestAgainOf: UUID? = switch header.type {
+        case .manifest: opened.json["body"]?["manifest"]?["packageId"]?.stringValue.flatMap(UUID.init(uuidString:))
+        case .manifestPart where opened.json["body"]?["index"] == .number(0): opened.json["body"]?["packageId"]?.stringValue.flatMap(UUID.init(uuidString:))
+        default: nil
+        }
         do {
-            return try await client.custodyTransaction(logger: logger) { conn, custody in
+            let (outcome, queued) = try await client.custodyTransaction(logger: logger) { conn, custody -> (IngestOutcome, Bool) in
                 let fresh = try await conn.query("""
                     INSERT INTO inbox (message_id, message_type, request_id, content_sha256) VALUES (\(header.id), \(header.type.rawValue), \(header.requestId), \(contentSha256))
                     ON CONFLICT DO NOTHING RETURNING 1
@@ -84,12 +90,18 @@ extension BrokerStore {
                     if let applied, applied != contentSha256 {
                         throw IngestRejection(reason: "conflict: a message with this id was already applied with other content")
                     }
-                    return .duplicate
+                    // The receipt again, or the missing chunks asked for (package SPEC §7, "Gaps").
+                    if let manifestAgainOf {
+                        return (.duplicate, try await PackageResend.manifestAgain(conn, packageId: manifestAgainOf, signer: signer, custody: custody, logger: logger))
+                    }
+                    return (.duplicate, false)
                 }
                 try await apply(conn, header: header, json: opened.json, value: message.value, valueSha256: valueSha256?.hexString,
                                 provider: expectedSender, custody: custody)
-                return .applied(header.type)
+                return (.applied(header.type), false)
             }
+            if queued { outboxWakeup.signal() }
+            return outcome
         } catch let rejection as IngestRejection {
             return try await deadLetter(message, reason: rejection.reason, answer: answer)
         } catch {
@@ -245,7 +257,7 @@ extension BrokerStore {
             let note = "frozen until \(Timestamp.format(until))"
             try await Self.advance(conn, header.requestId, .preserve, actor: actor, note: note, custody: custody,
                                    details: ["until": Timestamp.format(until)], recordAnyway: true, logger: logger)
-        case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease:
+        case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease, .resend:
             throw IngestRejection(reason: "not a provider message")
         }
     }

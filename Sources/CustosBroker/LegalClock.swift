@@ -147,11 +147,14 @@ public struct LegalClockWatcher: Service {
     let webhookWakeup: Wakeup
     /// When unacknowledged request messages are sent again (`RequestResend`).
     let resend: ResendSettings
+    /// When missing chunks are asked for (`PackageResend`).
+    let chunkResend: ChunkResendSettings
 
     public init(store: BrokerStore, interval: Duration = .seconds(1), ready: Gate = Gate(open: true),
                 webhooks: WebhookSettings = WebhookSettings(), webhookWakeup: Wakeup = Wakeup(), resend: ResendSettings = ResendSettings(),
-                logger: Logger, now: @escaping @Sendable () -> Date = Date.init) {
+                chunkResend: ChunkResendSettings = ChunkResendSettings(), logger: Logger, now: @escaping @Sendable () -> Date = Date.init) {
         self.resend = resend
+        self.chunkResend = chunkResend
         self.webhooks = webhooks
         self.webhookWakeup = webhookWakeup
         self.client = store.client
@@ -175,6 +178,7 @@ public struct LegalClockWatcher: Service {
         let clocks = try await fireClocks(at: t, limit: limit)
         let resent = try await client.custodyTransaction(logger: logger) { conn, custody in
             try await RequestResend.markDue(conn, at: t, settings: resend, custody: custody, logger: logger)
+                + PackageResend.markDue(conn, at: t, settings: chunkResend, signer: signer, custody: custody, logger: logger)
         }
         if resent > 0 { wakeup.signal() }
         return clocks

@@ -490,5 +490,12 @@ enum Migrations {
             CREATE INDEX outbox_requests ON outbox (request_id) WHERE message_type = 'request';
             CREATE INDEX requests_dispatched ON requests (id) WHERE state = 'dispatched';
             """),
+        Migration(version: 22, name: "missing chunks asked for again", sql: """
+            -- When a chunk of an arriving package last arrived, and how many times (and when last)
+            -- the broker asked the provider for chunks the manifest lists and it lacks (PackageResend).
+            ALTER TABLE arriving_packages ADD COLUMN last_at timestamptz NOT NULL DEFAULT now(),
+                ADD COLUMN resend_requests integer NOT NULL DEFAULT 0, ADD COLUMN resend_requested_at timestamptz;
+            CREATE INDEX arriving_packages_with_manifest ON arriving_packages (package_id) WHERE manifest_in;
+            """),
     ]
 }

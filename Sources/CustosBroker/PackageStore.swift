@@ -44,9 +44,9 @@ enum PackageStore {
     /// Records how many chunks are checked (and, when known, stored).
     static func recordCounts(_ conn: PostgresConnection, packageId: UUID, checked: Int, stored: Int?, logger: Logger) async throws {
         if let stored {
-            try await conn.query("UPDATE arriving_packages SET checked = \(checked), stored = \(stored) WHERE package_id = \(packageId)", logger: logger)
+            try await conn.query("UPDATE arriving_packages SET checked = \(checked), stored = \(stored), last_at = now() WHERE package_id = \(packageId)", logger: logger)
         } else {
-            try await conn.query("UPDATE arriving_packages SET checked = \(checked) WHERE package_id = \(packageId)", logger: logger)
+            try await conn.query("UPDATE arriving_packages SET checked = \(checked), last_at = now() WHERE package_id = \(packageId)", logger: logger)
         }
     }
 

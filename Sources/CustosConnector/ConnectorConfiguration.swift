@@ -90,6 +90,18 @@ public struct ConnectorConfiguration: Sendable {
     /// `criteria.maximumTimeStampDistanceSeconds` (default 3600): the broker's bounds for
     /// sống, so that the verdict foreseen before sending is the one the broker will give.
     public var criteria = PackageJudge.Bounds()
+    /// `receipts.timeoutSeconds` (default 600) and `receipts.emergencyTimeoutSeconds` (default
+    /// 60): a package sent whose receipt has not come within this is sent again — its signed
+    /// manifest, after which the broker answers with the receipt or asks for the chunks it
+    /// lacks — after twice as long each time, at most every 6 hours (schemas/README.md, "Re-sending").
+    public var receiptTimeout: Duration = .seconds(600)
+    public var emergencyReceiptTimeout: Duration = .seconds(60)
+    /// `receipts.retentionDays` (default 30): how long a package without its receipt keeps its
+    /// content (the result spools) for sending again; then the content is deleted, loudly.
+    public var receiptRetention: Duration = .seconds(30 * 86_400)
+    /// `receipts.warningHours` (default 72): an error is logged each hour, for each package
+    /// still without its receipt, once less than this is left of its retention.
+    public var receiptWarning: Duration = .seconds(72 * 3600)
 
     public init(reader: ConfigReader) throws {
         providerId = try reader.require("providerId")
@@ -163,6 +175,14 @@ public struct ConnectorConfiguration: Sendable {
         guard (1...1024).contains(inFlightChunks) else { throw ConfigurationError(key: "streaming.inFlightChunks", reason: "must be 1 to 1024") }
         criteria.maximumExtractionAge = try reader.seconds("criteria.maximumExtractionAgeSeconds", default: criteria.maximumExtractionAge)
         criteria.maximumTimeStampDistance = try reader.seconds("criteria.maximumTimeStampDistanceSeconds", default: criteria.maximumTimeStampDistance)
+        receiptTimeout = try reader.seconds("receipts.timeoutSeconds", default: receiptTimeout)
+        emergencyReceiptTimeout = try reader.seconds("receipts.emergencyTimeoutSeconds", default: emergencyReceiptTimeout)
+        receiptRetention = .seconds(reader.int(forKey: "receipts.retentionDays", default: 30) * 86_400)
+        receiptWarning = .seconds(reader.int(forKey: "receipts.warningHours", default: 72) * 3600)
+        guard receiptRetention > .zero else { throw ConfigurationError(key: "receipts.retentionDays", reason: "must be at least 1") }
+        guard receiptTimeout > .zero, emergencyReceiptTimeout > .zero else {
+            throw ConfigurationError(key: "receipts.timeoutSeconds", reason: "receipt time-outs must be positive")
+        }
     }
 }
 

@@ -17,6 +17,16 @@ struct ConnectorMetrics: Sendable {
     let jobFailures = Metrics.Counter(label: "custos_connector_job_failures_total")
     /// Messages the broker answered with a message receipt: it could not apply them.
     let messagesNotApplied = Metrics.Counter(label: "custos_connector_messages_not_applied_total")
+    /// `resend` messages received: the broker lacked chunks after a package's manifest.
+    let resendsReceived = Metrics.Counter(label: "custos_connector_resends_received_total")
+    /// Chunks sent again because the broker asked for them.
+    let chunksResent = Metrics.Counter(label: "custos_connector_chunks_resent_total")
+    /// Manifests sent again because no receipt came within `receipts.timeoutSeconds`.
+    let manifestsResent = Metrics.Counter(label: "custos_connector_manifests_resent_total")
+    /// Packages sent whose receipt has not come yet (their content is kept).
+    let awaitingReceipt = Metrics.Gauge(label: "custos_connector_packages_awaiting_receipt")
+    /// Packages whose content was deleted at `receipts.retentionDays` without a receipt.
+    let contentExpired = Metrics.Counter(label: "custos_connector_content_expired_total")
     let inFlight = Metrics.Gauge(label: "custos_connector_jobs_in_flight")
     let extractionSeconds = Metrics.Timer(label: "custos_connector_extraction_seconds", preferredDisplayUnit: .seconds)
 

@@ -44,7 +44,11 @@ struct PackageStreamer: Sendable {
     /// job's `progress` were acknowledged before a restart: they are hashed, not sent again.
     /// Returns once every result is closed and read and every chunk acknowledged; writes
     /// `chunks.json`.
-    func streamContent(_ id: UUID, packageId: UUID, spools: SpoolProgress) async throws -> ChunkList {
+    ///
+    /// `only` (the broker's `resend`, package SPEC §7 "Gaps"): send just these chunks again,
+    /// each checked first against the SHA-256 its signed manifest lists (index → hex), and
+    /// write nothing to the job; throws if a chunk's bytes are no longer those.
+    func streamContent(_ id: UUID, packageId: UUID, spools: SpoolProgress, only: [Int: String]? = nil) async throws -> ChunkList {
         let key = Array(id.lowercased.utf8)
         let topic = Topics.fromProvider(providerId, urgent: jobs.isUrgent(id))
         let skip = jobs.progress(id)
@@ -58,7 +62,7 @@ struct PackageStreamer: Sendable {
             while let first = window.first, all || window.count >= inFlight {
                 _ = try await first.future.value
                 window.removeFirst()
-                try jobs.write(id, "progress", Data(String(window.first?.index ?? first.index + 1).utf8))
+                if only == nil { try jobs.write(id, "progress", Data(String(window.first?.index ?? first.index + 1).utf8)) }
             }
         }
         func emit() async throws {
@@ -67,7 +71,10 @@ struct PackageStreamer: Sendable {
             accumulator.append(buffer)
             accumulator.cut()
             let chunk = accumulator.chunks[index]
-            if index >= skip {
+            if let expected = only?[index], expected != chunk.sha256 {
+                throw JobStoreError(reason: "chunk \(index) asked for again is not the chunk the manifest lists: the result spools changed")
+            }
+            if only.map({ $0[index] != nil }) ?? (index >= skip) {
                 let envelope = Envelope(type: .chunk, id: .derived("chunk", packageId.lowercased, String(index)), requestId: id, sender: providerId,
                                         body: ChunkBody(packageId: packageId, index: index, size: chunk.size, sha256: chunk.sha256, results: starts))
                 window.append((index, try producer.enqueue(OutgoingMessage(
@@ -114,7 +121,7 @@ struct PackageStreamer: Sendable {
         try await acknowledge(all: true)
         let (chunks, root, size) = accumulator.finish()
         let list = ChunkList(packageId: packageId, chunks: chunks, chunksRoot: root, size: size)
-        try jobs.write(id, "chunks.json", Data(try CanonicalJSON.encode(list)))
+        if only == nil { try jobs.write(id, "chunks.json", Data(try CanonicalJSON.encode(list))) }
         return list
     }
 
@@ -149,7 +156,8 @@ struct PackageStreamer: Sendable {
 
     /// Sends the signed, time-stamped manifest — the package's last message — as the bytes
     /// that were signed, never re-encoded; one too large for a Kafka message goes in parts.
-    func sendManifest(_ id: UUID) async throws {
+    /// `again`: a re-send for want of a receipt (the job's `sent` keeps its first time).
+    func sendManifest(_ id: UUID, again: Bool = false) async throws {
         let key = Array(id.lowercased.utf8)
         let topic = Topics.fromProvider(providerId, urgent: jobs.isUrgent(id))
         let signedManifest = Array(try jobs.read(id, "manifest.json"))
@@ -179,7 +187,7 @@ struct PackageStreamer: Sendable {
             }
             for f in sent { _ = try await f.value }
         }
-        try jobs.write(id, "sent", Data())
+        if !again { try jobs.write(id, "sent", Data()) }
     }
 }
 

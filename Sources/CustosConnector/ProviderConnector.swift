@@ -61,7 +61,7 @@ public struct ProviderConnector: Service {
         let urgentConsumer = try KafkaConsumer(configuration: urgentKafka, groupId: configuration.groupId + ".urgent",
                                                topics: [Topics.toProviderUrgent(provider)], logger: logger)
         let queue = JobQueue()
-        for id in jobs.jobs() where [.received, .extracted, .packaged].contains(jobs.phase(id)) {
+        for id in jobs.jobs() where [.received, .extracted, .packaged].contains(jobs.phase(id)) || hasResendWork(id) {
             logger.info("resuming job", metadata: [LogKey.request: "\(id.lowercased)", LogKey.phase: "\(jobs.phase(id).rawValue)"])
             queue.schedule(id, urgent: jobs.isUrgent(id))
         }
@@ -69,6 +69,7 @@ public struct ProviderConnector: Service {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await consume(consumer, queue: queue, urgent: false) }
                 group.addTask { try await consume(urgentConsumer, queue: queue, urgent: true) }
+                group.addTask { try await watchReceipts(queue: queue) }
                 group.addTask {
                     // Workers pull from one queue, urgent jobs first: at most `concurrency` general
                     // workers, plus `urgentConcurrency` that take urgent jobs only.
@@ -199,6 +200,22 @@ public struct ProviderConnector: Service {
             try jobs.write(header.requestId, "receipt.json", Data(message.value))
             removeContentIfAccepted(header.requestId)
             logger.info("receipt received", metadata: [LogKey.request: "\(header.requestId.lowercased)", LogKey.outcome: "\(body.outcome.rawValue)"])
+        case .resend:
+            let body = try SignedEnvelope.body(ResendBody.self, from: json).body
+            guard let manifest = try? jobs.read(header.requestId, "manifest.json") else { throw ConnectorError(reason: "resend for a package this connector has not sent") }
+            guard Digest.sha256Hex(Array(manifest)) == body.manifestSha256, !body.indices.isEmpty,
+                  body.indices.count <= ResendBody.maximumIndices else {
+                throw ConnectorError(reason: "resend names another package than this request's, or no chunk")
+            }
+            // Kept as received; the job sends the chunks (and does so after a crash).
+            let name = "resend-\(header.id.lowercased).json"
+            guard !jobs.exists(header.requestId, name) else { return }
+            try jobs.write(header.requestId, name, Data(message.value))
+            metrics.resendsReceived.increment()
+            logger.warning("the broker lacks chunks of a package and asks for them again", metadata: [
+                LogKey.request: "\(header.requestId.lowercased)", "custos.missing": "\(body.indices.count)", "custos.attempt": "\(body.attempt)",
+            ])
+            queue.schedule(header.requestId, urgent: jobs.isUrgent(header.requestId))
         case .revocation:
             let body = try SignedEnvelope.body(RevocationBody.self, from: json).body
             // Kept even for a request not seen yet, so that it is never started; the job stops.
@@ -325,6 +342,8 @@ public struct ProviderConnector: Service {
                 }
                 removeContentIfAccepted(id, byTheJob: true)
             }
+            guard !revoked() else { return }
+            if jobs.phase(id) == .sent { try await sendAgain(id, resultCount: resultCount, streamer: streamer) }
         } catch {
             if running.stopping {
                 logger.warning("job stopped for shutdown; it resumes on the next start", metadata: meta)

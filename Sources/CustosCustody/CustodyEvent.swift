@@ -32,6 +32,12 @@ public struct CustodyEvent: Codable, Sendable, Equatable {
         /// A request message sent again, same id and bytes, for want of the provider's `ack`
         /// (`details.attempt`, `details.messageId`).
         public static let requestResent = Kind("request.resent")
+        /// The broker asked the provider for chunks of a package it lacks, with a signed
+        /// `resend` message (`details.attempt`, `details.missing`: how many, `details.messageId`).
+        public static let chunksRequested = Kind("package.chunks-requested")
+        /// A package's receipt sent again, same id and bytes, because its provider sent the
+        /// manifest again (it had not got the receipt) (`details.messageId`).
+        public static let receiptResent = Kind("package.receipt-resent")
         public static let manifestReceived = Kind("package.manifest-received")
         public static let chunkReceived = Kind("package.chunk-received")
         public static let packageCompleted = Kind("package.completed")

@@ -14,6 +14,8 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
     case preservationExtension = "preservation-extension"
     /// A preservation order ended: released by the investigator, or its clock ran out.
     case preservationRelease = "preservation-release"
+    /// The broker asks for chunks of a package it lacks (its manifest is in; package SPEC §7).
+    case resend
     // provider → broker, on custos.from.<provider>
     case ack
     case status
@@ -29,7 +31,7 @@ public enum MessageType: String, Codable, Sendable, CaseIterable {
 
     public var direction: Direction {
         switch self {
-        case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease: return .toProvider
+        case .request, .receipt, .revocation, .clarification, .preservationExtension, .preservationRelease, .resend: return .toProvider
         case .ack, .status, .refusal, .manifest, .manifestPart, .chunk, .clarificationRequest, .preserved: return .fromProvider
         }
     }
@@ -186,6 +188,31 @@ public struct ReceiptBody: Codable, Sendable, Hashable {
         self.outcome = .rejected
         self.reasons = [reason]
         self.receivedAt = receivedAt
+    }
+}
+
+/// The broker's signed request for chunks it lacks (schema `messages/resend.json`, package
+/// SPEC §7, "Gaps"): the package's manifest is in, but chunks it lists have not arrived within
+/// the broker's wait — Kafka acknowledged them to the connector and then lost them. The
+/// connector sends exactly those chunks again, the same bytes under the same message ids.
+public struct ResendBody: Codable, Sendable, Hashable {
+    /// The package, as its signed manifest spells its id.
+    public var packageId: String
+    /// SHA-256 of the manifest's bytes as signed: the package whose chunks are meant.
+    public var manifestSha256: String
+    /// The missing chunk indices, ascending, at most `maximumIndices` (a longer gap is asked
+    /// for again once these are in).
+    public var indices: [Int]
+    /// 1 for the first request for this package, then 2, 3…
+    public var attempt: Int
+
+    public static let maximumIndices = 10_000
+
+    public init(packageId: String, manifestSha256: String, indices: [Int], attempt: Int) {
+        self.packageId = packageId
+        self.manifestSha256 = manifestSha256
+        self.indices = indices
+        self.attempt = attempt
     }
 }
 

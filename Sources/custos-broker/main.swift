@@ -127,6 +127,10 @@ struct Serve: AsyncParsableCommand {
               outbox.acknowledgementTimeoutSeconds, outbox.emergencyAcknowledgementTimeoutSeconds, outbox.maxResends
                   a request message its provider has not acknowledged within this (default 300; 30 for an emergency) is
                   sent again, same id and bytes, after twice as long each time, at most maxResends times (default 10)
+              packages.missingChunksAfterSeconds, packages.emergencyMissingChunksAfterSeconds, packages.maxResendRequests
+                  a package whose manifest is in but which lacks chunks, quiet for this long (default 60; 10 for an
+                  emergency), has exactly those asked for with a signed resend message, after twice as long each
+                  time, at most maxResendRequests times (default 10)
               providers.refreshSeconds (CUSTOS_PROVIDERS_REFRESH_SECONDS)
                   how often newly registered providers are picked up (default 5)
               ingest.concurrency, ingest.urgentConcurrency (CUSTOS_INGEST_CONCURRENCY, CUSTOS_INGEST_URGENT_CONCURRENCY)

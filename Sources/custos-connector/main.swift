@@ -88,6 +88,13 @@ struct Run: AsyncParsableCommand {
                   longest wait of a fetch on the urgent topic (default 10; librdkafka's fetch.wait.max.ms)
               streaming.inFlightChunks
                   chunks awaiting Kafka's acknowledgement at once (default 32)
+              receipts.timeoutSeconds, receipts.emergencyTimeoutSeconds
+                  a package sent whose receipt has not come within this (default 600; 60 for an emergency) has its manifest
+                  sent again, after twice as long each time, at most every 6 hours; the broker answers with the receipt, or
+                  asks for the chunks it lacks with a resend message, and those alone are sent again
+              receipts.retentionDays, receipts.warningHours
+                  a package's content is kept until an accepted receipt, at most this many days (default 30); an error is
+                  logged each hour of the last warningHours (default 72), and another when it is deleted
               criteria.maximumExtractionAgeSeconds, criteria.maximumTimeStampDistanceSeconds
                   the broker's bounds for the four criteria's sống, to foresee its verdict (defaults 86400 and 3600)
               http.address (CUSTOS_HTTP_ADDRESS)

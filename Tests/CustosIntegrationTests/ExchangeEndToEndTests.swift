@@ -378,6 +378,7 @@ struct ExchangeEndToEndTests {
             if received == 0 { try await Task.sleep(for: .milliseconds(20)) }
         }
         d.broker!.kill9()
+        let restarted = Date()
         #expect(progress >= 15 && received > 0, "not killed mid-stream (connector \(progress), broker \(received))")
 
         // 3. Restart the broker, then the connector (its TSA is the broker's): the new package
@@ -402,11 +403,103 @@ struct ExchangeEndToEndTests {
         #expect(delivered[0]["state"] as? String == "verified")
         #expect(try String(contentsOfFile: runs, encoding: .utf8).split(separator: "\n").count == 2)
         // Chunks are content-addressed: the redelivered ones, and the second package's (the
-        // same records, so the same chunks) were not stored again; none is left half-written.
-        let stored = try FileManager.default.subpathsOfDirectory(atPath: d.path("chunks")).filter { $0.contains("/") }
-        #expect(stored.count == chunkCount && !stored.contains { $0.hasSuffix(".tmp") }, "\(stored.count) files for \(chunkCount) chunks")
+        // same records, so the same chunks) were not stored again. A write the killed broker had
+        // in progress may have left its temporary file (`.<sha256>.<uuid>.tmp`, swept after an
+        // hour by `ChunkStore.sweepTemporaryFiles`); none may come from the restarted broker.
+        let files = try FileManager.default.subpathsOfDirectory(atPath: d.path("chunks")).filter { $0.contains("/") }
+        let temporaries = files.filter { ($0 as NSString).lastPathComponent.hasPrefix(".") }
+        let stored = files.filter { !($0 as NSString).lastPathComponent.hasPrefix(".") }
+        #expect(stored.count == chunkCount, "\(stored.count) chunk files for \(chunkCount) chunks")
+        for temporary in temporaries {
+            let modified = try FileManager.default.attributesOfItem(atPath: d.path("chunks/\(temporary)"))[.modificationDate] as? Date
+            #expect(temporary.hasSuffix(".tmp") && (modified ?? .distantFuture) < restarted, "\(temporary) was left by the restarted broker")
+        }
         let downloaded = try json(try await d.cliOK(d.investigator, ["download", delivered[0]["id"] as! String, "--out", d.path("dl"), "--quiet", "--json"]))
         #expect(downloaded["chunksRoot"] as? String == manifest.chunksRoot)
+    }
+
+    /// End-to-end acknowledgement of a package (issue 18): the broker is down while the
+    /// connector sends, so no receipt comes. The connector sends its manifest again after
+    /// `receipts.timeoutSeconds`; a broker-signed `resend` gets exactly the chunks it lists sent
+    /// again (same message ids); once the broker is back it verifies the package once, stores
+    /// each chunk once, and its receipt lets the connector delete the content.
+    @Test func withoutAReceiptTheConnectorSendsItsManifestAgainAndTheChunksTheBrokerAsksFor() async throws {
+        let d = try Deployment(adapter: [Self.synth, "--records-per-target", "4000", "--padding", "330"])
+        defer { d.stop() }
+        d.connectorConfig["receipts"] = ["timeoutSeconds": 2]
+        // A consumer group of its own (as in production), not the stopped broker's.
+        d.connectorEnvironment["CUSTOS_KAFKA_GROUP_ID"] = TestServices.unique("custos-connector-")
+        try await d.setUp()
+        // A time-stamping authority apart from the broker (a broker on a schema of its own, with
+        // no provider: it consumes nothing), so that the connector time-stamps while it is down.
+        let (tsa, tsaURL) = try await d.startAnotherBroker("tsa", environment: [
+            "CUSTOS_DATABASE_SCHEMA": TestServices.unique("tsa_"), "CUSTOS_KAFKA_GROUP_ID": TestServices.unique("custos-tsa-"),
+        ])
+        defer { tsa.stop() }
+        try await d.startBroker()
+        let request = try await d.submitRequest(targets: ["msisdn:+84912345678"], categories: ["traffic"])
+        _ = try await d.cliOK(d.approver, ["request", "approve", request])
+        var state = ""
+        let dispatched = ContinuousClock.now + .seconds(30)
+        while state != "dispatched" && ContinuousClock.now < dispatched {
+            state = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))["state"] as? String ?? ""
+            if state != "dispatched" { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        try #require(state == "dispatched")
+        // The broker dies. (kill -9: Tansu, the test's Kafka, keeps a consumer group that a
+        // member left with LeaveGroup from serving the member that rejoins it for minutes.)
+        d.broker!.kill9()
+
+        // 1. The package goes out; no receipt comes; the manifest goes again.
+        try await d.startConnector(tsa: tsaURL)
+        let job = "state/jobs/\(request)/"
+        func waitForFile(_ name: String, _ seconds: Int) async throws -> Bool {
+            let deadline = ContinuousClock.now + .seconds(seconds)
+            while !FileManager.default.fileExists(atPath: d.path(job + name)) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(100)) }
+            return FileManager.default.fileExists(atPath: d.path(job + name))
+        }
+        #expect(try await waitForFile("sent", 120), "connector: \(d.connector!.output.suffix(2000))")
+        #expect(try await waitForFile("manifest-resends", 30), "the manifest was not sent again")
+        _ = try await d.connector!.waitFor("its manifest was sent again", timeout: .seconds(5))
+
+        // 2. The broker (its key) asks for chunks 0 and 2: exactly those go again.
+        let manifestBytes = try Data(contentsOf: URL(fileURLWithPath: d.path(job + "manifest.json")))
+        let manifest = try JSONDecoder().decode(Manifest.self, from: manifestBytes)
+        #expect(manifest.chunks.count >= 3)
+        let resendId = UUID()
+        let resend = Envelope(type: .resend, id: resendId, requestId: try #require(UUID(uuidString: request)), sender: "broker",
+                              body: ResendBody(packageId: manifest.packageId.lowercased, manifestSha256: Digest.sha256Hex(Array(manifestBytes)),
+                                               indices: [0, 2], attempt: 1))
+        let producer = try KafkaProducer(configuration: try TestServices.kafka(), logger: TestServices.logger)
+        defer { producer.shutdown() }
+        try await producer.send(OutgoingMessage(topic: Topics.toProvider(d.provider), key: Array(request.lowercased().utf8),
+                                                value: try SignedEnvelope.encode(resend, signer: try SigningKey.load(path: d.path("broker.key")))))
+        #expect(try await waitForFile("resend-\(resendId.lowercased).json.done", 60), "connector: \(d.connector!.output.suffix(2000))")
+        let sent = try await collectEnvelopes(topics: [Topics.fromProvider(d.provider)], mustSee: [.chunk, .manifest])
+        var chunkIndices: [Int: Int] = [:]
+        var manifests = 0
+        for bytes in sent {
+            let json = try JSONParser.parse(bytes)
+            if json["type"]?.stringValue == "manifest" { manifests += 1 }
+            if json["type"]?.stringValue == "chunk", case .number(let i)? = json["body"]?["index"] { chunkIndices[Int(i), default: 0] += 1 }
+        }
+        #expect(manifests >= 2)
+        #expect(chunkIndices[0] == 2 && chunkIndices[2] == 2 && chunkIndices[1] == 1 && chunkIndices.count == manifest.chunks.count, "\(chunkIndices)")
+
+        // 3. The broker comes back: one package, verified, each chunk stored once; the receipt
+        //    arrives and the connector lets the content go.
+        try await d.startBroker()
+        let watched = try await d.cli(d.investigator, ["request", "status", request, "--watch", "--timeout", "120"])
+        #expect(watched.status == 0, "broker: \(d.broker!.output.suffix(2000))")
+        let view = try json(try await d.cliOK(d.investigator, ["request", "status", request, "--json"]))
+        #expect(view["state"] as? String == "verified")
+        #expect((view["packages"] as? [[String: Any]])?.count == 1)
+        #expect(try await waitForFile("receipt.json", 60))
+        let contentGone = ContinuousClock.now + .seconds(30)
+        while FileManager.default.fileExists(atPath: d.path(job + "results")) && ContinuousClock.now < contentGone { try await Task.sleep(for: .milliseconds(100)) }
+        #expect(!FileManager.default.fileExists(atPath: d.path(job + "results")), "the content is kept after an accepted receipt")
+        let stored = try FileManager.default.subpathsOfDirectory(atPath: d.path("chunks")).filter { $0.contains("/") && !($0 as NSString).lastPathComponent.hasPrefix(".") }
+        #expect(stored.count == manifest.chunks.count)
     }
 
     /// Reads the topics from the start with a fresh group until every listed type was seen and

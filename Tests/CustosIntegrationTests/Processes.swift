@@ -88,6 +88,8 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
     var approver = ""
 
     var connectorConfig: [String: Any] = [:]
+    /// More settings for the connector's process alone (`CUSTOS_…`).
+    var connectorEnvironment: [String: String] = [:]
 
     /// `environment`: more settings for every process (`CUSTOS_…`).
     init(adapter: [String], inFlightChunks: Int = 32, environment: [String: String] = [:]) throws {
@@ -161,7 +163,8 @@ final class Deployment: @unchecked Sendable {  // used from one test task at a t
         var config = connectorConfig
         config["tsa"] = ["url": (tsa ?? url) + "/tsa", "trustFile": path("tsa-ca.pem")]
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: path("connector.json")))
-        connector = try ChildProcess("custos-connector", ["run", "--config", path("connector.json")], environment: env, log: dir.appendingPathComponent("connector.log"))
+        connector = try ChildProcess("custos-connector", ["run", "--config", path("connector.json")],
+                                     environment: env.merging(connectorEnvironment) { _, b in b }, log: dir.appendingPathComponent("connector.log"))
         _ = try await connector!.waitFor("custos-connector running")
     }
 
