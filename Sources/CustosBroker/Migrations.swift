@@ -496,6 +496,10 @@ enum Migrations {
             ALTER TABLE arriving_packages ADD COLUMN last_at timestamptz NOT NULL DEFAULT now(),
                 ADD COLUMN resend_requests integer NOT NULL DEFAULT 0, ADD COLUMN resend_requested_at timestamptz;
             CREATE INDEX arriving_packages_with_manifest ON arriving_packages (package_id) WHERE manifest_in;
+            -- A Kafka that loses its state (Tansu restarted, a topic deleted and made again) numbers
+            -- offsets from 0 again: a dead letter is the same one only with the same bytes too.
+            ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS dead_letters_topic_kafka_partition_kafka_offset_key;
+            CREATE UNIQUE INDEX dead_letters_once ON dead_letters (topic, kafka_partition, kafka_offset, sha256(payload));
             """),
     ]
 }

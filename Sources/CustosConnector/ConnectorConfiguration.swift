@@ -93,9 +93,11 @@ public struct ConnectorConfiguration: Sendable {
     /// `receipts.timeoutSeconds` (default 600) and `receipts.emergencyTimeoutSeconds` (default
     /// 60): a package sent whose receipt has not come within this is sent again — its signed
     /// manifest, after which the broker answers with the receipt or asks for the chunks it
-    /// lacks — after twice as long each time, at most every 6 hours (schemas/README.md, "Re-sending").
+    /// lacks — after twice as long each time, at most every `receipts.longestWaitSeconds`
+    /// (default 21600, 6 hours) (schemas/README.md, "Re-sending").
     public var receiptTimeout: Duration = .seconds(600)
     public var emergencyReceiptTimeout: Duration = .seconds(60)
+    public var receiptLongestWait: Duration = .seconds(21_600)
     /// `receipts.retentionDays` (default 30): how long a package without its receipt keeps its
     /// content (the result spools) for sending again; then the content is deleted, loudly.
     public var receiptRetention: Duration = .seconds(30 * 86_400)
@@ -177,6 +179,7 @@ public struct ConnectorConfiguration: Sendable {
         criteria.maximumTimeStampDistance = try reader.seconds("criteria.maximumTimeStampDistanceSeconds", default: criteria.maximumTimeStampDistance)
         receiptTimeout = try reader.seconds("receipts.timeoutSeconds", default: receiptTimeout)
         emergencyReceiptTimeout = try reader.seconds("receipts.emergencyTimeoutSeconds", default: emergencyReceiptTimeout)
+        receiptLongestWait = try reader.seconds("receipts.longestWaitSeconds", default: receiptLongestWait)
         receiptRetention = .seconds(reader.int(forKey: "receipts.retentionDays", default: 30) * 86_400)
         receiptWarning = .seconds(reader.int(forKey: "receipts.warningHours", default: 72) * 3600)
         guard receiptRetention > .zero else { throw ConfigurationError(key: "receipts.retentionDays", reason: "must be at least 1") }

@@ -9,7 +9,7 @@ import Logging
 /// that the broker got it, so a package is not done until the broker's signed receipt is in:
 /// - a package whose receipt has not come within `receipts.timeoutSeconds` has its signed
 ///   manifest sent again (the same message id), after twice as long each time, at most every
-///   6 hours. The broker answers with the receipt again, or asks with `resend` for the chunks
+///   `receipts.longestWaitSeconds` (6 hours). The broker answers with the receipt again, or asks with `resend` for the chunks
 ///   it lacks;
 /// - a `resend` has exactly the chunks it lists sent again from the result spools, each checked
 ///   first against the manifest's SHA-256 for it;
@@ -21,9 +21,6 @@ import Logging
 /// time is the last), `resend-<message id>.json` (the broker's message as received) and its
 /// `.done`, `content-expired`.
 extension ProviderConnector {
-    /// The longest wait between two re-sends of one manifest.
-    static let longestReceiptWait: Duration = .seconds(6 * 3600)
-
     /// Whether a job that was sent has re-sending to do.
     func hasResendWork(_ id: UUID) -> Bool {
         guard jobs.phase(id) == .sent else { return false }
@@ -95,7 +92,7 @@ extension ProviderConnector {
                 let attempts = (try? jobs.read(id, "manifest-resends")).flatMap { Int(String(decoding: $0, as: UTF8.self)) } ?? 0
                 let last = modified(id, "manifest-resends") ?? sentAt
                 let first = jobs.isUrgent(id) ? configuration.emergencyReceiptTimeout : configuration.receiptTimeout
-                let wait = min(Double(first.components.seconds) * pow(2, Double(min(attempts, 20))), Double(Self.longestReceiptWait.components.seconds))
+                let wait = min(Double(first.components.seconds) * pow(2, Double(min(attempts, 20))), Double(configuration.receiptLongestWait.components.seconds))
                 if now.timeIntervalSince(last) >= wait && !jobs.exists(id, "manifest-again") && !running.isRunning(id) {
                     try jobs.write(id, "manifest-again", Data())
                     queue.schedule(id, urgent: jobs.isUrgent(id))

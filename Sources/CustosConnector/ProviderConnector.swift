@@ -78,9 +78,21 @@ public struct ProviderConnector: Service {
                             workers.addTask {
                                 while let id = await queue.next(urgentOnly: lane) {
                                     metrics.inFlight.record(running.count + 1)
-                                    await running.run(id) { await process(id) }
+                                    let failed = Mutex(false)
+                                    await running.run(id) {
+                                        let ok = await process(id)
+                                        failed.withLock { $0 = !ok }
+                                    }
                                     metrics.inFlight.record(running.count)
                                     queue.done(id)
+                                    if failed.withLock({ $0 }) {
+                                        // A job that stopped on a failure (Kafka or the TSA away) is taken up again.
+                                        let urgent = jobs.isUrgent(id)
+                                        Task {
+                                            try? await Task.sleep(for: Self.retryDelay)
+                                            queue.schedule(id, urgent: urgent)
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -258,19 +270,24 @@ public struct ProviderConnector: Service {
                                                 value: try SignedEnvelope.encode(envelope, signer: signer)))
     }
 
+    /// How long a job that stopped on a failure waits before it is taken up again.
+    static let retryDelay: Duration = .seconds(5)
+
     /// Takes one job as far as it goes. Failures are logged and the job stays where it was;
-    /// the next start resumes it.
-    func process(_ id: UUID) async {
+    /// it is taken up again after `retryDelay` (returns false then), and the next start
+    /// resumes it too.
+    @discardableResult
+    func process(_ id: UUID) async -> Bool {
         var meta: Logger.Metadata = [LogKey.request: "\(id.lowercased)"]
         // A revoked request goes no further (checked again between the steps below).
         func revoked() -> Bool { jobs.phase(id) == .revoked || Task.isCancelled }
         do {
-            guard !revoked() else { return }
+            guard !revoked() else { return true }
             await running.acknowledged(id)
             let body = try JSONDecoder().decode(RequestBody.self, from: try jobs.read(id, "request.json"))
             if body.request.isPreservation {
                 try await preserve(id, body)
-                return
+                return true
             }
             let streamer = PackageStreamer(jobs: jobs, producer: producer, signer: signer, identity: identity, providerId: configuration.providerId,
                                            inFlight: configuration.inFlightChunks)
@@ -292,22 +309,22 @@ public struct ProviderConnector: Service {
                         try await group.waitForAll()
                     }
                 } catch let failure as ExecAdapter.Failure {
-                    if running.stopping { logger.warning("extraction stopped for shutdown; the job resumes on the next start", metadata: meta); return }
-                    if revoked() { logger.warning("extraction stopped: request revoked", metadata: meta); return }
+                    if running.stopping { logger.warning("extraction stopped for shutdown; the job resumes on the next start", metadata: meta); return true }
+                    if revoked() { logger.warning("extraction stopped: request revoked", metadata: meta); return true }
                     metrics.refusals.increment()
                     meta[LogKey.reason] = "\(failure.reason)"
                     logger.error("extraction failed; refusing the request", metadata: meta)
                     try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
                                    body: RefusalBody(reason: .extractionFailed, detail: failure.reason))
                     try jobs.write(id, "sent", Data())
-                    return
+                    return true
                 }
                 let took = ContinuousClock.now - started
                 metrics.extractionSeconds.recordNanoseconds(took.components.seconds * 1_000_000_000 + took.components.attoseconds / 1_000_000_000)
                 meta["custos.duration_ms"] = "\(took.components.seconds * 1000 + took.components.attoseconds / 1_000_000_000_000_000)"
                 logger.info("extraction finished; every chunk is acknowledged", metadata: meta)
             }
-            guard !revoked() else { return }
+            guard !revoked() else { return true }
             if jobs.phase(id) == .extracted {
                 let extraction = try JSONDecoder().decode(Extraction.self, from: try jobs.read(id, "extraction.json"))
                 let list: PackageStreamer.ChunkList
@@ -323,7 +340,7 @@ public struct ProviderConnector: Service {
             if jobs.phase(id) == .packaged && !jobs.exists(id, "manifest.tsr") {
                 try await timeStamp(id)
             }
-            guard !revoked() else { return }
+            guard !revoked() else { return true }
             if jobs.phase(id) == .packaged {
                 try await send(.status, id: .derived("status", id.lowercased, "streaming"), request: id, body: StatusBody(phase: .streaming, percent: 100))
                 try await streamer.sendManifest(id)
@@ -342,17 +359,19 @@ public struct ProviderConnector: Service {
                 }
                 removeContentIfAccepted(id, byTheJob: true)
             }
-            guard !revoked() else { return }
+            guard !revoked() else { return true }
             if jobs.phase(id) == .sent { try await sendAgain(id, resultCount: resultCount, streamer: streamer) }
         } catch {
             if running.stopping {
                 logger.warning("job stopped for shutdown; it resumes on the next start", metadata: meta)
-                return
+                return true
             }
             metrics.jobFailures.increment()
             meta[LogKey.reason] = "\(String(describing: error))"
-            logger.error("job stopped; it resumes on the next start", metadata: meta)
+            logger.error("job stopped; it is taken up again shortly", metadata: meta)
+            return false
         }
+        return true
     }
 
     /// Judges the package on the four criteria as the broker will (delivered now; the clock's

@@ -30,30 +30,69 @@ public struct OutgoingMessage: Sendable {
 /// An idempotent producer with `acks=all`. `send` returns when the broker has acknowledged
 /// the message (its delivery report), so a caller can commit its own state after that.
 /// Delivery reports are served by a dedicated thread, off the cooperative pool.
+///
+/// An idempotent producer's fatal error (librdkafka's `rd_kafka_fatal_error`: e.g. the
+/// cluster fenced its producer id, as a Kafka that lost its state does) leaves the librdkafka
+/// instance unusable for good, so it is replaced by a new one: the messages it still held fail
+/// (their callers retry them, through the new instance), and nothing sent after is lost.
 public final class KafkaProducer: Sendable {
-    let client: RDKafkaClient
+    /// The librdkafka instance in use now.
+    var client: RDKafkaClient { lifecycle.clients.withLock { $0.current } }
+    private let properties: [String: String]
     private let logger: Logger
-    private let lifecycle = Lifecycle()
+    private let lifecycle: Lifecycle
     private let pollThreadDone = DispatchSemaphore(value: 0)
 
     /// Shared with the poll thread, which must not retain the producer itself.
     private final class Lifecycle: Sendable {
         let closed = Atomic<Bool>(false)
+        /// The instance in use, and those replaced after a fatal error whose queues are still
+        /// being drained (their delivery reports fail every message they held).
+        let clients: Mutex<(current: RDKafkaClient, retired: [RDKafkaClient])>
+        init(_ client: RDKafkaClient) { clients = Mutex((client, [])) }
     }
 
     public init(configuration: KafkaConfiguration, logger: Logger) throws {
-        self.client = try RDKafkaClient(kind: .producer, properties: configuration.producerProperties())
+        properties = configuration.producerProperties()
+        lifecycle = Lifecycle(try RDKafkaClient(kind: .producer, properties: properties))
         self.logger = logger
-        let thread = Thread { [client, lifecycle, pollThreadDone] in
+        let thread = Thread { [lifecycle, pollThreadDone] in
             // Poll until closed and nothing is in flight, so every continuation is resumed.
             while true {
-                rd_kafka_poll(client.handle, 100)
-                if lifecycle.closed.load(ordering: .acquiring) && rd_kafka_outq_len(client.handle) == 0 { break }
+                let (current, retired) = lifecycle.clients.withLock { ($0.current, $0.retired) }
+                rd_kafka_poll(current.handle, retired.isEmpty ? 100 : 10)
+                for old in retired { rd_kafka_poll(old.handle, 0) }
+                if !retired.isEmpty {
+                    // Freed once every report of a replaced instance has been served.
+                    lifecycle.clients.withLock { $0.retired.removeAll { rd_kafka_outq_len($0.handle) == 0 } }
+                }
+                if lifecycle.closed.load(ordering: .acquiring) && rd_kafka_outq_len(current.handle) == 0 && retired.isEmpty { break }
             }
             pollThreadDone.signal()
         }
         thread.name = "custos-kafka-producer-poll"
         thread.start()
+    }
+
+    /// Replaces the librdkafka instance when it has hit a fatal error; returns the one to use.
+    private func usableClient() -> RDKafkaClient {
+        lifecycle.clients.withLock { clients in
+            var reason = [CChar](repeating: 0, count: 512)
+            let code = rd_kafka_fatal_error(clients.current.handle, &reason, reason.count)
+            guard code != RD_KAFKA_RESP_ERR_NO_ERROR else { return clients.current }
+            do {
+                let fresh = try RDKafkaClient(kind: .producer, properties: properties)
+                let old = clients.current
+                rd_kafka_purge(old.handle, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
+                clients.retired.append(old)
+                clients.current = fresh
+                logger.error("the Kafka producer hit a fatal error and was replaced by a new one; the messages it held are sent again by their callers",
+                             metadata: ["kafka.error": "\(String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"])
+            } catch {
+                logger.error("the Kafka producer hit a fatal error and could not be replaced yet", metadata: ["kafka.error": "\(error)"])
+            }
+            return clients.current
+        }
     }
 
     /// Sends one message and waits for its delivery report.
@@ -81,7 +120,7 @@ public final class KafkaProducer: Sendable {
         let opaque = Unmanaged.passRetained(future).toOpaque()
         var attempts = 0
         while true {
-            guard let err = produce(message, opaque: opaque) else { return future }
+            guard let err = produce(message, opaque: opaque, client: usableClient()) else { return future }
             let code = rd_kafka_error_code(err)
             rd_kafka_error_destroy(err)
             if code == RD_KAFKA_RESP_ERR__QUEUE_FULL && attempts < 3000 {
@@ -94,7 +133,7 @@ public final class KafkaProducer: Sendable {
         }
     }
 
-    private func produce(_ message: OutgoingMessage, opaque: UnsafeMutableRawPointer) -> OpaquePointer? {
+    private func produce(_ message: OutgoingMessage, opaque: UnsafeMutableRawPointer, client: RDKafkaClient) -> OpaquePointer? {
         message.topic.withCString { topic in
             message.key.withUnsafeBytes { key in
                 message.value.withUnsafeBytes { value in
@@ -139,6 +178,7 @@ public final class KafkaProducer: Sendable {
     public func shutdown(timeout: Duration = .seconds(30)) {
         guard !lifecycle.closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         let ms = Int32(timeout.components.seconds * 1000)
+        let client = self.client
         let err = rd_kafka_flush(client.handle, ms)
         if err != RD_KAFKA_RESP_ERR_NO_ERROR {
             logger.warning("Kafka producer flush did not finish", metadata: ["kafka.error": "\(String(cString: rd_kafka_err2str(err)))"])

@@ -54,8 +54,17 @@ if arguments.first == "connector" {
                                  baseline: !arguments.contains("--without-baseline"))
     exit(0)
 }
+if arguments.first == "kafka-noise" {
+    let rest = Array(arguments.dropFirst())
+    guard rest.count >= 3, let count = Int(rest[2]) else {
+        FileHandle.standardError.write(Data("usage: custos-bench kafka-noise BROKERS TOPIC COUNT [REQUEST-ID]\n".utf8))
+        exit(2)
+    }
+    try await ChaosNoise.run(brokers: rest[0], topic: rest[1], count: count, requestId: rest.count > 3 ? UUID(uuidString: rest[3]) ?? UUID() : UUID())
+    exit(0)
+}
 guard arguments.first == "custody" else {
-    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB] | custos-bench criteria [RECORDS] | custos-bench connector [RECORDS] [PADDING] [--without-baseline] | custos-bench return [BULK-MB] [COUNT] | custos-bench lists [REQUESTS] [CASES] [SECONDS] | custos-bench portal [REQUESTS] [CASES] [SECONDS]\n".utf8))
+    FileHandle.standardError.write(Data("usage: custos-bench custody [SECONDS] [CONCURRENCY] [PROOF-LOG-SIZE] | custos-bench urgent [COUNT] [LOAD-PACKAGES] [LOAD-MB] | custos-bench criteria [RECORDS] | custos-bench connector [RECORDS] [PADDING] [--without-baseline] | custos-bench return [BULK-MB] [COUNT] | custos-bench lists [REQUESTS] [CASES] [SECONDS] | custos-bench portal [REQUESTS] [CASES] [SECONDS] | custos-bench kafka-noise BROKERS TOPIC COUNT [REQUEST-ID]\n".utf8))
     exit(2)
 }
 let seconds = arguments.dropFirst().first.flatMap { Double($0) } ?? 20

@@ -88,9 +88,9 @@ struct Run: AsyncParsableCommand {
                   longest wait of a fetch on the urgent topic (default 10; librdkafka's fetch.wait.max.ms)
               streaming.inFlightChunks
                   chunks awaiting Kafka's acknowledgement at once (default 32)
-              receipts.timeoutSeconds, receipts.emergencyTimeoutSeconds
+              receipts.timeoutSeconds, receipts.emergencyTimeoutSeconds, receipts.longestWaitSeconds
                   a package sent whose receipt has not come within this (default 600; 60 for an emergency) has its manifest
-                  sent again, after twice as long each time, at most every 6 hours; the broker answers with the receipt, or
+                  sent again, after twice as long each time, at most every longestWaitSeconds (default 21600); the broker answers with the receipt, or
                   asks for the chunks it lacks with a resend message, and those alone are sent again
               receipts.retentionDays, receipts.warningHours
                   a package's content is kept until an accepted receipt, at most this many days (default 30); an error is
