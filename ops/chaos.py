@@ -25,6 +25,13 @@ BIN = os.path.join(ROOT, ".build", "debug")
 STATE = os.environ.get("CUSTOS_STATE_DIR", os.path.join(ROOT, ".custos"))
 DIR = os.path.join(STATE, "chaos")
 SERVICES_ENV = dict(os.environ, CUSTOS_STATE_DIR=DIR)
+
+
+def use_dir(name):
+    """Works under $CUSTOS_STATE_DIR/<name> instead (its own services, logs and state)."""
+    global DIR, SERVICES_ENV
+    DIR = os.path.join(STATE, name)
+    SERVICES_ENV = dict(os.environ, CUSTOS_STATE_DIR=DIR)
 PROVIDERS = ["chaos-telco-1", "chaos-telco-2", "chaos-telco-3"]
 LOCK = threading.Lock()
 
@@ -117,19 +124,10 @@ class Managed:
                 self.proc.wait()
 
 
-def main():
-    ap = argparse.ArgumentParser(prog="ops/chaos", description="fault-injection campaign (see ops/chaos)")
-    ap.add_argument("faults", nargs="?", type=int, default=100)
-    ap.add_argument("minutes", nargs="?", type=float, default=30)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--largest-mb", type=int, default=100, help="the largest package, in MB (default 100)")
-    ap.add_argument("--drain-minutes", type=float, default=None, help="time allowed after the faults for everything to settle")
-    a = ap.parse_args()
-    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
-    rng = random.Random(seed)
-    os.makedirs(DIR, exist_ok=True)
-    log(f"seed {seed}: {a.faults} faults over {a.minutes:g} minutes, packages up to {a.largest_mb} MB; everything in {DIR}")
-
+def deploy(providers, brokers_count, per_target, separate_tsa=True, fast_waits=True):
+    """Fresh services under DIR and a whole deployment: `brokers_count` brokers on one schema,
+    a connector per provider (its adapter writing `per_target[provider]` records a target), a
+    TSA apart (or broker 1's own); returns its parts, every process started."""
     # Fresh services of the campaign's own.
     services("down", "--purge", check=False)
     services("up")
@@ -148,7 +146,7 @@ def main():
     ENV = env
     pki = os.path.join(DIR, "pki")
     run(["bash", "-c", f'source "{ROOT}/ops/lib.sh"; demo_pki "{pki}"; synthetic_decision "{DIR}/decision.pdf"'])
-    for p in PROVIDERS:
+    for p in providers:
         if not os.path.exists(f"{pki}/{p}.pem"):
             run(["custos-broker", "pki", "issue", "--name", p, "--organization", p, "--role", "signer", "--ca-certificate", f"{pki}/provider-ca.pem",
                  "--ca-key", f"{pki}/provider-ca.key", "--key-out", f"{pki}/{p}.key", "--certificate-out", f"{pki}/{p}.pem"])
@@ -159,15 +157,16 @@ def main():
         "storage": {"directory": f"{DIR}/chunks", "keyFile": f"{pki}/storage.key"},
         "tsa": {"trustFile": f"{pki}/tsa-ca.pem", "certificateFile": f"{pki}/tsa.pem", "keyFile": f"{pki}/tsa.key"},
         "custody": {"origin": "chaos.custos/custody", "certificateFile": f"{pki}/custody.pem", "keyFile": f"{pki}/custody.key"},
-        # Shorter waits than production's, so that a lost message is noticed within the run.
-        "outbox": {"acknowledgementTimeoutSeconds": 20, "emergencyAcknowledgementTimeoutSeconds": 10, "maxResends": 30},
-        "packages": {"missingChunksAfterSeconds": 15, "emergencyMissingChunksAfterSeconds": 8, "maxResendRequests": 30},
         "providers": {"refreshSeconds": 2},
     }
+    if fast_waits:
+        # Shorter waits than production's, so that a lost message is noticed within the run.
+        broker_cfg["outbox"] = {"acknowledgementTimeoutSeconds": 20, "emergencyAcknowledgementTimeoutSeconds": 10, "maxResends": 30}
+        broker_cfg["packages"] = {"missingChunksAfterSeconds": 15, "emergencyMissingChunksAfterSeconds": 8, "maxResendRequests": 30}
     json.dump(broker_cfg, open(f"{DIR}/broker.json", "w"))
     cfg = ["--config", f"{DIR}/broker.json"]
     run(["custos-broker", "migrate", *cfg])
-    for p in PROVIDERS:
+    for p in providers:
         run(["custos-broker", "providers", "add", p, "--certificate", f"{pki}/{p}.pem", "--ca-certificate", f"{pki}/provider-ca.pem", *cfg])
     suffix = str(int(time.time()))
     tokens = {role: run(["custos-broker", "users", "add", f"chaos-{role}-{suffix}", "--role", role, *cfg]).stdout.strip()
@@ -176,34 +175,54 @@ def main():
 
     ports = [int(run(["python3", "-c", "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"]).stdout) for _ in range(3)]
     brokers = [Managed(f"broker-{i + 1}", ["custos-broker", "serve", *cfg], "custos-broker listening on",
-                       env=dict(env, CUSTOS_HTTP_PORT=str(ports[i]))) for i in range(2)]
+                       env=dict(env, CUSTOS_HTTP_PORT=str(ports[i]))) for i in range(brokers_count)]
     # The authority's time-stamping service: a broker on a schema of its own, with no provider.
     tsa = Managed("tsa", ["custos-broker", "serve", *cfg], "custos-broker listening on",
                   env=dict(env, CUSTOS_HTTP_PORT=str(ports[2]), CUSTOS_DATABASE_SCHEMA="chaos_tsa", CUSTOS_KAFKA_GROUP_ID="custos-chaos-tsa"))
-    urls = [f"http://127.0.0.1:{p}" for p in ports[:2]]
-    # Package sizes: about 570 bytes a record; targets 1 to 9 per request.
-    per_target = {PROVIDERS[0]: 2, PROVIDERS[1]: 2000, PROVIDERS[2]: max(2, a.largest_mb * 1_000_000 // 570 // 9)}
+    urls = [f"http://127.0.0.1:{p}" for p in ports[:brokers_count]]
+    tsa_port = ports[2] if separate_tsa else ports[0]
     connectors = []
     preserve = os.path.join(DIR, "preserve.sh")
     with open(preserve, "w") as f:
         f.write("#!/bin/sh\ncat > /dev/null\nexit 0\n")
     os.chmod(preserve, 0o755)
-    for i, p in enumerate(PROVIDERS):
+    for i, p in enumerate(providers):
         c = {"providerId": p, "signingKeyFile": f"{pki}/{p}.key", "certificateFile": f"{pki}/{p}.pem",
              "brokerPublicKeyFile": f"{pki}/broker.pub", "stateDirectory": f"{DIR}/state-{i + 1}",
-             "tsa": {"url": f"http://127.0.0.1:{ports[2]}/tsa", "trustFile": f"{pki}/tsa-ca.pem"},
+             "tsa": {"url": f"http://127.0.0.1:{tsa_port}/tsa", "trustFile": f"{pki}/tsa-ca.pem"},
              "adapters": {"default": {"command": [f"{BIN}/custos-synth", "--records-per-target", str(per_target[p]), "--padding", "330"]},
                           "preservation": {"command": [preserve]}},
-             "receipts": {"timeoutSeconds": 30, "emergencyTimeoutSeconds": 15, "longestWaitSeconds": 60},
+             **({"receipts": {"timeoutSeconds": 30, "emergencyTimeoutSeconds": 15, "longestWaitSeconds": 60}} if fast_waits else {}),
              "log": {"level": "info"}}
         json.dump(c, open(f"{DIR}/connector-{i + 1}.json", "w"))
         connectors.append(Managed(f"connector-{i + 1}", ["custos-connector", "run", "--config", f"{DIR}/connector-{i + 1}.json"],
                                   "custos-connector running", env=dict(env, CUSTOS_KAFKA_GROUP_ID=f"custos-connector-{p}")))
-    for m in [tsa, *brokers, *connectors]:
+    for m in ([tsa] if separate_tsa else []) + [*brokers, *connectors]:
         if not m.start():
             sys.exit(f"chaos: {m.name} did not start (log: {m.log.name})")
-    log(f"brokers {urls[0]} and {urls[1]}, TSA on port {ports[2]}, connectors for {', '.join(PROVIDERS)}")
+    return argparse.Namespace(env=env, cfg=cfg, pki=pki, tokens=tokens, witness=witness, brokers=brokers, tsa=tsa,
+                              connectors=connectors, urls=urls, ports=ports)
 
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="ops/chaos", description="fault-injection campaign (see ops/chaos)")
+    ap.add_argument("faults", nargs="?", type=int, default=100)
+    ap.add_argument("minutes", nargs="?", type=float, default=30)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--largest-mb", type=int, default=100, help="the largest package, in MB (default 100)")
+    ap.add_argument("--drain-minutes", type=float, default=None, help="time allowed after the faults for everything to settle")
+    a = ap.parse_args()
+    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    os.makedirs(DIR, exist_ok=True)
+    log(f"seed {seed}: {a.faults} faults over {a.minutes:g} minutes, packages up to {a.largest_mb} MB; everything in {DIR}")
+
+    per_target = {PROVIDERS[0]: 2, PROVIDERS[1]: 2000, PROVIDERS[2]: max(2, a.largest_mb * 1_000_000 // 570 // 9)}
+    d = deploy(PROVIDERS, 2, per_target)
+    env, cfg, pki, tokens, witness = d.env, d.cfg, d.pki, d.tokens, d.witness
+    brokers, tsa, connectors, urls, ports = d.brokers, d.tsa, d.connectors, d.urls, d.ports
+    log(f"brokers {urls[0]} and {urls[1]}, TSA on port {ports[2]}, connectors for {', '.join(PROVIDERS)}")
     processes = {m.name: m for m in [*brokers, *connectors]}
     stop = threading.Event()
     faults_done = []
@@ -462,6 +481,7 @@ def main():
 
 
 def psql(sql):
+    """Rows of `sql` in the deployment's schema, as lists of text fields."""
     url = ENV["CUSTOS_DATABASE_ADMIN_URL"]
     p = run(["psql", url, "-AtF", "\t", "-c", f"SET search_path TO chaos; {sql}"], check=True)
     return [line.split("\t") for line in p.stdout.splitlines() if line and line != "SET"]
