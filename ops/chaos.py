@@ -66,6 +66,11 @@ def rss_and_fds(pid):
         return None
 
 
+def allow_core_dumps():
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
 class Managed:
     """A process the campaign supervises: started, killed, paused, and brought back."""
 
@@ -79,7 +84,9 @@ class Managed:
     def start(self, wait=True):
         self.log.write(f"\n--- start {time.strftime('%H:%M:%S')}\n")
         self.log.flush()
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # In DIR: a core dump (CHAOS_CORE_DUMPS=1 allows them) lands there, never in the checkout.
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=DIR,
+                                     preexec_fn=allow_core_dumps if os.environ.get("CHAOS_CORE_DUMPS") else None)
         self.incarnations.append([None, None, None, time.time()])
         if wait:
             deadline = time.time() + 90
@@ -212,6 +219,9 @@ def main():
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--largest-mb", type=int, default=100, help="the largest package, in MB (default 100)")
     ap.add_argument("--drain-minutes", type=float, default=None, help="time allowed after the faults for everything to settle")
+    ap.add_argument("--without", action="append", default=[], choices=["kill-connector", "kill-broker", "kill-postgres", "kill-kafka", "pause"],
+                    help="leave this kind of fault out (repeatable)")
+    ap.add_argument("--backlog", type=int, default=12, help="approved requests not yet ended at once, at most (default 12)")
     a = ap.parse_args()
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -223,7 +233,9 @@ def main():
     env, cfg, pki, tokens, witness = d.env, d.cfg, d.pki, d.tokens, d.witness
     brokers, tsa, connectors, urls, ports = d.brokers, d.tsa, d.connectors, d.urls, d.ports
     log(f"brokers {urls[0]} and {urls[1]}, TSA on port {ports[2]}, connectors for {', '.join(PROVIDERS)}")
-    processes = {m.name: m for m in [*brokers, *connectors]}
+    # The TSA is no fault's target, but PostgreSQL's are its faults too: it is brought back as well.
+    processes = {m.name: m for m in [*brokers, *connectors, tsa]}
+    exits = []  # processes that ended by themselves: (name, exit status)
     stop = threading.Event()
     faults_done = []
     submitted = {}  # request id -> (provider, kind)
@@ -256,11 +268,23 @@ def main():
                 time.sleep(1.5)
         return None
 
+    backlog = a.backlog
+
     def workload():
         wl = random.Random(seed + 1)
         case = retry("creating the case", lambda: cli(tokens["investigator"], ["case", "create", "--title", "Chaos campaign case"]))
         n = 0
+        ended_states = "('verified', 'refused', 'expired', 'revoked', 'preserved', 'released', 'rejected', 'withdrawn')"
         while not stop.is_set():
+            # A steady workload: at most `backlog` approved requests not yet ended at once.
+            try:
+                ids = list(submitted)
+                open_now = int(psql(f"SELECT count(*) FROM requests WHERE id = ANY('{{{','.join(ids)}}}'::uuid[]) AND state NOT IN {ended_states}")[0][0]) if ids else 0
+            except RuntimeError:
+                open_now = backlog
+            if open_now >= backlog:
+                stop.wait(2)
+                continue
             n += 1
             provider = wl.choice(PROVIDERS)
             roll = wl.random()
@@ -301,6 +325,10 @@ def main():
             now = time.time()
             for m in processes.values():
                 m.sample()
+                if m.proc is not None and m.proc.poll() is not None and m.proc.returncode != -signal.SIGKILL and not getattr(m.proc, "reported", False):
+                    m.proc.reported = True
+                    exits.append((m.name, m.proc.returncode))
+                    log(f"{m.name} exited by itself (status {m.proc.returncode}); see {m.log.name}")
                 if not m.alive() and now >= m.down_until and m.name not in paused:
                     if not m.start(wait=False):
                         m.down_until = now + 2
@@ -315,11 +343,12 @@ def main():
                 break
 
     downs = {}
-    fault_kinds = ["kill-connector", "kill-broker", "kill-postgres", "kill-kafka", "pause"]
+    fault_kinds = [k for k in ["kill-connector", "kill-broker", "kill-postgres", "kill-kafka", "pause"] if k not in a.without]
+    weighted = [k for k, w in [("kill-connector", 4), ("kill-broker", 3), ("kill-postgres", 2), ("kill-kafka", 2), ("pause", 3)]
+                for _ in range(w) if k not in a.without]
 
     def inject(i):
-        kind = fault_kinds[i % len(fault_kinds)] if i < len(fault_kinds) else rng.choice(
-            ["kill-connector"] * 4 + ["kill-broker"] * 3 + ["kill-postgres"] * 2 + ["kill-kafka"] * 2 + ["pause"] * 3)
+        kind = fault_kinds[i % len(fault_kinds)] if i < len(fault_kinds) else rng.choice(weighted)
         if kind == "kill-connector":
             m = rng.choice(connectors)
             m.kill9(rng.uniform(0.5, 6))
@@ -371,7 +400,7 @@ def main():
     # Drain: everything approved reaches its end, or the time allowed runs out.
     ended = {"normal": {"verified", "refused", "expired"}, "emergency": {"verified", "refused", "expired", "revoked"},
              "preservation": {"preserved", "released", "expired", "refused"}}
-    drain = (a.drain_minutes if a.drain_minutes is not None else max(5, a.minutes / 2)) * 60
+    drain = (a.drain_minutes if a.drain_minutes is not None else max(10, a.minutes)) * 60
     deadline = time.time() + drain
     states = {}
     while time.time() < deadline:
@@ -408,9 +437,15 @@ def main():
                      GROUP BY 1, 2 HAVING count(*) > 1""")
     doubled += [f"event {k} for {s} ×{n}" for k, s, n in events]
     check("no custody event doubled", not events, f"{len(events)} doubled")
-    chunk_files = sum(1 for root, _, files in os.walk(f"{DIR}/chunks") for f in files if not f.startswith("."))
-    distinct = int(psql("SELECT count(DISTINCT sha256) FROM package_chunks WHERE location IS NOT NULL")[0][0])
-    check("the chunk store holds each chunk once", chunk_files == distinct, f"{chunk_files} files, {distinct} distinct chunks indexed")
+    # Content-addressed: a chunk is one file named by its SHA-256 whatever the number of times it
+    # arrived. A file no index row names is a write whose transaction a fault rolled back and
+    # whose chunk never came again (an abandoned package's): kept, and counted here.
+    chunk_files = {f for root, _, files in os.walk(f"{DIR}/chunks") for f in files if not f.startswith(".")}
+    indexed = {r[0] for r in psql("SELECT DISTINCT sha256 FROM package_chunks WHERE location IS NOT NULL")}
+    missing = indexed - chunk_files
+    lost += [f"chunk {c} indexed but not in the store" for c in sorted(missing)]
+    check("every chunk indexed is in the store, once", not missing,
+          f"{len(indexed)} distinct chunks indexed, {len(chunk_files)} files ({len(chunk_files - indexed)} from rolled-back writes, not indexed)")
     # The witness checks and co-signs the newest checkpoint; the audit reads every chunk back.
     trust = os.path.join(DIR, "trust")
     os.makedirs(trust, exist_ok=True)
@@ -467,6 +502,8 @@ def main():
         print(f"{name.ljust(width)}  {result.ljust(6)}  {detail}")
     print()
     print(f"faults: " + ", ".join(f"{k} {faults_done.count(k)}" for k in sorted(set(faults_done))))
+    if exits:
+        print("ended by themselves (then brought back): " + ", ".join(f"{n} (status {c})" for n, c in exits))
     for item in lost:
         print(f"lost: {item}")
     for item in doubled:

@@ -31,9 +31,10 @@ public struct OutgoingMessage: Sendable {
 /// the message (its delivery report), so a caller can commit its own state after that.
 /// Delivery reports are served by a dedicated thread, off the cooperative pool.
 ///
-/// An idempotent producer's fatal error (librdkafka's `rd_kafka_fatal_error`: e.g. the
-/// cluster fenced its producer id, as a Kafka that lost its state does) leaves the librdkafka
-/// instance unusable for good, so it is replaced by a new one: the messages it still held fail
+/// An idempotent producer's fatal error (librdkafka's `rd_kafka_fatal_error`), or a delivery
+/// error saying that the cluster no longer knows its producer id, epoch or sequence (a Kafka
+/// that lost its state fences it: PRODUCER_FENCED, UNKNOWN_PRODUCER_ID, …), leaves the
+/// librdkafka instance unusable for good, so it is replaced by a new one: the messages it still held fail
 /// (their callers retry them, through the new instance), and nothing sent after is lost.
 public final class KafkaProducer: Sendable {
     /// The librdkafka instance in use now.
@@ -77,9 +78,7 @@ public final class KafkaProducer: Sendable {
     /// Replaces the librdkafka instance when it has hit a fatal error; returns the one to use.
     private func usableClient() -> RDKafkaClient {
         lifecycle.clients.withLock { clients in
-            var reason = [CChar](repeating: 0, count: 512)
-            let code = rd_kafka_fatal_error(clients.current.handle, &reason, reason.count)
-            guard code != RD_KAFKA_RESP_ERR_NO_ERROR else { return clients.current }
+            guard let reason = clients.current.unusableReason() else { return clients.current }
             do {
                 let fresh = try RDKafkaClient(kind: .producer, properties: properties)
                 let old = clients.current
@@ -87,7 +86,7 @@ public final class KafkaProducer: Sendable {
                 clients.retired.append(old)
                 clients.current = fresh
                 logger.error("the Kafka producer hit a fatal error and was replaced by a new one; the messages it held are sent again by their callers",
-                             metadata: ["kafka.error": "\(String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"])
+                             metadata: ["kafka.error": "\(reason)"])
             } catch {
                 logger.error("the Kafka producer hit a fatal error and could not be replaced yet", metadata: ["kafka.error": "\(error)"])
             }

@@ -24,6 +24,7 @@ final class RDKafkaClient: @unchecked Sendable {
         }
         if kind == .producer {
             rd_kafka_conf_set_dr_msg_cb(conf, deliveryReportCallback)
+            rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(producerState).toOpaque())
         }
         guard let rk = rd_kafka_new(kind == .producer ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER, conf, &errstr, errstr.count) else {
             rd_kafka_conf_destroy(conf)  // only on failure does the caller still own conf
@@ -37,7 +38,28 @@ final class RDKafkaClient: @unchecked Sendable {
     deinit {
         rd_kafka_destroy(handle)
     }
+
+    /// Set by a delivery report whose error says the cluster no longer knows this idempotent
+    /// producer's id, epoch or sequence — a Kafka that lost its state answers so — after which
+    /// every message it sends fails the same way: the instance must be replaced.
+    final class ProducerState: Sendable {
+        let lost = Atomic<Bool>(false)
+    }
+    let producerState = ProducerState()
+
+    /// Whether this producer must be replaced: librdkafka's fatal error, or `ProducerState.lost`.
+    func unusableReason() -> String? {
+        var reason = [CChar](repeating: 0, count: 512)
+        if rd_kafka_fatal_error(handle, &reason, reason.count) != RD_KAFKA_RESP_ERR_NO_ERROR { return cString(reason) }
+        return producerState.lost.load(ordering: .acquiring) ? "the cluster no longer knows this producer's id or epoch" : nil
+    }
 }
+
+/// Delivery errors after which an idempotent producer's instance is of no more use.
+private let producerStateErrors: Set<rd_kafka_resp_err_t> = [
+    RD_KAFKA_RESP_ERR_PRODUCER_FENCED, RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID, RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH,
+    RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+]
 
 /// The pending outcome of one produced message, fulfilled by its delivery report. It travels
 /// through librdkafka's per-message opaque pointer.
@@ -82,10 +104,13 @@ public struct DeliveryReport: Sendable {
 }
 
 /// Runs on the producer's poll thread, once per message.
-private let deliveryReportCallback: @convention(c) (OpaquePointer?, UnsafePointer<rd_kafka_message_t>?, UnsafeMutableRawPointer?) -> Void = { _, message, _ in
+private let deliveryReportCallback: @convention(c) (OpaquePointer?, UnsafePointer<rd_kafka_message_t>?, UnsafeMutableRawPointer?) -> Void = { _, message, state in
     guard let message, let opaque = message.pointee._private else { return }
     let future = Unmanaged<DeliveryFuture>.fromOpaque(opaque).takeRetainedValue()
     let m = message.pointee
+    if producerStateErrors.contains(m.err), let state {
+        Unmanaged<RDKafkaClient.ProducerState>.fromOpaque(state).takeUnretainedValue().lost.store(true, ordering: .releasing)
+    }
     if m.err != RD_KAFKA_RESP_ERR_NO_ERROR {
         future.fulfill(.failure(KafkaError(m.err, "delivery failed")))
     } else {
