@@ -466,7 +466,7 @@ def main():
     for t, o, r in others:
         print(f"unexpected dead letter: {t} offset {o}: {r[:160]}")
     check("dead letters are only the malformed messages injected", not others and dead <= injected[0],
-          f"{dead} of the {injected[0]} injected (the rest lost with Tansu before the broker read them), {len(others)} others")
+          f"{dead} of the {injected[0]} injected (any others were lost with Tansu before the broker read them), {len(others)} others")
     unsent = int(psql("SELECT count(*) FROM outbox WHERE sent_at IS NULL")[0][0])
     check("the outbox is drained", unsent == 0, f"{unsent} messages not sent")
     stuck = psql("""SELECT c.request_id, c.clock FROM request_clocks c JOIN requests r ON r.id = c.request_id

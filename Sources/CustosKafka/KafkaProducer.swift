@@ -39,7 +39,6 @@ public struct OutgoingMessage: Sendable {
 public final class KafkaProducer: Sendable {
     /// The librdkafka instance in use now.
     var client: RDKafkaClient { lifecycle.clients.withLock { $0.current } }
-    private let properties: [String: String]
     private let logger: Logger
     private let lifecycle: Lifecycle
     private let pollThreadDone = DispatchSemaphore(value: 0)
@@ -50,22 +49,57 @@ public final class KafkaProducer: Sendable {
         /// The instance in use, and those replaced after a fatal error whose queues are still
         /// being drained (their delivery reports fail every message they held).
         let clients: Mutex<(current: RDKafkaClient, retired: [RDKafkaClient])>
-        init(_ client: RDKafkaClient) { clients = Mutex((client, [])) }
+        let properties: [String: String]
+        let logger: Logger
+
+        init(properties: [String: String], logger: Logger) throws {
+            clients = Mutex((try RDKafkaClient(kind: .producer, properties: properties), []))
+            self.properties = properties
+            self.logger = logger
+        }
+
+        /// Replaces the instance in use when it is unusable (`RDKafkaClient.unusableReason`):
+        /// its queued and in-flight messages are purged at once, so that their callers hear
+        /// of the failure now rather than at `message.timeout.ms`. Returns the one to use.
+        func replaceIfUnusable() -> RDKafkaClient {
+            clients.withLock { clients in
+                guard let reason = clients.current.unusableReason() else { return clients.current }
+                do {
+                    let fresh = try RDKafkaClient(kind: .producer, properties: properties)
+                    let old = clients.current
+                    rd_kafka_purge(old.handle, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
+                    clients.retired.append(old)
+                    clients.current = fresh
+                    logger.error("the Kafka producer hit a fatal error and was replaced by a new one; the messages it held are sent again by their callers",
+                                 metadata: ["kafka.error": "\(reason)"])
+                } catch {
+                    logger.error("the Kafka producer hit a fatal error and could not be replaced yet", metadata: ["kafka.error": "\(error)"])
+                }
+                return clients.current
+            }
+        }
     }
 
     public init(configuration: KafkaConfiguration, logger: Logger) throws {
-        properties = configuration.producerProperties()
-        lifecycle = Lifecycle(try RDKafkaClient(kind: .producer, properties: properties))
+        lifecycle = try Lifecycle(properties: configuration.producerProperties(), logger: logger)
         self.logger = logger
         let thread = Thread { [lifecycle, pollThreadDone] in
             // Poll until closed and nothing is in flight, so every continuation is resumed.
             while true {
-                let (current, retired) = lifecycle.clients.withLock { ($0.current, $0.retired) }
+                let current = lifecycle.replaceIfUnusable()
+                let retired = lifecycle.clients.withLock { $0.retired }
                 rd_kafka_poll(current.handle, retired.isEmpty ? 100 : 10)
                 for old in retired { rd_kafka_poll(old.handle, 0) }
                 if !retired.isEmpty {
-                    // Freed once every report of a replaced instance has been served.
-                    lifecycle.clients.withLock { $0.retired.removeAll { rd_kafka_outq_len($0.handle) == 0 } }
+                    // Freed once every report of a replaced instance has been served (outside
+                    // the lock: rd_kafka_destroy waits for the instance's threads).
+                    let done = lifecycle.clients.withLock { clients -> [RDKafkaClient] in
+                        let (drained, kept) = (clients.retired.filter { rd_kafka_outq_len($0.handle) == 0 },
+                                               clients.retired.filter { rd_kafka_outq_len($0.handle) != 0 })
+                        clients.retired = kept
+                        return drained
+                    }
+                    _ = done
                 }
                 if lifecycle.closed.load(ordering: .acquiring) && rd_kafka_outq_len(current.handle) == 0 && retired.isEmpty { break }
             }
@@ -75,24 +109,8 @@ public final class KafkaProducer: Sendable {
         thread.start()
     }
 
-    /// Replaces the librdkafka instance when it has hit a fatal error; returns the one to use.
-    private func usableClient() -> RDKafkaClient {
-        lifecycle.clients.withLock { clients in
-            guard let reason = clients.current.unusableReason() else { return clients.current }
-            do {
-                let fresh = try RDKafkaClient(kind: .producer, properties: properties)
-                let old = clients.current
-                rd_kafka_purge(old.handle, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
-                clients.retired.append(old)
-                clients.current = fresh
-                logger.error("the Kafka producer hit a fatal error and was replaced by a new one; the messages it held are sent again by their callers",
-                             metadata: ["kafka.error": "\(reason)"])
-            } catch {
-                logger.error("the Kafka producer hit a fatal error and could not be replaced yet", metadata: ["kafka.error": "\(error)"])
-            }
-            return clients.current
-        }
-    }
+    /// The librdkafka instance to produce with (replaced first if it has become unusable).
+    private func usableClient() -> RDKafkaClient { lifecycle.replaceIfUnusable() }
 
     /// Sends one message and waits for its delivery report.
     @discardableResult
