@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, ".build", "debug")
@@ -479,7 +478,6 @@ def main():
         jobs = os.path.join(DIR, f"state-{i + 1}", "jobs")
         for j in os.listdir(jobs) if os.path.isdir(jobs) else []:
             files = set(os.listdir(os.path.join(jobs, j)))
-            kind = submitted.get(j, (None, None, None))[1]
             if "revoked.json" in files or "sent" in files and "manifest.json" not in files:
                 continue
             if "receipt.json" not in files:

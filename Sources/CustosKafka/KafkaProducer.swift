@@ -93,13 +93,11 @@ public final class KafkaProducer: Sendable {
                 if !retired.isEmpty {
                     // Freed once every report of a replaced instance has been served (outside
                     // the lock: rd_kafka_destroy waits for the instance's threads).
-                    let done = lifecycle.clients.withLock { clients -> [RDKafkaClient] in
-                        let (drained, kept) = (clients.retired.filter { rd_kafka_outq_len($0.handle) == 0 },
-                                               clients.retired.filter { rd_kafka_outq_len($0.handle) != 0 })
-                        clients.retired = kept
-                        return drained
+                    _ = lifecycle.clients.withLock { clients -> [RDKafkaClient] in
+                        let drained = clients.retired.filter { rd_kafka_outq_len($0.handle) == 0 }
+                        clients.retired.removeAll { rd_kafka_outq_len($0.handle) == 0 }
+                        return drained  // released after the lock, at the end of this statement
                     }
-                    _ = done
                 }
                 if lifecycle.closed.load(ordering: .acquiring) && rd_kafka_outq_len(current.handle) == 0 && retired.isEmpty { break }
             }
