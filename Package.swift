@@ -34,7 +34,7 @@ let package = Package(
         .package(url: "https://github.com/vapor/multipart-kit.git", from: "4.7.1"),
     ],
     targets: [
-        // librdkafka >= 2.2, found through pkg-config (ops/install builds it when the system's is older).
+        // librdkafka >= 2.10.1, found through pkg-config (ops/install builds it when the system's is older).
         .systemLibrary(
             name: "CRdKafka",
             pkgConfig: "rdkafka",
@@ -104,6 +104,7 @@ let package = Package(
             dependencies: [
                 "CRdKafka",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings

@@ -85,6 +85,9 @@ struct ResponseIngestor: Service {
         try await withGracefulShutdownHandler {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await refreshProviders(keys: keys, sources: [normal, urgent]) }
+                group.addTask { [producer, logger] in
+                    await producer.keepTopics({ keys.value.withLock { $0.keys.sorted().flatMap(Topics.all) } }, every: .seconds(15), logger: logger)
+                }
                 for source in [normal, urgent] {
                     group.addTask { try await read(source, into: lanes, emergencies: emergencies) }
                 }

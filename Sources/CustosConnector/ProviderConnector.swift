@@ -70,6 +70,9 @@ public struct ProviderConnector: Service {
                 group.addTask { try await consume(consumer, queue: queue, urgent: false) }
                 group.addTask { try await consume(urgentConsumer, queue: queue, urgent: true) }
                 group.addTask { try await watchReceipts(queue: queue) }
+                group.addTask { [producer, logger] in
+                    await producer.keepTopics({ Topics.all(provider) }, every: .seconds(15), logger: logger)
+                }
                 group.addTask {
                     // Workers pull from one queue, urgent jobs first: at most `concurrency` general
                     // workers, plus `urgentConcurrency` that take urgent jobs only.

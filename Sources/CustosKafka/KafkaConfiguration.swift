@@ -9,14 +9,25 @@ public struct KafkaConfiguration: Sendable {
     /// Any other librdkafka property; these win over the defaults below.
     public var properties: [String: String]
 
-    public init(bootstrapServers: String, clientId: String = "custos", properties: [String: String] = [:]) {
+    /// Seconds a consumer's group membership may stay other than steady (librdkafka's
+    /// `cgrp.join_state`, read from its statistics) while it is polled, before the consumer
+    /// is replaced by a new instance; 0 turns this watchdog off. Default 120: far above a
+    /// rebalance's few seconds with `session.timeout.ms` 6000.
+    public var groupStallSeconds: Int64
+
+    public init(bootstrapServers: String, clientId: String = "custos", properties: [String: String] = [:], groupStallSeconds: Int64 = 120) {
         self.bootstrapServers = bootstrapServers
         self.clientId = clientId
         self.properties = properties
+        self.groupStallSeconds = groupStallSeconds
     }
 
     /// Producer defaults: no loss and no duplicates from retries (`enable.idempotence`
-    /// implies `acks=all`), a short linger for batching.
+    /// implies `acks=all`), a short linger for batching, and 30 s for a message to be
+    /// delivered (`message.timeout.ms`): past it the caller hears of the failure and sends it
+    /// again, through a new instance (`KafkaProducer`), rather than waiting on one that may be
+    /// stuck. Every message Custos sends is applied once by its id, so a message sent twice
+    /// is harmless.
     func producerProperties() -> [String: String] {
         var p: [String: String] = [
             "bootstrap.servers": bootstrapServers,
@@ -24,7 +35,7 @@ public struct KafkaConfiguration: Sendable {
             "enable.idempotence": "true",
             "acks": "all",
             "linger.ms": "5",
-            "message.timeout.ms": "300000",
+            "message.timeout.ms": "30000",
             "log.connection.close": "false",
         ]
         p.merge(properties) { _, new in new }
@@ -47,6 +58,8 @@ public struct KafkaConfiguration: Sendable {
             "heartbeat.interval.ms": "1000",
             "topic.metadata.refresh.interval.ms": "10000",
             "log.connection.close": "false",
+            // The group-membership watchdog reads these (see `groupStallSeconds`).
+            "statistics.interval.ms": "5000",
         ]
         p.merge(properties) { _, new in new }
         // These two are what makes "commit after the database commit" true; not overridable.

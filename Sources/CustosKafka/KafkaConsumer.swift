@@ -1,6 +1,7 @@
 import CRdKafka
 import Dispatch
 import Logging
+import Metrics
 import Synchronization
 
 public struct KafkaMessage: Sendable {
@@ -26,14 +27,28 @@ public struct KafkaMessage: Sendable {
 /// A group consumer read by pulling: `messages` is an `AsyncSequence` that polls librdkafka
 /// only when the caller asks for the next message, so a slow caller slows the consumer
 /// (natural back-pressure). Offsets are committed only for messages passed to `store(_:)`.
+///
+/// A watchdog replaces the librdkafka instance when its group membership has not been
+/// steady for `KafkaConfiguration.groupStallSeconds` while it was being polled, as after a
+/// Kafka cluster that restarted and forgot the group: librdkafka can then wait for good in
+/// `wait-unassign-to-complete` on a member id the coordinator no longer knows. The new
+/// instance joins afresh and reads from the committed offsets; messages read and not yet
+/// stored come again (every consumer of Custos applies a message once by its id).
 public final class KafkaConsumer: Sendable {
-    private let client: RDKafkaClient
+    /// The librdkafka instance in use now.
+    var client: RDKafkaClient { state.withLock { $0.client } }
     private let logger: Logger
+    private let properties: [String: String]
+    /// 0 turns the watchdog off.
+    private let stallLimit: Duration
     /// Blocking librdkafka polls run here, never on the cooperative pool.
     private let queue = DispatchQueue(label: "custos-kafka-consumer-poll")
-    private let state = Mutex(State())
+    private let state: Mutex<State>
+    private static let recreated = Metrics.Counter(label: "custos_kafka_consumers_recreated_total")
 
     private struct State {
+        var client: RDKafkaClient
+        var topics: [String] = []
         var closed = false
         var stored: [TopicPartition: Int64] = [:]
     }
@@ -41,18 +56,51 @@ public final class KafkaConsumer: Sendable {
     struct TopicPartition: Hashable { var topic: String; var partition: Int32 }
 
     public init(configuration: KafkaConfiguration, groupId: String, topics: [String], logger: Logger) throws {
-        self.client = try RDKafkaClient(kind: .consumer, properties: configuration.consumerProperties(groupId: groupId))
+        properties = configuration.consumerProperties(groupId: groupId)
+        stallLimit = .seconds(configuration.groupStallSeconds)
+        state = Mutex(State(client: try RDKafkaClient(kind: .consumer, properties: properties)))
         self.logger = logger
         try subscribe(topics: topics)
     }
 
     /// Replaces the subscription; the group rebalances.
     public func subscribe(topics: [String]) throws {
+        try Self.subscribe(client, to: topics)
+        state.withLock { $0.topics = topics }
+    }
+
+    private static func subscribe(_ client: RDKafkaClient, to topics: [String]) throws {
         let list = rd_kafka_topic_partition_list_new(Int32(topics.count))
         defer { rd_kafka_topic_partition_list_destroy(list) }
         for t in topics { rd_kafka_topic_partition_list_add(list, t, -1) }
         let err = rd_kafka_subscribe(client.handle, list)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(err, "subscribe") }
+    }
+
+    /// The watchdog, on the poll queue: replaces the instance whose group membership has not
+    /// been steady for `stallLimit`. The old one is freed without leaving its group, once no
+    /// caller holds it any more. Returns the instance to poll.
+    private func replaceIfStalled() -> RDKafkaClient {
+        let current = client
+        guard stallLimit > .zero, let reading = current.groupState.stalled(for: stallLimit, now: .now) else { return current }
+        let topics = state.withLock { $0.topics }
+        do {
+            let fresh = try RDKafkaClient(kind: .consumer, properties: properties)
+            try Self.subscribe(fresh, to: topics)
+            current.abandoned.store(true, ordering: .releasing)
+            state.withLock { s in
+                s.client = fresh
+                s.stored = [:]
+            }
+            Self.recreated.increment()
+            logger.error("the Kafka consumer's group membership stalled and the consumer was replaced by a new one; messages not yet stored are read again",
+                         metadata: ["kafka.group.state": "\(reading.state)", "kafka.group.join_state": "\(reading.joinState)",
+                                    "kafka.group.stall_seconds": "\(stallLimit.components.seconds)"])
+            return fresh
+        } catch {
+            logger.error("the Kafka consumer's group membership stalled and the consumer could not be replaced yet", metadata: ["kafka.error": "\(error)"])
+            return current
+        }
     }
 
     public var messages: Messages { Messages(consumer: self) }
@@ -79,6 +127,7 @@ public final class KafkaConsumer: Sendable {
                         if cancelled.load(ordering: .relaxed) || state.withLock({ $0.closed }) {
                             c.resume(returning: nil); return
                         }
+                        let client = replaceIfStalled()
                         guard let raw = rd_kafka_consumer_poll(client.handle, 100) else { continue }
                         defer { rd_kafka_message_destroy(raw) }
                         let m = raw.pointee

@@ -33,6 +33,25 @@ extension KafkaProducer {
         }
     }
 
+    /// Keeps `names()`' topics in existence until the task is cancelled: every `interval`, a
+    /// Metadata request; the topics missing from it are created (`ensureTopicsOrWarn`). A
+    /// Kafka that lost its state (a cluster rebuilt, or a Tansu in memory restarted) comes
+    /// back without them, and a producer's messages for a missing topic would wait until
+    /// `message.timeout.ms`. An unreachable cluster is not an error here: it is asked again.
+    ///
+    /// - Returns: only when cancelled.
+    public func keepTopics(_ names: @Sendable () async -> [String], every interval: Duration, logger: Logger) async {
+        while !Task.isCancelled {
+            do { try await Task.sleep(for: interval) } catch { return }
+            let wanted = await names()
+            guard !wanted.isEmpty, let existing = try? await metadata(topics: wanted).existing else { continue }
+            let missing = wanted.filter { !existing.contains($0) }
+            guard !missing.isEmpty else { continue }
+            logger.warning("topics missing from the Kafka cluster; creating them", metadata: ["kafka.topics": "\(missing.joined(separator: ","))"])
+            await ensureTopicsOrWarn(missing, logger: logger)
+        }
+    }
+
     /// What the cluster says of itself (a Metadata request; nothing is produced): its
     /// brokers, and which of `topics` exist.
     public func metadata(topics: [String], timeout: Duration = .seconds(10)) async throws -> (brokers: Int, existing: Set<String>) {

@@ -1,6 +1,7 @@
 import CRdKafka
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
 import Synchronization
 
@@ -31,11 +32,12 @@ public struct OutgoingMessage: Sendable {
 /// the message (its delivery report), so a caller can commit its own state after that.
 /// Delivery reports are served by a dedicated thread, off the cooperative pool.
 ///
-/// An idempotent producer's fatal error (librdkafka's `rd_kafka_fatal_error`), or a delivery
+/// An idempotent producer's fatal error (librdkafka's `rd_kafka_fatal_error`), a delivery
 /// error saying that the cluster no longer knows its producer id, epoch or sequence (a Kafka
-/// that lost its state fences it: PRODUCER_FENCED, UNKNOWN_PRODUCER_ID, …), leaves the
-/// librdkafka instance unusable for good, so it is replaced by a new one: the messages it still held fail
-/// (their callers retry them, through the new instance), and nothing sent after is lost.
+/// that lost its state fences it: PRODUCER_FENCED, UNKNOWN_PRODUCER_ID, …), or a message not
+/// delivered within `message.timeout.ms` leaves the librdkafka instance unusable, so it is
+/// replaced by a new one: the messages it still held fail (their callers retry them, through
+/// the new instance), and nothing sent after is lost.
 public final class KafkaProducer: Sendable {
     /// The librdkafka instance in use now.
     var client: RDKafkaClient { lifecycle.clients.withLock { $0.current } }
@@ -51,6 +53,7 @@ public final class KafkaProducer: Sendable {
         let clients: Mutex<(current: RDKafkaClient, retired: [RDKafkaClient])>
         let properties: [String: String]
         let logger: Logger
+        static let replaced = Metrics.Counter(label: "custos_kafka_producers_replaced_total")
 
         init(properties: [String: String], logger: Logger) throws {
             clients = Mutex((try RDKafkaClient(kind: .producer, properties: properties), []))
@@ -70,10 +73,11 @@ public final class KafkaProducer: Sendable {
                     rd_kafka_purge(old.handle, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
                     clients.retired.append(old)
                     clients.current = fresh
-                    logger.error("the Kafka producer hit a fatal error and was replaced by a new one; the messages it held are sent again by their callers",
+                    Self.replaced.increment()
+                    logger.error("the Kafka producer became unusable and was replaced by a new one; the messages it held are sent again by their callers",
                                  metadata: ["kafka.error": "\(reason)"])
                 } catch {
-                    logger.error("the Kafka producer hit a fatal error and could not be replaced yet", metadata: ["kafka.error": "\(error)"])
+                    logger.error("the Kafka producer became unusable and could not be replaced yet", metadata: ["kafka.error": "\(error)"])
                 }
                 return clients.current
             }

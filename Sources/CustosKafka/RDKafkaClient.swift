@@ -25,6 +25,9 @@ final class RDKafkaClient: @unchecked Sendable {
         if kind == .producer {
             rd_kafka_conf_set_dr_msg_cb(conf, deliveryReportCallback)
             rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(producerState).toOpaque())
+        } else {
+            rd_kafka_conf_set_stats_cb(conf, statisticsCallback)
+            rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(groupState).toOpaque())
         }
         guard let rk = rd_kafka_new(kind == .producer ? RD_KAFKA_PRODUCER : RD_KAFKA_CONSUMER, conf, &errstr, errstr.count) else {
             rd_kafka_conf_destroy(conf)  // only on failure does the caller still own conf
@@ -36,29 +39,77 @@ final class RDKafkaClient: @unchecked Sendable {
     }
 
     deinit {
-        rd_kafka_destroy(handle)
+        if abandoned.load(ordering: .acquiring) {
+            // Its group membership is what went wrong: leaving the group would wait on it.
+            rd_kafka_destroy_flags(handle, Int32(RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE))
+        } else {
+            rd_kafka_destroy(handle)
+        }
     }
 
-    /// Set by a delivery report whose error says the cluster no longer knows this idempotent
-    /// producer's id, epoch or sequence — a Kafka that lost its state answers so — after which
-    /// every message it sends fails the same way: the instance must be replaced.
+    /// Set on a consumer replaced because its group membership stalled: it is freed without
+    /// leaving its group (`RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE`).
+    let abandoned = Atomic<Bool>(false)
+
+    /// A consumer's group membership as librdkafka's statistics (`statistics.interval.ms`)
+    /// report it: the `cgrp` object's `state` and `join_state` (librdkafka STATISTICS.md).
+    final class GroupState: Sendable {
+        struct Reading: Sendable {
+            /// `cgrp.state`: "up" once the coordinator is known and connected.
+            var state: String
+            /// `cgrp.join_state`: "steady" once this member holds its assignment.
+            var joinState: String
+            /// When the readings since have all been other than "steady", the first of them.
+            var unsteadySince: ContinuousClock.Instant?
+        }
+        let last = Mutex<Reading?>(nil)
+
+        /// Notes one statistics report.
+        func note(state: String, joinState: String, at now: ContinuousClock.Instant) {
+            last.withLock { r in
+                let since = joinState == "steady" ? nil : (r?.unsteadySince ?? now)
+                r = Reading(state: state, joinState: joinState, unsteadySince: since)
+            }
+        }
+
+        /// The reading, when the membership has been other than "steady" for `limit` or longer.
+        func stalled(for limit: Duration, now: ContinuousClock.Instant) -> Reading? {
+            last.withLock { r in
+                guard let r, let since = r.unsteadySince, now - since >= limit else { return nil }
+                return r
+            }
+        }
+    }
+    let groupState = GroupState()
+
+    /// Set by a delivery report whose error leaves this idempotent producer of no more use
+    /// (`producerStateErrors`): the instance must be replaced. Holds the error's code, 0 while
+    /// none came.
     final class ProducerState: Sendable {
-        let lost = Atomic<Bool>(false)
+        let lost = Atomic<Int32>(0)
     }
     let producerState = ProducerState()
 
-    /// Whether this producer must be replaced: librdkafka's fatal error, or `ProducerState.lost`.
+    /// Whether this producer must be replaced, and why: librdkafka's fatal error, or the
+    /// delivery error noted in `ProducerState.lost`.
     func unusableReason() -> String? {
         var reason = [CChar](repeating: 0, count: 512)
         if rd_kafka_fatal_error(handle, &reason, reason.count) != RD_KAFKA_RESP_ERR_NO_ERROR { return cString(reason) }
-        return producerState.lost.load(ordering: .acquiring) ? "the cluster no longer knows this producer's id or epoch" : nil
+        let lost = producerState.lost.load(ordering: .acquiring)
+        return lost == 0 ? nil : String(cString: rd_kafka_err2str(rd_kafka_resp_err_t(rawValue: lost)))
     }
 }
 
-/// Delivery errors after which an idempotent producer's instance is of no more use.
+/// Delivery errors after which an idempotent producer's instance is of no more use:
+/// - the cluster no longer knows its producer id, epoch or sequence, and every later message
+///   would fail the same way (a Kafka that lost its state answers so);
+/// - a message not delivered within `message.timeout.ms`: either the cluster was unreachable
+///   all that time (a new instance costs nothing then), or the instance is caught in a loop
+///   it does not leave by itself, such as an epoch bump (KIP-360) that a Kafka which lost its
+///   state accepts and then answers UNKNOWN_PRODUCER_ID again, for ever (seen with Tansu).
 private let producerStateErrors: Set<rd_kafka_resp_err_t> = [
     RD_KAFKA_RESP_ERR_PRODUCER_FENCED, RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID, RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH,
-    RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+    RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER, RD_KAFKA_RESP_ERR__MSG_TIMED_OUT,
 ]
 
 /// The pending outcome of one produced message, fulfilled by its delivery report. It travels
@@ -109,7 +160,7 @@ private let deliveryReportCallback: @convention(c) (OpaquePointer?, UnsafePointe
     let future = Unmanaged<DeliveryFuture>.fromOpaque(opaque).takeRetainedValue()
     let m = message.pointee
     if producerStateErrors.contains(m.err), let state {
-        Unmanaged<RDKafkaClient.ProducerState>.fromOpaque(state).takeUnretainedValue().lost.store(true, ordering: .releasing)
+        Unmanaged<RDKafkaClient.ProducerState>.fromOpaque(state).takeUnretainedValue().lost.store(Int32(m.err.rawValue), ordering: .releasing)
     }
     if m.err != RD_KAFKA_RESP_ERR_NO_ERROR {
         future.fulfill(.failure(KafkaError(m.err, "delivery failed")))
@@ -117,6 +168,47 @@ private let deliveryReportCallback: @convention(c) (OpaquePointer?, UnsafePointe
         let topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
         future.fulfill(.success(DeliveryReport(topic: topic, partition: m.partition, offset: m.offset)))
     }
+}
+
+/// Runs on the consumer's poll thread, inside `rd_kafka_consumer_poll`, once per
+/// `statistics.interval.ms`. Reads only the `cgrp` object's `state` and `join_state`.
+/// Returns 0: librdkafka frees the JSON.
+private let statisticsCallback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<CChar>?, Int, UnsafeMutableRawPointer?) -> Int32 = { _, json, length, opaque in
+    guard let json, let opaque else { return 0 }
+    let text = UnsafeRawBufferPointer(start: json, count: length)
+    if let group = groupMembership(in: text) {
+        Unmanaged<RDKafkaClient.GroupState>.fromOpaque(opaque).takeUnretainedValue()
+            .note(state: group.state, joinState: group.joinState, at: .now)
+    }
+    return 0
+}
+
+/// The `cgrp` object's `state` and `join_state` in librdkafka's statistics JSON, or nil when
+/// there is none (no group). The `cgrp` object is flat, so its first `"state":` and
+/// `"join_state":` members are its own.
+func groupMembership(in json: UnsafeRawBufferPointer) -> (state: String, joinState: String)? {
+    func find(_ needle: String, from: Int) -> Int? {
+        let n = Array(needle.utf8)
+        guard json.count >= n.count else { return nil }
+        var i = from
+        while i + n.count <= json.count {
+            if json[i] == n[0], (1..<n.count).allSatisfy({ json[i + $0] == n[$0] }) { return i + n.count }
+            i += 1
+        }
+        return nil
+    }
+    func string(after key: String, from: Int) -> String? {
+        guard let start = find("\"\(key)\":\"", from: from) else { return nil }
+        var end = start
+        while end < json.count, json[end] != UInt8(ascii: "\""), end - start < 64 { end += 1 }
+        guard end < json.count, json[end] == UInt8(ascii: "\"") else { return nil }
+        return String(decoding: json[start..<end], as: UTF8.self)
+    }
+    guard let cgrp = find("\"cgrp\":", from: 0),
+          let state = string(after: "state", from: cgrp),
+          let joinState = string(after: "join_state", from: cgrp)
+    else { return nil }
+    return (state, joinState)
 }
 
 /// Text of a NUL-terminated C buffer.

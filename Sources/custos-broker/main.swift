@@ -47,6 +47,8 @@ struct Serve: AsyncParsableCommand {
                   librdkafka key=value items (comma-separated in the environment), e.g. security.protocol=SASL_SSL
               kafka.groupId (CUSTOS_KAFKA_GROUP_ID)
                   consumer group of all broker instances (default custos-broker)
+              kafka.groupStallSeconds (CUSTOS_KAFKA_GROUP_STALL_SECONDS)
+                  a consumer whose group membership is not steady this long is replaced (default 120; 0: never)
               kafka.clientId (CUSTOS_KAFKA_CLIENT_ID)
                   (default custos-broker)
               signingKeyFile (CUSTOS_SIGNING_KEY_FILE)

@@ -38,6 +38,8 @@ struct Run: AsyncParsableCommand {
                   librdkafka key=value items, e.g. sasl.mechanisms=SCRAM-SHA-512
               kafka.groupId (CUSTOS_KAFKA_GROUP_ID)
                   (default custos-connector-<providerId>)
+              kafka.groupStallSeconds (CUSTOS_KAFKA_GROUP_STALL_SECONDS)
+                  a consumer whose group membership is not steady this long is replaced (default 120; 0: never)
               signingKeyFile (CUSTOS_SIGNING_KEY_FILE)
                   the private key of the provider's signing certificate, PEM (required)
               certificateFile (CUSTOS_CERTIFICATE_FILE)

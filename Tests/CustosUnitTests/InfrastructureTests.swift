@@ -1,11 +1,37 @@
 @testable import CustosBroker
-import CustosKafka
+@testable import CustosKafka
 import Testing
 
 @Suite("Kafka configuration and migrations")
 struct InfrastructureTests {
     @Test func linkedLibrdkafkaIsRecentEnough() throws {
         try LibRdKafka.checkVersion()
+    }
+
+    /// The `cgrp` members the consumer watchdog reads from librdkafka's statistics JSON
+    /// (STATISTICS.md), in the order librdkafka writes them: brokers, with their own "state",
+    /// come first.
+    @Test func groupMembershipIsReadFromLibrdkafkaStatistics() {
+        let json = #"{"name":"c#consumer-1","type":"consumer","brokers":{"127.0.0.1:9092/1":{"name":"127.0.0.1:9092/1","state":"UP","stateage":1}},"topics":{},"cgrp":{"state":"up","stateage":6003,"join_state":"wait-unassign-to-complete","rebalance_age":5001,"rebalance_cnt":3,"rebalance_reason":"group is rebalancing","assignment_size":0}}"#
+        let read = Array(json.utf8).withUnsafeBytes { groupMembership(in: $0) }
+        #expect(read?.state == "up")
+        #expect(read?.joinState == "wait-unassign-to-complete")
+        #expect(Array(#"{"name":"p#producer-1","type":"producer","brokers":{}}"#.utf8).withUnsafeBytes { groupMembership(in: $0) } == nil)
+        #expect(Array(#"{"cgrp":{"state":"up","join_state":"stea"#.utf8).withUnsafeBytes { groupMembership(in: $0) } == nil)
+    }
+
+    /// A membership counts as stalled only after `limit` of readings none of which was steady.
+    @Test func aGroupMembershipStallsOnlyAfterItsLimitWithoutASteadyReading() {
+        let group = RDKafkaClient.GroupState()
+        let t0 = ContinuousClock.now
+        group.note(state: "up", joinState: "steady", at: t0)
+        #expect(group.stalled(for: .seconds(120), now: t0 + .seconds(600)) == nil)
+        group.note(state: "up", joinState: "wait-join", at: t0 + .seconds(10))
+        group.note(state: "up", joinState: "wait-unassign-to-complete", at: t0 + .seconds(60))
+        #expect(group.stalled(for: .seconds(120), now: t0 + .seconds(129)) == nil)
+        #expect(group.stalled(for: .seconds(120), now: t0 + .seconds(130))?.joinState == "wait-unassign-to-complete")
+        group.note(state: "up", joinState: "steady", at: t0 + .seconds(131))
+        #expect(group.stalled(for: .seconds(120), now: t0 + .seconds(1000)) == nil)
     }
 
     @Test func propertiesParse() throws {
