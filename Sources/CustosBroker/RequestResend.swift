@@ -16,7 +16,9 @@ import PostgresNIO
 /// again: the same outbox row, so the same message id and the same signed bytes, after twice as
 /// long each time, at most `maxResends` times. A connector applies a message id once and
 /// acknowledges the request each time it sees it, so a re-send after a lost `ack` costs one
-/// duplicate and nothing else.
+/// duplicate and nothing else. A preservation order acknowledged and not yet confirmed
+/// (`preserved`) is sent again the same way: a connector that has carried it out answers with
+/// its confirmations again.
 public struct ResendSettings: Sendable {
     /// `outbox.acknowledgementTimeoutSeconds`: the first wait for a normal request's `ack` (5 minutes).
     public var after: Duration = .seconds(300)
@@ -43,7 +45,7 @@ enum RequestResend {
         for try await row in try await conn.query("""
             SELECT o.id, o.request_id, o.message_id, o.resends, r.case_id
             FROM requests r JOIN outbox o ON o.request_id = r.id AND o.message_type = 'request'
-            WHERE r.state = 'dispatched' AND o.sent_at IS NOT NULL AND o.resends < \(settings.maxResends)
+            WHERE (r.state = 'dispatched' OR (r.state = 'acknowledged' AND r.kind = 'preservation')) AND o.sent_at IS NOT NULL AND o.resends < \(settings.maxResends)
               AND o.sent_at + make_interval(secs => (CASE WHEN r.priority = 'emergency' THEN \(LegalClock.seconds(settings.emergencyAfter))
                                                           ELSE \(LegalClock.seconds(settings.after)) END) * power(2, o.resends)) <= \(t)
             ORDER BY o.sent_at LIMIT \(limit) FOR UPDATE OF o SKIP LOCKED

@@ -194,7 +194,11 @@ public struct ProviderConnector: Service {
             } else {
                 try await ack()
             }
-            if [.received, .extracted, .packaged].contains(jobs.phase(id)) { queue.schedule(id, urgent: urgent) }
+            if [.received, .extracted, .packaged].contains(jobs.phase(id)) {
+                queue.schedule(id, urgent: urgent)
+            } else if !running.isRunning(id) {
+                try await confirmPreservationAgain(id, body)
+            }
         case .receipt:
             let body = try SignedEnvelope.body(ReceiptBody.self, from: json).body
             if let messageId = body.messageId {
@@ -424,21 +428,19 @@ public struct ProviderConnector: Service {
         }
         let adapter = PreservationAdapter(command: configuration.preservationCommand, timeout: configuration.adapterTimeout)
         let stderr = jobs.file(id, "preservation.stderr")
-        func confirm(_ until: String, step: String) async throws {
-            try await send(.preserved, id: .derived("preserved", id.lowercased, step), request: id, body: PreservationTermBody(requestHash: body.requestHash, until: until))
-        }
         do {
             if !jobs.exists(id, "preserved") {
                 try await adapter.run(.preserve, request: request, until: request.preserveUntil, stderrFile: stderr)
-                try await confirm(request.preserveUntil ?? Timestamp.now(), step: "preserve")
-                try jobs.write(id, "preserved", Data())
+                let until = request.preserveUntil ?? Timestamp.now()
+                try await confirmPreservation(id, body, until: until, step: "preserve")
+                try jobs.write(id, "preserved", Data(until.utf8))
                 logger.info("data preserved", metadata: [LogKey.request: "\(id.lowercased)"])
             }
             for name in jobs.files(id, prefix: "extension-") where !jobs.exists(id, name + ".done") {
                 let (_, json) = try SignedEnvelope.open([UInt8](try jobs.read(id, name)), keysFor: { $0 == "broker" ? brokerKeys : [] })
                 let extension_ = try SignedEnvelope.body(PreservationTermBody.self, from: json).body
                 try await adapter.run(.extend, request: request, until: extension_.until, stderrFile: stderr)
-                try await confirm(extension_.until, step: extension_.until)
+                try await confirmPreservation(id, body, until: extension_.until, step: extension_.until)
                 try jobs.write(id, name + ".done", Data())
                 logger.info("preservation extended", metadata: [LogKey.request: "\(id.lowercased)"])
             }
@@ -453,6 +455,29 @@ public struct ProviderConnector: Service {
             try await send(.refusal, id: .derived("refusal", id.lowercased), request: id, body: RefusalBody(reason: .extractionFailed, detail: failure.reason))
             try jobs.write(id, "sent", Data())
         }
+    }
+
+    /// The signed `preserved` confirmation of one step of a preservation order: the order
+    /// itself (`step` "preserve") or an extension (`step` its new end). Its message id is
+    /// derived from the request and the step, so a confirmation sent again is applied once.
+    private func confirmPreservation(_ id: UUID, _ body: RequestBody, until: String, step: String) async throws {
+        try await send(.preserved, id: .derived("preserved", id.lowercased, step), request: id, body: PreservationTermBody(requestHash: body.requestHash, until: until))
+    }
+
+    /// Sends again the confirmations of a preservation order already carried out, when the
+    /// broker sends the order again: it does so while it has no confirmation, which a Kafka
+    /// that lost it would otherwise leave unnoticed (`schemas/README.md`, "Re-sending").
+    private func confirmPreservationAgain(_ id: UUID, _ body: RequestBody) async throws {
+        guard body.request.isPreservation, let first = try? jobs.read(id, "preserved") else { return }
+        // Jobs from before the end was kept in the file confirm the order's own end.
+        let until = first.isEmpty ? (body.request.preserveUntil ?? Timestamp.now()) : String(decoding: first, as: UTF8.self)
+        try await confirmPreservation(id, body, until: until, step: "preserve")
+        for name in jobs.files(id, prefix: "extension-") where !name.hasSuffix(".done") && jobs.exists(id, name + ".done") {
+            let (_, json) = try SignedEnvelope.open([UInt8](try jobs.read(id, name)), keysFor: { $0 == "broker" ? brokerKeys : [] })
+            let extension_ = try SignedEnvelope.body(PreservationTermBody.self, from: json).body
+            try await confirmPreservation(id, body, until: extension_.until, step: extension_.until)
+        }
+        logger.info("preservation order received again; its confirmations sent again", metadata: [LogKey.request: "\(id.lowercased)"])
     }
 
     /// The content (the result spools) is let go once the broker has accepted the package, and

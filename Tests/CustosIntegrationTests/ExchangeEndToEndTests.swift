@@ -251,6 +251,25 @@ struct ExchangeEndToEndTests {
             }
         }
         #expect(steps() == ["preserve"])
+        // The order comes again (as the broker sends it while it has no confirmation, which a
+        // Kafka that lost its state may have lost): the connector confirms it again, under the
+        // same message id, and its program is not run again.
+        let sentOrder = try #require(try await collectEnvelopes(topics: [Topics.toProvider(d.provider)], mustSee: [.request]).first { bytes in
+            (try? JSONDecoder().decode(EnvelopeHeader.self, from: Data(bytes))).map { $0.type == .request && $0.requestId.lowercased == order.lowercased() } == true
+        })
+        let again = try KafkaProducer(configuration: try TestServices.kafka(), logger: TestServices.logger)
+        try await again.send(OutgoingMessage(topic: Topics.toProvider(d.provider), key: Array(order.lowercased().utf8), value: sentOrder))
+        again.shutdown()
+        let confirmedAgain = ContinuousClock.now + .seconds(30)
+        while !d.connector!.output.contains("its confirmations sent again") && ContinuousClock.now < confirmedAgain {
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(d.connector!.output.contains("its confirmations sent again"))
+        let confirmations = try await collectEnvelopes(topics: [Topics.fromProvider(d.provider)], mustSee: [.preserved]).compactMap { bytes in
+            (try? JSONDecoder().decode(EnvelopeHeader.self, from: Data(bytes))).flatMap { $0.type == .preserved ? $0.id : nil }
+        }
+        #expect(confirmations.count == 2 && Set(confirmations).count == 1, "\(confirmations)")
+        #expect(steps() == ["preserve"])
         #expect(try await d.cliOK(d.investigator, ["request", "extend", order]).contains("frozen until"))
         #expect(try await d.cli(d.investigator, ["request", "extend", order]).stderr.contains("once"))
         _ = try await d.cliOK(d.investigator, ["request", "release", order, "--reason", "no longer needed"])

@@ -94,6 +94,37 @@ struct RequestResendTests {
         }
     }
 
+    /// A preservation order acknowledged and never confirmed (its `preserved` lost with a
+    /// Kafka that lost its state) is sent again, so that the connector confirms it again; once
+    /// confirmed it never is.
+    @Test func aPreservationOrderAcknowledgedButNotConfirmedIsSentAgain() async throws {
+        let ingest = try IngestTests()
+        try await TestServices.withStore(tsaTrust: ingest.pki.tsaCA) { store, client, _ in
+            let (r, _) = try await PreservationTests.order(store, ingest)
+            var settings = ResendSettings()
+            settings.after = .seconds(60)
+            let watcher = LegalClockWatcher(store: store, resend: settings, logger: TestServices.logger)
+            let t0 = Date()
+            try await Self.relayed(client, r.id, at: t0)
+            _ = try await client.custodyTransaction(logger: TestServices.logger) { conn, custody in
+                try await BrokerStore.advance(conn, r.id, .acknowledge, actor: .init(type: .provider, id: "prov-a"), custody: custody,
+                                              logger: TestServices.logger)
+            }
+            try await watcher.fire(at: t0.addingTimeInterval(59))
+            #expect(try await Self.row(client, r.id).resends == 0)
+            try await watcher.fire(at: t0.addingTimeInterval(61))
+            #expect(try await Self.row(client, r.id).resends == 1)
+            // Confirmed: never again.
+            let until = try #require(try await store.request(r.id, viewer: nil).clocks.first { $0.clock == "preservation" }).deadline
+            let confirmed = try ingest.message(.preserved, r.id, PreservationTermBody(requestHash: r.hash, until: until))
+            #expect(try await store.ingest(confirmed, providerKeys: try await store.providers()) == .applied(.preserved))
+            try await client.query("UPDATE outbox SET sent_at = \(t0) WHERE request_id = \(r.id)", logger: TestServices.logger)
+            try await watcher.fire(at: t0.addingTimeInterval(100_000))
+            let after = try await Self.row(client, r.id)
+            #expect(after.sent && after.resends == 1)
+        }
+    }
+
     @Test func anEmergencyIsSentAgainSooner() async throws {
         let pki = try TestPKI(signerName: "prov-a")
         try await TestServices.withStore { store, client, _ in
