@@ -235,7 +235,8 @@ def main():
     # The TSA is no fault's target, but PostgreSQL's are its faults too: it is brought back as well.
     processes = {m.name: m for m in [*brokers, *connectors, tsa]}
     exits = []  # processes that ended by themselves: (name, exit status)
-    stop = threading.Event()
+    stop = threading.Event()  # the workload and the faults are over
+    finished = threading.Event()  # the drain is over too: the supervisor may stop
     faults_done = []
     submitted = {}  # request id -> (provider, kind)
     injected = [0]
@@ -320,7 +321,10 @@ def main():
             stop.wait(wl.uniform(1.0, 4.0))
 
     def supervisor():
-        while not stop.is_set() or any(not m.alive() for m in processes.values()):
+        # It runs through the drain as well: a process that ends by itself then (librdkafka's
+        # crash after Tansu's last restart, or a start while a service is still coming back)
+        # is brought back as a supervisor would.
+        while not finished.is_set():
             now = time.time()
             for m in processes.values():
                 m.sample()
@@ -338,8 +342,6 @@ def main():
                 if svc not in pids and now >= downs.get(key, 0):
                     services("up", check=False)
             time.sleep(0.5)
-            if stop.is_set() and all(m.alive() for m in processes.values()):
-                break
 
     downs = {}
     fault_kinds = [k for k in ["kill-connector", "kill-broker", "kill-postgres", "kill-kafka", "pause"] if k not in a.without]
@@ -390,11 +392,10 @@ def main():
         time.sleep(0.5)
     stop.set()
     log(f"{len(faults_done)} faults injected; {len(submitted)} requests approved; waiting for every process and service to be back")
-    threads[1].join(120)
-    for m in processes.values():
-        if not m.alive():
-            m.start()
-    services("up", check=False)
+    # The supervisor brings back whatever is still down, and goes on doing so during the drain.
+    back = time.time() + 120
+    while time.time() < back and not (all(m.alive() for m in processes.values()) and {"postgres", "kafka"} <= set(service_pids())):
+        time.sleep(1)
 
     # Drain: everything approved reaches its end, or the time allowed runs out.
     ended = {"normal": {"verified", "refused", "expired"}, "emergency": {"verified", "refused", "expired", "revoked"},
@@ -408,6 +409,8 @@ def main():
         if not pending:
             break
         time.sleep(5)
+    finished.set()
+    threads[1].join(30)
     for m in processes.values():
         m.sample()
     log("settled; checking")
