@@ -41,20 +41,25 @@ enum RequestResend {
     static func markDue(_ conn: PostgresConnection, at t: Date, settings: ResendSettings, custody: CustodyRecorder, limit: Int = 100,
                         logger: Logger) async throws -> Int {
         guard settings.maxResends > 0 else { return 0 }
-        var due: [(Int64, UUID, UUID, Int, UUID)] = []
+        var due: [(Int64, UUID, UUID, Int, UUID, String)] = []
+        // An acknowledged preservation order's wait counts from its acknowledgement, not from
+        // the sending: the provider's program may take a while to freeze the data.
         for try await row in try await conn.query("""
-            SELECT o.id, o.request_id, o.message_id, o.resends, r.case_id
+            SELECT o.id, o.request_id, o.message_id, o.resends, r.case_id, r.state
             FROM requests r JOIN outbox o ON o.request_id = r.id AND o.message_type = 'request'
             WHERE (r.state = 'dispatched' OR (r.state = 'acknowledged' AND r.kind = 'preservation')) AND o.sent_at IS NOT NULL AND o.resends < \(settings.maxResends)
-              AND o.sent_at + make_interval(secs => (CASE WHEN r.priority = 'emergency' THEN \(LegalClock.seconds(settings.emergencyAfter))
-                                                          ELSE \(LegalClock.seconds(settings.after)) END) * power(2, o.resends)) <= \(t)
+              AND GREATEST(o.sent_at, CASE WHEN r.state = 'acknowledged' THEN
+                    (SELECT max(e.at) FROM request_events e WHERE e.request_id = r.id AND e.state = 'acknowledged') END)
+                  + make_interval(secs => (CASE WHEN r.priority = 'emergency' THEN \(LegalClock.seconds(settings.emergencyAfter))
+                                               ELSE \(LegalClock.seconds(settings.after)) END) * power(2, o.resends)) <= \(t)
             ORDER BY o.sent_at LIMIT \(limit) FOR UPDATE OF o SKIP LOCKED
-            """, logger: logger).decode((Int64, UUID, UUID, Int, UUID).self) { due.append(row) }
-        for (rowId, requestId, messageId, resends, caseId) in due {
+            """, logger: logger).decode((Int64, UUID, UUID, Int, UUID, String).self) { due.append(row) }
+        for (rowId, requestId, messageId, resends, caseId, state) in due {
             try await conn.query("UPDATE outbox SET sent_at = NULL, resends = resends + 1 WHERE id = \(rowId)", logger: logger)
             custody.record(CustodyEvent(kind: .requestResent, at: Timestamp.now(), actor: .broker, subject: .init(caseId: caseId, requestId: requestId),
                                         details: ["attempt": "\(resends + 1)", "messageId": messageId.lowercased]))
-            logger.warning("request not acknowledged by its provider; sent again", metadata: [
+            logger.warning(state == "dispatched" ? "request not acknowledged by its provider; sent again"
+                                                 : "preservation order acknowledged but not confirmed by its provider; sent again", metadata: [
                 LogKey.request: "\(requestId.lowercased)", "custos.attempt": "\(resends + 1)",
             ])
         }

@@ -197,7 +197,8 @@ public struct ProviderConnector: Service {
             if [.received, .extracted, .packaged].contains(jobs.phase(id)) {
                 queue.schedule(id, urgent: urgent)
             } else if !running.isRunning(id) {
-                try await confirmPreservationAgain(id, body)
+                if urgent { await running.acknowledged(id) }  // the answer follows its ack, as the first time
+                try await answerAgain(id, body)
             }
         case .receipt:
             let body = try SignedEnvelope.body(ReceiptBody.self, from: json).body
@@ -321,8 +322,7 @@ public struct ProviderConnector: Service {
                     metrics.refusals.increment()
                     meta[LogKey.reason] = "\(failure.reason)"
                     logger.error("extraction failed; refusing the request", metadata: meta)
-                    try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
-                                   body: RefusalBody(reason: .extractionFailed, detail: failure.reason))
+                    try await refuse(id, RefusalBody(reason: .extractionFailed, detail: failure.reason))
                     try jobs.write(id, "sent", Data())
                     return true
                 }
@@ -421,8 +421,7 @@ public struct ProviderConnector: Service {
         let request = body.request
         guard !configuration.preservationCommand.isEmpty else {
             logger.error("preservation order refused: no adapters.preservation.command is configured", metadata: [LogKey.request: "\(id.lowercased)"])
-            try await send(.refusal, id: .derived("refusal", id.lowercased), request: id,
-                           body: RefusalBody(reason: .extractionFailed, detail: "this provider has no preservation program configured"))
+            try await refuse(id, RefusalBody(reason: .extractionFailed, detail: "this provider has no preservation program configured"))
             try jobs.write(id, "sent", Data())
             return
         }
@@ -452,7 +451,7 @@ public struct ProviderConnector: Service {
             try jobs.write(id, "sent", Data())
         } catch let failure as ExecAdapter.Failure where !jobs.exists(id, "preserved") {
             logger.error("preservation failed; refusing the order", metadata: [LogKey.request: "\(id.lowercased)", LogKey.reason: "\(failure.reason)"])
-            try await send(.refusal, id: .derived("refusal", id.lowercased), request: id, body: RefusalBody(reason: .extractionFailed, detail: failure.reason))
+            try await refuse(id, RefusalBody(reason: .extractionFailed, detail: failure.reason))
             try jobs.write(id, "sent", Data())
         }
     }
@@ -464,9 +463,27 @@ public struct ProviderConnector: Service {
         try await send(.preserved, id: .derived("preserved", id.lowercased, step), request: id, body: PreservationTermBody(requestHash: body.requestHash, until: until))
     }
 
-    /// Sends again the confirmations of a preservation order already carried out, when the
-    /// broker sends the order again: it does so while it has no confirmation, which a Kafka
-    /// that lost it would otherwise leave unnoticed (`schemas/README.md`, "Re-sending").
+    /// Refuses a job's request: the body is kept in the job (`refusal.json`), so that the same
+    /// refusal, under the same message id, can be sent again (`answerAgain`).
+    private func refuse(_ id: UUID, _ refusal: RefusalBody) async throws {
+        try jobs.write(id, "refusal.json", try JSONEncoder().encode(refusal))
+        try await send(.refusal, id: .derived("refusal", id.lowercased), request: id, body: refusal)
+    }
+
+    /// Answers again a request already carried out, when the broker sends it again: it does so
+    /// while it has no answer, which a Kafka that lost it would otherwise leave unnoticed
+    /// (`schemas/README.md`, "Re-sending"). The answer is the job's refusal, or a preservation
+    /// order's confirmations; a package has its own guard (the manifest sent again).
+    private func answerAgain(_ id: UUID, _ body: RequestBody) async throws {
+        if let kept = try? jobs.read(id, "refusal.json"), let refusal = try? JSONDecoder().decode(RefusalBody.self, from: kept) {
+            try await send(.refusal, id: .derived("refusal", id.lowercased), request: id, body: refusal)
+            logger.info("request received again; its refusal sent again", metadata: [LogKey.request: "\(id.lowercased)"])
+            return
+        }
+        try await confirmPreservationAgain(id, body)
+    }
+
+    /// Sends again the confirmations of a preservation order already carried out.
     private func confirmPreservationAgain(_ id: UUID, _ body: RequestBody) async throws {
         guard body.request.isPreservation, let first = try? jobs.read(id, "preserved") else { return }
         // Jobs from before the end was kept in the file confirm the order's own end.

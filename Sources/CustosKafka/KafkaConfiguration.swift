@@ -10,12 +10,14 @@ public struct KafkaConfiguration: Sendable {
     public var properties: [String: String]
 
     /// Seconds a consumer's group membership may stay other than steady (librdkafka's
-    /// `cgrp.join_state`, read from its statistics) while it is polled, before the consumer
-    /// is replaced by a new instance; 0 turns this watchdog off. Default 120: far above a
-    /// rebalance's few seconds with `session.timeout.ms` 6000.
+    /// `cgrp.join_state`, read from its statistics every `statistics.interval.ms`, 5000 by
+    /// default) through unbroken polling with the coordinator connected, before the consumer
+    /// is replaced by a new instance; 0, or `statistics.interval.ms` 0, turns this watchdog
+    /// off. Default 360: above the longest a classic rebalance may rightly wait for a member,
+    /// `max.poll.interval.ms` (300 s) plus `session.timeout.ms`.
     public var groupStallSeconds: Int64
 
-    public init(bootstrapServers: String, clientId: String = "custos", properties: [String: String] = [:], groupStallSeconds: Int64 = 120) {
+    public init(bootstrapServers: String, clientId: String = "custos", properties: [String: String] = [:], groupStallSeconds: Int64 = 360) {
         self.bootstrapServers = bootstrapServers
         self.clientId = clientId
         self.properties = properties
@@ -23,8 +25,9 @@ public struct KafkaConfiguration: Sendable {
     }
 
     /// Producer defaults: no loss and no duplicates from retries (`enable.idempotence`
-    /// implies `acks=all`), a short linger for batching, and 30 s for a message to be
-    /// delivered (`message.timeout.ms`): past it the caller hears of the failure and sends it
+    /// implies `acks=all`), a short linger for batching, and 120 s for a message to be
+    /// delivered (`message.timeout.ms`, four times librdkafka's `request.timeout.ms`, so a
+    /// slow request still has retries): past it the caller hears of the failure and sends it
     /// again, through a new instance (`KafkaProducer`), rather than waiting on one that may be
     /// stuck. Every message Custos sends is applied once by its id, so a message sent twice
     /// is harmless.
@@ -35,7 +38,7 @@ public struct KafkaConfiguration: Sendable {
             "enable.idempotence": "true",
             "acks": "all",
             "linger.ms": "5",
-            "message.timeout.ms": "30000",
+            "message.timeout.ms": "120000",
             "log.connection.close": "false",
         ]
         p.merge(properties) { _, new in new }

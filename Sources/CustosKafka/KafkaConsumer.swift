@@ -29,7 +29,8 @@ public struct KafkaMessage: Sendable {
 /// (natural back-pressure). Offsets are committed only for messages passed to `store(_:)`.
 ///
 /// A watchdog replaces the librdkafka instance when its group membership has not been
-/// steady for `KafkaConfiguration.groupStallSeconds` while it was being polled, as after a
+/// steady for `KafkaConfiguration.groupStallSeconds` of unbroken polling with the group's
+/// coordinator connected (`RDKafkaClient.GroupState`), as after a
 /// Kafka cluster that restarted and forgot the group: librdkafka can then wait for good in
 /// `wait-unassign-to-complete` on a member id the coordinator no longer knows. The new
 /// instance joins afresh and reads from the committed offsets; messages read and not yet
@@ -63,10 +64,13 @@ public final class KafkaConsumer: Sendable {
         try subscribe(topics: topics)
     }
 
-    /// Replaces the subscription; the group rebalances.
+    /// Replaces the subscription; the group rebalances. Under the lock, so that a replacement
+    /// by the watchdog never subscribes the new instance to the list before.
     public func subscribe(topics: [String]) throws {
-        try Self.subscribe(client, to: topics)
-        state.withLock { $0.topics = topics }
+        try state.withLock { s in
+            try Self.subscribe(s.client, to: topics)
+            s.topics = topics
+        }
     }
 
     private static func subscribe(_ client: RDKafkaClient, to topics: [String]) throws {
@@ -78,17 +82,18 @@ public final class KafkaConsumer: Sendable {
     }
 
     /// The watchdog, on the poll queue: replaces the instance whose group membership has not
-    /// been steady for `stallLimit`. The old one is freed without leaving its group, once no
-    /// caller holds it any more. Returns the instance to poll.
+    /// been steady for `stallLimit`. The old one is freed at once, without leaving its group
+    /// (kept alive and unpolled, it would hold its partitions and stall the group's rebalance),
+    /// or, if a call on another thread holds it at that moment, when that call returns: every
+    /// call keeps the instance it uses alive until it is done. Returns the instance to poll.
     private func replaceIfStalled() -> RDKafkaClient {
         let current = client
         guard stallLimit > .zero, let reading = current.groupState.stalled(for: stallLimit, now: .now) else { return current }
-        let topics = state.withLock { $0.topics }
         do {
             let fresh = try RDKafkaClient(kind: .consumer, properties: properties)
-            try Self.subscribe(fresh, to: topics)
             current.abandoned.store(true, ordering: .releasing)
-            state.withLock { s in
+            try state.withLock { s in
+                try Self.subscribe(fresh, to: s.topics)
                 s.client = fresh
                 s.stored = [:]
             }
@@ -194,6 +199,8 @@ public final class KafkaConsumer: Sendable {
     /// offset of the first message not yet processed), as `store(_:)` does for one message.
     /// For a consumer whose messages finish out of order: the caller passes the low watermark.
     public func store(topic: String, partition: Int32, next: Int64) throws {
+        let client = self.client
+        defer { withExtendedLifetime(client) {} }
         let list = rd_kafka_topic_partition_list_new(1)
         defer { rd_kafka_topic_partition_list_destroy(list) }
         rd_kafka_topic_partition_list_add(list, topic, partition)!.pointee.offset = next
@@ -209,6 +216,8 @@ public final class KafkaConsumer: Sendable {
     /// partition not fetched yet is left out. Asks the Kafka cluster nothing.
     public func lag() -> [(topic: String, partition: Int32, messages: Int64)] {
         guard !state.withLock({ $0.closed }) else { return [] }
+        let client = self.client
+        defer { withExtendedLifetime(client) {} }
         var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
         guard rd_kafka_assignment(client.handle, &assigned) == RD_KAFKA_RESP_ERR_NO_ERROR, let assigned else { return [] }
         defer { rd_kafka_topic_partition_list_destroy(assigned) }
@@ -228,6 +237,8 @@ public final class KafkaConsumer: Sendable {
     /// Commits the stored offsets of the partitions this consumer holds now, and waits for the
     /// broker's answer.
     public func commit() throws {
+        let client = self.client
+        defer { withExtendedLifetime(client) {} }
         var stored = state.withLock { $0.stored }
         var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
         if rd_kafka_assignment(client.handle, &assigned) == RD_KAFKA_RESP_ERR_NO_ERROR, let assigned {
@@ -257,7 +268,8 @@ public final class KafkaConsumer: Sendable {
         guard first else { return }
         queue.sync {
             try? commit()
-            rd_kafka_consumer_close(client.handle)
+            let client = self.client
+            withExtendedLifetime(client) { _ = rd_kafka_consumer_close(client.handle) }
         }
     }
 

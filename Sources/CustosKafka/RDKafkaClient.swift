@@ -1,5 +1,6 @@
 import CRdKafka
 import Dispatch
+import Foundation
 import Synchronization
 
 /// Owns one librdkafka handle and frees it in `deinit`. No other type touches the C pointer.
@@ -14,6 +15,7 @@ final class RDKafkaClient: @unchecked Sendable {
 
     init(kind: Kind, properties: [String: String]) throws {
         try LibRdKafka.checkVersion()
+        groupState = GroupState(interval: .milliseconds(Int(properties["statistics.interval.ms"] ?? "") ?? 0))
         let conf = rd_kafka_conf_new()!
         var errstr = [CChar](repeating: 0, count: 512)
         for (key, value) in properties.sorted(by: { $0.key < $1.key }) {
@@ -53,34 +55,51 @@ final class RDKafkaClient: @unchecked Sendable {
 
     /// A consumer's group membership as librdkafka's statistics (`statistics.interval.ms`)
     /// report it: the `cgrp` object's `state` and `join_state` (librdkafka STATISTICS.md).
+    ///
+    /// Only unbroken time counts as a stall: readings no more than `gap` apart (they arrive
+    /// only while the consumer is polled), with the coordinator connected (`state` "up") and
+    /// the membership other than "steady" throughout. A pause in polling (back-pressure) or a
+    /// cluster that is unreachable starts the count again.
     final class GroupState: Sendable {
         struct Reading: Sendable {
             /// `cgrp.state`: "up" once the coordinator is known and connected.
             var state: String
             /// `cgrp.join_state`: "steady" once this member holds its assignment.
             var joinState: String
-            /// When the readings since have all been other than "steady", the first of them.
+            /// When this reading was taken.
+            var at: ContinuousClock.Instant
+            /// The first of the unbroken run of unsteady readings up to this one, if it is one.
             var unsteadySince: ContinuousClock.Instant?
         }
         let last = Mutex<Reading?>(nil)
+        /// Readings further apart than this break a run.
+        let gap: Duration
+
+        /// - Parameter interval: `statistics.interval.ms`; a run breaks after three of them
+        ///   (at least 15 s) without a reading.
+        init(interval: Duration) {
+            gap = max(interval * 3, .seconds(15))
+        }
 
         /// Notes one statistics report.
         func note(state: String, joinState: String, at now: ContinuousClock.Instant) {
             last.withLock { r in
-                let since = joinState == "steady" ? nil : (r?.unsteadySince ?? now)
-                r = Reading(state: state, joinState: joinState, unsteadySince: since)
+                let unbroken = r.map { now - $0.at <= gap } ?? false
+                let since = (state == "up" && joinState != "steady") ? ((unbroken ? r?.unsteadySince : nil) ?? now) : nil
+                r = Reading(state: state, joinState: joinState, at: now, unsteadySince: since)
             }
         }
 
-        /// The reading, when the membership has been other than "steady" for `limit` or longer.
+        /// The last reading, when it is recent (within `gap`) and ends an unbroken run of
+        /// unsteady readings that began `limit` or longer ago.
         func stalled(for limit: Duration, now: ContinuousClock.Instant) -> Reading? {
             last.withLock { r in
-                guard let r, let since = r.unsteadySince, now - since >= limit else { return nil }
+                guard let r, now - r.at <= gap, let since = r.unsteadySince, now - since >= limit else { return nil }
                 return r
             }
         }
     }
-    let groupState = GroupState()
+    let groupState: GroupState
 
     /// Set by a delivery report whose error leaves this idempotent producer of no more use
     /// (`producerStateErrors`): the instance must be replaced. Holds the error's code, 0 while
@@ -183,32 +202,20 @@ private let statisticsCallback: @convention(c) (OpaquePointer?, UnsafeMutablePoi
     return 0
 }
 
-/// The `cgrp` object's `state` and `join_state` in librdkafka's statistics JSON, or nil when
-/// there is none (no group). The `cgrp` object is flat, so its first `"state":` and
-/// `"join_state":` members are its own.
+/// The `cgrp` object's `state` and `join_state` in librdkafka's statistics JSON
+/// (STATISTICS.md), or nil when there is none (a producer, or no group yet). librdkafka writes
+/// that object with spaces after its colons and the brokers' with none, so the text is read
+/// as JSON, never matched byte for byte.
 func groupMembership(in json: UnsafeRawBufferPointer) -> (state: String, joinState: String)? {
-    func find(_ needle: String, from: Int) -> Int? {
-        let n = Array(needle.utf8)
-        guard json.count >= n.count else { return nil }
-        var i = from
-        while i + n.count <= json.count {
-            if json[i] == n[0], (1..<n.count).allSatisfy({ json[i + $0] == n[$0] }) { return i + n.count }
-            i += 1
+    struct Statistics: Decodable {
+        struct Group: Decodable {
+            var state: String
+            var join_state: String
         }
-        return nil
+        var cgrp: Group?
     }
-    func string(after key: String, from: Int) -> String? {
-        guard let start = find("\"\(key)\":\"", from: from) else { return nil }
-        var end = start
-        while end < json.count, json[end] != UInt8(ascii: "\""), end - start < 64 { end += 1 }
-        guard end < json.count, json[end] == UInt8(ascii: "\"") else { return nil }
-        return String(decoding: json[start..<end], as: UTF8.self)
-    }
-    guard let cgrp = find("\"cgrp\":", from: 0),
-          let state = string(after: "state", from: cgrp),
-          let joinState = string(after: "join_state", from: cgrp)
-    else { return nil }
-    return (state, joinState)
+    guard let group = (try? JSONDecoder().decode(Statistics.self, from: Data(json)))?.cgrp else { return nil }
+    return (group.state, group.join_state)
 }
 
 /// Text of a NUL-terminated C buffer.

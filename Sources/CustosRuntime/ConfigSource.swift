@@ -97,12 +97,12 @@ extension ConfigReader {
 
     /// Kafka settings under `kafka.`: `brokers` (bootstrap.servers), `clientId`,
     /// `properties`, a list of librdkafka `key=value` items passed through unchanged
-    /// (SASL, TLS, timeouts...), and `groupStallSeconds` (0 to 86400, default 120; 0 turns
+    /// (SASL, TLS, timeouts...), and `groupStallSeconds` (0 to 86400, default 360; 0 turns
     /// the consumers' group-membership watchdog off).
     public func kafkaConfiguration(clientId: String) throws -> KafkaConfiguration {
         let brokers = try require("kafka.brokers")
         let properties = try KafkaConfiguration.parseProperties(stringArray(forKey: "kafka.properties", default: []))
-        let stall = int(forKey: "kafka.groupStallSeconds", default: 120)
+        let stall = int(forKey: "kafka.groupStallSeconds", default: 360)
         guard (0...86_400).contains(stall) else {
             throw ConfigurationError(key: "kafka.groupStallSeconds", reason: "must be 0 to 86400 seconds")
         }

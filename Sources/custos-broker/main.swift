@@ -48,7 +48,7 @@ struct Serve: AsyncParsableCommand {
               kafka.groupId (CUSTOS_KAFKA_GROUP_ID)
                   consumer group of all broker instances (default custos-broker)
               kafka.groupStallSeconds (CUSTOS_KAFKA_GROUP_STALL_SECONDS)
-                  a consumer whose group membership is not steady this long is replaced (default 120; 0: never)
+                  a consumer whose group membership is not steady this long is replaced (default 360; 0: never)
               kafka.clientId (CUSTOS_KAFKA_CLIENT_ID)
                   (default custos-broker)
               signingKeyFile (CUSTOS_SIGNING_KEY_FILE)

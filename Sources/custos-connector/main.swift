@@ -39,7 +39,7 @@ struct Run: AsyncParsableCommand {
               kafka.groupId (CUSTOS_KAFKA_GROUP_ID)
                   (default custos-connector-<providerId>)
               kafka.groupStallSeconds (CUSTOS_KAFKA_GROUP_STALL_SECONDS)
-                  a consumer whose group membership is not steady this long is replaced (default 120; 0: never)
+                  a consumer whose group membership is not steady this long is replaced (default 360; 0: never)
               signingKeyFile (CUSTOS_SIGNING_KEY_FILE)
                   the private key of the provider's signing certificate, PEM (required)
               certificateFile (CUSTOS_CERTIFICATE_FILE)

@@ -93,6 +93,30 @@ struct KafkaIntegrationTests {
 
     /// A topic missing from the cluster (as after a Kafka that lost its state) is created
     /// again by `keepTopics` within its interval, and a message sent to it then arrives.
+    /// The watchdog's readings come from librdkafka's real statistics: a consumer that holds
+    /// its partitions reads "up" and "steady" within a few statistics intervals.
+    @Test func aConsumerReadsItsGroupMembershipFromLibrdkafkasStatistics() async throws {
+        var kafka = try TestServices.kafka()
+        kafka.properties["statistics.interval.ms"] = "500"
+        let topic = TestServices.unique("custos.test.statistics.")
+        let producer = try KafkaProducer(configuration: kafka, logger: TestServices.logger)
+        try await producer.send(OutgoingMessage(topic: topic, key: Array("k".utf8), value: [1]))
+        let consumer = try KafkaConsumer(configuration: kafka, groupId: TestServices.unique("custos-test-"), topics: [topic], logger: TestServices.logger)
+        #expect(try await first(1, from: consumer, store: true).map(\.value) == [[1]])
+        let reader = Task { for try await _ in consumer.messages {} }  // keeps polling, so that statistics are served
+        var reading: RDKafkaClient.GroupState.Reading?
+        for _ in 0..<100 where reading?.joinState != "steady" {
+            try await Task.sleep(for: .milliseconds(100))
+            reading = consumer.client.groupState.last.withLock { $0 }
+        }
+        reader.cancel()
+        #expect(reading?.state == "up")
+        #expect(reading?.joinState == "steady")
+        #expect(reading?.unsteadySince == nil)
+        consumer.close()
+        producer.shutdown()
+    }
+
     @Test func keptTopicsThatGoMissingAreCreatedAgain() async throws {
         let kafka = try TestServices.kafka()
         let topic = TestServices.unique("custos.test.kept.")
