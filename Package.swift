@@ -89,6 +89,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A C2SP tlog-witness (custos witness serve).
+        .target(
+            name: "CustosWitness",
+            dependencies: [
+                "CustosCustody",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "CustosEvidence",
             dependencies: [
@@ -209,7 +220,10 @@ let package = Package(
             name: "custos",
             dependencies: [
                 "CustosClient", "CustosModel", "CustosRuntime", "CustosEvidence", "CustosCustody", "CustosMerkle", "CustosPKI", "CustosCanonicalJSON",
+                "CustosWitness",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -257,9 +271,10 @@ let package = Package(
             name: "CustosUnitTests",
             dependencies: [
                 "CustosCanonicalJSON", "CustosModel", "CustosEvidence", "CustosKafka", "CustosConnector", "CustosBroker", "CustosRuntime",
-                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody", "CustosCriteria",
+                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody", "CustosCriteria", "CustosWitness",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
@@ -269,7 +284,7 @@ let package = Package(
             name: "CustosIntegrationTests",
             dependencies: [
                 "CustosBroker", "CustosCanonicalJSON", "CustosConnector", "CustosClient", "CustosKafka", "CustosModel", "CustosEvidence", "CustosRuntime",
-                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody",
+                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody", "CustosWitness",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),

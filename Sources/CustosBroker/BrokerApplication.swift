@@ -34,17 +34,28 @@ public func buildApplication(
     if let authority {  // fail at start, not at the first request, when the TSA identity is broken
         _ = try authority.respond(to: TimeStamp.request(sha256: Array(repeating: 0, count: 32), nonce: [1]), serial: 1)
     }
-    let checkpointSigner = CheckpointSigner(
+    let noteKey: NoteSigner? = try configuration.custodyNoteKeyFile.map { path in
+        do { return try NoteSigner(skey: try readFile(path, key: "custody.noteKeyFile")) } catch let e as NoteError {
+            throw ConfigurationError(key: "custody.noteKeyFile", reason: e.description)
+        }
+    }
+    let checkpointSigner: CheckpointSigner
+    do {
+        checkpointSigner = try CheckpointSigner(
         origin: configuration.custodyOrigin,
         certificate: try readFile(configuration.custodyCertificateFile, key: "custody.certificateFile"),
         key: try readFile(configuration.custodyKeyFile, key: "custody.keyFile"),
         chain: try configuration.custodyChainFile.map { try readFile($0, key: "custody.chainFile") } ?? "",
+        note: noteKey,
         timeStamp: configuration.custodyTSAURL.map { url in
             let client = TimeStampClient(url: url, trust: tsaTrust)
             return { sha256 in try await client.timeStamp(sha256: sha256).response }
         } ?? CheckpointSigner.stamping(with: authority!))
+    } catch let e as NoteError {
+        throw ConfigurationError(key: "custody.noteKeyFile", reason: e.description)
+    }
     // Fail at start, not at the first checkpoint, when the log's identity is broken.
-    _ = try Checkpoint(origin: configuration.custodyOrigin, size: 0, root: SHA256Digest(bytes: MerkleTree.emptyRoot)!, time: Timestamp.now())
+    _ = try Checkpoint(origin: configuration.custodyOrigin, size: 0, root: SHA256Digest(bytes: MerkleTree.emptyRoot)!)
         .sign(certificate: checkpointSigner.certificate, key: checkpointSigner.key, chain: checkpointSigner.chain)
     let jwt = try configuration.jwtPublicKeyFile.map { path in
         do {
@@ -104,6 +115,8 @@ public func buildApplication(
         server: try brokerServer(tls: tls),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
         services: [postgres, relay, ingestor, integrator, clockWatcher, liveFeed, KafkaProducerService(producer: producer)] as [any Service]
+            + (configuration.custodyWitnesses.isEmpty ? [] : [WitnessPusher(store: store, witnesses: configuration.custodyWitnesses,
+                                                                            interval: configuration.checkpointInterval, ready: ready, logger: logger)])
             + (metrics == nil ? [] : [gauges])
             + (webhooks.urls.isEmpty && email.smtp == nil ? [] : [notifier]),
         onServerRunning: { channel in

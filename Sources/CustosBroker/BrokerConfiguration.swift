@@ -72,6 +72,13 @@ public struct BrokerConfiguration: Sendable {
     public var custodyCertificateFile: String
     public var custodyKeyFile: String
     public var custodyChainFile: String?
+    /// `custody.noteKeyFile`: the log's C2SP signed-note key, in the
+    /// `PRIVATE+KEY+<origin>+<hex id>+<base64>` encoding (`custos-broker custody note-key
+    /// generate`); unset, it is derived from `custody.keyFile` (`CheckpointSigner.derivedNoteSigner`).
+    public var custodyNoteKeyFile: String?
+    /// `custody.witnesses`: C2SP witnesses the broker pushes every checkpoint to with
+    /// tlog-witness `add-checkpoint`, each `"<witness vkey> <submission prefix URL>"`.
+    public var custodyWitnesses: [C2SPWitness] = []
     /// `custody.tsaURL`: the RFC 3161 TSA that time-stamps checkpoints (its answers must chain
     /// to `tsa.trustFile`). Unset: the built-in TSA (`tsa.certificateFile`), called in process.
     public var custodyTSAURL: String?
@@ -154,6 +161,12 @@ public struct BrokerConfiguration: Sendable {
         custodyKeyFile = try reader.require("custody.keyFile")
         custodyChainFile = reader.string(forKey: "custody.chainFile")
         custodyTSAURL = reader.string(forKey: "custody.tsaURL")
+        custodyNoteKeyFile = reader.string(forKey: "custody.noteKeyFile")
+        custodyWitnesses = try reader.stringArray(forKey: "custody.witnesses", default: []).map { entry in
+            do { return try C2SPWitness(entry) } catch {
+                throw ConfigurationError(key: "custody.witnesses", reason: "each is \"<witness vkey> <URL>\": \(error)")
+            }
+        }
         let checkpointMilliseconds = reader.int(forKey: "custody.checkpointMilliseconds", default: 1000)
         guard (10...3_600_000).contains(checkpointMilliseconds) else {
             throw ConfigurationError(key: "custody.checkpointMilliseconds", reason: "must be 10 to 3600000")

@@ -31,9 +31,9 @@ extension BrokerStore {
 
     private func checkpoints(where condition: String) async throws -> [API.CheckpointView] {
         var out: [API.CheckpointView] = []
-        for try await (size, body, signature, timeStamp) in try await client.query(PostgresQuery(unsafeSQL: """
-            SELECT size, body, signature, time_stamp FROM custody_checkpoints WHERE \(condition)
-            """), logger: logger).decode((Int64, String, ByteBuffer, ByteBuffer).self) {
+        for try await (size, body, signature, timeStamp, noteLine, createdAt) in try await client.query(PostgresQuery(unsafeSQL: """
+            SELECT size, body, signature, time_stamp, note_signature, created_at FROM custody_checkpoints WHERE \(condition)
+            """), logger: logger).decode((Int64, String, ByteBuffer, ByteBuffer, String?, Date).self) {
             let cp = try Checkpoint(text: Array(body.utf8))
             var cosignatures: [API.CosignatureView] = []
             for try await (witness, sig, at) in try await client.query(
@@ -41,10 +41,18 @@ extension BrokerStore {
             ).decode((String, ByteBuffer, Date).self) {
                 cosignatures.append(.init(witness: witness, signature: Data(sig.readableBytesView).base64EncodedString(), at: Timestamp.format(at)))
             }
+            var note: String?
+            if let noteLine {
+                var lines = noteLine
+                for try await line in try await client.query(
+                    "SELECT line FROM custody_note_cosignatures WHERE checkpoint_size = \(size) ORDER BY created_at", logger: logger
+                ).decode(String.self) { lines += line }
+                note = body + "\n" + lines
+            }
             out.append(API.CheckpointView(
-                origin: cp.origin, size: cp.size, root: Self.b64(cp.root), time: cp.time, text: body,
+                origin: cp.origin, size: cp.size, root: Self.b64(cp.root), time: cp.time ?? Timestamp.format(createdAt), text: body,
                 signature: Data(signature.readableBytesView).base64EncodedString(), timeStamp: Data(timeStamp.readableBytesView).base64EncodedString(),
-                cosignatures: cosignatures))
+                cosignatures: cosignatures, note: note))
         }
         return out
     }

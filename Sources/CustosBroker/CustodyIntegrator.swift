@@ -16,16 +16,36 @@ public struct CheckpointSigner: Sendable {
     public var certificate: String
     public var key: String
     public var chain: String
+    /// The C2SP signed-note key (Ed25519, named after the origin): every checkpoint also carries
+    /// its note signature, which C2SP witnesses check.
+    public var note: NoteSigner
     /// RFC 3161: returns a TimeStampResp (DER) over the given SHA-256.
     public var timeStamp: @Sendable (_ sha256: [UInt8]) async throws -> [UInt8]
 
-    public init(origin: String, certificate: String, key: String, chain: String = "",
-                timeStamp: @escaping @Sendable (_ sha256: [UInt8]) async throws -> [UInt8]) {
+    /// - Parameter note: the signed-note key; nil derives it from `key` (`derivedNoteSigner`).
+    public init(origin: String, certificate: String, key: String, chain: String = "", note: NoteSigner? = nil,
+                timeStamp: @escaping @Sendable (_ sha256: [UInt8]) async throws -> [UInt8]) throws {
         self.origin = origin
         self.certificate = certificate
         self.key = key
         self.chain = chain
+        self.note = try note ?? Self.derivedNoteSigner(origin: origin, key: key)
         self.timeStamp = timeStamp
+        guard self.note.name == origin, self.note.type == .ed25519 else {
+            throw NoteError("the log's note key must be an Ed25519 (0x01) key named \(origin)")
+        }
+    }
+
+    /// The note key derived from the log's P-256 key (PEM): its Ed25519 seed is
+    /// HKDF-SHA256 (RFC 5869) of the P-256 private scalar, with info
+    /// "custos custody checkpoint note key v1" — one secret to keep, two signatures.
+    /// - Throws: when `key` is not a P-256 private key PEM.
+    public static func derivedNoteSigner(origin: String, key: String) throws -> NoteSigner {
+        let p256 = try P256.Signing.PrivateKey(pemRepresentation: key)
+        let seed = HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: p256.rawRepresentation),
+                                          info: Array("custos custody checkpoint note key v1".utf8), outputByteCount: 32)
+        let ed = try seed.withUnsafeBytes { try Curve25519.Signing.PrivateKey(rawRepresentation: Array($0)) }
+        return NoteSigner(name: origin, type: .ed25519, privateKey: ed)
     }
 
     /// Time-stamps with an in-process authority (the broker's built-in TSA).
@@ -134,12 +154,14 @@ public struct CustodyIntegrator: Service {
             let missing = Tiles.tiles(for: rootPlan.nodes).filter { known[$0] == nil }
             for (id, hashes) in try await TileStore.read(missing, on: conn, logger: logger) { known[id] = hashes }
             let root = try TileStore.build(rootPlan, from: known)[0]
-            let checkpoint = Checkpoint(origin: signer.origin, size: newSize, root: root, time: Timestamp.now())
+            let checkpoint = Checkpoint(origin: signer.origin, size: newSize, root: root)
             let signature = try checkpoint.sign(certificate: signer.certificate, key: signer.key, chain: signer.chain)
+            let note = try checkpoint.noteSignature(by: signer.note)
             let timeStamp = try await signer.timeStamp(Digest.sha256Bytes(signature))
             try await conn.query("""
-                INSERT INTO custody_checkpoints (size, root, body, signature, time_stamp)
-                VALUES (\(Int64(newSize)), \(ByteBuffer(bytes: root.bytes)), \(checkpoint.text), \(ByteBuffer(bytes: signature)), \(ByteBuffer(bytes: timeStamp)))
+                INSERT INTO custody_checkpoints (size, root, body, signature, time_stamp, note_signature)
+                VALUES (\(Int64(newSize)), \(ByteBuffer(bytes: root.bytes)), \(checkpoint.text), \(ByteBuffer(bytes: signature)),
+                        \(ByteBuffer(bytes: timeStamp)), \(note.line))
                 """, logger: logger)
             return Outcome(checkpoint: checkpoint, integrated: leaves.count, more: leaves.count == maximumBatch)
         }

@@ -501,5 +501,30 @@ enum Migrations {
             ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS dead_letters_topic_kafka_partition_kafka_offset_key;
             CREATE UNIQUE INDEX dead_letters_once ON dead_letters (topic, kafka_partition, kafka_offset, sha256(payload));
             """),
+        Migration(version: 23, name: "C2SP signed-note checkpoints and tlog-witness cosignatures", sql: """
+            -- The log's C2SP signed-note signature line over each checkpoint's text (Ed25519, the key
+            -- named after the origin); NULL for checkpoints made before.
+            ALTER TABLE custody_checkpoints ADD COLUMN note_signature text;
+            -- Cosignatures returned by C2SP witnesses (c2sp.org/tlog-cosignature lines) to the
+            -- broker's add-checkpoint pushes, checked against the witness's key before stored.
+            CREATE TABLE custody_note_cosignatures (
+                checkpoint_size bigint NOT NULL,
+                witness text NOT NULL,
+                line text NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                PRIMARY KEY (checkpoint_size, witness)
+            );
+            CREATE TRIGGER custody_note_cosignatures_append_only BEFORE UPDATE OR DELETE ON custody_note_cosignatures
+                FOR EACH ROW EXECUTE FUNCTION custody_refuse_change();
+            CREATE TRIGGER custody_note_cosignatures_no_truncate BEFORE TRUNCATE ON custody_note_cosignatures
+                FOR EACH STATEMENT EXECUTE FUNCTION custody_refuse_change();
+            REVOKE UPDATE, DELETE, TRUNCATE ON custody_note_cosignatures FROM PUBLIC, CURRENT_USER;
+            -- The size each C2SP witness last said it holds for this log (its vkey names it).
+            CREATE TABLE c2sp_witness_sizes (
+                witness text PRIMARY KEY,
+                size bigint NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            );
+            """),
     ]
 }

@@ -206,6 +206,7 @@ public struct CustodySummary: Codable, Sendable {
     }
     public var origin: String
     public var checkpointSize: UInt64
+    /// The legacy `time` line of an older checkpoint, else the RFC 3161 time of its signature.
     public var checkpointTime: String
     public var logSigner: String?
     public var timeStampedAt: String?
@@ -405,7 +406,7 @@ public struct BundleVerifier: Sendable {
         all += custody.failures.map { .init(code: PackageVerification.Failure.Code(rawValue: $0.code.rawValue)!, detail: $0.detail) }
         if let cp = custody.checkpoint {
             report.custody = CustodySummary(
-                origin: cp.origin, checkpointSize: cp.size, checkpointTime: cp.time, logSigner: custody.logSigner,
+                origin: cp.origin, checkpointSize: cp.size, checkpointTime: cp.time ?? custody.timeStampedAt.map(Timestamp.format) ?? "", logSigner: custody.logSigner,
                 timeStampedAt: custody.timeStampedAt.map(Timestamp.format),
                 events: custody.events.map { "\($0.at)  \($0.kind)  \($0.actor.type.rawValue) \($0.actor.id)" },
                 witnesses: custody.witnesses.map { .init(name: $0.name, checkpointSize: $0.checkpointSize, signer: $0.signer, trusted: $0.trusted) })

@@ -20,17 +20,23 @@ extension API {
         public var origin: String
         public var size: UInt64
         public var root: String
+        /// When it was made (RFC 3339 UTC): the legacy `time` line of older checkpoints, else the
+        /// time the log stored it; the RFC 3161 token in `timeStamp` proves it independently.
         public var time: String
-        /// The signed text (C2SP tlog-checkpoint body with a `time` line).
+        /// The signed text: a C2SP tlog-checkpoint body (three lines; four with a legacy `time` line).
         public var text: String
         /// CMS SignedData over `text` by the log's certificate, DER, base64.
         public var signature: String
         /// RFC 3161 TimeStampResp over the SHA-256 of the signature, DER, base64.
         public var timeStamp: String
         public var cosignatures: [CosignatureView]
+        /// The C2SP signed note (c2sp.org/signed-note): `text`, a blank line, the log's Ed25519
+        /// signature line, and the tlog-cosignature lines of C2SP witnesses. Absent for
+        /// checkpoints made before the log had a note key.
+        public var note: String?
 
         public init(origin: String, size: UInt64, root: String, time: String, text: String, signature: String, timeStamp: String,
-                    cosignatures: [CosignatureView]) {
+                    cosignatures: [CosignatureView], note: String? = nil) {
             self.origin = origin
             self.size = size
             self.root = root
@@ -39,6 +45,7 @@ extension API {
             self.signature = signature
             self.timeStamp = timeStamp
             self.cosignatures = cosignatures
+            self.note = note
         }
     }
 

@@ -30,7 +30,7 @@ public struct TestCustodyLog: Sendable {
         let tiles = try Tiles.integrate(size: 0, leafHashes: leaves, edge: [:])
         func hash(_ node: NodeID) -> SHA256Digest { Tiles.hash(of: node, in: tiles)! }
         let root = MerkleProof.rootPlan(size: size).build(hash)[0]
-        let checkpoint = Checkpoint(origin: "test.custos/custody", size: size, root: root, time: Timestamp.now())
+        let checkpoint = Checkpoint(origin: "test.custos/custody", size: size, root: root)
         let signer = defect == .checkpointSignedByStranger ? stranger : pki
         let signature = try checkpoint.sign(certificate: signer.custodyCertificate, key: signer.custodyKey)
         let timeStamp = try pki.tsa.respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(signature), nonce: TimeStamp.makeNonce()), serial: 9)

@@ -86,7 +86,7 @@ enum CustodyBench {
         db.maxConnections = 8
         let client = db.makeClient(logger: logger)
         let pki = try TestPKI()
-        let signer = CheckpointSigner(origin: "bench.custos/custody", certificate: pki.custodyCertificate, key: pki.custodyKey,
+        let signer = try CheckpointSigner(origin: "bench.custos/custody", certificate: pki.custodyCertificate, key: pki.custodyKey,
                                       timeStamp: CheckpointSigner.stamping(with: pki.tsa))
 
         func event(_ n: Int) -> CustodyEvent {

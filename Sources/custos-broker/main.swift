@@ -24,7 +24,7 @@ struct BrokerCommand: AsyncParsableCommand {
         commandName: "custos-broker",
         abstract: "Custos broker: HTTP API, workflow, Kafka outbox relay and response ingestion, package verification.",
         subcommands: [Serve.self, Migrate.self, Agencies.self, Users.self, Providers.self, Witnesses.self, Audit.self, KeysCommand.self, StorageKey.self,
-                      PKICommand.self],
+                      PKICommand.self, NoteKey.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -67,6 +67,10 @@ struct Serve: AsyncParsableCommand {
                   RFC 3161 TSA for checkpoints (answers must chain to tsa.trustFile); default: the built-in TSA
               custody.checkpointMilliseconds (CUSTOS_CUSTODY_CHECKPOINT_MILLISECONDS)
                   a new checkpoint at least this often while there are new events (default 1000)
+              custody.noteKeyFile (CUSTOS_CUSTODY_NOTE_KEY_FILE)
+                  the log's C2SP signed-note key (custos-broker note-key generate); default: derived from custody.keyFile
+              custody.witnesses (CUSTOS_CUSTODY_WITNESSES)
+                  C2SP witnesses to push each checkpoint to (tlog-witness add-checkpoint), each "<witness vkey> <URL>"
               auth.jwt.publicKeyFile (CUSTOS_AUTH_JWT_PUBLIC_KEY_FILE)
                   accept JWT bearer tokens (claims sub, agency, roles, aud, exp) signed by this public key (P-256: ES256, RSA: PS256)
               auth.jwt.audience, auth.jwt.issuer
@@ -379,6 +383,38 @@ struct StorageKey: ParsableCommand {
             throw ValidationError("cannot write \(out)")
         }
         print("wrote \(out)")
+    }
+}
+
+struct NoteKey: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "note-key",
+        abstract: "The custody log's C2SP signed-note key (Ed25519, named after custody.origin): every checkpoint carries its signature.",
+        subcommands: [Show.self, Generate.self])
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the log's verifier key (vkey): what a C2SP witness is configured with (custos witness serve --log).")
+        @OptionGroup var options: ConfigOptions
+        func run() async throws {
+            let configuration = try BrokerConfiguration(reader: try await ConfigSource.reader(configFile: options.config))
+            let key = try String(contentsOfFile: configuration.custodyKeyFile, encoding: .utf8)
+            let signer = try configuration.custodyNoteKeyFile.map { try NoteSigner(skey: try String(contentsOfFile: $0, encoding: .utf8)) }
+                ?? CheckpointSigner.derivedNoteSigner(origin: configuration.custodyOrigin, key: key)
+            print(signer.verifier.vkey)
+        }
+    }
+
+    struct Generate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a new note key for custody.noteKeyFile (mode 0600) and print its vkey. Refuses to overwrite a file.")
+        @Option(help: "The log's origin (custody.origin): the key's name.") var origin: String
+        @Option(help: "Where to write the private key.") var out: String
+        func run() throws {
+            let signer = try NoteSigner.generate(name: origin, type: .ed25519)
+            do { try signer.writeNewKeyFile(out) } catch let e as NoteError { throw ValidationError(e.description) }
+            print(signer.verifier.vkey)
+        }
     }
 }
 

@@ -6,7 +6,10 @@ import CustosCustody
 import CustosMerkle
 import CustosModel
 import CustosPKI
+import CustosWitness
 import Foundation
+import Hummingbird
+import Logging
 
 /// Trust anchors for checking the custody log offline: custody-ca.pem and tsa-ca.pem in a folder.
 struct CustodyTrust: ParsableArguments {
@@ -49,6 +52,8 @@ struct Custody: AsyncParsableCommand {
         @OptionGroup var connection: Connection
         @Option(help: "A checkpoint's tree size.") var size: UInt64?
         @Option(help: "Folder with custody-ca.pem and tsa-ca.pem: check the signature and time-stamp.") var trust: String?
+        @Option(help: "A verifier key (vkey) to check the C2SP note with: the log's (custos-broker note-key show) or a witness's; repeatable.")
+        var vkey: [String] = []
         func run() async throws {
             let client = try connection.client
             let c = if let size { try await client.checkpoint(size: size) } else { try await client.latestCheckpoint() }
@@ -57,9 +62,30 @@ struct Custody: AsyncParsableCommand {
                 let (_, r) = try verifyCheckpoint(c, trust: try CustodyTrust.parse(["--trust", trust]).load())
                 verdict = "\n  signature VALID (\(r.signer ?? "?")), time-stamped \(r.genTime.map(Timestamp.format) ?? "?")"
             }
+            var noteLines = ""
+            if let text = c.note {
+                let note: SignedNote
+                do { note = try SignedNote(parsing: Array(text.utf8)) } catch { throw CustodyFailure(description: "the checkpoint's signed note is malformed: \(error)") }
+                guard note.text == Array(c.text.utf8) else { throw CustodyFailure(description: "the signed note's text differs from the checkpoint's") }
+                let keys = try vkey.map { v in
+                    do { return try NoteVerifierKey(vkey: v) } catch { throw ValidationError("--vkey \(v): \(error)") }
+                }
+                var checked: [NoteSignature] = []
+                for key in keys {
+                    do { checked += try note.verified(by: key) } catch { throw CustodyFailure(description: "C2SP note: \(error)") }
+                }
+                for s in note.signatures {
+                    let state = checked.contains(s) ? "VALID" : "not checked"
+                    if let t = TlogCosignature.time(of: s), s.name != c.origin {
+                        noteLines += "\n  C2SP cosignature by \(s.name) at \(Timestamp.format(Date(timeIntervalSince1970: TimeInterval(t)))) (\(state))"
+                    } else {
+                        noteLines += "\n  C2SP note signed by \(s.name) (\(state))"
+                    }
+                }
+            }
             try connection.emit(c) {
                 "checkpoint \(c.origin) #\(c.size) at \(c.time)\n  root \(c.root)" + verdict
-                    + c.cosignatures.map { "\n  co-signed by \($0.witness) at \($0.at)" }.joined()
+                    + c.cosignatures.map { "\n  co-signed by \($0.witness) at \($0.at)" }.joined() + noteLines
             }
         }
     }
@@ -138,8 +164,62 @@ struct Custody: AsyncParsableCommand {
 
 struct Witness: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "For an outside witness: check the log's newest checkpoint and co-sign it.",
-        subcommands: [Cosign.self])
+        abstract: "For an outside witness: co-sign the log's checkpoints, pulled from the broker (cosign) or pushed to a C2SP witness (serve).",
+        subcommands: [Cosign.self, Serve.self, KeyGenerate.self])
+
+    struct KeyGenerate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "keygen",
+            abstract: "Write a new C2SP cosigning key (Ed25519, tlog-cosignature type 0x04), mode 0600, and print its vkey for the log's custody.witnesses.")
+        @Option(help: "The witness's name, a schema-less URL such as witness.example/w1.") var name: String
+        @Option(help: "Where to write the private key.") var out: String
+        func run() throws {
+            let signer = try NoteSigner.generate(name: name, type: .cosignatureV1)
+            do { try signer.writeNewKeyFile(out) } catch let e as NoteError { throw ValidationError(e.description) }
+            print(signer.verifier.vkey)
+        }
+    }
+
+    struct Serve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a C2SP transparency-log witness (c2sp.org/tlog-witness): POST <prefix>/add-checkpoint.",
+            discussion: """
+                It checks each checkpoint's note signature against the log's key (--log, the vkey custos-broker note-key show \
+                prints), its consistency with the last checkpoint it cosigned for that log, stores the new size atomically in \
+                --state, and answers with a tlog-cosignature line. Refusals: 400 malformed, 403 no valid log signature, \
+                404 unknown log, 409 stale old size (body: its size), 422 bad consistency proof. Prints \
+                "custos witness listening on URL" once ready; stops on SIGINT or SIGTERM.
+                """)
+        @Option(help: "The cosigning key file (custos witness keygen).") var key: String
+        @Option(help: "A log's verifier key (vkey); repeat for several logs.") var log: [String]
+        @Option(help: "Directory for the latest cosigned checkpoint of each log.") var state: String
+        @Option(help: "Address to listen on.") var host = "127.0.0.1"
+        @Option(help: "Port to listen on (0: any free port).") var port = 7380
+        @Option(help: "Submission prefix, e.g. /witness (default: none).") var prefix = ""
+
+        func run() async throws {
+            let signer: NoteSigner
+            let logs: [NoteVerifierKey]
+            do {
+                signer = try NoteSigner(skey: try String(contentsOfFile: key, encoding: .utf8))
+                logs = try log.map { try NoteVerifierKey(vkey: $0) }
+            } catch let e as NoteError { throw ValidationError(e.description) }
+            guard !logs.isEmpty else { throw ValidationError("give at least one --log") }
+            guard prefix.isEmpty || (prefix.hasPrefix("/") && !prefix.hasSuffix("/")) else { throw ValidationError("--prefix starts with / and does not end with one") }
+            LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+            let logger = Logger(label: "custos-witness")
+            let server = try WitnessServer(settings: .init(signer: signer, logs: logs, stateDirectory: state, prefix: prefix), logger: logger)
+            let app = Application(
+                router: server.router(),
+                configuration: .init(address: .hostname(host, port: port), serverName: "custos-witness"),
+                onServerRunning: { channel in
+                    print("custos witness listening on http://\(host):\(channel.localAddress?.port ?? port)\(prefix)")
+                    fflush(nil)
+                },
+                logger: logger)
+            try await app.runService()
+        }
+    }
 
     struct Cosign: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

@@ -26,7 +26,7 @@ struct AgencyIsolationTests {
             let packageId = p.manifest.packageId
             #expect(try await store.package(packageId, viewer: nil).state == .verified)
             let caseId = try await store.request(r.id, viewer: nil).spec.caseId
-            let signer = CheckpointSigner(origin: "tests.custos/custody", certificate: ingest.pki.custodyCertificate, key: ingest.pki.custodyKey,
+            let signer = try CheckpointSigner(origin: "tests.custos/custody", certificate: ingest.pki.custodyCertificate, key: ingest.pki.custodyKey,
                                           timeStamp: CheckpointSigner.stamping(with: ingest.pki.tsa))
             let checkpoint = try #require(try await CustodyIntegrator(client: client, signer: signer, logger: TestServices.logger).integrateOnce()).checkpoint
             let eventIndex = try await client.query("SELECT min(idx) FROM custody_events WHERE request_id = \(r.id)", logger: TestServices.logger)

@@ -20,7 +20,7 @@ struct CustodyLogTests {
     init() throws { pki = try TestPKI(signerName: "prov-a") }
 
     var signer: CheckpointSigner {
-        CheckpointSigner(origin: "tests.custos/custody", certificate: pki.custodyCertificate, key: pki.custodyKey,
+        try! CheckpointSigner(origin: "tests.custos/custody", certificate: pki.custodyCertificate, key: pki.custodyKey,
                          timeStamp: CheckpointSigner.stamping(with: pki.tsa))
     }
 

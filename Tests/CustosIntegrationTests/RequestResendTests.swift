@@ -110,9 +110,15 @@ struct RequestResendTests {
                 try await BrokerStore.advance(conn, r.id, .acknowledge, actor: .init(type: .provider, id: "prov-a"), custody: custody,
                                               logger: TestServices.logger)
             }
-            try await watcher.fire(at: t0.addingTimeInterval(59))
+            // The wait counts from the acknowledgement's own time, which a loaded machine may
+            // record well after t0.
+            var acked = t0
+            for try await at in try await client.query("""
+                SELECT max(at) FROM request_events WHERE request_id = \(r.id) AND state = 'acknowledged'
+                """, logger: TestServices.logger).decode(Date.self) { acked = at }
+            try await watcher.fire(at: acked.addingTimeInterval(59))
             #expect(try await Self.row(client, r.id).resends == 0)
-            try await watcher.fire(at: t0.addingTimeInterval(61))
+            try await watcher.fire(at: acked.addingTimeInterval(61))
             #expect(try await Self.row(client, r.id).resends == 1)
             // Confirmed: never again.
             let until = try #require(try await store.request(r.id, viewer: nil).clocks.first { $0.clock == "preservation" }).deadline
