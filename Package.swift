@@ -89,6 +89,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // ETSI TS 103 120 (HI-1): export, import and status of requests as XML.
+        .target(
+            name: "CustosETSI",
+            dependencies: [
+                "CustosModel",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // A C2SP tlog-witness (custos witness serve).
         .target(
             name: "CustosWitness",
@@ -134,7 +143,7 @@ let package = Package(
             name: "CustosBroker",
             dependencies: [
                 "CustosModel", "CustosEvidence", "CustosKafka", "CustosRuntime", "CustosCanonicalJSON", "CustosPKI",
-                "CustosMerkle", "CustosCustody", "CustosClient", "CustosCriteria",
+                "CustosMerkle", "CustosCustody", "CustosClient", "CustosCriteria", "CustosETSI",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -271,7 +280,7 @@ let package = Package(
             name: "CustosUnitTests",
             dependencies: [
                 "CustosCanonicalJSON", "CustosModel", "CustosEvidence", "CustosKafka", "CustosConnector", "CustosBroker", "CustosRuntime",
-                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody", "CustosCriteria", "CustosWitness",
+                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody", "CustosCriteria", "CustosWitness", "CustosETSI",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
@@ -284,7 +293,7 @@ let package = Package(
             name: "CustosIntegrationTests",
             dependencies: [
                 "CustosBroker", "CustosCanonicalJSON", "CustosConnector", "CustosClient", "CustosKafka", "CustosModel", "CustosEvidence", "CustosRuntime",
-                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody", "CustosWitness",
+                "CustosPKI", "CustosTestSupport", "CustosMerkle", "CustosCustody", "CustosWitness", "CustosETSI",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "JWTKit", package: "jwt-kit"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),

@@ -111,7 +111,8 @@ public func buildApplication(
     var app = Application(
         router: buildRouter(store: store, maxBodyBytes: configuration.maxBodyBytes, timeStampAuthority: authority,
                             exportWait: max(.seconds(10), configuration.checkpointInterval * 3), jwt: jwt, metrics: metrics, health: health,
-                            liveFeed: liveFeed, portal: { var p = configuration.portal; p.secureCookies = configuration.portalSecureCookies ?? (tls != nil); return p }(), logger: logger),
+                            liveFeed: liveFeed, portal: { var p = configuration.portal; p.secureCookies = configuration.portalSecureCookies ?? (tls != nil); return p }(),
+                            hi1: configuration.hi1Endpoint, logger: logger),
         server: try brokerServer(tls: tls),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
         services: [postgres, relay, ingestor, integrator, clockWatcher, liveFeed, KafkaProducerService(producer: producer)] as [any Service]

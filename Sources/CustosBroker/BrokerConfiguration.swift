@@ -1,6 +1,7 @@
 import Configuration
 import CustosCriteria
 import CustosCustody
+import CustosETSI
 import CustosKafka
 import CustosRuntime
 import Foundation
@@ -79,6 +80,9 @@ public struct BrokerConfiguration: Sendable {
     /// `custody.witnesses`: C2SP witnesses the broker pushes every checkpoint to with
     /// tlog-witness `add-checkpoint`, each `"<witness vkey> <submission prefix URL>"`.
     public var custodyWitnesses: [C2SPWitness] = []
+    /// `hi1.countryCode` (default VN) and `hi1.identifier` (default custos): this broker's
+    /// `EndpointID` in ETSI TS 103 120 (HI-1) messages, and the country of providers' `CSPID`s.
+    public var hi1Endpoint = HI1.Endpoint(countryCode: "VN", uniqueIdentifier: "custos")
     /// `custody.tsaURL`: the RFC 3161 TSA that time-stamps checkpoints (its answers must chain
     /// to `tsa.trustFile`). Unset: the built-in TSA (`tsa.certificateFile`), called in process.
     public var custodyTSAURL: String?
@@ -162,6 +166,14 @@ public struct BrokerConfiguration: Sendable {
         custodyChainFile = reader.string(forKey: "custody.chainFile")
         custodyTSAURL = reader.string(forKey: "custody.tsaURL")
         custodyNoteKeyFile = reader.string(forKey: "custody.noteKeyFile")
+        hi1Endpoint = HI1.Endpoint(countryCode: reader.string(forKey: "hi1.countryCode", default: hi1Endpoint.countryCode),
+                                   uniqueIdentifier: reader.string(forKey: "hi1.identifier", default: hi1Endpoint.uniqueIdentifier))
+        guard HI1.Endpoint.isValidCountryCode(hi1Endpoint.countryCode) else {
+            throw ConfigurationError(key: "hi1.countryCode", reason: "must be an ISO 3166-1 alpha-2 code in capitals, e.g. VN")
+        }
+        guard (1...255).contains(hi1Endpoint.uniqueIdentifier.count), !hi1Endpoint.uniqueIdentifier.contains(where: \.isWhitespace) else {
+            throw ConfigurationError(key: "hi1.identifier", reason: "must be 1 to 255 characters without spaces")
+        }
         custodyWitnesses = try reader.stringArray(forKey: "custody.witnesses", default: []).map { entry in
             do { return try C2SPWitness(entry) } catch {
                 throw ConfigurationError(key: "custody.witnesses", reason: "each is \"<witness vkey> <URL>\": \(error)")

@@ -1,4 +1,5 @@
 import CustosCanonicalJSON
+import CustosETSI
 import CustosEvidence
 import CustosModel
 import CustosPKI
@@ -12,6 +13,7 @@ import PostgresNIO
 
 extension API.CaseView: ResponseEncodable {}
 extension API.RequestView: ResponseEncodable {}
+extension API.HI1ImportView: ResponseEncodable {}
 extension API.Timeline: ResponseEncodable {}
 extension API.PackageView: ResponseEncodable {}
 extension API.UserView: ResponseEncodable {}
@@ -73,7 +75,8 @@ public struct CanonicalResponseEncoder: ResponseEncoder {
 /// `portal`: when set and enabled, the web portal is served under `/portal/` (`Portal`).
 public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthority: TimeStamp.Authority? = nil, exportWait: Duration = .seconds(10),
                         jwt: JWTSettings? = nil, metrics: PrometheusCollectorRegistry? = nil, health: BrokerHealth? = nil,
-                        liveFeed: LiveFeed? = nil, portal: PortalSettings? = nil, logger: Logger) -> Router<BrokerRequestContext> {
+                        liveFeed: LiveFeed? = nil, portal: PortalSettings? = nil,
+                        hi1: HI1.Endpoint = HI1.Endpoint(countryCode: "VN", uniqueIdentifier: "custos"), logger: Logger) -> Router<BrokerRequestContext> {
     let router = Router(context: BrokerRequestContext.self)
     if metrics != nil { router.add(middleware: MetricsMiddleware()) }
     router.add(middleware: ProblemMiddleware(logger: logger))
@@ -183,18 +186,42 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         return Response(status: .ok, headers: [.contentType: view.document.mediaType, .init("Custos-Sha256")!: view.document.sha256],
                         body: .init(byteBuffer: content))
     }
-    v1.post("requests") { request, context in
+    v1.post("requests") { request, context -> Response in
         let user = try await api.staff(request, context)
+        if HI1HTTP.isXML(request.headers[.contentType]) {
+            // An authority's HI-1 CREATE message (ETSI TS 103 120): a case and its drafts.
+            let body: ByteBuffer
+            do { body = try await request.body.collect(upTo: min(api.maxBodyBytes, HI1Import.maximumBytes)) } catch {
+                throw BrokerError(.tooLarge, "request body is larger than \(min(api.maxBodyBytes, HI1Import.maximumBytes)) bytes")
+            }
+            let imported = try await store.importHI1(Array(body.readableBytesView), by: user)
+            return try EditedResponse(status: .created, headers: [.location: "/v1/cases/\(imported.caseId.lowercased)"], response: imported)
+                .response(from: request, context: context)
+        }
         let spec = try await api.decode(RequestSpec.self, request, context)
         let id = try await store.createRequest(spec, by: user)
-        return EditedResponse(status: .created, headers: [.location: "/v1/requests/\(id.lowercased)"], response: try await store.request(id, viewer: user))
+        return try EditedResponse(status: .created, headers: [.location: "/v1/requests/\(id.lowercased)"], response: try await store.request(id, viewer: user))
+            .response(from: request, context: context)
     }
-    v1.get("requests/:id") { request, context in
+    v1.get("requests/:id") { request, context -> Response in
         let user = try await api.staff(request, context)
         let id = try api.id(context)
         let view = try await store.request(id, viewer: user)
         try await store.recordAccess(.requestViewed, by: user, subject: .init(caseId: view.spec.caseId, requestId: id))
-        return view
+        if HI1HTTP.prefersXML(request.headers[.accept]) {
+            // ETSI TS 103 120: a GETResponse of the task with its status.
+            let xml = HI1Export.status(view, parties: .init(sender: hi1, receiver: HI1.Endpoint(countryCode: hi1.countryCode, uniqueIdentifier: user.agency),
+                                                           providerCountry: hi1.countryCode))
+            return HI1HTTP.response(xml)
+        }
+        return try view.response(from: request, context: context)
+    }
+    v1.get("requests/:id/hi1") { request, context -> Response in
+        let user = try await api.staff(request, context)
+        let id = try api.id(context)
+        let xml = try await store.exportHI1(id, viewer: user, endpoint: hi1)
+        try await store.recordAccess(.requestViewed, by: user, subject: .init(requestId: id))
+        return HI1HTTP.response(xml)
     }
     v1.get("requests/:id/timeline") { request, context in
         let user = try await api.staff(request, context)
@@ -300,6 +327,26 @@ public func buildRouter(store: BrokerStore, maxBodyBytes: Int, timeStampAuthorit
         return try await store.consistencyProof(from: from, to: to)
     }
     return router
+}
+
+/// Content negotiation for HI-1 (ETSI TS 103 120) XML.
+enum HI1HTTP {
+    static let mediaType = "application/xml; charset=utf-8"
+
+    static func isXML(_ contentType: String?) -> Bool {
+        guard let base = contentType?.split(separator: ";").first?.trimmingCharacters(in: .whitespaces).lowercased() else { return false }
+        return base == "application/xml" || base == "text/xml" || base.hasSuffix("+xml")
+    }
+
+    /// An `Accept` that names XML and not JSON.
+    static func prefersXML(_ accept: String?) -> Bool {
+        guard let accept = accept?.lowercased() else { return false }
+        return accept.split(separator: ",").contains { isXML(String($0)) } && !accept.contains("application/json")
+    }
+
+    static func response(_ xml: [UInt8]) -> Response {
+        Response(status: .ok, headers: [.contentType: mediaType, .contentLength: "\(xml.count)"], body: .init(byteBuffer: ByteBuffer(bytes: xml)))
+    }
 }
 
 struct BrokerAPI: Sendable {

@@ -68,6 +68,26 @@ public struct CustosClient: Sendable {
         return try JSONDecoder().decode(API.DocumentView.self, from: Data(buffer: body))
     }
     public func request(_ id: UUID) async throws -> API.RequestView { try await call(.GET, "/v1/requests/\(id.lowercased)") }
+    /// Imports an authority's HI-1 `CREATE` message (ETSI TS 103 120, XML): a new case and its drafts.
+    public func importHI1(_ xml: [UInt8]) async throws -> API.HI1ImportView {
+        var r = makeRequest(.POST, "/v1/requests")
+        r.headers.replaceOrAdd(name: "Content-Type", value: "application/xml")
+        r.body = .bytes(ByteBuffer(bytes: xml))
+        let response = try await http.execute(r, timeout: .seconds(60))
+        let body = try await response.body.collect(upTo: 1 << 20)
+        guard response.status == .created else { throw Self.problem(response.status, body) }
+        return try JSONDecoder().decode(API.HI1ImportView.self, from: Data(buffer: body))
+    }
+    /// The request as approved, as an HI-1 message (`GET /v1/requests/{id}/hi1`), or its status
+    /// as an HI-1 `GETResponse` (`GET /v1/requests/{id}` with `Accept: application/xml`).
+    public func hi1(_ id: UUID, statusOnly: Bool = false) async throws -> [UInt8] {
+        var r = makeRequest(.GET, "/v1/requests/\(id.lowercased)" + (statusOnly ? "" : "/hi1"))
+        r.headers.replaceOrAdd(name: "Accept", value: "application/xml")
+        let response = try await http.execute(r, timeout: .seconds(120))
+        let body = try await response.body.collect(upTo: 256 << 20)
+        guard response.status == .ok else { throw Self.problem(response.status, body) }
+        return Array(body.readableBytesView)
+    }
     public func submit(_ id: UUID) async throws -> API.RequestView { try await call(.POST, "/v1/requests/\(id.lowercased)/submit", body: API.Decision()) }
     public func approve(_ id: UUID) async throws -> API.RequestView { try await call(.POST, "/v1/requests/\(id.lowercased)/approve", body: API.Decision()) }
     public func reject(_ id: UUID, reason: String?) async throws -> API.RequestView {

@@ -164,6 +164,18 @@ public enum API {
         }
     }
 
+    /// What `POST /v1/requests` answers to an HI-1 message (ETSI TS 103 120): the case it
+    /// opened and one draft per `LDTaskObject`, in message order.
+    public struct HI1ImportView: Codable, Sendable, Equatable {
+        public var caseId: UUID
+        public var requestIds: [UUID]
+
+        public init(caseId: UUID, requestIds: [UUID]) {
+            self.caseId = caseId
+            self.requestIds = requestIds
+        }
+    }
+
     public struct RequestView: Codable, Sendable {
         public var id: UUID
         public var state: RequestState

@@ -69,6 +69,8 @@ struct Serve: AsyncParsableCommand {
                   a new checkpoint at least this often while there are new events (default 1000)
               custody.noteKeyFile (CUSTOS_CUSTODY_NOTE_KEY_FILE)
                   the log's C2SP signed-note key (custos-broker note-key generate); default: derived from custody.keyFile
+              hi1.countryCode, hi1.identifier (CUSTOS_HI1_COUNTRY_CODE, CUSTOS_HI1_IDENTIFIER)
+                  this broker's EndpointID in ETSI TS 103 120 (HI-1) messages (default VN, custos)
               custody.witnesses (CUSTOS_CUSTODY_WITNESSES)
                   C2SP witnesses to push each checkpoint to (tlog-witness add-checkpoint), each "<witness vkey> <URL>"
               auth.jwt.publicKeyFile (CUSTOS_AUTH_JWT_PUBLIC_KEY_FILE)

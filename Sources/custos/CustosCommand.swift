@@ -200,7 +200,51 @@ struct Case: AsyncParsableCommand {
 }
 
 struct Request: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, List.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Review.self, Answer.self, Extend.self, Release.self, Status.self, Timeline.self])
+    static let configuration = CommandConfiguration(abstract: "Requests for evidence.", subcommands: [Create.self, List.self, Submit.self, Approve.self, Reject.self, Withdraw.self, Review.self, Answer.self, Extend.self, Release.self, Status.self, Timeline.self,
+                                                                                                              ExportRequest.self, Import.self])
+
+    struct ExportRequest: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "export",
+            abstract: "Write a request as approved in a standard form: --etsi, an ETSI TS 103 120 (HI-1) message.",
+            discussion: """
+                The message CREATEs the AuthorisationObject (the decision: reference, timespan, the emergency flag) and one \
+                LDTaskObject per provider (targets as RequestValues, categories, window, desired status), and DELIVERs one \
+                DeliveryObject per verified package (reference, delivery id, sequence number, the signed manifest with its \
+                SHA-256; the manifest lists every chunk's SHA-256). With --status, the task's status as an HI-1 GETResponse. \
+                Mapping: schemas/etsi/README.md.
+                """)
+        @OptionGroup var connection: Connection
+        @Argument(help: "Request id.") var id: String
+        @Flag(help: "ETSI TS 103 120 (HI-1) XML (the only form there is; required, so that the form is named).") var etsi = false
+        @Flag(help: "Only the task's status (GETResponse), not the whole message.") var status = false
+        @Option(help: "Write to this file instead of standard output.") var out: String?
+        func run() async throws {
+            guard etsi else { throw ValidationError("name the form: --etsi") }
+            let xml = try await connection.client.hi1(try parseID(id), statusOnly: status)
+            if let out {
+                guard FileManager.default.createFile(atPath: out, contents: Data(xml)) else { throw ValidationError("cannot write \(out)") }
+                print("wrote \(out) (\(xml.count) bytes)")
+            } else {
+                FileHandle.standardOutput.write(Data(xml))
+            }
+        }
+    }
+
+    struct Import: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Import an authority's ETSI TS 103 120 (HI-1) CREATE message: a new case, and a draft per LDTaskObject; prints their ids.",
+            discussion: "Violations name the XML path of the element they are about. Mapping: schemas/etsi/README.md.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "The HI-1 XML file.") var file: String
+        func run() async throws {
+            guard let bytes = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
+            let imported = try await connection.client.importHI1(Array(bytes))
+            try connection.emit(imported) {
+                (["case \(imported.caseId.lowercased)"] + imported.requestIds.map { "draft request \($0.lowercased)" }).joined(separator: "\n")
+            }
+        }
+    }
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(

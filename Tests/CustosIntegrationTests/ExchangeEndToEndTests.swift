@@ -125,6 +125,18 @@ struct ExchangeEndToEndTests {
         let witnesses = try #require(custody["witnesses"] as? [[String: Any]])
         #expect(witnesses.count == 1 && witnesses[0]["name"] as? String == "procuracy" && witnesses[0]["trusted"] as? Bool == true)
 
+        // The request as approved, in ETSI TS 103 120 (HI-1): valid against ETSI's XSDs, its
+        // delivery carrying the package's signed manifest byte for byte.
+        _ = try await d.cliOK(d.investigator, ["request", "export", request, "--etsi", "--out", d.path("request-hi1.xml")])
+        let hi1 = try String(contentsOfFile: d.path("request-hi1.xml"), encoding: .utf8)
+        #expect(try ETSISchemas.xmllint(Array(hi1.utf8)) == nil)
+        let manifestText = try #require(try json(try await d.cliOK(d.investigator, ["package", "show", packageId, "--json"]))["manifestText"] as? String)
+        #expect(hi1.contains("<delivery:Data>\(Data(manifestText.utf8).base64EncodedString())</delivery:Data>"))
+        #expect(hi1.contains("<delivery:LastSequence>true</delivery:LastSequence>"))
+        let status = try await d.cliOK(d.investigator, ["request", "export", request, "--etsi", "--status"])
+        #expect(status.contains("<common:Value>Disclosed</common:Value>"))
+        #expect(try ETSISchemas.xmllint(Array(status.utf8)) == nil)
+
         // Proofs checked by the CLI, offline, against the trust anchors: an event's inclusion, and
         // the witnessed checkpoint's consistency with the newest.
         let events = try json(try await d.cliOK(d.investigator, ["custody", "events", "--package", packageId, "--json"]))["events"] as? [[String: Any]] ?? []
