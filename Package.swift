@@ -254,7 +254,7 @@ let package = Package(
         // Writes schemas/package/vectors/ (valid and invalid bundles, trust anchors).
         .executableTarget(
             name: "custos-vectors",
-            dependencies: ["CustosTestSupport", "CustosPKI", "CustosCriteria"],
+            dependencies: ["CustosTestSupport", "CustosPKI", "CustosCriteria", "CustosEvidence", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
 

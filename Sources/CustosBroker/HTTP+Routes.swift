@@ -1,3 +1,4 @@
+import Crypto
 import CustosCanonicalJSON
 import CustosETSI
 import CustosEvidence
@@ -423,19 +424,26 @@ struct BrokerAPI: Sendable {
         let readme = EvidenceBundle.readme(manifest: m, signer: package.signer, timeStampedAt: package.timeStampedAt)
         // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
         let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),
-                                                       objects: ["manifestSha256": package.manifestSha256, "readmeSha256": Digest.sha256Hex(Array(readme.utf8))])
+                                                       objects: ["manifestSha256": package.manifestSha256, "readmeSha256": Digest.sha256Hex(Array(readme.utf8)),
+                                                                 "caseContextSha256": CASEGraph.contextSha256])
         try await store.markOpened(package: id, by: user)
         let (checkpoint, proofs) = try await store.custodyProofs(package: id, including: exportIndex, timeout: exportWait)
         let custody = EvidenceBundle.Custody(
             checkpoint: Array(checkpoint.text.utf8), signature: Array(Data(base64Encoded: checkpoint.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: checkpoint.timeStamp) ?? Data()), proofs: try CanonicalJSON.encode(proofs))
-        let head = EvidenceBundle.head(
+        let members = EvidenceBundle.members(
             manifest: parts.manifest, request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
-            criteria: parts.criteria, custody: custody, packageId: id, contentSize: m.content.size,
-            readme: readme)
-        let tail = EvidenceBundle.tail(contentSize: m.content.size)
-        let length = Int64(head.count) + m.content.size + Int64(tail.count)
+            criteria: parts.criteria, custody: custody, readme: readme)
+        let head = EvidenceBundle.head(members: members, packageId: id, contentSize: m.content.size)
+        // case.jsonld (CASE/UCO) follows the content and states its SHA-256, hashed while it
+        // streams; its length does not depend on the hash's value, so it is known now.
+        let approved = try JSONDecoder().decode(ApprovedRequest.self, from: Data(parts.request))
+        @Sendable func caseGraph(_ contentSha256: String) throws -> [UInt8] {
+            try EvidenceBundle.caseGraph(members: members, contentSize: m.content.size, contentSha256: contentSha256, request: approved, manifest: m)
+        }
+        let tailLength = EvidenceBundle.tail(contentSize: m.content.size, caseGraph: (id, try caseGraph(String(repeating: "0", count: 64)))).count
+        let length = Int64(head.count) + m.content.size + Int64(tailLength)
         let headers: HTTPFields = [
             .contentType: "application/x-tar",
             .contentLength: "\(length)",
@@ -443,7 +451,15 @@ struct BrokerAPI: Sendable {
         ]
         return Response(status: .ok, headers: headers, body: ResponseBody { writer in
             try await writer.write(ByteBuffer(bytes: head))
-            for i in 0..<m.chunks.count { try await writer.write(try await store.chunk(package: id, index: i)) }
+            var hash = SHA256()
+            for i in 0..<m.chunks.count {
+                let chunk = try await store.chunk(package: id, index: i)
+                chunk.withUnsafeReadableBytes { hash.update(bufferPointer: $0) }
+                try await writer.write(chunk)
+            }
+            let tail = EvidenceBundle.tail(contentSize: m.content.size,
+                                           caseGraph: (id, try caseGraph(hash.finalize().map { String(format: "%02x", $0) }.joined())))
+            guard tail.count == tailLength else { throw BrokerError(.unavailable, "case.jsonld changed length while the bundle was written") }
             try await writer.write(ByteBuffer(bytes: tail))
             try await writer.finish(nil)
         })

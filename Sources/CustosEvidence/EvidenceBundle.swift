@@ -1,4 +1,5 @@
 import CustosCanonicalJSON
+import Crypto
 import CustosCriteria
 import CustosCustody
 import CustosPKI
@@ -6,7 +7,7 @@ import CustosModel
 import Foundation
 
 /// The export bundle, format `custos.bundle.v1`: one ustar file whose entries sit in a folder
-/// `custos-<package id>/`, in this order, the content last:
+/// `custos-<package id>/`, in this order, the content next to last:
 ///
 /// | entry | what |
 /// | --- | --- |
@@ -17,11 +18,12 @@ import Foundation
 /// | `manifest.tsr` | RFC 3161 TimeStampResp over the SHA-256 of `manifest.p7s` (DER) |
 /// | `signer.pem` | the signing certificate, for reading (trust never comes from the bundle) |
 /// | `verification.json` | the broker's verdict when it received the package, for reading |
-/// | `checkpoint.txt` | the custody log's checkpoint (C2SP tlog-checkpoint body with a time line) |
+/// | `checkpoint.txt` | the custody log's checkpoint (C2SP tlog-checkpoint body; a time line in older bundles) |
 /// | `checkpoint.p7s` | CMS SignedData, detached, over `checkpoint.txt`, with the log's certificate (DER) |
 /// | `checkpoint.tsr` | RFC 3161 TimeStampResp over the SHA-256 of `checkpoint.p7s` (DER) |
 /// | `custody.json` | the package's custody events, each with its inclusion proof into the checkpoint, and the witnesses' co-signatures |
 /// | `content.ndjson` | the records; chunk *i* is the slice after chunks 0…*i*−1 |
+/// | `case.jsonld` | the bundle in CASE/UCO (`CASEGraph`): every other file with its SHA-256, the chain of custody as provenance records; absent in bundles made before it |
 public enum EvidenceBundle {
     public static let format = "custos.bundle.v1"
 
@@ -40,6 +42,8 @@ public enum EvidenceBundle {
         case checkpointTimeStamp = "checkpoint.tsr"
         case custody = "custody.json"
         case content = "content.ndjson"
+        /// After the content, whose SHA-256 it states (`CASEGraph`).
+        case caseGraph = "case.jsonld"
     }
 
     /// The custody entries of a bundle.
@@ -59,26 +63,53 @@ public enum EvidenceBundle {
 
     public static func folder(_ packageId: UUID) -> String { "custos-\(packageId.lowercased)" }
 
-    /// Everything before the content's bytes: the small entries, then the content's header.
-    public static func head(
+    /// The small entries before the content, in bundle order.
+    public static func members(
         manifest: [UInt8], request: [UInt8], signature: [UInt8], timeStamp: [UInt8], signerPEM: String,
-        verification: [UInt8], criteria: [UInt8]? = nil, custody: Custody, packageId: UUID, contentSize: Int64, readme: String
-    ) -> [UInt8] {
+        verification: [UInt8], criteria: [UInt8]? = nil, custody: Custody, readme: String
+    ) -> [(Entry, [UInt8])] {
+        [(Entry.readme, Array(readme.utf8)), (.request, request), (.manifest, manifest), (.signature, signature),
+         (.timeStamp, timeStamp), (.signer, Array(signerPEM.utf8)), (.verification, verification)]
+            + (criteria.map { [(Entry.criteria, $0)] } ?? []) + [
+                (.checkpoint, custody.checkpoint), (.checkpointSignature, custody.signature),
+                (.checkpointTimeStamp, custody.timeStamp), (.custody, custody.proofs)]
+    }
+
+    /// Everything before the content's bytes: the small entries, then the content's header.
+    public static func head(members: [(Entry, [UInt8])], packageId: UUID, contentSize: Int64) -> [UInt8] {
         let dir = folder(packageId)
         var out: [UInt8] = []
-        for (entry, bytes) in [(Entry.readme, Array(readme.utf8)), (.request, request), (.manifest, manifest), (.signature, signature),
-                               (.timeStamp, timeStamp), (.signer, Array(signerPEM.utf8)), (.verification, verification)]
-                              + (criteria.map { [(Entry.criteria, $0)] } ?? []) + [
-                               (.checkpoint, custody.checkpoint), (.checkpointSignature, custody.signature),
-                               (.checkpointTimeStamp, custody.timeStamp), (.custody, custody.proofs)] {
-            out += Tar.file("\(dir)/\(entry.rawValue)", bytes)
-        }
+        for (entry, bytes) in members { out += Tar.file("\(dir)/\(entry.rawValue)", bytes) }
         out += Tar.header(name: "\(dir)/\(Entry.content.rawValue)", size: contentSize)
         return out
     }
 
-    /// Everything after the content's bytes.
-    public static func tail(contentSize: Int64) -> [UInt8] { Tar.padding(after: contentSize) + Tar.end }
+    /// `head(members:…)` of `members(…)`.
+    public static func head(
+        manifest: [UInt8], request: [UInt8], signature: [UInt8], timeStamp: [UInt8], signerPEM: String,
+        verification: [UInt8], criteria: [UInt8]? = nil, custody: Custody, packageId: UUID, contentSize: Int64, readme: String
+    ) -> [UInt8] {
+        head(members: members(manifest: manifest, request: request, signature: signature, timeStamp: timeStamp, signerPEM: signerPEM,
+                              verification: verification, criteria: criteria, custody: custody, readme: readme),
+             packageId: packageId, contentSize: contentSize)
+    }
+
+    /// Everything after the content's bytes: its padding, `case.jsonld` when given, the end.
+    public static func tail(contentSize: Int64, caseGraph: (packageId: UUID, bytes: [UInt8])? = nil) -> [UInt8] {
+        Tar.padding(after: contentSize) + (caseGraph.map { Tar.file("\(folder($0.packageId))/\(Entry.caseGraph.rawValue)", $0.bytes) } ?? []) + Tar.end
+    }
+
+    /// `case.jsonld` for a bundle of these members and content (`CASEGraph.build`), its
+    /// custody events read from `custody.json`.
+    /// - Throws: when `custody.json` or an entry in it does not read.
+    public static func caseGraph(members: [(Entry, [UInt8])], contentSize: Int64, contentSha256: String, request: ApprovedRequest,
+                                 manifest: Manifest, toolVersion: String = CustosRelease.version) throws -> [UInt8] {
+        let proofs = try JSONDecoder().decode(CustodyProofs.self, from: Data(members.first { $0.0 == .custody }?.1 ?? []))
+        let events = try proofs.events.map { (index: $0.index, event: try CustodyEvent.decode(entry: Array($0.entry.utf8))) }
+        let files = members.map { CASEGraph.File(name: $0.0.rawValue, bytes: $0.1) }
+            + [CASEGraph.File(name: Entry.content.rawValue, size: contentSize, sha256: contentSha256)]
+        return CASEGraph.build(request: request, manifest: manifest, files: files, events: events, toolVersion: toolVersion)
+    }
 
     /// The README for a court's expert. The openssl commands are run as written by the tests.
     public static func readme(manifest: Manifest, signer: String?, timeStampedAt: String?) -> String {
@@ -107,8 +138,8 @@ public enum EvidenceBundle {
           criteria.json      (when present) the broker's verdict on the four criteria of
                              Directive 57: đúng (correct), đủ (complete), sạch (clean), sống
                              (live); custos verify judges the content again and compares.
-          checkpoint.txt     a checkpoint of the broker's custody log: log name, tree size,
-                             Merkle root (base64) and time.
+          checkpoint.txt     a checkpoint of the broker's custody log: log name, tree size and
+                             Merkle root (base64); checkpoint.tsr proves when it was made.
           checkpoint.p7s     the log's signature over checkpoint.txt (CMS, detached, DER).
           checkpoint.tsr     an RFC 3161 time-stamp response over the SHA-256 of checkpoint.p7s.
           custody.json       the chain of custody: every event of this package and of its
@@ -116,6 +147,10 @@ public enum EvidenceBundle {
                              view, download and export...), each the exact log entry with its
                              RFC 9162 inclusion proof into checkpoint.txt's root, and the
                              co-signatures of outside witnesses over checkpoint.txt.
+          case.jsonld        (after content.ndjson) the same in CASE/UCO, for forensic tools:
+                             the investigation, the decision, the provider, the tool, every
+                             other file here with its SHA-256 (check one: sha256sum FILE), and
+                             each custody event as a provenance record.
 
         Nothing in this bundle is to be trusted on its own: the checks below use trust anchors
         that you obtain independently (the provider's CA certificate, the time-stamping
@@ -238,6 +273,9 @@ public struct BundleVerifier: Sendable {
     private var folder: String?
     /// Entry names in the order they came.
     private var order: [String] = []
+    /// The content's SHA-256 and length, for `case.jsonld`.
+    private var contentHash = SHA256()
+    private var contentBytes: Int64 = 0
 
     /// Small entries larger than this make a bundle unusable (the content has no limit).
     public static let maximumSmallEntry = 64 << 20
@@ -296,6 +334,8 @@ public struct BundleVerifier: Sendable {
         case .data(let bytes):
             if current?.entry == .content {
                 bytes.withUnsafeBytes { content!.consume($0) }
+                contentHash.update(data: bytes)
+                contentBytes += Int64(bytes.count)
                 judge?.consume(content: bytes, leaves: content!.takeLeaves())
             } else if current?.entry != nil {
                 current!.bytes += bytes
@@ -344,6 +384,35 @@ public struct BundleVerifier: Sendable {
         if !hashes(.criteria, "criteriaSha256").isEmpty || files[.criteria] != nil { check(.criteria, .criteria, "criteriaSha256") }
         // The README is written at export; each export records the hash of the one it wrote.
         check(.readme, .packageExported, "readmeSha256", matchAny: true)
+        // case.jsonld (CASE/UCO): every hash it states is the file's, and the whole graph is the
+        // one the bundle's bound members give (so nothing in it can be edited either).
+        // Its own export (the newest proven one) says whether it wrote one.
+        if files[.caseGraph] == nil, events.last(where: { $0.kind == .packageExported })?.objects["caseContextSha256"] == CASEGraph.contextSha256 {
+            fail("case.jsonld is missing, but the bundle's export event records that it was written")
+        }
+        if let graph = files[.caseGraph] {
+            let contentSha256 = contentHash.finalize().map { String(format: "%02x", $0) }.joined()
+            let members = order.compactMap { EvidenceBundle.Entry(rawValue: $0) }.filter { $0 != .content && $0 != .caseGraph }
+                .compactMap { e in files[e].map { (e, $0) } }
+            var actual = Dictionary(members.map { ($0.0.rawValue, Digest.sha256Hex($0.1)) }, uniquingKeysWith: { a, _ in a })
+            actual[EvidenceBundle.Entry.content.rawValue] = contentSha256
+            if let stated = CASEGraph.read(graph) {
+                for (name, hash) in stated.files.sorted(by: { $0.key < $1.key }) where actual[name] != hash {
+                    fail(actual[name] == nil ? "case.jsonld lists \(name), which the bundle lacks" : "case.jsonld states a SHA-256 for \(name) that differs from the file")
+                }
+                for name in actual.keys.sorted() where stated.files[name] == nil { fail("case.jsonld does not list \(name)") }
+                if stated.format != CASEGraph.format {
+                    fail("case.jsonld is of format \(stated.format ?? "(none)"), which this verifier does not know (it knows \(CASEGraph.format))")
+                }
+                let rebuilt = request.flatMap {
+                    try? EvidenceBundle.caseGraph(members: members, contentSize: contentBytes, contentSha256: contentSha256, request: $0,
+                                                  manifest: manifest, toolVersion: stated.toolVersion)
+                }
+                if stated.format == CASEGraph.format, rebuilt != graph { fail("case.jsonld differs from the CASE/UCO graph this bundle's members state") }
+            } else {
+                fail("case.jsonld is not a CASE/UCO graph of a Custos bundle")
+            }
+        }
         // The signer's certificate, for reading: exactly the one the CMS signature carries
         // (when the signature could not be checked, that failure is already reported).
         if let signer, files[.signer] != Array(signer.pem.utf8) {
@@ -353,7 +422,8 @@ public struct BundleVerifier: Sendable {
         if folder != EvidenceBundle.folder(manifest.packageId) {
             out.append(.init(code: .bundleFormat, detail: "the bundle's folder is not named after its package"))
         }
-        let expected = EvidenceBundle.Entry.allCases.filter { $0 != .criteria || files[.criteria] != nil }.map(\.rawValue)
+        let expected = EvidenceBundle.Entry.allCases.filter { ($0 != .criteria || files[.criteria] != nil) && ($0 != .caseGraph || files[.caseGraph] != nil) }
+            .map(\.rawValue)
         if order != expected { out.append(.init(code: .bundleFormat, detail: "the entries are not in the bundle's order")) }
         return out
     }
@@ -456,6 +526,9 @@ public struct BundleVerifier: Sendable {
             "witness co-signatures": !codes.contains(.cosignature),
             "every member bound, canonical bytes": codes.isDisjoint(with: [.bundleMember, .bundleFormat]),
         ]
+        if files[.caseGraph] != nil {
+            report.checks["CASE/UCO graph (case.jsonld) agrees with the bundle"] = !all.contains { $0.code == .bundleMember && $0.detail.hasPrefix("case.jsonld") }
+        }
         if files[.criteria] != nil {
             report.checks["four criteria judged again"] = !codes.contains(.criteria)
             report.checks["admissible on the four criteria"] = !codes.contains(.notAdmissible)

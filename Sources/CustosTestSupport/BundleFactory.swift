@@ -227,10 +227,13 @@ public struct BundleFactory: Sendable {
         try log.recordHistory(of: manifest, members: .init(manifest: manifestBytes, signature: signature, timeStamp: timeStamp, verification: verification,
                                                            criteria: criteria, readme: readme))
         let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: stranger, defect: custodyDefect)
-        var out = EvidenceBundle.head(manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp,
-                                      signerPEM: signerInfo.pem, verification: verification, criteria: criteria, custody: custody, packageId: manifest.packageId,
-                                      contentSize: Int64(body.count), readme: readme)
-        out += body + EvidenceBundle.tail(contentSize: Int64(body.count))
+        let members = EvidenceBundle.members(manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp,
+                                             signerPEM: signerInfo.pem, verification: verification, criteria: criteria, custody: custody, readme: readme)
+        var out = EvidenceBundle.head(members: members, packageId: manifest.packageId, contentSize: Int64(body.count))
+        // case.jsonld (CASE/UCO), as the broker writes it after the content.
+        let graph = try EvidenceBundle.caseGraph(members: members, contentSize: Int64(body.count), contentSha256: Digest.sha256Hex(body),
+                                                 request: request, manifest: manifest)
+        out += body + EvidenceBundle.tail(contentSize: Int64(body.count), caseGraph: (manifest.packageId, graph))
         if defect == .trailingGarbage { out += Array("TRAILING GARBAGE".utf8) }
         return out
     }

@@ -110,6 +110,7 @@ public struct TestCustodyLog: Sendable {
         try append(.init(kind: .verdict, at: Timestamp.now(), actor: .broker, subject: package,
                          objects: ["verdictSha256": Digest.sha256Hex(members.verification), "manifestSha256": manifestSha], details: ["outcome": "verified"]))
         try append(.init(kind: .packageExported, at: Timestamp.now(), actor: .init(type: .user, id: "investigator", address: "192.0.2.10", agent: "custos"),
-                         subject: package, objects: ["manifestSha256": manifestSha, "readmeSha256": Digest.sha256Hex(Array(members.readme.utf8))]))
+                         subject: package, objects: ["manifestSha256": manifestSha, "readmeSha256": Digest.sha256Hex(Array(members.readme.utf8)),
+                                           "caseContextSha256": CASEGraph.contextSha256]))
     }
 }

@@ -1,3 +1,4 @@
+import Crypto
 import CustosCanonicalJSON
 import CustosCriteria
 import CustosEvidence
@@ -86,13 +87,21 @@ enum LargeBundle {
 
         _ = FileManager.default.createFile(atPath: path, contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
-        try out.write(contentsOf: EvidenceBundle.head(
-            manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp, signerPEM: signerPEM,
-            verification: verification, criteria: criteria, custody: custody, packageId: manifest.packageId, contentSize: size, readme: readme))
+        let members = EvidenceBundle.members(manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp,
+                                             signerPEM: signerPEM, verification: verification, criteria: criteria, custody: custody, readme: readme)
+        try out.write(contentsOf: EvidenceBundle.head(members: members, packageId: manifest.packageId, contentSize: size))
         let input = try FileHandle(forReadingFrom: URL(fileURLWithPath: contentPath))
-        while let data = try input.read(upToCount: 8 << 20), !data.isEmpty { try out.write(contentsOf: data) }
+        var contentHash = SHA256()
+        while let data = try input.read(upToCount: 8 << 20), !data.isEmpty {
+            contentHash.update(data: data)
+            try out.write(contentsOf: data)
+        }
         try input.close()
-        try out.write(contentsOf: EvidenceBundle.tail(contentSize: size))
+        // case.jsonld (CASE/UCO) after the content, as the broker writes it.
+        let graph = try EvidenceBundle.caseGraph(members: members, contentSize: size,
+                                                 contentSha256: contentHash.finalize().map { String(format: "%02x", $0) }.joined(),
+                                                 request: request, manifest: manifest)
+        try out.write(contentsOf: EvidenceBundle.tail(contentSize: size, caseGraph: (manifest.packageId, graph)))
         try out.close()
         try FileManager.default.removeItem(atPath: contentPath)
         try FileManager.default.createDirectory(atPath: trustDirectory, withIntermediateDirectories: true)

@@ -122,6 +122,23 @@ struct ExchangeEndToEndTests {
                      "package.exported"] {
             #expect(kinds.contains(Substring(kind)), "the bundle's custody history lacks \(kind): \(kinds)")
         }
+        // The bundle in CASE/UCO: case.jsonld conforms to the ontology (case-utils' case_validate,
+        // offline) and custos verify found every hash in it to be the bundle's.
+        #expect((verifyReport["checks"] as? [String: Bool])?["CASE/UCO graph (case.jsonld) agrees with the bundle"] == true)
+        let graph: [UInt8] = try await offPool {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/tar")
+            p.arguments = ["-xOf", bundle, "custos-\(packageId)/case.jsonld"]
+            let out = Pipe()
+            p.standardOutput = out
+            try p.run()
+            let bytes = Array(out.fileHandleForReading.readDataToEndOfFile())
+            p.waitUntilExit()
+            return bytes
+        }
+        #expect(String(decoding: graph, as: UTF8.self).contains("case-investigation:ProvenanceRecord"))
+        let conformance = try await offPool { try CASEValidate.check(graph) }
+        #expect(conformance == nil, "case_validate: \(conformance ?? "")")
         let witnesses = try #require(custody["witnesses"] as? [[String: Any]])
         #expect(witnesses.count == 1 && witnesses[0]["name"] as? String == "procuracy" && witnesses[0]["trusted"] as? Bool == true)
 
