@@ -379,14 +379,27 @@ done:
     return ok ? 1 : -1;
 }
 
+int custos_ts_signer_not_after(const unsigned char *response_der, size_t response_len, int64_t *not_after, char *err, size_t errlen) {
+    const unsigned char *p = response_der;
+    TS_RESP *resp = d2i_TS_RESP(NULL, &p, (long)response_len);
+    PKCS7 *token = resp ? TS_RESP_get_token(resp) : NULL;
+    STACK_OF(X509) *signers = token ? PKCS7_get0_signers(token, NULL, 0) : NULL;
+    int ok = signers && sk_X509_num(signers) == 1;
+    if (ok) *not_after = asn1_time_to_unix(X509_get0_notAfter(sk_X509_value(signers, 0)));
+    else fail(err, errlen, "the time-stamp carries no single signing certificate");
+    sk_X509_free(signers);
+    TS_RESP_free(resp);
+    return ok ? 1 : -1;
+}
+
 int custos_ts_verify(const unsigned char *response_der, size_t response_len, const unsigned char *sha256,
-                     const unsigned char *trust_pem, size_t trust_len,
+                     const unsigned char *trust_pem, size_t trust_len, int64_t at_time,
                      int64_t *gen_time, int64_t *accuracy_micros, custos_buf *out_nonce, char *err, size_t errlen) {
     int result = -1;
     const unsigned char *p = response_der;
     TS_RESP *resp = d2i_TS_RESP(NULL, &p, (long)response_len);
     TS_VERIFY_CTX *ctx = TS_VERIFY_CTX_new();
-    X509_STORE *store = anchor_store(trust_pem, trust_len, -1);
+    X509_STORE *store = anchor_store(trust_pem, trust_len, at_time);
     if (!resp || p != response_der + response_len) { fail(err, errlen, "not a DER TimeStampResp"); X509_STORE_free(store); goto done; }
     if (!ctx || !store) { fail(err, errlen, "no trust anchors for the TSA"); X509_STORE_free(store); goto done; }
     TS_VERIFY_CTX_set_store(ctx, store); /* ctx owns the store from here */

@@ -47,10 +47,7 @@ public func buildApplication(
         key: try readFile(configuration.custodyKeyFile, key: "custody.keyFile"),
         chain: try configuration.custodyChainFile.map { try readFile($0, key: "custody.chainFile") } ?? "",
         note: noteKey,
-        timeStamp: configuration.custodyTSAURL.map { url in
-            let client = TimeStampClient(url: url, trust: tsaTrust)
-            return { sha256 in try await client.timeStamp(sha256: sha256).response }
-        } ?? CheckpointSigner.stamping(with: authority!))
+        timeStamp: try renewalStamp(configuration))
     } catch let e as NoteError {
         throw ConfigurationError(key: "custody.noteKeyFile", reason: e.description)
     }
@@ -116,6 +113,9 @@ public func buildApplication(
         server: try brokerServer(tls: tls),
         configuration: .init(address: .hostname(configuration.httpHost, port: configuration.httpPort), serverName: "custos-broker"),
         services: [postgres, relay, ingestor, integrator, clockWatcher, liveFeed, KafkaProducerService(producer: producer)] as [any Service]
+            + (configuration.renewalIntervalHours == 0 ? [] : [TimeStampRenewalService(
+                store: store, horizon: TimeInterval(configuration.renewalHorizonDays) * 86_400, interval: .seconds(configuration.renewalIntervalHours * 3600),
+                stamp: checkpointSigner.timeStamp, ready: ready, logger: logger)])
             + (configuration.custodyWitnesses.isEmpty ? [] : [WitnessPusher(store: store, witnesses: configuration.custodyWitnesses,
                                                                             interval: configuration.checkpointInterval, ready: ready, logger: logger)])
             + (metrics == nil ? [] : [gauges])
@@ -159,6 +159,23 @@ public func withBrokerStore<R: Sendable>(
         let signer = try signingKeyFile.map { try SigningKey.load(path: $0) } ?? SigningKey.generate()
         return try await body(BrokerStore(client: client, signer: signer, tsaTrust: "", chunks: chunks, logger: logger))
     }
+}
+
+/// The log's RFC 3161 time-stamping, which also renews time-stamps: `custody.tsaURL` (its
+/// answers checked against `tsa.trustFile`), else the built-in TSA (`tsa.certificateFile`).
+/// Returns a TimeStampResp (DER) over a SHA-256.
+/// - Throws: `ConfigurationError` when neither is configured or a file cannot be read.
+public func renewalStamp(_ configuration: BrokerConfiguration) throws -> @Sendable ([UInt8]) async throws -> [UInt8] {
+    if let url = configuration.custodyTSAURL {
+        let client = TimeStampClient(url: url, trust: try readFile(configuration.tsaTrustFile, key: "tsa.trustFile"))
+        return { sha256 in try await client.timeStamp(sha256: sha256).response }
+    }
+    guard let cert = configuration.tsaCertificateFile, let key = configuration.tsaKeyFile else {
+        throw ConfigurationError(key: "custody.tsaURL", reason: "checkpoints need a TSA: set custody.tsaURL, or tsa.certificateFile and tsa.keyFile")
+    }
+    return CheckpointSigner.stamping(with: TimeStamp.Authority(
+        certificate: try readFile(cert, key: "tsa.certificateFile"), key: try readFile(key, key: "tsa.keyFile"),
+        chain: try configuration.tsaChainFile.map { try readFile($0, key: "tsa.chainFile") } ?? "", policy: configuration.tsaPolicy))
 }
 
 func readFile(_ path: String, key: String) throws -> String {

@@ -83,6 +83,12 @@ public struct BrokerConfiguration: Sendable {
     /// `hi1.countryCode` (default VN) and `hi1.identifier` (default custos): this broker's
     /// `EndpointID` in ETSI TS 103 120 (HI-1) messages, and the country of providers' `CSPID`s.
     public var hi1Endpoint = HI1.Endpoint(countryCode: "VN", uniqueIdentifier: "custos")
+    /// `renewal.horizonDays` (default 90) and `renewal.intervalHours` (default 24): every
+    /// interval, time-stamps whose TSA (or signer) certificate expires within the horizon are
+    /// renewed (`BrokerStore.renewTimeStamps`); `renewal.intervalHours` 0 turns the schedule off
+    /// (`custos-broker renew` still works).
+    public var renewalHorizonDays = 90
+    public var renewalIntervalHours = 24
     /// `custody.tsaURL`: the RFC 3161 TSA that time-stamps checkpoints (its answers must chain
     /// to `tsa.trustFile`). Unset: the built-in TSA (`tsa.certificateFile`), called in process.
     public var custodyTSAURL: String?
@@ -166,6 +172,10 @@ public struct BrokerConfiguration: Sendable {
         custodyChainFile = reader.string(forKey: "custody.chainFile")
         custodyTSAURL = reader.string(forKey: "custody.tsaURL")
         custodyNoteKeyFile = reader.string(forKey: "custody.noteKeyFile")
+        renewalHorizonDays = reader.int(forKey: "renewal.horizonDays", default: renewalHorizonDays)
+        renewalIntervalHours = reader.int(forKey: "renewal.intervalHours", default: renewalIntervalHours)
+        guard (1...3650).contains(renewalHorizonDays) else { throw ConfigurationError(key: "renewal.horizonDays", reason: "must be 1 to 3650") }
+        guard (0...8760).contains(renewalIntervalHours) else { throw ConfigurationError(key: "renewal.intervalHours", reason: "must be 0 to 8760") }
         hi1Endpoint = HI1.Endpoint(countryCode: reader.string(forKey: "hi1.countryCode", default: hi1Endpoint.countryCode),
                                    uniqueIdentifier: reader.string(forKey: "hi1.identifier", default: hi1Endpoint.uniqueIdentifier))
         guard HI1.Endpoint.isValidCountryCode(hi1Endpoint.countryCode) else {

@@ -434,7 +434,11 @@ struct BrokerAPI: Sendable {
         let members = EvidenceBundle.members(
             manifest: parts.manifest, request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
-            criteria: parts.criteria, custody: custody, readme: readme)
+            criteria: parts.criteria, custody: custody, readme: readme,
+            renewals: try await { () async throws -> [UInt8]? in
+                let tokens = try await store.timeStampRenewals(subject: "package", id: id.lowercased)
+                return tokens.isEmpty ? nil : try CanonicalJSON.encode(RenewalsFile(manifest: tokens))
+            }())
         let head = EvidenceBundle.head(members: members, packageId: id, contentSize: m.content.size)
         // case.jsonld (CASE/UCO) follows the content and states its SHA-256, hashed while it
         // streams; its length does not depend on the hash's value, so it is known now.

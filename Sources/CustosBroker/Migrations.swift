@@ -526,5 +526,24 @@ enum Migrations {
                 updated_at timestamptz NOT NULL DEFAULT now()
             );
             """),
+        Migration(version: 24, name: "time-stamp renewals", sql: """
+            -- Renewal time-stamps in the manner of RFC 4998 §5.2 (TimeStampRenewal): token seq n
+            -- covers the signed object, its signature and tokens 0…n−1 (0: the original
+            -- time-stamp, kept on the package or checkpoint row). Append-only, like the log.
+            CREATE TABLE time_stamp_renewals (
+                subject text NOT NULL CHECK (subject IN ('package', 'checkpoint')),
+                subject_id text NOT NULL,
+                seq integer NOT NULL CHECK (seq >= 1),
+                token bytea NOT NULL,
+                tsa_not_after timestamptz NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+                PRIMARY KEY (subject, subject_id, seq)
+            );
+            CREATE TRIGGER time_stamp_renewals_append_only BEFORE UPDATE OR DELETE ON time_stamp_renewals
+                FOR EACH ROW EXECUTE FUNCTION custody_refuse_change();
+            CREATE TRIGGER time_stamp_renewals_no_truncate BEFORE TRUNCATE ON time_stamp_renewals
+                FOR EACH STATEMENT EXECUTE FUNCTION custody_refuse_change();
+            REVOKE UPDATE, DELETE, TRUNCATE ON time_stamp_renewals FROM PUBLIC, CURRENT_USER;
+            """),
     ]
 }

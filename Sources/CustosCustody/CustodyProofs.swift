@@ -102,16 +102,23 @@ public enum CheckpointVerifier {
 
     /// Checks the text's format, the time-stamp over the signature (TSA chaining to
     /// `tsaTrust`) and the signature over the text by a certificate chaining to `logTrust`,
-    /// valid at the time-stamp's time.
-    public static func verify(text: [UInt8], signature: [UInt8], timeStamp: [UInt8], logTrust: String, tsaTrust: String) -> Result {
+    /// valid at the time-stamp's time. `at`: the time the TSA's certificate must be valid at
+    /// (now when nil; `custos verify --at`).
+    public static func verify(text: [UInt8], signature: [UInt8], timeStamp: [UInt8], logTrust: String, tsaTrust: String, at: Date? = nil) -> Result {
         var r = Result(checkpoint: nil, signer: nil, genTime: nil, failures: [])
         do { r.checkpoint = try Checkpoint(text: text) } catch {
             r.failures.append((.format, "checkpoint: \(error)"))
             return r
         }
-        switch TimeStamp.verify(response: timeStamp, sha256: Digest.sha256Bytes(signature), trust: tsaTrust) {
+        switch TimeStamp.verify(response: timeStamp, sha256: Digest.sha256Bytes(signature), trust: tsaTrust, at: at) {
         case .valid(let token): r.genTime = token.genTime
-        case .invalid(let why): r.failures.append((.checkpointTimeStamp, "the checkpoint's time-stamp does not verify over its signature: \(why)"))
+        case .invalid(let why):
+            if let at, let notAfter = TimeStamp.signerNotAfter(response: timeStamp), notAfter < at {
+                r.failures.append((.checkpointTimeStamp, "checkpoint.tsr: its TSA certificate expired on \(Timestamp.format(notAfter)), and no renewal covers it "
+                                   + "(a gap from \(Timestamp.format(notAfter)) to \(Timestamp.format(at)); export the bundle again for the log's renewed checkpoint)"))
+            } else {
+                r.failures.append((.checkpointTimeStamp, "the checkpoint's time-stamp does not verify over its signature: \(why)"))
+            }
         }
         switch CMS.verify(signature: signature, data: text, trust: logTrust, at: r.genTime) {
         case .valid(let signer): r.signer = signer.commonName
@@ -136,12 +143,12 @@ public enum CustodyVerifier {
     public static func verify(
         checkpoint checkpointBytes: [UInt8], signature: [UInt8], timeStamp: [UInt8], proofs proofBytes: [UInt8],
         logTrust: String, tsaTrust: String, witnessCertificates: [CertificateInfo],
-        packageId: UUID, requestId: UUID
+        packageId: UUID, requestId: UUID, at: Date? = nil
     ) -> CustodyCheck {
         var check = CustodyCheck()
         func fail(_ c: CustodyCheck.Code, _ d: String) { check.failures.append((c, d)) }
 
-        let head = CheckpointVerifier.verify(text: checkpointBytes, signature: signature, timeStamp: timeStamp, logTrust: logTrust, tsaTrust: tsaTrust)
+        let head = CheckpointVerifier.verify(text: checkpointBytes, signature: signature, timeStamp: timeStamp, logTrust: logTrust, tsaTrust: tsaTrust, at: at)
         check.failures += head.failures
         check.logSigner = head.signer
         check.timeStampedAt = head.genTime

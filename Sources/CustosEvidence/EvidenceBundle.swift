@@ -22,6 +22,7 @@ import Foundation
 /// | `checkpoint.p7s` | CMS SignedData, detached, over `checkpoint.txt`, with the log's certificate (DER) |
 /// | `checkpoint.tsr` | RFC 3161 TimeStampResp over the SHA-256 of `checkpoint.p7s` (DER) |
 /// | `custody.json` | the package's custody events, each with its inclusion proof into the checkpoint, and the witnesses' co-signatures |
+/// | `renewals.json` | (when the manifest's time-stamp was renewed) the renewal time-stamps, RFC 4998-style (`TimeStampRenewal`) |
 /// | `content.ndjson` | the records; chunk *i* is the slice after chunks 0…*i*−1 |
 /// | `case.jsonld` | the bundle in CASE/UCO (`CASEGraph`): every other file with its SHA-256, the chain of custody as provenance records; absent in bundles made before it |
 public enum EvidenceBundle {
@@ -41,6 +42,8 @@ public enum EvidenceBundle {
         case checkpointSignature = "checkpoint.p7s"
         case checkpointTimeStamp = "checkpoint.tsr"
         case custody = "custody.json"
+        /// The manifest time-stamp's renewals (`RenewalsFile`), when it has any.
+        case renewals = "renewals.json"
         case content = "content.ndjson"
         /// After the content, whose SHA-256 it states (`CASEGraph`).
         case caseGraph = "case.jsonld"
@@ -66,13 +69,14 @@ public enum EvidenceBundle {
     /// The small entries before the content, in bundle order.
     public static func members(
         manifest: [UInt8], request: [UInt8], signature: [UInt8], timeStamp: [UInt8], signerPEM: String,
-        verification: [UInt8], criteria: [UInt8]? = nil, custody: Custody, readme: String
+        verification: [UInt8], criteria: [UInt8]? = nil, custody: Custody, readme: String, renewals: [UInt8]? = nil
     ) -> [(Entry, [UInt8])] {
         [(Entry.readme, Array(readme.utf8)), (.request, request), (.manifest, manifest), (.signature, signature),
          (.timeStamp, timeStamp), (.signer, Array(signerPEM.utf8)), (.verification, verification)]
             + (criteria.map { [(Entry.criteria, $0)] } ?? []) + [
                 (.checkpoint, custody.checkpoint), (.checkpointSignature, custody.signature),
                 (.checkpointTimeStamp, custody.timeStamp), (.custody, custody.proofs)]
+            + (renewals.map { [(Entry.renewals, $0)] } ?? [])
     }
 
     /// Everything before the content's bytes: the small entries, then the content's header.
@@ -273,16 +277,19 @@ public struct BundleVerifier: Sendable {
     private var folder: String?
     /// Entry names in the order they came.
     private var order: [String] = []
-    /// The content's SHA-256 and length, for `case.jsonld`.
-    private var contentHash = SHA256()
-    private var contentBytes: Int64 = 0
+    private let at: Date?
+    /// The content's SHA-256 and length, for `case.jsonld`, on a core of its own.
+    private var contentHash = PipelinedHash()
 
     /// Small entries larger than this make a bundle unusable (the content has no limit).
     public static let maximumSmallEntry = 64 << 20
 
     /// `custodyTrust`: the custody log's CA certificates; `witnesses`: the certificates of the
     /// witnesses the caller trusts (a co-signature by any other is reported, not counted).
-    public init(providerTrust: String, tsaTrust: String, custodyTrust: String, witnesses: [CertificateInfo] = []) {
+    /// `at`: check as of this date (`custos verify --at`): every certificate valid at the time
+    /// its time-stamp proves, and a renewal covering every expiry up to `at` (now when nil).
+    public init(providerTrust: String, tsaTrust: String, custodyTrust: String, witnesses: [CertificateInfo] = [], at: Date? = nil) {
+        self.at = at
         self.providerTrust = providerTrust
         self.tsaTrust = tsaTrust
         self.custodyTrust = custodyTrust
@@ -334,8 +341,7 @@ public struct BundleVerifier: Sendable {
         case .data(let bytes):
             if current?.entry == .content {
                 bytes.withUnsafeBytes { content!.consume($0) }
-                contentHash.update(data: bytes)
-                contentBytes += Int64(bytes.count)
+                contentHash.consume(bytes)
                 judge?.consume(content: bytes, leaves: content!.takeLeaves())
             } else if current?.entry != nil {
                 current!.bytes += bytes
@@ -391,7 +397,7 @@ public struct BundleVerifier: Sendable {
             fail("case.jsonld is missing, but the bundle's export event records that it was written")
         }
         if let graph = files[.caseGraph] {
-            let contentSha256 = contentHash.finalize().map { String(format: "%02x", $0) }.joined()
+            let (contentSha256, contentBytes) = contentHash.finish()
             let members = order.compactMap { EvidenceBundle.Entry(rawValue: $0) }.filter { $0 != .content && $0 != .caseGraph }
                 .compactMap { e in files[e].map { (e, $0) } }
             var actual = Dictionary(members.map { ($0.0.rawValue, Digest.sha256Hex($0.1)) }, uniquingKeysWith: { a, _ in a })
@@ -422,7 +428,8 @@ public struct BundleVerifier: Sendable {
         if folder != EvidenceBundle.folder(manifest.packageId) {
             out.append(.init(code: .bundleFormat, detail: "the bundle's folder is not named after its package"))
         }
-        let expected = EvidenceBundle.Entry.allCases.filter { ($0 != .criteria || files[.criteria] != nil) && ($0 != .caseGraph || files[.caseGraph] != nil) }
+        let expected = EvidenceBundle.Entry.allCases.filter { ($0 != .criteria || files[.criteria] != nil) && ($0 != .caseGraph || files[.caseGraph] != nil)
+            && ($0 != .renewals || files[.renewals] != nil) }
             .map(\.rawValue)
         if order != expected { out.append(.init(code: .bundleFormat, detail: "the entries are not in the bundle's order")) }
         return out
@@ -461,9 +468,18 @@ public struct BundleVerifier: Sendable {
         if (try? CanonicalJSON.canonicalize(manifestBytes)) != manifestBytes {
             all.append(.init(code: .manifestFormat, detail: "manifest.json is not in RFC 8785 canonical form"))
         }
+        var renewals: [[UInt8]] = []
+        if let file = files[.renewals] {
+            if let r = try? JSONDecoder().decode(RenewalsFile.self, from: Data(file)), r.format == RenewalsFile.currentFormat, let tokens = r.manifestTokens,
+               (try? CanonicalJSON.encode(r)) == file {
+                renewals = tokens
+            } else {
+                all.append(.init(code: .bundleFormat, detail: "renewals.json is not a \(RenewalsFile.currentFormat) document in canonical form"))
+            }
+        }
         let signatures = PackageSignatureVerifier.verify(
             manifest: manifestBytes, signature: files[.signature]!, timeStamp: files[.timeStamp]!,
-            providerId: manifest.providerId, providerTrust: providerTrust, tsaTrust: tsaTrust)
+            providerId: manifest.providerId, providerTrust: providerTrust, tsaTrust: tsaTrust, renewals: renewals, at: at)
         all += signatures.failures
         // The content.
         let contentFailures = content.finish()
@@ -472,7 +488,7 @@ public struct BundleVerifier: Sendable {
         let custody = CustodyVerifier.verify(
             checkpoint: files[.checkpoint]!, signature: files[.checkpointSignature]!, timeStamp: files[.checkpointTimeStamp]!,
             proofs: files[.custody]!, logTrust: custodyTrust, tsaTrust: tsaTrust, witnessCertificates: witnesses,
-            packageId: manifest.packageId, requestId: manifest.requestId)
+            packageId: manifest.packageId, requestId: manifest.requestId, at: at)
         all += custody.failures.map { .init(code: PackageVerification.Failure.Code(rawValue: $0.code.rawValue)!, detail: $0.detail) }
         if let cp = custody.checkpoint {
             report.custody = CustodySummary(

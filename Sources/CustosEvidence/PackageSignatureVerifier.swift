@@ -19,15 +19,18 @@ public enum PackageSignatureVerifier {
     /// 2. the CMS signature over the canonical manifest, by a certificate chaining to
     ///    `providerTrust` and valid at the time-stamp's time (now, when there is no valid one);
     /// 3. that the signer is the provider the manifest is for (its common name).
+    ///
+    /// With `renewals` (RFC 4998-style, `TimeStampRenewal`), the time-stamp is checked as the
+    /// first token of that chain, at `at` (now when nil).
     public static func verify(manifest: [UInt8], signature: [UInt8], timeStamp: [UInt8], providerId: String,
-                              providerTrust: String, tsaTrust: String) -> SignatureCheck {
+                              providerTrust: String, tsaTrust: String, renewals: [[UInt8]] = [], at: Date? = nil) -> SignatureCheck {
         var check = SignatureCheck(failures: [], genTime: nil, accuracyMicroseconds: nil, signer: nil)
-        switch TimeStamp.verify(response: timeStamp, sha256: Digest.sha256Bytes(signature), trust: tsaTrust) {
-        case .valid(let token):
-            check.genTime = token.genTime
-            check.accuracyMicroseconds = token.accuracyMicroseconds
-        case .invalid(let why):
-            check.failures.append(.init(code: .timeStamp, detail: "time-stamp does not verify over the signature: \(why)"))
+        let chain = TimeStampRenewal.check(object: "manifest.tsr", data: manifest, signature: signature, original: timeStamp, renewals: renewals,
+                                           tsaTrust: tsaTrust, at: at)
+        check.failures += chain.failures.map { .init(code: .timeStamp, detail: $0) }
+        if chain.failures.isEmpty || chain.genTime != nil {
+            check.genTime = chain.genTime
+            check.accuracyMicroseconds = chain.accuracyMicroseconds
         }
         switch CMS.verify(signature: signature, data: manifest, trust: providerTrust, at: check.genTime) {
         case .valid(let signer):

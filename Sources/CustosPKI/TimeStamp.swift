@@ -59,17 +59,30 @@ public enum TimeStamp {
     }
 
     /// Checks a TimeStampResp: granted, signed by a TSA that chains to `trust`, over `sha256`.
-    public static func verify(response: [UInt8], sha256: [UInt8], trust: String) -> Verification {
+    /// - Parameter at: the time the TSA's certificates must be valid at (default: now). A
+    ///   renewal (RFC 4998 §5.2) proves an earlier token at the time the renewal states.
+    public static func verify(response: [UInt8], sha256: [UInt8], trust: String, at: Date? = nil) -> Verification {
         guard sha256.count == 32 else { return .invalid("a SHA-256 digest has 32 bytes") }
         let t = trust.bytes
+        let atTime = at.map { Int64($0.timeIntervalSince1970.rounded(.down)) } ?? -1
         var genTime: Int64 = 0, accuracy: Int64 = -1
         let out = Shim.call { out, err, n in
             response.withPointer { r, rn in sha256.withPointer { d, _ in t.withPointer { tp, tn in
-                custos_ts_verify(r, rn, d, tp, tn, &genTime, &accuracy, out, err, n)
+                custos_ts_verify(r, rn, d, tp, tn, atTime, &genTime, &accuracy, out, err, n)
             } } }
         }
         guard out.status == 1 else { return .invalid(out.error) }
         return .valid(Token(genTime: Date(timeIntervalSince1970: TimeInterval(genTime)),
                             accuracyMicroseconds: accuracy >= 0 ? accuracy : nil, nonce: out.output))
+    }
+
+    /// When the certificate that signed a TimeStampResp (carried in it) expires; nil when the
+    /// response carries no single signing certificate.
+    public static func signerNotAfter(response: [UInt8]) -> Date? {
+        var notAfter: Int64 = 0
+        let out = Shim.call { _, err, n in
+            response.withPointer { r, rn in custos_ts_signer_not_after(r, rn, &notAfter, err, n) }
+        }
+        return out.status == 1 ? Date(timeIntervalSince1970: TimeInterval(notAfter)) : nil
     }
 }

@@ -120,7 +120,10 @@ public struct BundleFactory: Sendable {
     }
 
     /// A whole bundle; with a defect, the one mutation it names.
-    public func bundle(_ shape: Shape = .standard, defect: Defect? = nil) throws -> [UInt8] {
+    /// `manifestTSA`: who time-stamps the manifest (default: the PKI's TSA); `renewedBy`: a
+    /// TSA that renews that time-stamp at once (`renewals.json`, `TimeStampRenewal`).
+    public func bundle(_ shape: Shape = .standard, defect: Defect? = nil, manifestTSA: TimeStamp.Authority? = nil,
+                       renewedBy: TimeStamp.Authority? = nil) throws -> [UInt8] {
         let request = ApprovedRequest(
             requestId: UUID(), spec: RequestSpec(
                 caseId: UUID(), providerId: Self.provider,
@@ -186,7 +189,7 @@ public struct BundleFactory: Sendable {
         }
         let signature = try CMS.sign(manifestBytes, certificate: signerCert, key: signerKey)
         let stamped = defect == .timeStampOverOtherData ? Array("other data".utf8) : signature
-        let timeStamp = try pki.tsa.respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(stamped), nonce: TimeStamp.makeNonce()), serial: 1)
+        let timeStamp = try (manifestTSA ?? pki.tsa).respond(to: try TimeStamp.request(sha256: Digest.sha256Bytes(stamped), nonce: TimeStamp.makeNonce()), serial: 1)
         if defect == .manifestEditedAfterSigning {
             manifest.asOf = "2026-11-01T09:00:00.000Z"
             manifestBytes = try CanonicalJSON.encode(manifest)
@@ -227,8 +230,13 @@ public struct BundleFactory: Sendable {
         try log.recordHistory(of: manifest, members: .init(manifest: manifestBytes, signature: signature, timeStamp: timeStamp, verification: verification,
                                                            criteria: criteria, readme: readme))
         let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: stranger, defect: custodyDefect)
+        let renewals = try renewedBy.map { tsa in
+            let imprint = TimeStampRenewal.imprint(data: manifestBytes, signature: signature, tokens: [timeStamp])
+            return try CanonicalJSON.encode(RenewalsFile(manifest: [try tsa.respond(to: try TimeStamp.request(sha256: imprint, nonce: TimeStamp.makeNonce()), serial: 2)]))
+        }
         let members = EvidenceBundle.members(manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp,
-                                             signerPEM: signerInfo.pem, verification: verification, criteria: criteria, custody: custody, readme: readme)
+                                             signerPEM: signerInfo.pem, verification: verification, criteria: criteria, custody: custody, readme: readme,
+                                             renewals: renewals)
         var out = EvidenceBundle.head(members: members, packageId: manifest.packageId, contentSize: Int64(body.count))
         // case.jsonld (CASE/UCO), as the broker writes it after the content.
         let graph = try EvidenceBundle.caseGraph(members: members, contentSize: Int64(body.count), contentSha256: Digest.sha256Hex(body),

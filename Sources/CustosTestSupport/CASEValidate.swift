@@ -18,7 +18,11 @@ public enum CASEValidate {
 
     /// Validates a JSON-LD graph against the newest CASE release case-utils bundles; nil when
     /// it conforms (no violation, warning or information), else the report.
-    public static func check(_ graph: [UInt8]) throws -> String? {
+    public static func check(_ graph: [UInt8]) async throws -> String? {
+        try await offPool { try checkBlocking(graph) }
+    }
+
+    static func checkBlocking(_ graph: [UInt8]) throws -> String? {
         guard let executable else { throw Missing() }
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("case-\(UUID()).jsonld")
         try Data(graph).write(to: file)

@@ -25,8 +25,15 @@ public enum ETSISchemas {
         return directory
     }
 
-    /// `xmllint --noout --nonet --schema all.xsd`: nil when the message validates, else xmllint's complaint.
-    public static func xmllint(_ xml: [UInt8]) throws -> String? {
+    /// `xmllint --noout --nonet --schema all.xsd`: nil when the message validates, else
+    /// xmllint's complaint. Waits for the process on a thread of its own, never on Swift
+    /// concurrency's cooperative pool (two threads on this machine: a test blocking one
+    /// stalls every other test's timers).
+    public static func xmllint(_ xml: [UInt8]) async throws -> String? {
+        try await offPool { try xmllintBlocking(xml) }
+    }
+
+    static func xmllintBlocking(_ xml: [UInt8]) throws -> String? {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("hi1-\(UUID()).xml")
         try Data(xml).write(to: file)
         defer { try? FileManager.default.removeItem(at: file) }
@@ -40,5 +47,12 @@ public enum ETSISchemas {
         let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         return p.terminationStatus == 0 ? nil : text
+    }
+}
+
+/// Runs `body` on a new thread and waits for it without holding a cooperative thread.
+public func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }

@@ -24,7 +24,7 @@ struct BrokerCommand: AsyncParsableCommand {
         commandName: "custos-broker",
         abstract: "Custos broker: HTTP API, workflow, Kafka outbox relay and response ingestion, package verification.",
         subcommands: [Serve.self, Migrate.self, Agencies.self, Users.self, Providers.self, Witnesses.self, Audit.self, KeysCommand.self, StorageKey.self,
-                      PKICommand.self, NoteKey.self],
+                      PKICommand.self, NoteKey.self, Renew.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -71,6 +71,8 @@ struct Serve: AsyncParsableCommand {
                   the log's C2SP signed-note key (custos-broker note-key generate); default: derived from custody.keyFile
               hi1.countryCode, hi1.identifier (CUSTOS_HI1_COUNTRY_CODE, CUSTOS_HI1_IDENTIFIER)
                   this broker's EndpointID in ETSI TS 103 120 (HI-1) messages (default VN, custos)
+              renewal.horizonDays, renewal.intervalHours (CUSTOS_RENEWAL_HORIZON_DAYS, CUSTOS_RENEWAL_INTERVAL_HOURS)
+                  renew time-stamps whose TSA or signer certificate expires within the horizon (default 90 days), every interval (default 24 h; 0: off)
               custody.witnesses (CUSTOS_CUSTODY_WITNESSES)
                   C2SP witnesses to push each checkpoint to (tlog-witness add-checkpoint), each "<witness vkey> <URL>"
               auth.jwt.publicKeyFile (CUSTOS_AUTH_JWT_PUBLIC_KEY_FILE)
@@ -385,6 +387,30 @@ struct StorageKey: ParsableCommand {
             throw ValidationError("cannot write \(out)")
         }
         print("wrote \(out)")
+    }
+}
+
+struct Renew: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Renew time-stamps before their certificates expire: every package's time-stamp and signature, and every checkpoint's (RFC 4998-style).",
+        discussion: """
+            A chain whose newest time-stamp's TSA certificate (or, never renewed, whose signer's certificate) expires within \
+            --horizon-days gets a new RFC 3161 time-stamp over the signed data, its signature and every time-stamp so far, from \
+            custody.tsaURL or the built-in TSA. Idempotent: run it again and nothing changes. The broker runs the same on a \
+            schedule (renewal.intervalHours). Export bundles carry a package's renewals (renewals.json); custos verify --at \
+            checks them.
+            """)
+    @OptionGroup var options: ConfigOptions
+    @Option(help: "Renew what expires within this many days (default: renewal.horizonDays).") var horizonDays: Int?
+
+    func run() async throws {
+        let reader = try await ConfigSource.reader(configFile: options.config)
+        let configuration = try BrokerConfiguration(reader: reader)
+        let stamp = try renewalStamp(configuration)
+        let horizon = TimeInterval(horizonDays ?? configuration.renewalHorizonDays) * 86_400
+        let report = try await withAdminStore(options) { store in try await store.renewTimeStamps(horizon: horizon, stamp: stamp) }
+        print("renewal: \(report.checked) time-stamp chains checked, \(report.renewed) renewed, \(report.blocked) blocked (the TSA's certificate expires too soon)")
+        if report.blocked > 0 { throw ExitCode(1) }
     }
 }
 

@@ -701,11 +701,15 @@ struct Verify: ParsableCommand {
             criteria — đúng, đủ, sạch, sống — are judged again from the content, in constant memory: the duplicate search \
             keeps its record digests (16 bytes a record) in temporary files under TMPDIR, removed afterwards. Every \
             failure is reported, not only the \
-            first. Exit status: 0 valid, 1 invalid, 2 unusable input (unreadable file, not a bundle, missing trust \
+            first. With --at DATE, the bundle is checked as of that date: every certificate valid at the time its \
+            time-stamp proves, and a renewal (renewals.json, RFC 4998-style) made before each time-stamping \
+            certificate expired covering every expiry up to DATE; a missing renewal is a failure that names the gap. \
+            Exit status: 0 valid, 1 invalid, 2 unusable input (unreadable file, not a bundle, missing trust \
             anchors), 3 inadmissible (authentic and intact, but the four criteria do not all pass).
             """)
     @Argument(help: "The bundle file (custos export writes one).") var bundle: String
     @Option(help: "Folder with provider-ca.pem, tsa-ca.pem, custody-ca.pem and optionally witnesses.pem.") var trust: String
+    @Option(help: "Check as of this date (RFC 3339, e.g. 2036-01-01T00:00:00Z) instead of now.") var at: String?
     @Flag(help: "Print the report as JSON.") var json = false
 
     func run() throws {
@@ -732,7 +736,12 @@ struct Verify: ParsableCommand {
             do { witnesses = try CustodyVerifier.certificates(pem: pem) } catch { try unusable("\(trust)/witnesses.pem holds something other than certificates") }
         }
         guard let handle = FileHandle(forReadingAtPath: bundle) else { try unusable("cannot read \(bundle)") }
-        var verifier = BundleVerifier(providerTrust: providerTrust, tsaTrust: tsaTrust, custodyTrust: custodyTrust, witnesses: witnesses)
+        var date: Date?
+        if let at {
+            guard let d = Timestamp.parse(at) else { try unusable("--at \(at) is not an RFC 3339 UTC time ending in Z") }
+            date = d
+        }
+        var verifier = BundleVerifier(providerTrust: providerTrust, tsaTrust: tsaTrust, custodyTrust: custodyTrust, witnesses: witnesses, at: date)
         // 1 MiB reads: the judge's queue holds a few of them (peak RSS under 64 MiB).
         while let block = try handle.read(upToCount: 1 << 20), !block.isEmpty {
             block.withUnsafeBytes { verifier.consume($0) }

@@ -53,12 +53,7 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
     try await offPool { try runBlocking(executable, arguments, environment: environment) }
 }
 
-/// Runs `body` on a new thread and waits for it without holding a cooperative thread.
-func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}
+// `offPool` (CustosTestSupport) runs blocking work on a thread of its own.
 
 private func runBlocking(_ executable: String, _ arguments: [String], environment: [String: String]) throws -> (status: Int32, stdout: String, stderr: String) {
     let p = Process()

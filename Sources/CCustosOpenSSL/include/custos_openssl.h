@@ -58,9 +58,12 @@ int custos_ts_respond(const unsigned char *request_der, size_t request_len,
 /* Verifies a TimeStampResp: granted, signed by a TSA chaining to trust_pem, imprint equal to sha256.
  * Outputs the genTime (Unix seconds), the accuracy in microseconds (-1 when absent) and the nonce
  * as big-endian bytes (out_nonce). */
+/* at_time: check the TSA's certificate chain as of this Unix time (-1: now). */
 int custos_ts_verify(const unsigned char *response_der, size_t response_len, const unsigned char *sha256,
-                     const unsigned char *trust_pem, size_t trust_len,
+                     const unsigned char *trust_pem, size_t trust_len, int64_t at_time,
                      int64_t *gen_time, int64_t *accuracy_micros, custos_buf *out_nonce, char *err, size_t errlen);
+/* The notAfter of the certificate that signed a TimeStampResp (carried in it), Unix time. */
+int custos_ts_signer_not_after(const unsigned char *response_der, size_t response_len, int64_t *not_after, char *err, size_t errlen);
 
 /* A new RSA private key of `bits` bits as PKCS#8 PEM: for test PKIs (providers may sign with RSA). */
 int custos_rsa_key_generate(int bits, custos_buf *out_pem, char *err, size_t errlen);
