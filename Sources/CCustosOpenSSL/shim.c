@@ -385,8 +385,11 @@ int custos_ts_signer_not_after(const unsigned char *response_der, size_t respons
     PKCS7 *token = resp ? TS_RESP_get_token(resp) : NULL;
     STACK_OF(X509) *signers = token ? PKCS7_get0_signers(token, NULL, 0) : NULL;
     int ok = signers && sk_X509_num(signers) == 1;
-    if (ok) *not_after = asn1_time_to_unix(X509_get0_notAfter(sk_X509_value(signers, 0)));
-    else fail(err, errlen, "the time-stamp carries no single signing certificate");
+    if (ok) {
+        *not_after = asn1_time_to_unix(X509_get0_notAfter(sk_X509_value(signers, 0)));
+        ok = *not_after >= 0;
+    }
+    if (!ok) fail(err, errlen, "the time-stamp carries no single signing certificate with a readable notAfter");
     sk_X509_free(signers);
     TS_RESP_free(resp);
     return ok ? 1 : -1;

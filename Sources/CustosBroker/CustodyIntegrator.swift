@@ -25,6 +25,9 @@ public struct CheckpointSigner: Sendable {
     /// - Parameter note: the signed-note key; nil derives it from `key` (`derivedNoteSigner`).
     public init(origin: String, certificate: String, key: String, chain: String = "", note: NoteSigner? = nil,
                 timeStamp: @escaping @Sendable (_ sha256: [UInt8]) async throws -> [UInt8]) throws {
+        guard NoteKeys.isValidName(origin) else {
+            throw NoteError("custody.origin \(origin) cannot name a C2SP note key (no spaces, no +)")
+        }
         self.origin = origin
         self.certificate = certificate
         self.key = key
@@ -39,9 +42,12 @@ public struct CheckpointSigner: Sendable {
     /// The note key derived from the log's P-256 key (PEM): its Ed25519 seed is
     /// HKDF-SHA256 (RFC 5869) of the P-256 private scalar, with info
     /// "custos custody checkpoint note key v1" — one secret to keep, two signatures.
-    /// - Throws: when `key` is not a P-256 private key PEM.
+    /// - Throws: `NoteError` when `key` is not a P-256 private key PEM.
     public static func derivedNoteSigner(origin: String, key: String) throws -> NoteSigner {
-        let p256 = try P256.Signing.PrivateKey(pemRepresentation: key)
+        let p256: P256.Signing.PrivateKey
+        do { p256 = try P256.Signing.PrivateKey(pemRepresentation: key) } catch {
+            throw NoteError("custody.keyFile is not a P-256 key, so no note key derives from it: set custody.noteKeyFile (custos-broker note-key generate)")
+        }
         let seed = HKDF<SHA256>.deriveKey(inputKeyMaterial: SymmetricKey(data: p256.rawRepresentation),
                                           info: Array("custos custody checkpoint note key v1".utf8), outputByteCount: 32)
         let ed = try seed.withUnsafeBytes { try Curve25519.Signing.PrivateKey(rawRepresentation: Array($0)) }

@@ -423,9 +423,14 @@ struct BrokerAPI: Sendable {
         // custody event records its hash, and custos verify checks it (SPEC §8).
         let readme = EvidenceBundle.readme(manifest: m, signer: package.signer, timeStampedAt: package.timeStampedAt)
         // The export is itself a custody event, and the bundle proves it: wait for the checkpoint that includes it.
+        // The manifest time-stamp's renewals so far (RFC 4998-style), bound by the export's event.
+        let renewalTokens = try await store.timeStampRenewals(subject: "package", id: id.lowercased)
+        let renewals = renewalTokens.isEmpty ? nil : try CanonicalJSON.encode(RenewalsFile(manifest: renewalTokens))
+        var exported = ["manifestSha256": package.manifestSha256, "readmeSha256": Digest.sha256Hex(Array(readme.utf8)),
+                        "caseContextSha256": CASEGraph.contextSha256]
+        if let renewals { exported["renewalsSha256"] = Digest.sha256Hex(renewals) }
         let exportIndex = try await store.recordAccess(.packageExported, by: user, subject: .init(requestId: package.requestId, packageId: id),
-                                                       objects: ["manifestSha256": package.manifestSha256, "readmeSha256": Digest.sha256Hex(Array(readme.utf8)),
-                                                                 "caseContextSha256": CASEGraph.contextSha256])
+                                                       objects: exported)
         try await store.markOpened(package: id, by: user)
         let (checkpoint, proofs) = try await store.custodyProofs(package: id, including: exportIndex, timeout: exportWait)
         let custody = EvidenceBundle.Custody(
@@ -434,11 +439,7 @@ struct BrokerAPI: Sendable {
         let members = EvidenceBundle.members(
             manifest: parts.manifest, request: parts.request, signature: Array(Data(base64Encoded: package.signature) ?? Data()),
             timeStamp: Array(Data(base64Encoded: package.timeStamp) ?? Data()), signerPEM: parts.signerPEM, verification: parts.verification,
-            criteria: parts.criteria, custody: custody, readme: readme,
-            renewals: try await { () async throws -> [UInt8]? in
-                let tokens = try await store.timeStampRenewals(subject: "package", id: id.lowercased)
-                return tokens.isEmpty ? nil : try CanonicalJSON.encode(RenewalsFile(manifest: tokens))
-            }())
+            criteria: parts.criteria, custody: custody, readme: readme, renewals: renewals)
         let head = EvidenceBundle.head(members: members, packageId: id, contentSize: m.content.size)
         // case.jsonld (CASE/UCO) follows the content and states its SHA-256, hashed while it
         // streams; its length does not depend on the hash's value, so it is known now.

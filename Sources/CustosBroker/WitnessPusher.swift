@@ -102,9 +102,12 @@ public struct WitnessPusher: Service {
     @discardableResult
     public func pushOnce(to witness: C2SPWitness) async throws -> Outcome {
         guard let latest = try await store.latestNoteCheckpoint() else { return .upToDate }
+        guard try await !store.hasNoteCosignature(size: latest.size, witness: witness.key.vkey) else { return .upToDate }
         let held = try await store.witnessSize(witness.key.vkey)
-        guard held < latest.size else { return .upToDate }
-        let proof: [SHA256Digest] = held == 0 ? [] : try await store.consistencyProof(from: held, to: latest.size).proof.map {
+        // The witness may hold this very size (a 409 said so) without our having its
+        // cosignature: the same size again, with an empty proof, gets it.
+        guard held <= latest.size else { return .upToDate }
+        let proof: [SHA256Digest] = held == 0 || held == latest.size ? [] : try await store.consistencyProof(from: held, to: latest.size).proof.map {
             SHA256Digest(bytes: Data(base64Encoded: $0)!)!
         }
         let body = AddCheckpointRequest(oldSize: held, proof: proof, checkpoint: latest.note).body
@@ -160,6 +163,13 @@ extension BrokerStore {
             return (UInt64(size), text, text + [0x0A] + Array(line.utf8))
         }
         return nil
+    }
+
+    /// Whether a witness's cosignature of the checkpoint of `size` is stored.
+    func hasNoteCosignature(size: UInt64, witness: String) async throws -> Bool {
+        try await client.query("""
+            SELECT 1 FROM custody_note_cosignatures WHERE checkpoint_size = \(Int64(size)) AND witness = \(witness)
+            """, logger: logger).decode(Int.self).first { _ in true } != nil
     }
 
     /// The size a witness holds for this log, as it last said (0 before any).

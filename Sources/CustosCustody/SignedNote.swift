@@ -62,7 +62,8 @@ public struct SignedNote: Sendable, Equatable {
     /// - Throws: `NoteError` when a signature by `key` does not verify.
     public func verified(by key: NoteVerifierKey) throws -> [NoteSignature] {
         var good: [NoteSignature] = []
-        for s in signatures where s.name == key.name && s.keyID == key.keyID {
+        // Names compare as bytes, as the reference implementation does (not by Unicode equivalence).
+        for s in signatures where Array(s.name.utf8) == Array(key.name.utf8) && s.keyID == key.keyID {
             guard key.verify(s, over: text) else { throw NoteError("the signature by \(key.name) does not verify") }
             good.append(s)
         }
@@ -261,7 +262,7 @@ public enum NoteKeys {
 
     /// Non-empty, no Unicode space, no `+`.
     public static func isValidName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.count <= 255 && !name.unicodeScalars.contains { $0.properties.isWhitespace || $0 == "+" || $0.value < 0x20 }
+        !name.isEmpty && !name.unicodeScalars.contains { $0.properties.isWhitespace || $0 == "+" || $0.value < 0x20 }
     }
 
     static func hex(_ v: UInt32) -> String {

@@ -150,17 +150,24 @@ public struct TlogWitnessPolicy: Sendable {
             head = try TlogCheckpointHead(text: note.text)
         } catch { throw .malformed("\(error)") }
         guard let keys = logs[head.origin] else { throw .unknownLog }
-        // Unknown keys are ignored; a known key's bad signature counts as none.
-        let verified = keys.contains { key in ((try? note.verified(by: key)) ?? []).isEmpty == false }
+        // Unknown keys are ignored; a known key's signature that fails rejects the note
+        // (signed-note §Signatures), and at least one must verify.
+        var verified = false
+        for key in keys {
+            do { verified = try !note.verified(by: key).isEmpty || verified } catch { throw .badSignature }
+        }
         guard verified else { throw .badSignature }
         guard request.oldSize <= head.size else { throw .malformed("old size \(request.oldSize) is above the checkpoint's size \(head.size)") }
-        let (size, root) = current ?? (0, SHA256Digest(bytes: MerkleTree.emptyRoot)!)
+        let empty = SHA256Digest(bytes: MerkleTree.emptyRoot)!
+        if head.size == 0, head.root != empty { throw .malformed("a checkpoint of size 0 has the empty tree's root") }
+        let (size, root) = current ?? (0, empty)
         guard request.oldSize == size else { throw .conflict(size) }
-        if request.oldSize == 0 {
-            guard request.proof.isEmpty else { throw .badProof }
-        } else if request.oldSize == head.size {
+        if request.oldSize == head.size {
+            // The same size again: an empty proof, and the same root.
             guard request.proof.isEmpty else { throw .badProof }
             guard root == head.root else { throw .conflict(size) }
+        } else if request.oldSize == 0 {
+            guard request.proof.isEmpty else { throw .badProof }
         } else {
             do {
                 try MerkleProof.verifyConsistency(oldSize: request.oldSize, newSize: head.size, oldRoot: root, newRoot: head.root, proof: request.proof)

@@ -137,7 +137,9 @@ public enum HI1Export {
         let c = HI1.Namespace.core
         typealias X = XMLBuilder
         let kind = request.spec.kind ?? .production
-        let task = X.object("task:LDTaskObject", taskElements(request, authID: HI1.derivedUUID("authorisation", request.id), parties: parties,
+        // The authorisation is the group's: named after its first part, as in the export.
+        let group = request.parts?.first?.id ?? request.id
+        let task = X.object("task:LDTaskObject", taskElements(request, authID: HI1.derivedUUID("authorisation", group), parties: parties,
                                                               kind: kind, status: HI1Status.status(request.state, kind: kind)))
         let payload = X.element(c, "Payload", [X.element(c, "ResponsePayload", [X.element(c, "ActionResponses", [
             X.element(c, "ActionResponse", [X.text(c, "ActionIdentifier", "0"), X.element(c, "GETResponse", [task])]),

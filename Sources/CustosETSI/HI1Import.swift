@@ -79,9 +79,21 @@ public enum HI1Import {
     /// tasks do not validate is `.invalid`).
     /// - Parameter caseId: the case the drafts will belong to.
     public static func read(_ bytes: [UInt8], caseId: UUID) throws(Failure) -> Message {
+        guard !bytes.isEmpty else { throw .malformed("the message is empty") }
         guard bytes.count <= maximumBytes else { throw .malformed("the message is larger than \(maximumBytes) bytes") }
+        // UTF-8 only, so that the checks below see the text as the parser will: no byte-order
+        // mark of UTF-16 or UTF-32, no NUL, valid UTF-8, and no other encoding declared.
+        guard !bytes.contains(0), bytes.first != 0xFE, bytes.first != 0xFF, String(validating: bytes, as: UTF8.self) != nil else {
+            throw .malformed("the message is not UTF-8 text")
+        }
+        if let declared = declaredEncoding(bytes), !["utf-8", "utf8"].contains(declared.lowercased()) {
+            throw .malformed("the message declares the encoding \(declared); only UTF-8 is accepted")
+        }
         // No DTD: entities are how XML expands to gigabytes or reads local files.
-        if bytes.count >= 9, containsDoctype(bytes) { throw .malformed("a document type declaration (DTD) is not accepted") }
+        if containsDoctype(bytes) { throw .malformed("a document type declaration (DTD) is not accepted") }
+        // Well-formed, checked by a parser that stops at the first error (XMLDocument recovers
+        // from errors on Linux, and would read a truncated message as a shorter one).
+        guard WellFormedGate.check(bytes) else { throw .malformed("the XML is not well-formed") }
         let doc: XMLDocument
         do { doc = try XMLDocument(data: Data(bytes), options: [.nodeLoadExternalEntitiesNever]) } catch {
             throw .malformed("the XML is not well-formed")
@@ -293,6 +305,16 @@ public enum HI1Import {
         return Task(spec: spec, path: path, objectIdentifier: objectID, paths: paths)
     }
 
+    /// The `encoding` of the XML declaration, when there is one.
+    static func declaredEncoding(_ bytes: [UInt8]) -> String? {
+        guard bytes.starts(with: Array("<?xml".utf8)), let end = bytes.firstIndex(of: UInt8(ascii: ">")) else { return nil }
+        let decl = String(decoding: bytes[..<end], as: UTF8.self)
+        guard let r = decl.range(of: "encoding") else { return nil }
+        let rest = decl[r.upperBound...].drop { $0 == " " || $0 == "=" }
+        guard let quote = rest.first, quote == "\"" || quote == "'" else { return nil }
+        return String(rest.dropFirst().prefix { $0 != quote })
+    }
+
     static func containsDoctype(_ bytes: [UInt8]) -> Bool {
         let needle = Array("<!DOCTYPE".utf8)
         guard bytes.count >= needle.count else { return false }
@@ -327,4 +349,39 @@ extension XMLElement {
         guard let o = first(m, "Owner")?.text, let n = first(m, "Name")?.text, let v = first(m, "Value")?.text else { return nil }
         return HI1.Entry(o, n, v)
     }
+}
+
+/// Whether a document is well-formed and whole, read with the streaming parser before the
+/// tree is built: Foundation's `XMLParser` on Linux reports no error for input that ends early
+/// (`<HI1Message`), and `XMLDocument` recovers from errors (reading a truncated message as a
+/// shorter one) or fails on such input with a trap; so the gate also requires exactly one root
+/// element, opened and closed, and nothing after it.
+final class WellFormedGate: NSObject, XMLParserDelegate {
+    private var depth = 0
+    private var roots = 0
+    private var closed = false
+    private var failed = false
+
+    static func check(_ bytes: [UInt8]) -> Bool {
+        let parser = XMLParser(data: Data(bytes))
+        let gate = WellFormedGate()
+        parser.delegate = gate
+        parser.shouldResolveExternalEntities = false
+        let parsed = parser.parse()
+        return parsed && !gate.failed && gate.roots == 1 && gate.depth == 0 && gate.closed
+    }
+
+    func parser(_ parser: XMLParser, didStartElement elementName: String, namespaceURI: String?, qualifiedName qName: String?,
+                attributes attributeDict: [String: String] = [:]) {
+        if depth == 0 { roots += 1 }
+        depth += 1
+    }
+
+    func parser(_ parser: XMLParser, didEndElement elementName: String, namespaceURI: String?, qualifiedName qName: String?) {
+        depth -= 1
+        if depth == 0 { closed = true }
+    }
+
+    func parser(_ parser: XMLParser, parseErrorOccurred parseError: any Error) { failed = true }
+    func parser(_ parser: XMLParser, validationErrorOccurred validationError: any Error) { failed = true }
 }

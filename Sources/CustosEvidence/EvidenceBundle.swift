@@ -151,6 +151,9 @@ public enum EvidenceBundle {
                              view, download and export...), each the exact log entry with its
                              RFC 9162 inclusion proof into checkpoint.txt's root, and the
                              co-signatures of outside witnesses over checkpoint.txt.
+          renewals.json      (when present) renewal time-stamps of manifest.tsr, RFC 4998-style:
+                             each over the manifest, the signature and every time-stamp before
+                             it, so that the proof outlives the certificates' expiry.
           case.jsonld        (after content.ndjson) the same in CASE/UCO, for forensic tools:
                              the investigation, the decision, the provider, the tool, every
                              other file here with its SHA-256 (check one: sha256sum FILE), and
@@ -392,7 +395,13 @@ public struct BundleVerifier: Sendable {
         check(.readme, .packageExported, "readmeSha256", matchAny: true)
         // case.jsonld (CASE/UCO): every hash it states is the file's, and the whole graph is the
         // one the bundle's bound members give (so nothing in it can be edited either).
-        // Its own export (the newest proven one) says whether it wrote one.
+        // renewals.json: when the export's own (newest proven) event names it, it is there and
+        // is that one; stripping it would lose the proof that outlives the certificates.
+        if let named = events.last(where: { $0.kind == .packageExported })?.objects["renewalsSha256"], sha(.renewals) != named {
+            fail(files[.renewals] == nil ? "renewals.json is missing, but the bundle's export event records it"
+                                         : "renewals.json differs from the SHA-256 the bundle's export event records")
+        }
+        // Its own export (the newest proven) says whether it wrote a case.jsonld.
         if files[.caseGraph] == nil, events.last(where: { $0.kind == .packageExported })?.objects["caseContextSha256"] == CASEGraph.contextSha256 {
             fail("case.jsonld is missing, but the bundle's export event records that it was written")
         }

@@ -63,6 +63,7 @@ public enum TimeStamp {
     ///   renewal (RFC 4998 §5.2) proves an earlier token at the time the renewal states.
     public static func verify(response: [UInt8], sha256: [UInt8], trust: String, at: Date? = nil) -> Verification {
         guard sha256.count == 32 else { return .invalid("a SHA-256 digest has 32 bytes") }
+        if let at, at.timeIntervalSince1970 < 0 { return .invalid("a date before 1970 is not one a certificate can be checked at") }
         let t = trust.bytes
         let atTime = at.map { Int64($0.timeIntervalSince1970.rounded(.down)) } ?? -1
         var genTime: Int64 = 0, accuracy: Int64 = -1

@@ -226,14 +226,14 @@ public struct BundleFactory: Sendable {
         }
         let signerInfo = try CertificateInfo(pem: signerCert)
         let readme = EvidenceBundle.readme(manifest: manifest, signer: signerInfo.commonName, timeStampedAt: nil)
-        var log = TestCustodyLog()
-        try log.recordHistory(of: manifest, members: .init(manifest: manifestBytes, signature: signature, timeStamp: timeStamp, verification: verification,
-                                                           criteria: criteria, readme: readme))
-        let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: stranger, defect: custodyDefect)
         let renewals = try renewedBy.map { tsa in
             let imprint = TimeStampRenewal.imprint(data: manifestBytes, signature: signature, tokens: [timeStamp])
             return try CanonicalJSON.encode(RenewalsFile(manifest: [try tsa.respond(to: try TimeStamp.request(sha256: imprint, nonce: TimeStamp.makeNonce()), serial: 2)]))
         }
+        var log = TestCustodyLog()
+        try log.recordHistory(of: manifest, members: .init(manifest: manifestBytes, signature: signature, timeStamp: timeStamp, verification: verification,
+                                                           criteria: criteria, readme: readme, renewals: renewals))
+        let custody = try log.custody(packageId: manifest.packageId, requestId: manifest.requestId, pki: pki, stranger: stranger, defect: custodyDefect)
         let members = EvidenceBundle.members(manifest: manifestBytes, request: requestBytes, signature: signature, timeStamp: timeStamp,
                                              signerPEM: signerInfo.pem, verification: verification, criteria: criteria, custody: custody, readme: readme,
                                              renewals: renewals)

@@ -73,8 +73,12 @@ public struct TestCustodyLog: Sendable {
         public var verification: [UInt8]
         public var criteria: [UInt8]?
         public var readme: String
+        /// `renewals.json`, when the export carries one (its hash goes into the export's event).
+        public var renewals: [UInt8]?
 
-        public init(manifest: [UInt8], signature: [UInt8], timeStamp: [UInt8], verification: [UInt8], criteria: [UInt8]?, readme: String) {
+        public init(manifest: [UInt8], signature: [UInt8], timeStamp: [UInt8], verification: [UInt8], criteria: [UInt8]?, readme: String,
+                    renewals: [UInt8]? = nil) {
+            self.renewals = renewals
             self.manifest = manifest
             self.signature = signature
             self.timeStamp = timeStamp
@@ -109,8 +113,9 @@ public struct TestCustodyLog: Sendable {
         }
         try append(.init(kind: .verdict, at: Timestamp.now(), actor: .broker, subject: package,
                          objects: ["verdictSha256": Digest.sha256Hex(members.verification), "manifestSha256": manifestSha], details: ["outcome": "verified"]))
+        var exported = ["manifestSha256": manifestSha, "readmeSha256": Digest.sha256Hex(Array(members.readme.utf8)), "caseContextSha256": CASEGraph.contextSha256]
+        if let renewals = members.renewals { exported["renewalsSha256"] = Digest.sha256Hex(renewals) }
         try append(.init(kind: .packageExported, at: Timestamp.now(), actor: .init(type: .user, id: "investigator", address: "192.0.2.10", agent: "custos"),
-                         subject: package, objects: ["manifestSha256": manifestSha, "readmeSha256": Digest.sha256Hex(Array(members.readme.utf8)),
-                                           "caseContextSha256": CASEGraph.contextSha256]))
+                         subject: package, objects: exported))
     }
 }

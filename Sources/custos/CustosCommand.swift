@@ -738,7 +738,7 @@ struct Verify: ParsableCommand {
         guard let handle = FileHandle(forReadingAtPath: bundle) else { try unusable("cannot read \(bundle)") }
         var date: Date?
         if let at {
-            guard let d = Timestamp.parse(at) else { try unusable("--at \(at) is not an RFC 3339 UTC time ending in Z") }
+            guard let d = Timestamp.parse(at), d.timeIntervalSince1970 >= 0 else { try unusable("--at \(at) is not an RFC 3339 UTC time ending in Z, from 1970 on") }
             date = d
         }
         var verifier = BundleVerifier(providerTrust: providerTrust, tsaTrust: tsaTrust, custodyTrust: custodyTrust, witnesses: witnesses, at: date)

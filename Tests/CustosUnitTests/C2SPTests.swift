@@ -202,6 +202,14 @@ struct C2SPTests {
             let fork = SignedNote(text: text, signatures: [try log.signer.sign(text)]).bytes
             r = try await post(ByteBuffer(bytes: AddCheckpointRequest(oldSize: 25, proof: [], checkpoint: fork).body))
             #expect(r.status == .conflict && String(buffer: r.body) == "25\n")
+            // A known key's bad signature beside a good one rejects the note: 403.
+            let good = try log.checkpoint(25)
+            var bad = try SignedNote(parsing: good)
+            var broken = bad.signatures[0]
+            broken.signature[3] ^= 1
+            bad.signatures.append(broken)
+            r = try await post(ByteBuffer(bytes: AddCheckpointRequest(oldSize: 25, proof: [], checkpoint: bad.bytes).body))
+            #expect(r.status == .forbidden)
             // The same size and root again: cosigned again.
             #expect(try await post(try log.request(25, 25)).status == .ok)
             #expect(try await post(try log.request(25, 40)).status == .ok)

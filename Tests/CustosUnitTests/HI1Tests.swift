@@ -191,8 +191,16 @@ struct HI1Tests {
         let external = """
             <?xml version="1.0"?><!doctype x [<!ENTITY e SYSTEM "file:///etc/passwd">]><HI1Message xmlns="\(HI1.Namespace.core)">&e;</HI1Message>
             """
-        for bad in [billion, external, "<HI1Message", "not xml at all", "<Other xmlns=\"urn:x\"/>", "<HI1Message xmlns=\"\(HI1.Namespace.core)\"/>"] {
+        for bad in [billion, external, "<HI1Message", "not xml at all", "<Other xmlns=\"urn:x\"/>", "<HI1Message xmlns=\"\(HI1.Namespace.core)\"/>",
+                    "", "\u{0}", "<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><HI1Message xmlns=\"\(HI1.Namespace.core)\"/>"] {
             #expect(throws: HI1Import.Failure.self, "\(bad.prefix(40))") { try HI1Import.read(Array(bad.utf8), caseId: UUID()) }
+        }
+        // UTF-16 (where a byte search for <!DOCTYPE finds nothing) and a truncated message are refused too.
+        let utf16 = Array(billion.data(using: .utf16)!)
+        #expect(throws: HI1Import.Failure.self) { try HI1Import.read(utf16, caseId: UUID()) }
+        let whole = try HI1Export.message([HI1Export.Part(request: Self.view(UUID(), provider: "telco-one", state: .approved), packages: [])], parties: Self.parties)
+        for cut in [whole.count / 2, whole.count - 30] {
+            #expect(throws: HI1Import.Failure.self, "cut at \(cut)") { try HI1Import.read(Array(whole[..<cut]), caseId: UUID()) }
         }
         #expect(throws: HI1Import.Failure.self) { try HI1Import.read(Array(repeating: 0x20, count: HI1Import.maximumBytes + 1), caseId: UUID()) }
     }

@@ -69,6 +69,12 @@ struct RenewalTests {
         swapped[i].1 = try CanonicalJSON.encode(RenewalsFile(manifest: [stranger]))
         let r = try await Self.verify(BundleMutationHelpers.rebuild(swapped), f, at: Date(timeIntervalSinceNow: 30 * 86_400))
         #expect(r.outcome == .invalid && r.failures.contains { $0.code == .timeStamp && $0.detail.contains("renewal 1") }, "\(r.failures)")
+        // Dropped (its export's event names it): a failure, not an older-looking bundle.
+        var dropped = members
+        dropped.remove(at: i)
+        #expect(try await Self.verify(BundleMutationHelpers.rebuild(dropped), f, at: nil).failures.contains {
+            $0.code == .bundleMember && $0.detail.contains("renewals.json is missing")
+        })
         // Not canonical, or not the format.
         swapped[i].1 = Array("{\"format\":\"x\",\"manifest\":[]}".utf8)
         #expect(try await Self.verify(BundleMutationHelpers.rebuild(swapped), f, at: nil).failures.contains { $0.code == .bundleFormat })
