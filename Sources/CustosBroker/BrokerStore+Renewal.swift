@@ -24,74 +24,110 @@ extension BrokerStore {
         public var blocked: Int
     }
 
-    /// One renewal pass.
+    /// One renewal pass, under an advisory lock (one broker instance at a time). Chains are
+    /// read a page at a time, and each page's due chains are renewed under one time-stamp over
+    /// the tree of their imprints (`TimeStampRenewal.Batch`).
     /// - Parameters:
     ///   - horizon: renew chains whose newest token's TSA certificate (or, for a chain never
-    ///     renewed, the signer's certificate) expires before `now + horizon`.
+    ///     renewed, the signer's certificate) expires before `now + horizon`, in seconds.
     ///   - stamp: RFC 3161: a TimeStampResp over the given SHA-256.
-    public func renewTimeStamps(horizon: TimeInterval, now: Date = Date(), stamp: @Sendable ([UInt8]) async throws -> [UInt8]) async throws -> RenewalReport {
-        var report = RenewalReport(checked: 0, renewed: 0, blocked: 0)
+    public func renewTimeStamps(horizon: TimeInterval, now: Date = Date(), pageSize: Int = 2_000,
+                                stamp: @Sendable ([UInt8]) async throws -> [UInt8]) async throws -> RenewalReport {
         let limit = now.addingTimeInterval(horizon)
-        // Packages: the manifest as signed, its signature, its time-stamp, its signer.
-        var packages: [(String, [UInt8], [UInt8], [UInt8], String?)] = []
-        for try await (id, manifest, signature, timeStamp, signer) in try await client.query("""
-            SELECT id::text, manifest, manifest_signature, time_stamp, signer_certificate FROM packages WHERE state = 'verified' ORDER BY received_at
-            """, logger: logger).decode((String, String, ByteBuffer, ByteBuffer, String?).self) {
-            packages.append((id, Array(manifest.utf8), Array(signature.readableBytesView), Array(timeStamp.readableBytesView), signer))
+        // One transaction: its lock keeps a second instance out (it skips the pass), and a pass
+        // cut short stores nothing, to be done again by the next.
+        return try await client.transaction(logger: logger) { conn in
+            let locked = try await conn.query("SELECT pg_try_advisory_xact_lock(hashtext('custos.renewal'))", logger: logger)
+                .decode(Bool.self).first { _ in true } ?? false
+            guard locked else { return RenewalReport(checked: 0, renewed: 0, blocked: 0) }
+            var report = RenewalReport(checked: 0, renewed: 0, blocked: 0)
+            for subject in ["package", "checkpoint"] {
+                var after = ""
+                while true {
+                    let page = try await renewalPage(conn, subject: subject, after: after, limit: pageSize)
+                    guard let last = page.last else { break }
+                    after = last.id
+                    report.checked += page.count
+                    let due = page.filter { $0.expires < limit }
+                    guard !due.isEmpty else { continue }
+                    let batch = TimeStampRenewal.Batch(imprints: due.map { TimeStampRenewal.imprint(data: $0.data, signature: $0.signature, tokens: $0.items) })
+                    let token = try await stamp(batch.root)
+                    guard let newNotAfter = TimeStamp.signerNotAfter(response: token) else {
+                        throw BrokerError(.unavailable, "the TSA's renewal carries no signing certificate")
+                    }
+                    guard newNotAfter >= limit else {
+                        report.blocked += due.count
+                        logger.warning("time-stamp renewal not stored: the TSA's own certificate expires within the renewal horizon",
+                                       metadata: ["custos.subject": "\(subject)", "custos.tsa_not_after": "\(Timestamp.format(newNotAfter))"])
+                        continue
+                    }
+                    let elements = batch.elements(token: token)
+                    let inserted = try await conn.query("""
+                        INSERT INTO time_stamp_renewals (subject, subject_id, seq, token, tsa_not_after)
+                        SELECT \(subject), i, s, e, \(newNotAfter)
+                        FROM unnest(\(due.map(\.id))::text[], \(due.map { $0.items.count })::int[], \(elements.map { ByteBuffer(bytes: $0.bytes) })::bytea[]) AS t(i, s, e)
+                        ON CONFLICT DO NOTHING RETURNING 1
+                        """, logger: logger).decode(Int.self).reduce(0) { n, _ in n + 1 }
+                    report.renewed += inserted
+                }
+            }
+            return report
         }
-        for (id, manifest, signature, timeStamp, signer) in packages {
-            report.checked += 1
-            let signerNotAfter = signer.flatMap { try? CertificateInfo(pem: $0) }?.notAfter
-            try await renew(subject: "package", id: id, data: manifest, signature: signature, original: timeStamp, signerNotAfter: signerNotAfter,
-                            limit: limit, stamp: stamp, report: &report)
+    }
+
+    /// One chain as a renewal pass sees it.
+    struct RenewalChain {
+        var id: String
+        var data: [UInt8]
+        var signature: [UInt8]
+        /// T0's DER, then each renewal element's canonical JSON.
+        var items: [[UInt8]]
+        /// When the chain needs renewing by.
+        var expires: Date
+    }
+
+    /// A page of chains after `after` (ids in text order), each with its renewals so far.
+    private func renewalPage(_ conn: PostgresConnection, subject: String, after: String, limit: Int) async throws -> [RenewalChain] {
+        var rows: [(String, [UInt8], [UInt8], [UInt8], String?)] = []
+        let query: PostgresQuery = subject == "package" ? """
+            SELECT id::text, manifest, manifest_signature, time_stamp, signer_certificate FROM packages
+            WHERE state = 'verified' AND id::text > \(after) ORDER BY id::text LIMIT \(limit)
+            """ : """
+            SELECT size::text, body, signature, time_stamp, NULL::text FROM custody_checkpoints
+            WHERE size::text > \(after) ORDER BY size::text LIMIT \(limit)
+            """
+        for try await (id, data, signature, timeStamp, signer) in try await conn.query(query, logger: logger)
+            .decode((String, String, ByteBuffer, ByteBuffer, String?).self) {
+            rows.append((id, Array(data.utf8), Array(signature.readableBytesView), Array(timeStamp.readableBytesView), signer))
         }
-        // Checkpoints: the text, the log's CMS signature, its time-stamp.
-        var checkpoints: [(Int64, String, [UInt8], [UInt8])] = []
-        for try await (size, body, signature, timeStamp) in try await client.query(
-            "SELECT size, body, signature, time_stamp FROM custody_checkpoints ORDER BY size", logger: logger
-        ).decode((Int64, String, ByteBuffer, ByteBuffer).self) {
-            checkpoints.append((size, body, Array(signature.readableBytesView), Array(timeStamp.readableBytesView)))
-        }
-        for (size, body, signature, timeStamp) in checkpoints {
-            report.checked += 1
+        guard !rows.isEmpty else { return [] }
+        var renewals: [String: [[UInt8]]] = [:]
+        for try await (id, item) in try await conn.query("""
+            SELECT subject_id, token FROM time_stamp_renewals WHERE subject = \(subject) AND subject_id = ANY(\(rows.map(\.0))::text[]) ORDER BY subject_id, seq
+            """, logger: logger).decode((String, ByteBuffer).self) { renewals[id, default: []].append(Array(item.readableBytesView)) }
+        return rows.compactMap { id, data, signature, original, signer in
+            let items = [original] + (renewals[id] ?? [])
+            let newest = items.count == 1 ? original : RenewalElement(bytes: items.last!)?.tokenBytes ?? []
+            guard let tsaNotAfter = TimeStamp.signerNotAfter(response: newest) else { return nil }
+            // The signer's certificate matters until the chain has been renewed once.
             var signerNotAfter: Date?
-            if case .valid(let c) = CMS.verifyIntegrity(signature: signature, data: Array(body.utf8)) { signerNotAfter = c.notAfter }
-            try await renew(subject: "checkpoint", id: String(size), data: Array(body.utf8), signature: signature, original: timeStamp,
-                            signerNotAfter: signerNotAfter, limit: limit, stamp: stamp, report: &report)
+            if items.count == 1 {
+                if let signer { signerNotAfter = (try? CertificateInfo(pem: signer))?.notAfter }
+                else if case .valid(let c) = CMS.verifyIntegrity(signature: signature, data: data) { signerNotAfter = c.notAfter }
+            }
+            return RenewalChain(id: id, data: data, signature: signature, items: items, expires: min(tsaNotAfter, signerNotAfter ?? tsaNotAfter))
         }
-        return report
     }
 
-    private func renew(subject: String, id: String, data: [UInt8], signature: [UInt8], original: [UInt8], signerNotAfter: Date?, limit: Date,
-                       stamp: @Sendable ([UInt8]) async throws -> [UInt8], report: inout RenewalReport) async throws {
-        let renewals = try await timeStampRenewals(subject: subject, id: id)
-        let newest = renewals.last ?? original
-        guard let tsaNotAfter = TimeStamp.signerNotAfter(response: newest) else { return }
-        // The signer's certificate matters until the chain has been renewed once.
-        let expires = renewals.isEmpty ? min(tsaNotAfter, signerNotAfter ?? tsaNotAfter) : tsaNotAfter
-        guard expires < limit else { return }
-        let token = try await stamp(TimeStampRenewal.imprint(data: data, signature: signature, tokens: [original] + renewals))
-        guard let newNotAfter = TimeStamp.signerNotAfter(response: token) else { throw BrokerError(.unavailable, "the TSA's renewal carries no signing certificate") }
-        guard newNotAfter >= limit else {
-            report.blocked += 1
-            logger.warning("time-stamp renewal not stored: the TSA's own certificate expires within the renewal horizon",
-                           metadata: ["custos.subject": "\(subject)", "custos.tsa_not_after": "\(Timestamp.format(newNotAfter))"])
-            return
-        }
-        try await client.query("""
-            INSERT INTO time_stamp_renewals (subject, subject_id, seq, token, tsa_not_after)
-            VALUES (\(subject), \(id), \(renewals.count + 1), \(ByteBuffer(bytes: token)), \(newNotAfter))
-            ON CONFLICT DO NOTHING
-            """, logger: logger)
-        report.renewed += 1
-    }
-
-    /// A package's (or a checkpoint's, `id` its size) renewal tokens, oldest first.
-    public func timeStampRenewals(subject: String, id: String) async throws -> [[UInt8]] {
-        var out: [[UInt8]] = []
-        for try await token in try await client.query("""
+    /// A package's (or a checkpoint's, `id` its size) renewal elements, oldest first.
+    public func timeStampRenewals(subject: String, id: String) async throws -> [RenewalElement] {
+        var out: [RenewalElement] = []
+        for try await item in try await client.query("""
             SELECT token FROM time_stamp_renewals WHERE subject = \(subject) AND subject_id = \(id) ORDER BY seq
-            """, logger: logger).decode(ByteBuffer.self) { out.append(Array(token.readableBytesView)) }
+            """, logger: logger).decode(ByteBuffer.self) {
+            guard let e = RenewalElement(bytes: Array(item.readableBytesView)) else { throw BrokerError(.storageFailure, "a stored renewal does not read") }
+            out.append(e)
+        }
         return out
     }
 }

@@ -527,9 +527,11 @@ enum Migrations {
             );
             """),
         Migration(version: 24, name: "time-stamp renewals", sql: """
-            -- Renewal time-stamps in the manner of RFC 4998 §5.2 (TimeStampRenewal): token seq n
-            -- covers the signed object, its signature and tokens 0…n−1 (0: the original
-            -- time-stamp, kept on the package or checkpoint row). Append-only, like the log.
+            -- Renewals in the manner of RFC 4998 §5.2 (TimeStampRenewal): `token` holds the
+            -- renewal element (a time-stamp over a tree of many chains' imprints, and this
+            -- chain's audit path) whose leaf covers the signed object, its signature and items
+            -- 0…seq−1 (0: the original time-stamp, kept on the package or checkpoint row).
+            -- Append-only, like the log.
             CREATE TABLE time_stamp_renewals (
                 subject text NOT NULL CHECK (subject IN ('package', 'checkpoint')),
                 subject_id text NOT NULL,

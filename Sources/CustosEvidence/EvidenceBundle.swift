@@ -477,11 +477,11 @@ public struct BundleVerifier: Sendable {
         if (try? CanonicalJSON.canonicalize(manifestBytes)) != manifestBytes {
             all.append(.init(code: .manifestFormat, detail: "manifest.json is not in RFC 8785 canonical form"))
         }
-        var renewals: [[UInt8]] = []
+        var renewals: [RenewalElement] = []
         if let file = files[.renewals] {
-            if let r = try? JSONDecoder().decode(RenewalsFile.self, from: Data(file)), r.format == RenewalsFile.currentFormat, let tokens = r.manifestTokens,
+            if let r = try? JSONDecoder().decode(RenewalsFile.self, from: Data(file)), r.format == RenewalsFile.currentFormat,
                (try? CanonicalJSON.encode(r)) == file {
-                renewals = tokens
+                renewals = r.manifest
             } else {
                 all.append(.init(code: .bundleFormat, detail: "renewals.json is not a \(RenewalsFile.currentFormat) document in canonical form"))
             }

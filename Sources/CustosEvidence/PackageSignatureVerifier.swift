@@ -23,7 +23,7 @@ public enum PackageSignatureVerifier {
     /// With `renewals` (RFC 4998-style, `TimeStampRenewal`), the time-stamp is checked as the
     /// first token of that chain, at `at` (now when nil).
     public static func verify(manifest: [UInt8], signature: [UInt8], timeStamp: [UInt8], providerId: String,
-                              providerTrust: String, tsaTrust: String, renewals: [[UInt8]] = [], at: Date? = nil) -> SignatureCheck {
+                              providerTrust: String, tsaTrust: String, renewals: [RenewalElement] = [], at: Date? = nil) -> SignatureCheck {
         var check = SignatureCheck(failures: [], genTime: nil, accuracyMicroseconds: nil, signer: nil)
         let chain = TimeStampRenewal.check(object: "manifest.tsr", data: manifest, signature: signature, original: timeStamp, renewals: renewals,
                                            tsaTrust: tsaTrust, at: at)

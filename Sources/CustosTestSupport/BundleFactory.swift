@@ -227,8 +227,11 @@ public struct BundleFactory: Sendable {
         let signerInfo = try CertificateInfo(pem: signerCert)
         let readme = EvidenceBundle.readme(manifest: manifest, signer: signerInfo.commonName, timeStampedAt: nil)
         let renewals = try renewedBy.map { tsa in
+            // Renewed with two other chains, under one time-stamp over their tree.
             let imprint = TimeStampRenewal.imprint(data: manifestBytes, signature: signature, tokens: [timeStamp])
-            return try CanonicalJSON.encode(RenewalsFile(manifest: [try tsa.respond(to: try TimeStamp.request(sha256: imprint, nonce: TimeStamp.makeNonce()), serial: 2)]))
+            let batch = TimeStampRenewal.Batch(imprints: [Digest.sha256Bytes([1]), imprint, Digest.sha256Bytes([2])])
+            let token = try tsa.respond(to: try TimeStamp.request(sha256: batch.root, nonce: TimeStamp.makeNonce()), serial: 2)
+            return try CanonicalJSON.encode(RenewalsFile(manifest: [batch.elements(token: token)[1]]))
         }
         var log = TestCustodyLog()
         try log.recordHistory(of: manifest, members: .init(manifest: manifestBytes, signature: signature, timeStamp: timeStamp, verification: verification,

@@ -66,7 +66,7 @@ struct RenewalTests {
         let members = BundleMutationHelpers.members(renewed)
         var swapped = members
         let i = try #require(members.firstIndex { $0.0.hasSuffix("/renewals.json") })
-        swapped[i].1 = try CanonicalJSON.encode(RenewalsFile(manifest: [stranger]))
+        swapped[i].1 = try CanonicalJSON.encode(RenewalsFile(manifest: [RenewalElement(token: stranger, index: 0, size: 1, path: [])]))
         let r = try await Self.verify(BundleMutationHelpers.rebuild(swapped), f, at: Date(timeIntervalSinceNow: 30 * 86_400))
         #expect(r.outcome == .invalid && r.failures.contains { $0.code == .timeStamp && $0.detail.contains("renewal 1") }, "\(r.failures)")
         // Dropped (its export's event names it): a failure, not an older-looking bundle.
