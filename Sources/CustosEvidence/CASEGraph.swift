@@ -128,7 +128,9 @@ public enum CASEGraph {
             "action:participant": .array([id("organization", "provider")]),
             "action:result": .array(fileRefs),
         ]))
-        // The chain of custody: each event an action, each action a provenance record over the files.
+        // The chain of custody: each event an action, each action a provenance record over the
+        // evidence itself (the signed manifest and the content it binds).
+        let evidenceRefs = files.filter { $0.name == "manifest.json" || $0.name == "content.ndjson" }.map { id("file", $0.name) }
         for (index, event) in events {
             let key = "custody-\(index)"
             var action: [String: JSONValue] = [
@@ -143,7 +145,7 @@ public enum CASEGraph {
             graph.append(node("action", key, "case-investigation:InvestigativeAction", action))
             graph.append(node("provenance-record", key, "case-investigation:ProvenanceRecord", [
                 "case-investigation:exhibitNumber": .string("\(manifest.packageId.lowercased)/\(index)"),
-                "core:object": .array(fileRefs),
+                "core:object": .array(evidenceRefs),
             ]))
         }
         return CanonicalJSON.serialize(.object(["@context": context, "@graph": .array(graph)]))
@@ -166,6 +168,23 @@ public enum CASEGraph {
         public var toolVersion: String
         /// File name → SHA-256.
         public var files: [String: String]
+    }
+
+    /// The tool version a graph states, found without parsing it (canonical JSON has the one
+    /// `"tool:version":"…"` member), so that checking a graph costs one graph in memory.
+    public static func statedToolVersion(_ bytes: [UInt8]) -> String? {
+        let needle = Array("\"tool:version\":\"".utf8)
+        guard bytes.count > needle.count else { return nil }
+        var i = 0
+        while i <= bytes.count - needle.count {
+            if bytes[i] == needle[0], Array(bytes[i..<i + needle.count]) == needle {
+                let start = i + needle.count
+                guard let end = bytes[start...].firstIndex(of: UInt8(ascii: "\"")) else { return nil }
+                return String(decoding: bytes[start..<end], as: UTF8.self)
+            }
+            i += 1
+        }
+        return nil
     }
 
     /// Reads the tool version and the files' hashes; nil when it is not such a graph.

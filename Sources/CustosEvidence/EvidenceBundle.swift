@@ -411,21 +411,27 @@ public struct BundleVerifier: Sendable {
                 .compactMap { e in files[e].map { (e, $0) } }
             var actual = Dictionary(members.map { ($0.0.rawValue, Digest.sha256Hex($0.1)) }, uniquingKeysWith: { a, _ in a })
             actual[EvidenceBundle.Entry.content.rawValue] = contentSha256
-            if let stated = CASEGraph.read(graph) {
-                for (name, hash) in stated.files.sorted(by: { $0.key < $1.key }) where actual[name] != hash {
-                    fail(actual[name] == nil ? "case.jsonld lists \(name), which the bundle lacks" : "case.jsonld states a SHA-256 for \(name) that differs from the file")
-                }
-                for name in actual.keys.sorted() where stated.files[name] == nil { fail("case.jsonld does not list \(name)") }
-                if stated.format != CASEGraph.format {
-                    fail("case.jsonld is of format \(stated.format ?? "(none)"), which this verifier does not know (it knows \(CASEGraph.format))")
-                }
-                let rebuilt = request.flatMap {
+            // Built again from the members and compared: equal bytes settle it. Only when they
+            // differ is the graph read, to name what differs.
+            let rebuilt = CASEGraph.statedToolVersion(graph).flatMap { version in
+                request.flatMap {
                     try? EvidenceBundle.caseGraph(members: members, contentSize: contentBytes, contentSha256: contentSha256, request: $0,
-                                                  manifest: manifest, toolVersion: stated.toolVersion)
+                                                  manifest: manifest, toolVersion: version)
                 }
-                if stated.format == CASEGraph.format, rebuilt != graph { fail("case.jsonld differs from the CASE/UCO graph this bundle's members state") }
-            } else {
-                fail("case.jsonld is not a CASE/UCO graph of a Custos bundle")
+            }
+            if rebuilt != graph {
+                if let stated = CASEGraph.read(graph) {
+                    if stated.format != CASEGraph.format {
+                        fail("case.jsonld is of format \(stated.format ?? "(none)"), which this verifier does not know (it knows \(CASEGraph.format))")
+                    }
+                    for (name, hash) in stated.files.sorted(by: { $0.key < $1.key }) where actual[name] != hash {
+                        fail(actual[name] == nil ? "case.jsonld lists \(name), which the bundle lacks" : "case.jsonld states a SHA-256 for \(name) that differs from the file")
+                    }
+                    for name in actual.keys.sorted() where stated.files[name] == nil { fail("case.jsonld does not list \(name)") }
+                    if stated.format == CASEGraph.format { fail("case.jsonld differs from the CASE/UCO graph this bundle's members state") }
+                } else {
+                    fail("case.jsonld is not a CASE/UCO graph of a Custos bundle")
+                }
             }
         }
         // The signer's certificate, for reading: exactly the one the CMS signature carries
