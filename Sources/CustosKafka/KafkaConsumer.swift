@@ -1,5 +1,6 @@
 import CRdKafka
 import Dispatch
+import Foundation
 import Logging
 import Metrics
 import Synchronization
@@ -259,17 +260,34 @@ public final class KafkaConsumer: Sendable {
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR || err == RD_KAFKA_RESP_ERR__NO_OFFSET else { throw KafkaError(err, "commit") }
     }
 
-    /// Commits stored offsets, leaves the group and stops iteration. Idempotent.
+    /// How long `close` waits for librdkafka to leave the group. A broker that forgot the
+    /// member (Tansu after a restart) can keep `rd_kafka_consumer_close` waiting for ever
+    /// (`wait-unassign-to-complete`), which kept a stopping process alive.
+    public static let closeTimeout: Duration = .seconds(10)
+
+    /// Commits stored offsets, leaves the group (waiting at most `closeTimeout`; past it the
+    /// instance is abandoned and freed without leaving) and stops iteration. Idempotent.
     public func close() {
         let first = state.withLock { s -> Bool in
             defer { s.closed = true }
             return !s.closed
         }
         guard first else { return }
-        queue.sync {
+        let client = queue.sync { () -> RDKafkaClient in
             try? commit()
-            let client = self.client
+            return self.client
+        }
+        // On a thread of its own, holding only the instance (close may run in deinit).
+        let left = DispatchSemaphore(value: 0)
+        Thread {
             withExtendedLifetime(client) { _ = rd_kafka_consumer_close(client.handle) }
+            left.signal()
+        }.start()
+        let seconds = Double(Self.closeTimeout.components.seconds)
+        if left.wait(timeout: .now() + seconds) == .timedOut {
+            // The waiting thread keeps the instance alive; it is never destroyed while it waits,
+            // and the process may exit meanwhile.
+            client.abandoned.store(true, ordering: .releasing)
         }
     }
 

@@ -40,8 +40,16 @@ final class ChildProcess: @unchecked Sendable {  // used from one test task at a
         process.waitUntilExit()
     }
 
+    /// SIGTERM, then at most 30 s for it to exit; past that, SIGKILL (named on standard error),
+    /// so that a process that does not stop cannot hold the test run for ever.
     func stop() {
         if process.isRunning { process.terminate() }
+        let deadline = Date().addingTimeInterval(30)
+        while process.isRunning && Date() < deadline { usleep(50_000) }
+        if process.isRunning {
+            FileHandle.standardError.write(Data("\(process.executableURL!.lastPathComponent) did not stop within 30 s of SIGTERM; killed\n".utf8))
+            kill9()
+        }
         process.waitUntilExit()
     }
 }
