@@ -483,7 +483,8 @@ struct Request: AsyncParsableCommand {
         @OptionGroup var connection: Connection
         @Argument(help: "Request id.") var id: String
         @Flag(help: "Print each change until the request is verified (a preservation order: preserved), rejected, refused, withdrawn, expired, revoked or released.") var watch = false
-        @Option(help: "With --watch: give up after this many seconds (exit status 3).") var timeout: Int = 3600
+        @Option(help: "With --watch: give up after this many seconds (exit status 3). The live feed is followed, and the request read again every 15 s.")
+        var timeout: Int = 3600
 
         func run() async throws {
             let requestId = try parseID(id)
@@ -503,6 +504,21 @@ struct Request: AsyncParsableCommand {
                 group.addTask {
                     try await Self.follow(client, requestId)
                     return true
+                }
+                // A safety net under the live feed: should an event not reach this stream (a
+                // broker instance that restarted between publishing and delivering it), the
+                // request itself says when it is done. Every 15 s (each read is a view in the
+                // custody log).
+                group.addTask {
+                    while true {
+                        try await Task.sleep(for: .seconds(15))
+                        let v = try await client.request(requestId)
+                        if Self.done(v.state) {
+                            if let last = v.timeline.last { print(Self.line(last)) }
+                            fflush(nil)
+                            return true
+                        }
+                    }
                 }
                 defer { group.cancelAll() }
                 return try await group.next() ?? false
